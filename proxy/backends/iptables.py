@@ -1,0 +1,589 @@
+"""iptables backend, pure part: a :class:`Plan` becomes an ``iptables-restore`` transaction.
+
+The chain layout and names are upstream kube-proxy's, so ``iptables-save`` output reads the
+same as on a node running kube-proxy: ``KUBE-SERVICES`` dispatches on destination,
+``KUBE-SVC-*``/``KUBE-SVL-*`` balance over ``KUBE-SEP-*`` endpoint chains with a
+``statistic`` cascade, ``KUBE-EXT-*`` handles external destinations, ``KUBE-FW-*``
+loadBalancerSourceRanges, and the filter table rejects or drops traffic to services
+without endpoints.
+
+Rules are written in the order ``iptables-save`` prints their matches, so a saved table
+can be compared rule by rule with what we rendered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from proxy import naming
+from proxy.model import IPFamily
+from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
+
+# fixed chains, per table
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_FORWARD = "KUBE-FORWARD"
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
+KUBE_FIREWALL = "KUBE-FIREWALL"
+
+NAT_FIXED = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
+FILTER_FIXED = (
+    KUBE_SERVICES,
+    KUBE_EXTERNAL_SERVICES,
+    KUBE_FORWARD,
+    KUBE_NODEPORTS,
+    KUBE_PROXY_FIREWALL,
+)
+PER_SERVICE_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
+OWNED_FIXED = frozenset((*NAT_FIXED, *FILTER_FIXED, KUBE_FIREWALL))
+
+
+def is_owned_chain(name: str) -> bool:
+    """Chains kube-proxy-py creates (and so may delete)."""
+    return name in OWNED_FIXED or name.startswith(PER_SERVICE_PREFIXES)
+
+
+@dataclass(frozen=True, order=True)
+class JumpRule:
+    """A rule we keep in a built-in chain, jumping to one of ours."""
+
+    table: str
+    chain: str
+    spec: str
+    """The rule after ``-A CHAIN``, exactly as iptables-save prints it."""
+
+
+def _jump(table: str, chain: str, target: str, comment: str, match: str = "") -> JumpRule:
+    pre = f"{match} " if match else ""
+    return JumpRule(table, chain, f'{pre}-m comment --comment "{comment}" -j {target}')
+
+
+_NEW = "-m conntrack --ctstate NEW"
+
+
+def jump_rules(localhost_guard: bool) -> tuple[JumpRule, ...]:
+    """Upstream's jumps from the built-in chains, in insertion order."""
+    rules = [
+        _jump("filter", "INPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", _NEW),
+        _jump("filter", "INPUT", KUBE_NODEPORTS, "kubernetes health check service ports"),
+        _jump(
+            "filter",
+            "INPUT",
+            KUBE_EXTERNAL_SERVICES,
+            "kubernetes externally-visible service portals",
+            _NEW,
+        ),
+        _jump("filter", "FORWARD", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", _NEW),
+        _jump("filter", "FORWARD", KUBE_FORWARD, "kubernetes forwarding rules"),
+        _jump("filter", "FORWARD", KUBE_SERVICES, "kubernetes service portals", _NEW),
+        _jump(
+            "filter",
+            "FORWARD",
+            KUBE_EXTERNAL_SERVICES,
+            "kubernetes externally-visible service portals",
+            _NEW,
+        ),
+        _jump("filter", "OUTPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", _NEW),
+        _jump("filter", "OUTPUT", KUBE_SERVICES, "kubernetes service portals", _NEW),
+        _jump("nat", "PREROUTING", KUBE_SERVICES, "kubernetes service portals"),
+        _jump("nat", "OUTPUT", KUBE_SERVICES, "kubernetes service portals"),
+        _jump("nat", "POSTROUTING", KUBE_POSTROUTING, "kubernetes postrouting rules"),
+    ]
+    if localhost_guard:
+        rules += [
+            _jump("filter", "INPUT", KUBE_FIREWALL, "kube-proxy localnet guard"),
+            _jump("filter", "OUTPUT", KUBE_FIREWALL, "kube-proxy localnet guard"),
+        ]
+    return tuple(rules)
+
+
+@dataclass(frozen=True)
+class IptablesRuleset:
+    """Our chains with their rules (rule text after ``-A CHAIN``), per table."""
+
+    family: IPFamily
+    nat: Mapping[str, tuple[str, ...]]
+    filter: Mapping[str, tuple[str, ...]]
+    jumps: tuple[JumpRule, ...]
+    route_localnet: bool = False
+    """iptables localhost NodePorts need ``net.ipv4.conf.all.route_localnet=1``."""
+
+    def tables(self) -> dict[str, Mapping[str, tuple[str, ...]]]:
+        return {"filter": self.filter, "nat": self.nat}
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(r) for t in (self.nat, self.filter) for r in t.values())
+
+
+@dataclass(frozen=True)
+class ExistingIptables:
+    """What ``iptables-save`` shows in the tables we touch (from :func:`parse_save`)."""
+
+    chains: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """table → every chain name (built-in and user)."""
+    builtin_rules: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """(table, built-in chain) → rule specs (after ``-A CHAIN``)."""
+    rules: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """(table, chain) → rule specs for every chain."""
+
+    def owned_chains(self, table: str) -> frozenset[str]:
+        return frozenset(c for c in self.chains.get(table, ()) if is_owned_chain(c))
+
+
+BUILTIN_CHAINS = frozenset(("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"))
+
+
+def parse_save(text: str) -> ExistingIptables:
+    """Parse ``iptables-save`` output (any tables) into :class:`ExistingIptables`."""
+    chains: dict[str, set[str]] = {}
+    rules: dict[tuple[str, str], list[str]] = {}
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            chains.setdefault(table, set())
+        elif line.startswith(":") and table:
+            name = line[1:].split(" ", 1)[0]
+            chains[table].add(name)
+            rules.setdefault((table, name), [])
+        elif line.startswith("-A ") and table:
+            _, chain, *rest = line.split(" ", 2)
+            rules.setdefault((table, chain), []).append(rest[0] if rest else "")
+    frozen_rules = {k: tuple(v) for k, v in rules.items()}
+    return ExistingIptables(
+        chains={t: frozenset(c) for t, c in chains.items()},
+        builtin_rules={k: v for k, v in frozen_rules.items() if k[1] in BUILTIN_CHAINS},
+        rules=frozen_rules,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# rendering
+
+
+def _q(comment: str) -> str:
+    return '"' + comment.replace('"', "'") + '"'
+
+
+class _Writer:
+    """Accumulates chains (ordered) and their rules for one table."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, list[str]] = {}
+
+    def chain(self, name: str) -> None:
+        self.chains.setdefault(name, [])
+
+    def add(self, chain: str, *parts: str) -> None:
+        self.chains.setdefault(chain, []).append(" ".join(p for p in parts if p))
+
+    def frozen(self) -> dict[str, tuple[str, ...]]:
+        return {k: tuple(v) for k, v in self.chains.items()}
+
+
+def _host(ip: object, family: IPFamily) -> str:
+    return f"{ip}/{32 if family is IPFamily.V4 else 128}"
+
+
+def probability(n: int) -> str:
+    """Upstream's statistic probability for the i-th of n remaining endpoints."""
+    return f"{1.0 / n:0.10f}"
+
+
+def render(plan: Plan) -> IptablesRuleset:
+    """Render a plan into our nat and filter chains (pure)."""
+    fam = plan.family
+    nat = _Writer()
+    flt = _Writer()
+    for c in NAT_FIXED:
+        nat.chain(c)
+    for c in FILTER_FIXED:
+        flt.chain(c)
+    mark = f"{plan.masquerade_mark:#x}"
+
+    nat.add(KUBE_POSTROUTING, f"-m mark ! --mark {mark}/{mark}", "-j RETURN")
+    nat.add(KUBE_POSTROUTING, f"-j MARK --set-xmark {mark}/0x0")  # == --xor-mark, as saved
+    nat.add(
+        KUBE_POSTROUTING,
+        f"-m comment --comment {_q('kubernetes service traffic requiring SNAT')}",
+        "-j MASQUERADE --random-fully",
+    )
+    nat.add(KUBE_MARK_MASQ, f"-j MARK --set-xmark {mark}/{mark}")  # == --or-mark, as saved
+
+    flt.add(KUBE_FORWARD, "-m conntrack --ctstate INVALID", "-j DROP")
+    flt.add(
+        KUBE_FORWARD,
+        f"-m comment --comment {_q('kubernetes forwarding rules')}",
+        f"-m mark --mark {mark}/{mark}",
+        "-j ACCEPT",
+    )
+    flt.add(
+        KUBE_FORWARD,
+        f"-m comment --comment {_q('kubernetes forwarding conntrack rule')}",
+        "-m conntrack --ctstate RELATED,ESTABLISHED",
+        "-j ACCEPT",
+    )
+
+    local_cidr = str(plan.cluster_cidr) if plan.cluster_cidr is not None else None
+    for sp in plan.service_ports:
+        _render_port(plan, sp, nat, flt, local_cidr)
+
+    # NodePort dispatch: must be the last rule of KUBE-SERVICES
+    np_comment = _q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+    targets = plan.nodeports
+    if targets.match_all_local:
+        not_local = ""
+        if fam is IPFamily.V6:
+            not_local = "! -d ::1/128"
+        elif not targets.include_localhost:
+            not_local = "! -d 127.0.0.0/8"
+        nat.add(
+            KUBE_SERVICES,
+            not_local,
+            f"-m comment --comment {np_comment}",
+            "-m addrtype --dst-type LOCAL",
+            f"-j {KUBE_NODEPORTS}",
+        )
+    else:
+        for ip in targets.addresses:
+            nat.add(
+                KUBE_SERVICES,
+                f"-d {_host(ip, fam)}",
+                f"-m comment --comment {np_comment}",
+                f"-j {KUBE_NODEPORTS}",
+            )
+
+    localhost_guard = fam is IPFamily.V4 and targets.include_localhost
+    if localhost_guard:
+        flt.add(
+            KUBE_FIREWALL,
+            "! -s 127.0.0.0/8 -d 127.0.0.0/8",
+            f"-m comment --comment {_q('block incoming localnet connections')}",
+            "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT",
+            "-j DROP",
+        )
+    return IptablesRuleset(
+        family=fam,
+        nat=nat.frozen(),
+        filter=flt.frozen(),
+        jumps=jump_rules(localhost_guard),
+        route_localnet=localhost_guard,
+    )
+
+
+def _render_port(
+    plan: Plan, sp: ServicePortPlan, nat: _Writer, flt: _Writer, local_cidr: str | None
+) -> None:
+    fam = plan.family
+    spn = sp.service_port_name
+    proto = f"-p {sp.protocol.lowercase}"
+    dport = f"-m {sp.protocol.lowercase} --dport {sp.port}"
+    cluster_chain = naming.svc_chain(sp)
+    local_chain = naming.svl_chain(sp)
+    ext = naming.ext_chain(sp)
+    fw = naming.fw_chain(sp)
+    internal_chain = local_chain if sp.internal_policy_local else cluster_chain
+    external_policy_chain = local_chain if sp.external_policy_local else cluster_chain
+    lb_target = fw if (sp.uses_firewall and sp.has_endpoints) else ext
+
+    def comment(text: str) -> str:
+        return f"-m comment --comment {_q(text)}"
+
+    # declare per-service chains in a stable order
+    if sp.uses_cluster_chain:
+        nat.chain(cluster_chain)
+    if sp.uses_local_chain:
+        nat.chain(local_chain)
+    if sp.uses_external_chain:
+        nat.chain(ext)
+    if sp.uses_firewall and sp.has_endpoints:
+        nat.chain(fw)
+    for ep in sp.reachable_endpoints:
+        nat.chain(naming.sep_chain(sp, ep.address))
+
+    cip = _host(sp.cluster_ip, fam)
+    # -- cluster IP
+    if sp.has_internal_endpoints:
+        nat.add(
+            KUBE_SERVICES,
+            f"-d {cip}",
+            proto,
+            comment(f"{spn} cluster IP"),
+            dport,
+            f"-j {internal_chain}",
+        )
+        if plan.masquerade_all:
+            nat.add(
+                internal_chain,
+                f"-d {cip}",
+                proto,
+                comment(f"{spn} cluster IP"),
+                dport,
+                f"-j {KUBE_MARK_MASQ}",
+            )
+        elif local_cidr is not None:
+            nat.add(
+                internal_chain,
+                f"! -s {local_cidr} -d {cip}",
+                proto,
+                comment(f"{spn} cluster IP"),
+                dport,
+                f"-j {KUBE_MARK_MASQ}",
+            )
+    else:
+        verdict = sp.internal_filter or Filter.REJECT
+        flt.add(
+            KUBE_SERVICES,
+            f"-d {cip}",
+            proto,
+            comment(sp.filter_reason(verdict)),
+            dport,
+            f"-j {verdict.upper()}",
+        )
+
+    ext_filter = sp.external_filter
+    # -- external IPs
+    for ip in sp.external_ips:
+        dst = f"-d {_host(ip, fam)}"
+        if sp.has_endpoints:
+            nat.add(KUBE_SERVICES, dst, proto, comment(f"{spn} external IP"), dport, f"-j {ext}")
+        if ext_filter is not None:
+            flt.add(
+                KUBE_EXTERNAL_SERVICES,
+                dst,
+                proto,
+                comment(sp.filter_reason(ext_filter)),
+                dport,
+                f"-j {ext_filter.upper()}",
+            )
+    # -- load balancer IPs
+    for ip in sp.load_balancer_ips:
+        dst = f"-d {_host(ip, fam)}"
+        if sp.has_endpoints:
+            nat.add(
+                KUBE_SERVICES,
+                dst,
+                proto,
+                comment(f"{spn} loadbalancer IP"),
+                dport,
+                f"-j {lb_target}",
+            )
+            if sp.uses_firewall:
+                flt.add(
+                    KUBE_PROXY_FIREWALL,
+                    dst,
+                    proto,
+                    comment(f"{spn} traffic not accepted by {fw}"),
+                    dport,
+                    "-j DROP",
+                )
+        if ext_filter is not None:
+            flt.add(
+                KUBE_EXTERNAL_SERVICES,
+                dst,
+                proto,
+                comment(sp.filter_reason(ext_filter)),
+                dport,
+                f"-j {ext_filter.upper()}",
+            )
+    # -- node port
+    if sp.node_port:
+        np_dport = f"-m {sp.protocol.lowercase} --dport {sp.node_port}"
+        if sp.has_endpoints:
+            nat.add(KUBE_NODEPORTS, proto, comment(spn), np_dport, f"-j {ext}")
+        if ext_filter is not None:
+            flt.add(
+                KUBE_EXTERNAL_SERVICES,
+                proto,
+                comment(sp.filter_reason(ext_filter)),
+                "-m addrtype --dst-type LOCAL",
+                np_dport,
+                f"-j {ext_filter.upper()}",
+            )
+    if sp.health_check_node_port:
+        flt.add(
+            KUBE_NODEPORTS,
+            "-p tcp",
+            comment(f"{spn} health check node port"),
+            f"-m tcp --dport {sp.health_check_node_port}",
+            "-j ACCEPT",
+        )
+
+    # -- external chain
+    if sp.uses_external_chain:
+        if not sp.external_policy_local:
+            nat.add(
+                ext,
+                comment(f"masquerade traffic for {spn} external destinations"),
+                f"-j {KUBE_MARK_MASQ}",
+            )
+        else:
+            if local_cidr is not None and sp.uses_cluster_chain:
+                nat.add(
+                    ext,
+                    f"-s {local_cidr}",
+                    comment(f"pod traffic for {spn} external destinations"),
+                    f"-j {cluster_chain}",
+                )
+            nat.add(
+                ext,
+                comment(f"masquerade LOCAL traffic for {spn} external destinations"),
+                "-m addrtype --src-type LOCAL",
+                f"-j {KUBE_MARK_MASQ}",
+            )
+            if sp.uses_cluster_chain:
+                nat.add(
+                    ext,
+                    comment(f"route LOCAL traffic for {spn} external destinations"),
+                    "-m addrtype --src-type LOCAL",
+                    f"-j {cluster_chain}",
+                )
+        if sp.has_external_endpoints:
+            nat.add(ext, f"-j {external_policy_chain}")
+
+    # -- firewall chain (loadBalancerSourceRanges)
+    if sp.uses_firewall and sp.has_endpoints:
+        for src in sp.firewall_allowed_sources:
+            src_text = _host(src, fam) if not hasattr(src, "prefixlen") else str(src)
+            nat.add(fw, f"-s {src_text}", comment(f"{spn} loadbalancer IP"), f"-j {ext}")
+        nat.add(fw, comment(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
+
+    # -- policy chains
+    if sp.uses_cluster_chain:
+        _balance(nat, sp, cluster_chain, sp.cluster_endpoints)
+    if sp.uses_local_chain:
+        _balance(nat, sp, local_chain, sp.local_endpoints)
+
+    # -- endpoint chains
+    for ep in sp.reachable_endpoints:
+        sep = naming.sep_chain(sp, ep.address)
+        nat.add(sep, f"-s {_host(ep.ip, fam)}", comment(spn), f"-j {KUBE_MARK_MASQ}")
+        recent = (
+            f"-m recent --set --name {sep} --mask {_full_mask(fam)} --rsource"
+            if (sp.affinity_seconds is not None)
+            else ""
+        )
+        nat.add(
+            sep,
+            proto,
+            comment(spn),
+            recent,
+            f"-m {sp.protocol.lowercase}",
+            f"-j DNAT --to-destination {ep.address}",
+        )
+
+
+def _full_mask(fam: IPFamily) -> str:
+    return "255.255.255.255" if fam is IPFamily.V4 else "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+
+
+def _balance(
+    nat: _Writer, sp: ServicePortPlan, chain: str, endpoints: Iterable[EndpointCandidate]
+) -> None:
+    """Affinity lookups first, then a statistic cascade: the i-th of n endpoints is taken
+    with probability 1/(n-i), which makes the overall choice uniform."""
+    eps = list(endpoints)
+    spn = sp.service_port_name
+    if sp.affinity_seconds is not None:
+        for ep in eps:
+            sep = naming.sep_chain(sp, ep.address)
+            nat.add(
+                chain,
+                f"-m comment --comment {_q(f'{spn} -> {ep.address}')}",
+                f"-m recent --rcheck --seconds {sp.affinity_seconds} --reap --name {sep} "
+                f"--mask {_full_mask(sp.family)} --rsource",
+                f"-j {sep}",
+            )
+    n = len(eps)
+    for i, ep in enumerate(eps):
+        sep = naming.sep_chain(sp, ep.address)
+        stat = f"-m statistic --mode random --probability {probability(n - i)}" if i < n - 1 else ""
+        nat.add(chain, f"-m comment --comment {_q(f'{spn} -> {ep.address}')}", stat, f"-j {sep}")
+
+
+# ---------------------------------------------------------------------------------------
+# transactions
+
+
+def restore_text(ruleset: IptablesRuleset, existing: ExistingIptables | None = None) -> str:
+    """A full-sync ``iptables-restore --noflush`` input.
+
+    Declaring a chain (``:NAME - [0:0]``) creates it or flushes it, so every chain of ours
+    is rewritten whole; chains of ours that the ruleset no longer has are flushed and
+    deleted; jump rules in built-in chains are inserted when missing and duplicates
+    removed. Nothing else in the tables is touched.
+    """
+    existing = existing or ExistingIptables()
+    out: list[str] = []
+    for table, chains in ruleset.tables().items():
+        stale = sorted(existing.owned_chains(table) - set(chains))
+        out.append(f"*{table}")
+        out.extend(f":{name} - [0:0]" for name in (*chains, *stale))
+        out.extend(_jump_fixes(ruleset, existing, table))
+        for name, rules in chains.items():
+            out.extend(f"-A {name} {r}" for r in rules)
+        out.extend(f"-X {name}" for name in stale)
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def _jump_fixes(ruleset: IptablesRuleset, existing: ExistingIptables, table: str) -> list[str]:
+    """Insert missing jumps (keeping upstream's order at the head of each built-in chain),
+    delete duplicates and stale jumps to our chains."""
+    lines: list[str] = []
+    wanted_by_chain: dict[str, list[str]] = {}
+    for j in ruleset.jumps:
+        if j.table == table:
+            wanted_by_chain.setdefault(j.chain, []).append(j.spec)
+    chains_in_table = set(wanted_by_chain) | {c for (t, c) in existing.builtin_rules if t == table}
+    for chain in sorted(chains_in_table):
+        wanted = wanted_by_chain.get(chain, [])
+        have = list(existing.builtin_rules.get((table, chain), ()))
+        seen: set[str] = set()
+        for spec in have:
+            target = _target(spec)
+            ours = target is not None and is_owned_chain(target)
+            if ours and (spec not in wanted or spec in seen):
+                lines.append(f"-D {chain} {spec}")
+            seen.add(spec)
+        # insert in reverse so the final order matches `wanted`
+        missing = [s for s in wanted if s not in have]
+        for spec in reversed(missing):
+            lines.append(f"-I {chain} 1 {spec}")
+    return lines
+
+
+_TARGET = re.compile(r"(?:^|\s)-j (\S+)")
+
+
+def _target(spec: str) -> str | None:
+    m = _TARGET.search(spec)
+    return m.group(1) if m else None
+
+
+def cleanup_text(existing: ExistingIptables) -> str:
+    """Remove every chain and jump of ours (and nothing else) in one transaction."""
+    out: list[str] = []
+    for table in ("filter", "nat"):
+        owned = sorted(existing.owned_chains(table))
+        jumps = [
+            f"-D {chain} {spec}"
+            for (t, chain), specs in sorted(existing.builtin_rules.items())
+            if t == table
+            for spec in specs
+            if (tgt := _target(spec)) is not None and is_owned_chain(tgt)
+        ]
+        if not owned and not jumps:
+            continue
+        out.append(f"*{table}")
+        out.extend(f":{name} - [0:0]" for name in owned)
+        out.extend(jumps)
+        out.extend(f"-X {name}" for name in owned)
+        out.append("COMMIT")
+    return "\n".join(out) + ("\n" if out else "")

@@ -1,0 +1,538 @@
+"""nftables backend, pure part: a :class:`Plan` becomes one ``nft -f`` transaction.
+
+Layout (upstream kube-proxy's, table ``kube-proxy`` in family ``ip``/``ip6``): base chains
+hook prerouting/input/forward/output/postrouting; ``services`` dispatches through the
+``service-ips`` verdict map keyed ``daddr . l4proto . dport`` and the
+``service-nodeports`` map keyed ``l4proto . dport``; per service port ``service-*`` /
+``local-*`` chains pick an ``endpoint-*`` chain with ``numgen random mod n``;
+``no-endpoint-*`` maps reject or drop; ``cluster-ips-check`` rejects new traffic to a
+ClusterIP on a port no service uses.
+
+The installed nft (1.0.6) wants numeric hook priorities for ``output``, a protocol match
+before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is written so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from proxy import naming
+from proxy.model import IPFamily
+from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
+
+TABLE = "kube-proxy"
+TABLE_COMMENT = "rules for kube-proxy"
+
+# nft priority keywords as numbers (dstnat = -100, srcnat = 100)
+DSTNAT = -100
+SRCNAT = 100
+
+FILTER_PREROUTING = "filter-prerouting"
+FILTER_INPUT = "filter-input"
+FILTER_FORWARD = "filter-forward"
+FILTER_OUTPUT = "filter-output"
+FILTER_OUTPUT_POST_DNAT = "filter-output-post-dnat"
+NAT_PREROUTING = "nat-prerouting"
+NAT_OUTPUT = "nat-output"
+NAT_POSTROUTING = "nat-postrouting"
+
+SERVICES = "services"
+MASQUERADING = "masquerading"
+MARK_FOR_MASQUERADE = "mark-for-masquerade"
+SERVICE_ENDPOINTS_CHECK = "service-endpoints-check"
+NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
+CLUSTER_IPS_CHECK = "cluster-ips-check"
+FIREWALL_CHECK = "firewall-check"
+REJECT_CHAIN = "reject-chain"
+
+SERVICE_IPS = "service-ips"
+SERVICE_NODEPORTS = "service-nodeports"
+NO_ENDPOINT_SERVICES = "no-endpoint-services"
+NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
+FIREWALL_IPS = "firewall-ips"
+CLUSTER_IPS = "cluster-ips"
+NODEPORT_IPS = "nodeport-ips"
+
+
+@dataclass(frozen=True)
+class BaseHook:
+    type: str
+    hook: str
+    priority: int
+
+    def spec(self) -> str:
+        return f"type {self.type} hook {self.hook} priority {self.priority}"
+
+
+BASE_CHAINS: Mapping[str, BaseHook] = {
+    # filtering looks at pre-DNAT destinations, so it runs before dstnat
+    FILTER_PREROUTING: BaseHook("filter", "prerouting", DSTNAT - 10),
+    FILTER_INPUT: BaseHook("filter", "input", DSTNAT - 10),
+    FILTER_FORWARD: BaseHook("filter", "forward", DSTNAT - 10),
+    FILTER_OUTPUT: BaseHook("filter", "output", DSTNAT - 10),
+    FILTER_OUTPUT_POST_DNAT: BaseHook("filter", "output", DSTNAT + 10),
+    NAT_PREROUTING: BaseHook("nat", "prerouting", DSTNAT),
+    NAT_OUTPUT: BaseHook("nat", "output", DSTNAT),
+    NAT_POSTROUTING: BaseHook("nat", "postrouting", SRCNAT),
+}
+
+
+@dataclass(frozen=True)
+class NftChain:
+    name: str
+    rules: tuple[str, ...] = ()
+    hook: BaseHook | None = None
+
+
+@dataclass(frozen=True)
+class NftElement:
+    key: str
+    value: str = ""
+    """Verdict for maps; empty for sets."""
+    comment: str = ""
+
+    def text(self) -> str:
+        out = self.key
+        if self.comment:
+            out += f' comment "{_safe(self.comment)}"'
+        if self.value:
+            out += f" : {self.value}"
+        return out
+
+
+@dataclass(frozen=True)
+class NftSet:
+    """A set or verdict map. ``dynamic`` sets (affinity) keep their elements across syncs."""
+
+    name: str
+    type: str
+    is_map: bool = False
+    elements: tuple[NftElement, ...] = ()
+    flags: tuple[str, ...] = ()
+    timeout: int | None = None
+    comment: str = ""
+
+    @property
+    def dynamic(self) -> bool:
+        return "dynamic" in self.flags
+
+    def spec(self) -> str:
+        parts = [f"type {self.type}"]
+        if self.flags:
+            parts.append("flags " + ",".join(self.flags))
+        if self.timeout is not None:
+            parts.append(f"timeout {self.timeout}s")
+        if self.comment:
+            parts.append(f'comment "{_safe(self.comment)}"')
+        return " ; ".join(parts) + " ;"
+
+
+@dataclass(frozen=True)
+class NftRuleset:
+    family: IPFamily
+    chains: Mapping[str, NftChain]
+    sets: Mapping[str, NftSet]
+
+    @property
+    def nft_family(self) -> str:
+        return "ip" if self.family is IPFamily.V4 else "ip6"
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(c.rules) for c in self.chains.values())
+
+    @property
+    def element_count(self) -> int:
+        return sum(len(s.elements) for s in self.sets.values())
+
+
+@dataclass(frozen=True)
+class ExistingNft:
+    """What our table holds now: names of chains and sets/maps, and set timeouts."""
+
+    table_exists: bool = False
+    chains: frozenset[str] = frozenset()
+    sets: Mapping[str, int | None] = field(default_factory=dict)
+    """set name → timeout in seconds (None when it has none)."""
+    maps: frozenset[str] = frozenset()
+
+
+def _safe(text: str) -> str:
+    return text.replace('"', "'")
+
+
+def _addr_type(family: IPFamily) -> str:
+    return "ipv4_addr" if family is IPFamily.V4 else "ipv6_addr"
+
+
+def _ipx(family: IPFamily) -> str:
+    return "ip" if family is IPFamily.V4 else "ip6"
+
+
+# ---------------------------------------------------------------------------------------
+# rendering
+
+
+class _Builder:
+    def __init__(self, family: IPFamily) -> None:
+        self.family = family
+        self.chains: dict[str, list[str]] = {}
+        self.hooks: dict[str, BaseHook] = {}
+        self.sets: dict[str, NftSet] = {}
+        self.elements: dict[str, list[NftElement]] = {}
+
+    def chain(self, name: str, hook: BaseHook | None = None) -> None:
+        self.chains.setdefault(name, [])
+        if hook is not None:
+            self.hooks[name] = hook
+
+    def rule(self, chain: str, rule: str, comment: str = "") -> None:
+        if comment:
+            rule += f' comment "{_safe(comment)}"'
+        self.chains.setdefault(chain, []).append(rule)
+
+    def declare(self, s: NftSet) -> None:
+        self.sets.setdefault(s.name, s)
+        self.elements.setdefault(s.name, [])
+
+    def element(self, set_name: str, key: str, value: str = "", comment: str = "") -> None:
+        self.elements[set_name].append(NftElement(key, value, comment))
+
+    def build(self) -> NftRuleset:
+        chains = {
+            n: NftChain(n, tuple(rules), self.hooks.get(n)) for n, rules in self.chains.items()
+        }
+        sets = {
+            n: NftSet(
+                s.name, s.type, s.is_map, tuple(self.elements[n]), s.flags, s.timeout, s.comment
+            )
+            for n, s in self.sets.items()
+        }
+        return NftRuleset(self.family, chains, sets)
+
+
+def render(plan: Plan) -> NftRuleset:
+    """Render a plan into our nftables table (pure)."""
+    fam = plan.family
+    ipx = _ipx(fam)
+    addr = _addr_type(fam)
+    b = _Builder(fam)
+    for name, hook in BASE_CHAINS.items():
+        b.chain(name, hook)
+    for name in (
+        SERVICES,
+        MASQUERADING,
+        MARK_FOR_MASQUERADE,
+        SERVICE_ENDPOINTS_CHECK,
+        NODEPORT_ENDPOINTS_CHECK,
+        CLUSTER_IPS_CHECK,
+        FIREWALL_CHECK,
+        REJECT_CHAIN,
+    ):
+        b.chain(name)
+
+    vmap_ip_key = f"{addr} . inet_proto . inet_service : verdict"
+    vmap_port_key = "inet_proto . inet_service : verdict"
+    b.declare(NftSet(CLUSTER_IPS, addr, comment="Active ClusterIPs"))
+    b.declare(
+        NftSet(
+            SERVICE_IPS,
+            vmap_ip_key,
+            is_map=True,
+            comment="ClusterIP, ExternalIP and LoadBalancer IP traffic",
+        )
+    )
+    b.declare(NftSet(SERVICE_NODEPORTS, vmap_port_key, is_map=True, comment="NodePort traffic"))
+    b.declare(
+        NftSet(
+            NO_ENDPOINT_SERVICES,
+            vmap_ip_key,
+            is_map=True,
+            comment="vmap to drop or reject packets to services with no endpoints",
+        )
+    )
+    b.declare(
+        NftSet(
+            NO_ENDPOINT_NODEPORTS,
+            vmap_port_key,
+            is_map=True,
+            comment="vmap to drop or reject packets to service nodeports with no endpoints",
+        )
+    )
+    b.declare(
+        NftSet(
+            FIREWALL_IPS,
+            vmap_ip_key,
+            is_map=True,
+            comment="destinations that are subject to LoadBalancerSourceRanges",
+        )
+    )
+
+    # -- fixed rules
+    new = "ct state new"
+    b.rule(FILTER_PREROUTING, f"{new} jump {FIREWALL_CHECK}")
+    b.rule(FILTER_INPUT, f"{new} jump {NODEPORT_ENDPOINTS_CHECK}")
+    b.rule(FILTER_INPUT, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
+    b.rule(FILTER_FORWARD, "ct state invalid drop")
+    b.rule(FILTER_FORWARD, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
+    b.rule(FILTER_FORWARD, f"{new} jump {CLUSTER_IPS_CHECK}")
+    b.rule(FILTER_OUTPUT, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
+    b.rule(FILTER_OUTPUT, f"{new} jump {FIREWALL_CHECK}")
+    b.rule(FILTER_OUTPUT_POST_DNAT, f"{new} jump {CLUSTER_IPS_CHECK}")
+    b.rule(NAT_PREROUTING, f"jump {SERVICES}")
+    b.rule(NAT_OUTPUT, f"jump {SERVICES}")
+    b.rule(NAT_POSTROUTING, f"jump {MASQUERADING}")
+
+    mark = f"{plan.masquerade_mark:#010x}"
+    b.rule(MARK_FOR_MASQUERADE, f"meta mark set meta mark | {mark}")
+    b.rule(MASQUERADING, f"meta mark & {mark} == 0x00000000 return")
+    b.rule(MASQUERADING, f"meta mark set meta mark ^ {mark}")
+    b.rule(MASQUERADING, "masquerade fully-random")
+    b.rule(
+        REJECT_CHAIN, "reject", comment="helper for @no-endpoint-services / @no-endpoint-nodeports"
+    )
+
+    b.rule(
+        CLUSTER_IPS_CHECK,
+        f"{ipx} daddr @{CLUSTER_IPS} reject",
+        comment="Reject traffic to invalid ports of ClusterIPs",
+    )
+    b.rule(FIREWALL_CHECK, f"{ipx} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}")
+    b.rule(
+        SERVICE_ENDPOINTS_CHECK,
+        f"{ipx} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}",
+    )
+    b.rule(SERVICES, f"{ipx} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}")
+
+    no_localhost = f"{ipx} daddr != 127.0.0.0/8" if fam is IPFamily.V4 else f"{ipx} daddr != ::1"
+    if plan.nodeports.match_all_local:
+        b.rule(
+            NODEPORT_ENDPOINTS_CHECK,
+            f"{no_localhost} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}",
+        )
+        b.rule(
+            SERVICES,
+            f"fib daddr type local {no_localhost} "
+            f"meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
+            comment="NodePort traffic",
+        )
+    else:
+        b.declare(NftSet(NODEPORT_IPS, addr, comment="IPs that accept NodePort traffic"))
+        for ip in plan.nodeports.addresses:
+            if not ip.is_loopback:
+                b.element(NODEPORT_IPS, str(ip))
+        b.rule(
+            NODEPORT_ENDPOINTS_CHECK,
+            f"{ipx} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}",
+        )
+        b.rule(
+            SERVICES,
+            f"{ipx} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
+            comment="NodePort traffic",
+        )
+
+    for cip in plan.cluster_ips:
+        b.element(CLUSTER_IPS, str(cip))
+    local_cidr = str(plan.cluster_cidr) if plan.cluster_cidr is not None else None
+    for sp in plan.service_ports:
+        _render_port(plan, sp, b, local_cidr)
+    return b.build()
+
+
+def _verdict(f: Filter) -> str:
+    return f"goto {REJECT_CHAIN}" if f is Filter.REJECT else "drop"
+
+
+def _render_port(plan: Plan, sp: ServicePortPlan, b: _Builder, local_cidr: str | None) -> None:
+    fam = plan.family
+    ipx = _ipx(fam)
+    proto = sp.protocol.lowercase
+    spn = sp.service_port_name
+    cluster_chain = naming.nft_service_chain(sp)
+    local_chain = naming.nft_local_chain(sp)
+    ext = naming.nft_external_chain(sp)
+    fw = naming.nft_firewall_chain(sp)
+    internal_chain = local_chain if sp.internal_policy_local else cluster_chain
+    external_policy_chain = local_chain if sp.external_policy_local else cluster_chain
+
+    if sp.uses_cluster_chain:
+        b.chain(cluster_chain)
+    if sp.uses_local_chain:
+        b.chain(local_chain)
+    if sp.uses_external_chain:
+        b.chain(ext)
+    if sp.uses_firewall:
+        b.chain(fw)
+    for ep in sp.reachable_endpoints:
+        b.chain(naming.nft_endpoint_chain(sp, ep.address))
+        if sp.affinity_seconds is not None:
+            b.declare(
+                NftSet(
+                    naming.nft_affinity_set(sp, ep.address),
+                    _addr_type(fam),
+                    flags=("dynamic", "timeout"),
+                    timeout=sp.affinity_seconds,
+                )
+            )
+
+    def key(ip: object, port: int) -> str:
+        return f"{ip} . {proto} . {port}"
+
+    # -- cluster IP
+    if sp.has_internal_endpoints:
+        b.element(SERVICE_IPS, key(sp.cluster_ip, sp.port), f"goto {internal_chain}", spn)
+        if plan.masquerade_all:
+            b.rule(
+                internal_chain,
+                f"{ipx} daddr {sp.cluster_ip} {proto} dport {sp.port} jump {MARK_FOR_MASQUERADE}",
+            )
+        elif local_cidr is not None:
+            b.rule(
+                internal_chain,
+                f"{ipx} daddr {sp.cluster_ip} {proto} dport {sp.port} "
+                f"{ipx} saddr != {local_cidr} jump {MARK_FOR_MASQUERADE}",
+            )
+    else:
+        f = sp.internal_filter or Filter.REJECT
+        b.element(
+            NO_ENDPOINT_SERVICES, key(sp.cluster_ip, sp.port), _verdict(f), sp.filter_reason(f)
+        )
+
+    ext_filter = sp.external_filter
+    # -- external and load balancer IPs
+    for ip in (*sp.external_ips, *sp.load_balancer_ips):
+        if sp.has_endpoints:
+            b.element(SERVICE_IPS, key(ip, sp.port), f"goto {ext}", spn)
+        if ext_filter is not None:
+            b.element(
+                NO_ENDPOINT_SERVICES,
+                key(ip, sp.port),
+                _verdict(ext_filter),
+                sp.filter_reason(ext_filter),
+            )
+    if sp.uses_firewall:
+        for ip in sp.load_balancer_ips:
+            b.element(FIREWALL_IPS, key(ip, sp.port), f"goto {fw}", spn)
+        sources = ", ".join(str(s) for s in sp.firewall_allowed_sources)
+        b.rule(fw, f"{ipx} saddr != {{ {sources} }} drop")
+    # -- node port
+    if sp.node_port:
+        np_key = f"{proto} . {sp.node_port}"
+        if sp.has_endpoints:
+            b.element(SERVICE_NODEPORTS, np_key, f"goto {ext}", spn)
+        if ext_filter is not None:
+            b.element(
+                NO_ENDPOINT_NODEPORTS, np_key, _verdict(ext_filter), sp.filter_reason(ext_filter)
+            )
+
+    # -- external chain
+    if sp.uses_external_chain:
+        if not sp.external_policy_local:
+            b.rule(ext, f"jump {MARK_FOR_MASQUERADE}")
+        else:
+            if local_cidr is not None and sp.uses_cluster_chain:
+                b.rule(
+                    ext,
+                    f"{ipx} saddr {local_cidr} goto {cluster_chain}",
+                    comment="short-circuit pod traffic",
+                )
+            b.rule(
+                ext,
+                f"fib saddr type local jump {MARK_FOR_MASQUERADE}",
+                comment="masquerade local traffic",
+            )
+            if sp.uses_cluster_chain:
+                b.rule(
+                    ext,
+                    f"fib saddr type local goto {cluster_chain}",
+                    comment="short-circuit local traffic",
+                )
+        if sp.has_external_endpoints:
+            b.rule(ext, f"goto {external_policy_chain}")
+
+    # -- policy chains
+    if sp.uses_cluster_chain:
+        _balance(b, sp, cluster_chain, sp.cluster_endpoints)
+    if sp.uses_local_chain:
+        _balance(b, sp, local_chain, sp.local_endpoints)
+
+    # -- endpoint chains
+    for ep in sp.reachable_endpoints:
+        chain = naming.nft_endpoint_chain(sp, ep.address)
+        b.rule(chain, f"{ipx} saddr {ep.ip} jump {MARK_FOR_MASQUERADE}")
+        if sp.affinity_seconds is not None:
+            b.rule(chain, f"update @{naming.nft_affinity_set(sp, ep.address)} {{ {ipx} saddr }}")
+        b.rule(chain, f"meta l4proto {proto} dnat to {ep.address}")
+
+
+def _balance(
+    b: _Builder, sp: ServicePortPlan, chain: str, endpoints: tuple[EndpointCandidate, ...]
+) -> None:
+    ipx = _ipx(sp.family)
+    if sp.affinity_seconds is not None:
+        for ep in endpoints:
+            b.rule(
+                chain,
+                f"{ipx} saddr @{naming.nft_affinity_set(sp, ep.address)} "
+                f"goto {naming.nft_endpoint_chain(sp, ep.address)}",
+            )
+    arms = ", ".join(
+        f"{i} : goto {naming.nft_endpoint_chain(sp, ep.address)}" for i, ep in enumerate(endpoints)
+    )
+    b.rule(chain, f"numgen random mod {len(endpoints)} vmap {{ {arms} }}")
+
+
+# ---------------------------------------------------------------------------------------
+# transactions
+
+
+def full_sync_text(ruleset: NftRuleset, existing: ExistingNft | None = None) -> str:
+    """One ``nft -f`` transaction that makes our table exactly ``ruleset``.
+
+    Every chain and non-dynamic set/map is (re)declared, flushed and refilled; our chains,
+    sets and maps that the ruleset no longer has are deleted; dynamic (affinity) sets keep
+    their entries unless their timeout changed. Nothing outside our table is touched.
+    """
+    existing = existing or ExistingNft()
+    fam = ruleset.nft_family
+    t = f"{fam} {TABLE}"
+    out = [f'add table {t} {{ comment "{TABLE_COMMENT}" ; }}']
+    recreate = [
+        s.name
+        for s in ruleset.sets.values()
+        if s.dynamic and s.name in existing.sets and existing.sets[s.name] != s.timeout
+    ]
+    for c in ruleset.chains.values():
+        if c.hook is not None:
+            out.append(f"add chain {t} {c.name} {{ {c.hook.spec()} ; }}")
+        else:
+            out.append(f"add chain {t} {c.name}")
+    for s in ruleset.sets.values():
+        if s.name not in recreate:
+            out.append(f"add {'map' if s.is_map else 'set'} {t} {s.name} {{ {s.spec()} }}")
+    stale_chains = sorted(existing.chains - set(ruleset.chains))
+    stale_sets = sorted(set(existing.sets) - set(ruleset.sets))
+    stale_maps = sorted(existing.maps - set(ruleset.sets))
+    out.extend(f"flush chain {t} {name}" for name in (*ruleset.chains, *stale_chains))
+    for s in ruleset.sets.values():
+        if not s.dynamic:
+            out.append(f"flush {'map' if s.is_map else 'set'} {t} {s.name}")
+    out.extend(f"delete chain {t} {name}" for name in stale_chains)
+    out.extend(f"delete set {t} {name}" for name in (*stale_sets, *recreate))
+    out.extend(f"delete map {t} {name}" for name in stale_maps)
+    for name in recreate:
+        s = ruleset.sets[name]
+        out.append(f"add set {t} {s.name} {{ {s.spec()} }}")
+    for c in ruleset.chains.values():
+        out.extend(f"add rule {t} {c.name} {r}" for r in c.rules)
+    for s in ruleset.sets.values():
+        if s.elements and not s.dynamic:
+            body = ", ".join(e.text() for e in s.elements)
+            out.append(f"add element {t} {s.name} {{ {body} }}")
+    return "\n".join(out) + "\n"
+
+
+def cleanup_text(family: IPFamily) -> str:
+    """Delete our whole table (and nothing else)."""
+    return f"delete table {'ip' if family is IPFamily.V4 else 'ip6'} {TABLE}\n"

@@ -1,0 +1,277 @@
+"""Command line: ``kube-proxy-py render|apply|cleanup|lab …``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy import __version__
+from proxy.backends import iptables as ipt_render
+from proxy.backends import nftables as nft_render
+from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
+from proxy.kernel.runner import KernelError
+from proxy.model import IPAddress, IPFamily
+from proxy.plan import Plan, plan
+from proxy.source.file import LoadedState, StateFileError, load_state
+
+log = logging.getLogger("kube-proxy-py")
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_KERNEL = 3
+
+
+class UsageError(Exception):
+    """Bad command line input; the message says what and how to fix it."""
+
+
+def _err(msg: str) -> None:
+    print(f"kube-proxy-py: {msg}", file=sys.stderr)
+
+
+def _add_state_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state",
+        required=True,
+        metavar="FILE",
+        help="Service/EndpointSlice/Node manifests as `kubectl get -o yaml` prints "
+        "them (YAML or JSON, multi-document or a List); '-' reads stdin",
+    )
+    p.add_argument(
+        "--mode",
+        "--proxy-mode",
+        dest="mode",
+        required=True,
+        choices=[m.value for m in ProxyMode],
+        help="which backend to render for",
+    )
+    p.add_argument(
+        "--hostname-override",
+        required=True,
+        metavar="NODE",
+        help="this node's name: local endpoints, its Node object's IPs and zone",
+    )
+    p.add_argument(
+        "--cluster-cidr",
+        default="",
+        metavar="CIDR[,CIDR]",
+        help="pod CIDR(s); cluster IP traffic from outside them is masqueraded",
+    )
+    p.add_argument(
+        "--nodeport-addresses",
+        default="",
+        metavar="LIST",
+        help="'primary' or comma-separated CIDRs of node addresses that accept "
+        "NodePorts (default: iptables all local addresses, nftables primary)",
+    )
+    p.add_argument(
+        "--masquerade-all", action="store_true", help="masquerade all traffic sent to cluster IPs"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 if any object is invalid (default: skip it)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kube-proxy-py",
+        description="A kube-proxy replacement: Service rules for iptables or nftables.",
+    )
+    parser.add_argument("--version", action="version", version=f"kube-proxy-py {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    render = sub.add_parser("render", help="print the rules a state file produces")
+    _add_state_flags(render)
+    apply = sub.add_parser(
+        "apply", help="program the current network namespace from a state file (one transaction)"
+    )
+    _add_state_flags(apply)
+    cleanup = sub.add_parser("cleanup", help="remove every rule kube-proxy-py created")
+    cleanup.add_argument(
+        "--mode",
+        "--proxy-mode",
+        dest="mode",
+        default="all",
+        choices=[*[m.value for m in ProxyMode], "all"],
+        help="which backend's rules to remove (default: both)",
+    )
+
+    lab = sub.add_parser("lab", help="the lab: a real control plane with namespace nodes")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
+    build = lab_sub.add_parser(
+        "build",
+        help="build (or reuse) the pinned upstream Kubernetes binaries; "
+        "prints their directory last",
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    return parser
+
+
+@dataclass(frozen=True)
+class Rendered:
+    plan: Plan
+    text: str
+
+
+def _config(args: argparse.Namespace, from_kernel: bool) -> ProxyConfig:
+    try:
+        npa = NodePortAddresses.parse(args.nodeport_addresses)
+        cidrs = parse_cidrs(args.cluster_cidr, "--cluster-cidr")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    host_addrs: tuple[IPAddress, ...] = ()
+    if from_kernel and npa.cidrs:
+        from proxy.kernel.addresses import local_addresses
+        from proxy.kernel.runner import Runner
+
+        host_addrs = local_addresses(Runner())
+    return ProxyConfig(
+        node_name=args.hostname_override,
+        mode=ProxyMode(args.mode),
+        cluster_cidrs=cidrs,
+        nodeport_addresses=npa,
+        masquerade_all=args.masquerade_all,
+        host_addresses=host_addrs,
+    )
+
+
+def _load(args: argparse.Namespace) -> LoadedState:
+    try:
+        state = load_state(args.state, args.hostname_override)
+    except StateFileError as exc:
+        raise UsageError(str(exc)) from exc
+    for p in state.problems:
+        _err(f"skipped {p.ref.kind} {p}")
+    for item in state.ignored:
+        _err(f"ignored {item}: only Service, EndpointSlice and Node objects are used")
+    if state.snapshot.node is None:
+        names = ", ".join(n.name for n in state.nodes) or "none"
+        _err(
+            f"warning: no Node named {args.hostname_override!r} in {args.state} "
+            f"(Nodes there: {names}); endpoints are not local to this node, topology hints "
+            "are ignored and primary-IP NodePorts have no address"
+        )
+    return state
+
+
+def _plan_for(args: argparse.Namespace, state: LoadedState, from_kernel: bool) -> Plan:
+    cfg = _config(args, from_kernel)
+    return plan(state.snapshot, cfg, IPFamily.V4, state.problems)
+
+
+def _header(p: Plan) -> str:
+    lines = [
+        f"# kube-proxy-py {__version__} {p.mode} rules for node {p.node_name} ({p.family}): "
+        f"{len(p.service_ports)} service ports, {p.endpoint_count} endpoints",
+    ]
+    lines.extend(f"# {s}" for s in p.skipped)
+    lines.extend(f"# invalid, skipped: {pr}" for pr in p.problems)
+    return "\n".join(lines) + "\n"
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    state = _load(args)
+    p = _plan_for(args, state, from_kernel=False)
+    if p.mode is ProxyMode.IPTABLES:
+        body = ipt_render.restore_text(ipt_render.render(p))
+    else:
+        body = nft_render.full_sync_text(nft_render.render(p))
+    sys.stdout.write(_header(p) + body)
+    return EXIT_INVALID if args.strict and state.problems else EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from proxy.kernel.iptables import IptablesKernel
+    from proxy.kernel.nftables import NftKernel
+    from proxy.kernel.runner import Runner
+
+    state = _load(args)
+    p = _plan_for(args, state, from_kernel=True)
+    runner = Runner()
+    if p.mode is ProxyMode.IPTABLES:
+        ipt = IptablesKernel(runner)
+        ipt.sync(ipt_render.render(p))
+        backend = f"iptables ({ipt.variant})"
+    else:
+        NftKernel(runner).sync(nft_render.render(p))
+        backend = "nftables"
+    for s in p.skipped:
+        log.info("service skipped", extra={"object": str(s.ref), "reason": s.reason})
+    print(
+        f"applied {len(p.service_ports)} service ports, {p.endpoint_count} endpoints "
+        f"with {backend}"
+        + (f"; skipped {len(state.problems)} invalid objects" if state.problems else ""),
+        file=sys.stderr,
+    )
+    return EXIT_INVALID if args.strict and state.problems else EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from proxy.kernel.iptables import IptablesKernel
+    from proxy.kernel.nftables import NftKernel
+    from proxy.kernel.runner import Runner
+
+    runner = Runner()
+    removed: list[str] = []
+    if args.mode in ("iptables", "all"):
+        for variant in ("nft", "legacy"):
+            if not Runner.available(f"iptables-{variant}-restore"):
+                continue
+            if IptablesKernel(runner, IPFamily.V4, variant).cleanup():
+                removed.append(f"iptables ({variant})")
+    nft_wanted = args.mode in ("nftables", "all") and Runner.available("nft")
+    if nft_wanted and NftKernel(runner, IPFamily.V4).cleanup():
+        removed.append("nftables")
+    print("removed rules: " + (", ".join(removed) if removed else "none found"), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    if args.lab_command == "build":
+        from proxy.lab.build import BuildError, build
+
+        try:
+            directory = build(force=args.force)
+        except BuildError as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+        print(directory)
+        return EXIT_OK
+    _err("lab: give a command: build")
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from proxy import logs
+
+    logs.setup()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"render": cmd_render, "apply": cmd_apply, "cleanup": cmd_cleanup, "lab": cmd_lab}
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handlers[args.command](args)
+    except UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KernelError as exc:
+        line = exc.failing_line()
+        _err(
+            f"the kernel refused the transaction, nothing was changed: {exc}"
+            + (f"\n  offending line: {line}" if line else "")
+        )
+        return EXIT_KERNEL
+    except FileNotFoundError as exc:
+        _err(f"{exc.filename}: not found; install it (iptables, nftables, iproute2 packages)")
+        return EXIT_KERNEL
+    except PermissionError as exc:
+        _err(f"permission denied ({exc}); run as root or with CAP_NET_ADMIN")
+        return EXIT_KERNEL

@@ -1,0 +1,509 @@
+"""The planner: every Kubernetes Service semantic, as a pure function.
+
+``plan(snapshot, config, family)`` turns Services, EndpointSlices and the Node into one
+:class:`ServicePortPlan` per (Service, port) of that IP family. The backends only
+translate a plan into rules; which endpoints are eligible for which traffic, what is
+masqueraded and whether traffic is rejected or dropped is decided here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+
+from proxy.config import ProxyConfig, ProxyMode
+from proxy.model import (
+    AddressType,
+    EndpointSlice,
+    IPAddress,
+    IPFamily,
+    IPNetwork,
+    Node,
+    ObjectRef,
+    Problem,
+    Protocol,
+    Service,
+    ServicePort,
+    TrafficPolicy,
+)
+
+
+class TopologyMode(StrEnum):
+    NONE = ""
+    PREFER_SAME_NODE = "PreferSameNode"
+    PREFER_SAME_ZONE = "PreferSameZone"
+
+
+class Filter(StrEnum):
+    """What happens to traffic that has no usable endpoint."""
+
+    REJECT = "reject"
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of the API objects the proxy reads."""
+
+    services: tuple[Service, ...] = ()
+    slices: tuple[EndpointSlice, ...] = ()
+    node: Node | None = None
+
+
+@dataclass(frozen=True, order=True)
+class EndpointCandidate:
+    """One endpoint (ip:port) of a service port, with everything needed to explain it."""
+
+    ip: IPAddress
+    port: int
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str | None = None
+    zone: str | None = None
+    zone_hints: frozenset[str] = field(default=frozenset(), compare=False)
+    node_hints: frozenset[str] = field(default=frozenset(), compare=False)
+    is_local: bool = False
+
+    @property
+    def address(self) -> str:
+        """``ip:port`` (``[ip]:port`` for IPv6), as upstream spells it."""
+        if self.ip.version == 6:
+            return f"[{self.ip}]:{self.port}"
+        return f"{self.ip}:{self.port}"
+
+    @property
+    def serving_terminating(self) -> bool:
+        return self.serving and self.terminating
+
+
+@dataclass(frozen=True)
+class ServicePortPlan:
+    """Everything the backends need to program one service port in one IP family."""
+
+    namespace: str
+    name: str
+    port_name: str
+    protocol: Protocol
+    family: IPFamily
+    cluster_ip: IPAddress
+    port: int
+    node_port: int | None = None
+    external_ips: tuple[IPAddress, ...] = ()
+    load_balancer_ips: tuple[IPAddress, ...] = ()
+    source_ranges: tuple[IPNetwork, ...] = ()
+    affinity_seconds: int | None = None
+    internal_policy_local: bool = False
+    external_policy_local: bool = False
+    """eTP=Local on an externally reachable port (NodePort, ExternalIP or LB IP)."""
+    health_check_node_port: int | None = None
+    node_ip: IPAddress | None = None
+    """This node's primary IP of the family (source-range exception for node traffic)."""
+    candidates: tuple[EndpointCandidate, ...] = ()
+    """Every endpoint the slices list for this port, before any filtering."""
+    topology_mode: TopologyMode = TopologyMode.NONE
+    cluster_endpoints: tuple[EndpointCandidate, ...] = ()
+    local_endpoints: tuple[EndpointCandidate, ...] = ()
+    reachable_endpoints: tuple[EndpointCandidate, ...] = ()
+    """Endpoints any rule may DNAT to (union of cluster and local)."""
+
+    # -- names ---------------------------------------------------------------------------
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Service", self.namespace, self.name)
+
+    @property
+    def service_port_name(self) -> str:
+        """``ns/name:port`` (``ns/name`` for an unnamed port), upstream's ServicePortName."""
+        suffix = f":{self.port_name}" if self.port_name else ""
+        return f"{self.namespace}/{self.name}{suffix}"
+
+    # -- derived semantics ---------------------------------------------------------------
+    @property
+    def externally_accessible(self) -> bool:
+        return bool(self.node_port or self.external_ips or self.load_balancer_ips)
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        # Even with eTP=Local, external ports short-circuit pod and node traffic to
+        # cluster endpoints.
+        return not self.internal_policy_local or self.externally_accessible
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_policy_local or self.external_policy_local
+
+    @property
+    def has_endpoints(self) -> bool:
+        return bool(self.reachable_endpoints)
+
+    @property
+    def has_internal_endpoints(self) -> bool:
+        if self.internal_policy_local:
+            return bool(self.local_endpoints)
+        return self.has_endpoints
+
+    @property
+    def has_external_endpoints(self) -> bool:
+        if self.external_policy_local:
+            return bool(self.local_endpoints)
+        return self.has_endpoints
+
+    @property
+    def uses_cluster_chain(self) -> bool:
+        return bool(self.cluster_endpoints) and self.uses_cluster_endpoints
+
+    @property
+    def uses_local_chain(self) -> bool:
+        return bool(self.local_endpoints) and self.uses_local_endpoints
+
+    @property
+    def uses_external_chain(self) -> bool:
+        return self.has_endpoints and self.externally_accessible
+
+    @property
+    def uses_firewall(self) -> bool:
+        """loadBalancerSourceRanges restrict traffic to the LB IPs."""
+        return bool(self.load_balancer_ips) and bool(self.source_ranges)
+
+    @property
+    def internal_filter(self) -> Filter | None:
+        """REJECT when nothing serves; DROP when only local endpoints are missing."""
+        if not self.has_endpoints:
+            return Filter.REJECT
+        if not self.has_internal_endpoints:
+            return Filter.DROP
+        return None
+
+    @property
+    def external_filter(self) -> Filter | None:
+        if not self.has_endpoints:
+            return Filter.REJECT
+        if not self.has_external_endpoints:
+            return Filter.DROP
+        return None
+
+    @property
+    def filter_comment(self) -> str:
+        """Why traffic is filtered, for rule comments."""
+        return f"{self.service_port_name} has no endpoints"
+
+    def filter_reason(self, verdict: Filter) -> str:
+        if verdict is Filter.REJECT:
+            return f"{self.service_port_name} has no endpoints"
+        return f"{self.service_port_name} has no local endpoints"
+
+    @property
+    def firewall_allowed_sources(self) -> tuple[IPNetwork | IPAddress, ...]:
+        """Sources the LB firewall lets through: the ranges, plus the LB IPs themselves
+        when the node's own IP is inside a range (node traffic looping back to a VIP)."""
+        allowed: list[IPNetwork | IPAddress] = list(self.source_ranges)
+        if self.node_ip is not None and any(self.node_ip in r for r in self.source_ranges):
+            allowed.extend(self.load_balancer_ips)
+        return tuple(allowed)
+
+
+@dataclass(frozen=True)
+class NodePortTargets:
+    """Which destination addresses accept NodePort traffic, resolved for one family."""
+
+    match_all_local: bool
+    addresses: tuple[IPAddress, ...] = ()
+    include_localhost: bool = False
+    """iptables: localhost NodePorts work (route_localnet=1 plus a guard rule)."""
+
+
+@dataclass(frozen=True)
+class SkippedService:
+    ref: ObjectRef
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.ref}: skipped: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The complete, backend-neutral plan for one IP family on one node."""
+
+    family: IPFamily
+    node_name: str
+    node_zone: str
+    node_ip: IPAddress | None
+    mode: ProxyMode
+    cluster_cidr: IPNetwork | None
+    masquerade_all: bool
+    masquerade_mark: int
+    nodeports: NodePortTargets
+    service_ports: tuple[ServicePortPlan, ...]
+    skipped: tuple[SkippedService, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+    @cached_property
+    def cluster_ips(self) -> tuple[IPAddress, ...]:
+        return tuple(sorted({sp.cluster_ip for sp in self.service_ports}))
+
+    @property
+    def endpoint_count(self) -> int:
+        return sum(len(sp.reachable_endpoints) for sp in self.service_ports)
+
+    def service_port(self, namespace: str, name: str, port_name: str = "") -> ServicePortPlan:
+        for sp in self.service_ports:
+            if (sp.namespace, sp.name, sp.port_name) == (namespace, name, port_name):
+                return sp
+        raise KeyError(f"{namespace}/{name}:{port_name}")
+
+
+# ---------------------------------------------------------------------------------------
+# endpoint selection (upstream's CategorizeEndpoints, in our words)
+
+
+def topology_mode(
+    candidates: Iterable[EndpointCandidate], node_name: str, zone: str
+) -> TopologyMode:
+    """Hints are used only when every ready endpoint carries them and one matches us."""
+    ready = [c for c in candidates if c.ready]
+    if not ready:
+        return TopologyMode.NONE
+    if all(c.node_hints for c in ready) and any(node_name in c.node_hints for c in ready):
+        return TopologyMode.PREFER_SAME_NODE
+    if all(c.zone_hints for c in ready) and zone and any(zone in c.zone_hints for c in ready):
+        return TopologyMode.PREFER_SAME_ZONE
+    return TopologyMode.NONE
+
+
+def _topology_allows(c: EndpointCandidate, mode: TopologyMode, node_name: str, zone: str) -> bool:
+    if mode is TopologyMode.PREFER_SAME_NODE:
+        return node_name in c.node_hints
+    if mode is TopologyMode.PREFER_SAME_ZONE:
+        return zone in c.zone_hints
+    return True
+
+
+@dataclass(frozen=True)
+class EndpointSelection:
+    topology_mode: TopologyMode
+    cluster: tuple[EndpointCandidate, ...]
+    local: tuple[EndpointCandidate, ...]
+    reachable: tuple[EndpointCandidate, ...]
+
+
+def select_endpoints(
+    candidates: tuple[EndpointCandidate, ...],
+    *,
+    uses_cluster: bool,
+    uses_local: bool,
+    node_name: str,
+    zone: str,
+) -> EndpointSelection:
+    """Split candidates into the cluster-policy and local-policy endpoint sets.
+
+    Cluster: ready endpoints allowed by topology hints, falling back to serving and
+    terminating ones when none is ready. Local: this node's ready endpoints, falling back to
+    its serving-terminating ones. Reachable: the union, the set of DNAT targets.
+    """
+    mode = TopologyMode.NONE
+    cluster: tuple[EndpointCandidate, ...] = ()
+    if uses_cluster:
+        mode = topology_mode(candidates, node_name, zone)
+        cluster = tuple(
+            c for c in candidates if c.ready and _topology_allows(c, mode, node_name, zone)
+        )
+        if not cluster:
+            cluster = tuple(
+                c
+                for c in candidates
+                if c.serving_terminating and _topology_allows(c, mode, node_name, zone)
+            )
+    if not uses_local:
+        return EndpointSelection(mode, cluster, (), cluster)
+
+    local = tuple(c for c in candidates if c.is_local and c.ready)
+    used_terminating = False
+    if not local:
+        local = tuple(c for c in candidates if c.is_local and c.serving_terminating)
+        used_terminating = bool(local)
+    if not uses_cluster:
+        return EndpointSelection(mode, (), local, local)
+    if mode is TopologyMode.NONE and not used_terminating:
+        # cluster holds every ready endpoint, so it already contains every local one
+        return EndpointSelection(mode, cluster, local, cluster)
+    merged = {c.address: c for c in (*cluster, *local)}
+    reachable = tuple(sorted(merged.values(), key=lambda c: c.address))
+    return EndpointSelection(mode, cluster, local, reachable)
+
+
+# ---------------------------------------------------------------------------------------
+# candidates from EndpointSlices
+
+
+def _candidates_by_port(
+    slices: Iterable[EndpointSlice], family: IPFamily, node_name: str
+) -> dict[tuple[str, Protocol], tuple[EndpointCandidate, ...]]:
+    """(port name, protocol) → deduplicated endpoints across the Service's slices."""
+    want = AddressType.IPV4 if family is IPFamily.V4 else AddressType.IPV6
+    by_port: dict[tuple[str, Protocol], dict[str, EndpointCandidate]] = defaultdict(dict)
+    for sl in slices:
+        if sl.address_type is not want:
+            continue
+        for port in sl.ports:
+            bucket = by_port[(port.name, port.protocol)]
+            for ep in sl.endpoints:
+                if not ep.addresses:
+                    continue
+                cand = EndpointCandidate(
+                    ip=ep.addresses[0],
+                    port=port.port,
+                    ready=ep.ready,
+                    serving=ep.serving,
+                    terminating=ep.terminating,
+                    node_name=ep.node_name,
+                    zone=ep.zone,
+                    zone_hints=ep.zone_hints,
+                    node_hints=ep.node_hints,
+                    is_local=ep.node_name is not None and ep.node_name == node_name,
+                )
+                old = bucket.get(cand.address)
+                # the same ip:port in two slices (e.g. during a controller handover):
+                # prefer the ready copy
+                if old is None or (cand.ready and not old.ready):
+                    bucket[cand.address] = cand
+    return {
+        key: tuple(sorted(bucket.values(), key=lambda c: c.address))
+        for key, bucket in by_port.items()
+    }
+
+
+def _family_filter(ips: Iterable[IPAddress], family: IPFamily) -> tuple[IPAddress, ...]:
+    return tuple(ip for ip in ips if IPFamily.of(ip) == family)
+
+
+def nodeport_targets(config: ProxyConfig, node: Node | None, family: IPFamily) -> NodePortTargets:
+    """Resolve ``--nodeport-addresses`` and the mode's default for one family."""
+    npa = config.nodeport_addresses.for_family(family)
+    primary = node.primary_ip(family) if node is not None else None
+    localhost_ok = (
+        config.mode is ProxyMode.IPTABLES and family is IPFamily.V4 and config.localhost_nodeports
+    )
+    use_primary = npa.primary or (not npa.cidrs and config.mode is ProxyMode.NFTABLES)
+    if use_primary:
+        return NodePortTargets(False, (primary,) if primary is not None else ())
+    if not npa.cidrs or any(c.prefixlen == 0 for c in npa.cidrs):
+        return NodePortTargets(True, (), include_localhost=localhost_ok)
+    pool = config.host_addresses or (node.addresses if node is not None else ())
+    chosen = sorted(
+        {
+            ip
+            for ip in _family_filter(pool, family)
+            if any(ip in c for c in npa.cidrs) and (localhost_ok or not ip.is_loopback)
+        }
+    )
+    return NodePortTargets(
+        False, tuple(chosen), include_localhost=any(ip.is_loopback for ip in chosen)
+    )
+
+
+def _plan_port(
+    svc: Service,
+    sp: ServicePort,
+    cluster_ip: IPAddress,
+    family: IPFamily,
+    candidates: tuple[EndpointCandidate, ...],
+    node_name: str,
+    zone: str,
+    node_ip: IPAddress | None,
+) -> ServicePortPlan:
+    external_ips = _family_filter(svc.external_ips, family)
+    lb_ips = _family_filter(svc.load_balancer_ips, family)
+    ranges = tuple(r for r in svc.load_balancer_source_ranges if IPFamily.of(r) == family)
+    externally = bool(sp.node_port or external_ips or lb_ips)
+    internal_local = svc.internal_traffic_policy is TrafficPolicy.LOCAL
+    external_local = externally and svc.external_traffic_policy is TrafficPolicy.LOCAL
+    uses_cluster = not internal_local or externally
+    uses_local = internal_local or external_local
+    sel = select_endpoints(
+        candidates, uses_cluster=uses_cluster, uses_local=uses_local, node_name=node_name, zone=zone
+    )
+    return ServicePortPlan(
+        namespace=svc.namespace,
+        name=svc.name,
+        port_name=sp.name,
+        protocol=sp.protocol,
+        family=family,
+        cluster_ip=cluster_ip,
+        port=sp.port,
+        node_port=sp.node_port,
+        external_ips=external_ips,
+        load_balancer_ips=lb_ips,
+        source_ranges=ranges,
+        affinity_seconds=svc.affinity_seconds,
+        internal_policy_local=internal_local,
+        external_policy_local=external_local,
+        health_check_node_port=svc.health_check_node_port if external_local else None,
+        node_ip=node_ip,
+        candidates=candidates,
+        topology_mode=sel.topology_mode,
+        cluster_endpoints=sel.cluster,
+        local_endpoints=sel.local,
+        reachable_endpoints=sel.reachable,
+    )
+
+
+def plan(
+    snapshot: Snapshot,
+    config: ProxyConfig,
+    family: IPFamily = IPFamily.V4,
+    problems: Iterable[Problem] = (),
+) -> Plan:
+    """Plan every service port of ``family`` for the node named in ``config``."""
+    node = snapshot.node
+    zone = node.zone if node is not None else ""
+    node_ip = node.primary_ip(family) if node is not None else None
+    slices_by_service: defaultdict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+    for sl in snapshot.slices:
+        slices_by_service[(sl.namespace, sl.service_name)].append(sl)
+
+    ports: list[ServicePortPlan] = []
+    skipped: list[SkippedService] = []
+    for svc in sorted(snapshot.services, key=lambda s: (s.namespace, s.name)):
+        if svc.skip_reason is not None:
+            if family is IPFamily.V4:
+                skipped.append(SkippedService(svc.ref, svc.skip_reason))
+            continue
+        cluster_ip = next((ip for ip in svc.cluster_ips if IPFamily.of(ip) == family), None)
+        if cluster_ip is None:
+            continue
+        by_port = _candidates_by_port(
+            slices_by_service.get((svc.namespace, svc.name), ()), family, config.node_name
+        )
+        for sp in svc.ports:
+            ports.append(
+                _plan_port(
+                    svc,
+                    sp,
+                    cluster_ip,
+                    family,
+                    by_port.get((sp.name, sp.protocol), ()),
+                    config.node_name,
+                    zone,
+                    node_ip,
+                )
+            )
+    ports.sort(key=lambda p: (p.namespace, p.name, p.port_name, p.protocol))
+    return Plan(
+        family=family,
+        node_name=config.node_name,
+        node_zone=zone,
+        node_ip=node_ip,
+        mode=config.mode,
+        cluster_cidr=config.cluster_cidr(family),
+        masquerade_all=config.masquerade_all,
+        masquerade_mark=config.masquerade_mark,
+        nodeports=nodeport_targets(config, node, family),
+        service_ports=tuple(ports),
+        skipped=tuple(skipped),
+        problems=tuple(problems),
+    )
