@@ -8,6 +8,8 @@ masqueraded and whether traffic is rejected or dropped is decided here.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -109,6 +111,9 @@ class ServicePortPlan:
     local_endpoints: tuple[EndpointCandidate, ...] = ()
     reachable_endpoints: tuple[EndpointCandidate, ...] = ()
     """Endpoints any rule may DNAT to (union of cluster and local)."""
+    has_usable_endpoints: bool = False
+    """Some node has a ready (or serving-terminating) endpoint, even if none is usable from
+    here (iTP=Local with only remote endpoints): decides DROP rather than REJECT."""
 
     # -- names ---------------------------------------------------------------------------
     @property
@@ -138,7 +143,7 @@ class ServicePortPlan:
 
     @property
     def has_endpoints(self) -> bool:
-        return bool(self.reachable_endpoints)
+        return self.has_usable_endpoints
 
     @property
     def has_internal_endpoints(self) -> bool:
@@ -197,13 +202,16 @@ class ServicePortPlan:
         return f"{self.service_port_name} has no local endpoints"
 
     @property
-    def firewall_allowed_sources(self) -> tuple[IPNetwork | IPAddress, ...]:
+    def firewall_allowed_sources(self) -> tuple[IPNetwork, ...]:
         """Sources the LB firewall lets through: the ranges, plus the LB IPs themselves
-        when the node's own IP is inside a range (node traffic looping back to a VIP)."""
-        allowed: list[IPNetwork | IPAddress] = list(self.source_ranges)
+        when the node's own IP is inside a range (node traffic looping back to a VIP).
+        Overlaps are merged, so the list is usable as an nftables interval set."""
+        allowed: list[IPNetwork] = list(self.source_ranges)
         if self.node_ip is not None and any(self.node_ip in r for r in self.source_ranges):
-            allowed.extend(self.load_balancer_ips)
-        return tuple(allowed)
+            allowed.extend(ipaddress.ip_network(ip) for ip in self.load_balancer_ips)
+        v4 = [n for n in allowed if isinstance(n, ipaddress.IPv4Network)]
+        v6 = [n for n in allowed if isinstance(n, ipaddress.IPv6Network)]
+        return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
 
 
 @dataclass(frozen=True)
@@ -289,6 +297,7 @@ class EndpointSelection:
     cluster: tuple[EndpointCandidate, ...]
     local: tuple[EndpointCandidate, ...]
     reachable: tuple[EndpointCandidate, ...]
+    has_usable: bool
 
 
 def select_endpoints(
@@ -319,21 +328,22 @@ def select_endpoints(
                 if c.serving_terminating and _topology_allows(c, mode, node_name, zone)
             )
     if not uses_local:
-        return EndpointSelection(mode, cluster, (), cluster)
+        return EndpointSelection(mode, cluster, (), cluster, bool(cluster))
 
+    has_usable = bool(cluster) or any(c.ready or c.serving_terminating for c in candidates)
     local = tuple(c for c in candidates if c.is_local and c.ready)
     used_terminating = False
     if not local:
         local = tuple(c for c in candidates if c.is_local and c.serving_terminating)
         used_terminating = bool(local)
     if not uses_cluster:
-        return EndpointSelection(mode, (), local, local)
+        return EndpointSelection(mode, (), local, local, has_usable)
     if mode is TopologyMode.NONE and not used_terminating:
         # cluster holds every ready endpoint, so it already contains every local one
-        return EndpointSelection(mode, cluster, local, cluster)
+        return EndpointSelection(mode, cluster, local, cluster, has_usable)
     merged = {c.address: c for c in (*cluster, *local)}
     reachable = tuple(sorted(merged.values(), key=lambda c: c.address))
-    return EndpointSelection(mode, cluster, local, reachable)
+    return EndpointSelection(mode, cluster, local, reachable, has_usable)
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,6 +459,7 @@ def _plan_port(
         cluster_endpoints=sel.cluster,
         local_endpoints=sel.local,
         reachable_endpoints=sel.reachable,
+        has_usable_endpoints=sel.has_usable,
     )
 
 
@@ -493,6 +504,7 @@ def plan(
                 )
             )
     ports.sort(key=lambda p: (p.namespace, p.name, p.port_name, p.protocol))
+    ports, conflicts = resolve_conflicts(ports, config.node_name, zone)
     return Plan(
         family=family,
         node_name=config.node_name,
@@ -505,5 +517,98 @@ def plan(
         nodeports=nodeport_targets(config, node, family),
         service_ports=tuple(ports),
         skipped=tuple(skipped),
-        problems=tuple(problems),
+        problems=(*problems, *conflicts),
+    )
+
+
+def resolve_conflicts(
+    ports: list[ServicePortPlan], node_name: str, zone: str
+) -> tuple[list[ServicePortPlan], list[Problem]]:
+    """Keep every destination (IP, protocol, port) and node port owned by one service port.
+
+    The API does not stop two Services from listing the same externalIP and port, and a
+    state file can hold anything; a duplicate would make nftables refuse the whole
+    transaction. The first service port in (namespace, name, port) order keeps it; later
+    ones lose that destination and the conflict is reported.
+    """
+    owner: dict[tuple[str, Protocol, int], str] = {}
+    node_ports: dict[tuple[Protocol, int], str] = {}
+    out: list[ServicePortPlan] = []
+    problems: list[Problem] = []
+
+    def claim(key: tuple[str, Protocol, int], sp: ServicePortPlan, field_name: str) -> bool:
+        holder = owner.setdefault(key, sp.service_port_name)
+        if holder == sp.service_port_name:
+            return True
+        problems.append(
+            Problem(
+                sp.ref,
+                field_name,
+                f"{key[0]}:{key[2]}/{key[1]} is already used by {holder}; ignored here",
+            )
+        )
+        return False
+
+    for sp in ports:
+        if not claim((str(sp.cluster_ip), sp.protocol, sp.port), sp, "spec.clusterIP"):
+            continue
+        externals = tuple(
+            ip
+            for ip in sp.external_ips
+            if claim((str(ip), sp.protocol, sp.port), sp, "spec.externalIPs")
+        )
+        lbs = tuple(
+            ip
+            for ip in sp.load_balancer_ips
+            if claim((str(ip), sp.protocol, sp.port), sp, "status.loadBalancer.ingress")
+        )
+        node_port = sp.node_port
+        if node_port:
+            holder = node_ports.setdefault((sp.protocol, node_port), sp.service_port_name)
+            if holder != sp.service_port_name:
+                problems.append(
+                    Problem(
+                        sp.ref,
+                        "spec.ports.nodePort",
+                        f"{node_port}/{sp.protocol} is already used by {holder}; ignored here",
+                    )
+                )
+                node_port = None
+        if (externals, lbs, node_port) != (sp.external_ips, sp.load_balancer_ips, sp.node_port):
+            sp = _replan_external(sp, externals, lbs, node_port, node_name, zone)
+        out.append(sp)
+    return out, problems
+
+
+def _replan_external(
+    sp: ServicePortPlan,
+    externals: tuple[IPAddress, ...],
+    lbs: tuple[IPAddress, ...],
+    node_port: int | None,
+    node_name: str,
+    zone: str,
+) -> ServicePortPlan:
+    """The same port with fewer external destinations; endpoint sets depend on whether it is
+    still externally reachable, so they are selected again."""
+    externally = bool(node_port or externals or lbs)
+    external_local = sp.external_policy_local and externally
+    sel = select_endpoints(
+        sp.candidates,
+        uses_cluster=not sp.internal_policy_local or externally,
+        uses_local=sp.internal_policy_local or external_local,
+        node_name=node_name,
+        zone=zone,
+    )
+    return dataclasses.replace(
+        sp,
+        external_ips=externals,
+        load_balancer_ips=lbs,
+        node_port=node_port,
+        external_policy_local=external_local,
+        health_check_node_port=sp.health_check_node_port if external_local else None,
+        topology_mode=sel.topology_mode,
+        cluster_endpoints=sel.cluster,
+        local_endpoints=sel.local,
+        reachable_endpoints=sel.reachable,
+        has_usable_endpoints=sel.has_usable,
     )

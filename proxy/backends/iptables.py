@@ -450,8 +450,7 @@ def _render_port(
     # -- firewall chain (loadBalancerSourceRanges)
     if sp.uses_firewall and sp.has_endpoints:
         for src in sp.firewall_allowed_sources:
-            src_text = _host(src, fam) if not hasattr(src, "prefixlen") else str(src)
-            nat.add(fw, f"-s {src_text}", comment(f"{spn} loadbalancer IP"), f"-j {ext}")
+            nat.add(fw, f"-s {src}", comment(f"{spn} loadbalancer IP"), f"-j {ext}")
         nat.add(fw, comment(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
 
     # -- policy chains

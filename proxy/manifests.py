@@ -1,0 +1,227 @@
+"""Builders for Service, EndpointSlice and Node API objects (plain dicts, as the API serves).
+
+Used by tests, benchmarks and the lab to write state without hand-written YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Port:
+    port: int
+    name: str = ""
+    protocol: str = "TCP"
+    target_port: int | str | None = None
+    node_port: int | None = None
+
+    def service_port(self) -> JSON:
+        out: JSON = {"port": self.port, "protocol": self.protocol}
+        if self.name:
+            out["name"] = self.name
+        out["targetPort"] = self.target_port if self.target_port is not None else self.port
+        if self.node_port is not None:
+            out["nodePort"] = self.node_port
+        return out
+
+
+def service(
+    name: str,
+    cluster_ip: str,
+    ports: Sequence[Port],
+    *,
+    namespace: str = "default",
+    type: str = "ClusterIP",
+    external_ips: Sequence[str] = (),
+    lb_ips: Sequence[str] = (),
+    lb_ip_mode: str | None = None,
+    source_ranges: Sequence[str] = (),
+    affinity_seconds: int | None = None,
+    external_policy: str | None = None,
+    internal_policy: str | None = None,
+    health_check_node_port: int | None = None,
+    labels: dict[str, str] | None = None,
+    selector: dict[str, str] | None = None,
+) -> JSON:
+    spec: JSON = {
+        "type": type,
+        "clusterIP": cluster_ip,
+        "clusterIPs": [cluster_ip],
+        "ports": [p.service_port() for p in ports],
+    }
+    if cluster_ip == "":
+        del spec["clusterIP"], spec["clusterIPs"]
+    if selector is not None:
+        spec["selector"] = selector
+    if external_ips:
+        spec["externalIPs"] = list(external_ips)
+    if source_ranges:
+        spec["loadBalancerSourceRanges"] = list(source_ranges)
+    if affinity_seconds is not None:
+        spec["sessionAffinity"] = "ClientIP"
+        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": affinity_seconds}}
+    if external_policy is not None:
+        spec["externalTrafficPolicy"] = external_policy
+    if internal_policy is not None:
+        spec["internalTrafficPolicy"] = internal_policy
+    if health_check_node_port is not None:
+        spec["healthCheckNodePort"] = health_check_node_port
+    obj: JSON = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+        "spec": spec,
+    }
+    if lb_ips:
+        ingress = []
+        for ip in lb_ips:
+            entry: JSON = {"ip": ip}
+            if lb_ip_mode is not None:
+                entry["ipMode"] = lb_ip_mode
+            ingress.append(entry)
+        obj["status"] = {"loadBalancer": {"ingress": ingress}}
+    return obj
+
+
+@dataclass(frozen=True)
+class EP:
+    """One endpoint of a slice."""
+
+    ip: str
+    node: str | None = None
+    ready: bool = True
+    serving: bool | None = None
+    terminating: bool = False
+    zone: str | None = None
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
+    extra: JSON = field(default_factory=dict)
+
+    def render(self) -> JSON:
+        serving = self.ready if self.serving is None else self.serving
+        out: JSON = {
+            "addresses": [self.ip],
+            "conditions": {
+                "ready": self.ready,
+                "serving": serving,
+                "terminating": self.terminating,
+            },
+        }
+        if self.node is not None:
+            out["nodeName"] = self.node
+        if self.zone is not None:
+            out["zone"] = self.zone
+        hints: JSON = {}
+        if self.zone_hints:
+            hints["forZones"] = [{"name": z} for z in self.zone_hints]
+        if self.node_hints:
+            hints["forNodes"] = [{"name": n} for n in self.node_hints]
+        if hints:
+            out["hints"] = hints
+        out.update(self.extra)
+        return out
+
+
+def endpoint_slice(
+    service_name: str,
+    endpoints: Iterable[EP],
+    ports: Sequence[tuple[str, int, str]],
+    *,
+    name: str | None = None,
+    namespace: str = "default",
+    address_type: str = "IPv4",
+) -> JSON:
+    """``ports`` is (name, port, protocol) per slice port (name matches the Service's)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name or f"{service_name}-abc12",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": address_type,
+        "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in ports],
+        "endpoints": [e.render() for e in endpoints],
+    }
+
+
+def node(
+    name: str,
+    internal_ip: str,
+    *,
+    zone: str | None = None,
+    pod_cidr: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> JSON:
+    meta_labels = dict(labels or {})
+    if zone is not None:
+        meta_labels["topology.kubernetes.io/zone"] = zone
+    spec: JSON = {}
+    if pod_cidr is not None:
+        spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": meta_labels},
+        "spec": spec,
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": internal_ip},
+                {"type": "Hostname", "address": name},
+            ]
+        },
+    }
+
+
+def as_list(objects: Iterable[JSON]) -> JSON:
+    return {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+
+
+def synthetic_cluster(
+    services: int,
+    endpoints_per_service: int,
+    *,
+    node_name: str = "node-a",
+    nodes: int = 10,
+    node_port_every: int = 20,
+) -> list[JSON]:
+    """A large, valid cluster state for benchmarks and property checks.
+
+    Service i gets ClusterIP 10.96.x.y, one TCP port 80 (every ``node_port_every``-th
+    also a NodePort, unique while fewer than 2768 of them), and ``endpoints_per_service``
+    endpoints 10.(128+…) spread over ``nodes`` nodes.
+    """
+    objs: list[JSON] = [node(node_name, "192.168.50.11", zone="zone-a")]
+    ep_counter = 0
+    for i in range(services):
+        cip = f"10.{96 + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}"
+        node_port = 30000 + (i // node_port_every) % 2768 if i % node_port_every == 0 else None
+        svc_type = "NodePort" if node_port is not None else "ClusterIP"
+        name = f"svc-{i}"
+        objs.append(
+            service(
+                name,
+                cip,
+                [Port(80, "http", target_port=8080, node_port=node_port)],
+                type=svc_type,
+                namespace="bench",
+            )
+        )
+        eps = []
+        for _ in range(endpoints_per_service):
+            n = 128 + (ep_counter >> 16)
+            eps.append(
+                EP(
+                    f"10.{n}.{(ep_counter >> 8) & 0xFF}.{ep_counter & 0xFF}",
+                    node=f"node-{chr(ord('a') + ep_counter % nodes)}",
+                )
+            )
+            ep_counter += 1
+        objs.append(endpoint_slice(name, eps, [("http", 8080, "TCP")], namespace="bench"))
+    return objs

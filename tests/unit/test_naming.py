@@ -1,0 +1,65 @@
+from dataclasses import dataclass
+
+from proxy import naming
+from proxy.model import Protocol
+
+
+@dataclass(frozen=True)
+class SP:
+    namespace: str
+    name: str
+    port_name: str
+    protocol: Protocol = Protocol.TCP
+
+    @property
+    def service_port_name(self) -> str:
+        return f"{self.namespace}/{self.name}" + (f":{self.port_name}" if self.port_name else "")
+
+
+def test_iptables_check_vector() -> None:
+    # the vector design.md gives (and upstream's unit tests use)
+    assert naming.svc_chain(SP("ns1", "svc1", "p80")) == "KUBE-SVC-XPGD46QRK7WJZT7O"
+
+
+def test_iptables_chain_families_share_the_hash() -> None:
+    sp = SP("ns1", "svc1", "p80")
+    suffix = naming.svc_chain(sp).removeprefix("KUBE-SVC-")
+    assert naming.svl_chain(sp) == "KUBE-SVL-" + suffix
+    assert naming.ext_chain(sp) == "KUBE-EXT-" + suffix
+    assert naming.fw_chain(sp) == "KUBE-FW-" + suffix
+    assert len(suffix) == 16
+
+
+def test_protocol_changes_the_hash() -> None:
+    assert naming.svc_chain(SP("ns1", "svc1", "p80")) != naming.svc_chain(
+        SP("ns1", "svc1", "p80", Protocol.UDP)
+    )
+
+
+def test_endpoint_chain_hashes_the_endpoint() -> None:
+    sp = SP("ns1", "svc1", "p80")
+    a = naming.sep_chain(sp, "10.180.0.1:80")
+    b = naming.sep_chain(sp, "10.180.0.2:80")
+    assert a.startswith("KUBE-SEP-") and len(a) == len("KUBE-SEP-") + 16
+    assert a != b
+
+
+def test_nftables_names() -> None:
+    sp = SP("ns1", "svc1", "p80")
+    assert naming.nft_service_chain(sp) == "service-ULMVA6XW-ns1/svc1/tcp/p80"
+    assert naming.nft_external_chain(sp) == "external-ULMVA6XW-ns1/svc1/tcp/p80"
+    ep = naming.nft_endpoint_chain(sp, "10.180.0.1:80")
+    assert ep.startswith("endpoint-") and ep.endswith("-ns1/svc1/tcp/p80__10.180.0.1/80")
+
+
+def test_nftables_ipv6_endpoint_has_no_colons() -> None:
+    ep = naming.nft_endpoint_chain(SP("ns", "s", "p"), "[fd00::1]:8080")
+    assert ep.endswith("__fd00..1/8080")
+    assert ":" not in ep
+
+
+def test_nftables_names_are_truncated_to_the_kernel_limit() -> None:
+    long = "x" * 63
+    sp = SP(long, long, long)
+    name = naming.nft_endpoint_chain(sp, "[fd00:1:2:3:4:5:6:7]:65535")
+    assert len(name) < naming.NFT_NAME_MAX

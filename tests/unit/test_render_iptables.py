@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+from typing import Any
+
+from proxy import manifests as m
+from proxy import naming
+from proxy.backends import iptables as ipt
+from proxy.config import ProxyMode
+from tests.unit.test_plan import NODE, make_plan, web, web_slice
+
+TWO = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
+
+
+def rules(*objs: dict[str, Any], **cfg: Any) -> ipt.IptablesRuleset:
+    return ipt.render(make_plan(*objs, **cfg))
+
+
+def sp_of(*objs: dict[str, Any], **cfg: Any):  # type: ignore[no-untyped-def]
+    return make_plan(*objs, **cfg).service_port("default", "web", "http")
+
+
+def test_cluster_ip_dispatch_masquerade_and_uniform_cascade() -> None:
+    three = (*TWO, m.EP("10.244.2.6", "node-b"))
+    rs = rules(web(), web_slice(*three))
+    sp = sp_of(web(), web_slice(*three))
+    svc = naming.svc_chain(sp)
+    assert (
+        f'-d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http cluster IP" '
+        f"-m tcp --dport 80 -j {svc}"
+    ) in rs.nat["KUBE-SERVICES"]
+    chain = rs.nat[svc]
+    assert chain[0].startswith("! -s 10.244.0.0/16 -d 10.96.0.10/32") and "KUBE-MARK-MASQ" in chain[0]
+    assert "--probability 0.3333333333" in chain[1]
+    assert "--probability 0.5000000000" in chain[2]
+    assert "statistic" not in chain[3]
+    sep = naming.sep_chain(sp, "10.244.1.5:8080")
+    assert rs.nat[sep] == (
+        '-s 10.244.1.5/32 -m comment --comment "default/web:http" -j KUBE-MARK-MASQ',
+        '-p tcp -m comment --comment "default/web:http" -m tcp -j DNAT --to-destination '
+        "10.244.1.5:8080",
+    )
+
+
+def test_masquerade_all_marks_every_cluster_ip_packet() -> None:
+    rs = rules(web(), web_slice(*TWO), masquerade_all=True)
+    svc = naming.svc_chain(sp_of(web(), web_slice(*TWO)))
+    assert rs.nat[svc][0].startswith("-d 10.96.0.10/32 -p tcp")
+
+
+def test_no_endpoints_rejects_in_filter() -> None:
+    rs = rules(web())
+    assert rs.filter["KUBE-SERVICES"] == (
+        '-d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http has no endpoints" '
+        "-m tcp --dport 80 -j REJECT",
+    )
+    assert not any(c.startswith("KUBE-SVC-") for c in rs.nat)
+
+
+def test_internal_local_without_local_endpoints_drops() -> None:
+    rs = rules(web(internal_policy="Local"), web_slice(TWO[1]))
+    assert rs.filter["KUBE-SERVICES"][0].endswith("-j DROP")
+    assert "has no local endpoints" in rs.filter["KUBE-SERVICES"][0]
+
+
+def test_affinity_uses_recent_per_endpoint() -> None:
+    rs = rules(web(affinity_seconds=300), web_slice(*TWO))
+    sp = sp_of(web(affinity_seconds=300), web_slice(*TWO))
+    svc = rs.nat[naming.svc_chain(sp)]
+    sep = naming.sep_chain(sp, "10.244.1.5:8080")
+    assert f"--rcheck --seconds 300 --reap --name {sep}" in svc[1]
+    assert f"-m recent --set --name {sep}" in rs.nat[sep][1]
+
+
+def test_external_ip_and_node_port_go_through_ext_with_masquerade() -> None:
+    svc = web(type="NodePort", external_ips=["203.0.113.7"],
+              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    rs = rules(svc, web_slice(*TWO))
+    sp = sp_of(svc, web_slice(*TWO))
+    ext = naming.ext_chain(sp)
+    assert any(r.startswith("-d 203.0.113.7/32") and r.endswith(f"-j {ext}")
+               for r in rs.nat["KUBE-SERVICES"])
+    assert rs.nat["KUBE-NODEPORTS"] == (
+        f'-p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j {ext}',
+    )
+    assert rs.nat[ext] == (
+        '-m comment --comment "masquerade traffic for default/web:http external destinations" '
+        "-j KUBE-MARK-MASQ",
+        f"-j {naming.svc_chain(sp)}",
+    )
+    assert "nodeports" in rs.nat["KUBE-SERVICES"][-1]  # node ports are the last rule
+
+
+def test_external_local_short_circuits_pods_and_node_and_keeps_source() -> None:
+    svc = web(type="NodePort", external_policy="Local",
+              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    sp = sp_of(svc, web_slice(*TWO))
+    ext = ipt.render(make_plan(svc, web_slice(*TWO))).nat[naming.ext_chain(sp)]
+    assert ext[0].startswith("-s 10.244.0.0/16") and ext[0].endswith(naming.svc_chain(sp))
+    assert "--src-type LOCAL" in ext[1] and ext[1].endswith("KUBE-MARK-MASQ")
+    assert "--src-type LOCAL" in ext[2] and ext[2].endswith(naming.svc_chain(sp))
+    assert ext[3] == f"-j {naming.svl_chain(sp)}"
+    assert not any("KUBE-MARK-MASQ" in r and "LOCAL" not in r for r in ext)
+
+
+def test_external_local_without_local_endpoints_drops_external_traffic() -> None:
+    svc = web(type="NodePort", external_policy="Local",
+              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    rs = rules(svc, web_slice(TWO[1]))
+    assert any("--dport 30080 -j DROP" in r for r in rs.filter["KUBE-EXTERNAL-SERVICES"])
+
+
+def test_load_balancer_source_ranges() -> None:
+    svc = web(type="LoadBalancer", lb_ips=["198.51.100.1"], source_ranges=["203.0.113.0/24"],
+              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    rs = rules(svc, web_slice(*TWO))
+    sp = sp_of(svc, web_slice(*TWO))
+    fw, ext = naming.fw_chain(sp), naming.ext_chain(sp)
+    assert any(r.startswith("-d 198.51.100.1/32") and r.endswith(f"-j {fw}")
+               for r in rs.nat["KUBE-SERVICES"])
+    assert rs.nat[fw][0].startswith("-s 203.0.113.0/24") and rs.nat[fw][0].endswith(ext)
+    assert rs.filter["KUBE-PROXY-FIREWALL"][0].startswith("-d 198.51.100.1/32")
+    assert rs.filter["KUBE-PROXY-FIREWALL"][0].endswith("-j DROP")
+
+
+def test_nodeport_addresses_primary_uses_explicit_destinations() -> None:
+    from proxy.config import NodePortAddresses
+
+    rs = rules(web(), nodeport_addresses=NodePortAddresses.parse("primary"))
+    assert rs.nat["KUBE-SERVICES"][-1].startswith("-d 192.168.50.11/32")
+    assert not rs.route_localnet and "KUBE-FIREWALL" not in rs.filter
+
+
+def test_localhost_guard_only_with_localhost_node_ports() -> None:
+    rs = rules(web())
+    assert rs.route_localnet
+    assert "block incoming localnet connections" in rs.filter["KUBE-FIREWALL"][0]
+
+
+def test_restore_text_rewrites_ours_deletes_stale_and_leaves_others() -> None:
+    rs = rules(web(), web_slice(*TWO))
+    saved = """*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-OLDOLDOLDOLDOLD1 - [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A PREROUTING -j DOCKER
+-A OUTPUT -j KUBE-SVC-OLDOLDOLDOLDOLD1
+COMMIT
+"""
+    text = ipt.restore_text(rs, ipt.parse_save(saved))
+    nat = text.split("*nat\n", 1)[1]
+    assert ":KUBE-SVC-OLDOLDOLDOLDOLD1 - [0:0]" in nat and "-X KUBE-SVC-OLDOLDOLDOLDOLD1" in nat
+    assert "DOCKER" not in nat
+    assert nat.count('-D PREROUTING -m comment --comment "kubernetes service portals"') == 1
+    assert "-D OUTPUT -j KUBE-SVC-OLDOLDOLDOLDOLD1" in nat
+    assert '-I OUTPUT 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' in nat
+    assert "-I PREROUTING" not in nat
+
+
+def test_cleanup_text_removes_only_owned() -> None:
+    saved = """*filter
+:INPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A INPUT -m conntrack --ctstate NEW -j KUBE-SERVICES
+-A INPUT -j KUBE-KUBELET-CANARY
+COMMIT
+"""
+    text = ipt.cleanup_text(ipt.parse_save(saved))
+    assert "-X KUBE-SERVICES" in text and "-D INPUT -m conntrack --ctstate NEW -j KUBE-SERVICES" in text
+    assert "CANARY" not in text
+    assert ipt.cleanup_text(ipt.parse_save("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")) == ""
+
+
+def test_render_is_deterministic() -> None:
+    a = ipt.restore_text(rules(web(), web_slice(*TWO)))
+    b = ipt.restore_text(rules(web(), web_slice(*reversed(TWO))))
+    assert a == b
+
+
+def test_mode_does_not_leak_into_iptables_rules() -> None:
+    assert rules(web(), mode=ProxyMode.IPTABLES).nat["KUBE-POSTROUTING"]

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from typing import Any
+
+from proxy import manifests as m
+from proxy import naming
+from proxy.backends import nftables as nft
+from proxy.config import ProxyMode
+from tests.unit.test_plan import NODE, make_plan, web, web_slice
+
+TWO = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
+
+
+def render(*objs: dict[str, Any], **cfg: Any) -> nft.NftRuleset:
+    cfg.setdefault("mode", ProxyMode.NFTABLES)
+    return nft.render(make_plan(*objs, **cfg))
+
+
+def sp_of(*objs: dict[str, Any]):  # type: ignore[no-untyped-def]
+    return make_plan(*objs, mode=ProxyMode.NFTABLES).service_port("default", "web", "http")
+
+
+def elements(rs: nft.NftRuleset, name: str) -> dict[str, str]:
+    return {e.key: e.value for e in rs.sets[name].elements}
+
+
+def test_cluster_ip_map_element_and_numgen() -> None:
+    rs = render(web(), web_slice(*TWO))
+    sp = sp_of(web(), web_slice(*TWO))
+    svc = naming.nft_service_chain(sp)
+    assert elements(rs, nft.SERVICE_IPS) == {"10.96.0.10 . tcp . 80": f"goto {svc}"}
+    assert elements(rs, nft.CLUSTER_IPS) == {"10.96.0.10": ""}
+    rules = rs.chains[svc].rules
+    assert rules[0] == (
+        "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
+    )
+    e0 = naming.nft_endpoint_chain(sp, "10.244.1.5:8080")
+    e1 = naming.nft_endpoint_chain(sp, "10.244.2.5:8080")
+    assert rules[1] == f"numgen random mod 2 vmap {{ 0 : goto {e0}, 1 : goto {e1} }}"
+    assert rs.chains[e0].rules == (
+        "ip saddr 10.244.1.5 jump mark-for-masquerade",
+        "meta l4proto tcp dnat to 10.244.1.5:8080",
+    )
+
+
+def test_no_endpoints_reject_and_local_drop() -> None:
+    rs = render(web())
+    assert elements(rs, nft.NO_ENDPOINT_SERVICES) == {"10.96.0.10 . tcp . 80": "goto reject-chain"}
+    rs = render(web(internal_policy="Local"), web_slice(TWO[1]))
+    assert elements(rs, nft.NO_ENDPOINT_SERVICES) == {"10.96.0.10 . tcp . 80": "drop"}
+
+
+def test_unknown_port_on_cluster_ip_is_rejected() -> None:
+    rs = render(web())
+    assert any("@cluster-ips reject" in r for r in rs.chains[nft.CLUSTER_IPS_CHECK].rules)
+
+
+def test_affinity_sets_and_updates() -> None:
+    rs = render(web(affinity_seconds=60), web_slice(*TWO))
+    sp = sp_of(web(affinity_seconds=60), web_slice(*TWO))
+    aff = naming.nft_affinity_set(sp, "10.244.1.5:8080")
+    assert rs.sets[aff].timeout == 60 and rs.sets[aff].dynamic
+    ep = naming.nft_endpoint_chain(sp, "10.244.1.5:8080")
+    assert f"update @{aff} {{ ip saddr }}" in rs.chains[ep].rules
+    assert rs.chains[naming.nft_service_chain(sp)].rules[1] == f"ip saddr @{aff} goto {ep}"
+
+
+def test_node_ports_default_to_primary_ip_and_never_localhost() -> None:
+    svc = web(type="NodePort", ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    rs = render(svc, web_slice(*TWO))
+    assert elements(rs, nft.NODEPORT_IPS) == {"192.168.50.11": ""}
+    ext = naming.nft_external_chain(sp_of(svc, web_slice(*TWO)))
+    assert elements(rs, nft.SERVICE_NODEPORTS) == {"tcp . 30080": f"goto {ext}"}
+
+
+def test_firewall_for_source_ranges() -> None:
+    svc = web(type="LoadBalancer", lb_ips=["198.51.100.1"], source_ranges=["203.0.113.0/24"],
+              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    rs = render(svc, web_slice(*TWO))
+    fw = naming.nft_firewall_chain(sp_of(svc, web_slice(*TWO)))
+    assert elements(rs, nft.FIREWALL_IPS) == {"198.51.100.1 . tcp . 80": f"goto {fw}"}
+    assert rs.chains[fw].rules == ("ip saddr != { 203.0.113.0/24 } drop",)
+
+
+def test_full_sync_deletes_stale_and_keeps_affinity_entries() -> None:
+    rs = render(web(affinity_seconds=60), web_slice(*TWO))
+    sp = sp_of(web(affinity_seconds=60), web_slice(*TWO))
+    aff = naming.nft_affinity_set(sp, "10.244.1.5:8080")
+    existing = nft.ExistingNft(
+        table_exists=True,
+        chains=frozenset({"service-OLD-x", *rs.chains}),
+        sets={aff: 60, "affinity-OLD": 10, nft.CLUSTER_IPS: None},
+        maps=frozenset({nft.SERVICE_IPS, "old-map"}),
+    )
+    text = nft.full_sync_text(rs, existing)
+    assert "flush chain ip kube-proxy service-OLD-x\n" in text
+    assert "delete chain ip kube-proxy service-OLD-x\n" in text
+    assert "delete set ip kube-proxy affinity-OLD\n" in text
+    assert "delete map ip kube-proxy old-map\n" in text
+    assert f"flush set ip kube-proxy {aff}" not in text
+    assert f"delete set ip kube-proxy {aff}" not in text
+    # flushes come before deletes, deletes before the new rules
+    assert text.index("flush chain ip kube-proxy service-OLD-x") < text.index(
+        "delete chain ip kube-proxy service-OLD-x") < text.index("add rule")
+
+
+def test_changed_affinity_timeout_recreates_the_set() -> None:
+    rs = render(web(affinity_seconds=60), web_slice(*TWO))
+    aff = naming.nft_affinity_set(sp_of(web(affinity_seconds=60), web_slice(*TWO)),
+                                  "10.244.1.5:8080")
+    text = nft.full_sync_text(rs, nft.ExistingNft(True, frozenset(), {aff: 30}))
+    assert f"delete set ip kube-proxy {aff}" in text
+    assert text.index(f"delete set ip kube-proxy {aff}") < text.index(f"add set ip kube-proxy {aff}")
