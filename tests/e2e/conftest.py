@@ -1,0 +1,43 @@
+"""Fixtures for the e2e tier: the upstream Kubernetes binaries (built if needed).
+
+Set ``KUBE_PROXY_PY_E2E=skip`` to skip e2e tests when the binaries are not already
+built; otherwise a missing build is started (a cold build takes tens of minutes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from proxy.lab import build as k8s_build
+
+SKIP_ENV = "KUBE_PROXY_PY_E2E"
+
+
+def _prebuilt() -> Path | None:
+    """The binaries directory if it is usable without building anything."""
+    override = os.environ.get(k8s_build.BIN_ENV)
+    directory = Path(override) if override else k8s_build.bin_dir()
+    if k8s_build.missing_binaries(directory):
+        return None
+    if not override and not (directory / "build-stamp.json").exists():
+        return None
+    return directory
+
+
+@pytest.fixture(scope="session")
+def k8s_bin() -> Path:
+    """Directory with etcd, kube-apiserver, kube-controller-manager, … (K8S_VERSION)."""
+    if os.environ.get(SKIP_ENV) == "skip":
+        directory = _prebuilt()
+        if directory is None:
+            pytest.skip(
+                f"{SKIP_ENV}=skip and the Kubernetes {k8s_build.K8S_VERSION} binaries are not "
+                f"built (looked in {os.environ.get(k8s_build.BIN_ENV) or k8s_build.bin_dir()}); "
+                f"unset {SKIP_ENV} to build them, or set {k8s_build.BIN_ENV}"
+            )
+    logging.getLogger("proxy").setLevel(logging.INFO)
+    return k8s_build.build()
