@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what kube-proxy-py and its tests need on a fresh Debian machine (run as root):
+# kernel tools, the Python package with its dev extras, and the pinned upstream Kubernetes
+# binaries (built from the Go module proxy once, then cached under ~/.cache/kube-proxy-py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (it installs packages and tests create network namespaces)" >&2
+  exit 2
+fi
+
+pkgs=(iptables nftables conntrack iproute2 tcpdump procps kmod)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+say "installing kube-proxy-py and its test dependencies (pip)"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+
+if [ "${KUBE_PROXY_PY_SKIP_K8S_BUILD:-}" != "1" ]; then
+  say "building or reusing the pinned Kubernetes binaries (first time: ~10 minutes on 2 cores)"
+  kube-proxy-py lab build
+fi
