@@ -19,18 +19,34 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my-nginx.yaml"
 
 
 def sh(ns: str, *cmd: str, stdin: str | None = None) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, *cmd], input=stdin, capture_output=True,
-                          text=True, check=True).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], input=stdin, capture_output=True, text=True, check=True
+    ).stdout
 
 
 def kpp(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "proxy", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def apply(ns: str, mode: str, state: Path | str, *extra: str) -> subprocess.CompletedProcess[str]:
-    proc = kpp(ns, "apply", "--state", str(state), "--mode", mode, "--hostname-override",
-               "node-a", "--cluster-cidr", "10.244.0.0/16", *extra)
+    proc = kpp(
+        ns,
+        "apply",
+        "--state",
+        str(state),
+        "--mode",
+        mode,
+        "--hostname-override",
+        "node-a",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        *extra,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -40,8 +56,9 @@ def snapshot(ns: str, mode: str) -> str:
     if mode == "nftables":
         return sh(ns, "nft", "list", "ruleset")
     text = sh(ns, "iptables-save")
-    return "\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines()
-                     if not line.startswith("#"))
+    return "\n".join(
+        re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#")
+    )
 
 
 def write_state(tmp: Path, objs: list[dict[str, Any]]) -> Path:
@@ -54,9 +71,15 @@ def add_foreign_rules(ns: str) -> None:
     sh(ns, "iptables", "-t", "nat", "-N", "DOCKER")
     sh(ns, "iptables", "-t", "nat", "-A", "PREROUTING", "-j", "DOCKER")
     sh(ns, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
-    sh(ns, "nft", "-f", "-", stdin="table ip other {\n chain c {\n"
-                                   "  type filter hook input priority 0\n  tcp dport 22 accept\n"
-                                   " }\n}\n")
+    sh(
+        ns,
+        "nft",
+        "-f",
+        "-",
+        stdin="table ip other {\n chain c {\n"
+        "  type filter hook input priority 0\n  tcp dport 22 accept\n"
+        " }\n}\n",
+    )
 
 
 def foreign_intact(ns: str) -> None:
@@ -79,11 +102,14 @@ def test_apply_is_idempotent_replaces_exactly_ours_and_cleans_up(
     foreign_intact(netns)
 
     # changed state: my-nginx loses an endpoint; the NodePort service goes away entirely
-    changed = write_state(tmp_path, [
-        m.node("node-a", "192.168.50.11"),
-        m.service("my-nginx", "10.96.0.80", [m.Port(80)]),
-        m.endpoint_slice("my-nginx", [m.EP("10.244.1.11", "node-a")], [("", 80, "TCP")]),
-    ])
+    changed = write_state(
+        tmp_path,
+        [
+            m.node("node-a", "192.168.50.11"),
+            m.service("my-nginx", "10.96.0.80", [m.Port(80)]),
+            m.endpoint_slice("my-nginx", [m.EP("10.244.1.11", "node-a")], [("", 80, "TCP")]),
+        ],
+    )
     apply(netns, mode, changed)
     after = snapshot(netns, mode)
     assert "10.244.2.11" not in after and "10.244.1.11" in after
@@ -103,19 +129,32 @@ def test_apply_is_idempotent_replaces_exactly_ours_and_cleans_up(
 def test_apply_skips_invalid_objects_and_programs_the_rest(
     netns: str, mode: str, tmp_path: Path
 ) -> None:
-    state = write_state(tmp_path, [
-        m.node("node-a", "192.168.50.11"),
-        m.service("good", "10.96.0.98", [m.Port(80)]),
-        m.endpoint_slice("good", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")]),
-        m.service("bad", "10.96.0.99", [m.Port(80, protocol="ICMP")]),
-    ])
+    state = write_state(
+        tmp_path,
+        [
+            m.node("node-a", "192.168.50.11"),
+            m.service("good", "10.96.0.98", [m.Port(80)]),
+            m.endpoint_slice("good", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")]),
+            m.service("bad", "10.96.0.99", [m.Port(80, protocol="ICMP")]),
+        ],
+    )
     proc = apply(netns, mode, state)
     assert "skipped Service default/bad: spec.ports[0].protocol: unknown protocol 'ICMP'" in (
-        proc.stderr)
+        proc.stderr
+    )
     rules = snapshot(netns, mode)
     assert "10.244.1.5" in rules and "10.96.0.99" not in rules
-    strict = kpp(netns, "apply", "--state", str(state), "--mode", mode, "--hostname-override",
-                 "node-a", "--strict")
+    strict = kpp(
+        netns,
+        "apply",
+        "--state",
+        str(state),
+        "--mode",
+        mode,
+        "--hostname-override",
+        "node-a",
+        "--strict",
+    )
     assert strict.returncode == 1
 
 
@@ -128,8 +167,9 @@ def test_iptables_rules_read_back_as_rendered(netns: str) -> None:
 
     apply(netns, "iptables", EXAMPLE)
     state = load_state(str(EXAMPLE), "node-a")
-    rs = ipt.render(plan(state.snapshot, ProxyConfig(
-        "node-a", cluster_cidrs=parse_cidrs("10.244.0.0/16", "x"))))
+    rs = ipt.render(
+        plan(state.snapshot, ProxyConfig("node-a", cluster_cidrs=parse_cidrs("10.244.0.0/16", "x")))
+    )
     saved = ipt.parse_save(sh(netns, "iptables-save"))
 
     def norm(rule: str) -> str:

@@ -21,21 +21,30 @@ from tests.strategies import cluster_states
 
 pytestmark = pytest.mark.netns
 
-configs = st.fixed_dictionaries({
-    "masquerade_all": st.booleans(),
-    "cluster_cidrs": st.sampled_from([(), (ipaddress.ip_network("10.244.0.0/16"),)]),
-    "nodeport_addresses": st.sampled_from([
-        NodePortAddresses(), NodePortAddresses(primary=True),
-        NodePortAddresses.parse("192.168.0.0/16,127.0.0.0/8"),
-    ]),
-})
+configs = st.fixed_dictionaries(
+    {
+        "masquerade_all": st.booleans(),
+        "cluster_cidrs": st.sampled_from([(), (ipaddress.ip_network("10.244.0.0/16"),)]),
+        "nodeport_addresses": st.sampled_from(
+            [
+                NodePortAddresses(),
+                NodePortAddresses(primary=True),
+                NodePortAddresses.parse("192.168.0.0/16,127.0.0.0/8"),
+            ]
+        ),
+    }
+)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(objs=cluster_states(), cfg=configs)
-def test_kernel_accepts_random_valid_states(netns: str, objs: list[dict[str, Any]],
-                                            cfg: dict[str, Any]) -> None:
+def test_kernel_accepts_random_valid_states(
+    netns: str, objs: list[dict[str, Any]], cfg: dict[str, Any]
+) -> None:
     state = build_state(objs, "node-a")
     runner = Runner(netns)
     hosts = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("192.168.50.11"))
@@ -45,4 +54,5 @@ def test_kernel_accepts_random_valid_states(netns: str, objs: list[dict[str, Any
             NftKernel(runner).apply(nft.full_sync_text(nft.render(p)), check_only=True)
         else:
             IptablesKernel(runner, variant="nft").restore(
-                ipt.restore_text(ipt.render(p)), test=True)
+                ipt.restore_text(ipt.render(p)), test=True
+            )

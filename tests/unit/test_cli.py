@@ -14,14 +14,28 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my-nginx.yaml"
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, input=stdin,
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
         timeout=60,
     )
 
 
 def render(mode: str, state: str = str(EXAMPLE), *extra: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return run("render", "--state", state, "--mode", mode, "--hostname-override", "node-a",
-               "--cluster-cidr", "10.244.0.0/16", *extra, stdin=stdin)
+    return run(
+        "render",
+        "--state",
+        state,
+        "--mode",
+        mode,
+        "--hostname-override",
+        "node-a",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        *extra,
+        stdin=stdin,
+    )
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
@@ -40,14 +54,19 @@ def test_invalid_objects_are_reported_and_skipped(tmp_path: Path) -> None:
     good = m.service("good", "10.96.0.98", [m.Port(80)])
     bad_slice = m.endpoint_slice("good", [m.EP("10.244.1.999")], [("", 80, "TCP")], name="good-x")
     state = tmp_path / "state.json"
-    state.write_text(json.dumps(m.as_list([m.node("node-a", "192.168.50.11"), bad, good,
-                                           bad_slice])))
+    state.write_text(
+        json.dumps(m.as_list([m.node("node-a", "192.168.50.11"), bad, good, bad_slice]))
+    )
     proc = render("nftables", str(state))
     assert proc.returncode == 0
-    assert ("skipped Service default/bad: spec.ports[0].port: 70000 is out of range 1-65535"
-            in proc.stderr)
-    assert ("skipped EndpointSlice default/good-x: endpoints[0].addresses[0]: '10.244.1.999' is "
-            "not a valid IP address" in proc.stderr)
+    assert (
+        "skipped Service default/bad: spec.ports[0].port: 70000 is out of range 1-65535"
+        in proc.stderr
+    )
+    assert (
+        "skipped EndpointSlice default/good-x: endpoints[0].addresses[0]: '10.244.1.999' is "
+        "not a valid IP address" in proc.stderr
+    )
     assert "10.96.0.98 . tcp . 80" in proc.stdout and "10.96.0.99" not in proc.stdout
     strict = render("nftables", str(state), "--strict")
     assert strict.returncode == 1 and strict.stdout == proc.stdout
@@ -65,22 +84,47 @@ def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_file_and_bad_flags() -> None:
     proc = render("iptables", "/nonexistent/state.yaml")
     assert proc.returncode == 2 and "/nonexistent/state.yaml: no such file" in proc.stderr
-    proc = run("render", "--state", str(EXAMPLE), "--mode", "nftables",
-               "--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/33")
+    proc = run(
+        "render",
+        "--state",
+        str(EXAMPLE),
+        "--mode",
+        "nftables",
+        "--hostname-override",
+        "node-a",
+        "--cluster-cidr",
+        "10.244.0.0/33",
+    )
     assert proc.returncode == 2 and "--cluster-cidr: '10.244.0.0/33' is not a CIDR" in proc.stderr
-    proc = run("render", "--state", str(EXAMPLE), "--mode", "nftables",
-               "--hostname-override", "node-a", "--nodeport-addresses", "primary,10.0.0.0/8")
+    proc = run(
+        "render",
+        "--state",
+        str(EXAMPLE),
+        "--mode",
+        "nftables",
+        "--hostname-override",
+        "node-a",
+        "--nodeport-addresses",
+        "primary,10.0.0.0/8",
+    )
     assert proc.returncode == 2 and "'primary' cannot be combined" in proc.stderr
     proc = run("render", "--state", str(EXAMPLE), "--mode", "ipvs", "--hostname-override", "x")
     assert proc.returncode == 2 and "invalid choice: 'ipvs'" in proc.stderr
 
 
 def test_stdin_and_unknown_kinds_and_missing_node() -> None:
-    text = json.dumps(m.as_list([
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "my-nginx",
-                                                                    "namespace": "default"}},
-        m.service("s", "10.96.0.5", [m.Port(80)]),
-    ]))
+    text = json.dumps(
+        m.as_list(
+            [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "my-nginx", "namespace": "default"},
+                },
+                m.service("s", "10.96.0.5", [m.Port(80)]),
+            ]
+        )
+    )
     proc = render("iptables", "-", stdin=text)
     assert proc.returncode == 0
     assert "ignored Deployment default/my-nginx" in proc.stderr

@@ -14,9 +14,15 @@ from proxy.model import (
 
 def test_service_parses() -> None:
     obj = m.service(
-        "web", "10.96.0.10", [m.Port(80, "http", target_port="web", node_port=30080)],
-        type="LoadBalancer", external_ips=["203.0.113.7"], lb_ips=["198.51.100.1"],
-        source_ranges=["192.0.2.0/24"], affinity_seconds=60, external_policy="Local",
+        "web",
+        "10.96.0.10",
+        [m.Port(80, "http", target_port="web", node_port=30080)],
+        type="LoadBalancer",
+        external_ips=["203.0.113.7"],
+        lb_ips=["198.51.100.1"],
+        source_ranges=["192.0.2.0/24"],
+        affinity_seconds=60,
+        external_policy="Local",
         health_check_node_port=31000,
     )
     svc, problems = parse_service(obj)
@@ -42,8 +48,14 @@ def test_affinity_default_timeout() -> None:
 
 
 def test_lb_ip_mode_proxy_is_not_programmed() -> None:
-    obj = m.service("web", "10.96.0.10", [m.Port(80)], type="LoadBalancer",
-                    lb_ips=["198.51.100.1"], lb_ip_mode="Proxy")
+    obj = m.service(
+        "web",
+        "10.96.0.10",
+        [m.Port(80)],
+        type="LoadBalancer",
+        lb_ips=["198.51.100.1"],
+        lb_ip_mode="Proxy",
+    )
     svc, problems = parse_service(obj)
     assert problems == [] and svc is not None and svc.load_balancer_ips == ()
 
@@ -51,27 +63,56 @@ def test_lb_ip_mode_proxy_is_not_programmed() -> None:
 @pytest.mark.parametrize(
     ("mutate", "field", "fragment"),
     [
-        (lambda s: s["spec"].update(clusterIP="10.96.0.999", clusterIPs=["10.96.0.999"]),
-         "spec.clusterIPs[0]", "not a valid IP address"),
+        (
+            lambda s: s["spec"].update(clusterIP="10.96.0.999", clusterIPs=["10.96.0.999"]),
+            "spec.clusterIPs[0]",
+            "not a valid IP address",
+        ),
         (lambda s: s["spec"]["ports"][0].update(port=70000), "spec.ports[0].port", "out of range"),
         (lambda s: s["spec"]["ports"][0].update(port=0), "spec.ports[0].port", "out of range"),
-        (lambda s: s["spec"]["ports"][0].update(protocol="ICMP"), "spec.ports[0].protocol",
-         "unknown protocol 'ICMP'"),
-        (lambda s: s["spec"]["ports"].append(dict(s["spec"]["ports"][0], port=81)),
-         "spec.ports[1].name", "duplicate port name 'http'"),
-        (lambda s: s["spec"]["ports"][0].update(targetPort="Not_A_Name"),
-         "spec.ports[0].targetPort", "not a valid port name"),
-        (lambda s: s["spec"]["ports"][0].update(nodePort=99999), "spec.ports[0].nodePort",
-         "out of range"),
-        (lambda s: s["spec"].update(externalIPs=["nope"]), "spec.externalIPs[0]",
-         "not a valid IP address"),
-        (lambda s: s["spec"].update(sessionAffinity="Cookie"), "spec.sessionAffinity",
-         "unknown value"),
-        (lambda s: s["spec"].update(sessionAffinity="ClientIP",
-                                    sessionAffinityConfig={"clientIP": {"timeoutSeconds": 0}}),
-         "spec.sessionAffinityConfig.clientIP.timeoutSeconds", "1-86400"),
-        (lambda s: s["spec"].update(externalTrafficPolicy="Nearest"),
-         "spec.externalTrafficPolicy", "unknown value 'Nearest'"),
+        (
+            lambda s: s["spec"]["ports"][0].update(protocol="ICMP"),
+            "spec.ports[0].protocol",
+            "unknown protocol 'ICMP'",
+        ),
+        (
+            lambda s: s["spec"]["ports"].append(dict(s["spec"]["ports"][0], port=81)),
+            "spec.ports[1].name",
+            "duplicate port name 'http'",
+        ),
+        (
+            lambda s: s["spec"]["ports"][0].update(targetPort="Not_A_Name"),
+            "spec.ports[0].targetPort",
+            "not a valid port name",
+        ),
+        (
+            lambda s: s["spec"]["ports"][0].update(nodePort=99999),
+            "spec.ports[0].nodePort",
+            "out of range",
+        ),
+        (
+            lambda s: s["spec"].update(externalIPs=["nope"]),
+            "spec.externalIPs[0]",
+            "not a valid IP address",
+        ),
+        (
+            lambda s: s["spec"].update(sessionAffinity="Cookie"),
+            "spec.sessionAffinity",
+            "unknown value",
+        ),
+        (
+            lambda s: s["spec"].update(
+                sessionAffinity="ClientIP",
+                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 0}},
+            ),
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            "1-86400",
+        ),
+        (
+            lambda s: s["spec"].update(externalTrafficPolicy="Nearest"),
+            "spec.externalTrafficPolicy",
+            "unknown value 'Nearest'",
+        ),
         (lambda s: s["spec"].update(type="Magic"), "spec.type", "unknown type 'Magic'"),
         (lambda s: s["metadata"].update(name="Bad_Name"), "metadata.name", "DNS subdomain"),
         (lambda s: s["spec"].update(ports="80"), "spec.ports", "expected a list"),
@@ -91,12 +132,20 @@ def test_invalid_service_is_reported_with_field(mutate, field: str, fragment: st
     ("mutate", "reason"),
     [
         (lambda s: s["spec"].update(clusterIP="None", clusterIPs=["None"]), "headless"),
-        (lambda s: s["spec"].update(type="ExternalName", externalName="db.example.com"),
-         "ExternalName"),
-        (lambda s: s["metadata"]["labels"].update(
-            {"service.kubernetes.io/service-proxy-name": "other"}), "another proxy"),
-        (lambda s: s["metadata"]["labels"].update({"service.kubernetes.io/headless": ""}),
-         "service.kubernetes.io/headless"),
+        (
+            lambda s: s["spec"].update(type="ExternalName", externalName="db.example.com"),
+            "ExternalName",
+        ),
+        (
+            lambda s: s["metadata"]["labels"].update(
+                {"service.kubernetes.io/service-proxy-name": "other"}
+            ),
+            "another proxy",
+        ),
+        (
+            lambda s: s["metadata"]["labels"].update({"service.kubernetes.io/headless": ""}),
+            "service.kubernetes.io/headless",
+        ),
     ],
 )
 def test_skipped_services_carry_a_reason(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -108,10 +157,14 @@ def test_skipped_services_carry_a_reason(mutate, reason: str) -> None:  # type: 
 
 
 def test_slice_parses_conditions_and_hints() -> None:
-    obj = m.endpoint_slice("web", [
-        m.EP("10.244.1.5", node="a", zone="z1", zone_hints=("z1",), node_hints=("a",)),
-        m.EP("10.244.1.6", node="b", ready=False, serving=True, terminating=True),
-    ], [("http", 8080, "TCP")])
+    obj = m.endpoint_slice(
+        "web",
+        [
+            m.EP("10.244.1.5", node="a", zone="z1", zone_hints=("z1",), node_hints=("a",)),
+            m.EP("10.244.1.6", node="b", ready=False, serving=True, terminating=True),
+        ],
+        [("http", 8080, "TCP")],
+    )
     sl, problems = parse_endpoint_slice(obj)
     assert problems == [] and sl is not None
     assert sl.service_name == "web"
@@ -132,19 +185,34 @@ def test_slice_conditions_default_like_the_api() -> None:
 @pytest.mark.parametrize(
     ("mutate", "field", "fragment"),
     [
-        (lambda s: s["endpoints"][0].update(addresses=["10.0.0.300"]), "endpoints[0].addresses[0]",
-         "not a valid IP"),
-        (lambda s: s["endpoints"][0].update(addresses=["fd00::1"]), "endpoints[0].addresses[0]",
-         "not an IPv4 address"),
-        (lambda s: s["endpoints"][0].update(addresses=[]), "endpoints[0].addresses",
-         "at least one"),
+        (
+            lambda s: s["endpoints"][0].update(addresses=["10.0.0.300"]),
+            "endpoints[0].addresses[0]",
+            "not a valid IP",
+        ),
+        (
+            lambda s: s["endpoints"][0].update(addresses=["fd00::1"]),
+            "endpoints[0].addresses[0]",
+            "not an IPv4 address",
+        ),
+        (
+            lambda s: s["endpoints"][0].update(addresses=[]),
+            "endpoints[0].addresses",
+            "at least one",
+        ),
         (lambda s: s["ports"][0].update(port=-1), "ports[0].port", "out of range"),
         (lambda s: s["ports"][0].update(protocol="tcp"), "ports[0].protocol", "unknown protocol"),
         (lambda s: s.update(addressType="IPX"), "addressType", "unknown address type"),
-        (lambda s: s["metadata"]["labels"].clear(),
-         "metadata.labels[kubernetes.io/service-name]", "belongs to no Service"),
-        (lambda s: s["endpoints"][0]["conditions"].update(ready="yes"),
-         "endpoints[0].conditions.ready", "not a boolean"),
+        (
+            lambda s: s["metadata"]["labels"].clear(),
+            "metadata.labels[kubernetes.io/service-name]",
+            "belongs to no Service",
+        ),
+        (
+            lambda s: s["endpoints"][0]["conditions"].update(ready="yes"),
+            "endpoints[0].conditions.ready",
+            "not a boolean",
+        ),
     ],
 )
 def test_invalid_slice_is_reported(mutate, field: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
@@ -163,8 +231,9 @@ def test_node_parses_addresses_zone_and_cidrs() -> None:
     assert str(n.pod_cidrs[0]) == "10.244.1.0/24"
 
 
-@pytest.mark.parametrize("garbage", [None, 5, "text", [], {"kind": "Service"},
-                                     {"metadata": "x", "spec": []}])
+@pytest.mark.parametrize(
+    "garbage", [None, 5, "text", [], {"kind": "Service"}, {"metadata": "x", "spec": []}]
+)
 def test_garbage_never_raises(garbage: object) -> None:
     for parse in (parse_service, parse_endpoint_slice, parse_node):
         obj = garbage if isinstance(garbage, dict) else {"metadata": garbage}

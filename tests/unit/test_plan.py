@@ -26,7 +26,9 @@ def web(**kw: Any) -> dict[str, Any]:
     return m.service("web", "10.96.0.10", ports, **kw)
 
 
-def web_slice(*eps: m.EP, ports: Any = (("http", 8080, "TCP"),), name: str = "web-1") -> dict[str, Any]:
+def web_slice(
+    *eps: m.EP, ports: Any = (("http", 8080, "TCP"),), name: str = "web-1"
+) -> dict[str, Any]:
     return m.endpoint_slice("web", eps, list(ports), name=name)
 
 
@@ -98,8 +100,10 @@ def test_topology_ignored_when_an_endpoint_lacks_hints() -> None:
 
 
 def test_topology_ignored_when_no_hint_matches_our_zone() -> None:
-    eps = (m.EP("10.244.2.5", "node-b", zone_hints=("z2",)),
-           m.EP("10.244.3.5", "node-c", zone_hints=("z3",)))
+    eps = (
+        m.EP("10.244.2.5", "node-b", zone_hints=("z2",)),
+        m.EP("10.244.3.5", "node-c", zone_hints=("z3",)),
+    )
     sp = make_plan(web(), web_slice(*eps)).service_port("default", "web", "http")
     assert sp.topology_mode is TopologyMode.NONE and len(sp.cluster_endpoints) == 2
 
@@ -116,10 +120,14 @@ def test_node_hints_win_over_zone_hints() -> None:
 
 def test_internal_traffic_policy_local() -> None:
     eps = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
-    sp = make_plan(web(internal_policy="Local"), web_slice(*eps)).service_port("default", "web", "http")
+    sp = make_plan(web(internal_policy="Local"), web_slice(*eps)).service_port(
+        "default", "web", "http"
+    )
     assert ips(sp.local_endpoints) == ["10.244.1.5"] and sp.cluster_endpoints == ()
     assert not sp.uses_cluster_chain and sp.uses_local_chain and sp.internal_filter is None
-    sp = make_plan(web(internal_policy="Local"), web_slice(eps[1])).service_port("default", "web", "http")
+    sp = make_plan(web(internal_policy="Local"), web_slice(eps[1])).service_port(
+        "default", "web", "http"
+    )
     assert sp.internal_filter is Filter.DROP  # endpoints exist, none here
     sp = make_plan(web(internal_policy="Local")).service_port("default", "web", "http")
     assert sp.internal_filter is Filter.REJECT  # none anywhere
@@ -132,8 +140,12 @@ def test_external_traffic_policy_local_needs_an_external_path() -> None:
 
 
 def test_external_traffic_policy_local_node_port() -> None:
-    svc = web(type="NodePort", ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
-              external_policy="Local", health_check_node_port=31000)
+    svc = web(
+        type="NodePort",
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+        external_policy="Local",
+        health_check_node_port=31000,
+    )
     eps = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
     sp = make_plan(svc, web_slice(*eps)).service_port("default", "web", "http")
     assert sp.external_policy_local and sp.uses_external_chain
@@ -146,10 +158,15 @@ def test_external_traffic_policy_local_node_port() -> None:
 
 
 def test_external_local_with_only_terminating_local_endpoint_keeps_remote_ready_ones() -> None:
-    svc = web(type="NodePort", ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
-              external_policy="Local")
-    eps = (m.EP("10.244.1.5", NODE, ready=False, serving=True, terminating=True),
-           m.EP("10.244.2.5", "node-b"))
+    svc = web(
+        type="NodePort",
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+        external_policy="Local",
+    )
+    eps = (
+        m.EP("10.244.1.5", NODE, ready=False, serving=True, terminating=True),
+        m.EP("10.244.2.5", "node-b"),
+    )
     sp = make_plan(svc, web_slice(*eps)).service_port("default", "web", "http")
     assert ips(sp.local_endpoints) == ["10.244.1.5"]
     assert ips(sp.cluster_endpoints) == ["10.244.2.5"]
@@ -164,8 +181,9 @@ def test_duplicate_endpoint_across_slices_prefers_ready() -> None:
 
 
 def test_slices_of_other_families_are_ignored() -> None:
-    v6 = m.endpoint_slice("web", [m.EP("fd00::5", NODE)], [("http", 8080, "TCP")],
-                          name="web-v6", address_type="IPv6")
+    v6 = m.endpoint_slice(
+        "web", [m.EP("fd00::5", NODE)], [("http", 8080, "TCP")], name="web-v6", address_type="IPv6"
+    )
     sp = make_plan(web(), v6).service_port("default", "web", "http")
     assert not sp.has_endpoints
 
@@ -180,8 +198,12 @@ def test_skipped_services_are_listed_not_planned() -> None:
 
 
 def test_load_balancer_source_ranges_allow_the_lb_ip_when_the_node_is_inside() -> None:
-    svc = web(type="LoadBalancer", lb_ips=["198.51.100.1"], source_ranges=["192.168.50.0/24"],
-              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    svc = web(
+        type="LoadBalancer",
+        lb_ips=["198.51.100.1"],
+        source_ranges=["192.168.50.0/24"],
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+    )
     sp = make_plan(svc, web_slice(m.EP("10.244.1.5", NODE))).service_port("default", "web", "http")
     assert sp.uses_firewall
     assert [str(s) for s in sp.firewall_allowed_sources] == ["192.168.50.0/24", "198.51.100.1/32"]
@@ -200,8 +222,11 @@ def test_nodeport_addresses_defaults_per_mode() -> None:
 
 def test_nodeport_addresses_cidrs_pick_host_addresses() -> None:
     hosts = tuple(ipaddress.ip_address(a) for a in ("127.0.0.1", "192.168.50.11", "10.0.0.1"))
-    t = make_plan(web(), nodeport_addresses=NodePortAddresses.parse("192.168.0.0/16,127.0.0.0/8"),
-                  host_addresses=hosts).nodeports
+    t = make_plan(
+        web(),
+        nodeport_addresses=NodePortAddresses.parse("192.168.0.0/16,127.0.0.0/8"),
+        host_addresses=hosts,
+    ).nodeports
     assert [str(a) for a in t.addresses] == ["127.0.0.1", "192.168.50.11"] and t.include_localhost
     t = make_plan(web(), nodeport_addresses=NodePortAddresses.parse("primary")).nodeports
     assert [str(a) for a in t.addresses] == ["192.168.50.11"]
@@ -212,8 +237,9 @@ def test_nodeport_addresses_cidrs_pick_host_addresses() -> None:
 def test_plan_is_family_aware() -> None:
     dual = m.service("web", "10.96.0.10", [m.Port(80, "http", target_port=8080)])
     dual["spec"]["clusterIPs"] = ["10.96.0.10", "fd00:96::10"]
-    v6 = m.endpoint_slice("web", [m.EP("fd00::5", NODE)], [("http", 8080, "TCP")],
-                          name="web-v6", address_type="IPv6")
+    v6 = m.endpoint_slice(
+        "web", [m.EP("fd00::5", NODE)], [("http", 8080, "TCP")], name="web-v6", address_type="IPv6"
+    )
     state = build_state([m.node(NODE, "192.168.50.11"), dual, v6], NODE)
     p6 = plan(state.snapshot, ProxyConfig(NODE), IPFamily.V6)
     sp = p6.service_port("default", "web", "http")
@@ -222,10 +248,20 @@ def test_plan_is_family_aware() -> None:
 
 
 def test_conflicting_destinations_first_service_wins_and_is_reported() -> None:
-    a = m.service("a", "10.96.0.1", [m.Port(80, "http", node_port=30080)], type="NodePort",
-                  external_ips=["203.0.113.7"])
-    b = m.service("b", "10.96.0.2", [m.Port(80, "http", node_port=30080)], type="NodePort",
-                  external_ips=["203.0.113.7", "203.0.113.8"])
+    a = m.service(
+        "a",
+        "10.96.0.1",
+        [m.Port(80, "http", node_port=30080)],
+        type="NodePort",
+        external_ips=["203.0.113.7"],
+    )
+    b = m.service(
+        "b",
+        "10.96.0.2",
+        [m.Port(80, "http", node_port=30080)],
+        type="NodePort",
+        external_ips=["203.0.113.7", "203.0.113.8"],
+    )
     dup_cip = m.service("c", "10.96.0.1", [m.Port(80, "web")])
     state = build_state([m.node(NODE, "192.168.50.11"), a, b, dup_cip], NODE)
     p = plan(state.snapshot, ProxyConfig(NODE))
@@ -237,16 +273,18 @@ def test_conflicting_destinations_first_service_wins_and_is_reported() -> None:
     assert texts == [
         "default/b: spec.externalIPs: 203.0.113.7:80/TCP is already used by default/a:http; "
         "ignored here",
-        "default/b: spec.ports.nodePort: 30080/TCP is already used by default/a:http; "
-        "ignored here",
+        "default/b: spec.ports.nodePort: 30080/TCP is already used by default/a:http; ignored here",
         "default/c: spec.clusterIP: 10.96.0.1:80/TCP is already used by default/a:http; "
         "ignored here",
     ]
 
 
 def test_overlapping_source_ranges_are_merged() -> None:
-    svc = web(type="LoadBalancer", lb_ips=["198.51.100.1"],
-              source_ranges=["10.0.0.0/8", "10.1.0.0/16", "10.0.0.0/8"],
-              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    svc = web(
+        type="LoadBalancer",
+        lb_ips=["198.51.100.1"],
+        source_ranges=["10.0.0.0/8", "10.1.0.0/16", "10.0.0.0/8"],
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+    )
     sp = make_plan(svc, web_slice(m.EP("10.244.1.5", NODE))).service_port("default", "web", "http")
     assert [str(s) for s in sp.firewall_allowed_sources] == ["10.0.0.0/8"]

@@ -29,7 +29,9 @@ def test_cluster_ip_dispatch_masquerade_and_uniform_cascade() -> None:
         f"-m tcp --dport 80 -j {svc}"
     ) in rs.nat["KUBE-SERVICES"]
     chain = rs.nat[svc]
-    assert chain[0].startswith("! -s 10.244.0.0/16 -d 10.96.0.10/32") and "KUBE-MARK-MASQ" in chain[0]
+    assert (
+        chain[0].startswith("! -s 10.244.0.0/16 -d 10.96.0.10/32") and "KUBE-MARK-MASQ" in chain[0]
+    )
     assert "--probability 0.3333333333" in chain[1]
     assert "--probability 0.5000000000" in chain[2]
     assert "statistic" not in chain[3]
@@ -72,13 +74,18 @@ def test_affinity_uses_recent_per_endpoint() -> None:
 
 
 def test_external_ip_and_node_port_go_through_ext_with_masquerade() -> None:
-    svc = web(type="NodePort", external_ips=["203.0.113.7"],
-              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    svc = web(
+        type="NodePort",
+        external_ips=["203.0.113.7"],
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+    )
     rs = rules(svc, web_slice(*TWO))
     sp = sp_of(svc, web_slice(*TWO))
     ext = naming.ext_chain(sp)
-    assert any(r.startswith("-d 203.0.113.7/32") and r.endswith(f"-j {ext}")
-               for r in rs.nat["KUBE-SERVICES"])
+    assert any(
+        r.startswith("-d 203.0.113.7/32") and r.endswith(f"-j {ext}")
+        for r in rs.nat["KUBE-SERVICES"]
+    )
     assert rs.nat["KUBE-NODEPORTS"] == (
         f'-p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 -j {ext}',
     )
@@ -91,8 +98,11 @@ def test_external_ip_and_node_port_go_through_ext_with_masquerade() -> None:
 
 
 def test_external_local_short_circuits_pods_and_node_and_keeps_source() -> None:
-    svc = web(type="NodePort", external_policy="Local",
-              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    svc = web(
+        type="NodePort",
+        external_policy="Local",
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+    )
     sp = sp_of(svc, web_slice(*TWO))
     ext = ipt.render(make_plan(svc, web_slice(*TWO))).nat[naming.ext_chain(sp)]
     assert ext[0].startswith("-s 10.244.0.0/16") and ext[0].endswith(naming.svc_chain(sp))
@@ -103,20 +113,29 @@ def test_external_local_short_circuits_pods_and_node_and_keeps_source() -> None:
 
 
 def test_external_local_without_local_endpoints_drops_external_traffic() -> None:
-    svc = web(type="NodePort", external_policy="Local",
-              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    svc = web(
+        type="NodePort",
+        external_policy="Local",
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+    )
     rs = rules(svc, web_slice(TWO[1]))
     assert any("--dport 30080 -j DROP" in r for r in rs.filter["KUBE-EXTERNAL-SERVICES"])
 
 
 def test_load_balancer_source_ranges() -> None:
-    svc = web(type="LoadBalancer", lb_ips=["198.51.100.1"], source_ranges=["203.0.113.0/24"],
-              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    svc = web(
+        type="LoadBalancer",
+        lb_ips=["198.51.100.1"],
+        source_ranges=["203.0.113.0/24"],
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+    )
     rs = rules(svc, web_slice(*TWO))
     sp = sp_of(svc, web_slice(*TWO))
     fw, ext = naming.fw_chain(sp), naming.ext_chain(sp)
-    assert any(r.startswith("-d 198.51.100.1/32") and r.endswith(f"-j {fw}")
-               for r in rs.nat["KUBE-SERVICES"])
+    assert any(
+        r.startswith("-d 198.51.100.1/32") and r.endswith(f"-j {fw}")
+        for r in rs.nat["KUBE-SERVICES"]
+    )
     assert rs.nat[fw][0].startswith("-s 203.0.113.0/24") and rs.nat[fw][0].endswith(ext)
     assert rs.filter["KUBE-PROXY-FIREWALL"][0].startswith("-d 198.51.100.1/32")
     assert rs.filter["KUBE-PROXY-FIREWALL"][0].endswith("-j DROP")
@@ -170,7 +189,10 @@ def test_cleanup_text_removes_only_owned() -> None:
 COMMIT
 """
     text = ipt.cleanup_text(ipt.parse_save(saved))
-    assert "-X KUBE-SERVICES" in text and "-D INPUT -m conntrack --ctstate NEW -j KUBE-SERVICES" in text
+    assert (
+        "-X KUBE-SERVICES" in text
+        and "-D INPUT -m conntrack --ctstate NEW -j KUBE-SERVICES" in text
+    )
     assert "CANARY" not in text
     assert ipt.cleanup_text(ipt.parse_save("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")) == ""
 

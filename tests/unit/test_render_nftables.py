@@ -74,8 +74,12 @@ def test_node_ports_default_to_primary_ip_and_never_localhost() -> None:
 
 
 def test_firewall_for_source_ranges() -> None:
-    svc = web(type="LoadBalancer", lb_ips=["198.51.100.1"], source_ranges=["203.0.113.0/24"],
-              ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
+    svc = web(
+        type="LoadBalancer",
+        lb_ips=["198.51.100.1"],
+        source_ranges=["203.0.113.0/24"],
+        ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
+    )
     rs = render(svc, web_slice(*TWO))
     fw = naming.nft_firewall_chain(sp_of(svc, web_slice(*TWO)))
     assert elements(rs, nft.FIREWALL_IPS) == {"198.51.100.1 . tcp . 80": f"goto {fw}"}
@@ -100,14 +104,20 @@ def test_full_sync_deletes_stale_and_keeps_affinity_entries() -> None:
     assert f"flush set ip kube-proxy {aff}" not in text
     assert f"delete set ip kube-proxy {aff}" not in text
     # flushes come before deletes, deletes before the new rules
-    assert text.index("flush chain ip kube-proxy service-OLD-x") < text.index(
-        "delete chain ip kube-proxy service-OLD-x") < text.index("add rule")
+    assert (
+        text.index("flush chain ip kube-proxy service-OLD-x")
+        < text.index("delete chain ip kube-proxy service-OLD-x")
+        < text.index("add rule")
+    )
 
 
 def test_changed_affinity_timeout_recreates_the_set() -> None:
     rs = render(web(affinity_seconds=60), web_slice(*TWO))
-    aff = naming.nft_affinity_set(sp_of(web(affinity_seconds=60), web_slice(*TWO)),
-                                  "10.244.1.5:8080")
+    aff = naming.nft_affinity_set(
+        sp_of(web(affinity_seconds=60), web_slice(*TWO)), "10.244.1.5:8080"
+    )
     text = nft.full_sync_text(rs, nft.ExistingNft(True, frozenset(), {aff: 30}))
     assert f"delete set ip kube-proxy {aff}" in text
-    assert text.index(f"delete set ip kube-proxy {aff}") < text.index(f"add set ip kube-proxy {aff}")
+    assert text.index(f"delete set ip kube-proxy {aff}") < text.index(
+        f"add set ip kube-proxy {aff}"
+    )
