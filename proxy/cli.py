@@ -110,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
         "prints their directory last",
     )
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+    bench = sub.add_parser("bench", help="benchmarks (root; each figure printed with its command)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
+    sync = bench_sub.add_parser(
+        "sync", help="parse/plan/render/full-sync timings for a synthetic cluster in a fresh netns"
+    )
+    sync.add_argument("--services", type=int, default=1000)
+    sync.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
+    sync.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
+    sync.add_argument("--repeat", type=int, default=3, help="runs per stage (median reported)")
+    sync.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return parser
 
 
@@ -247,13 +258,28 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "sync":
+        from proxy.bench import main_sync
+
+        return main_sync(args)
+    _err("bench: give a command: sync")
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from proxy import logs
 
     logs.setup()
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"render": cmd_render, "apply": cmd_apply, "cleanup": cmd_cleanup, "lab": cmd_lab}
+    handlers = {
+        "render": cmd_render,
+        "apply": cmd_apply,
+        "cleanup": cmd_cleanup,
+        "lab": cmd_lab,
+        "bench": cmd_bench,
+    }
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

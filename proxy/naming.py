@@ -7,7 +7,7 @@ protocol); ``KUBE-SEP-`` also hashes ``ip:port``. nftables: readable names such 
 
 from __future__ import annotations
 
-import base64
+import functools
 import hashlib
 from typing import Protocol as TypingProtocol
 
@@ -27,8 +27,18 @@ class _PortLike(TypingProtocol):
     def protocol(self) -> object: ...
 
 
-def _b32(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _b32(text: str, chars: int = 16) -> str:
+    """The first ``chars`` (≤ 16) characters of base32(sha256(text)).
+
+    Base32 maps each 5 bytes to 8 characters, so 16 characters need only the digest's first
+    10 bytes; encoding those as one integer is much faster than base64.b32encode of all 32.
+    """
+    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
+    return "".join(_B32[(value >> (75 - 5 * i)) & 31] for i in range(chars))
 
 
 def _proto(sp: _PortLike) -> str:
@@ -75,7 +85,7 @@ def sep_chain(sp: _PortLike, endpoint: str) -> str:
 
 
 def _hash_and_truncate(readable: str) -> str:
-    name = _b32(readable)[:8] + "-" + readable
+    name = _b32(readable, 8) + "-" + readable
     # the longest prefix we add is "endpoint-" (9 chars); keep room for it and the NUL
     limit = NFT_NAME_MAX - 1 - len("endpoint-")
     if len(name) > limit:

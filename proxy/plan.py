@@ -70,7 +70,7 @@ class EndpointCandidate:
     node_hints: frozenset[str] = field(default=frozenset(), compare=False)
     is_local: bool = False
 
-    @property
+    @cached_property
     def address(self) -> str:
         """``ip:port`` (``[ip]:port`` for IPv6), as upstream spells it."""
         if self.ip.version == 6:

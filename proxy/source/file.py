@@ -7,6 +7,7 @@ reported as ignored. Objects that fail validation are reported and skipped.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -58,10 +59,22 @@ def _objects(doc: Any, where: str) -> Iterator[Mapping[str, Any]]:
     yield doc
 
 
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_documents(text: str, source: str) -> list[Mapping[str, Any]]:
-    """Every object in a YAML/JSON text; raises StateFileError with the line on bad YAML."""
+    """Every object in a YAML/JSON text; raises StateFileError with the line on bad YAML.
+
+    JSON (what ``kubectl get -o json`` prints) goes through the json module first: it is
+    two orders of magnitude faster than a YAML parser on a large cluster's state.
+    """
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            return list(_objects(json.loads(text), f"{source} document 1"))
+        except json.JSONDecodeError:
+            pass  # maybe YAML flow style; let the YAML parser report problems
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source

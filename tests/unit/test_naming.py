@@ -1,4 +1,9 @@
+import base64
+import hashlib
 from dataclasses import dataclass
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy import naming
 from proxy.model import Protocol
@@ -63,3 +68,10 @@ def test_nftables_names_are_truncated_to_the_kernel_limit() -> None:
     sp = SP(long, long, long)
     name = naming.nft_endpoint_chain(sp, "[fd00:1:2:3:4:5:6:7]:65535")
     assert len(name) < naming.NFT_NAME_MAX
+
+
+@given(st.text(max_size=80))
+def test_fast_base32_prefix_matches_base64(text: str) -> None:
+    full = base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+    assert naming._b32(text) == full[:16]
+    assert naming._b32(text, 8) == full[:8]
