@@ -102,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="which backend's rules to remove (default: both)",
     )
 
+    tour = sub.add_parser(
+        "tour",
+        help="a guided, self-checking tour of Service networking in throwaway namespaces (root)",
+    )
+    tour.add_argument(
+        "--mode",
+        "--proxy-mode",
+        dest="mode",
+        default="nftables",
+        choices=[m.value for m in ProxyMode],
+    )
+    tour.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    tour.add_argument("--step", action="store_true", help="pause between steps")
+
     lab = sub.add_parser("lab", help="the lab: a real control plane with namespace nodes")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
     build = lab_sub.add_parser(
@@ -258,6 +272,17 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def cmd_tour(args: argparse.Namespace) -> int:
+    import os
+
+    if os.geteuid() != 0:
+        _err("tour: run as root (it builds network namespaces and programs their rules)")
+        return EXIT_USAGE
+    from proxy.demo.tour import main as tour_main
+
+    return tour_main(args.mode, False if args.no_color else None, args.step)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "sync":
         from proxy.bench import main_sync
@@ -279,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cleanup": cmd_cleanup,
         "lab": cmd_lab,
         "bench": cmd_bench,
+        "tour": cmd_tour,
     }
     if args.command is None:
         parser.print_help(sys.stderr)
