@@ -163,7 +163,8 @@ def _run(
     if rc != 0:
         tail = "".join(lines[-30:])
         hint = ""
-        if "proxy.golang.org" in output or "dial tcp" in output or "no such host" in output:
+        unreachable = ("proxy.golang.org", "dial tcp", "no such host", "GOPROXY", "lookup disabled")
+        if any(marker in output for marker in unreachable):
             hint = (
                 "\nThe Go module proxy could not be reached. Either allow access to it "
                 f"(GOPROXY={env.get('GOPROXY', 'default')}) or set {BIN_ENV} to a directory "

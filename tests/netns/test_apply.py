@@ -180,3 +180,36 @@ def test_iptables_rules_read_back_as_rendered(netns: str) -> None:
             assert [norm(r) for r in saved.rules[(table, chain)]] == [norm(r) for r in rules]
     for j in rs.jumps:
         assert saved.builtin_rules[(j.table, j.chain)].count(j.spec) == 1
+
+
+def test_legacy_backend_is_detected_and_used(netns: str) -> None:
+    """A host whose kubelet left its hint chain in legacy iptables gets legacy rules."""
+    from proxy.kernel.iptables import detect_variant
+    from proxy.kernel.runner import Runner
+
+    runner = Runner(netns)
+    assert detect_variant(runner) == "nft"  # empty host: nft
+    sh(netns, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT")
+    assert detect_variant(runner) == "legacy"
+    apply(netns, "iptables", EXAMPLE)
+    assert "KUBE-SVC-" in sh(netns, "iptables-legacy-save", "-t", "nat")
+    assert "KUBE-SVC-" not in sh(netns, "iptables-nft-save", "-t", "nat")
+    assert kpp(netns, "cleanup", "--mode", "iptables").returncode == 0
+    assert "KUBE-SVC-" not in sh(netns, "iptables-legacy-save", "-t", "nat")
+
+
+def test_legacy_restore_waits_for_the_xtables_lock(netns: str) -> None:
+    """Another iptables user holding /run/xtables.lock delays us instead of failing us."""
+    import time
+
+    # (iptables 1.8.9 waits by default too; we pass -w 5 so a stuck holder bounds our wait
+    # to 5 s, as upstream does, and the sync fails and is retried instead of hanging)
+    sh(netns, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT")
+    holder = subprocess.Popen(["flock", "-x", "/run/xtables.lock", "sleep", "1.5"])
+    try:
+        time.sleep(0.2)
+        apply(netns, "iptables", EXAMPLE)
+        assert holder.poll() is not None, "applied while another process held the lock"
+    finally:
+        holder.wait()
+    assert "KUBE-SVC-" in sh(netns, "iptables-legacy-save", "-t", "nat")
