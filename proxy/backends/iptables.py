@@ -586,3 +586,24 @@ def cleanup_text(existing: ExistingIptables) -> str:
         out.extend(f"-X {name}" for name in owned)
         out.append("COMMIT")
     return "\n".join(out) + ("\n" if out else "")
+
+
+def partial_restore_text(old: IptablesRuleset, new: IptablesRuleset) -> str:
+    """Like upstream's partial sync: rewrite only chains whose rules changed, delete chains
+    that are gone; jump rules in built-in chains are left to the next full sync. Empty when
+    nothing changed."""
+    out: list[str] = []
+    old_tables = old.tables()
+    for table, chains in new.tables().items():
+        before = old_tables[table]
+        changed = [name for name, rules in chains.items() if before.get(name) != rules]
+        removed = [name for name in before if name not in chains]
+        if not changed and not removed:
+            continue
+        out.append(f"*{table}")
+        out.extend(f":{name} - [0:0]" for name in (*changed, *removed))
+        for name in changed:
+            out.extend(f"-A {name} {r}" for r in chains[name])
+        out.extend(f"-X {name}" for name in removed)
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""

@@ -536,3 +536,77 @@ def full_sync_text(ruleset: NftRuleset, existing: ExistingNft | None = None) -> 
 def cleanup_text(family: IPFamily) -> str:
     """Delete our whole table (and nothing else)."""
     return f"delete table {'ip' if family is IPFamily.V4 else 'ip6'} {TABLE}\n"
+
+
+def _set_kind(s: NftSet) -> str:
+    return "map" if s.is_map else "set"
+
+
+def incremental_text(old: NftRuleset, new: NftRuleset) -> str:
+    """One transaction turning the table from ``old`` (what we applied last) into ``new``,
+    touching only what changed: new/changed chains are (re)filled, map and set elements
+    are added and deleted one by one, removed chains and sets are deleted. Empty when
+    nothing changed.
+
+    Order matters inside the transaction: elements and rules that reference a chain or set
+    must be gone before it is deleted, and a chain must exist before anything jumps to it.
+    """
+    t = f"{new.nft_family} {TABLE}"
+    out: list[str] = []
+    recreated = {
+        name
+        for name, s in new.sets.items()
+        if name in old.sets and old.sets[name].spec() != s.spec()
+    }
+    changed = [
+        name
+        for name, c in new.chains.items()
+        if name in old.chains
+        and (
+            old.chains[name].rules != c.rules
+            or any(f"@{s}" in r for s in recreated for r in c.rules)
+        )
+    ]
+    added_chains = [name for name in new.chains if name not in old.chains]
+    removed_chains = [name for name in old.chains if name not in new.chains]
+    added_sets = [s for name, s in new.sets.items() if name not in old.sets]
+    removed_sets = [s for name, s in old.sets.items() if name not in new.sets]
+
+    for name in added_chains:
+        hook = new.chains[name].hook
+        spec = f" {{ {hook.spec()} ; }}" if hook is not None else ""
+        out.append(f"add chain {t} {name}{spec}")
+    for s in added_sets:
+        out.append(f"add {_set_kind(s)} {t} {s.name} {{ {s.spec()} }}")
+
+    additions: list[str] = []
+    for name, s in new.sets.items():
+        if s.dynamic or name not in old.sets or name in recreated:
+            continue
+        before = {e.key: e for e in old.sets[name].elements}
+        after = {e.key: e for e in s.elements}
+        gone = [k for k, e in before.items() if after.get(k) != e]
+        if gone:
+            out.append(f"delete element {t} {name} {{ {', '.join(gone)} }}")
+        fresh = [e.text() for k, e in after.items() if before.get(k) != e]
+        if fresh:
+            additions.append(f"add element {t} {name} {{ {', '.join(fresh)} }}")
+
+    for name in changed:
+        out.append(f"flush chain {t} {name}")
+    for name in recreated:
+        s = new.sets[name]
+        out.append(f"delete {_set_kind(s)} {t} {name}")
+        out.append(f"add {_set_kind(s)} {t} {name} {{ {s.spec()} }}")
+    for name in (*changed, *added_chains):
+        out.extend(f"add rule {t} {name} {r}" for r in new.chains[name].rules)
+    for s in added_sets:
+        if s.elements and not s.dynamic:
+            body = ", ".join(e.text() for e in s.elements)
+            out.append(f"add element {t} {s.name} {{ {body} }}")
+    out.extend(additions)
+
+    out.extend(f"flush chain {t} {name}" for name in removed_chains)
+    out.extend(f"delete chain {t} {name}" for name in removed_chains)
+    out.extend(f"delete {_set_kind(s)} {t} {s.name}" for s in removed_sets)
+    return "\n".join(out) + "\n" if out else ""
