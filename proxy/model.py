@@ -107,7 +107,7 @@ class Service:
     health_check_node_port: int | None = None
     skip_reason: str | None = None
     """Why kube-proxy leaves this Service alone (headless, ExternalName, proxy-name)."""
-    resource_version: str = ""
+    resource_version: str = field(default="", compare=False)
 
     @property
     def ref(self) -> ObjectRef:
@@ -147,7 +147,7 @@ class EndpointSlice:
     address_type: AddressType
     ports: tuple[EndpointPort, ...]
     endpoints: tuple[Endpoint, ...]
-    resource_version: str = ""
+    resource_version: str = field(default="", compare=False)
 
     @property
     def ref(self) -> ObjectRef:

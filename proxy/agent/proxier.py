@@ -1,0 +1,185 @@
+"""One sync of the node agent: snapshot → plan → render → (full or incremental) apply.
+
+A full sync reads what our table/chains hold now and rewrites all of it in one
+transaction: at start (this also adopts rules a previous run left, without a gap), after
+any failure, when the Node changed, and at least once per sync period (which repairs
+rules someone else deleted). Between full syncs only what changed since the last applied
+ruleset is written: changed chains and map elements in nftables mode, changed chains in
+iptables mode (upstream's partial sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from proxy.agent.state import ClusterState
+from proxy.backends import iptables as ipt
+from proxy.backends import nftables as nft
+from proxy.config import ProxyConfig, ProxyMode
+from proxy.kernel.addresses import local_addresses
+from proxy.kernel.iptables import IptablesKernel
+from proxy.kernel.nftables import NftKernel
+from proxy.kernel.runner import KernelError, Runner
+from proxy.model import IPFamily
+from proxy.plan import Plan, plan
+
+log = logging.getLogger(__name__)
+
+
+class SyncObserver(Protocol):
+    """What the proxier reports to (metrics, health, conntrack, health-check ports)."""
+
+    def sync_done(self, result: SyncResult) -> None: ...
+
+    def sync_failed(self, mode: ProxyMode, full: bool, error: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    plan: Plan
+    previous: Plan | None
+    full: bool
+    seconds: float
+    service_changes: int
+    endpoint_changes: int
+    trigger_times: tuple[float, ...]
+    first_queued: float | None
+    changed: bool
+    """False when an incremental sync found nothing to write."""
+
+
+@dataclass
+class Proxier:
+    config: ProxyConfig
+    state: ClusterState
+    sync_period: float
+    observer: SyncObserver | None = None
+    runner: Runner = field(default_factory=Runner)
+    family: IPFamily = IPFamily.V4
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._kernel: IptablesKernel | NftKernel = (
+            IptablesKernel(self.runner, self.family)
+            if self.config.mode is ProxyMode.IPTABLES
+            else NftKernel(self.runner, self.family)
+        )
+        self._last_ruleset: ipt.IptablesRuleset | nft.NftRuleset | None = None
+        self._last_plan: Plan | None = None
+        self._last_full: float | None = None
+        self._need_full = True
+        self.syncs = 0
+
+    @property
+    def last_plan(self) -> Plan | None:
+        return self._last_plan
+
+    def request_full_sync(self) -> None:
+        self._need_full = True
+
+    def cleanup_other_mode(self) -> None:
+        """Switching modes: remove the rules the other backend left behind."""
+        if self.config.mode is ProxyMode.IPTABLES:
+            if NftKernel(self.runner, self.family).cleanup():
+                log.info("removed nftables rules of a previous run", extra={"mode": "nftables"})
+        else:
+            for variant in ("nft", "legacy"):
+                if not Runner.available(f"iptables-{variant}-restore"):
+                    continue
+                if IptablesKernel(self.runner, self.family, variant).cleanup():
+                    log.info(
+                        "removed iptables rules of a previous run",
+                        extra={"mode": "iptables", "variant": variant},
+                    )
+
+    def _config(self) -> ProxyConfig:
+        if not self.config.nodeport_addresses.cidrs:
+            return self.config
+        from dataclasses import replace
+
+        return replace(self.config, host_addresses=local_addresses(self.runner))
+
+    def sync(self) -> bool:
+        """One sync; True on success (the runner retries on False)."""
+        start = self.clock()
+        snapshot, changes, problems = self.state.take()
+        now = self.clock()
+        full = (
+            self._need_full
+            or self._last_ruleset is None
+            or changes.node_changed
+            or self._last_full is None
+            or now - self._last_full >= self.sync_period
+        )
+        p = plan(snapshot, self._config(), self.family, problems)
+        mode = self.config.mode
+        changed = True
+        try:
+            if isinstance(self._kernel, IptablesKernel):
+                rs_i = ipt.render(p)
+                if full or not isinstance(self._last_ruleset, ipt.IptablesRuleset):
+                    self._kernel.sync(rs_i)
+                else:
+                    text = ipt.partial_restore_text(self._last_ruleset, rs_i)
+                    changed = bool(text)
+                    if text:
+                        self._kernel.restore(text)
+                self._last_ruleset = rs_i
+            else:
+                rs_n = nft.render(p)
+                if full or not isinstance(self._last_ruleset, nft.NftRuleset):
+                    self._kernel.sync(rs_n)
+                else:
+                    text = nft.incremental_text(self._last_ruleset, rs_n)
+                    changed = bool(text)
+                    if text:
+                        self._kernel.apply(text)
+                self._last_ruleset = rs_n
+        except (KernelError, OSError) as exc:
+            self._need_full = True
+            # the changes were not applied: put them back so health and metrics see them
+            self.state.requeue(changes)
+            log.error(
+                "sync failed; the next attempt is a full sync",
+                extra={"mode": str(mode), "full": full, "error": str(exc)[:500]},
+            )
+            if self.observer is not None:
+                self.observer.sync_failed(mode, full, str(exc))
+            return False
+        elapsed = self.clock() - start
+        if full:
+            self._last_full = now
+            self._need_full = False
+        previous, self._last_plan = self._last_plan, p
+        self.syncs += 1
+        log.log(
+            logging.INFO if (full or changes.services) else logging.DEBUG,
+            "synced",
+            extra={
+                "mode": str(mode),
+                "full": full,
+                "service_ports": len(p.service_ports),
+                "endpoints": p.endpoint_count,
+                "changed_services": len(changes.services),
+                "seconds": round(elapsed, 4),
+            },
+        )
+        if self.observer is not None:
+            self.observer.sync_done(
+                SyncResult(
+                    plan=p,
+                    previous=previous,
+                    full=full,
+                    seconds=elapsed,
+                    service_changes=changes.service_events,
+                    endpoint_changes=changes.endpoint_events,
+                    trigger_times=tuple(changes.trigger_times),
+                    first_queued=changes.first_queued,
+                    changed=changed,
+                )
+            )
+        return True

@@ -1,0 +1,270 @@
+"""What the agent knows about the cluster: Services, EndpointSlices and its Node.
+
+Reflector threads feed raw API objects in; the sync loop takes an immutable
+:class:`Snapshot` out, together with what changed since the last sync. An invalid object is
+reported (log + problem list for the metrics) and skipped: a new one is ignored, an update
+that turns a valid object invalid keeps the last valid version in force, so a bad edit never
+takes a working Service down with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.model import (
+    EndpointSlice,
+    Node,
+    Problem,
+    Service,
+    parse_endpoint_slice,
+    parse_node,
+    parse_service,
+)
+from proxy.plan import Snapshot
+
+log = logging.getLogger(__name__)
+
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+Key = tuple[str, str]
+
+
+@dataclass
+class Changes:
+    """What happened since the previous sync."""
+
+    services: set[Key] = field(default_factory=set)
+    """(namespace, service name) whose Service or EndpointSlices changed."""
+    service_events: int = 0
+    endpoint_events: int = 0
+    trigger_times: list[float] = field(default_factory=list)
+    """Wall-clock times (epoch seconds) of the endpoint changes, from the slices'
+    last-change-trigger-time annotation, for network programming latency."""
+    node_changed: bool = False
+    first_queued: float | None = None
+    """Monotonic time of the oldest change not yet synced."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.services or self.node_changed)
+
+
+def _key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return ("?", "?")
+    return (str(meta.get("namespace", "")), str(meta.get("name", "?")))
+
+
+def _rv(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata")
+    return str(meta.get("resourceVersion", "")) if isinstance(meta, Mapping) else ""
+
+
+def parse_trigger_time(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class ClusterState:
+    def __init__(
+        self,
+        node_name: str,
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_name = node_name
+        self._on_change = on_change
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._services: dict[Key, Service] = {}
+        self._slices: dict[Key, EndpointSlice] = {}
+        self._node: Node | None = None
+        self._problems: dict[tuple[str, Key], tuple[Problem, ...]] = {}
+        self._reported: dict[tuple[str, Key], str] = {}
+        self._changes = Changes()
+        self._synced: set[str] = set()
+
+    # -- feeding ------------------------------------------------------------------------
+    def mark_synced(self, kind: str) -> None:
+        with self._lock:
+            self._synced.add(kind)
+        self._on_change()
+
+    def has_synced(self, *kinds: str) -> bool:
+        with self._lock:
+            return all(k in self._synced for k in kinds)
+
+    def handle(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
+        """Apply one watch event (ADDED, MODIFIED, DELETED) for a Service, EndpointSlice or
+        Node. Safe to call from any thread."""
+        with self._lock:
+            if kind == "Service":
+                changed = self._handle_service(event, obj)
+            elif kind == "EndpointSlice":
+                changed = self._handle_slice(event, obj)
+            elif kind == "Node":
+                changed = self._handle_node(event, obj)
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+            if changed and self._changes.first_queued is None:
+                self._changes.first_queued = self._clock()
+        if changed:
+            self._on_change()
+
+    def _invalid(self, kind: str, key: Key, obj: Mapping[str, Any], probs: list[Problem]) -> None:
+        pkey = (kind, key)
+        self._problems[pkey] = tuple(probs)
+        rv = _rv(obj)
+        if self._reported.get(pkey) == rv:
+            return  # already logged this version (relists deliver it again)
+        self._reported[pkey] = rv
+        kept = (
+            "the last valid version stays in force"
+            if (
+                (kind == "Service" and key in self._services)
+                or (kind == "EndpointSlice" and key in self._slices)
+            )
+            else "ignored"
+        )
+        for p in probs:
+            log.warning(
+                "invalid object skipped",
+                extra={
+                    "kind": kind,
+                    "object": str(p.ref),
+                    "field": p.field,
+                    "problem": p.message,
+                    "outcome": kept,
+                },
+            )
+
+    def _valid(self, kind: str, key: Key) -> None:
+        self._problems.pop((kind, key), None)
+        self._reported.pop((kind, key), None)
+
+    def _handle_service(self, event: str, obj: Mapping[str, Any]) -> bool:
+        key = _key(obj)
+        self._changes.service_events += 1
+        if event == "DELETED":
+            self._valid("Service", key)
+            if self._services.pop(key, None) is None:
+                return False
+            self._changes.services.add(key)
+            return True
+        svc, probs = parse_service(obj)
+        if svc is None:
+            self._invalid("Service", key, obj, probs)
+            return False
+        self._valid("Service", key)
+        if self._services.get(key) == svc:
+            return False
+        self._services[key] = svc
+        self._changes.services.add(key)
+        return True
+
+    def _handle_slice(self, event: str, obj: Mapping[str, Any]) -> bool:
+        key = _key(obj)
+        self._changes.endpoint_events += 1
+        old = self._slices.get(key)
+        if event == "DELETED":
+            self._valid("EndpointSlice", key)
+            if old is None:
+                return False
+            del self._slices[key]
+            self._changes.services.add((old.namespace, old.service_name))
+            return True
+        sl, probs = parse_endpoint_slice(obj)
+        if sl is None:
+            self._invalid("EndpointSlice", key, obj, probs)
+            return False
+        self._valid("EndpointSlice", key)
+        if old == sl:
+            return False
+        self._slices[key] = sl
+        self._changes.services.add((sl.namespace, sl.service_name))
+        if old is not None and old.service_name != sl.service_name:
+            self._changes.services.add((old.namespace, old.service_name))
+        meta = obj.get("metadata")
+        annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+        if isinstance(annotations, Mapping):
+            t = parse_trigger_time(annotations.get(TRIGGER_TIME_ANNOTATION))
+            if t is not None:
+                self._changes.trigger_times.append(t)
+        return True
+
+    def _handle_node(self, event: str, obj: Mapping[str, Any]) -> bool:
+        if _key(obj)[1] != self.node_name:
+            return False
+        if event == "DELETED":
+            changed = self._node is not None
+            self._node = None
+        else:
+            node, probs = parse_node(obj)
+            if node is None:
+                self._invalid("Node", ("", self.node_name), obj, probs)
+                return False
+            self._valid("Node", ("", self.node_name))
+            old = self._node
+            self._node = node
+            changed = old is None or (
+                old.addresses,
+                dict(old.labels),
+                old.pod_cidrs,
+                old.deleting,
+            ) != (node.addresses, dict(node.labels), node.pod_cidrs, node.deleting)
+        if changed:
+            self._changes.node_changed = True
+        return changed
+
+    # -- reading ------------------------------------------------------------------------
+    def take(self) -> tuple[Snapshot, Changes, tuple[Problem, ...]]:
+        """The current snapshot and problems, and the changes since the last take()."""
+        with self._lock:
+            snapshot = Snapshot(
+                tuple(self._services.values()), tuple(self._slices.values()), self._node
+            )
+            changes, self._changes = self._changes, Changes()
+            problems = tuple(p for probs in self._problems.values() for p in probs)
+        return snapshot, changes, problems
+
+    def requeue(self, changes: Changes) -> None:
+        """Put back changes a failed sync took, so they count as pending again."""
+        with self._lock:
+            pending = self._changes
+            pending.services |= changes.services
+            pending.service_events += changes.service_events
+            pending.endpoint_events += changes.endpoint_events
+            pending.trigger_times.extend(changes.trigger_times)
+            pending.node_changed |= changes.node_changed
+            if changes.first_queued is not None and (
+                pending.first_queued is None or changes.first_queued < pending.first_queued
+            ):
+                pending.first_queued = changes.first_queued
+
+    def pending_counts(self) -> tuple[int, int]:
+        """(service events, endpoint events) not yet synced."""
+        with self._lock:
+            return self._changes.service_events, self._changes.endpoint_events
+
+    @property
+    def node(self) -> Node | None:
+        with self._lock:
+            return self._node
+
+    def invalid_counts(self) -> dict[str, int]:
+        """Objects currently skipped as invalid, by kind."""
+        counts = {"Service": 0, "EndpointSlice": 0, "Node": 0}
+        with self._lock:
+            for kind, _ in self._problems:
+                counts[kind] += 1
+        return counts
