@@ -28,11 +28,11 @@ TABLE_COMMENT = "rules for kube-proxy"
 DSTNAT = -100
 SRCNAT = 100
 
-FILTER_PREROUTING = "filter-prerouting"
+FILTER_PREROUTING_PRE_DNAT = "filter-prerouting-pre-dnat"
+FILTER_OUTPUT_PRE_DNAT = "filter-output-pre-dnat"
 FILTER_INPUT = "filter-input"
 FILTER_FORWARD = "filter-forward"
 FILTER_OUTPUT = "filter-output"
-FILTER_OUTPUT_POST_DNAT = "filter-output-post-dnat"
 NAT_PREROUTING = "nat-prerouting"
 NAT_OUTPUT = "nat-output"
 NAT_POSTROUTING = "nat-postrouting"
@@ -65,13 +65,19 @@ class BaseHook:
         return f"type {self.type} hook {self.hook} priority {self.priority}"
 
 
+FILTER = 0
+
+# Upstream v1.37.2's base chains, names and priorities, so that a node moving from
+# upstream kube-proxy's nftables mode can be taken over in place (nft cannot change an
+# existing base chain's priority; see ``full_sync_text``).
 BASE_CHAINS: Mapping[str, BaseHook] = {
-    # filtering looks at pre-DNAT destinations, so it runs before dstnat
-    FILTER_PREROUTING: BaseHook("filter", "prerouting", DSTNAT - 10),
-    FILTER_INPUT: BaseHook("filter", "input", DSTNAT - 10),
-    FILTER_FORWARD: BaseHook("filter", "forward", DSTNAT - 10),
-    FILTER_OUTPUT: BaseHook("filter", "output", DSTNAT - 10),
-    FILTER_OUTPUT_POST_DNAT: BaseHook("filter", "output", DSTNAT + 10),
+    # LoadBalancerSourceRanges look at pre-DNAT destinations
+    FILTER_PREROUTING_PRE_DNAT: BaseHook("filter", "prerouting", DSTNAT - 10),
+    FILTER_OUTPUT_PRE_DNAT: BaseHook("filter", "output", DSTNAT - 10),
+    # no-endpoint and unknown-port checks: DNATed traffic no longer has a service IP
+    FILTER_INPUT: BaseHook("filter", "input", FILTER),
+    FILTER_FORWARD: BaseHook("filter", "forward", FILTER),
+    FILTER_OUTPUT: BaseHook("filter", "output", FILTER),
     NAT_PREROUTING: BaseHook("nat", "prerouting", DSTNAT),
     NAT_OUTPUT: BaseHook("nat", "output", DSTNAT),
     NAT_POSTROUTING: BaseHook("nat", "postrouting", SRCNAT),
@@ -153,6 +159,8 @@ class ExistingNft:
 
     table_exists: bool = False
     chains: frozenset[str] = frozenset()
+    base_chains: Mapping[str, BaseHook] = field(default_factory=dict)
+    """Existing base chains' hooks (type, hook, priority)."""
     sets: Mapping[str, int | None] = field(default_factory=dict)
     """set name → timeout in seconds (None when it has none)."""
     maps: frozenset[str] = frozenset()
@@ -271,15 +279,14 @@ def render(plan: Plan) -> NftRuleset:
 
     # -- fixed rules
     new = "ct state new"
-    b.rule(FILTER_PREROUTING, f"{new} jump {FIREWALL_CHECK}")
+    b.rule(FILTER_PREROUTING_PRE_DNAT, f"{new} jump {FIREWALL_CHECK}")
+    b.rule(FILTER_OUTPUT_PRE_DNAT, f"{new} jump {FIREWALL_CHECK}")
     b.rule(FILTER_INPUT, f"{new} jump {NODEPORT_ENDPOINTS_CHECK}")
     b.rule(FILTER_INPUT, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
-    b.rule(FILTER_FORWARD, "ct state invalid drop")
     b.rule(FILTER_FORWARD, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
     b.rule(FILTER_FORWARD, f"{new} jump {CLUSTER_IPS_CHECK}")
     b.rule(FILTER_OUTPUT, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
-    b.rule(FILTER_OUTPUT, f"{new} jump {FIREWALL_CHECK}")
-    b.rule(FILTER_OUTPUT_POST_DNAT, f"{new} jump {CLUSTER_IPS_CHECK}")
+    b.rule(FILTER_OUTPUT, f"{new} jump {CLUSTER_IPS_CHECK}")
     b.rule(NAT_PREROUTING, f"jump {SERVICES}")
     b.rule(NAT_OUTPUT, f"jump {SERVICES}")
     b.rule(NAT_POSTROUTING, f"jump {MASQUERADING}")
@@ -498,6 +505,13 @@ def full_sync_text(ruleset: NftRuleset, existing: ExistingNft | None = None) -> 
     fam = ruleset.nft_family
     t = f"{fam} {TABLE}"
     out = [f'add table {t} {{ comment "{TABLE_COMMENT}" ; }}']
+    # A base chain whose hook or priority differs (an older layout, or upstream's) cannot
+    # be changed in place: delete it first (its rules go with it) and add it anew below.
+    for name, c in ruleset.chains.items():
+        have = existing.base_chains.get(name)
+        regular_now = name in existing.chains and name not in existing.base_chains
+        if c.hook is not None and ((have is not None and have != c.hook) or regular_now):
+            out.append(f"delete chain {t} {name}")
     recreate = [
         s.name
         for s in ruleset.sets.values()

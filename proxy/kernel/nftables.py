@@ -9,6 +9,7 @@ from typing import Any
 
 from proxy.backends.nftables import (
     TABLE,
+    BaseHook,
     ExistingNft,
     NftRuleset,
     cleanup_text,
@@ -48,10 +49,14 @@ class NftKernel:
     def existing(self) -> ExistingNft:
         if not self.table_exists():
             return ExistingNft()
-        chains = frozenset(c["name"] for c in self._list("chains"))
+        listed = self._list("chains")
+        chains = frozenset(c["name"] for c in listed)
+        base = {
+            c["name"]: BaseHook(c["type"], c["hook"], int(c["prio"])) for c in listed if "hook" in c
+        }
         sets = {s["name"]: s.get("timeout") for s in self._list("sets")}
         maps = frozenset(m["name"] for m in self._list("maps"))
-        return ExistingNft(True, chains, sets, maps)
+        return ExistingNft(True, chains, base, sets, maps)
 
     def apply(self, script: str, *, check_only: bool = False) -> None:
         cmd = ["nft", "-c", "-f", "-"] if check_only else ["nft", "-f", "-"]

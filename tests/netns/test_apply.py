@@ -213,3 +213,29 @@ def test_legacy_restore_waits_for_the_xtables_lock(netns: str) -> None:
     finally:
         holder.wait()
     assert "KUBE-SVC-" in sh(netns, "iptables-legacy-save", "-t", "nat")
+
+
+def test_nftables_takes_over_a_table_with_other_base_chain_priorities(netns: str) -> None:
+    """Upstream kube-proxy (or an older layout) left table ip kube-proxy with base chains at
+    other priorities; nft cannot change a priority in place, so we replace those chains."""
+    sh(
+        netns,
+        "nft",
+        "-f",
+        "-",
+        stdin=(
+            "table ip kube-proxy {\n"
+            " chain filter-input {\n  type filter hook input priority -110\n }\n"
+            " chain filter-output-post-dnat {\n  type filter hook output priority -90\n }\n"
+            " chain services {\n }\n"
+            "}\n"
+        ),
+    )
+    apply(netns, "nftables", EXAMPLE)
+    listing = sh(netns, "nft", "list", "table", "ip", "kube-proxy")
+    assert (
+        "chain filter-input {\n\t\ttype filter hook input priority filter; policy accept;"
+        in listing
+    )
+    assert "filter-output-post-dnat" not in listing
+    assert "10.244.2.11" in listing

@@ -116,7 +116,7 @@ def test_changed_affinity_timeout_recreates_the_set() -> None:
     aff = naming.nft_affinity_set(
         sp_of(web(affinity_seconds=60), web_slice(*TWO)), "10.244.1.5:8080"
     )
-    text = nft.full_sync_text(rs, nft.ExistingNft(True, frozenset(), {aff: 30}))
+    text = nft.full_sync_text(rs, nft.ExistingNft(True, frozenset(), sets={aff: 30}))
     assert f"delete set ip kube-proxy {aff}" in text
     assert text.index(f"delete set ip kube-proxy {aff}") < text.index(
         f"add set ip kube-proxy {aff}"
