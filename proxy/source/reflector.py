@@ -1,0 +1,534 @@
+"""List+watch reflector over raw JSON: client-go's reflector semantics, in our own words.
+
+One :class:`Reflector` keeps one resource (with its selectors) in step with the API
+server and hands every change to ``on_event(type, object)`` from its own daemon thread:
+
+1. **List.** The first list asks for ``resourceVersion=0`` (served from the API server's
+   watch cache, cheap for the server, at least as fresh as anything we saw) with
+   ``limit=500``; a watch cache ignores the limit for RV 0, an API server without one pages
+   (``continue``), and then later lists page too. A relist after a watch expired asks for
+   the last resourceVersion seen without a limit (again servable from the cache, never
+   older than what was delivered); if the server answers 410 or "too large resource
+   version", the next list asks for ``resourceVersion=""`` (a consistent read), paged.
+   Items are delivered page by page as they arrive. Against what was delivered before
+   (``key → resourceVersion``, objects are not kept), a list yields ADDED for new keys,
+   MODIFIED for a changed resourceVersion, nothing for unchanged objects, and — after the
+   last page — DELETED for keys that are gone, so deletions made while we were
+   disconnected are seen. Such a DELETED carries a stub object (kind, apiVersion,
+   metadata name/namespace/resourceVersion): the last state was not kept.
+2. **Synced.** After the first complete list ``has_synced`` turns true and ``on_synced``
+   is called, once. Relists do not call it again: their differences arrive as ordinary
+   events, so the consumer's state stays right without a second signal.
+3. **Watch** from the list's resourceVersion with ``allowWatchBookmarks=true`` and
+   ``timeoutSeconds`` drawn from [watch_timeout, 2 × watch_timeout) so that many agents'
+   watches do not end together. BOOKMARK events only advance the resourceVersion. A watch
+   that ends (timeout) or breaks is reopened from the last resourceVersion — at once if it
+   carried events, after a backoff step if it carried none.
+4. **Errors.** 410 Expired/Gone (HTTP status or an ERROR event) → relist at once.
+   Connection errors, 429 and 5xx → retry with jittered exponential backoff
+   (``backoff_initial`` doubling up to ``backoff_max``, each wait drawn from [d/2, d]),
+   reset by a successful list or a watch that delivered events. 401/403 are logged as
+   errors with the server's message (RBAC) and retried with the same backoff. Nothing
+   stops the reflector but :meth:`Reflector.stop`.
+
+Objects lose ``metadata.managedFields`` and the ``kubectl.kubernetes.io/last-applied-
+configuration`` annotation before delivery; list items get ``kind``/``apiVersion`` (list
+responses omit them). ``on_event`` runs in the reflector's thread; its exceptions are
+logged and the reflector carries on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+from proxy.model import HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL
+from proxy.source.api import ApiClient, ApiError, ApiSession
+
+log = logging.getLogger(__name__)
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+OnEvent = Callable[[EventType, dict[str, Any]], None]
+_EVENT_TYPES: dict[str, EventType] = {
+    "ADDED": "ADDED",
+    "MODIFIED": "MODIFIED",
+    "DELETED": "DELETED",
+}
+
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
+PAGE_SIZE = 500
+"""client-go's pager default."""
+LIST_TIMEOUT = 60.0
+"""Per-read bound on a list request (the API server's own default request timeout)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceSpec:
+    """What to list and watch: a collection path and the selectors sent with it."""
+
+    kind: str
+    path: str
+    label_selector: str = ""
+    field_selector: str = ""
+
+    @property
+    def api_version(self) -> str:
+        """``v1`` for ``/api/v1/…``, ``group/version`` for ``/apis/group/version/…``."""
+        parts = self.path.strip("/").split("/")
+        if parts[0] == "api" and len(parts) > 1:
+            return parts[1]
+        if parts[0] == "apis" and len(parts) > 2:
+            return f"{parts[1]}/{parts[2]}"
+        raise ValueError(f"{self.path!r} is not an /api/v1/… or /apis/group/version/… path")
+
+    def selectors(self) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
+        return params
+
+    def __str__(self) -> str:
+        sel = ",".join(f"{k}={v}" for k, v in self.selectors().items())
+        return f"{self.kind} {self.path}" + (f" ({sel})" if sel else "")
+
+
+def services_spec() -> ResourceSpec:
+    """Services as upstream kube-proxy (v1.37 cmd/kube-proxy/app/server.go) watches them.
+
+    No ``service.kubernetes.io/service-proxy-name`` label (another proxy owns those), and
+    ``spec.clusterIP!=None`` (headless Services are left to DNS).
+    """
+    return ResourceSpec(
+        kind="Service",
+        path="/api/v1/services",
+        label_selector=f"!{SERVICE_PROXY_NAME_LABEL}",
+        field_selector="spec.clusterIP!=None",
+    )
+
+
+def endpointslices_spec() -> ResourceSpec:
+    """EndpointSlices as upstream kube-proxy watches them: not ``service.kubernetes.io/headless``.
+
+    The EndpointSlice controller sets that label on the slices of a Service without a
+    cluster IP. Upstream does not filter slices by ``service-proxy-name``: such slices
+    arrive but have no Service to join.
+    """
+    return ResourceSpec(
+        kind="EndpointSlice",
+        path="/apis/discovery.k8s.io/v1/endpointslices",
+        label_selector=f"!{HEADLESS_LABEL}",
+    )
+
+
+def node_spec(node_name: str) -> ResourceSpec:
+    """This node only (``metadata.name=NODE``), as upstream's NodeManager informer."""
+    if not node_name or "," in node_name or "=" in node_name:
+        raise ValueError(f"node name {node_name!r} cannot be used in a field selector")
+    return ResourceSpec(
+        kind="Node", path="/api/v1/nodes", field_selector=f"metadata.name={node_name}"
+    )
+
+
+def object_key(obj: dict[str, Any]) -> str:
+    """``namespace/name``, or ``name`` for a cluster-scoped object."""
+    meta = obj.get("metadata") or {}
+    name = meta.get("name") or ""
+    ns = meta.get("namespace") or ""
+    return f"{ns}/{name}" if ns else str(name)
+
+
+def strip_object(obj: dict[str, Any]) -> dict[str, Any]:
+    """Drop what kube-proxy never reads and costs memory (in place; returns obj)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        annotations = meta.get("annotations")
+        if isinstance(annotations, dict) and LAST_APPLIED_ANNOTATION in annotations:
+            del annotations[LAST_APPLIED_ANNOTATION]
+            if not annotations:
+                del meta["annotations"]
+    return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class ReflectorStats:
+    """Counters since start (for metrics, logs and tests)."""
+
+    lists: int = 0
+    """Complete lists (the first one and every relist)."""
+    watches: int = 0
+    """Watch requests the server accepted (HTTP 200)."""
+    events: int = 0
+    """Events delivered to on_event."""
+    bookmarks: int = 0
+    errors: int = 0
+    """Failed requests and ERROR events, of any kind."""
+
+
+class _Backoff:
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._initial = initial
+        self._max = maximum
+        self._steps = 0
+
+    def next(self) -> float:
+        delay = min(self._max, self._initial * (2.0**self._steps))
+        self._steps = min(self._steps + 1, 32)
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._steps = 0
+
+
+class _Stop(Exception):
+    """stop() was called while a request ran."""
+
+
+class Reflector:
+    """Lists then watches one resource; see the module docstring for the semantics."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        spec: ResourceSpec,
+        on_event: OnEvent,
+        *,
+        on_synced: Callable[[], None] | None = None,
+        watch_timeout: float = 300.0,
+        backoff_initial: float = 0.8,
+        backoff_max: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        if watch_timeout < 1:
+            raise ValueError(f"watch_timeout must be at least 1 second, got {watch_timeout}")
+        if not 0 < backoff_initial <= backoff_max:
+            raise ValueError(
+                f"need 0 < backoff_initial <= backoff_max, got {backoff_initial}, {backoff_max}"
+            )
+        self._client = client
+        self._spec = spec
+        self._api_version = spec.api_version
+        self._on_event = on_event
+        self._on_synced = on_synced
+        self._watch_timeout = watch_timeout
+        self._backoff = _Backoff(backoff_initial, backoff_max)
+        self.name = name or spec.kind
+        self._known: dict[str, str] = {}
+        """key → resourceVersion of everything delivered and not deleted."""
+        self._last_rv = ""
+        self._rv_unavailable = False
+        self._paginated = False
+        self._need_list = True
+        self._synced = False
+        self._stopping = threading.Event()
+        self._session: ApiSession | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stats = ReflectorStats()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def spec(self) -> ResourceSpec:
+        return self._spec
+
+    @property
+    def has_synced(self) -> bool:
+        """True once the first full list has been delivered."""
+        return self._synced
+
+    @property
+    def last_resource_version(self) -> str:
+        return self._last_rv
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stats(self) -> ReflectorStats:
+        return self._stats
+
+    @property
+    def known_objects(self) -> int:
+        """How many objects are currently delivered and not deleted."""
+        return len(self._known)
+
+    def start(self) -> None:
+        """Start listing and watching in a daemon thread."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError(f"reflector {self.name} was already started")
+            if self._stopping.is_set():
+                raise RuntimeError(f"reflector {self.name} was stopped; create a new one")
+            self._session = self._client.session()
+            self._thread = threading.Thread(
+                target=self._run, name=f"reflector-{self.name}", daemon=True
+            )
+            self._thread.start()
+        log.info("reflector started", extra=self._extra(resource=str(self._spec)))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, interrupting a blocked list or watch (closes its connection)."""
+        self._stopping.set()
+        with self._lock:
+            session, thread = self._session, self._thread
+        if session is not None:
+            session.close()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("reflector did not stop in time", extra=self._extra(timeout=timeout))
+                return
+        log.info("reflector stopped", extra=self._extra())
+
+    # ------------------------------------------------------------------ loop
+
+    def _extra(self, **fields: Any) -> dict[str, Any]:
+        return {"reflector": self.name, "kind": self._spec.kind, **fields}
+
+    def _count(self, **increments: int) -> None:
+        s = self._stats
+        self._stats = dataclasses.replace(
+            s, **{k: getattr(s, k) + v for k, v in increments.items()}
+        )
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self._session is not None:
+                self._session.close()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            phase = "list" if self._need_list else "watch"
+            try:
+                if self._need_list:
+                    self._list()
+                    self._need_list = False
+                    self._backoff.reset()
+                else:
+                    self._watch()
+            except _Stop:
+                break
+            except ApiError as e:
+                if self._stopping.is_set():
+                    break
+                self._handle_error(phase, e)
+            except Exception:
+                if self._stopping.is_set():
+                    break
+                self._count(errors=1)
+                delay = self._backoff.next()
+                log.exception(
+                    "reflector failed unexpectedly; retrying",
+                    extra=self._extra(phase=phase, retry_in=f"{delay:.1f}s"),
+                )
+                self._stopping.wait(delay)
+
+    def _handle_error(self, phase: str, e: ApiError) -> None:
+        self._count(errors=1)
+        extra = self._extra(
+            phase=phase,
+            status=e.status if e.status is not None else "none",
+            reason=e.reason,
+            resource_version=self._last_rv,
+        )
+        if e.expired or e.resource_version_too_large:
+            if phase == "list":
+                # Even the list's resourceVersion is unavailable: ask for the newest data.
+                # Already doing so (e.g. a huge list outlived its continue token): pause.
+                again = self._rv_unavailable
+                self._rv_unavailable = True
+                delay = self._backoff.next() if again else 0.0
+                log.info(
+                    "list resourceVersion unavailable; listing the latest state",
+                    extra={**extra, "error": e.message, "retry_in": f"{delay:.1f}s"},
+                )
+                self._stopping.wait(delay)
+            else:
+                self._need_list = True
+                log.info(
+                    "watch resourceVersion expired; relisting", extra={**extra, "error": e.message}
+                )
+            return
+        delay = self._backoff.next()
+        extra.update(error=e.message or str(e), retry_in=f"{delay:.1f}s")
+        if e.status == 401:
+            log.error("API server rejected the credentials (expired token?); retrying", extra=extra)
+        elif e.status == 403:
+            extra["needs"] = f"list,watch {self._spec.path}"
+            log.error("API server denied access (check RBAC); retrying", extra=extra)
+        elif e.status == 429:
+            log.info("throttled by the API server; retrying", extra=extra)
+        else:
+            log.warning("request failed; retrying", extra=extra)
+        self._stopping.wait(delay)
+
+    def _check_stop(self) -> None:
+        if self._stopping.is_set():
+            raise _Stop
+
+    def _deliver(self, event: EventType, obj: dict[str, Any], key: str) -> None:
+        self._count(events=1)
+        try:
+            self._on_event(event, obj)
+        except Exception:
+            log.exception(
+                "event handler failed; continuing",
+                extra=self._extra(event=event, object=key),
+            )
+
+    def _list(self) -> None:
+        assert self._session is not None
+        if not self._last_rv:
+            rv, limit = "0", True
+        elif self._rv_unavailable:
+            rv, limit = "", True
+        else:
+            rv, limit = self._last_rv, self._paginated
+        base = self._spec.selectors()
+        if limit:
+            base["limit"] = str(PAGE_SIZE)
+        params = {**base, "resourceVersion": rv} if rv else dict(base)
+        seen: set[str] = set()
+        added = modified = 0
+        list_rv = ""
+        pages = 0
+        while True:
+            self._check_stop()
+            page = self._session.get_json(self._spec.path, params, timeout=LIST_TIMEOUT)
+            pages += 1
+            meta = page.get("metadata") or {}
+            list_rv = str(meta.get("resourceVersion") or list_rv)
+            items = page.get("items") or []
+            for item in items:
+                self._check_stop()
+                if not isinstance(item, dict):
+                    continue
+                item.setdefault("kind", self._spec.kind)
+                item.setdefault("apiVersion", self._api_version)
+                strip_object(item)
+                key = object_key(item)
+                item_rv = str((item.get("metadata") or {}).get("resourceVersion") or "")
+                seen.add(key)
+                old = self._known.get(key)
+                if old == item_rv:
+                    continue
+                self._known[key] = item_rv
+                if old is None:
+                    added += 1
+                    self._deliver("ADDED", item, key)
+                else:
+                    modified += 1
+                    self._deliver("MODIFIED", item, key)
+            del items, page
+            token = meta.get("continue")
+            if not token:
+                break
+            if rv == "0":
+                self._paginated = True  # no watch cache: page later lists as well
+            params = {**base, "continue": str(token)}
+        deleted = 0
+        for key in [k for k in self._known if k not in seen]:
+            self._check_stop()
+            old_rv = self._known.pop(key)
+            deleted += 1
+            self._deliver("DELETED", self._stub(key, old_rv), key)
+        first = not self._synced
+        self._last_rv = list_rv
+        self._rv_unavailable = False
+        self._count(lists=1)
+        log.info(
+            "listed" if first else "relisted",
+            extra=self._extra(
+                objects=len(self._known),
+                added=added,
+                modified=modified,
+                deleted=deleted,
+                pages=pages,
+                requested_rv=rv if rv else '""',
+                resource_version=list_rv,
+            ),
+        )
+        if first:
+            self._synced = True
+            if self._on_synced is not None:
+                try:
+                    self._on_synced()
+                except Exception:
+                    log.exception("on_synced handler failed", extra=self._extra())
+
+    def _stub(self, key: str, rv: str) -> dict[str, Any]:
+        ns, _, name = key.rpartition("/")
+        meta: dict[str, Any] = {"name": name, "resourceVersion": rv}
+        if ns:
+            meta["namespace"] = ns
+        return {"apiVersion": self._api_version, "kind": self._spec.kind, "metadata": meta}
+
+    def _watch(self) -> None:
+        assert self._session is not None
+        timeout = int(random.uniform(self._watch_timeout, 2 * self._watch_timeout))
+        params = {
+            **self._spec.selectors(),
+            "resourceVersion": self._last_rv,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(max(1, timeout)),
+        }
+        self._check_stop()
+        stream = self._session.watch(self._spec.path, params, timeout=max(1, timeout))
+        self._count(watches=1)
+        log.debug("watching", extra=self._extra(resource_version=self._last_rv, timeout=timeout))
+        received = 0
+        try:
+            for event in stream:
+                received += 1
+                self._handle_event(event)
+        finally:
+            stream.close()
+        self._check_stop()
+        if received:
+            self._backoff.reset()
+            log.debug("watch ended; rewatching", extra=self._extra(resource_version=self._last_rv))
+        else:
+            delay = self._backoff.next()
+            log.debug(
+                "watch ended without events; rewatching after a pause",
+                extra=self._extra(resource_version=self._last_rv, retry_in=f"{delay:.1f}s"),
+            )
+            self._stopping.wait(delay)
+
+    def _handle_event(self, event: dict[str, Any]) -> None:
+        self._check_stop()
+        kind = event["type"]
+        obj: dict[str, Any] = event["object"]
+        if kind == "ERROR":
+            raise ApiError.from_status(obj, path=self._spec.path)
+        meta = obj.get("metadata") or {}
+        rv = str(meta.get("resourceVersion") or "")
+        if kind == "BOOKMARK":
+            if rv:
+                self._last_rv = rv
+            self._count(bookmarks=1)
+            return
+        etype = _EVENT_TYPES.get(kind)
+        if etype is None:
+            log.warning("unknown watch event type ignored", extra=self._extra(event=kind))
+            return
+        strip_object(obj)
+        key = object_key(obj)
+        if etype == "DELETED":
+            self._known.pop(key, None)
+        else:
+            self._known[key] = rv
+        if rv:
+            self._last_rv = rv
+        log.debug("event", extra=self._extra(event=etype, object=key, resource_version=rv))
+        self._deliver(etype, obj, key)
