@@ -1,11 +1,29 @@
-"""A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ controllers, scheduler).
+"""A real Kubernetes control plane: etcd + kube-apiserver (+ controllers, scheduler).
 
-Used by the e2e tests now and by the lab later. Every process listens on 127.0.0.1 only,
-on ports picked free at start (a collision is retried with new ports), and keeps its
-state, keys and logs in a per-fixture work directory that ``stop()`` removes.
+Used by the e2e tests and by the lab. Two placements:
+
+- root namespace (``netns=None``, the default): every process listens on 127.0.0.1
+  only, on ports picked free at start (a collision is retried with new ports).
+- inside a lab network namespace (``netns="<topology id>-control-plane"``): every
+  process runs under ``ip netns exec`` (which execs in place: the pid we track is the
+  component's own), on the namespace's fixed well-known ports (etcd 2379/2380 on its
+  127.0.0.1, kube-apiserver 6443 on ``bind_address``, the namespace's LAN address, and
+  kube-controller-manager 10257 / kube-scheduler 10259 on its 127.0.0.1). Node agents
+  in node namespaces then reach ``https://<bind_address>:6443`` over the lab's LAN;
+  nothing listens in the root namespace. The test process stays in the root namespace:
+  ``kubectl()`` runs as ``ip netns exec NS kubectl``, and ``api()`` and the readiness
+  checks use sockets created inside the namespace (``proxy.lab.nsutil``).
+
+Either way, state, keys and logs live in a per-fixture work directory that ``stop()``
+removes.
 
     with ControlPlane(build(), with_controllers=True) as cp:
         cp.kubectl("create", "namespace", "demo")
+
+    with Topology(spec_with_a_control_plane_client) as topo:
+        with ControlPlane(build(), netns=topo.ns("control-plane"),
+                          bind_address="192.168.50.2", with_controllers=True) as cp:
+            topo.popen("node-a", ["kube-proxy-py", "run", f"--kubeconfig={cp.kubeconfig}"])
 
 No kubelet runs: Pods never start by themselves. Tests bind a Pod to a Node with
 ``spec.nodeName`` and patch its status (phase, Ready condition, podIPs) themselves; the
@@ -18,6 +36,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import functools
 import http.client
 import ipaddress
 import json
@@ -25,6 +44,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -37,9 +57,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from proxy.lab import nsutil
 from proxy.lab.build import BIN_ENV, K8S_VERSION
 from proxy.lab.pki import CertificateAuthority, CertKey, SigningKey
-from proxy.lab.ports import LOOPBACK, free_port
+from proxy.lab.ports import LOOPBACK, free_port, port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +79,19 @@ No kubelet ever renews a Node's lease here, so the node lifecycle controller wou
 every Node NotReady after the grace period, flip its Pods to Ready=False (emptying the
 EndpointSlices) and, five minutes later, evict them. Pass ``controllers=("*",)`` to
 keep it.
+"""
+
+NETNS_PORTS: dict[tuple[str, str], int] = {
+    (ETCD, "client"): 2379,
+    (ETCD, "peer"): 2380,
+    (APISERVER, "secure"): 6443,
+    (CONTROLLER_MANAGER, "secure"): 10257,
+    (SCHEDULER, "secure"): 10259,
+}
+"""The ports every component uses inside a lab namespace (the upstream defaults).
+
+The namespace is the control plane's alone, so there is nobody to collide with, and
+node agents get the familiar ``https://<address>:6443``.
 """
 
 _PORT_ATTEMPTS = 4
@@ -90,7 +124,11 @@ class KubectlError(subprocess.CalledProcessError):
 
     def __str__(self) -> str:
         err = self.stderr.strip() if isinstance(self.stderr, str) else ""
-        return f"kubectl {' '.join(self.cmd[1:])} failed (exit {self.returncode}): {err}"
+        cmd = [str(c) for c in self.cmd]
+        where = ""
+        if cmd[:3] == ["ip", "netns", "exec"] and len(cmd) > 4:
+            where, cmd = f" (in netns {cmd[3]})", cmd[4:]
+        return f"kubectl {' '.join(cmd[1:])}{where} failed (exit {self.returncode}): {err}"
 
 
 class _PortCollision(Exception):
@@ -147,10 +185,16 @@ def render_kubeconfig(
     }
 
 
+def _host_port(host: str, port: int) -> str:
+    """host:port for a URL (IPv6 literals in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass
 class _Proc:
     name: str
     argv: list[str]
+    """The component's own argv (without any ``ip netns exec`` prefix)."""
     log_path: Path
     popen: subprocess.Popen[bytes]
     ports: dict[str, int] = field(default_factory=dict)
@@ -204,7 +248,11 @@ def _stop_all_at_exit() -> None:
 
 
 class ControlPlane:
-    """etcd + kube-apiserver (+ kube-controller-manager, kube-scheduler) on 127.0.0.1."""
+    """etcd + kube-apiserver (+ kube-controller-manager, kube-scheduler).
+
+    On 127.0.0.1 of our namespace by default; with ``netns``, inside that (lab) network
+    namespace, the API server on ``bind_address`` (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -221,8 +269,39 @@ class ControlPlane:
         extra_sans: Sequence[str] = (),
         advertise_address: str | None = None,
         keep_workdir: bool = False,
+        netns: str | None = None,
+        bind_address: str = LOOPBACK,
     ) -> None:
+        """See the module docstring. The network placement:
+
+        netns: a named network namespace (``/run/netns/NAME``, e.g. ``topo.ns(...)``) to
+            run every component in; None = our own namespace, on loopback only.
+        bind_address: the API server's address. In our namespace it must be a loopback
+            address; inside ``netns`` any address of that namespace (checked at start),
+            typically its LAN address. It is in the serving certificate, the kubeconfig's
+            server URL and, unless it is loopback or ``advertise_address`` says
+            otherwise, the advertised address (the ``kubernetes`` Service's endpoint).
+        """
         self._bin_dir = Path(bin_dir)
+        if netns is not None:
+            nsutil.netns_path(netns)  # the name only; existence is checked at start()
+        self._netns = netns
+        try:
+            bind_ip = ipaddress.ip_address(bind_address)
+        except ValueError as e:
+            raise ValueError(f"bind_address {bind_address!r}: {e}") from e
+        if bind_ip.is_unspecified:
+            raise ValueError(
+                f"bind_address {bind_address!r} is a wildcard; give the one address the API "
+                "server listens on (its URL and certificate name it)"
+            )
+        if netns is None and not bind_ip.is_loopback:
+            raise ValueError(
+                f"bind_address {bind_address!r} is not a loopback address: in the root network "
+                "namespace the control plane listens on loopback only. To serve a lab's LAN, "
+                "run it inside a lab namespace (netns=...)."
+            )
+        self._bind_address = str(bind_ip)
         self._with_controllers = with_controllers
         self._with_scheduler = with_scheduler
         try:
@@ -240,6 +319,8 @@ class ControlPlane:
         self._extra_scheduler_args = list(extra_scheduler_args)
         self._controllers = list(controllers)
         self._extra_sans = list(extra_sans)
+        if self._bind_address != LOOPBACK:
+            self._extra_sans.append(self._bind_address)
         if advertise_address is not None:
             try:
                 ipaddress.ip_address(advertise_address)
@@ -275,6 +356,16 @@ class ControlPlane:
         return self._service_cidr
 
     @property
+    def netns(self) -> str | None:
+        """The network namespace every component runs in (None: ours)."""
+        return self._netns
+
+    @property
+    def bind_address(self) -> str:
+        """The API server's listening address (in ``netns`` when that is set)."""
+        return self._bind_address
+
+    @property
     def workdir(self) -> Path:
         if self._workdir is None:
             raise ControlPlaneError("the control plane has no work directory yet: call start()")
@@ -303,18 +394,24 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        """The API server's URL, e.g. ``https://127.0.0.1:41234``."""
+        """The API server's URL, e.g. ``https://127.0.0.1:41234`` or, inside a lab
+        namespace, ``https://192.168.50.2:6443`` (reachable from that namespace and, for
+        a LAN address, from the lab's other namespaces; not from ours)."""
         if self._server is None:
             raise ControlPlaneError("the control plane is not started: call start()")
         return self._server
 
     @property
     def etcd_url(self) -> str:
+        """etcd's client URL (on 127.0.0.1 of ``netns`` when that is set)."""
         return f"http://{LOOPBACK}:{self._port(ETCD, 'client')}"
 
     @property
     def pids(self) -> dict[str, int]:
-        """Pid of every process this fixture started and that has not been reaped."""
+        """Pid of every process this fixture started and that has not been reaped.
+
+        With ``netns`` too these are the components' own pids (``ip netns exec`` execs in
+        place; checked once each component is ready)."""
         return {n: p.popen.pid for n, p in self._procs.items() if p.popen.returncode is None}
 
     @property
@@ -369,6 +466,7 @@ class ControlPlane:
         deadline = t0 + timeout
         try:
             self._check_binaries()
+            self._check_netns()
             self._prepare_workdir()
             self._write_pki()
             self._start_etcd(deadline, timeout)
@@ -385,8 +483,9 @@ class ControlPlane:
             self.stop()
             raise
         log.info(
-            "control plane ready server=%s components=%s elapsed=%.1fs workdir=%s",
+            "control plane ready server=%s netns=%s components=%s elapsed=%.1fs workdir=%s",
             self._server,
+            self._netns or "-",
             ",".join(self._procs),
             time.monotonic() - t0,
             self._workdir,
@@ -476,13 +575,18 @@ class ControlPlane:
         timeout: float = 60.0,
         kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the built kubectl with the admin kubeconfig (or the one given)."""
+        """Run the built kubectl with the admin kubeconfig (or the one given).
+
+        With ``netns`` it runs inside that namespace (``ip netns exec NS kubectl ...``).
+        """
         cmd = [
             str(self._bin_dir / KUBECTL),
             f"--kubeconfig={kubeconfig or self.kubeconfig}",
             f"--cache-dir={self.workdir / 'kubectl-cache'}",
             *args,
         ]
+        if self._netns is not None:
+            cmd = nsutil.exec_argv(self._netns, cmd)
         result = subprocess.run(
             cmd,
             input=input,
@@ -496,6 +600,23 @@ class ControlPlane:
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
         return result
+
+    def http_request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        *,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> tuple[int, bytes]:
+        """Raw HTTP(S) to one of the control plane's URLs (``server``, ``etcd_url``, …).
+
+        The socket is created where the control plane runs (inside ``netns`` when set);
+        HTTPS uses ``ssl_context()`` (admin client certificate). Returns (status, body)
+        whatever the status.
+        """
+        return self._http(method, url, body, content_type=content_type, timeout=timeout)
 
     def api(
         self,
@@ -586,6 +707,70 @@ class ControlPlane:
                 "directory of release binaries."
             )
 
+    def _check_netns(self) -> None:
+        """In netns mode: the namespace exists, holds bind_address, and our ports are free.
+
+        Runs before anything is created or started, so a wrong namespace or address
+        costs nothing and says exactly what is wrong.
+        """
+        netns = self._netns
+        if netns is None:
+            return
+        if os.geteuid() != 0:
+            raise ControlPlaneError(
+                f"running the control plane in network namespace {netns!r} needs root "
+                "(ip netns exec, setns)"
+            )
+        try:
+            nsutil.netns_id(netns)
+        except nsutil.NetnsError as e:
+            raise ControlPlaneError(f"{e}; create it first (e.g. a Topology client)") from e
+
+        def bind_probe() -> None:
+            family = socket.AF_INET6 if ":" in self._bind_address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((self._bind_address, 0))
+
+        try:
+            nsutil.run_in_netns(netns, bind_probe)
+        except OSError as e:
+            if isinstance(e, nsutil.NetnsError):
+                raise ControlPlaneError(str(e)) from e
+            raise ControlPlaneError(
+                f"bind_address {self._bind_address} is not usable in network namespace "
+                f"{netns} ({e.strerror or e}); its addresses: {self._netns_addresses()}"
+            ) from e
+        wanted = [(ETCD, "client"), (ETCD, "peer"), (APISERVER, "secure")]
+        if self._with_controllers:
+            wanted.append((CONTROLLER_MANAGER, "secure"))
+        if self._with_scheduler:
+            wanted.append((SCHEDULER, "secure"))
+        taken: list[str] = []
+        for name, role in wanted:
+            host, port = self._listen_host(name), NETNS_PORTS[name, role]
+            if not nsutil.run_in_netns(netns, functools.partial(port_is_free, port, host)):
+                taken.append(f"{name}/{role} {_host_port(host, port)}")
+        if taken:
+            raise ControlPlaneError(
+                f"ports already in use in network namespace {netns}: {', '.join(taken)}. "
+                "A control plane uses fixed ports inside its namespace: is another one "
+                "running there? Stop it, or give this one a namespace of its own."
+            )
+
+    def _netns_addresses(self) -> str:
+        assert self._netns is not None
+        done = subprocess.run(
+            ["ip", "-n", self._netns, "-brief", "address", "show"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return "; ".join(line.strip() for line in done.stdout.splitlines()) or "(none)"
+
+    def _listen_host(self, component: str) -> str:
+        """The address a component listens on (the API server: bind_address)."""
+        return self._bind_address if component == APISERVER else LOOPBACK
+
     def _prepare_workdir(self) -> None:
         if self._workdir_arg is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="kpp-controlplane-"))
@@ -600,7 +785,13 @@ class ControlPlane:
             self._workdir = wd.resolve()
         self._owns_workdir = True
         (self._workdir / "logs").mkdir()
-        log.info("control plane starting workdir=%s bin_dir=%s", self._workdir, self._bin_dir)
+        log.info(
+            "control plane starting workdir=%s bin_dir=%s netns=%s bind_address=%s",
+            self._workdir,
+            self._bin_dir,
+            self._netns or "-",
+            self._bind_address,
+        )
 
     def _write_pki(self) -> None:
         pki = self.pki_dir
@@ -689,7 +880,7 @@ class ControlPlane:
             return [
                 str(self._bin_dir / APISERVER),
                 f"--etcd-servers={self.etcd_url}",
-                f"--bind-address={LOOPBACK}",
+                f"--bind-address={self._bind_address}",
                 f"--secure-port={ports['secure']}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -721,7 +912,8 @@ class ControlPlane:
             timeout,
             "GET /readyz = ok",
         )
-        self._server = f"https://{LOOPBACK}:{self._port(APISERVER, 'secure')}"
+        secure_port = self._port(APISERVER, "secure")
+        self._server = f"https://{_host_port(self._bind_address, secure_port)}"
         assert self._admin is not None
         self._kubeconfig = self.write_kubeconfig(
             self.workdir / "kubeconfigs" / "admin.kubeconfig",
@@ -745,6 +937,10 @@ class ControlPlane:
     def _advertise_args(self) -> list[str]:
         if self._advertise_address is not None:
             return [f"--advertise-address={self._advertise_address}"]
+        if not ipaddress.ip_address(self._bind_address).is_loopback:
+            # A lab namespace's LAN address: the default (lease) endpoint reconciler
+            # publishes it as the `kubernetes` Service's endpoint, as on a real cluster.
+            return [f"--advertise-address={self._bind_address}"]
         # Without an address the API server advertises the host's default interface IP
         # (bind-address is loopback), and the `kubernetes` Service's endpoints would send
         # lab traffic to the host. Loopback cannot be an endpoint, so: no endpoints.
@@ -843,9 +1039,25 @@ class ControlPlane:
         what: str,
         before_retry: Callable[[], None] | None = None,
     ) -> None:
-        """Start name on fresh free ports; retry with new ports if one was taken."""
+        """Start name on fresh free ports; retry with new ports if one was taken.
+
+        Inside a lab namespace the ports are fixed (NETNS_PORTS): one attempt.
+        """
+        host = self._listen_host(name)
+        if self._netns is not None:
+            ports = {role: NETNS_PORTS[name, role] for role in roles}
+            proc = self._spawn(name, argv(ports), ports)
+            try:
+                self._wait_ready(proc, ready, deadline, timeout, what)
+            except _PortCollision as e:
+                raise ControlPlaneError(
+                    f"{name} could not listen on its port(s) {ports} in network namespace "
+                    f"{self._netns}: already in use (another control plane in that "
+                    f"namespace?). Last log lines:\n{proc.tail()}"
+                ) from e
+            return
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            ports = {role: free_port() for role in roles}
+            ports = {role: free_port(host) for role in roles}
             proc = self._spawn(name, argv(ports), ports)
             try:
                 self._wait_ready(proc, ready, deadline, timeout, what)
@@ -869,12 +1081,14 @@ class ControlPlane:
         )
 
     def _spawn(self, name: str, argv: list[str], ports: dict[str, int]) -> _Proc:
+        """Start one component (argv without netns prefix; it is added here)."""
         global _libc
         log_path = self.log_path(name)
+        command = argv if self._netns is None else nsutil.exec_argv(self._netns, argv)
         with open(log_path, "ab") as log_file:
             offset = log_file.tell()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            log_file.write(f"--- {stamp} kpp starting: {' '.join(argv)}\n".encode())
+            log_file.write(f"--- {stamp} kpp starting: {' '.join(command)}\n".encode())
             log_file.flush()
             preexec: Callable[[], None] | None = None
             if threading.current_thread() is threading.main_thread():
@@ -883,7 +1097,7 @@ class ControlPlane:
                     _libc = ctypes.CDLL(None, use_errno=True)
                 preexec = _die_with_parent
             popen = subprocess.Popen(
-                argv,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -896,7 +1110,12 @@ class ControlPlane:
         self._procs[name] = proc
         self._spawned.append((name, popen.pid))
         log.info(
-            "component started name=%s pid=%d ports=%s log=%s", name, popen.pid, ports, log_path
+            "component started name=%s pid=%d ports=%s netns=%s log=%s",
+            name,
+            popen.pid,
+            ports,
+            self._netns or "-",
+            log_path,
         )
         return proc
 
@@ -918,6 +1137,7 @@ class ControlPlane:
                 )
             try:
                 if ready():
+                    self._check_pid(proc)
                     log.info(
                         "component ready name=%s check=%r after=%.1fs",
                         proc.name,
@@ -937,6 +1157,28 @@ class ControlPlane:
                     "timeout to start()."
                 )
             time.sleep(_POLL_SECONDS)
+
+    def _check_pid(self, proc: _Proc) -> None:
+        """In netns mode: our pid is the component itself, and it runs in the namespace.
+
+        ``ip netns exec`` execs in place (iproute2 forks only in ``-batch`` mode); if a
+        future version forked, stop() would signal ``ip`` and leave the component behind.
+        """
+        if self._netns is None:
+            return
+        pid = proc.popen.pid
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+        except OSError:
+            exe = "(gone)"
+        want = os.path.realpath(self._bin_dir / proc.name)
+        if exe != want or not nsutil.pid_in_netns(pid, self._netns):
+            raise ControlPlaneError(
+                f"pid {pid} started as `ip netns exec {self._netns} {proc.name}` runs {exe} "
+                f"(expected {want}) in network namespace {nsutil.pid_netns_id(pid)} "
+                f"(expected {nsutil.netns_id(self._netns)}): the pid tracked for cleanup "
+                "would not be the component's"
+            )
 
     def _fix_hint(self, name: str) -> str:
         extra = {
@@ -986,7 +1228,15 @@ class ControlPlane:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or LOOPBACK
         conn: http.client.HTTPConnection
-        if parts.scheme == "https":
+        if self._netns is not None:
+            # Sockets created inside the namespace; we never leave ours.
+            if parts.scheme == "https":
+                conn = nsutil.NetnsHTTPSConnection(
+                    self._netns, host, parts.port, timeout=timeout, context=self._tls
+                )
+            else:
+                conn = nsutil.NetnsHTTPConnection(self._netns, host, parts.port, timeout=timeout)
+        elif parts.scheme == "https":
             conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=self._tls)
         else:
             conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
@@ -1002,7 +1252,8 @@ class ControlPlane:
             conn.close()
 
     def _apiserver_ready(self) -> bool:
-        url = f"https://{LOOPBACK}:{self._port(APISERVER, 'secure')}/readyz"
+        secure_port = self._port(APISERVER, "secure")
+        url = f"https://{_host_port(self._bind_address, secure_port)}/readyz"
         status, body = self._http("GET", url, timeout=5.0)
         return status == 200 and body.strip() == b"ok"
 
@@ -1021,6 +1272,7 @@ __all__ = [
     "CONTROLLER_MANAGER",
     "DEFAULT_CONTROLLERS",
     "ETCD",
+    "NETNS_PORTS",
     "SCHEDULER",
     "ApiError",
     "CertKey",

@@ -3,6 +3,10 @@
 Ports are picked by binding to port 0 on 127.0.0.1 and releasing the socket. Another
 process can take the port before our child binds it, so callers retry on a collision;
 inside one Python process a port handed out recently is never handed out again.
+
+Everything here works on the network namespace of the *calling thread* (so it can be
+run inside a lab namespace with ``proxy.lab.nsutil.run_in_netns``), except where a
+``pid`` says to look at that process's namespace instead.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ _lock = threading.Lock()
 _recent: deque[int] = deque(maxlen=4096)
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """Return a TCP port on host that is free right now and not handed out recently."""
     with _lock:
         for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            with socket.socket(_family(host), socket.SOCK_STREAM) as s:
                 s.bind((host, 0))
                 port = int(s.getsockname()[1])
             if port not in _recent:
@@ -43,7 +51,7 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     SO_REUSEADDR is set, as servers do, so sockets left in TIME_WAIT by past
     connections do not count; a socket still listening there does.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -74,13 +82,18 @@ def _parse_hex_address(text: str) -> tuple[str, int]:
     return addr, int(port_hex, 16)
 
 
-def tcp_listeners() -> list[Listener]:
-    """Every listening TCP socket of this network namespace."""
+def tcp_listeners(pid: int | None = None) -> list[Listener]:
+    """Every listening TCP socket of the calling thread's network namespace.
+
+    With pid: of that process's network namespace (empty if the process is gone).
+    """
+    # /proc/net is /proc/self/net: the namespace of the main thread, not of this one.
+    base = Path("/proc/thread-self/net") if pid is None else Path(f"/proc/{pid}/net")
     out: list[Listener] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in (base / "tcp", base / "tcp6"):
         try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except FileNotFoundError:
+            lines = table.read_text().splitlines()[1:]
+        except (FileNotFoundError, ProcessLookupError):
             continue
         for line in lines:
             fields = line.split()
@@ -109,7 +122,12 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def listeners_of(pid: int) -> list[Listener]:
-    """The listening TCP sockets owned by a process."""
+def listeners_of(pid: int, *, own_namespace: bool = False) -> list[Listener]:
+    """The listening TCP sockets a process owns in the calling thread's network namespace.
+
+    With own_namespace: in the process's own network namespace instead (for a process
+    started with ``ip netns exec``; in ours it listens on nothing).
+    """
     inodes = socket_inodes(pid)
-    return [lst for lst in tcp_listeners() if lst.inode in inodes]
+    table = tcp_listeners(pid if own_namespace else None)
+    return [lst for lst in table if lst.inode in inodes]
