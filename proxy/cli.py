@@ -116,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
     tour.add_argument("--step", action="store_true", help="pause between steps")
 
+    from proxy.agent.options import add_run_arguments
+
+    run = sub.add_parser(
+        "run",
+        help="the node agent: watch the API and program this node (upstream kube-proxy's flags "
+        "and config file)",
+        usage="kube-proxy-py run [flags]",
+        allow_abbrev=False,
+    )
+    add_run_arguments(run)
+
     lab = sub.add_parser("lab", help="the lab: a real control plane with namespace nodes")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
     build = lab_sub.add_parser(
@@ -292,12 +303,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def _run_agent(argv: list[str]) -> int:
+    """``run`` parses its own flags: upstream kube-proxy's, with its precedence rules."""
+    from proxy.agent.options import parse_run_args
+
+    try:
+        opts = parse_run_args(argv)
+    except ConfigError as exc:
+        _err(f"run: {exc}")
+        return EXIT_USAGE
+    from proxy.agent.main import run as run_agent
+
+    return run_agent(opts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from proxy import logs
 
     logs.setup()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["run"]:
+        return _run_agent(args_list[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     handlers = {
         "render": cmd_render,
         "apply": cmd_apply,

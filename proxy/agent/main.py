@@ -1,0 +1,257 @@
+"""``kube-proxy-py run``: the node agent.
+
+Start-up: servers (healthz, metrics) → API client → reflectors for Services,
+EndpointSlices and our Node → wait for all three initial lists (no rules before that) →
+remove the other mode's rules → sync loop. Each change requests a sync; the
+bounded-frequency runner coalesces bursts. SIGTERM/SIGINT stop promptly and leave the
+rules in place, so established flows keep working across a restart and the next start
+adopts them with a full sync in one transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from proxy import logs
+from proxy.agent.options import AgentOptions
+from proxy.agent.proxier import Proxier, SyncResult
+from proxy.agent.state import ClusterState
+from proxy.config import ProxyMode
+from proxy.conntrack import ConntrackCleaner, ConntrackError, UdpTarget, udp_targets
+from proxy.kernel.iptables import IptablesKernel
+from proxy.kernel.nftables import NftKernel
+from proxy.kernel.runner import KernelError, Runner
+from proxy.metrics import ProxyMetrics
+from proxy.plan import Filter, Plan
+from proxy.server import (
+    HealthCheckNodePorts,
+    HealthServer,
+    MetricsServer,
+    ProxyHealth,
+    ServerError,
+    node_eligible,
+)
+from proxy.source.api import ApiClient, ApiError
+from proxy.source.reflector import (
+    Reflector,
+    endpointslices_spec,
+    node_spec,
+    services_spec,
+)
+from proxy.sync import BoundedFrequencyRunner
+
+log = logging.getLogger("kube-proxy-py")
+FAMILY = "IPv4"
+KINDS = ("Service", "EndpointSlice", "Node")
+
+
+def cleanup_all(runner: Runner) -> list[str]:
+    """``--cleanup``: remove our rules of every mode and variant."""
+    removed: list[str] = []
+    for variant in ("nft", "legacy"):
+        if (
+            Runner.available(f"iptables-{variant}-restore")
+            and IptablesKernel(runner, variant=variant).cleanup()
+        ):
+            removed.append(f"iptables ({variant})")
+    if Runner.available("nft") and NftKernel(runner).cleanup():
+        removed.append("nftables")
+    return removed
+
+
+@dataclass
+class Observer:
+    """Turns sync results into metrics, health, conntrack cleanup and health-check ports."""
+
+    mode: ProxyMode
+    metrics: ProxyMetrics
+    health: ProxyHealth
+    state: ClusterState
+    hc_ports: HealthCheckNodePorts
+    conntrack: ConntrackCleaner
+    _last_udp: dict[str, UdpTarget] = field(default_factory=dict)
+
+    def sync_done(self, result: SyncResult) -> None:
+        now = time.time()
+        self.health.synced(now, FAMILY)
+        self.metrics.observe_sync(result.full, result.seconds, family=FAMILY, now=now)
+        self.metrics.changes(result.service_changes, result.endpoint_changes)
+        self.metrics.set_pending(*self.state.pending_counts())
+        for t in result.trigger_times:
+            self.metrics.observe_programming(now - t, FAMILY)
+        p = result.plan
+        self.metrics.set_no_local_endpoints(
+            sum(1 for sp in p.service_ports if sp.internal_filter is Filter.DROP),
+            sum(1 for sp in p.service_ports if sp.external_filter is Filter.DROP),
+            FAMILY,
+        )
+        for kind, count in self.state.invalid_counts().items():
+            self.metrics.set_invalid(kind, count)
+        self._health_check_ports(p)
+        self._conntrack(p)
+
+    def sync_failed(self, mode: ProxyMode, full: bool, error: str) -> None:
+        self.metrics.sync_failed(mode, partial=not full, family=FAMILY)
+
+    def _health_check_ports(self, p: Plan) -> None:
+        wanted: dict[str, tuple[int, int]] = {}
+        for sp in p.service_ports:
+            if sp.health_check_node_port:
+                key = f"{sp.namespace}/{sp.name}"
+                count = len(sp.local_endpoints) + wanted.get(key, (0, 0))[1]
+                wanted[key] = (sp.health_check_node_port, count)
+        for svc, err in self.hc_ports.update(wanted).items():
+            log.warning("health check node port not served", extra={"object": svc, "error": err})
+
+    def _conntrack(self, p: Plan) -> None:
+        targets = {t.service: t for t in udp_targets(p)}
+        if targets == self._last_udp:
+            return
+        changed = [t for key, t in targets.items() if self._last_udp.get(key) != t]
+        self._last_udp = targets
+        if not changed:
+            return
+        start = time.monotonic()
+        try:
+            deleted = self.conntrack.cleanup(changed)
+        except ConntrackError as exc:
+            log.warning("stale UDP conntrack cleanup failed", extra={"error": str(exc)})
+            self._last_udp = {}  # try again after the next sync
+            return
+        self.metrics.conntrack_reconciled(time.monotonic() - start, deleted, FAMILY)
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        self.stop_event = threading.Event()
+        self.runner = Runner()
+        self.config = opts.proxy_config()
+        self.metrics = ProxyMetrics(mode=opts.mode)
+        self.health = ProxyHealth(timeout=2 * opts.sync_period)
+        # an empty bind address turns a server off (upstream: --healthz-port=0)
+        self.health_server = (
+            HealthServer(self.health, self.metrics, opts.healthz_bind_address)
+            if opts.healthz_bind_address
+            else None
+        )
+        self.metrics_server = (
+            MetricsServer(self.metrics, opts.metrics_bind_address, opts.mode)
+            if opts.metrics_bind_address
+            else None
+        )
+        self.hc_ports = HealthCheckNodePorts(self.health)
+        self.sync_runner: BoundedFrequencyRunner | None = None
+        self.state = ClusterState(opts.node_name, on_change=self._changed)
+        self.observer = Observer(
+            opts.mode, self.metrics, self.health, self.state, self.hc_ports, ConntrackCleaner()
+        )
+        self.proxier = Proxier(self.config, self.state, opts.sync_period, self.observer)
+        self.reflectors: list[Reflector] = []
+
+    def _changed(self) -> None:
+        self.health.queued_update(time.time(), FAMILY)
+        self.metrics.queued(FAMILY)
+        if self.sync_runner is not None:
+            self.sync_runner.request()
+
+    def _on_event(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
+        if kind == "Node":
+            self.health.set_node_eligible(event != "DELETED" and node_eligible(dict(obj)))
+        self.state.handle(kind, event, obj)
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received; stopping without touching the rules", extra={"signal": signum})
+        self.stop_event.set()
+        if self.sync_runner is not None:
+            self.sync_runner.stop()
+
+    def run(self) -> int:
+        opts = self.opts
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        servers = [s for s in (self.health_server, self.metrics_server) if s is not None]
+        try:
+            for server in servers:
+                server.start()
+        except ServerError as exc:
+            log.error("cannot serve", extra={"error": str(exc)})
+            return 1
+        try:
+            client = ApiClient.from_config(opts.kubeconfig, opts.master)
+        except (ApiError, OSError, ValueError) as exc:
+            log.error("cannot build an API client", extra={"error": str(exc)})
+            return 1
+        log.info(
+            "starting",
+            extra={"node": opts.node_name, "mode": str(opts.mode), "server": client.server},
+        )
+        specs = (
+            ("Service", services_spec()),
+            ("EndpointSlice", endpointslices_spec()),
+            ("Node", node_spec(opts.node_name)),
+        )
+        for kind, spec in specs:
+            r = Reflector(
+                client,
+                spec,
+                functools.partial(self._on_event, kind),
+                on_synced=functools.partial(self.state.mark_synced, kind),
+                name=kind,
+            )
+            self.reflectors.append(r)
+            r.start()
+        try:
+            while not self.state.has_synced(*KINDS):
+                if self.stop_event.wait(0.1):
+                    return 0
+            log.info("initial lists received; programming rules", extra={"node": opts.node_name})
+            if self.state.node is None:
+                log.warning(
+                    "node not found: endpoints are never local, topology hints and "
+                    "primary-IP NodePorts are unavailable until it appears",
+                    extra={"node": opts.node_name},
+                )
+            try:
+                self.proxier.cleanup_other_mode()
+            except KernelError as exc:
+                log.warning("could not remove the other mode's rules", extra={"error": str(exc)})
+            self.sync_runner = BoundedFrequencyRunner(
+                self.proxier.sync,
+                min_interval=opts.min_sync_period,
+                max_interval=opts.sync_period,
+                name=str(opts.mode),
+            )
+            if self.stop_event.is_set():
+                return 0
+            self.health.started(time.time(), FAMILY)
+            self.sync_runner.request()
+            self.sync_runner.loop()
+            return 0
+        finally:
+            for r in self.reflectors:
+                r.stop(timeout=2)
+            self.hc_ports.stop()
+            for server in servers:
+                server.stop()
+            client.close()
+            log.info("stopped", extra={"node": opts.node_name})
+
+
+def run(opts: AgentOptions) -> int:
+    logs.setup(opts.verbosity)
+    for warning in opts.warnings:
+        log.warning(warning)
+    if opts.cleanup:
+        removed = cleanup_all(Runner())
+        log.info("cleanup done", extra={"removed": ", ".join(removed) or "nothing"})
+        return 0
+    return Agent(opts).run()
