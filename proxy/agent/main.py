@@ -150,7 +150,7 @@ class Agent:
         )
         self.hc_ports = HealthCheckNodePorts(self.health)
         self.sync_runner: BoundedFrequencyRunner | None = None
-        self.state = ClusterState(opts.node_name, on_change=self._changed)
+        self.state = ClusterState(opts.node_name, on_change=self._changed, on_invalid=self._invalid)
         self.observer = Observer(
             opts.mode, self.metrics, self.health, self.state, self.hc_ports, ConntrackCleaner()
         )
@@ -162,6 +162,11 @@ class Agent:
         self.metrics.queued(FAMILY)
         if self.sync_runner is not None:
             self.sync_runner.request()
+
+    def _invalid(self, kind: str, skipped: int) -> None:
+        self.metrics.set_invalid(kind, skipped)
+        if skipped:
+            self.metrics.record_invalid(kind)
 
     def _on_event(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
         if kind == "Node":

@@ -81,9 +81,13 @@ class ClusterState:
         node_name: str,
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        on_invalid: Callable[[str, int], None] = lambda kind, count: None,
     ) -> None:
+        """``on_invalid(kind, now_skipped)`` runs when an invalid version of an object is
+        first seen, and when an object of ``kind`` stops being invalid."""
         self.node_name = node_name
         self._on_change = on_change
+        self._on_invalid = on_invalid
         self._clock = clock
         self._lock = threading.Lock()
         self._services: dict[Key, Service] = {}
@@ -93,6 +97,7 @@ class ClusterState:
         self._reported: dict[tuple[str, Key], str] = {}
         self._changes = Changes()
         self._synced: set[str] = set()
+        self._invalid_events = 0
 
     # -- feeding ------------------------------------------------------------------------
     def mark_synced(self, kind: str) -> None:
@@ -108,6 +113,7 @@ class ClusterState:
         """Apply one watch event (ADDED, MODIFIED, DELETED) for a Service, EndpointSlice or
         Node. Safe to call from any thread."""
         with self._lock:
+            invalid_before = self._invalid_events
             if kind == "Service":
                 changed = self._handle_service(event, obj)
             elif kind == "EndpointSlice":
@@ -118,6 +124,10 @@ class ClusterState:
                 raise ValueError(f"unknown kind {kind!r}")
             if changed and self._changes.first_queued is None:
                 self._changes.first_queued = self._clock()
+            invalid_changed = self._invalid_events != invalid_before
+            skipped = sum(1 for k, _ in self._problems if k == kind)
+        if invalid_changed:
+            self._on_invalid(kind, skipped)
         if changed:
             self._on_change()
 
@@ -128,6 +138,7 @@ class ClusterState:
         if self._reported.get(pkey) == rv:
             return  # already logged this version (relists deliver it again)
         self._reported[pkey] = rv
+        self._invalid_events += 1
         kept = (
             "the last valid version stays in force"
             if (
@@ -149,7 +160,8 @@ class ClusterState:
             )
 
     def _valid(self, kind: str, key: Key) -> None:
-        self._problems.pop((kind, key), None)
+        if self._problems.pop((kind, key), None) is not None:
+            self._invalid_events += 1
         self._reported.pop((kind, key), None)
 
     def _handle_service(self, event: str, obj: Mapping[str, Any]) -> bool:
