@@ -146,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
     sync.add_argument("--repeat", type=int, default=3, help="runs per stage (median reported)")
     sync.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    lat = bench_sub.add_parser(
+        "latency",
+        help="API write -> rule in the kernel, agent RSS and CPU, in a lab cluster",
+    )
+    lat.add_argument("--services", type=int, default=1000)
+    lat.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
+    lat.add_argument("--changes", type=int, default=100, help="EndpointSlice changes timed")
+    lat.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
+    lat.add_argument(
+        "--min-sync-period",
+        default="1s",
+        help="the agent's --iptables-min-sync-period (Go duration)",
+    )
+    lat.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return parser
 
 
@@ -296,10 +310,14 @@ def cmd_tour(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "sync":
-        from proxy.bench import main_sync
+        from proxy.bench.sync import main_sync
 
         return main_sync(args)
-    _err("bench: give a command: sync")
+    if args.bench_command == "latency":
+        from proxy.bench.latency import main_latency
+
+        return main_latency(args)
+    _err("bench: give a command: sync or latency")
     return EXIT_USAGE
 
 

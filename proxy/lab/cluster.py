@@ -115,8 +115,10 @@ class LabCluster:
         *,
         workdir: Path,
         zones: Mapping[str, str] | None = None,
+        with_controllers: bool = True,
     ) -> None:
         self.bin_dir = bin_dir
+        self.with_controllers = with_controllers
         self.spec = lab_spec(spec)
         self.workdir = workdir
         self.zones = dict(zones or {})
@@ -131,7 +133,7 @@ class LabCluster:
             self.topo.up()
             self.cp = ControlPlane(
                 self.bin_dir,
-                with_controllers=True,
+                with_controllers=self.with_controllers,
                 netns=self.topo.ns(CONTROL_PLANE),
                 bind_address=CONTROL_PLANE_IP,
                 workdir=self.workdir / "control-plane",

@@ -1,0 +1,1 @@
+"""Benchmarks: a separate command (``kube-proxy-py bench …``), never part of the tests."""
