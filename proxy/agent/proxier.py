@@ -2,10 +2,12 @@
 
 A full sync reads what our table/chains hold now and rewrites all of it in one
 transaction: at start (this also adopts rules a previous run left, without a gap), after
-any failure, when the Node changed, and at least once per sync period (which repairs
-rules someone else deleted). Between full syncs only what changed since the last applied
-ruleset is written: changed chains and map elements in nftables mode, changed chains in
-iptables mode (upstream's partial sync).
+any failure, when the Node changed, when someone else committed to nf_tables since our
+last commit (the kernel's ruleset generation moved: whatever they did to our rules is
+repaired within one sync period), and at least hourly as upstream does. Legacy iptables
+has no generation to watch, so there every sync period brings a full sync. Between full
+syncs only what changed since the last applied ruleset is written: changed chains and
+map elements in nftables mode, changed chains in iptables mode (upstream's partial sync).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.kernel.addresses import local_addresses
+from proxy.kernel.generation import GenerationReader
 from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import KernelError, Runner
@@ -28,6 +31,9 @@ from proxy.model import IPFamily
 from proxy.plan import Plan, plan
 
 log = logging.getLogger(__name__)
+
+FULL_SYNC_PERIOD = 3600.0
+"""Seconds between unconditional full syncs (upstream's FullSyncPeriod)."""
 
 
 class SyncObserver(Protocol):
@@ -72,7 +78,14 @@ class Proxier:
         self._last_plan: Plan | None = None
         self._last_full: float | None = None
         self._need_full = True
+        self._last_gen: int | None = None
+        self._generations = GenerationReader(self.runner.netns)
         self.syncs = 0
+
+    def _generation(self) -> int | None:
+        if isinstance(self._kernel, IptablesKernel) and self._kernel.variant == "legacy":
+            return None
+        return self._generations.read()
 
     @property
     def last_plan(self) -> Plan | None:
@@ -108,12 +121,21 @@ class Proxier:
         start = self.clock()
         snapshot, changes, problems = self.state.take()
         now = self.clock()
+        generation = self._generation()
+        drift = generation is None or generation != self._last_gen
+        if drift and self._last_gen is not None:
+            log.info(
+                "the ruleset was changed by someone else; full sync",
+                extra={"mode": str(self.config.mode)},
+            )
+        full_every = FULL_SYNC_PERIOD if generation is not None else self.sync_period
         full = (
             self._need_full
             or self._last_ruleset is None
             or changes.node_changed
             or self._last_full is None
-            or now - self._last_full >= self.sync_period
+            or now - self._last_full >= full_every
+            or (drift and generation is not None)
         )
         p = plan(snapshot, self._config(), self.family, problems)
         mode = self.config.mode
@@ -150,6 +172,7 @@ class Proxier:
             if self.observer is not None:
                 self.observer.sync_failed(mode, full, str(exc))
             return False
+        self._last_gen = self._generation()
         elapsed = self.clock() - start
         if full:
             self._last_full = now

@@ -71,8 +71,10 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
     clock.now += 5
     assert proxier.sync() and rec.results[-1].full  # the Node changed
 
-    # someone deletes our rules; an incremental sync would not notice, the periodic full
-    # sync repairs them
+    clock.now += 31
+    assert proxier.sync() and not rec.results[-1].full  # a sync period alone: incremental
+
+    # someone deletes our rules: the nf_tables generation moves, the next sync is full
     if mode is ProxyMode.NFTABLES:
         cmd = ["nft", "flush", "map", "ip", "kube-proxy", "service-ips"]
     else:
@@ -80,10 +82,7 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
     subprocess.run(["ip", "netns", "exec", netns, *cmd], check=True)
     gone = listing(netns, mode)
     assert "10.96.0.10 . tcp . 80" not in gone and "-A KUBE-SERVICES -d 10.96.0.10/32" not in gone
-    clock.now += 5
-    assert proxier.sync() and not rec.results[-1].full  # nothing changed: nothing written
-    clock.now += 31
-
+    clock.now += 1
     assert proxier.sync() and rec.results[-1].full
     text = listing(netns, mode)
     assert (
@@ -91,4 +90,9 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
         if mode is ProxyMode.NFTABLES
         else ("-A KUBE-SERVICES -d 10.96.0.10/32" in text)
     )
+    clock.now += 1
+    assert proxier.sync() and not rec.results[-1].full  # our own commits are not drift
+
+    clock.now += 3601
+    assert proxier.sync() and rec.results[-1].full  # hourly, as upstream
     assert rec.failures == []

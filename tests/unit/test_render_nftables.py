@@ -24,23 +24,31 @@ def elements(rs: nft.NftRuleset, name: str) -> dict[str, str]:
     return {e.key: e.value for e in rs.sets[name].elements}
 
 
-def test_cluster_ip_map_element_and_numgen() -> None:
+def test_cluster_ip_map_element_and_random_cascade() -> None:
     rs = render(web(), web_slice(*TWO))
     sp = sp_of(web(), web_slice(*TWO))
     svc = naming.nft_service_chain(sp)
     assert elements(rs, nft.SERVICE_IPS) == {"10.96.0.10 . tcp . 80": f"goto {svc}"}
     assert elements(rs, nft.CLUSTER_IPS) == {"10.96.0.10": ""}
-    rules = rs.chains[svc].rules
-    assert rules[0] == (
-        "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
+    assert rs.chains[svc].rules == (
+        "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.5:8080",
+        "meta l4proto tcp dnat to 10.244.2.5:8080",
     )
-    e0 = naming.nft_endpoint_chain(sp, "10.244.1.5:8080")
-    e1 = naming.nft_endpoint_chain(sp, "10.244.2.5:8080")
-    assert rules[1] == f"numgen random mod 2 vmap {{ 0 : goto {e0}, 1 : goto {e1} }}"
-    assert rs.chains[e0].rules == (
-        "ip saddr 10.244.1.5 jump mark-for-masquerade",
-        "meta l4proto tcp dnat to 10.244.1.5:8080",
+    # no per-endpoint chains without affinity
+    assert not any(c.startswith("endpoint-") for c in rs.chains)
+    # one masquerade rule for all cluster IPs, before the dispatch
+    assert rs.chains[nft.SERVICES].rules[0] == (
+        "ip daddr @cluster-ips ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000"
+        ' comment "masquerade clusterIP traffic from outside cluster"'
     )
+    # hairpin: only the local endpoint
+    assert elements(rs, nft.HAIRPIN_CONNECTIONS) == {"10.244.1.5 . 10.244.1.5 . tcp . 8080": ""}
+
+
+def test_single_endpoint_needs_no_map() -> None:
+    rs = render(web(), web_slice(TWO[1]))
+    svc = naming.nft_service_chain(sp_of(web(), web_slice(TWO[1])))
+    assert rs.chains[svc].rules == ("meta l4proto tcp dnat to 10.244.2.5:8080",)
 
 
 def test_no_endpoints_reject_and_local_drop() -> None:
@@ -61,8 +69,11 @@ def test_affinity_sets_and_updates() -> None:
     aff = naming.nft_affinity_set(sp, "10.244.1.5:8080")
     assert rs.sets[aff].timeout == 60 and rs.sets[aff].dynamic
     ep = naming.nft_endpoint_chain(sp, "10.244.1.5:8080")
-    assert f"update @{aff} {{ ip saddr }}" in rs.chains[ep].rules
-    assert rs.chains[naming.nft_service_chain(sp)].rules[1] == f"ip saddr @{aff} goto {ep}"
+    assert rs.chains[ep].rules == (
+        f"update @{aff} {{ ip saddr }}",
+        "meta l4proto tcp dnat to 10.244.1.5:8080",
+    )
+    assert rs.chains[naming.nft_service_chain(sp)].rules[0] == f"ip saddr @{aff} goto {ep}"
 
 
 def test_node_ports_default_to_primary_ip_and_never_localhost() -> None:
@@ -121,3 +132,16 @@ def test_changed_affinity_timeout_recreates_the_set() -> None:
     assert text.index(f"delete set ip kube-proxy {aff}") < text.index(
         f"add set ip kube-proxy {aff}"
     )
+
+
+def test_cascade_is_uniform() -> None:
+    from fractions import Fraction
+
+    for n in range(1, 12):
+        conds = nft.cascade(n)
+        assert conds[-1] == "" and all(c.startswith("numgen random mod") for c in conds[:-1])
+        left = Fraction(1)
+        for i, c in enumerate(conds):
+            p = Fraction(1, n - i) if c else Fraction(1)
+            assert left * p == Fraction(1, n)  # each target gets exactly 1/n overall
+            left *= 1 - p
