@@ -363,11 +363,27 @@ class _HTTPService:
         log.info("stopped", extra={"server": self.name, "address": _show(*self._address)})
 
 
+class _Served:
+    """A server whose HTTP plumbing is one _HTTPService (set by the subclass)."""
+
+    _service: _HTTPService
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._service.address
+
+    def start(self) -> None:
+        self._service.start()
+
+    def stop(self) -> None:
+        self._service.stop()
+
+
 # ---------------------------------------------------------------------------------------
 # /healthz and /livez
 
 
-class HealthServer:
+class HealthServer(_Served):
     """``/healthz`` and ``/livez`` on the healthz bind address."""
 
     def __init__(
@@ -385,16 +401,6 @@ class HealthServer:
             _handler("healthz", routes, None),
             "--healthz-bind-address",
         )
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self._service.address
-
-    def start(self) -> None:
-        self._service.start()
-
-    def stop(self) -> None:
-        self._service.stop()
 
     def _healthz(self) -> tuple[int, str, bytes, Mapping[str, str]]:
         report = self.health.report()
@@ -415,7 +421,7 @@ class HealthServer:
 # /metrics
 
 
-class MetricsServer:
+class MetricsServer(_Served):
     """``/metrics``, ``/healthz`` ("ok", as upstream's generic healthz handler) and
     ``/proxyMode`` on the metrics bind address."""
 
@@ -439,16 +445,6 @@ class MetricsServer:
             _handler("metrics", routes, None),
             "--metrics-bind-address",
         )
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self._service.address
-
-    def start(self) -> None:
-        self._service.start()
-
-    def stop(self) -> None:
-        self._service.stop()
 
 
 # ---------------------------------------------------------------------------------------

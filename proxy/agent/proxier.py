@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from proxy.agent.state import ClusterState
 from proxy.backends import iptables as ipt
@@ -31,6 +31,7 @@ from proxy.model import IPFamily
 from proxy.plan import Plan, plan
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", ipt.IptablesRuleset, nft.NftRuleset)
 
 FULL_SYNC_PERIOD = 3600.0
 """Seconds between unconditional full syncs (upstream's FullSyncPeriod)."""
@@ -116,6 +117,28 @@ class Proxier:
 
         return replace(self.config, host_addresses=local_addresses(self.runner))
 
+    def _write(
+        self,
+        ruleset: R,
+        full: bool,
+        full_sync: Callable[[R], object],
+        diff: Callable[[R, R], str],
+        apply: Callable[[str], None],
+    ) -> bool:
+        """Write ``ruleset``: whole, or only its difference from the last one applied.
+        Returns whether anything was written."""
+        last = self._last_ruleset
+        if full or not isinstance(last, type(ruleset)):
+            full_sync(ruleset)
+            written = True
+        else:
+            text = diff(last, ruleset)
+            written = bool(text)
+            if text:
+                apply(text)
+        self._last_ruleset = ruleset
+        return written
+
     def sync(self) -> bool:
         """One sync; True on success (the runner retries on False)."""
         start = self.clock()
@@ -139,28 +162,17 @@ class Proxier:
         )
         p = plan(snapshot, self._config(), self.family, problems)
         mode = self.config.mode
-        changed = True
         try:
             if isinstance(self._kernel, IptablesKernel):
-                rs_i = ipt.render(p)
-                if full or not isinstance(self._last_ruleset, ipt.IptablesRuleset):
-                    self._kernel.sync(rs_i)
-                else:
-                    text = ipt.partial_restore_text(self._last_ruleset, rs_i)
-                    changed = bool(text)
-                    if text:
-                        self._kernel.restore(text)
-                self._last_ruleset = rs_i
+                changed = self._write(
+                    ipt.render(p), full, self._kernel.sync, ipt.partial_restore_text,
+                    self._kernel.restore,
+                )  # fmt: skip
             else:
-                rs_n = nft.render(p)
-                if full or not isinstance(self._last_ruleset, nft.NftRuleset):
-                    self._kernel.sync(rs_n)
-                else:
-                    text = nft.incremental_text(self._last_ruleset, rs_n)
-                    changed = bool(text)
-                    if text:
-                        self._kernel.apply(text)
-                self._last_ruleset = rs_n
+                changed = self._write(
+                    nft.render(p), full, self._kernel.sync, nft.incremental_text,
+                    self._kernel.apply,
+                )  # fmt: skip
         except (KernelError, OSError) as exc:
             self._need_full = True
             # the changes were not applied: put them back so health and metrics see them
