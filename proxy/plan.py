@@ -191,11 +191,6 @@ class ServicePortPlan:
             return Filter.DROP
         return None
 
-    @property
-    def filter_comment(self) -> str:
-        """Why traffic is filtered, for rule comments."""
-        return f"{self.service_port_name} has no endpoints"
-
     def filter_reason(self, verdict: Filter) -> str:
         if verdict is Filter.REJECT:
             return f"{self.service_port_name} has no endpoints"

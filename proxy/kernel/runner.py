@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -24,8 +25,6 @@ class KernelError(RuntimeError):
 
     def failing_line(self) -> str | None:
         """The input line the tool complained about, when it says which."""
-        import re
-
         m = re.search(r"line:? (\d+)", self.stderr)
         if m is None or not self.stdin:
             return None
