@@ -14,9 +14,11 @@ import ipaddress
 import logging
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from proxy import manifests as m
+from proxy import naming
 from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
@@ -25,10 +27,26 @@ from proxy.harness import Outcome, Topology, default_spec
 from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
+from proxy.model import Protocol
 from proxy.plan import plan
 from proxy.source.file import build_state
 
 CIP = "10.96.0.80"
+
+
+@dataclass(frozen=True)
+class _ServicePort:
+    namespace: str = "default"
+    name: str = "my-nginx"
+    port_name: str = "tcp"
+    protocol: Protocol = Protocol.TCP
+
+    @property
+    def service_port_name(self) -> str:
+        return f"{self.namespace}/{self.name}:{self.port_name}"
+
+
+_MY_NGINX_TCP = _ServicePort()
 NODE_PORT = 30080
 HTTP = 8080
 
@@ -75,13 +93,23 @@ class Tour:
             summary = f"{len(pl.service_ports)} service ports, {pl.endpoint_count} endpoints"
         return summary
 
-    def rules(self, pattern: str) -> str:
+    def rules(self, pattern: str, *, with_chain: bool = False) -> str:
+        """Rules on node-a mentioning ``pattern``; in nftables mode, with ``with_chain``,
+        also my-nginx's service chain (its DNAT rules name no service)."""
         if self.mode is ProxyMode.IPTABLES:
             text = self.topo.run("node-a", ["iptables-save"]).stdout
         else:
             text = self.topo.run("node-a", ["nft", "list", "table", "ip", "kube-proxy"]).stdout
-        lines = [ln.strip() for ln in text.splitlines() if pattern in ln]
-        return "\n".join(lines[:8])
+        lines = [ln.strip() for ln in text.splitlines() if pattern in ln][:8]
+        if with_chain and self.mode is ProxyMode.NFTABLES:
+            chain = naming.nft_service_chain(_MY_NGINX_TCP)
+            listing = self.topo.run("node-a", ["nft", "list", "chain", "ip", "kube-proxy", chain])
+            lines += [
+                ln.strip()
+                for ln in listing.stdout.splitlines()
+                if ln.strip() and not ln.strip().startswith(("table", "}"))
+            ]
+        return "\n".join(lines)
 
     def run(self) -> None:
         p = self.p
@@ -98,7 +126,7 @@ class Tour:
             "the Service's endpoints are the pod IPs 10.244.1.11 (on node-a) and "
             "10.244.2.11 (on node-b); kube-proxy turns them into DNAT rules:"
         )
-        p.rules("rules on node-a mentioning my-nginx:tcp", self.rules("my-nginx:tcp"))
+        p.rules("rules on node-a for my-nginx:tcp", self.rules("my-nginx:tcp", with_chain=True))
         p.command(f"from pod a3: 20 new TCP connections to {CIP}:80")
         counts = Counter(r.endpoint for r in a3.tcp_many(CIP, 80, 20))
         p.result(", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=str)))
