@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxy import __version__
 from proxy.backends import iptables as ipt_render
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prints their directory last",
     )
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    _add_lab_lifecycle_parsers(lab_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (root; each figure printed with its command)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
@@ -282,6 +284,78 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _PassthroughParser(argparse.ArgumentParser):
+    """``lab kubectl``: its own ``--state-dir`` (and ``-h`` as the very first argument)
+    up front; everything else goes to kubectl unparsed, options included."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        rest = list(sys.argv[1:] if args is None else args)
+        own: list[str] = []
+        while rest and (rest[0] == "--state-dir" or rest[0].startswith("--state-dir=")):
+            own.append(rest.pop(0))
+            if own[-1] == "--state-dir" and rest:
+                own.append(rest.pop(0))
+        if rest[:1] in (["-h"], ["--help"]):
+            own.append(rest.pop(0))
+        if rest[:1] == ["--"]:
+            rest.pop(0)
+        parsed, extras = super().parse_known_args(own, namespace)
+        parsed.args = rest
+        return parsed, extras
+
+
+def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None:
+    state_help = (
+        "the lab's state directory (default $KUBE_PROXY_PY_LAB_DIR or ~/.cache/kube-proxy-py/lab)"
+    )
+    up = lab_sub.add_parser(
+        "up",
+        help="start a lab (control plane, namespace nodes, pod agents, kube-proxy-py per node "
+        "as daemonset.yaml runs it, an outside client) that keeps running; root",
+    )
+    up.add_argument("--nodes", type=int, default=None, metavar="N", help="nodes (default 2, 1-6)")
+    up.add_argument(
+        "--mode",
+        "--proxy-mode",
+        dest="mode",
+        default=None,
+        choices=[m.value for m in ProxyMode],
+        help="kube-proxy-py's mode (default nftables)",
+    )
+    up.add_argument(
+        "--compare",
+        action="store_true",
+        default=None,
+        help="also run upstream kube-proxy on an extra node, node-upstream",
+    )
+    down = lab_sub.add_parser("down", help="stop the lab and remove everything it created")
+    status = lab_sub.add_parser("status", help="the lab's nodes, their proxies' health and pods")
+    kubectl = lab_sub.add_parser(
+        "kubectl",
+        help="kubectl with the lab's admin kubeconfig (runs inside the lab)",
+        usage="kube-proxy-py lab kubectl [--state-dir DIR] [--] KUBECTL_ARGS...",
+    )
+    kubectl.__class__ = _PassthroughParser
+    kubectl.add_argument("args", nargs="*", help="kubectl's arguments, passed as they are")
+    shell = lab_sub.add_parser(
+        "shell",
+        help="a shell (or a command) in a node's, pod's, `client`'s or `control-plane`'s "
+        "network namespace",
+        usage="kube-proxy-py lab shell [--state-dir DIR] NODE_OR_POD [-- COMMAND...]",
+    )
+    shell.add_argument("target", metavar="NODE_OR_POD", help="node-1, client, ns/pod, ...")
+    shell.add_argument(
+        "shell_command",
+        metavar="COMMAND",
+        nargs=argparse.REMAINDER,
+        help="command (default: $SHELL)",
+    )
+    for p in (up, down, status, kubectl, shell):
+        p.add_argument("--state-dir", default=None, metavar="DIR", help=state_help)
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_command == "build":
         from proxy.lab.build import BuildError, build
@@ -293,7 +367,24 @@ def cmd_lab(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print(directory)
         return EXIT_OK
-    _err("lab: give a command: build")
+    if args.lab_command in ("up", "down", "status", "kubectl", "shell"):
+        from proxy.lab import lab
+
+        state_dir = lab.resolve_state_dir(args.state_dir)
+        try:
+            if args.lab_command == "up":
+                return lab.up(state_dir, nodes=args.nodes, mode=args.mode, compare=args.compare)
+            if args.lab_command == "down":
+                return lab.down(state_dir)
+            if args.lab_command == "status":
+                return lab.status(state_dir)
+            if args.lab_command == "kubectl":
+                return lab.kubectl(state_dir, args.args)
+            return lab.shell(state_dir, args.target, args.shell_command)
+        except lab.LabError as exc:
+            _err(f"lab {args.lab_command}: {exc}")
+            return EXIT_INVALID
+    _err("lab: give a command: build, up, down, status, kubectl or shell")
     return EXIT_USAGE
 
 

@@ -41,6 +41,7 @@ CLUSTER_CIDR = "10.244.0.0/16"
 MANIFEST = Path(__file__).resolve().parents[2] / "daemonset.yaml"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
 SERVICE_ACCOUNT = ("kube-system", "kube-proxy-py")
+NODE_CAPACITY = {"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "20Gi"}
 
 
 def lab_spec(base: TopologySpec | None = None) -> TopologySpec:
@@ -116,13 +117,21 @@ class LabCluster:
         workdir: Path,
         zones: Mapping[str, str] | None = None,
         with_controllers: bool = True,
+        with_scheduler: bool = False,
+        topology_id: str | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
+        """``with_scheduler`` also runs kube-scheduler (Pods without ``spec.nodeName``
+        then get a node); ``topology_id`` names the namespaces (``<id>-<name>``, default
+        random); ``progress`` is called with a line before each start-up step."""
         self.bin_dir = bin_dir
         self.with_controllers = with_controllers
+        self.with_scheduler = with_scheduler
         self.spec = lab_spec(spec)
         self.workdir = workdir
         self.zones = dict(zones or {})
-        self.topo = Topology(self.spec)
+        self.topo = Topology(self.spec, id=topology_id)
+        self._progress = progress or (lambda line: None)
         self.cp: ControlPlane | None = None
         self.agents: dict[str, Agent] = {}
         self.agent_kubeconfig: Path | None = None
@@ -130,15 +139,25 @@ class LabCluster:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> LabCluster:
         try:
+            self._progress(f"creating network namespaces ({self.topo.id}-*)")
             self.topo.up()
+            components = ["etcd", "kube-apiserver"]
+            if self.with_controllers:
+                components.append("kube-controller-manager")
+            if self.with_scheduler:
+                components.append("kube-scheduler")
+            self._progress(f"starting {', '.join(components)} in {self.topo.ns(CONTROL_PLANE)}")
             self.cp = ControlPlane(
                 self.bin_dir,
                 with_controllers=self.with_controllers,
+                with_scheduler=self.with_scheduler,
                 netns=self.topo.ns(CONTROL_PLANE),
                 bind_address=CONTROL_PLANE_IP,
                 workdir=self.workdir / "control-plane",
             ).start()
+            self._progress("registering nodes " + ", ".join(n.name for n in self.spec.nodes))
             self._register_nodes()
+            self._progress("installing kube-proxy-py's RBAC from daemonset.yaml")
             self._install_rbac()
         except BaseException:
             self.stop()
@@ -188,6 +207,15 @@ class LabCluster:
                 }
             )
             self.set_node_status(node.name)
+            # The TaintNodesByCondition admission plugin gives a new Node the not-ready
+            # taint; the node lifecycle controller that would lift it is off (no lease
+            # renewals here), so lift it ourselves or the scheduler never picks the node.
+            self.control_plane.api(
+                "PATCH",
+                f"/api/v1/nodes/{node.name}",
+                {"spec": {"taints": None}},
+                content_type="application/merge-patch+json",
+            )
 
     def set_node_status(self, name: str) -> None:
         node = self.spec.node(name)
@@ -198,6 +226,9 @@ class LabCluster:
                     {"type": "InternalIP", "address": node.lan_ip},
                     {"type": "Hostname", "address": node.name},
                 ],
+                # What the scheduler fits Pods against (a kubelet reports the machine's).
+                "capacity": NODE_CAPACITY,
+                "allocatable": NODE_CAPACITY,
                 "conditions": [
                     {
                         "type": "Ready",

@@ -1,0 +1,1767 @@
+"""The lab's lifecycle: ``kube-proxy-py lab up|down|status|kubectl|shell``.
+
+``lab up`` starts a detached *supervisor* (``python -m proxy.lab.lab supervise``, a
+session of its own) that builds the lab and then stays, so the lab outlives the
+command. The supervisor:
+
+1. gets the Kubernetes binaries (``proxy.lab.build.build()``, instant when cached);
+2. builds the namespaces (a :class:`~proxy.lab.cluster.LabCluster`: a LAN bridge,
+   ``node-1 … node-N`` at 192.168.50.1x with pod CIDRs 10.244.x.0/24 routed between
+   them, ``control-plane`` at 192.168.50.2, the outside ``client`` at .100 with routes
+   for ExternalIPs 203.0.113.0/24 and LB IPs 198.51.100.0/24 via node-1) and runs etcd,
+   kube-apiserver, kube-controller-manager (default controllers) and kube-scheduler in
+   the control-plane namespace;
+3. registers the Nodes (Ready, InternalIP, podCIDR, capacity, zone labels alternating
+   ``zone-a``/``zone-b``) and kube-proxy-py's RBAC from ``daemonset.yaml``;
+4. starts a pod agent (``proxy.lab.podagent``, the kubelet stand-in) on every node with a
+   node client certificate (``system:node:NODE``), entering only the node's *network*
+   namespace (``nsenter --net``): under ``ip netns exec`` it would get a private mount
+   namespace, and the pod namespaces it creates under ``/run/netns`` would be bind
+   mounts visible to it alone;
+5. starts kube-proxy-py on every node *as the DaemonSet's container*: the command,
+   args, env and volume mounts are read from ``daemonset.yaml`` and run through
+   ``proxy.lab.container`` (a private mount namespace with the ConfigMap's
+   ``config.conf`` and the ServiceAccount's token, ``ca.crt`` and ``namespace`` at
+   their mount paths, so the agent uses in-cluster config as in a real pod; hostPath
+   volumes are this machine's paths, and a missing one gets an empty stand-in in the
+   state directory instead of being created on the host; missing mount points are
+   made inside the private namespace, never on the host). ``kube-proxy-py`` in the
+   command is this checkout's ``python -m proxy`` (the image's entry point). Two values
+   differ from the file, and ``lab status`` says so: the ConfigMap's ``mode`` is the one
+   ``--mode`` asks for, and ``KUBERNETES_SERVICE_HOST`` / ``_PORT`` (placeholders marked
+   CHANGE in the file) are set to the lab's API server, 192.168.50.2:6443, as an
+   operator following the file's instructions would;
+6. with ``--compare``, also a node ``node-upstream`` running upstream kube-proxy;
+7. marks the lab ready, then watches: a kube-proxy that exits is restarted with
+   back-off (as the kubelet would restart the DaemonSet's container), ServiceAccount
+   tokens are refreshed; SIGTERM tears everything down.
+
+Every step is a line in ``progress.log`` that ``lab up`` prints while it waits.
+
+State lives in one directory (``--state-dir``, ``$KUBE_PROXY_PY_LAB_DIR``, default
+``~/.cache/kube-proxy-py/lab``)::
+
+    state.json          lab id, supervisor (pid + start time), mode, nodes, namespaces,
+                        every process started (pid, start time, command-line markers),
+                        paths, phase (starting | ready | failed | stopped)
+    progress.log        the start-up steps (JSON lines)
+    supervisor.log      the supervisor's structured log
+    cluster/            control plane (pki, etcd data, logs, kubeconfigs)
+    nodes/NODE/         the node's volumes (volumes/config/config.conf,
+                        serviceaccount/{token,ca.crt,namespace}, hostpath/ stand-ins)
+                        and logs (kube-proxy-py.log or kube-proxy.log, podagent.log)
+    podagent-NODE.json  written by each pod agent
+    kubectl-cache/      ``lab kubectl``'s discovery cache (not ~/.kube)
+
+``lab down`` asks the supervisor to stop (SIGTERM) and then, whatever happened,
+cleans up from the state: it kills every recorded process that is still the one we
+started (pid *and* start time match), runs the pod agents' ``cleanup_from_state``,
+empties and deletes every namespace recorded or named ``<lab id>-*``, and removes the
+state directory. It works after a crash and is idempotent.
+
+Safety: nothing is linked to the root namespace (the LAN is a bridge in its own
+namespace, whose "router" does not forward), no namespace has a route out, and the API
+server listens only inside the control-plane namespace; ``lab kubectl`` runs kubectl
+there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import fcntl
+import glob
+import http.client
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
+
+import yaml
+
+from proxy.harness import netns as hnetns
+from proxy.harness.process import SOURCE_ROOT, child_env
+from proxy.harness.spec import ClientSpec, NodeSpec, TopologySpec
+from proxy.lab import nsutil
+from proxy.lab.container import Mount, launcher_argv
+
+if TYPE_CHECKING:
+    from proxy.lab.cluster import LabCluster
+
+log = logging.getLogger("proxy.lab.lab")  # also when run as __main__ (the supervisor)
+
+STATE_ENV = "KUBE_PROXY_PY_LAB_DIR"
+STATE_FILE = "state.json"
+PROGRESS_FILE = "progress.log"
+SUPERVISOR_LOG = "supervisor.log"
+STATE_VERSION = 1
+
+DEFAULT_NODES = 2
+MAX_NODES = 6
+MODES = ("nftables", "iptables")
+DEFAULT_MODE = "nftables"
+LAN_CIDR = "192.168.50.0/24"
+CLIENT = "client"
+CLIENT_IP = "192.168.50.100"
+EXTERNAL_IP_CIDR = "203.0.113.0/24"
+LOAD_BALANCER_CIDR = "198.51.100.0/24"
+UPSTREAM_NODE = "node-upstream"
+UPSTREAM_NODE_IP = "192.168.50.30"
+UPSTREAM_POD_CIDR = "10.244.30.0/24"
+UPSTREAM_SA = ("kube-system", "kube-proxy-upstream")
+UPSTREAM_CLUSTER_ROLE = "system:node-proxier"
+API_PORT = 6443
+HEALTHZ_PORT = 10256
+ZONES = ("zone-a", "zone-b")
+TOKEN_SECONDS = 24 * 3600
+TOKEN_REFRESH_SECONDS = 6 * 3600
+SERVICEACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+IMAGE_COMMAND = "kube-proxy-py"
+IMAGE_ENV = {
+    # The Dockerfile's ENV, and PATH as a Debian image has it.
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+STOP_TIMEOUT = 90.0
+READY_TIMEOUT = 120.0
+RESTART_BACKOFF = (10.0, 300.0)
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+_PR_SET_PDEATHSIG = 1
+
+
+class LabError(RuntimeError):
+    """The lab could not do what was asked; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def default_state_dir() -> Path:
+    """``$KUBE_PROXY_PY_LAB_DIR``, else ``<kube-proxy-py cache>/lab``."""
+    env = os.environ.get(STATE_ENV)
+    if env:
+        return Path(env)
+    from proxy.lab.build import cache_root
+
+    return cache_root() / "lab"
+
+
+def resolve_state_dir(given: str | os.PathLike[str] | None) -> Path:
+    return Path(given).expanduser().absolute() if given else default_state_dir().absolute()
+
+
+def _command_hint(state_dir: Path, sub: str) -> str:
+    """``kube-proxy-py lab SUB`` plus ``--state-dir`` when it is not the default one."""
+    if state_dir.absolute() == default_state_dir().absolute():
+        return f"kube-proxy-py lab {sub}"
+    return f"kube-proxy-py lab {sub} --state-dir {state_dir}"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def proc_starttime(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def proc_cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+@dataclass
+class ProcRecord:
+    """A process we started: killed later only if pid, start time and command line match."""
+
+    label: str
+    pid: int
+    starttime: int
+    markers: list[str]
+    """Substrings one of which its command line holds (it execs: ``ip netns exec`` →
+    launcher → command, so it has had several)."""
+
+    @classmethod
+    def of(cls, label: str, pid: int, markers: Sequence[str]) -> ProcRecord:
+        return cls(label, pid, proc_starttime(pid) or 0, list(markers))
+
+    def is_ours(self) -> bool:
+        """Alive, not reused: same start time, and a command line we expect."""
+        if self.starttime == 0 or proc_starttime(self.pid) != self.starttime:
+            return False
+        cmdline = proc_cmdline(self.pid)
+        return any(m in cmdline for m in self.markers)
+
+
+def _set_deathsig(sig: int) -> Callable[[], None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
+
+    return preexec
+
+
+def _kill_records(records: Sequence[ProcRecord], grace: float = 5.0) -> list[str]:
+    """SIGTERM, then SIGKILL, the records that are still ours; the labels it stopped."""
+    ours = [r for r in records if r.is_ours()]
+    for record in ours:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(r.is_ours() for r in ours):
+        time.sleep(0.1)
+    for record in ours:
+        if record.is_ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGKILL)
+    return [f"{r.label} (pid {r.pid})" for r in ours]
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class NodeRecord:
+    name: str
+    lan_ip: str
+    pod_cidr: str
+    zone: str
+    namespace: str
+    proxy: str
+    """``kube-proxy-py`` or ``kube-proxy`` (upstream, on the --compare node)."""
+
+
+@dataclass
+class LabState:
+    lab_id: str
+    state_dir: str
+    mode: str
+    node_count: int
+    compare: bool
+    phase: str = "starting"
+    error: str = ""
+    created: float = field(default_factory=time.time)
+    ready_at: float = 0.0
+    supervisor: ProcRecord | None = None
+    nodes: list[NodeRecord] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    control_plane: dict[str, str] = field(default_factory=dict)
+    client: dict[str, Any] = field(default_factory=dict)
+    processes: dict[str, ProcRecord] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    env_overrides: dict[str, list[str]] = field(default_factory=dict)
+    """Container env the lab sets differently from daemonset.yaml: name -> [file, lab]."""
+    config_overrides: dict[str, list[str]] = field(default_factory=dict)
+    """config.conf fields the lab sets differently: field -> [file, lab]."""
+    notes: list[str] = field(default_factory=list)
+    created_paths: list[str] = field(default_factory=list)
+    """Host paths the lab had to create outside the state dir (removed by down)."""
+    pod_agent: bool = False
+    version: int = STATE_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LabState:
+        raw = dict(data)
+        sup = raw.pop("supervisor", None)
+        nodes = raw.pop("nodes", [])
+        procs = raw.pop("processes", {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in raw.items() if k in known})
+        state.supervisor = ProcRecord(**sup) if sup else None
+        state.nodes = [NodeRecord(**n) for n in nodes]
+        state.processes = {k: ProcRecord(**v) for k, v in procs.items()}
+        return state
+
+    @property
+    def path(self) -> Path:
+        return Path(self.state_dir)
+
+    def node(self, name: str) -> NodeRecord | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def supervisor_alive(self) -> bool:
+        return self.supervisor is not None and self.supervisor.is_ours()
+
+
+def load_state(state_dir: Path) -> LabState | None:
+    path = state_dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LabError(
+            f"{path} is unreadable ({exc}); remove {state_dir} by hand after checking "
+            f"`ip netns list` for leftover kpp-lab-* namespaces"
+        ) from exc
+    return LabState.from_json(data)
+
+
+def save_state(state: LabState) -> None:
+    path = state.path / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the state directory (concurrent up/down wait for each other)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- topology
+
+
+def node_names(count: int) -> list[str]:
+    return [f"node-{i}" for i in range(1, count + 1)]
+
+
+def lab_topology(count: int, compare: bool) -> tuple[TopologySpec, dict[str, str]]:
+    """The lab's nodes and client (LabCluster adds the control plane), and node zones."""
+    if not 1 <= count <= MAX_NODES:
+        raise LabError(f"--nodes {count}: the lab runs 1 to {MAX_NODES} nodes")
+    nodes = [
+        NodeSpec(f"node-{i}", f"192.168.50.{10 + i}", f"10.244.{i}.0/24")
+        for i in range(1, count + 1)
+    ]
+    zones = {n.name: ZONES[i % 2] for i, n in enumerate(nodes)}
+    if compare:
+        nodes.append(NodeSpec(UPSTREAM_NODE, UPSTREAM_NODE_IP, UPSTREAM_POD_CIDR))
+        zones[UPSTREAM_NODE] = ZONES[0]
+    spec = TopologySpec(
+        nodes=tuple(nodes), pods=(), clients=(ClientSpec(CLIENT, CLIENT_IP),), lan_cidr=LAN_CIDR
+    )
+    return spec, zones
+
+
+# --------------------------------------------------------------------------- the DaemonSet
+
+
+def manifest_objects(path: Path | None = None) -> list[dict[str, Any]]:
+    from proxy.lab.cluster import MANIFEST
+
+    text = (path or MANIFEST).read_text()
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+
+
+def _find(
+    objects: Sequence[Mapping[str, Any]], kind: str, name: str | None = None
+) -> dict[str, Any]:
+    for obj in objects:
+        if obj.get("kind") == kind and (name is None or obj["metadata"]["name"] == name):
+            return dict(obj)
+    raise LabError(f"daemonset.yaml has no {kind}" + (f" named {name}" if name else ""))
+
+
+def lab_config_map(objects: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any]:
+    """The manifest's ConfigMap with ``config.conf``'s mode set to ``mode`` (text kept)."""
+    from proxy.lab.cluster import CLUSTER_CIDR
+
+    cm = json.loads(json.dumps(_find(objects, "ConfigMap")))
+    text = cm["data"]["config.conf"]
+    text, count = re.subn(r"(?m)^mode:.*$", f"mode: {mode}", text)
+    if count != 1:
+        raise LabError("daemonset.yaml's config.conf has no top-level `mode:` line to set")
+    parsed = yaml.safe_load(text)
+    if parsed.get("clusterCIDR") != CLUSTER_CIDR:
+        text, count = re.subn(r"(?m)^clusterCIDR:.*$", f"clusterCIDR: {CLUSTER_CIDR}", text)
+        if count != 1:
+            text += f"clusterCIDR: {CLUSTER_CIDR}\n"
+    cm["data"]["config.conf"] = text
+    return dict(cm)
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """How to run the DaemonSet's container on one node."""
+
+    declared_command: tuple[str, ...]
+    """command + args as the manifest declares them, ``$(VAR)`` expanded."""
+    command: tuple[str, ...]
+    """What runs: the image's ``kube-proxy-py`` is this checkout's ``python -m proxy``."""
+    env: dict[str, str]
+    """The container's env (image env, declared env, lab overrides)."""
+    overrides: dict[str, tuple[str, str]]
+    mounts: tuple[Mount, ...]
+    files: dict[str, str]
+    """Volume files to write before starting (host path -> content)."""
+    dirs: tuple[str, ...]
+    """Volume directories to create (host paths, in the state directory)."""
+    notes: tuple[str, ...]
+
+
+def plan_container(
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    node: str,
+    node_ip: str,
+    mode: str,
+    node_dir: Path,
+    api_host: str,
+    api_port: int,
+    python: str = sys.executable,
+) -> ContainerPlan:
+    """Read the DaemonSet's (only) container and plan its volumes, env and command.
+
+    The ServiceAccount volume (token, ca.crt, namespace) is planned as a directory
+    ``node_dir/serviceaccount``; the caller writes the files (they need the API).
+    """
+    ds = _find(objects, "DaemonSet")
+    pod_spec = ds["spec"]["template"]["spec"]
+    containers = pod_spec.get("containers") or []
+    if len(containers) != 1:
+        raise LabError(f"the DaemonSet has {len(containers)} containers; the lab runs exactly one")
+    container = containers[0]
+    namespace = ds["metadata"].get("namespace", "default")
+    pod_name = f"{ds['metadata']['name']}-{node}"
+    field_values = {
+        "spec.nodeName": node,
+        "status.hostIP": node_ip,
+        "status.podIP": node_ip,  # hostNetwork
+        "metadata.name": pod_name,
+        "metadata.namespace": namespace,
+        "spec.serviceAccountName": pod_spec.get("serviceAccountName", "default"),
+    }
+    env: dict[str, str] = dict(IMAGE_ENV)
+    env["HOSTNAME"] = node
+    # The "image" is this checkout: its package must be importable from anywhere.
+    env["PYTHONPATH"] = str(SOURCE_ROOT)
+    declared: dict[str, str] = {}
+    for item in container.get("env") or []:
+        name = item["name"]
+        if "value" in item:
+            declared[name] = str(item["value"])
+            continue
+        ref = (item.get("valueFrom") or {}).get("fieldRef") or {}
+        path = ref.get("fieldPath")
+        if path not in field_values:
+            raise LabError(
+                f"container env {name}: the lab supports only fieldRef {sorted(field_values)}"
+            )
+        declared[name] = field_values[path]
+    overrides: dict[str, tuple[str, str]] = {}
+    for name, value in (
+        ("KUBERNETES_SERVICE_HOST", api_host),
+        ("KUBERNETES_SERVICE_PORT", str(api_port)),
+    ):
+        if declared.get(name) != value:
+            overrides[name] = (declared.get(name, "(unset)"), value)
+        declared[name] = value
+    env.update(declared)
+
+    from proxy.agent.options import expand_env_references
+
+    declared_command = tuple(
+        expand_env_references(
+            [*(container.get("command") or []), *(container.get("args") or [])], env
+        )
+    )
+    if not declared_command:
+        raise LabError("the DaemonSet's container declares no command")
+    command = declared_command
+    if declared_command[0] == IMAGE_COMMAND:
+        command = (python, "-m", "proxy", *declared_command[1:])
+
+    volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+    mounts: list[Mount] = []
+    files: dict[str, str] = {}
+    dirs: list[str] = []
+    notes: list[str] = []
+    for vm in container.get("volumeMounts") or []:
+        volume = volumes.get(vm["name"])
+        if volume is None:
+            raise LabError(f"volumeMount {vm['name']}: no such volume in the DaemonSet")
+        read_only = bool(vm.get("readOnly", False))
+        source: Path
+        if "configMap" in volume:
+            cm_name = volume["configMap"]["name"]
+            cm = (
+                lab_config_map(objects, mode)
+                if cm_name == _find(objects, "ConfigMap")["metadata"]["name"]
+                else None
+            )
+            if cm is None:
+                raise LabError(f"volume {vm['name']}: ConfigMap {cm_name} is not in daemonset.yaml")
+            source = node_dir / "volumes" / vm["name"]
+            dirs.append(str(source))
+            for key, text in cm["data"].items():
+                files[str(source / key)] = text
+            read_only = True  # configMap volumes are always read-only
+        elif "hostPath" in volume:
+            host_path = Path(volume["hostPath"]["path"])
+            kind = volume["hostPath"].get("type", "")
+            if host_path.exists():
+                source = host_path
+            elif kind in ("FileOrCreate", "DirectoryOrCreate", ""):
+                # A runtime would create it on the node; the node's "host" here is the
+                # state directory, so the host itself stays untouched.
+                source = node_dir / "hostpath" / vm["name"]
+                if kind == "FileOrCreate":
+                    files[str(source)] = ""
+                else:
+                    dirs.append(str(source))
+                notes.append(
+                    f"hostPath {host_path} is missing on this machine: "
+                    f"{vm['mountPath']} is an empty stand-in"
+                )
+            else:
+                raise LabError(
+                    f"volume {vm['name']}: hostPath {host_path} (type {kind}) does not exist"
+                )
+        else:
+            raise LabError(f"volume {vm['name']}: the lab supports configMap and hostPath volumes")
+        if vm.get("subPath"):
+            source = source / vm["subPath"]
+        mounts.append(Mount(str(source), vm["mountPath"], read_only))
+    if pod_spec.get("automountServiceAccountToken", True):
+        sa_dir = node_dir / "serviceaccount"
+        dirs.append(str(sa_dir))
+        mounts.append(Mount(str(sa_dir), SERVICEACCOUNT_MOUNT, True))
+    return ContainerPlan(
+        declared_command=declared_command,
+        command=command,
+        env=env,
+        overrides=overrides,
+        mounts=tuple(mounts),
+        files=files,
+        dirs=tuple(dirs),
+        notes=tuple(notes),
+    )
+
+
+def check_container_args(plan: ContainerPlan) -> tuple[str, ...]:
+    """Parse the command as ``kube-proxy-py run`` would (container paths mapped back to
+    the volumes' host sources); LabError if it does not parse; the warnings."""
+    from proxy.agent.options import parse_run_args
+    from proxy.config import ConfigError
+
+    args = list(plan.declared_command)
+    if args[:2] != [IMAGE_COMMAND, "run"]:
+        raise LabError(f"the DaemonSet's container runs {args[:2]}, not `{IMAGE_COMMAND} run`")
+    mapped: list[str] = []
+    for arg in args[2:]:
+        for mount in plan.mounts:
+            prefix = mount.target.rstrip("/") + "/"
+            if prefix in arg:
+                arg = arg.replace(prefix, mount.source.rstrip("/") + "/")
+        mapped.append(arg)
+    try:
+        options = parse_run_args(mapped, plan.env)
+    except ConfigError as exc:
+        raise LabError(f"the DaemonSet's command does not parse: {exc}") from exc
+    return options.warnings
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+def http_get(netns: str, host: str, port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
+    conn = nsutil.NetnsHTTPConnection(netns, host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def node_health(netns: str) -> tuple[int | None, str]:
+    """``GET /healthz`` on the node's kube-proxy (status, body); (None, error) if none."""
+    try:
+        return http_get(netns, "127.0.0.1", HEALTHZ_PORT, "/healthz")
+    except (OSError, http.client.HTTPException) as exc:
+        return None, str(exc)
+
+
+def _api_get(state: LabState, path: str, timeout: float = 5.0) -> Any:
+    cp = state.control_plane
+    tls = ssl.create_default_context(cafile=cp["ca"])
+    tls.load_cert_chain(cp["admin_cert"], cp["admin_key"])
+    conn = nsutil.NetnsHTTPSConnection(
+        cp["namespace"], cp["host"], API_PORT, timeout=timeout, context=tls
+    )
+    try:
+        conn.request("GET", path, headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise LabError(f"GET {path}: HTTP {resp.status}")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- supervisor
+
+
+class _Stop(BaseException):
+    """SIGTERM/SIGINT/SIGHUP reached the supervisor."""
+
+
+@dataclass
+class _Child:
+    label: str
+    node: str
+    netns: str
+    argv: list[str]
+    log_path: Path
+    markers: list[str]
+    deathsig: int
+    restart: bool
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restart_at: float = 0.0
+    backoff: float = RESTART_BACKOFF[0]
+
+
+class Supervisor:
+    """Builds the lab, keeps it running, tears it down on SIGTERM (see the module doc)."""
+
+    def __init__(self, state: LabState) -> None:
+        self.state = state
+        self.dir = state.path
+        self.t0 = time.monotonic()
+        self._cluster: LabCluster | None = None
+        self.children: dict[str, _Child] = {}
+        self.token_refreshed = 0.0
+        self.objects = manifest_objects()
+        self._progress_file: TextIO | None = None
+
+    @property
+    def cluster(self) -> LabCluster:
+        if self._cluster is None:
+            raise LabError("the lab cluster is not created yet")
+        return self._cluster
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def progress(self, message: str) -> None:
+        elapsed = time.monotonic() - self.t0
+        log.info("progress step=%r elapsed=%.1fs", message, elapsed)
+        if self._progress_file is None:
+            self._progress_file = open(self.dir / PROGRESS_FILE, "a", buffering=1)  # noqa: SIM115
+        self._progress_file.write(json.dumps({"t": round(elapsed, 1), "msg": message}) + "\n")
+
+    def save(self) -> None:
+        save_state(self.state)
+
+    def node_dir(self, node: str) -> Path:
+        path = self.dir / "nodes" / node
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- main ------------------------------------------------------------------------
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.state.supervisor = ProcRecord.of(
+            "supervisor", os.getpid(), ["proxy.lab.lab supervise"]
+        )
+        self.save()
+        status = EXIT_OK
+        try:
+            self.start()
+            self.state.phase = "ready"
+            self.state.ready_at = time.time()
+            self.save()
+            self.progress(f"lab ready in {time.monotonic() - self.t0:.1f}s")
+            self.watch()
+        except _Stop:
+            self.progress("stopping (signal)")
+        except Exception as exc:
+            log.exception("lab start failed")
+            self.state.phase = "failed"
+            self.state.error = str(exc)
+            self.save()
+            self.progress(f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            status = EXIT_FAIL
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            self.teardown()
+        return status
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("signal received signal=%s", signal.Signals(signum).name)
+        raise _Stop
+
+    # -- start -----------------------------------------------------------------------
+    def start(self) -> None:
+        from proxy.lab import build as k8s_build
+        from proxy.lab.cluster import CONTROL_PLANE, CONTROL_PLANE_IP, LabCluster
+
+        cached = bool(os.environ.get(k8s_build.BIN_ENV)) or (
+            (k8s_build.bin_dir() / "build-stamp.json").exists()
+            and not k8s_build.missing_binaries(k8s_build.bin_dir())
+        )
+        self.progress(
+            f"building Kubernetes {k8s_build.K8S_VERSION} binaries"
+            + (" (cached)" if cached else " (first time: tens of minutes on 2 cores)")
+        )
+        bin_dir = k8s_build.build(out=self.progress)
+        self.state.control_plane["bin_dir"] = str(bin_dir)
+
+        spec, zones = lab_topology(self.state.node_count, self.state.compare)
+        lab_id = self.state.lab_id
+        self._cluster = LabCluster(
+            bin_dir,
+            spec,
+            workdir=self.dir / "cluster",
+            zones=zones,
+            with_controllers=True,
+            with_scheduler=True,
+            topology_id=lab_id,
+            progress=self.progress,
+        )
+        topo = self.cluster.topo
+        names = [
+            "lan",
+            *(n.name for n in self.cluster.spec.nodes),
+            *(c.name for c in self.cluster.spec.clients),
+        ]
+        # Recorded before they exist: a crash half-way still leaves down() the list.
+        self.state.namespaces = [f"{lab_id}-{n}" for n in names]
+        self.state.nodes = [
+            NodeRecord(
+                n.name,
+                n.lan_ip,
+                n.pod_cidr,
+                zones[n.name],
+                f"{lab_id}-{n.name}",
+                "kube-proxy" if n.name == UPSTREAM_NODE else "kube-proxy-py",
+            )
+            for n in spec.nodes
+        ]
+        self.state.client = {
+            "name": CLIENT,
+            "lan_ip": CLIENT_IP,
+            "namespace": f"{lab_id}-{CLIENT}",
+            "routes": {
+                EXTERNAL_IP_CIDR: spec.nodes[0].lan_ip,
+                LOAD_BALANCER_CIDR: spec.nodes[0].lan_ip,
+            },
+        }
+        self.save()
+        self.cluster.start()
+        cp = self.cluster.control_plane
+        self.state.namespaces = list(topo.namespaces)
+        self.state.control_plane.update(
+            {
+                "namespace": topo.ns(CONTROL_PLANE),
+                "host": CONTROL_PLANE_IP,
+                "server": cp.server,
+                "kubeconfig": str(cp.kubeconfig),
+                "ca": str(cp.ca_file),
+                "admin_cert": str(cp.pki_dir / "admin.crt"),
+                "admin_key": str(cp.pki_dir / "admin.key"),
+                "kubectl": str(bin_dir / "kubectl"),
+                "kubectl_cache": str(self.dir / "kubectl-cache"),
+            }
+        )
+        for name, pid in cp.pids.items():
+            self.state.processes[name] = ProcRecord.of(name, pid, [str(bin_dir / name)])
+        self.progress(
+            "control plane ready: "
+            + ", ".join(f"{name} {secs:.1f}s" for name, secs in cp.timings.items())
+        )
+        for prefix, via in self.state.client["routes"].items():
+            topo.add_route(CLIENT, prefix, via)
+        self.progress(
+            f"client {CLIENT_IP}: routes {EXTERNAL_IP_CIDR} (ExternalIPs) and "
+            f"{LOAD_BALANCER_CIDR} (LB IPs) via {spec.nodes[0].name}"
+        )
+        self.save()
+
+        self.start_pod_agents()
+        self.start_kube_proxy_py()
+        if self.state.compare:
+            self.start_upstream()
+        self.wait_healthy()
+
+    def _spawn(self, child: _Child) -> None:
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(child.log_path, "ab") as out:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            out.write(f"--- {stamp} starting: {' '.join(child.argv)}\n".encode())
+            out.flush()
+            child.popen = subprocess.Popen(
+                child.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child.env,
+                cwd="/",
+                start_new_session=True,
+                preexec_fn=_set_deathsig(child.deathsig),
+            )
+        child.started = time.monotonic()
+        self.state.processes[child.label] = ProcRecord.of(
+            child.label, child.popen.pid, child.markers
+        )
+        self.save()
+        log.info(
+            "started label=%s pid=%d netns=%s log=%s",
+            child.label,
+            child.popen.pid,
+            child.netns,
+            child.log_path,
+        )
+
+    def start_pod_agents(self) -> None:
+        if importlib.util.find_spec("proxy.lab.podagent") is None:
+            self.state.notes.append(
+                "no pod agent (proxy/lab/podagent.py is missing): Pods stay Pending"
+            )
+            self.progress("pod agents: proxy.lab.podagent is not available; Pods will stay Pending")
+            return
+        self.progress("starting pod agents on " + ", ".join(n.name for n in self.state.nodes))
+        cp = self.cluster.control_plane
+        for node in self.state.nodes:
+            kubeconfig = cp.client_cert_kubeconfig(
+                node.name, f"system:node:{node.name}", ["system:nodes"]
+            )
+            # nsenter, not `ip netns exec`: that would give the agent a private mount
+            # namespace, and the pod namespaces it bind-mounts under /run/netns would
+            # exist only there (the host would see empty files it cannot enter).
+            argv = netns_only_argv(
+                node.namespace,
+                [
+                    sys.executable, "-m", "proxy.lab.podagent",
+                    "--node", node.name,
+                    "--kubeconfig", str(kubeconfig),
+                    "--lab-id", self.state.lab_id,
+                    "--state-dir", str(self.dir),
+                ],
+            )  # fmt: skip
+            child = _Child(
+                label=f"podagent/{node.name}",
+                node=node.name,
+                netns=node.namespace,
+                argv=argv,
+                log_path=self.node_dir(node.name) / "podagent.log",
+                markers=["proxy.lab.podagent"],
+                deathsig=signal.SIGTERM,
+                restart=False,
+                env=child_env(),
+            )
+            self.children[child.label] = child
+            self._spawn(child)
+        self.state.pod_agent = True
+        self.save()
+
+    def write_token(self, node: str) -> None:
+        from proxy.lab.cluster import SERVICE_ACCOUNT
+
+        cp = self.cluster.control_plane
+        sa_dir = self.node_dir(node) / "serviceaccount"
+        sa_dir.mkdir(parents=True, exist_ok=True)
+        token = cp.service_account_token(*SERVICE_ACCOUNT, expiration_seconds=TOKEN_SECONDS)
+        for name, content in (
+            ("token", token),
+            ("ca.crt", cp.ca_file.read_text()),
+            ("namespace", SERVICE_ACCOUNT[0]),
+        ):
+            _write_atomic(sa_dir / name, content, 0o600 if name == "token" else 0o644)
+
+    def start_kube_proxy_py(self) -> None:
+        from proxy.lab.cluster import CONTROL_PLANE_IP
+
+        mode = self.state.mode
+        cm = lab_config_map(self.objects, mode)
+        file_mode = yaml.safe_load(_find(self.objects, "ConfigMap")["data"]["config.conf"])["mode"]
+        if file_mode != mode:
+            self.state.config_overrides["mode"] = [str(file_mode), mode]
+        self.cluster.apply(cm)
+        for node in self.state.nodes:
+            if node.proxy != "kube-proxy-py":
+                continue
+            plan = plan_container(
+                self.objects,
+                node=node.name,
+                node_ip=node.lan_ip,
+                mode=mode,
+                node_dir=self.node_dir(node.name),
+                api_host=CONTROL_PLANE_IP,
+                api_port=API_PORT,
+            )
+            for directory in plan.dirs:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            for path, text in plan.files.items():
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                _write_atomic(Path(path), text, 0o644)
+            self.write_token(node.name)
+            warnings = check_container_args(plan)
+            for warning in warnings:
+                self.progress(f"warning from kube-proxy-py's options on {node.name}: {warning}")
+            self.state.env_overrides = {k: list(v) for k, v in plan.overrides.items()}
+            for note in plan.notes:
+                if note not in self.state.notes:
+                    self.state.notes.append(note)
+            self.progress(
+                f"starting kube-proxy-py on {node.name} ({mode}): {' '.join(plan.declared_command)}"
+            )
+            argv = hnetns.exec_argv(
+                node.namespace, launcher_argv(plan.command, mounts=plan.mounts, env=plan.env)
+            )
+            child = _Child(
+                label=f"kube-proxy-py/{node.name}",
+                node=node.name,
+                netns=node.namespace,
+                argv=argv,
+                log_path=self.node_dir(node.name) / "kube-proxy-py.log",
+                markers=[node.namespace, f"--hostname-override={node.name}"],
+                deathsig=signal.SIGTERM,
+                restart=True,
+                env=child_env(),
+            )
+            self.children[child.label] = child
+            self._spawn(child)
+        self.token_refreshed = time.monotonic()
+
+    def start_upstream(self) -> None:
+        from proxy.lab.cluster import CLUSTER_CIDR
+
+        node = self.state.node(UPSTREAM_NODE)
+        assert node is not None
+        cp = self.cluster.control_plane
+        ns, sa = UPSTREAM_SA
+        self.cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": sa, "namespace": ns},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": sa},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": UPSTREAM_CLUSTER_ROLE,
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+            },
+        )
+        token = cp.service_account_token(ns, sa, expiration_seconds=TOKEN_SECONDS)
+        kubeconfig = cp.token_kubeconfig(sa, token)
+        binary = Path(self.state.control_plane["bin_dir"]) / "kube-proxy"
+        args = [
+            str(binary),
+            f"--kubeconfig={kubeconfig}",
+            f"--hostname-override={UPSTREAM_NODE}",
+            f"--proxy-mode={self.state.mode}",
+            f"--cluster-cidr={CLUSTER_CIDR}",
+            f"--healthz-bind-address=0.0.0.0:{HEALTHZ_PORT}",
+            "--metrics-bind-address=127.0.0.1:10249",
+            # Leave the conntrack table size alone: it is host-wide (hashsize in /sys).
+            "--conntrack-max-per-core=0",
+            "--v=2",
+        ]
+        self.progress(f"starting upstream kube-proxy on {UPSTREAM_NODE} ({self.state.mode})")
+        child = _Child(
+            label=f"kube-proxy/{UPSTREAM_NODE}",
+            node=UPSTREAM_NODE,
+            netns=node.namespace,
+            argv=hnetns.exec_argv(node.namespace, args),
+            log_path=self.node_dir(UPSTREAM_NODE) / "kube-proxy.log",
+            markers=[str(binary)],
+            deathsig=signal.SIGTERM,
+            restart=True,
+            env={"PATH": IMAGE_ENV["PATH"]},
+        )
+        self.children[child.label] = child
+        self._spawn(child)
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        for label, child in self.children.items():
+            if not label.startswith("kube-proxy"):
+                continue
+            t0 = time.monotonic()
+            while True:
+                assert child.popen is not None
+                if child.popen.poll() is not None:
+                    raise LabError(
+                        f"{label} exited with {child.popen.returncode} before it was healthy; "
+                        f"last lines of {child.log_path}:\n{_tail(child.log_path)}"
+                    )
+                status, _ = node_health(child.netns)
+                if status == 200:
+                    break
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"{label}: /healthz did not answer 200 within {READY_TIMEOUT:.0f}s "
+                        f"(last: {status}); last lines of {child.log_path}:\n"
+                        + _tail(child.log_path)
+                    )
+                time.sleep(0.3)
+            self.progress(f"{label} healthy (/healthz 200 after {time.monotonic() - t0:.1f}s)")
+        for label, child in self.children.items():
+            if (
+                label.startswith("podagent")
+                and child.popen is not None
+                and child.popen.poll() is not None
+            ):
+                raise LabError(
+                    f"{label} exited with {child.popen.returncode}; last lines of "
+                    f"{child.log_path}:\n{_tail(child.log_path)}"
+                )
+
+    # -- running ---------------------------------------------------------------------
+    def watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            for child in self.children.values():
+                if child.popen is None or child.popen.poll() is None:
+                    continue
+                if not child.restart:
+                    if child.restart_at == 0.0:
+                        log.warning(
+                            "exited label=%s code=%s (not restarted)",
+                            child.label,
+                            child.popen.returncode,
+                        )
+                        child.restart_at = float("inf")
+                    continue
+                if child.restart_at == 0.0:
+                    if now - child.started > 600:
+                        child.backoff = RESTART_BACKOFF[0]
+                    child.restart_at = now + child.backoff
+                    log.warning(
+                        "exited label=%s code=%s restart_in=%.0fs",
+                        child.label,
+                        child.popen.returncode,
+                        child.backoff,
+                    )
+                    child.backoff = min(child.backoff * 2, RESTART_BACKOFF[1])
+                elif now >= child.restart_at:
+                    child.restart_at = 0.0
+                    self.state.restarts[child.label] = self.state.restarts.get(child.label, 0) + 1
+                    self._spawn(child)
+            if now - self.token_refreshed > TOKEN_REFRESH_SECONDS:
+                for node in self.state.nodes:
+                    if node.proxy == "kube-proxy-py":
+                        try:
+                            self.write_token(node.name)
+                        except Exception:
+                            log.exception("token refresh failed node=%s", node.name)
+                self.token_refreshed = now
+
+    # -- stopping --------------------------------------------------------------------
+    def teardown(self) -> None:
+        self.state.phase = "stopping" if self.state.phase != "failed" else "failed"
+        with contextlib.suppress(Exception):
+            self.save()
+        # Pod agents first (they delete their pod namespaces on SIGTERM), then the proxies.
+        for group in ("podagent/", "kube-proxy"):
+            running = [
+                c
+                for c in self.children.values()
+                if c.label.startswith(group) and c.popen is not None
+            ]
+            for child in running:
+                assert child.popen is not None
+                if child.popen.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.popen.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30.0
+            for child in running:
+                assert child.popen is not None
+                try:
+                    child.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("did not stop after SIGTERM label=%s; SIGKILL", child.label)
+                    child.popen.kill()
+                    child.popen.wait(timeout=10)
+                log.info("stopped label=%s code=%s", child.label, child.popen.returncode)
+        if self._cluster is not None:
+            try:
+                self._cluster.stop()
+            except Exception:
+                log.exception("stopping the cluster")
+        sweep_namespaces(self.state.lab_id, self.state.namespaces)
+        self.state.phase = "stopped" if self.state.phase != "failed" else "failed"
+        with contextlib.suppress(Exception):
+            self.save()
+        self.progress("stopped")
+
+
+def netns_only_argv(netns: str, argv: Sequence[str]) -> list[str]:
+    """argv running a command in a named network namespace and nothing else (the mount
+    namespace stays the host's); ``nsenter`` execs in place, so the pid is the command's."""
+    return ["nsenter", f"--net={nsutil.netns_path(netns)}", "--", *argv]
+
+
+def _write_atomic(path: Path, content: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- cleanup
+
+
+def lab_namespaces(lab_id: str) -> list[str]:
+    """Every named network namespace of this lab (``<lab id>-*``)."""
+    try:
+        names = os.listdir(hnetns.NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(f"{lab_id}-"))
+
+
+def sweep_namespaces(lab_id: str, recorded: Sequence[str] = ()) -> list[str]:
+    """Kill what runs in the lab's namespaces and delete them; the ones deleted."""
+    names = sorted(set(recorded) | set(lab_namespaces(lab_id)))
+    present = [n for n in names if hnetns.exists(n)]
+    if not present:
+        return []
+    hnetns.empty(present)
+    remaining = hnetns.delete(present)
+    if remaining:
+        log.error("namespaces could not be deleted: %s", remaining)
+    return [n for n in present if n not in remaining]
+
+
+@dataclass
+class Removed:
+    processes: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    pod_agent_cleanups: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.processes:
+            out.append(f"stopped {len(self.processes)} process(es): {', '.join(self.processes)}")
+        if self.pod_agent_cleanups:
+            out.append(f"pod agent cleanup from {', '.join(self.pod_agent_cleanups)}")
+        if self.namespaces:
+            out.append(
+                f"deleted {len(self.namespaces)} network namespace(s): {', '.join(self.namespaces)}"
+            )
+        if self.paths:
+            out.append(f"removed {', '.join(self.paths)}")
+        return out
+
+
+def cleanup(state_dir: Path, state: LabState | None, lab_id: str | None = None) -> Removed:
+    """Remove everything a lab left (after its supervisor is gone or would not stop)."""
+    removed = Removed()
+    lab_id = state.lab_id if state is not None else lab_id
+    if state is not None:
+        children = [r for r in state.processes.values()]
+        removed.processes += _kill_records(children)
+        if state.supervisor is not None and state.supervisor.is_ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.supervisor.pid, signal.SIGKILL)
+            removed.processes.append(f"supervisor (pid {state.supervisor.pid})")
+    agent_states = sorted(state_dir.glob("podagent-*.json")) if state_dir.is_dir() else []
+    if agent_states:
+        try:
+            podagent = importlib.import_module("proxy.lab.podagent")
+        except ImportError:
+            podagent = None
+            log.warning("pod agent state files found but proxy.lab.podagent is not importable")
+        for path in agent_states:
+            if podagent is not None:
+                try:
+                    podagent.cleanup_from_state(path)
+                    removed.pod_agent_cleanups.append(path.name)
+                except Exception:
+                    log.exception("pod agent cleanup_from_state failed path=%s", path)
+    if lab_id:
+        removed.namespaces += sweep_namespaces(lab_id, state.namespaces if state else ())
+        # The harness Topology keeps its logs in a temp dir named after the id.
+        for leftover in glob.glob(os.path.join(tempfile.gettempdir(), f"{lab_id}-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.paths.append(leftover)
+    if state is not None:
+        for created in reversed(state.created_paths):
+            path = Path(created)
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+                removed.paths.append(created)
+    if state_dir.exists():
+        shutil.rmtree(state_dir, ignore_errors=True)
+        removed.paths.append(str(state_dir))
+    return removed
+
+
+# --------------------------------------------------------------------------- client commands
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise LabError(f"lab {what} needs root (it uses network namespaces)")
+
+
+def _no_lab(state_dir: Path) -> LabError:
+    return LabError(f"no lab is running: start one with `{_command_hint(state_dir, 'up')}`")
+
+
+def _up_flags(nodes: int | None, mode: str | None, compare: bool | None) -> str:
+    flags = "" if nodes is None else f" --nodes {nodes}"
+    flags += "" if mode is None else f" --mode {mode}"
+    return flags + (" --compare" if compare else "")
+
+
+def up(
+    state_dir: Path,
+    *,
+    nodes: int | None,
+    mode: str | None,
+    compare: bool | None,
+    out: TextIO = sys.stdout,
+) -> int:
+    _require_root("up")
+    want_nodes = DEFAULT_NODES if nodes is None else nodes
+    want_mode = DEFAULT_MODE if mode is None else mode
+    lab_topology(want_nodes, bool(compare))  # validates --nodes
+    if want_mode not in MODES:
+        raise LabError(f"--mode {want_mode}: choose one of {', '.join(MODES)}")
+    with _locked(state_dir):
+        state = load_state(state_dir)
+        if state is not None and state.supervisor_alive():
+            if state.phase == "ready":
+                differs = []
+                if nodes is not None and nodes != state.node_count:
+                    differs.append(f"--nodes {nodes} (it has {state.node_count})")
+                if mode is not None and mode != state.mode:
+                    differs.append(f"--mode {mode} (it runs {state.mode})")
+                if compare is not None and compare != state.compare:
+                    differs.append("--compare" if compare else "no --compare")
+                print(f"a lab is already running ({state.lab_id}, state in {state_dir})", file=out)
+                print_status(state, out)
+                if differs:
+                    print(
+                        f"\nit differs from what you asked for: {'; '.join(differs)}. "
+                        f"Run `{_command_hint(state_dir, 'down')}` first, then "
+                        f"`{_command_hint(state_dir, 'up')}{_up_flags(nodes, mode, compare)}`.",
+                        file=out,
+                    )
+                    return EXIT_FAIL
+                return EXIT_OK
+            attach_to = state.lab_id
+        else:
+            attach_to = None
+    if attach_to is not None:
+        print(f"a lab is already starting ({attach_to}); following its progress", file=out)
+        return _follow(state_dir, None, attach_to, out)
+    with _locked(state_dir):
+        state = load_state(state_dir)
+        if state is not None and state.supervisor_alive():
+            raise LabError(
+                f"lab {state.lab_id} was started meanwhile; "
+                f"see `{_command_hint(state_dir, 'status')}`"
+            )
+        if state is not None:
+            print(
+                f"found lab {state.lab_id} whose supervisor is gone (crashed or killed): "
+                "cleaning up first",
+                file=out,
+            )
+            for line in cleanup(state_dir, state).lines():
+                print(f"  {line}", file=out)
+        elif state_dir.exists():
+            stray = [
+                p.name for p in state_dir.iterdir() if p.name not in (PROGRESS_FILE, SUPERVISOR_LOG)
+            ]
+            if stray:
+                raise LabError(
+                    f"{state_dir} is not empty and holds no lab state "
+                    f"({', '.join(sorted(stray)[:5])}); give an empty or new --state-dir"
+                )
+            for name in (PROGRESS_FILE, SUPERVISOR_LOG):
+                (state_dir / name).unlink(missing_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lab_id = f"kpp-lab-{secrets.token_hex(3)}"
+        argv = [
+            sys.executable, "-m", "proxy.lab.lab", "supervise",
+            "--state-dir", str(state_dir),
+            "--lab-id", lab_id,
+            "--nodes", str(want_nodes),
+            "--mode", want_mode,
+        ] + (["--compare"] if compare else [])  # fmt: skip
+        print(
+            f"starting lab {lab_id}: {want_nodes} node(s), {want_mode} mode"
+            + (", upstream kube-proxy on node-upstream" if compare else "")
+            + f" (state in {state_dir})",
+            file=out,
+        )
+        with open(state_dir / SUPERVISOR_LOG, "ab") as logf:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                env=child_env(),
+                start_new_session=True,
+            )
+        # Until the supervisor writes its own, this state already names it (another
+        # `lab up` waiting for the lock then follows it instead of starting a second one).
+        save_state(
+            LabState(
+                lab_id=lab_id,
+                state_dir=str(state_dir),
+                mode=want_mode,
+                node_count=want_nodes,
+                compare=bool(compare),
+                supervisor=ProcRecord.of("supervisor", popen.pid, ["proxy.lab.lab supervise"]),
+            )
+        )
+    try:
+        return _follow(state_dir, popen, lab_id, out)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the lab", file=out)
+        return down(state_dir, out=out) or EXIT_FAIL
+
+
+def _follow(
+    state_dir: Path, popen: subprocess.Popen[bytes] | None, lab_id: str, out: TextIO
+) -> int:
+    """Print the supervisor's progress until the lab is ready (0) or failed (1)."""
+
+    def hint(sub: str) -> str:
+        return _command_hint(state_dir, sub)
+
+    progress_path = state_dir / PROGRESS_FILE
+    offset = 0
+
+    def pump() -> None:
+        nonlocal offset
+        try:
+            with open(progress_path) as f:
+                f.seek(offset)
+                while True:
+                    line = f.readline()
+                    if not line.endswith("\n"):
+                        break
+                    offset = f.tell()
+                    with contextlib.suppress(ValueError, KeyError):
+                        item = json.loads(line)
+                        print(f"[{item['t']:6.1f}s] {item['msg']}", file=out, flush=True)
+        except FileNotFoundError:
+            pass
+
+    while True:
+        pump()
+        state = load_state(state_dir)
+        exited = (
+            popen.poll() is not None
+            if popen is not None
+            else not (state and state.supervisor_alive())
+        )
+        if state is not None and state.phase == "ready" and not exited:
+            pump()
+            print("", file=out)
+            print_status(state, out)
+            print(
+                "\nnext:\n"
+                f"  {hint('kubectl')} get nodes -o wide\n"
+                f"  {hint('kubectl')} create deployment web --image=web --replicas=3 --port=80\n"
+                f"  {hint('kubectl')} expose deployment web --port=80 --type=NodePort\n"
+                f"  {hint('shell')} node-1      (a shell in node-1's network namespace)\n"
+                f"  {hint('shell')} client      (the outside client)\n"
+                f"  {hint('demo')}\n"
+                f"  {hint('down')}",
+                file=out,
+            )
+            return EXIT_OK
+        if exited or (state is not None and state.phase in ("failed", "stopped")):
+            # Let the supervisor finish its own teardown first.
+            if popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    popen.wait(timeout=STOP_TIMEOUT)
+            elif state is not None and state.supervisor is not None:
+                deadline = time.monotonic() + STOP_TIMEOUT
+                while state.supervisor.is_ours() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            pump()
+            print(
+                f"\nthe lab failed to start; last lines of {state_dir / SUPERVISOR_LOG}:", file=out
+            )
+            print(_tail(state_dir / SUPERVISOR_LOG, 25), file=out)
+            print("\ncleaning up", file=out)
+            with _locked(state_dir):
+                for line in cleanup(state_dir, state, lab_id).lines():
+                    print(f"  {line}", file=out)
+            return EXIT_FAIL
+        time.sleep(0.2)
+
+
+def down(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
+    _require_root("down")
+    if not state_dir.exists():
+        print(f"no lab is running (no {state_dir}); nothing to clean up", file=out)
+        return EXIT_OK
+    with _locked(state_dir):
+        state = load_state(state_dir)
+        if state is None:
+            stray = [
+                p.name for p in state_dir.iterdir() if p.name not in (PROGRESS_FILE, SUPERVISOR_LOG)
+            ]
+            if stray:
+                raise LabError(
+                    f"{state_dir} holds no lab state "
+                    f"({', '.join(sorted(stray)[:5])}); left untouched"
+                )
+            shutil.rmtree(state_dir, ignore_errors=True)
+            print(f"no lab was running; removed {state_dir}", file=out)
+            return EXIT_OK
+        before_ns = [
+            n for n in set(state.namespaces) | set(lab_namespaces(state.lab_id)) if hnetns.exists(n)
+        ]
+        before_procs = [r for r in state.processes.values() if r.is_ours()]
+        stopped_by_supervisor = False
+        sup = state.supervisor
+        if sup is not None and sup.is_ours():
+            print(f"stopping lab {state.lab_id} (supervisor pid {sup.pid})", file=out, flush=True)
+            os.kill(sup.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while sup.is_ours() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if sup.is_ours():
+                print(
+                    f"the supervisor did not stop within {STOP_TIMEOUT:.0f}s: "
+                    "cleaning up from the state",
+                    file=out,
+                )
+            else:
+                stopped_by_supervisor = True
+        else:
+            print(
+                f"lab {state.lab_id}: its supervisor is not running; cleaning up from the state",
+                file=out,
+            )
+        removed = cleanup(state_dir, state)
+        # What the supervisor stopped itself, plus what cleanup found left over.
+        removed.namespaces = sorted(set(before_ns) | set(removed.namespaces))
+        removed.processes = list(
+            dict.fromkeys(
+                ([f"supervisor (pid {sup.pid})"] if stopped_by_supervisor and sup else [])
+                + [f"{r.label} (pid {r.pid})" for r in before_procs]
+                + removed.processes
+            )
+        )
+        for line in removed.lines():
+            print(f"  {line}", file=out)
+        left = lab_namespaces(state.lab_id)
+        alive = [r.label for r in state.processes.values() if r.is_ours()]
+        if left or alive:
+            print(f"could not remove: namespaces {left}, processes {alive}", file=out)
+            return EXIT_FAIL
+        print(f"lab {state.lab_id} is down", file=out)
+    return EXIT_OK
+
+
+def _running_state(state_dir: Path) -> LabState:
+    state = load_state(state_dir)
+    if state is None or not state.supervisor_alive() or state.phase != "ready":
+        if state is not None and not state.supervisor_alive():
+            raise LabError(
+                f"lab {state.lab_id} is not running (its supervisor is gone): "
+                f"`{_command_hint(state_dir, 'down')}` cleans up, "
+                f"`{_command_hint(state_dir, 'up')}` starts a new one"
+            )
+        if state is not None and state.phase == "starting":
+            raise LabError(f"lab {state.lab_id} is still starting: wait for `lab up` to finish")
+        raise _no_lab(state_dir)
+    return state
+
+
+def _fmt_age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
+    """Print the lab's status; True when every node's proxy is healthy."""
+    alive = state.supervisor_alive()
+    age = _fmt_age(time.time() - (state.ready_at or state.created))
+    running = (
+        "running" if alive and state.phase == "ready" else ("starting" if alive else "NOT running")
+    )
+    sup_pid = state.supervisor.pid if state.supervisor else "?"
+    print(
+        f"lab {state.lab_id}: {running} for {age} (supervisor pid {sup_pid}), "
+        f"state in {state.state_dir}",
+        file=out,
+    )
+    cp = state.control_plane
+    if cp.get("server"):
+        print(
+            f"API server: {cp['server']} (inside the lab only; "
+            f"`{_command_hint(state.path, 'kubectl')} ...` uses it)",
+            file=out,
+        )
+    print(f"mode: {state.mode}", file=out)
+    pods_per_node: dict[str, int] = {}
+    pods_note = ""
+    if alive and cp.get("server"):
+        try:
+            items = _api_get(state, "/api/v1/pods")["items"]
+            for pod in items:
+                node = (pod.get("spec") or {}).get("nodeName") or "(unscheduled)"
+                pods_per_node[node] = pods_per_node.get(node, 0) + 1
+        except (OSError, LabError, ValueError, http.client.HTTPException, ssl.SSLError) as exc:
+            pods_note = f" (pod count unavailable: {exc})"
+    healthy = True
+    rows = [("NODE", "LAN IP", "POD CIDR", "ZONE", "PROXY", "HEALTH", "POD AGENT", "PODS")]
+    for node in state.nodes:
+        health = "-"
+        if alive:
+            status, _ = node_health(node.namespace)
+            if status == 200:
+                health = "healthy"
+            else:
+                health = f"unhealthy ({status})" if status else "not answering"
+                healthy = False
+        proxy = node.proxy
+        restarts = state.restarts.get(f"{node.proxy}/{node.name}", 0)
+        if restarts:
+            proxy += f" ({restarts} restarts)"
+        agent = "-"
+        rec = state.processes.get(f"podagent/{node.name}")
+        if rec is not None:
+            agent = "running" if rec.is_ours() else "DEAD"
+        rows.append(
+            (
+                node.name,
+                node.lan_ip,
+                node.pod_cidr,
+                node.zone,
+                proxy,
+                health,
+                agent,
+                str(pods_per_node.get(node.name, 0)),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
+            file=out,
+        )
+    unscheduled = pods_per_node.get("(unscheduled)", 0)
+    if unscheduled or pods_note:
+        print(f"  unscheduled pods: {unscheduled}{pods_note}", file=out)
+    if state.client:
+        routes = ", ".join(f"{p} via {v}" for p, v in state.client.get("routes", {}).items())
+        print(
+            f"outside client: `{state.client['name']}` {state.client['lan_ip']} (routes {routes})",
+            file=out,
+        )
+    changes = [
+        f"config.conf {k}: {v[1]} (daemonset.yaml: {v[0]})"
+        for k, v in state.config_overrides.items()
+    ]
+    changes += [f"env {k}={v[1]} (daemonset.yaml: {v[0]})" for k, v in state.env_overrides.items()]
+    if changes:
+        print(
+            "kube-proxy-py runs daemonset.yaml's container as written, except: "
+            + "; ".join(changes),
+            file=out,
+        )
+    for note in state.notes:
+        print(f"note: {note}", file=out)
+    if state.phase == "failed":
+        print(f"error: {state.error}", file=out)
+    return alive and healthy and state.phase == "ready"
+
+
+def status(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
+    _require_root("status")
+    state = load_state(state_dir)
+    if state is None:
+        raise _no_lab(state_dir)
+    ok = print_status(state, out)
+    if not state.supervisor_alive():
+        print(f"\n`{_command_hint(state_dir, 'down')}` cleans up what it left", file=out)
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def kubectl_argv(state: LabState, args: Sequence[str]) -> list[str]:
+    cp = state.control_plane
+    return hnetns.exec_argv(
+        cp["namespace"],
+        [
+            cp["kubectl"],
+            f"--kubeconfig={cp['kubeconfig']}",
+            f"--cache-dir={cp['kubectl_cache']}",
+            *args,
+        ],
+    )
+
+
+def kubectl(state_dir: Path, args: Sequence[str]) -> int:
+    """Exec kubectl inside the control-plane namespace (stdio and exit code pass through)."""
+    _require_root("kubectl")
+    state = _running_state(state_dir)
+    argv = kubectl_argv(state, list(args))
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+def _pod_namespace(state: LabState, target: str) -> str:
+    """The network namespace of a Pod (``name`` or ``namespace/name``), by its pod IP."""
+    namespace, _, name = target.rpartition("/")
+    namespace = namespace or "default"
+    try:
+        pod = _api_get(state, f"/api/v1/namespaces/{namespace}/pods/{name}")
+    except LabError as exc:
+        raise LabError(
+            f"`{target}` is no node, `client`, `control-plane`, `lan` nor a pod ({exc}); "
+            f"nodes: {', '.join(n.name for n in state.nodes)}"
+        ) from exc
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        raise LabError(
+            f"pod {namespace}/{name} has no IP yet (phase {(pod.get('status') or {}).get('phase')})"
+        )
+    node_ns = {n.namespace for n in state.nodes} | set(state.namespaces)
+    for ns in lab_namespaces(state.lab_id):
+        if ns in node_ns:
+            continue
+        done = subprocess.run(
+            ["ip", "-n", ns, "-o", "-4", "addr", "show"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if re.search(rf"\binet {re.escape(ip)}/", done.stdout):
+            return ns
+    raise LabError(
+        f"pod {namespace}/{name} (IP {ip}) has no network namespace in lab {state.lab_id}"
+    )
+
+
+def shell_target(state: LabState, target: str) -> str:
+    """The namespace for a node name, ``client``, ``control-plane``, ``lan`` or a pod."""
+    from proxy.lab.cluster import CONTROL_PLANE
+
+    if target in {n.name for n in state.nodes} | {CLIENT, CONTROL_PLANE, "lan"}:
+        return f"{state.lab_id}-{target}"
+    return _pod_namespace(state, target)
+
+
+def shell(state_dir: Path, target: str, command: Sequence[str]) -> int:
+    _require_root("shell")
+    state = _running_state(state_dir)
+    ns = shell_target(state, target)
+    cmd = list(command)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    if not cmd:
+        cmd = [os.environ.get("SHELL") or shutil.which("bash") or "/bin/sh"]
+        print(f"{ns}: a shell in {target}'s network namespace (exit to leave)", file=sys.stderr)
+    env = dict(os.environ)
+    env["KPP_LAB_NETNS"] = ns
+    argv = hnetns.exec_argv(ns, cmd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+# --------------------------------------------------------------------------- supervisor entry
+
+
+def supervise(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m proxy.lab.lab supervise")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--lab-id", required=True)
+    parser.add_argument("--nodes", type=int, default=DEFAULT_NODES)
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
+    parser.add_argument("--compare", action="store_true")
+    args = parser.parse_args(list(argv))
+    from proxy import logs
+
+    logs.setup()
+    state_dir = Path(args.state_dir)
+    state = LabState(
+        lab_id=args.lab_id,
+        state_dir=str(state_dir),
+        mode=args.mode,
+        node_count=args.nodes,
+        compare=args.compare,
+    )
+    return Supervisor(state).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["supervise"]:
+        return supervise(args[1:])
+    print(
+        "usage: python -m proxy.lab.lab supervise --state-dir DIR --lab-id ID ...", file=sys.stderr
+    )
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
