@@ -352,7 +352,14 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         nargs=argparse.REMAINDER,
         help="command (default: $SHELL)",
     )
-    for p in (up, down, status, kubectl, shell):
+    demo = lab_sub.add_parser(
+        "demo",
+        help="a guided, self-checking tour of Service networking on the lab "
+        "(starts a lab if none runs)",
+    )
+    demo.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    demo.add_argument("--step", action="store_true", help="pause between steps")
+    for p in (up, down, status, kubectl, shell, demo):
         p.add_argument("--state-dir", default=None, metavar="DIR", help=state_help)
 
 
@@ -367,11 +374,22 @@ def cmd_lab(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print(directory)
         return EXIT_OK
-    if args.lab_command in ("up", "down", "status", "kubectl", "shell"):
+    if args.lab_command in ("up", "down", "status", "kubectl", "shell", "demo"):
         from proxy.lab import lab
 
         state_dir = lab.resolve_state_dir(args.state_dir)
         try:
+            if args.lab_command == "demo":
+                from proxy.demo.labdemo import DemoError
+                from proxy.demo.labdemo import main as demo_main
+
+                try:
+                    return demo_main(
+                        state_dir, color=False if args.no_color else None, pause=args.step
+                    )
+                except DemoError as exc:
+                    _err(f"lab demo: {exc}")
+                    return EXIT_INVALID
             if args.lab_command == "up":
                 return lab.up(state_dir, nodes=args.nodes, mode=args.mode, compare=args.compare)
             if args.lab_command == "down":
@@ -384,7 +402,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         except lab.LabError as exc:
             _err(f"lab {args.lab_command}: {exc}")
             return EXIT_INVALID
-    _err("lab: give a command: build, up, down, status, kubectl or shell")
+    _err("lab: give a command: build, up, down, status, kubectl, shell or demo")
     return EXIT_USAGE
 
 
