@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The README's quick start. As root on a fresh Debian machine:
-#   scripts/quickstart.sh demo   install what is needed, then the guided tour
-#   scripts/quickstart.sh test   install what is needed, then the whole test suite
+#   scripts/quickstart.sh demo   install and build what is needed, start the lab, run its demo
+#   scripts/quickstart.sh test   install and build what is needed, then the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
   demo)
-    KUBE_PROXY_PY_SKIP_K8S_BUILD=1 scripts/setup.sh
-    exec kube-proxy-py tour "${@:2}"
+    scripts/setup.sh
+    exec kube-proxy-py lab demo "${@:2}"
     ;;
   test)
     scripts/setup.sh
