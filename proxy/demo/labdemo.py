@@ -145,7 +145,7 @@ class LabDemo:
         return Counter(r.endpoint for r in self.http(self.pod_ns("client"), cip, 80, n))
 
     def http(self, netns: str, host: str, port: int, n: int = 1, keep: bool = False,
-             timeout: float = 2.0) -> list[ProbeResult]:  # fmt: skip
+             timeout: float = 3.0) -> list[ProbeResult]:  # fmt: skip
         return self.prober(netns).http(host, port, requests=n, keepalive=keep, timeout=timeout)
 
     def answered(self, netns: str, host: str, port: int, *, what: str) -> ProbeResult:

@@ -31,6 +31,7 @@ NODES = ("node-a", "node-b")
 NODE_IP = {"node-a": "192.168.50.11", "node-b": "192.168.50.12"}
 OUTSIDE = "192.168.50.100"
 QUICK = 0.5
+ANSWER = 3.0  # allows one TCP SYN retransmission (see tests/netns/test_scenarios.py)
 
 
 def service(name: str, *, udp: bool = True, **spec: Any) -> dict[str, Any]:
@@ -79,7 +80,8 @@ def lab(cluster: LabCluster, mode: str) -> Iterator[LabCluster]:
 
 
 def reached(lab: LabCluster, src: str, dst: str, port: int = 80, count: int = 40) -> set[str]:
-    return {r.endpoint or f"<{r.outcome}>" for r in lab.topo.prober(src).tcp_many(dst, port, count)}
+    results = lab.topo.prober(src).tcp_many(dst, port, count, timeout=ANSWER)
+    return {r.endpoint or f"<{r.outcome}>" for r in results}
 
 
 def until_reached(
@@ -158,14 +160,16 @@ def test_cluster_ip_to_node_port_and_external_policy(lab: LabCluster, mode: str)
     port = lab.node_port("edge")
     until_reached(lab, "outside", NODE_IP["node-b"], set(PODS), port)
     assert {
-        r.seen_source for r in lab.topo.prober("outside").tcp_many(NODE_IP["node-b"], port, 10)
+        r.seen_source
+        for r in lab.topo.prober("outside").tcp_many(NODE_IP["node-b"], port, 10, timeout=ANSWER)
     } == {NODE_IP["node-b"]}
     lab.kubectl(
         "patch", "svc", "edge", "-p", json.dumps({"spec": {"externalTrafficPolicy": "Local"}})
     )
     until_reached(lab, "outside", NODE_IP["node-a"], {"a1", "a2"}, port)
     assert {
-        r.seen_source for r in lab.topo.prober("outside").tcp_many(NODE_IP["node-a"], port, 10)
+        r.seen_source
+        for r in lab.topo.prober("outside").tcp_many(NODE_IP["node-a"], port, 10, timeout=ANSWER)
     } == {OUTSIDE}
     lab.kubectl(
         "patch", "svc", "edge", "-p", json.dumps({"spec": {"externalTrafficPolicy": "Cluster"}})
@@ -302,7 +306,7 @@ def test_restart_keeps_flows_and_converges_without_a_gap(lab: LabCluster, mode: 
 
     def load() -> None:  # steady new connections through the restart
         while not stop.is_set():
-            for r in lab.topo.prober("a3").tcp_many(cip, 80, 5):
+            for r in lab.topo.prober("a3").tcp_many(cip, 80, 5, timeout=ANSWER):
                 if r.outcome is not Outcome.ANSWERED:
                     failures.append(r.detail)
 
@@ -384,6 +388,8 @@ def test_programming_reaches_the_kernel_for_many_changes(lab: LabCluster, mode: 
         lab.set_pod_ready("b1", i % 2 == 1)
     until_reached(lab, "a3", cip, set(PODS))
     assert (
-        Counter(r.outcome for r in lab.topo.prober("a3").tcp_many(cip, 80, 20))[Outcome.ANSWERED]
+        Counter(r.outcome for r in lab.topo.prober("a3").tcp_many(cip, 80, 20, timeout=ANSWER))[
+            Outcome.ANSWERED
+        ]
         == 20
     )

@@ -121,7 +121,7 @@ def test_rolling_update_under_load_loses_no_connection(lab: Lab) -> None:
         def load() -> None:  # a new connection per request, as fast as it goes
             with Prober(load_ns) as own:
                 while not stop.is_set():
-                    for r in own.http(cip, 80, requests=5, keepalive=False, timeout=2.0):
+                    for r in own.http(cip, 80, requests=5, keepalive=False, timeout=3.0):
                         if r.endpoint is None:
                             failures.append(f"{r.outcome}: {r.detail}")
                         else:

@@ -46,6 +46,11 @@ EIP = "203.0.113.10"
 LBIP = "198.51.100.10"
 NODE_PORT = 30080
 QUICK = 0.5  # timeout for probes that must get no answer
+ANSWER = 3.0
+"""Timeout for probes that must be answered: long enough for one TCP SYN retransmission
+(after 1 s). Thousands of connections leave TIME_WAIT sockets in the pods; a new
+connection that reuses a client port and lands on the same pod 4-tuple through another
+VIP can have its first SYN ignored, which a real client survives by retransmitting."""
 
 NODE_OBJS = [
     m.node("node-a", NODE_IP["node-a"], zone="z1", pod_cidr="10.244.1.0/24"),
@@ -126,13 +131,14 @@ class Lab:
 
     # -- probes ------------------------------------------------------------------------
     def tcp(self, src: str, dst: str, port: int = 80, **kw: Any) -> ProbeResult:
+        kw.setdefault("timeout", ANSWER)
         return self._log(src, f"tcp {dst}:{port}", self.topo.prober(src).tcp(dst, port, **kw))
 
     def udp(self, src: str, dst: str, port: int = 80, **kw: Any) -> ProbeResult:
         return self._log(src, f"udp {dst}:{port}", self.topo.prober(src).udp(dst, port, **kw))
 
     def many(self, src: str, dst: str, port: int = 80, count: int = 60) -> Counter[str]:
-        results = self.topo.prober(src).tcp_many(dst, port, count)
+        results = self.topo.prober(src).tcp_many(dst, port, count, timeout=ANSWER)
         assert all(r.outcome is Outcome.ANSWERED for r in results), {
             r.detail for r in results if r.outcome is not Outcome.ANSWERED
         }
@@ -141,7 +147,9 @@ class Lab:
         return counts
 
     def sources(self, src: str, dst: str, port: int = 80, count: int = 20) -> set[str | None]:
-        return {r.seen_source for r in self.topo.prober(src).tcp_many(dst, port, count)}
+        return {
+            r.seen_source for r in self.topo.prober(src).tcp_many(dst, port, count, timeout=ANSWER)
+        }
 
     def _log(
         self, src: str, what: str, r: ProbeResult | None, counts: dict[str, int] | None = None
