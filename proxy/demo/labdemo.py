@@ -309,8 +309,7 @@ class LabDemo:
         self.show("patch", "service", "my-nginx", "-n", NS, "-p", patch)
         p.command(f"from the outside client (it routes 203.0.113.0/24 to "
                   f"{self.node_names[0]}): curl http://{EXTERNAL_IP}/")  # fmt: skip
-        r = wait_for(lambda: (x := self.http(self.client_ns, EXTERNAL_IP, 80)[0]).endpoint
-                     and x, 30, what="the ExternalIP")  # fmt: skip
+        r = self.answered(self.client_ns, EXTERNAL_IP, 80, what="the ExternalIP")
         p.result(f"answered by {r.endpoint}")
         p.explain(
             "a cloud load balancer would send the traffic for its IP to a node; here the "
@@ -413,8 +412,7 @@ class LabDemo:
         )
         cip = self.service_ip("legacy-db")
         p.command(f"from pod client: curl http://{cip}:8080/")
-        r = wait_for(lambda: (x := self.http(self.pod_ns("client"), cip, 8080)[0]).endpoint
-                     and x, 30, what="the hand-written endpoint")  # fmt: skip
+        r = self.answered(self.pod_ns("client"), cip, 8080, what="the hand-written endpoint")
         p.result(f"answered by {r.endpoint} ({target_ip})")
         p.explain(
             "without a selector no controller writes endpoints: you do, pointing the "
