@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -244,6 +244,12 @@ class Plan:
     service_ports: tuple[ServicePortPlan, ...]
     skipped: tuple[SkippedService, ...] = ()
     problems: tuple[Problem, ...] = ()
+    by_service: Mapping[tuple[str, str], tuple[ServicePortPlan, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Each Service's port plans before conflict resolution (what the next plan reuses)."""
+    inputs: object = field(default=None, compare=False, repr=False)
+    """What every port plan depended on besides its Service and slices (config, node)."""
 
     @cached_property
     def cluster_ips(self) -> tuple[IPAddress, ...]:
@@ -463,42 +469,65 @@ def plan(
     config: ProxyConfig,
     family: IPFamily = IPFamily.V4,
     problems: Iterable[Problem] = (),
+    *,
+    previous: Plan | None = None,
+    changed: Collection[tuple[str, str]] | None = None,
 ) -> Plan:
-    """Plan every service port of ``family`` for the node named in ``config``."""
+    """Plan every service port of ``family`` for the node named in ``config``.
+
+    With ``previous`` (the last plan) and ``changed`` (the (namespace, name) of every
+    Service whose Service object or EndpointSlices changed since), the port plans of the
+    other Services are reused when the config and the Node are the same: the cost of a sync
+    then follows the size of the change, not of the cluster. Conflicts between Services are
+    always resolved over all of them.
+    """
     node = snapshot.node
     zone = node.zone if node is not None else ""
     node_ip = node.primary_ip(family) if node is not None else None
+    inputs = (config, node, family)
+    reusable: Mapping[tuple[str, str], tuple[ServicePortPlan, ...]] = {}
+    if previous is not None and changed is not None and previous.inputs == inputs:
+        reusable = previous.by_service
+    else:
+        changed = None
+    wanted = set(changed) if changed is not None else None
     slices_by_service: defaultdict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
     for sl in snapshot.slices:
-        slices_by_service[(sl.namespace, sl.service_name)].append(sl)
+        key = (sl.namespace, sl.service_name)
+        if wanted is None or key in wanted or key not in reusable:
+            slices_by_service[key].append(sl)
 
-    ports: list[ServicePortPlan] = []
+    by_service: dict[tuple[str, str], tuple[ServicePortPlan, ...]] = {}
     skipped: list[SkippedService] = []
     for svc in sorted(snapshot.services, key=lambda s: (s.namespace, s.name)):
+        key = (svc.namespace, svc.name)
         if svc.skip_reason is not None:
             if family is IPFamily.V4:
                 skipped.append(SkippedService(svc.ref, svc.skip_reason))
             continue
+        if wanted is not None and key not in wanted and key in reusable:
+            by_service[key] = reusable[key]
+            continue
         cluster_ip = next((ip for ip in svc.cluster_ips if IPFamily.of(ip) == family), None)
         if cluster_ip is None:
             continue
-        by_port = _candidates_by_port(
-            slices_by_service.get((svc.namespace, svc.name), ()), family, config.node_name
-        )
-        for sp in svc.ports:
-            ports.append(
-                _plan_port(
-                    svc,
-                    sp,
-                    cluster_ip,
-                    family,
-                    by_port.get((sp.name, sp.protocol), ()),
-                    config.node_name,
-                    zone,
-                    node_ip,
-                )
+        by_port = _candidates_by_port(slices_by_service.get(key, ()), family, config.node_name)
+        service_ports = [
+            _plan_port(
+                svc,
+                sp,
+                cluster_ip,
+                family,
+                by_port.get((sp.name, sp.protocol), ()),
+                config.node_name,
+                zone,
+                node_ip,
             )
-    ports.sort(key=lambda p: (p.namespace, p.name, p.port_name, p.protocol))
+            for sp in svc.ports
+        ]
+        service_ports.sort(key=lambda p: (p.port_name, p.protocol))
+        by_service[key] = tuple(service_ports)
+    ports = [sp for group in by_service.values() for sp in group]
     ports, conflicts = resolve_conflicts(ports, config.node_name, zone)
     return Plan(
         family=family,
@@ -513,6 +542,8 @@ def plan(
         service_ports=tuple(ports),
         skipped=tuple(skipped),
         problems=(*problems, *conflicts),
+        by_service=by_service,
+        inputs=inputs,
     )
 
 
@@ -526,12 +557,12 @@ def resolve_conflicts(
     transaction. The first service port in (namespace, name, port) order keeps it; later
     ones lose that destination and the conflict is reported.
     """
-    owner: dict[tuple[str, Protocol, int], str] = {}
+    owner: dict[tuple[IPAddress, Protocol, int], str] = {}
     node_ports: dict[tuple[Protocol, int], str] = {}
     out: list[ServicePortPlan] = []
     problems: list[Problem] = []
 
-    def claim(key: tuple[str, Protocol, int], sp: ServicePortPlan, field_name: str) -> bool:
+    def claim(key: tuple[IPAddress, Protocol, int], sp: ServicePortPlan, field_name: str) -> bool:
         holder = owner.setdefault(key, sp.service_port_name)
         if holder == sp.service_port_name:
             return True
@@ -545,17 +576,17 @@ def resolve_conflicts(
         return False
 
     for sp in ports:
-        if not claim((str(sp.cluster_ip), sp.protocol, sp.port), sp, "spec.clusterIP"):
+        if not claim((sp.cluster_ip, sp.protocol, sp.port), sp, "spec.clusterIP"):
             continue
         externals = tuple(
             ip
             for ip in sp.external_ips
-            if claim((str(ip), sp.protocol, sp.port), sp, "spec.externalIPs")
+            if claim((ip, sp.protocol, sp.port), sp, "spec.externalIPs")
         )
         lbs = tuple(
             ip
             for ip in sp.load_balancer_ips
-            if claim((str(ip), sp.protocol, sp.port), sp, "status.loadBalancer.ingress")
+            if claim((ip, sp.protocol, sp.port), sp, "status.loadBalancer.ingress")
         )
         node_port = sp.node_port
         if node_port:

@@ -81,6 +81,8 @@ class Proxier:
         self._need_full = True
         self._last_gen: int | None = None
         self._generations = GenerationReader(self.runner.netns)
+        self._ipt_cache = ipt.RenderCache()
+        self._nft_cache = nft.RenderCache()
         self.syncs = 0
 
     def _generation(self) -> int | None:
@@ -160,17 +162,25 @@ class Proxier:
             or now - self._last_full >= full_every
             or (drift and generation is not None)
         )
-        p = plan(snapshot, self._config(), self.family, problems)
+        p = plan(
+            snapshot,
+            self._config(),
+            self.family,
+            problems,
+            previous=self._last_plan,
+            changed=changes.services,
+        )
         mode = self.config.mode
         try:
             if isinstance(self._kernel, IptablesKernel):
+                rendered = ipt.render(p, self._ipt_cache)
                 changed = self._write(
-                    ipt.render(p), full, self._kernel.sync, ipt.partial_restore_text,
+                    rendered, full, self._kernel.sync, ipt.partial_restore_text,
                     self._kernel.restore,
                 )  # fmt: skip
             else:
                 changed = self._write(
-                    nft.render(p), full, self._kernel.sync, nft.incremental_text,
+                    nft.render(p, self._nft_cache), full, self._kernel.sync, nft.incremental_text,
                     self._kernel.apply,
                 )  # fmt: skip
         except (KernelError, OSError) as exc:

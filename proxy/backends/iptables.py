@@ -186,6 +186,53 @@ class _Writer:
     def frozen(self) -> dict[str, tuple[str, ...]]:
         return {k: tuple(v) for k, v in self.chains.items()}
 
+    def merge(
+        self, chains: tuple[tuple[str, tuple[str, ...]], ...], shared: frozenset[str]
+    ) -> None:
+        """Add a fragment: rules for shared chains are appended, own chains taken whole."""
+        for name, rules in chains:
+            if name in shared:
+                self.chains.setdefault(name, []).extend(rules)
+            else:
+                self.chains[name] = rules  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class _Fragment:
+    nat: tuple[tuple[str, tuple[str, ...]], ...]
+    filter: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass
+class RenderCache:
+    """Rendered fragments of service ports, reused while their plan objects are."""
+
+    params: object = None
+    fragments: dict[int, tuple[ServicePortPlan, _Fragment]] = field(default_factory=dict)
+
+    def start(self, params: object) -> None:
+        if params != self.params:
+            self.params = params
+            self.fragments.clear()
+
+    def fragment(self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None) -> _Fragment:
+        hit = self.fragments.get(id(sp))
+        if hit is not None and hit[0] is sp:
+            return hit[1]
+        nat, flt = _Writer(), _Writer()
+        _render_port(plan, sp, nat, flt, local_cidr)
+        frag = _Fragment(
+            tuple((n, tuple(r)) for n, r in nat.chains.items()),
+            tuple((n, tuple(r)) for n, r in flt.chains.items()),
+        )
+        self.fragments[id(sp)] = (sp, frag)
+        return frag
+
+    def keep_only(self, plan: Plan) -> None:
+        live = {id(sp) for sp in plan.service_ports}
+        for key in [k for k in self.fragments if k not in live]:
+            del self.fragments[key]
+
 
 def _host(ip: object, family: IPFamily) -> str:
     return f"{ip}/{32 if family is IPFamily.V4 else 128}"
@@ -196,8 +243,8 @@ def probability(n: int) -> str:
     return f"{1.0 / n:0.10f}"
 
 
-def render(plan: Plan) -> IptablesRuleset:
-    """Render a plan into our nat and filter chains (pure)."""
+def render(plan: Plan, cache: RenderCache | None = None) -> IptablesRuleset:
+    """Render a plan into our nat and filter chains (pure; ``cache`` only saves work)."""
     fam = plan.family
     nat = _Writer()
     flt = _Writer()
@@ -231,8 +278,15 @@ def render(plan: Plan) -> IptablesRuleset:
     )
 
     local_cidr = str(plan.cluster_cidr) if plan.cluster_cidr is not None else None
+    cache = cache if cache is not None else RenderCache()
+    cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr))
+    nat_shared = frozenset((*NAT_FIXED, KUBE_FIREWALL))
+    filter_shared = frozenset((*FILTER_FIXED, KUBE_FIREWALL))
     for sp in plan.service_ports:
-        _render_port(plan, sp, nat, flt, local_cidr)
+        frag = cache.fragment(plan, sp, local_cidr)
+        nat.merge(frag.nat, nat_shared)
+        flt.merge(frag.filter, filter_shared)
+    cache.keep_only(plan)
 
     # NodePort dispatch: must be the last rule of KUBE-SERVICES
     np_comment = _q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")

@@ -14,6 +14,7 @@ before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is wri
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -185,7 +186,7 @@ def _ipx(family: IPFamily) -> str:
 class _Builder:
     def __init__(self, family: IPFamily) -> None:
         self.family = family
-        self.chains: dict[str, list[str]] = {}
+        self.chains: dict[str, list[str] | tuple[str, ...]] = {}
         self.hooks: dict[str, BaseHook] = {}
         self.sets: dict[str, NftSet] = {}
         self.elements: dict[str, list[NftElement]] = {}
@@ -198,14 +199,32 @@ class _Builder:
     def rule(self, chain: str, rule: str, comment: str = "") -> None:
         if comment:
             rule += f' comment "{_safe(comment)}"'
-        self.chains.setdefault(chain, []).append(rule)
+        rules = self.chains.setdefault(chain, [])
+        assert isinstance(rules, list), f"chain {chain} is from a cached fragment"
+        rules.append(rule)
 
     def declare(self, s: NftSet) -> None:
         self.sets.setdefault(s.name, s)
         self.elements.setdefault(s.name, [])
 
     def element(self, set_name: str, key: str, value: str = "", comment: str = "") -> None:
-        self.elements[set_name].append(NftElement(key, value, comment))
+        self.elements.setdefault(set_name, []).append(NftElement(key, value, comment))
+
+    def fragment(self) -> _Fragment:
+        """What this builder holds, frozen (a service port's share of the ruleset)."""
+        return _Fragment(
+            chains=tuple((n, tuple(r)) for n, r in self.chains.items()),
+            sets=tuple(self.sets.values()),
+            elements=tuple((n, tuple(e)) for n, e in self.elements.items() if e),
+        )
+
+    def merge(self, f: _Fragment) -> None:
+        for name, rules in f.chains:
+            self.chains[name] = rules
+        for s in f.sets:
+            self.declare(s)
+        for set_name, elements in f.elements:
+            self.elements.setdefault(set_name, []).extend(elements)
 
     def build(self) -> NftRuleset:
         chains = {
@@ -220,8 +239,57 @@ class _Builder:
         return NftRuleset(self.family, chains, sets)
 
 
-def render(plan: Plan) -> NftRuleset:
-    """Render a plan into our nftables table (pure)."""
+@dataclass(frozen=True)
+class _Fragment:
+    chains: tuple[tuple[str, tuple[str, ...]], ...]
+    sets: tuple[NftSet, ...]
+    elements: tuple[tuple[str, tuple[NftElement, ...]], ...]
+    cluster_ip: str = ""
+    hairpins: tuple[str, ...] = ()
+    """Keys of its local endpoints in the hairpin-connections set."""
+
+
+@dataclass
+class RenderCache:
+    """Rendered fragments of service ports, reused while their plan objects are (the
+    incremental planner hands back the very same objects for unchanged Services)."""
+
+    params: object = None
+    fragments: dict[int, tuple[ServicePortPlan, _Fragment]] = field(default_factory=dict)
+
+    def fragment(self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None) -> _Fragment:
+        hit = self.fragments.get(id(sp))
+        if hit is not None and hit[0] is sp:
+            return hit[1]
+        b = _Builder(plan.family)
+        _render_port(plan, sp, b, local_cidr)
+        proto = sp.protocol.lowercase
+        frag = dataclasses.replace(
+            b.fragment(),
+            cluster_ip=str(sp.cluster_ip),
+            hairpins=tuple(
+                f"{ep.ip} . {ep.ip} . {proto} . {ep.port}"
+                for ep in sp.reachable_endpoints
+                if ep.is_local
+            ),
+        )
+        self.fragments[id(sp)] = (sp, frag)
+        return frag
+
+    def start(self, params: object) -> None:
+        """Forget everything when plan-wide settings changed."""
+        if params != self.params:
+            self.params = params
+            self.fragments.clear()
+
+    def keep_only(self, plan: Plan) -> None:
+        live = {id(sp) for sp in plan.service_ports}
+        for key in [k for k in self.fragments if k not in live]:
+            del self.fragments[key]
+
+
+def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
+    """Render a plan into our nftables table (pure; ``cache`` only saves work)."""
     fam = plan.family
     ipx = _ipx(fam)
     addr = _addr_type(fam)
@@ -366,18 +434,20 @@ def render(plan: Plan) -> NftRuleset:
             comment="NodePort traffic",
         )
 
-    for cip in plan.cluster_ips:
-        b.element(CLUSTER_IPS, str(cip))
-    hairpins: set[str] = set()
+    cache = cache if cache is not None else RenderCache()
+    cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr))
+    cluster_ips: dict[str, None] = {}
+    hairpins: dict[str, None] = {}
     for sp in plan.service_ports:
-        _render_port(plan, sp, b, local_cidr)
-        hairpins.update(
-            f"{ep.ip} . {ep.ip} . {sp.protocol.lowercase} . {ep.port}"
-            for ep in sp.reachable_endpoints
-            if ep.is_local
-        )
-    for key in sorted(hairpins):
+        frag = cache.fragment(plan, sp, local_cidr)
+        b.merge(frag)
+        cluster_ips[frag.cluster_ip] = None
+        hairpins.update(dict.fromkeys(frag.hairpins))
+    for cip in cluster_ips:
+        b.element(CLUSTER_IPS, cip)
+    for key in hairpins:
         b.element(HAIRPIN_CONNECTIONS, key)
+    cache.keep_only(plan)
     return b.build()
 
 
