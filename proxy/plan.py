@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -53,6 +54,14 @@ class Snapshot:
     services: tuple[Service, ...] = ()
     slices: tuple[EndpointSlice, ...] = ()
     node: Node | None = None
+    service_index: Mapping[tuple[str, str], Service] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """The services by (namespace, name), if the source keeps them so (saves a pass)."""
+    slice_index: Mapping[tuple[str, str], tuple[EndpointSlice, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """The slices by their Service's (namespace, name), likewise."""
 
 
 @dataclass(frozen=True, order=True)
@@ -228,6 +237,51 @@ class SkippedService:
         return f"{self.ref}: skipped: {self.reason}"
 
 
+Destination = tuple[IPAddress, Protocol, int]
+_SERIALS = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The owner (service port name) of every destination and node port in a plan."""
+
+    destinations: dict[Destination, str]
+    node_ports: dict[tuple[Protocol, int], str]
+
+    @staticmethod
+    def keys(sp: ServicePortPlan) -> tuple[list[Destination], tuple[Protocol, int] | None]:
+        dests = [(sp.cluster_ip, sp.protocol, sp.port)]
+        dests.extend((ip, sp.protocol, sp.port) for ip in sp.external_ips)
+        dests.extend((ip, sp.protocol, sp.port) for ip in sp.load_balancer_ips)
+        return dests, ((sp.protocol, sp.node_port) if sp.node_port else None)
+
+    def updated(
+        self,
+        released: Iterable[ServicePortPlan],
+        claimed: Iterable[ServicePortPlan],
+    ) -> Claims | None:
+        """These claims after some ports left and others came; None when a newcomer wants
+        something already taken (a conflict: resolve over all ports again)."""
+        dests, nps = dict(self.destinations), dict(self.node_ports)
+        for sp in released:
+            name = sp.service_port_name
+            keys, np_key = Claims.keys(sp)
+            for key in keys:
+                if dests.get(key) == name:
+                    del dests[key]
+            if np_key is not None and nps.get(np_key) == name:
+                del nps[np_key]
+        for sp in claimed:
+            name = sp.service_port_name
+            keys, np_key = Claims.keys(sp)
+            for key in keys:
+                if dests.setdefault(key, name) != name:
+                    return None
+            if np_key is not None and nps.setdefault(np_key, name) != name:
+                return None
+        return Claims(dests, nps)
+
+
 @dataclass(frozen=True)
 class Plan:
     """The complete, backend-neutral plan for one IP family on one node."""
@@ -250,12 +304,25 @@ class Plan:
     """Each Service's port plans before conflict resolution (what the next plan reuses)."""
     inputs: object = field(default=None, compare=False, repr=False)
     """What every port plan depended on besides its Service and slices (config, node)."""
+    claims: Claims | None = field(default=None, compare=False, repr=False)
+    """Who owns each destination, kept when no two Services conflicted (the next plan then
+    only re-checks the Services that changed)."""
+    order: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    """Every Service's (namespace, name), sorted: the planning order, reused while the
+    set of Services stays the same."""
+    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False, repr=False)
+    delta: tuple[int, frozenset[tuple[str, str]]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """(serial of the plan this one was derived from, the Services that may differ from
+    it) when only those were planned again and no conflict arose: renderers then redo
+    only those."""
 
     @cached_property
     def cluster_ips(self) -> tuple[IPAddress, ...]:
         return tuple(sorted({sp.cluster_ip for sp in self.service_ports}))
 
-    @property
+    @cached_property
     def endpoint_count(self) -> int:
         return sum(len(sp.reachable_endpoints) for sp in self.service_ports)
 
@@ -378,9 +445,16 @@ def _candidates_by_port(
                     is_local=ep.node_name is not None and ep.node_name == node_name,
                 )
                 old = bucket.get(cand.address)
-                # the same ip:port in two slices (e.g. during a controller handover):
-                # prefer the ready copy
-                if old is None or (cand.ready and not old.ready):
+                # The same ip:port in two slices. As upstream, a non-terminating copy
+                # wins over a terminating one (a pod IP reused while the old pod is still
+                # terminating: the new pod's conditions count). Between copies that are
+                # both terminating or both not (a controller handover; upstream keeps
+                # whichever it saw last), prefer the ready copy.
+                if (
+                    old is None
+                    or (old.terminating and not cand.terminating)
+                    or (old.terminating == cand.terminating and cand.ready and not old.ready)
+                ):
                     bucket[cand.address] = cand
     return {
         key: tuple(sorted(bucket.values(), key=lambda c: c.address))
@@ -491,15 +565,26 @@ def plan(
     else:
         changed = None
     wanted = set(changed) if changed is not None else None
-    slices_by_service: defaultdict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
-    for sl in snapshot.slices:
-        key = (sl.namespace, sl.service_name)
-        if wanted is None or key in wanted or key not in reusable:
-            slices_by_service[key].append(sl)
+    slices_by_service: Mapping[tuple[str, str], Sequence[EndpointSlice]]
+    if snapshot.slice_index is not None:
+        slices_by_service = snapshot.slice_index
+    else:
+        grouped: defaultdict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+        for sl in snapshot.slices:
+            key = (sl.namespace, sl.service_name)
+            if wanted is None or key in wanted or key not in reusable:
+                grouped[key].append(sl)
+        slices_by_service = grouped
 
     by_service: dict[tuple[str, str], tuple[ServicePortPlan, ...]] = {}
     skipped: list[SkippedService] = []
-    for svc in sorted(snapshot.services, key=lambda s: (s.namespace, s.name)):
+    services = snapshot.service_index
+    if services is None:
+        services = {(s.namespace, s.name): s for s in snapshot.services}
+    order: tuple[tuple[str, str], ...] = previous.order if previous is not None else ()
+    if len(order) != len(services) or not services.keys() >= set(order):
+        order = tuple(sorted(services))
+    for svc in (services[k] for k in order):
         key = (svc.namespace, svc.name)
         if svc.skip_reason is not None:
             if family is IPFamily.V4:
@@ -528,7 +613,15 @@ def plan(
         service_ports.sort(key=lambda p: (p.port_name, p.protocol))
         by_service[key] = tuple(service_ports)
     ports = [sp for group in by_service.values() for sp in group]
-    ports, conflicts = resolve_conflicts(ports, config.node_name, zone)
+    claims = None
+    if wanted is not None and previous is not None and previous.claims is not None:
+        claims = previous.claims.updated(
+            (sp for k in wanted for sp in previous.by_service.get(k, ())),
+            (sp for k in wanted for sp in by_service.get(k, ())),
+        )
+    conflicts: list[Problem] = []
+    if claims is None:
+        ports, conflicts, claims = resolve_conflicts(ports, config.node_name, zone)
     return Plan(
         family=family,
         node_name=config.node_name,
@@ -544,18 +637,29 @@ def plan(
         problems=(*problems, *conflicts),
         by_service=by_service,
         inputs=inputs,
+        claims=claims,
+        order=order,
+        delta=(
+            (previous.serial, frozenset(wanted))
+            if wanted is not None
+            and previous is not None
+            and not conflicts
+            and previous.claims is not None
+            else None
+        ),
     )
 
 
 def resolve_conflicts(
     ports: list[ServicePortPlan], node_name: str, zone: str
-) -> tuple[list[ServicePortPlan], list[Problem]]:
+) -> tuple[list[ServicePortPlan], list[Problem], Claims | None]:
     """Keep every destination (IP, protocol, port) and node port owned by one service port.
 
     The API does not stop two Services from listing the same externalIP and port, and a
     state file can hold anything; a duplicate would make nftables refuse the whole
     transaction. The first service port in (namespace, name, port) order keeps it; later
-    ones lose that destination and the conflict is reported.
+    ones lose that destination and the conflict is reported. The claims are returned when
+    there was no conflict.
     """
     owner: dict[tuple[IPAddress, Protocol, int], str] = {}
     node_ports: dict[tuple[Protocol, int], str] = {}
@@ -603,7 +707,7 @@ def resolve_conflicts(
         if (externals, lbs, node_port) != (sp.external_ips, sp.load_balancer_ips, sp.node_port):
             sp = _replan_external(sp, externals, lbs, node_port, node_name, zone)
         out.append(sp)
-    return out, problems
+    return out, problems, (None if problems else Claims(owner, node_ports))
 
 
 def _replan_external(

@@ -92,6 +92,9 @@ class ClusterState:
         self._lock = threading.Lock()
         self._services: dict[Key, Service] = {}
         self._slices: dict[Key, EndpointSlice] = {}
+        self._service_slices: dict[Key, dict[Key, EndpointSlice]] = {}
+        self._slice_index: dict[Key, tuple[EndpointSlice, ...]] = {}
+        """Slices by their Service's key (what the planner groups by), kept as we go."""
         self._node: Node | None = None
         self._problems: dict[tuple[str, Key], tuple[Problem, ...]] = {}
         self._reported: dict[tuple[str, Key], str] = {}
@@ -184,6 +187,22 @@ class ClusterState:
         self._changes.services.add(key)
         return True
 
+    def _index_slice(self, key: Key, old: EndpointSlice | None, new: EndpointSlice | None) -> None:
+        for sl, present in ((old, False), (new, True)):
+            if sl is None:
+                continue
+            svc = (sl.namespace, sl.service_name)
+            group = self._service_slices.setdefault(svc, {})
+            if present:
+                group[key] = sl
+            elif new is None or (new.namespace, new.service_name) != svc:
+                group.pop(key, None)  # (an update in place keeps the slice's position)
+            if group:
+                self._slice_index[svc] = tuple(group.values())
+            else:
+                del self._service_slices[svc]
+                self._slice_index.pop(svc, None)
+
     def _handle_slice(self, event: str, obj: Mapping[str, Any]) -> bool:
         key = _key(obj)
         self._changes.endpoint_events += 1
@@ -193,6 +212,7 @@ class ClusterState:
             if old is None:
                 return False
             del self._slices[key]
+            self._index_slice(key, old, None)
             self._changes.services.add((old.namespace, old.service_name))
             return True
         sl, probs = parse_endpoint_slice(obj)
@@ -203,6 +223,7 @@ class ClusterState:
         if old == sl:
             return False
         self._slices[key] = sl
+        self._index_slice(key, old, sl)
         self._changes.services.add((sl.namespace, sl.service_name))
         if old is not None and old.service_name != sl.service_name:
             self._changes.services.add((old.namespace, old.service_name))
@@ -243,7 +264,11 @@ class ClusterState:
         """The current snapshot and problems, and the changes since the last take()."""
         with self._lock:
             snapshot = Snapshot(
-                tuple(self._services.values()), tuple(self._slices.values()), self._node
+                tuple(self._services.values()),
+                tuple(self._slices.values()),
+                self._node,
+                service_index=dict(self._services),
+                slice_index=dict(self._slice_index),
             )
             changes, self._changes = self._changes, Changes()
             problems = tuple(p for probs in self._problems.values() for p in probs)

@@ -17,10 +17,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from proxy import naming
-from proxy.model import IPFamily
+from proxy.model import IPFamily, Protocol
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
+
+PortKey = tuple[str, str, str, Protocol]
+"""A service port: namespace, Service name, port name, protocol."""
 
 TABLE = "kube-proxy"
 TABLE_COMMENT = "rules for kube-proxy"
@@ -135,11 +139,55 @@ class NftSet:
         return " ; ".join(parts) + " ;"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NftRuleset:
+    """Our table: plan-wide chains and sets (``core``), one fragment per service port,
+    and the elements of the sets service ports share (counted: two ports of one Service
+    share its ClusterIP). ``chains`` and ``sets`` are the table merged, built on first
+    use: an incremental sync only compares fragments, by identity."""
+
     family: IPFamily
-    chains: Mapping[str, NftChain]
-    sets: Mapping[str, NftSet]
+    core: _Fragment
+    fragments: Mapping[PortKey, _Fragment]
+    shared: Mapping[str, Mapping[str, int]]
+
+    @cached_property
+    def _merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
+        b = _Builder(self.family)
+        b.merge(self.core)
+        for frag in self.fragments.values():
+            b.merge(frag)
+        for set_name, counts in self.shared.items():
+            for key in counts:
+                b.element(set_name, key)
+        return b.build_parts()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NftRuleset):
+            return NotImplemented
+        return (self.family, self.chains, self._set_contents) == (
+            other.family,
+            other.chains,
+            other._set_contents,
+        )
+
+    @property
+    def _set_contents(self) -> dict[str, tuple[NftSet, frozenset[NftElement]]]:
+        """Sets compared as sets: element order is not part of the table."""
+        return {
+            n: (dataclasses.replace(s, elements=()), frozenset(s.elements))
+            for n, s in self.sets.items()
+        }
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def chains(self) -> Mapping[str, NftChain]:
+        return self._merged[0]
+
+    @property
+    def sets(self) -> Mapping[str, NftSet]:
+        return self._merged[1]
 
     @property
     def nft_family(self) -> str:
@@ -216,17 +264,19 @@ class _Builder:
             chains=tuple((n, tuple(r)) for n, r in self.chains.items()),
             sets=tuple(self.sets.values()),
             elements=tuple((n, tuple(e)) for n, e in self.elements.items() if e),
+            hooks=tuple(self.hooks.items()),
         )
 
     def merge(self, f: _Fragment) -> None:
         for name, rules in f.chains:
             self.chains[name] = rules
+        self.hooks.update(f.hooks)
         for s in f.sets:
             self.declare(s)
         for set_name, elements in f.elements:
             self.elements.setdefault(set_name, []).extend(elements)
 
-    def build(self) -> NftRuleset:
+    def build_parts(self) -> tuple[dict[str, NftChain], dict[str, NftSet]]:
         chains = {
             n: NftChain(n, tuple(rules), self.hooks.get(n)) for n, rules in self.chains.items()
         }
@@ -236,7 +286,7 @@ class _Builder:
             )
             for n, s in self.sets.items()
         }
-        return NftRuleset(self.family, chains, sets)
+        return chains, sets
 
 
 @dataclass(frozen=True)
@@ -244,9 +294,33 @@ class _Fragment:
     chains: tuple[tuple[str, tuple[str, ...]], ...]
     sets: tuple[NftSet, ...]
     elements: tuple[tuple[str, tuple[NftElement, ...]], ...]
+    hooks: tuple[tuple[str, BaseHook], ...] = ()
     cluster_ip: str = ""
     hairpins: tuple[str, ...] = ()
     """Keys of its local endpoints in the hairpin-connections set."""
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    serial: int
+    fragments: dict[PortKey, _Fragment]
+    shared: dict[str, dict[str, int]]
+    by_service: dict[tuple[str, str], tuple[tuple[PortKey, ServicePortPlan], ...]]
+
+
+def _port_key(sp: ServicePortPlan) -> PortKey:
+    return (sp.namespace, sp.name, sp.port_name, sp.protocol)
+
+
+def _count(shared: dict[str, dict[str, int]], frag: _Fragment, step: int) -> None:
+    for set_name, keys in ((CLUSTER_IPS, (frag.cluster_ip,)), (HAIRPIN_CONNECTIONS, frag.hairpins)):
+        counts = shared[set_name]
+        for key in keys:
+            n = counts.get(key, 0) + step
+            if n:
+                counts[key] = n
+            else:
+                del counts[key]
 
 
 @dataclass
@@ -256,6 +330,8 @@ class RenderCache:
 
     params: object = None
     fragments: dict[int, tuple[ServicePortPlan, _Fragment]] = field(default_factory=dict)
+    last: _Rendered | None = None
+    """The last plan rendered: a plan derived from it re-renders only its changes."""
 
     def fragment(self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None) -> _Fragment:
         hit = self.fragments.get(id(sp))
@@ -281,6 +357,7 @@ class RenderCache:
         if params != self.params:
             self.params = params
             self.fragments.clear()
+            self.last = None
 
     def keep_only(self, plan: Plan) -> None:
         live = {id(sp) for sp in plan.service_ports}
@@ -436,19 +513,55 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
 
     cache = cache if cache is not None else RenderCache()
     cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr))
-    cluster_ips: dict[str, None] = {}
-    hairpins: dict[str, None] = {}
+    last = cache.last
+    if last is not None and plan.delta is not None and plan.delta[0] == last.serial:
+        rendered = _render_delta(plan, plan.delta[1], last, cache, local_cidr)
+    else:
+        rendered = _render_all(plan, cache, local_cidr)
+    cache.last = rendered
+    return NftRuleset(fam, b.fragment(), rendered.fragments, rendered.shared)
+
+
+def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rendered:
+    fragments: dict[PortKey, _Fragment] = {}
+    shared: dict[str, dict[str, int]] = {CLUSTER_IPS: {}, HAIRPIN_CONNECTIONS: {}}
+    by_service: dict[tuple[str, str], list[tuple[PortKey, ServicePortPlan]]] = {}
     for sp in plan.service_ports:
         frag = cache.fragment(plan, sp, local_cidr)
-        b.merge(frag)
-        cluster_ips[frag.cluster_ip] = None
-        hairpins.update(dict.fromkeys(frag.hairpins))
-    for cip in cluster_ips:
-        b.element(CLUSTER_IPS, cip)
-    for key in hairpins:
-        b.element(HAIRPIN_CONNECTIONS, key)
+        key = _port_key(sp)
+        fragments[key] = frag
+        _count(shared, frag, 1)
+        by_service.setdefault((sp.namespace, sp.name), []).append((key, sp))
     cache.keep_only(plan)
-    return b.build()
+    return _Rendered(plan.serial, fragments, shared, {k: tuple(v) for k, v in by_service.items()})
+
+
+def _render_delta(
+    plan: Plan,
+    changed: frozenset[tuple[str, str]],
+    last: _Rendered,
+    cache: RenderCache,
+    local_cidr: str | None,
+) -> _Rendered:
+    """The last rendering with only ``changed`` Services rendered again (the plan says
+    nothing else differs from the plan behind ``last``)."""
+    fragments = dict(last.fragments)
+    shared = {name: dict(counts) for name, counts in last.shared.items()}
+    by_service = dict(last.by_service)
+    for svc in changed:
+        for key, sp in by_service.pop(svc, ()):
+            _count(shared, fragments.pop(key), -1)
+            cache.fragments.pop(id(sp), None)
+        ports = []
+        for sp in plan.by_service.get(svc, ()):
+            frag = cache.fragment(plan, sp, local_cidr)
+            key = _port_key(sp)
+            fragments[key] = frag
+            _count(shared, frag, 1)
+            ports.append((key, sp))
+        if ports:
+            by_service[svc] = tuple(ports)
+    return _Rendered(plan.serial, fragments, shared, by_service)
 
 
 def masquerade_rule(plan: Plan) -> str:
@@ -669,6 +782,35 @@ def _set_kind(s: NftSet) -> str:
 
 
 def incremental_text(old: NftRuleset, new: NftRuleset) -> str:
+    """One transaction turning the table from ``old`` (what we applied last) into ``new``,
+    touching only what changed (see :func:`diff_text`). Unchanged service ports share
+    their fragment objects between the two, so only the changed ones and the plan-wide
+    part are compared: the cost follows the change, not the number of services."""
+    if old.family is not new.family:
+        return diff_text(old, new)
+    changed: list[PortKey] = [k for k, f in new.fragments.items() if old.fragments.get(k) is not f]
+    changed.extend(k for k in old.fragments if k not in new.fragments)
+    if not changed and old.core is new.core and old.shared == new.shared:
+        return ""
+    touched: dict[str, dict[str, None]] = {name: {} for name in new.shared}
+    for k in changed:
+        for frag in (old.fragments.get(k), new.fragments.get(k)):
+            if frag is not None:
+                touched[CLUSTER_IPS][frag.cluster_ip] = None
+                touched[HAIRPIN_CONNECTIONS].update(dict.fromkeys(frag.hairpins))
+
+    def part(rs: NftRuleset) -> NftRuleset:
+        frags = {k: f for k in changed if (f := rs.fragments.get(k)) is not None}
+        shared = {
+            name: {key: 1 for key in touched.get(name, ()) if counts.get(key)}
+            for name, counts in rs.shared.items()
+        }
+        return NftRuleset(rs.family, rs.core, frags, shared)
+
+    return diff_text(part(old), part(new))
+
+
+def diff_text(old: NftRuleset, new: NftRuleset) -> str:
     """One transaction turning the table from ``old`` (what we applied last) into ``new``,
     touching only what changed: new/changed chains are (re)filled, map and set elements
     are added and deleted one by one, removed chains and sets are deleted. Empty when

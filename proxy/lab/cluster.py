@@ -41,6 +41,9 @@ CLUSTER_CIDR = "10.244.0.0/16"
 MANIFEST = Path(__file__).resolve().parents[2] / "daemonset.yaml"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
 SERVICE_ACCOUNT = ("kube-system", "kube-proxy-py")
+UPSTREAM_SERVICE_ACCOUNT = ("kube-system", "kube-proxy-upstream")
+UPSTREAM_CLUSTER_ROLE = "system:node-proxier"
+"""The bootstrap ClusterRole upstream kube-proxy runs with (the API server creates it)."""
 NODE_CAPACITY = {"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "20Gi"}
 
 
@@ -135,6 +138,7 @@ class LabCluster:
         self.cp: ControlPlane | None = None
         self.agents: dict[str, Agent] = {}
         self.agent_kubeconfig: Path | None = None
+        self.upstream_kubeconfig: Path | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> LabCluster:
@@ -277,6 +281,47 @@ class LabCluster:
         process = self.topo.popen(node, argv, stdout=out, stderr=subprocess.STDOUT)
         out.close()
         agent = Agent(node, mode, process, log_path, argv)
+        self.agents[node] = agent
+        return agent
+
+    def start_upstream_agent(self, node: str, mode: str, *extra: str) -> Agent:
+        """Upstream ``kube-proxy`` (built by ``lab build``) in ``node``'s namespace, with a
+        ServiceAccount bound to ``system:node-proxier`` and the same flags kube-proxy-py
+        gets from :meth:`start_agent`; tracked in :attr:`agents` like ours."""
+        if node in self.agents and self.agents[node].alive():
+            raise RuntimeError(f"an agent already runs on {node}")
+        if self.upstream_kubeconfig is None:
+            ns, sa = UPSTREAM_SERVICE_ACCOUNT
+            self.apply(
+                {"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": sa, "namespace": ns}},
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": sa},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                "kind": "ClusterRole", "name": UPSTREAM_CLUSTER_ROLE},
+                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+                },
+            )  # fmt: skip
+            token = self.control_plane.service_account_token(ns, sa, expiration_seconds=24 * 3600)
+            self.upstream_kubeconfig = self.control_plane.token_kubeconfig(sa, token)
+        argv = (
+            str(self.bin_dir / "kube-proxy"),
+            f"--kubeconfig={self.upstream_kubeconfig}",
+            f"--hostname-override={node}",
+            f"--proxy-mode={mode}",
+            f"--cluster-cidr={CLUSTER_CIDR}",
+            # The conntrack table size is host-wide (hashsize in /sys): leave it alone.
+            "--conntrack-max-per-core=0",
+            "--v=2",
+            *extra,
+        )
+        log_path = self.workdir / f"upstream-{node}-{len(self.agents)}-{time.monotonic_ns()}.log"
+        out = log_path.open("w")
+        process = self.topo.popen(node, argv, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        agent = Agent(node, f"upstream-{mode}", process, log_path, argv)
         self.agents[node] = agent
         return agent
 

@@ -105,3 +105,40 @@ def test_trigger_time_parsing() -> None:
         "2026-11-23T03:00:00+00:00"
     )
     assert parse_trigger_time("yesterday") is None and parse_trigger_time(None) is None
+
+
+def test_slice_index_follows_adds_moves_and_deletes() -> None:
+    """The snapshot's slices-by-Service index always equals grouping its slices."""
+
+    def grouped(snap: object) -> dict[tuple[str, str], tuple[object, ...]]:
+        out: dict[tuple[str, str], list[object]] = {}
+        for sl in snap.slices:  # type: ignore[attr-defined]
+            out.setdefault((sl.namespace, sl.service_name), []).append(sl)
+        return {k: tuple(v) for k, v in out.items()}
+
+    st = ClusterState("node-a")
+    a1 = m.endpoint_slice("a", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")], name="a-1")
+    a2 = m.endpoint_slice("a", [m.EP("10.244.1.6", "node-a")], [("", 80, "TCP")], name="a-2")
+    for sl in (a1, a2):
+        st.handle("EndpointSlice", "ADDED", sl)
+    snap = st.take()[0]
+    assert snap.slice_index == grouped(snap) and len(snap.slice_index[("default", "a")]) == 2
+    # an update in place keeps the order; a slice moving to another Service moves
+    changed = copy.deepcopy(a1)
+    changed["endpoints"][0]["addresses"] = ["10.244.1.7"]
+    st.handle("EndpointSlice", "MODIFIED", changed)
+    snap = st.take()[0]
+    assert snap.slice_index == grouped(snap)
+    assert [sl.name for sl in snap.slice_index[("default", "a")]] == ["a-1", "a-2"]
+    moved = copy.deepcopy(a2)
+    moved["metadata"]["labels"]["kubernetes.io/service-name"] = "b"
+    st.handle("EndpointSlice", "MODIFIED", moved)
+    snap, changes, _ = st.take()
+    assert snap.slice_index == grouped(snap) and changes.services == {
+        ("default", "a"),
+        ("default", "b"),
+    }
+    st.handle("EndpointSlice", "DELETED", a1)
+    st.handle("EndpointSlice", "DELETED", moved)
+    snap = st.take()[0]
+    assert snap.slice_index == {} and snap.service_index == {}
