@@ -33,6 +33,11 @@ class KernelError(RuntimeError):
         return lines[n - 1] if 0 < n <= len(lines) else None
 
 
+BASE_TIMEOUT = 120.0
+TIMEOUT_BYTES_PER_SECOND = 20_000.0
+"""Extra second of timeout per this many bytes of input (a slow restore rate)."""
+
+
 @dataclass(frozen=True)
 class Runner:
     """Runs a tool in the current network namespace, or in ``netns`` via ``ip netns exec``."""
@@ -50,12 +55,20 @@ class Runner:
         *,
         stdin: str | None = None,
         check: bool = True,
-        timeout: float = 120,
+        timeout: float | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd``; a failure or a timeout raises :class:`KernelError`. The default
+        timeout grows with the input: restoring 10,000 services through iptables-nft
+        takes minutes on a small machine."""
         full = self.argv(cmd)
-        proc = subprocess.run(
-            full, input=stdin, capture_output=True, text=True, check=False, timeout=timeout
-        )
+        if timeout is None:
+            timeout = BASE_TIMEOUT + len(stdin or "") / TIMEOUT_BYTES_PER_SECOND
+        try:
+            proc = subprocess.run(
+                full, input=stdin, capture_output=True, text=True, check=False, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise KernelError(cmd, -1, f"timed out after {timeout:.0f}s", stdin or "") from exc
         if check and proc.returncode != 0:
             raise KernelError(cmd, proc.returncode, proc.stderr, stdin or "")
         return proc
