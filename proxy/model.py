@@ -422,8 +422,6 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
             f"labelled {SERVICE_PROXY_NAME_LABEL}={labels[SERVICE_PROXY_NAME_LABEL]} "
             "(handled by another proxy)"
         )
-    elif HEADLESS_LABEL in labels:
-        skip_reason = f"labelled {HEADLESS_LABEL}"
 
     cluster_ips: tuple[IPAddress, ...] = ()
     ports: tuple[ServicePort, ...] = ()
@@ -614,7 +612,8 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> tuple[EndpointSlice | None, 
                 addrs.append(ip)
             conds = _mapping(raw.get("conditions"), f"{path}.conditions", c)
             ready = _condition(conds, "ready", True, c, f"{path}.conditions")
-            serving = _condition(conds, "serving", ready, c, f"{path}.conditions")
+            # unset serving means true (the API's rule, and upstream's), not "as ready"
+            serving = _condition(conds, "serving", True, c, f"{path}.conditions")
             terminating = _condition(conds, "terminating", False, c, f"{path}.conditions")
             hints = _mapping(raw.get("hints"), f"{path}.hints", c)
             node_name = raw.get("nodeName")

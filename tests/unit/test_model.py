@@ -142,10 +142,6 @@ def test_invalid_service_is_reported_with_field(mutate, field: str, fragment: st
             ),
             "another proxy",
         ),
-        (
-            lambda s: s["metadata"]["labels"].update({"service.kubernetes.io/headless": ""}),
-            "service.kubernetes.io/headless",
-        ),
     ],
 )
 def test_skipped_services_carry_a_reason(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -239,3 +235,21 @@ def test_garbage_never_raises(garbage: object) -> None:
         obj = garbage if isinstance(garbage, dict) else {"metadata": garbage}
         result, problems = parse(obj)
         assert result is None and problems
+
+
+def test_the_headless_label_does_not_skip_a_service() -> None:
+    """Upstream filters only EndpointSlices by service.kubernetes.io/headless; a Service
+    with a ClusterIP and that label is proxied (found by the differential test)."""
+    obj = m.service("web", "10.96.0.10", [m.Port(80)])
+    obj["metadata"]["labels"]["service.kubernetes.io/headless"] = ""
+    svc, problems = parse_service(obj)
+    assert problems == [] and svc is not None and svc.skip_reason is None
+
+
+def test_unset_serving_means_serving_even_when_not_ready() -> None:
+    obj = m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")])
+    obj["endpoints"][0]["conditions"] = {"ready": False, "terminating": True}
+    sl, problems = parse_endpoint_slice(obj)
+    assert problems == [] and sl is not None
+    ep = sl.endpoints[0]
+    assert (ep.ready, ep.serving, ep.terminating) == (False, True, True)

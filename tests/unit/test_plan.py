@@ -288,3 +288,19 @@ def test_overlapping_source_ranges_are_merged() -> None:
     )
     sp = make_plan(svc, web_slice(m.EP("10.244.1.5", NODE))).service_port("default", "web", "http")
     assert [str(s) for s in sp.firewall_allowed_sources] == ["10.0.0.0/8"]
+
+
+def test_a_reused_pod_ip_goes_by_the_new_pods_conditions() -> None:
+    """The same ip:port in two slices: a non-terminating copy wins over a terminating one
+    even when it is not ready (upstream; found by the differential test)."""
+    old_pod = m.EP("10.244.1.5", NODE, ready=False, serving=True, terminating=True)
+    new_pod = m.EP("10.244.1.5", NODE, ready=False)
+    other = m.EP("10.244.2.5", "node-b", ready=False, serving=True, terminating=True)
+    for order in ((old_pod, new_pod), (new_pod, old_pod)):
+        p = make_plan(
+            web(), web_slice(order[0], other, name="web-1"), web_slice(order[1], name="web-2")
+        )
+        sp = p.service_port("default", "web", "http")
+        # the reused IP counts as not ready and not terminating: only the other
+        # (serving, terminating) endpoint is the fallback
+        assert ips(sp.cluster_endpoints) == ["10.244.2.5"], order

@@ -1,0 +1,1154 @@
+"""Differential tests: kube-proxy-py and upstream kube-proxy, probe for probe.
+
+One real API server feeds two node namespaces of a mirror topology: ``node-a`` runs
+kube-proxy-py, ``node-b`` runs upstream kube-proxy (the same v1.37.2 the lab builds), both
+with the same flags, in iptables mode and then in nftables mode (a fresh cluster each).
+
+    outside-a ── node-a (kube-proxy-py) ── a1 a2 (serve TCP+UDP 80)  a3 (client)
+                     │ LAN │
+    outside-b ── node-b (upstream)      ── b1 b2 (serve TCP+UDP 80)  b3 (client)
+
+Every scenario (the probe scenarios of tests/netns/test_scenarios.py) is written through
+the API twice, once per side, each the mirror image of the other: selectorless Services
+with hand-written EndpointSlices whose "near" endpoints are on the probing side's node
+and "far" ones on the other node (node-a is in zone z1, node-b in z2). The same probes
+are sent from the a-side through node-a and from the b-side through node-b; the b-side's
+observations are translated across the mirror (b1→a1, node-b→node-a, outside-b→outside-a,
+the b-side Service addresses to the a-side ones) and must equal the a-side's: the set of
+endpoints reached, the source address the endpoint saw (masquerade or not), and for
+unanswered probes how they failed (ICMP type/code and sender, RST, timeout or EPERM).
+
+A difference is a failure unless it is one of the INTENDED_DIFFERENCES below, each
+documented with its reason in docs/differences.md; a listed difference that no longer
+shows up fails too, so the list stays true.
+
+No sleeps: after a scenario's objects are written, a sentinel Service and EndpointSlice
+are written last and both nodes are probed until they serve the sentinel's new port with
+its new endpoint. Watches are ordered per resource type, so both agents have then
+programmed everything written before it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy import manifests as m
+from proxy.harness import (
+    ClientSpec,
+    NodeSpec,
+    Outcome,
+    PodSpec,
+    Prober,
+    ProbeResult,
+    TopologySpec,
+)
+from proxy.lab.cluster import Agent, LabCluster, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.netns]
+
+JSON = dict[str, Any]
+MODES = ("iptables", "nftables")
+AGENT_FLAGS = ("--iptables-min-sync-period=0s",)
+"""The same flags for both implementations (the lab adds --hostname-override,
+--proxy-mode and --cluster-cidr=10.244.0.0/16): sync at once after every change."""
+
+QUICK = 0.5
+"""First timeout of a probe; an unanswered one is retried with CONFIRM before it counts."""
+CONFIRM = 1.5
+"""Long enough for one TCP SYN retransmission (after 1 s): see tests/netns/test_scenarios.py."""
+ANSWER = 3.0
+"""Timeout of the repeated probes that follow an answered one."""
+RETRIES = 2
+"""Extra rounds for a repeated probe whose endpoint sets differ (random spread)."""
+REPO = Path(__file__).resolve().parents[2]
+DIFFERENCES_DOC = REPO / "docs" / "differences.md"
+
+
+# ---------------------------------------------------------------------------------------
+# the mirror topology
+
+
+@dataclass(frozen=True)
+class Side:
+    """One half of the mirror: a node, its pods and its outside client."""
+
+    key: str
+    index: int
+    node: str
+    node_ip: str
+    outside: str
+    outside_ip: str
+    zone: str
+    implementation: str
+
+    def pod(self, n: int) -> str:
+        return f"{self.key}{n}"
+
+    def pod_ip(self, n: int) -> str:
+        return f"10.244.{self.index + 1}.{10 + n}"
+
+
+A = Side("a", 0, "node-a", "192.168.50.11", "outside-a", "192.168.50.100", "z1", "kube-proxy-py")
+B = Side("b", 1, "node-b", "192.168.50.12", "outside-b", "192.168.50.101", "z2", "upstream")
+SIDES = (A, B)
+OTHER = {A.key: B, B.key: A}
+SERVING = (1, 2)
+"""Pods n=1, 2 of each side serve TCP and UDP port 80; pod 3 is a client."""
+CLIENT = 3
+SERVICE_CIDR = "10.96.0.0/16"
+ROUTED_TO_NODE = (SERVICE_CIDR, "203.0.113.0/24", "198.51.100.0/24")
+"""What each outside client routes via its own node: ClusterIPs, ExternalIPs, LB IPs."""
+
+SPEC = TopologySpec(
+    nodes=tuple(NodeSpec(s.node, s.node_ip, f"10.244.{s.index + 1}.0/24") for s in SIDES),
+    pods=tuple(
+        PodSpec(s.pod(n), s.node, s.pod_ip(n))
+        if n in SERVING
+        else PodSpec(s.pod(n), s.node, s.pod_ip(n), tcp_ports=(), udp_ports=())
+        for s in SIDES
+        for n in (*SERVING, CLIENT)
+    ),
+    clients=tuple(ClientSpec(s.outside, s.outside_ip) for s in SIDES),
+)
+ZONES = {s.node: s.zone for s in SIDES}
+POD_SIDE = {s.pod(n): s for s in SIDES for n in (*SERVING, CLIENT)}
+
+
+def _static_mirror() -> dict[str, str]:
+    pairs: list[tuple[str, str]] = [
+        (A.node, B.node),
+        (A.node_ip, B.node_ip),
+        (A.outside, B.outside),
+        (A.outside_ip, B.outside_ip),
+        (A.zone, B.zone),
+    ]
+    for n in (*SERVING, CLIENT):
+        pairs += [(A.pod(n), B.pod(n)), (A.pod_ip(n), B.pod_ip(n))]
+    table: dict[str, str] = {}
+    for a, b in pairs:
+        table[a], table[b] = b, a
+    return table
+
+
+MIRROR = _static_mirror()
+"""a-side word ↔ b-side word (an involution); scenario addresses are added as built."""
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
+
+
+def mirror(text: str) -> str:
+    """``text`` with every known name or address replaced by its mirror image."""
+    if text in MIRROR:
+        return MIRROR[text]
+    return _IPV4.sub(lambda match: MIRROR.get(match.group(0), match.group(0)), text)
+
+
+# ---------------------------------------------------------------------------------------
+# scenarios: objects and probes as seen from one side
+
+
+@dataclass(frozen=True)
+class Probe:
+    """``count`` probes of one kind; ``pinned``: compare how many endpoints answered
+    (session affinity picks one at random), not which."""
+
+    label: str
+    src: str
+    kind: str  # tcp | udp | ping | http
+    dst: str
+    port: int = 80
+    count: int = 1
+    pinned: bool = False
+
+
+@dataclass
+class Ctx:
+    """Names and addresses of scenario number ``number`` for one side of the mirror."""
+
+    number: int
+    side: Side
+    objects: list[JSON] = field(default_factory=list)
+    """What is written first (created or replaced)."""
+    later: list[list[JSON]] = field(default_factory=list)
+    """Further stages, each written once both agents handled the one before."""
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[list[JSON]]:
+        return [self.objects, *self.later]
+
+    # -- who -------------------------------------------------------------------------------
+    @property
+    def far_side(self) -> Side:
+        return OTHER[self.side.key]
+
+    @property
+    def node(self) -> str:
+        return self.side.node
+
+    @property
+    def node_ip(self) -> str:
+        return self.side.node_ip
+
+    @property
+    def outside(self) -> str:
+        return self.side.outside
+
+    @property
+    def outside_ip(self) -> str:
+        return self.side.outside_ip
+
+    def near(self, n: int) -> str:
+        return self.side.pod(n)
+
+    def far(self, n: int) -> str:
+        return self.far_side.pod(n)
+
+    @property
+    def client(self) -> str:
+        return self.side.pod(CLIENT)
+
+    # -- addresses (both sides' values are registered in MIRROR) ---------------------------
+    def _pair(self, a: str, b: str) -> str:
+        MIRROR[a], MIRROR[b] = b, a
+        return (a, b)[self.side.index]
+
+    def cip(self, j: int = 0) -> str:
+        return self._pair(f"10.96.{self.number}.{10 + 2 * j}", f"10.96.{self.number}.{11 + 2 * j}")
+
+    def _last_octet(self, j: int) -> int:
+        assert 0 <= j < 6 and self.number < 21, "out of ExternalIP / LB IP addresses"
+        return 12 * self.number + 2 * j
+
+    def eip(self, j: int = 0) -> str:
+        last = self._last_octet(j)
+        return self._pair(f"203.0.113.{last}", f"203.0.113.{last + 1}")
+
+    def lb_ip(self, j: int = 0) -> str:
+        last = self._last_octet(j)
+        return self._pair(f"198.51.100.{last}", f"198.51.100.{last + 1}")
+
+    def _port(self, base: int) -> int:
+        assert self.number < 24, "node ports would run into health check node ports"
+        return int(self._pair(str(base), str(base + 1)))
+
+    def node_port(self, j: int = 0, protocol: str = "TCP") -> int:
+        """Unique per scenario, service (j < 10), protocol and side (30040-30999)."""
+        return self._port(30000 + 40 * self.number + 2 * j + (20 if protocol == "UDP" else 0))
+
+    def hc_port(self, j: int = 0) -> int:
+        """Unique per scenario, service (j < 20) and side (31040-31999)."""
+        return self._port(31000 + 40 * self.number + 2 * j)
+
+    def name(self, base: str) -> str:
+        """A Service's name; its EndpointSlice is named ``<name>-abc12``."""
+        a, b = f"{base}-{self.number}-a", f"{base}-{self.number}-b"
+        self._pair(f"{a}-abc12", f"{b}-abc12")
+        return self._pair(a, b)
+
+    # -- objects ---------------------------------------------------------------------------
+    def ep(self, pod: str, **kw: Any) -> m.EP:
+        side = POD_SIDE[pod]
+        kw.setdefault("zone", side.zone)
+        return m.EP(side.pod_ip(int(pod[1:])), node=side.node, **kw)
+
+    def web(
+        self,
+        base: str,
+        endpoints: Sequence[m.EP] | None,
+        *,
+        j: int = 0,
+        protocols: Sequence[str] = ("TCP", "UDP"),
+        node_port: bool = False,
+        cluster_ip: str | None = None,
+        **kw: Any,
+    ) -> str:
+        """A Service with port 80 per protocol (cluster IP ``cip(j)``, node ports
+        ``node_port(j, protocol)``) and, unless ``endpoints`` is None, its EndpointSlice;
+        the Service's name."""
+        name = self.name(base)
+        ports = [
+            m.Port(80, p.lower(), p, node_port=self.node_port(j, p) if node_port else None)
+            for p in protocols
+        ]
+        if node_port and "type" not in kw:
+            kw["type"] = "NodePort"
+        cip = self.cip(j) if cluster_ip is None else cluster_ip
+        self.objects.append(m.service(name, cip, ports, **kw))
+        if endpoints is not None:
+            slice_ports = [(p.lower(), 80, p) for p in protocols]
+            self.objects.append(m.endpoint_slice(name, endpoints, slice_ports))
+        return name
+
+    def probe(
+        self,
+        label: str,
+        src: str,
+        kind: str,
+        dst: str,
+        port: int = 80,
+        count: int = 1,
+        *,
+        pinned: bool = False,
+    ) -> None:
+        self.probes.append(Probe(label, src, kind, dst, port, count, pinned))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    summary: str
+    build: Callable[[Ctx], None]
+
+
+SCENARIOS: list[Scenario] = []
+
+
+def scenario(id: str, summary: str) -> Callable[[Callable[[Ctx], None]], Callable[[Ctx], None]]:
+    def register(build: Callable[[Ctx], None]) -> Callable[[Ctx], None]:
+        SCENARIOS.append(Scenario(id, summary, build))
+        return build
+
+    return register
+
+
+def number_of(scen: Scenario) -> int:
+    return SCENARIOS.index(scen) + 1
+
+
+def built(scen: Scenario, side: Side) -> Ctx:
+    ctx = Ctx(number_of(scen), side)
+    scen.build(ctx)
+    return ctx
+
+
+@scenario("cluster-ip", "ClusterIP from a pod, the node and outside; unknown port; ping")
+def _cluster_ip(c: Ctx) -> None:
+    c.web("web", [c.ep(c.near(1)), c.ep(c.near(2)), c.ep(c.far(1)), c.ep(c.far(2))])
+    cip = c.cip()
+    c.probe("pod tcp", c.client, "tcp", cip, count=40)
+    c.probe("pod udp", c.client, "udp", cip, count=24)
+    c.probe("node tcp", c.node, "tcp", cip, count=24)
+    c.probe("node udp", c.node, "udp", cip, count=12)
+    c.probe("outside tcp", c.outside, "tcp", cip, count=24)
+    c.probe("outside udp", c.outside, "udp", cip, count=12)
+    c.probe("pod tcp unknown port", c.client, "tcp", cip, 81)
+    c.probe("pod udp unknown port", c.client, "udp", cip, 81)
+    c.probe("pod ping", c.client, "ping", cip)
+    c.probe("node tcp unknown port", c.node, "tcp", cip, 81)
+    c.probe("outside tcp unknown port", c.outside, "tcp", cip, 81)
+    c.probe("outside ping", c.outside, "ping", cip)
+
+
+@scenario("hairpin", "a pod reaching itself through its Service (ClusterIP and NodePort)")
+def _hairpin(c: Ctx) -> None:
+    c.web("self", [c.ep(c.near(1))], node_port=True)
+    c.probe("hairpin tcp", c.near(1), "tcp", c.cip(), count=5)
+    c.probe("hairpin udp", c.near(1), "udp", c.cip(), count=3)
+    c.probe("hairpin node port tcp", c.near(1), "tcp", c.node_ip, c.node_port(), count=5)
+
+
+@scenario("session-affinity", "sessionAffinity ClientIP pins each client to one endpoint")
+def _affinity(c: Ctx) -> None:
+    endpoints = [c.ep(c.near(1)), c.ep(c.near(2)), c.ep(c.far(1)), c.ep(c.far(2))]
+    c.web("sticky", endpoints, node_port=True, affinity_seconds=600)
+    cip = c.cip()
+    c.probe("pod tcp", c.client, "tcp", cip, count=30, pinned=True)
+    c.probe("pod udp", c.client, "udp", cip, count=10, pinned=True)
+    c.probe("node tcp", c.node, "tcp", cip, count=10, pinned=True)
+    c.probe("outside node port tcp", c.outside, "tcp", c.node_ip, c.node_port(), 20, pinned=True)
+
+
+@scenario("target-ports", "named and numeric targetPorts, unmatched slice ports, one protocol")
+def _target_ports(c: Ctx) -> None:
+    named = c.name("named")
+    c.objects += [
+        m.service(named, c.cip(0), [m.Port(8000, "web", "TCP", target_port="http")]),
+        m.endpoint_slice(named, [c.ep(c.far(2)), c.ep(c.near(1))], [("web", 80, "TCP")]),
+    ]
+    numeric = c.name("numeric")
+    c.objects += [
+        m.service(numeric, c.cip(1), [m.Port(8080, "tcp", "TCP", target_port=80)]),
+        m.endpoint_slice(numeric, [c.ep(c.near(2)), c.ep(c.far(2))], [("tcp", 80, "TCP")]),
+    ]
+    unmatched = c.name("unmatched")
+    c.objects += [
+        m.service(unmatched, c.cip(2), [m.Port(80, "tcp", "TCP")]),
+        m.endpoint_slice(unmatched, [c.ep(c.near(1))], [("other", 80, "TCP")]),
+    ]
+    c.web("udp-only", [c.ep(c.near(1)), c.ep(c.far(1))], j=3, protocols=("UDP",))
+    multi = c.name("multi")
+    c.objects += [  # two ports; the slice only has endpoints for the first
+        m.service(multi, c.cip(4), [m.Port(80, "web", "TCP"), m.Port(81, "other", "TCP")]),
+        m.endpoint_slice(multi, [c.ep(c.near(2)), c.ep(c.far(1))], [("web", 80, "TCP")]),
+    ]
+    c.probe("named target port", c.client, "tcp", c.cip(0), 8000, count=20)
+    c.probe("numeric target port", c.client, "tcp", c.cip(1), 8080, count=20)
+    c.probe("service port number, not target port", c.client, "tcp", c.cip(1), 80)
+    c.probe("slice port name unmatched", c.client, "tcp", c.cip(2))
+    c.probe("udp-only service udp", c.client, "udp", c.cip(3), count=12)
+    c.probe("udp-only service tcp", c.client, "tcp", c.cip(3))
+    c.probe("multi-port: port with endpoints", c.client, "tcp", c.cip(4), 80, count=20)
+    c.probe("multi-port: port without endpoints", c.client, "tcp", c.cip(4), 81)
+
+
+@scenario("no-endpoints", "REJECT for ClusterIP, NodePort, ExternalIP and LB IP without endpoints")
+def _no_endpoints(c: Ctx) -> None:
+    c.web(
+        "empty",
+        [],
+        node_port=True,
+        type="LoadBalancer",
+        external_ips=[c.eip()],
+        lb_ips=[c.lb_ip()],
+    )
+    c.web("sliceless", None, j=1)
+    cip = c.cip()
+    c.probe("pod tcp", c.client, "tcp", cip)
+    c.probe("pod udp", c.client, "udp", cip)
+    c.probe("node tcp", c.node, "tcp", cip)
+    c.probe("node udp", c.node, "udp", cip)
+    c.probe("outside node port tcp", c.outside, "tcp", c.node_ip, c.node_port())
+    c.probe("outside node port udp", c.outside, "udp", c.node_ip, c.node_port(0, "UDP"))
+    c.probe("pod node port tcp", c.client, "tcp", c.node_ip, c.node_port())
+    c.probe("node node port tcp", c.node, "tcp", c.node_ip, c.node_port())
+    c.probe("outside external ip tcp", c.outside, "tcp", c.eip())
+    c.probe("outside external ip udp", c.outside, "udp", c.eip())
+    c.probe("outside lb ip tcp", c.outside, "tcp", c.lb_ip())
+    c.probe("pod lb ip tcp", c.client, "tcp", c.lb_ip())
+    c.probe("no slice at all tcp", c.client, "tcp", c.cip(1))
+
+
+@scenario("endpoint-conditions", "not-ready endpoints are not used; unset conditions mean ready")
+def _conditions(c: Ctx) -> None:
+    down = {"ready": False, "serving": False, "terminating": False}
+    c.web("down", [c.ep(c.near(1), **down), c.ep(c.far(1), **down)])
+    unset = [m.EP(c.ep(c.near(1)).ip, node=c.node, extra={"conditions": {}})]
+    c.web("unset", [*unset, c.ep(c.far(2), **down)], j=1)
+    c.probe("not ready tcp", c.client, "tcp", c.cip(0))
+    c.probe("not ready udp", c.client, "udp", c.cip(0))
+    c.probe("conditions unset tcp", c.client, "tcp", c.cip(1), count=10)
+
+
+@scenario("slice-edge-cases", "one endpoint in two slices, per-slice ports, odd conditions")
+def _slice_edge_cases(c: Ctx) -> None:
+    gone = {"ready": False, "serving": False, "terminating": True}
+    term = {"ready": False, "serving": True, "terminating": True}
+    tcp = [("tcp", 80, "TCP")]
+    dup = c.name("dup")
+    c.objects += [  # a terminating copy of a ready endpoint in a second slice loses
+        m.service(dup, c.cip(0), [m.Port(80, "tcp", "TCP")]),
+        m.endpoint_slice(dup, [c.ep(c.near(1))], tcp),
+        m.endpoint_slice(dup, [c.ep(c.near(1), **gone), c.ep(c.far(1), **term)], tcp,
+                         name=c.name("dup-z")),
+    ]  # fmt: skip
+    reused = c.name("reused")
+    c.objects += [  # a reused pod IP: the new pod's copy wins over the terminating one's
+        m.service(reused, c.cip(7), [m.Port(80, "tcp", "TCP")]),
+        m.endpoint_slice(reused, [c.ep(c.near(2), **term)], tcp),
+        m.endpoint_slice(reused, [c.ep(c.near(2), ready=False, serving=False)], tcp,
+                         name=c.name("reused-2")),
+    ]  # fmt: skip
+    ports = c.name("ports")
+    c.objects += [  # the same port name with another number in another slice
+        m.service(ports, c.cip(1), [m.Port(80, "tcp", "TCP")]),
+        m.endpoint_slice(ports, [c.ep(c.near(1))], tcp),
+        m.endpoint_slice(ports, [c.ep(c.far(1))], [("tcp", 81, "TCP")], name=c.name("ports-2")),
+    ]
+    fqdn = c.name("fqdn")
+    c.objects += [  # an FQDN slice next to an IPv4 one
+        m.service(fqdn, c.cip(2), [m.Port(80, "tcp", "TCP")]),
+        m.endpoint_slice(fqdn, [c.ep(c.far(1))], tcp),
+        m.endpoint_slice(fqdn, [m.EP("db.example.com")], tcp, name=c.name("fqdn-2"),
+                         address_type="FQDN"),
+    ]  # fmt: skip
+    two = [c.ep(c.near(1)).ip, c.ep(c.near(2)).ip]
+    c.web("two-addresses", [m.EP(two[0], node=c.node, extra={"addresses": two})], j=3)
+    serving_unset = {"conditions": {"ready": False, "terminating": True}}
+    c.web("serving-unset", [m.EP(two[0], node=c.node, extra=serving_unset)], j=4)
+    c.web("ready-terminating", [c.ep(c.near(1), terminating=True), c.ep(c.far(1), **term)], j=5)
+    c.web("serving-not-ready", [c.ep(c.near(1), ready=False, serving=True)], j=6)
+    c.probe("ready copy wins over terminating copy", c.client, "tcp", c.cip(0), count=20)
+    c.probe("not-ready copy wins over serving-terminating copy", c.client, "tcp", c.cip(7))
+    c.probe("per-slice port numbers", c.client, "tcp", c.cip(1), count=30)
+    c.probe("fqdn slice ignored", c.client, "tcp", c.cip(2), count=5)
+    c.probe("first address of an endpoint", c.client, "tcp", c.cip(3), count=20)
+    c.probe("serving unset means serving", c.client, "tcp", c.cip(4), count=5)
+    c.probe("ready and terminating is ready", c.client, "tcp", c.cip(5), count=20)
+    c.probe("serving but not ready nor terminating", c.client, "tcp", c.cip(6))
+
+
+@scenario("policy-combinations", "traffic policies with terminating endpoints and topology")
+def _policy_combinations(c: Ctx) -> None:
+    term = {"ready": False, "serving": True, "terminating": True}
+    c.web("itp-terminating", [c.ep(c.near(1), **term), c.ep(c.far(1))], j=0,
+          internal_policy="Local")  # fmt: skip
+    near_zone, far_zone = c.side.zone, c.far_side.zone
+    hinted = [
+        c.ep(c.near(1), zone_hints=(near_zone,)),
+        c.ep(c.near(2), zone_hints=(far_zone,)),
+        c.ep(c.far(1), zone_hints=(far_zone,)),
+    ]
+    c.web("etp-hints", hinted, j=1, node_port=True, external_policy="Local")
+    c.web("etp-ranges", [c.ep(c.near(1)), c.ep(c.far(1))], j=2, node_port=True,
+          type="LoadBalancer", external_policy="Local", lb_ips=[c.lb_ip(2)],
+          source_ranges=[f"{c.outside_ip}/32"], health_check_node_port=c.hc_port(2))  # fmt: skip
+    c.web("affinity-local", [c.ep(c.near(1)), c.ep(c.near(2)), c.ep(c.far(1))], j=3,
+          node_port=True, external_policy="Local", affinity_seconds=300)  # fmt: skip
+    c.probe("iTP Local: local terminating endpoint", c.client, "tcp", c.cip(0), count=10)
+    c.probe("iTP Local: node, local terminating endpoint", c.node, "tcp", c.cip(0), count=10)
+    c.probe("eTP Local + hints: pod via cluster ip", c.client, "tcp", c.cip(1), count=20)
+    c.probe("eTP Local + hints: outside via node port", c.outside, "tcp",
+            c.node_ip, c.node_port(1), count=30)  # fmt: skip
+    c.probe("eTP Local + hints: pod via node port", c.client, "tcp",
+            c.node_ip, c.node_port(1), count=30)  # fmt: skip
+    c.probe("eTP Local + source range: outside", c.outside, "tcp", c.lb_ip(2), count=10)
+    c.probe("eTP Local + source range: pod", c.client, "tcp", c.lb_ip(2))
+    c.probe("affinity + eTP Local: outside", c.outside, "tcp",
+            c.node_ip, c.node_port(3), count=10, pinned=True)  # fmt: skip
+    c.probe("affinity + eTP Local: pod", c.client, "tcp", c.cip(3), count=10, pinned=True)
+
+
+@scenario("internal-local", "internalTrafficPolicy Local: local endpoints only, else DROP")
+def _internal_local(c: Ctx) -> None:
+    c.web(
+        "itp",
+        [c.ep(c.near(1)), c.ep(c.far(1)), c.ep(c.far(2))],
+        node_port=True,
+        internal_policy="Local",
+    )
+    c.web("itp-remote", [c.ep(c.far(1)), c.ep(c.far(2))], j=1, internal_policy="Local")
+    c.web("itp-none", [], j=2, internal_policy="Local")
+    c.probe("pod tcp", c.client, "tcp", c.cip(0), count=20)
+    c.probe("node tcp", c.node, "tcp", c.cip(0), count=10)
+    c.probe("outside node port tcp (external: all endpoints)", c.outside, "tcp",
+            c.node_ip, c.node_port(), count=30)  # fmt: skip
+    c.probe("pod node port tcp (external: all endpoints)", c.client, "tcp",
+            c.node_ip, c.node_port(), count=30)  # fmt: skip
+    c.probe("only remote endpoints pod tcp", c.client, "tcp", c.cip(1))
+    c.probe("only remote endpoints pod udp", c.client, "udp", c.cip(1))
+    c.probe("only remote endpoints node tcp", c.node, "tcp", c.cip(1))
+    c.probe("no endpoints pod tcp", c.client, "tcp", c.cip(2))
+
+
+@scenario("topology", "topology hints (zones, nodes) and when they are ignored")
+def _topology(c: Ctx) -> None:
+    near_zone, far_zone = c.side.zone, c.far_side.zone
+    hinted = [
+        c.ep(c.near(1), zone_hints=(near_zone,)),
+        c.ep(c.far(1), zone_hints=(far_zone,)),
+    ]
+    c.web("zones", hinted, j=0)
+    c.web("partly-hinted", [*hinted, c.ep(c.far(2))], j=1)
+    c.web(
+        "other-zone",
+        [c.ep(c.near(1), zone_hints=(far_zone,)), c.ep(c.far(1), zone_hints=(far_zone,))],
+        j=2,
+    )
+    node_hinted = [
+        c.ep(c.near(2), zone_hints=(near_zone,), node_hints=(c.node,)),
+        c.ep(c.near(1), zone_hints=(near_zone,), node_hints=(c.far_side.node,)),
+        c.ep(c.far(1), zone_hints=(far_zone,), node_hints=(c.far_side.node,)),
+    ]
+    c.web("nodes", node_hinted, j=3)
+    c.probe("zone hints", c.client, "tcp", c.cip(0), count=20)
+    c.probe("one endpoint without hints", c.client, "tcp", c.cip(1), count=40)
+    c.probe("no hint for this zone", c.client, "tcp", c.cip(2), count=20)
+    c.probe("node hints", c.client, "tcp", c.cip(3), count=30)
+
+
+@scenario("terminating", "serving-terminating endpoints are the fallback when none is ready")
+def _terminating(c: Ctx) -> None:
+    term = {"ready": False, "serving": True, "terminating": True}
+    gone = {"ready": False, "serving": False, "terminating": True}
+    c.web("mixed", [c.ep(c.near(1)), c.ep(c.far(1), **term)], j=0)
+    c.web("all-terminating", [c.ep(c.near(2), **term), c.ep(c.far(1), **term)], j=1)
+    c.web("not-serving", [c.ep(c.near(2), **gone), c.ep(c.far(1), **gone)], j=2)
+    c.web(
+        "local-terminating",
+        [c.ep(c.near(1), **term), c.ep(c.far(1))],
+        j=3,
+        node_port=True,
+        external_policy="Local",
+    )
+    c.probe("ready and terminating", c.client, "tcp", c.cip(0), count=20)
+    c.probe("only terminating", c.client, "tcp", c.cip(1), count=30)
+    c.probe("terminating, not serving", c.client, "tcp", c.cip(2))
+    c.probe("external local: terminating local endpoint", c.outside, "tcp",
+            c.node_ip, c.node_port(3), count=10)  # fmt: skip
+    c.probe("cluster ip of the eTP Local service", c.client, "tcp", c.cip(3), count=20)
+
+
+@scenario("node-port", "NodePort with externalTrafficPolicy Cluster, localhost, unused port")
+def _node_port(c: Ctx) -> None:
+    c.web("np", [c.ep(c.near(1)), c.ep(c.far(1))], node_port=True)
+    port = c.node_port()
+    c.probe("outside tcp", c.outside, "tcp", c.node_ip, port, count=30)
+    c.probe("outside udp", c.outside, "udp", c.node_ip, c.node_port(0, "UDP"), count=12)
+    c.probe("pod tcp", c.client, "tcp", c.node_ip, port, count=20)
+    c.probe("node tcp", c.node, "tcp", c.node_ip, port, count=20)
+    c.probe("node udp", c.node, "udp", c.node_ip, c.node_port(0, "UDP"), count=8)
+    c.probe("node localhost tcp", c.node, "tcp", "127.0.0.1", port, count=10)
+    c.probe("node localhost udp", c.node, "udp", "127.0.0.1", c.node_port(0, "UDP"), count=4)
+    c.probe("outside tcp unused node port", c.outside, "tcp", c.node_ip, 32700)
+    c.probe("outside udp unused node port", c.outside, "udp", c.node_ip, 32700)
+
+
+@scenario("node-port-local", "externalTrafficPolicy Local on NodePorts and health check ports")
+def _node_port_local(c: Ctx) -> None:
+    c.web(
+        "local",
+        [c.ep(c.near(1)), c.ep(c.near(2)), c.ep(c.far(1))],
+        node_port=True,
+        type="LoadBalancer",
+        external_policy="Local",
+        health_check_node_port=c.hc_port(0),
+    )
+    c.web(
+        "remote",
+        [c.ep(c.far(1))],
+        j=1,
+        node_port=True,
+        type="LoadBalancer",
+        external_policy="Local",
+        health_check_node_port=c.hc_port(1),
+    )
+    c.web("none", [], j=2, node_port=True, external_policy="Local")
+    local, remote, none = c.node_port(0), c.node_port(1), c.node_port(2)
+    c.probe("outside tcp", c.outside, "tcp", c.node_ip, local, count=30)
+    c.probe("outside udp", c.outside, "udp", c.node_ip, c.node_port(0, "UDP"), count=12)
+    c.probe("pod tcp (short-circuit to all)", c.client, "tcp", c.node_ip, local, count=40)
+    c.probe("node tcp", c.node, "tcp", c.node_ip, local, count=30)
+    c.probe("node localhost tcp", c.node, "tcp", "127.0.0.1", local, count=10)
+    c.probe("health check port", c.outside, "http", c.node_ip, c.hc_port(0))
+    c.probe("no local endpoint outside tcp", c.outside, "tcp", c.node_ip, remote)
+    c.probe("no local endpoint outside udp", c.outside, "udp", c.node_ip, c.node_port(1, "UDP"))
+    c.probe("no local endpoint pod tcp", c.client, "tcp", c.node_ip, remote, count=5)
+    c.probe("no local endpoint node tcp", c.node, "tcp", c.node_ip, remote, count=5)
+    c.probe("no local endpoint health check port", c.outside, "http", c.node_ip, c.hc_port(1))
+    c.probe("no endpoints at all outside tcp", c.outside, "tcp", c.node_ip, none)
+    c.probe("no endpoints at all pod tcp", c.client, "tcp", c.node_ip, none)
+
+
+@scenario("external-ip", "ExternalIPs with externalTrafficPolicy Cluster and Local")
+def _external_ip(c: Ctx) -> None:
+    c.web("eip", [c.ep(c.near(1)), c.ep(c.far(1))], external_ips=[c.eip(0)])
+    c.web(
+        "eip-local",
+        [c.ep(c.near(2)), c.ep(c.far(1))],
+        j=1,
+        external_ips=[c.eip(1)],
+        node_port=True,
+        external_policy="Local",
+    )
+    c.probe("outside tcp", c.outside, "tcp", c.eip(0), count=30)
+    c.probe("outside udp", c.outside, "udp", c.eip(0), count=12)
+    c.probe("pod tcp", c.client, "tcp", c.eip(0), count=20)
+    c.probe("node tcp", c.node, "tcp", c.eip(0), count=20)
+    c.probe("outside tcp unknown port", c.outside, "tcp", c.eip(0), 81)
+    c.probe("outside ping", c.outside, "ping", c.eip(0))
+    c.probe("local policy outside tcp", c.outside, "tcp", c.eip(1), count=20)
+    c.probe("local policy pod tcp", c.client, "tcp", c.eip(1), count=30)
+    c.probe("local policy node tcp", c.node, "tcp", c.eip(1), count=20)
+
+
+@scenario("external-ip-conflict", "two Services claim one ExternalIP:port, then a change is made")
+def _external_ip_conflict(c: Ctx) -> None:
+    endpoints = [c.ep(c.near(1)), c.ep(c.far(1))]
+    c.web("owner", endpoints, j=0, external_ips=[c.eip(0)])
+    c.web("claimant", endpoints, j=1)
+    stage = [o for o in c.objects if o["kind"] == "Service" and "claimant" in o["metadata"]["name"]]
+    claimed = copy.deepcopy(stage[0])
+    claimed["spec"]["externalIPs"] = [c.eip(0)]
+    c.later.append([claimed])  # now both claim eip(0):80/TCP and UDP
+    before = len(c.objects)
+    c.web("newcomer", [c.ep(c.near(2)), c.ep(c.far(2))], j=2)
+    c.later[0] += c.objects[before:]
+    del c.objects[before:]
+    c.probe("the claimed external ip", c.outside, "tcp", c.eip(0), count=20)
+    c.probe("the claimant's cluster ip", c.client, "tcp", c.cip(1), count=20)
+    c.probe("a Service created during the conflict", c.client, "tcp", c.cip(2), count=20)
+
+
+@scenario("load-balancer", "LB IPs: source ranges, node in range, ipMode Proxy, eTP Local")
+def _load_balancer(c: Ctx) -> None:
+    def lb(base: str, j: int, ranges: Sequence[str], **kw: Any) -> None:
+        endpoints = kw.pop("endpoints", [c.ep(c.near(1)), c.ep(c.far(1))])
+        c.web(base, endpoints, j=j, node_port=True, type="LoadBalancer",
+              lb_ips=[c.lb_ip(j)], source_ranges=ranges, external_ips=[c.eip(j)], **kw)  # fmt: skip
+
+    lb("open", 0, [])
+    lb("allowed", 1, [f"{c.outside_ip}/32"])
+    lb("blocked", 2, ["10.0.0.0/8"])
+    lb("node-range", 3, ["192.168.50.0/24"])
+    lb("proxy-mode", 4, [], lb_ip_mode="Proxy", endpoints=[c.ep(c.near(1))])
+    lb("local", 5, [], external_policy="Local",
+       endpoints=[c.ep(c.near(2)), c.ep(c.far(1)), c.ep(c.far(2))])  # fmt: skip
+    c.probe("outside tcp", c.outside, "tcp", c.lb_ip(0), count=30)
+    c.probe("outside udp", c.outside, "udp", c.lb_ip(0), count=12)
+    c.probe("pod tcp", c.client, "tcp", c.lb_ip(0), count=20)
+    c.probe("node tcp", c.node, "tcp", c.lb_ip(0), count=20)
+    c.probe("source range allows outside tcp", c.outside, "tcp", c.lb_ip(1), count=10)
+    c.probe("source range blocks pod tcp", c.client, "tcp", c.lb_ip(1))
+    c.probe("source range blocks node tcp", c.node, "tcp", c.lb_ip(1))
+    c.probe("source range blocks outside tcp", c.outside, "tcp", c.lb_ip(2))
+    c.probe("source range blocks outside udp", c.outside, "udp", c.lb_ip(2))
+    c.probe("source range allows pod tcp", c.client, "tcp", c.lb_ip(2), count=10)
+    c.probe("source range: node port not filtered", c.outside, "tcp",
+            c.node_ip, c.node_port(2), count=10)  # fmt: skip
+    c.probe("source range: external ip not filtered", c.outside, "tcp", c.eip(2), count=10)
+    c.probe("range containing the node: node tcp", c.node, "tcp", c.lb_ip(3), count=10)
+    c.probe("range containing the node: outside tcp", c.outside, "tcp", c.lb_ip(3), count=10)
+    c.probe("ipMode Proxy outside tcp", c.outside, "tcp", c.lb_ip(4))
+    c.probe("ipMode Proxy pod tcp", c.client, "tcp", c.lb_ip(4))
+    c.probe("ipMode Proxy node port still works", c.outside, "tcp",
+            c.node_ip, c.node_port(4), count=5)  # fmt: skip
+    c.probe("local policy outside tcp", c.outside, "tcp", c.lb_ip(5), count=20)
+    c.probe("local policy pod tcp", c.client, "tcp", c.lb_ip(5), count=40)
+    c.probe("local policy node tcp", c.node, "tcp", c.lb_ip(5), count=40)
+
+
+@scenario("skipped", "headless, ExternalName, service-proxy-name and headless-label objects")
+def _skipped(c: Ctx) -> None:
+    proxy_name = {"service.kubernetes.io/service-proxy-name": "someone-else"}
+    c.web("other-proxy", [c.ep(c.near(1))], j=0, labels=proxy_name)
+    c.web("headless-label", [c.ep(c.near(1))], j=1,
+          labels={"service.kubernetes.io/headless": ""})  # fmt: skip
+    c.web("headless", [c.ep(c.near(2))], j=9, cluster_ip="None")
+    ext = m.service(c.name("extname"), "", [m.Port(80)], type="ExternalName")
+    ext["spec"]["externalName"] = "db.example.com"
+    c.objects.append(ext)
+    c.web("served", [c.ep(c.far(1))], j=2)
+    c.web("headless-slice", [c.ep(c.near(1))], j=3)
+    c.objects[-1]["metadata"]["labels"]["service.kubernetes.io/headless"] = ""
+    c.web("proxy-name-slice", [c.ep(c.near(2))], j=4)
+    c.objects[-1]["metadata"]["labels"].update(proxy_name)
+    c.probe("service-proxy-name pod tcp", c.client, "tcp", c.cip(0))
+    c.probe("service-proxy-name node tcp", c.node, "tcp", c.cip(0))
+    c.probe("headless label pod tcp", c.client, "tcp", c.cip(1))
+    c.probe("an ordinary service next to them", c.client, "tcp", c.cip(2), count=5)
+    c.probe("slice labelled headless", c.client, "tcp", c.cip(3))
+    c.probe("slice labelled service-proxy-name", c.client, "tcp", c.cip(4), count=5)
+    c.probe("unallocated cluster ip pod tcp", c.client, "tcp", c.cip(5))
+    c.probe("unallocated cluster ip node tcp", c.node, "tcp", c.cip(5))
+
+
+# ---------------------------------------------------------------------------------------
+# intended differences (each one explained in docs/differences.md)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A difference kube-proxy-py means to have: in ``scenario``'s probe labelled
+    ``probe``, in ``mode`` (or "both"), the two observations as Observation.render()
+    prints them (upstream's translated to the a-side's names)."""
+
+    id: str
+    scenario: str
+    probe: str
+    mode: str
+    ours: str
+    upstream: str
+    reason: str
+
+
+INTENDED_DIFFERENCES: tuple[Difference, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------
+# observing
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a probe's repetitions showed: which endpoints answered and which source
+    addresses they saw; ``outcomes``: everything else (how unanswered probes failed,
+    echo replies, HTTP statuses)."""
+
+    outcomes: frozenset[str] = frozenset()
+    endpoints: frozenset[str] = frozenset()
+    sources: frozenset[str] = frozenset()
+    pinned: bool = False
+
+    @classmethod
+    def of(cls, results: Sequence[ProbeResult], pinned: bool) -> Observation:
+        outcomes: set[str] = set()
+        endpoints: set[str] = set()
+        sources: set[str] = set()
+        for r in results:
+            if r.outcome is Outcome.ANSWERED and r.detail.startswith("echo-reply"):
+                outcomes.add(f"answered: {r.detail}")
+            elif r.outcome is Outcome.ANSWERED and r.detail.startswith("HTTP "):
+                outcomes.add(f"answered: http {r.detail.split()[1]}")
+            elif r.outcome is Outcome.ANSWERED:
+                endpoints.add(r.endpoint or f"? ({r.detail})")
+                sources.add(r.seen_source or "?")
+            elif r.outcome is Outcome.SILENT:
+                outcomes.add("silent: " + ("EPERM" if r.detail.startswith("EPERM") else "timeout"))
+            else:
+                outcomes.add(f"{r.outcome.value}: {r.detail}")
+        return cls(frozenset(outcomes), frozenset(endpoints), frozenset(sources), pinned)
+
+    def mirrored(self) -> Observation:
+        return Observation(
+            frozenset(mirror(f) for f in self.outcomes),
+            frozenset(mirror(e) for e in self.endpoints),
+            frozenset(mirror(s) for s in self.sources),
+            self.pinned,
+        )
+
+    def merged(self, other: Observation) -> Observation:
+        return Observation(
+            self.outcomes | other.outcomes,
+            self.endpoints | other.endpoints,
+            self.sources | other.sources,
+            self.pinned,
+        )
+
+    @property
+    def silent(self) -> bool:
+        return any(f.startswith("silent") for f in self.outcomes)
+
+    def render(self) -> str:
+        parts = sorted(self.outcomes)
+        if self.endpoints:
+            if self.pinned:
+                who = f"{len(self.endpoints)} endpoint(s)"
+            else:
+                who = ",".join(sorted(self.endpoints))
+            parts.append(f"answered by {who} seeing source {','.join(sorted(self.sources))}")
+        return "; ".join(parts) or "nothing"
+
+
+# ---------------------------------------------------------------------------------------
+# the differential lab
+
+
+def _one(lab: LabCluster, probe: Probe, timeout: float) -> ProbeResult:
+    prober = lab.topo.prober(probe.src)
+    if probe.kind == "tcp":
+        return prober.tcp(probe.dst, probe.port, timeout=timeout)
+    if probe.kind == "udp":
+        return prober.udp(probe.dst, probe.port, timeout=timeout)
+    if probe.kind == "ping":
+        return prober.icmp_echo(probe.dst, timeout=timeout)
+    if probe.kind == "http":
+        return prober.http(probe.dst, probe.port, keepalive=False, timeout=timeout)[0]
+    raise ValueError(f"unknown probe kind {probe.kind!r}")
+
+
+def run_probe(lab: LabCluster, probe: Probe, count: int | None = None) -> list[ProbeResult]:
+    """One probe (retried once with a longer timeout when unanswered); unless that one
+    got no answer at all (a DROP: the repetitions would only add timeouts), the
+    remaining repetitions."""
+    first = _one(lab, probe, QUICK)
+    if first.outcome is Outcome.SILENT:
+        first = _one(lab, probe, CONFIRM)
+    total = probe.count if count is None else count
+    if first.outcome is Outcome.SILENT or total <= 1:
+        return [first]
+    rest = total - 1
+    if probe.kind == "tcp":
+        more = lab.topo.prober(probe.src).tcp_many(probe.dst, probe.port, rest, timeout=ANSWER)
+    else:
+        more = [_one(lab, probe, ANSWER) for _ in range(rest)]
+    return [first, *more]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    probe: Probe
+    ours: Observation
+    upstream: Observation
+    """Mirrored into the a-side's words."""
+
+    @property
+    def same(self) -> bool:
+        if self.ours.pinned:
+            return (self.ours.outcomes, len(self.ours.endpoints), self.ours.sources) == (
+                self.upstream.outcomes,
+                len(self.upstream.endpoints),
+                self.upstream.sources,
+            )
+        return self.ours == self.upstream
+
+
+class Differential:
+    """The cluster of one mode and the scenario loader."""
+
+    SENTINEL_IP = "10.96.0.200"
+    FIELD_MANAGER = "kpp-differential"
+
+    def __init__(self, cluster: LabCluster, mode: str) -> None:
+        self.cluster = cluster
+        self.mode = mode
+        self.round = 0
+        self.written: list[str] = []
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+
+    # -- API writes ------------------------------------------------------------------------
+    @staticmethod
+    def path(obj: JSON) -> str:
+        ns = obj["metadata"].get("namespace", "default")
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "Service":
+            return f"/api/v1/namespaces/{ns}/services/{name}"
+        return f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}"
+
+    def write(self, obj: JSON) -> None:
+        """Create or update ``obj`` (server-side apply); a Service's status as well."""
+        body = {k: v for k, v in obj.items() if k != "status"}
+        api = self.cluster.control_plane.api
+        path = self.path(obj)
+        api("PATCH", f"{path}?fieldManager={self.FIELD_MANAGER}&force=true", body,
+            content_type="application/apply-patch+yaml")  # fmt: skip
+        if "status" in obj:
+            api("PATCH", f"{path}/status", {"status": obj["status"]},
+                content_type="application/merge-patch+json")  # fmt: skip
+
+    def load(self, stages: Sequence[Sequence[JSON]]) -> None:
+        """Replace the previous scenario's objects by the stages' objects, one stage after
+        the other once both agents programmed the one before; return once both agents
+        programmed the last one, with both nodes' conntrack tables empty."""
+        api = self.cluster.control_plane.api
+        for path in self.written:
+            api("DELETE", path)
+        self.written = []
+        for objects in stages:
+            for kind in ("Service", "EndpointSlice"):
+                for obj in objects:
+                    if obj["kind"] == kind:
+                        self.write(obj)
+                        if self.path(obj) not in self.written:
+                            self.written.append(self.path(obj))
+            self.barrier()
+        for side in SIDES:
+            self.cluster.topo.flush_conntrack(side.node)
+
+    def barrier(self) -> None:
+        """Write the sentinel last; wait until both nodes serve its new state."""
+        self.round += 1
+        port = 20000 + self.round
+        target = (A, B)[self.round % 2].pod(1)
+        self.write(m.service("sentinel", self.SENTINEL_IP, [m.Port(port, "tcp", target_port=80)]))
+        self.write(m.endpoint_slice("sentinel", [Ctx(0, A).ep(target)], [("tcp", 80, "TCP")]))
+        for side in SIDES:
+            prober = self.cluster.topo.prober(side.node)
+
+            def served(prober: Prober = prober) -> bool:
+                return prober.tcp(self.SENTINEL_IP, port, timeout=0.3).endpoint == target
+
+            what = f"{side.implementation} on {side.node} to serve {self.SENTINEL_IP}:{port}"
+            try:
+                wait_for(served, 60, what=f"{what} with {target}")
+            except TimeoutError as exc:
+                agent = self.cluster.agents[side.node]
+                raise AssertionError(f"{exc}; alive={agent.alive()}\n{_log_tail(agent)}") from exc
+
+    # -- probing ---------------------------------------------------------------------------
+    def probe_both(
+        self, pairs: Sequence[tuple[Probe, Probe]], count: int | None = None
+    ) -> list[tuple[list[ProbeResult], list[ProbeResult]]]:
+        """Each pair's a-side probe through node-a and b-side probe through node-b, the
+        two sides at the same time."""
+
+        def side(i: int) -> list[list[ProbeResult]]:
+            return [run_probe(self.cluster, pair[i], count) for pair in pairs]
+
+        ours = self.pool.submit(side, 0)
+        upstream = self.pool.submit(side, 1)
+        return list(zip(ours.result(), upstream.result(), strict=True))
+
+    def compare(self, scen: Scenario) -> list[Comparison]:
+        a, b = built(scen, A), built(scen, B)
+        assert [p.label for p in a.probes] == [p.label for p in b.probes]
+        stages = [[*sa, *sb] for sa, sb in zip(a.stages, b.stages, strict=True)]
+        self.load(stages)
+        pairs = list(zip(a.probes, b.probes, strict=True))
+        comparisons = []
+        for (pa, pb), (ra, rb) in zip(pairs, self.probe_both(pairs), strict=True):
+            ours = Observation.of(ra, pa.pinned)
+            upstream = Observation.of(rb, pb.pinned).mirrored()
+            comparisons.append(Comparison(pa, ours, upstream))
+        for _ in range(RETRIES):
+            # A random spread can miss an endpoint on one side: probe those again.
+            again = [
+                i
+                for i, c in enumerate(comparisons)
+                if not c.same and c.probe.count > 1 and not c.probe.pinned
+                and not c.ours.silent and not c.upstream.silent
+            ]  # fmt: skip
+            if not again:
+                break
+            redo = self.probe_both([pairs[i] for i in again])
+            for i, (ra, rb) in zip(again, redo, strict=True):
+                c = comparisons[i]
+                ours = c.ours.merged(Observation.of(ra, False))
+                upstream = c.upstream.merged(Observation.of(rb, False).mirrored())
+                comparisons[i] = Comparison(c.probe, ours, upstream)
+        return comparisons
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _log_tail(agent: Agent, lines: int = 30) -> str:
+    return "\n".join(agent.log_text().splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module", params=MODES)
+def diff(
+    k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Differential]:
+    mode: str = request.param
+    workdir = tmp_path_factory.mktemp(f"differential-{mode}")
+    with LabCluster(k8s_bin, SPEC, workdir=workdir, zones=ZONES, with_controllers=False) as cluster:
+        for side in SIDES:
+            for prefix in ROUTED_TO_NODE:
+                cluster.topo.add_route(side.outside, prefix, side.node_ip)
+        cluster.start_agent(A.node, mode, *AGENT_FLAGS)
+        cluster.start_upstream_agent(B.node, mode, *AGENT_FLAGS)
+        for side in SIDES:
+
+            def synced(node: str = side.node) -> bool:
+                return cluster.syncs(node) > 0
+
+            wait_for(synced, 90, what=f"the first sync of {side.implementation} on {side.node}")
+        lab = Differential(cluster, mode)
+        try:
+            yield lab
+        finally:
+            lab.close()
+            for node, agent in cluster.agents.items():
+                assert agent.alive(), f"{agent.mode} on {node} died:\n{_log_tail(agent)}"
+
+
+# ---------------------------------------------------------------------------------------
+# the tests
+
+
+def _report(mode: str, scen: Scenario, comparisons: Sequence[Comparison]) -> str:
+    lines = [f"{mode} / {scen.id}:"]
+    for c in comparisons:
+        p = c.probe
+        mark = "same" if c.same else "DIFFERENT"
+        lines.append(f"  [{mark}] {p.label}: {p.src} -> {p.kind} {p.dst}:{p.port} x{p.count}")
+        lines.append(f"      kube-proxy-py: {c.ours.render()}")
+        if not c.same:
+            lines.append(f"      upstream:      {c.upstream.render()}")
+    return "\n".join(lines)
+
+
+def check(
+    mode: str,
+    scenario_id: str,
+    comparisons: Sequence[Comparison],
+    table: Sequence[Difference] = INTENDED_DIFFERENCES,
+) -> list[str]:
+    """What is wrong with a scenario's comparisons: a difference the table does not
+    list, or a listed one that did not show up exactly as listed."""
+    expected = {d.probe: d for d in table if d.scenario == scenario_id and d.mode in (mode, "both")}
+    problems = []
+    for c in comparisons:
+        listed = expected.pop(c.probe.label, None)
+        if listed is None:
+            if not c.same:
+                problems.append(f"unlisted difference in {c.probe.label!r}")
+            continue
+        seen = (c.ours.render(), c.upstream.render())
+        if c.same or seen != (listed.ours, listed.upstream):
+            problems.append(
+                f"{listed.id} ({c.probe.label!r}) listed as ours={listed.ours!r} "
+                f"upstream={listed.upstream!r}, observed ours={seen[0]!r} upstream={seen[1]!r}"
+            )
+    problems += [f"{d.id}: no probe labelled {d.probe!r}" for d in expected.values()]
+    return problems
+
+
+@pytest.mark.parametrize("scen", SCENARIOS, ids=[s.id for s in SCENARIOS])
+def test_same_outcomes_as_upstream(diff: Differential, scen: Scenario) -> None:
+    comparisons = diff.compare(scen)
+    report = _report(diff.mode, scen, comparisons)
+    print(report)  # shown with -s or -rP: every probe and what both implementations did
+    problems = check(diff.mode, scen.id, comparisons)
+    for node, agent in diff.cluster.agents.items():
+        assert agent.alive(), f"{agent.mode} on {node} died:\n{_log_tail(agent)}"
+    assert not problems, "\n".join(problems) + "\n\n" + report
+
+
+def test_intended_differences_are_documented() -> None:
+    doc = DIFFERENCES_DOC.read_text()
+    ids = {s.id for s in SCENARIOS}
+    for d in INTENDED_DIFFERENCES:
+        assert d.scenario in ids and d.mode in (*MODES, "both"), d
+        assert d.reason and d.ours != d.upstream, d
+        row = [line for line in doc.splitlines() if f"`{d.id}`" in line]
+        assert row, f"{d.id} is not in {DIFFERENCES_DOC}"
+        for text in (d.scenario, d.probe, d.mode):
+            assert text in row[0], f"{d.id}: {text!r} missing from its row in the doc"
+    documented = set(re.findall(r"^\| `(D\d+)` \|", doc, re.MULTILINE))
+    assert documented == {d.id for d in INTENDED_DIFFERENCES}, documented
+
+
+def _mirrored(value: Any) -> Any:
+    """A JSON-like value translated across the mirror (dict keys stay)."""
+    if isinstance(value, dict):
+        return {k: _mirrored(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mirrored(v) for v in value]
+    if isinstance(value, str):
+        return mirror(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(MIRROR.get(str(value), value))
+    return value
+
+
+def test_scenarios_are_mirror_images() -> None:
+    """Each b-side scenario is the a-side one translated across the mirror, so that the
+    two sides' outcomes are comparable at all."""
+    for scen in SCENARIOS:
+        a, b = built(scen, A), built(scen, B)
+        assert a.objects != b.objects, scen.id
+        assert _mirrored(b.stages) == a.stages, scen.id
+        b_probes = [_mirrored(dataclasses.asdict(p)) for p in b.probes]
+        assert b_probes == [dataclasses.asdict(p) for p in a.probes], scen.id
+
+
+def test_check_flags_unlisted_and_vanished_differences() -> None:
+    """The comparison logic itself, on made-up observations (no cluster)."""
+    probe = Probe("pod tcp", "a3", "tcp", "10.96.1.10")
+    a1 = Observation(endpoints=frozenset({"a1"}), sources=frozenset({"10.244.1.13"}))
+    refused = Observation(outcomes=frozenset({"refused: icmp 3/3 from 192.168.50.11"}))
+    same, different = Comparison(probe, a1, a1), Comparison(probe, a1, refused)
+    listed = Difference("D0", "cluster-ip", "pod tcp", "nftables", a1.render(),
+                        refused.render(), "made up")  # fmt: skip
+    assert check("iptables", "cluster-ip", [same], ()) == []
+    assert check("iptables", "cluster-ip", [different], ()) == ["unlisted difference in 'pod tcp'"]
+    assert check("nftables", "cluster-ip", [different], (listed,)) == []
+    assert check("iptables", "cluster-ip", [different], (listed,)) != []  # other mode
+    assert "D0" in check("nftables", "cluster-ip", [same], (listed,))[0]  # no longer differs
+    assert "D0" in check("nftables", "cluster-ip", [], (listed,))[0]  # probe gone
+    pinned = Probe("pod tcp", "a3", "tcp", "10.96.1.10", count=10, pinned=True)
+    one = Observation(endpoints=frozenset({"a1"}), pinned=True)
+    other = Observation(endpoints=frozenset({"b1"}), pinned=True)
+    assert Comparison(pinned, one, other).same
+    both = Observation(endpoints=frozenset({"a1", "b1"}), pinned=True)
+    assert not Comparison(pinned, one, both).same
+
+
+def test_mirror_translates_names_and_addresses() -> None:
+    assert mirror("a1") == "b1" and mirror("node-b") == "node-a"
+    assert mirror("icmp 3/3 from 192.168.50.12") == "icmp 3/3 from 192.168.50.11"
+    assert mirror("192.168.50.101/32") == "192.168.50.100/32"
+    observed = Observation(frozenset(), frozenset({"b1", "a2"}), frozenset({"10.244.2.13"}))
+    assert observed.mirrored() == Observation(
+        frozenset(), frozenset({"a1", "b2"}), frozenset({"10.244.1.13"})
+    )
