@@ -79,6 +79,110 @@ def _add_state_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_bench_parsers(sub: Any) -> None:
+    """``kube-proxy-py bench …``: benchmarks, never part of the test suite (issue 6)."""
+    bench = sub.add_parser("bench", help="benchmarks (root; each figure printed with its command)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
+
+    sync = bench_sub.add_parser(
+        "sync",
+        help="plan/render time and memory, full sync vs raw nft -f / iptables-restore of the "
+        "same text, for a synthetic cluster in fresh namespaces",
+    )
+    sync.add_argument("--services", type=int, default=1000)
+    sync.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
+    sync.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
+    sync.add_argument("--repeat", type=int, default=3, help="runs per stage (median reported)")
+    sync.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+    lat = bench_sub.add_parser(
+        "latency",
+        help="API write -> rule in the kernel, agent RSS and CPU (also under churn), "
+        "kube-proxy-py or upstream, in a lab cluster",
+    )
+    lat.add_argument("--services", type=int, default=1000)
+    lat.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
+    lat.add_argument("--changes", type=int, default=100, help="EndpointSlice changes timed")
+    lat.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
+    lat.add_argument(
+        "--min-sync-period",
+        default="default",
+        type=_bench_duration,
+        help="the agents' --iptables-min-sync-period (Go duration), or 'default' to leave "
+        "it out so each runs with its own default (both 1s)",
+    )
+    lat.add_argument(
+        "--impl",
+        default="ours",
+        choices=["ours", "upstream", "both"],
+        help="kube-proxy-py, upstream kube-proxy (built by `lab build`), or both in turn",
+    )
+    lat.add_argument(
+        "--churn-minutes",
+        type=float,
+        default=0,
+        help="after the timed changes, keep rewriting random EndpointSlices for this long, "
+        "sampling the agent's RSS and CPU (0: no churn)",
+    )
+    lat.add_argument("--churn-rate", type=float, default=2.0, help="churn changes per second")
+    lat.add_argument(
+        "--sample-every", type=float, default=5.0, help="seconds between RSS/CPU samples"
+    )
+    lat.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+    dp = bench_sub.add_parser(
+        "datapath",
+        help="new-connection rate and first-packet (connect) latency through a node, via a "
+        "ClusterIP and direct, at several Service counts",
+    )
+    dp.add_argument(
+        "--services", default="10,1000,10000", help="comma-separated Service counts (in all)"
+    )
+    dp.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
+    dp.add_argument("--impl", default="both", choices=["ours", "upstream", "both"])
+    dp.add_argument("--connections", type=int, default=3000, help="connections per round")
+    dp.add_argument("--rounds", type=int, default=5, help="rounds per target (median reported)")
+    dp.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+    rep = bench_sub.add_parser(
+        "report", help="merge bench JSON into benchmarks.json, benchmarks.md and benchmarks.png"
+    )
+    rep.add_argument("--results", required=True, metavar="DIR", help="directory of *.json")
+    rep.add_argument("--out", default="docs", metavar="DIR", help="where to write (docs/)")
+    rep.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
+
+    every = bench_sub.add_parser(
+        "all",
+        help="every benchmark at issue 6's sizes, one at a time, then the report "
+        "(about 3 hours on 2 cores; resumable)",
+        description="Runs, one after another: bench sync at 1k, 5k, 10k and 30k Services "
+        "x 10 endpoints (both modes); bench latency at 1k and 10k (100 changes, both modes, "
+        "both agents, each with its default min sync period; at 10k also 10 minutes of "
+        "churn); bench datapath at 10, 1k and 10k Services (both modes, both agents). "
+        "Estimated wall time on a 2-core machine: about 3 hours (sync ~70 min, latency "
+        "~75 min, datapath ~25 min); --dry-run prints the plan with per-step estimates.",
+    )
+    every.add_argument("--out", required=True, metavar="DIR", help="results directory")
+    every.add_argument(
+        "--docs", default="docs", metavar="DIR", help="write the report here ('' to skip)"
+    )
+    every.add_argument("--only", default="", help="comma-separated subset: sync,latency,datapath")
+    every.add_argument("--force", action="store_true", help="rerun steps that have results")
+    every.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+
+def _bench_duration(text: str) -> str:
+    if text == "default":
+        return text
+    from proxy.agent.options import parse_go_duration
+
+    try:
+        parse_go_duration(text, "--min-sync-period")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kube-proxy-py",
@@ -138,30 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     _add_lab_lifecycle_parsers(lab_sub)
 
-    bench = sub.add_parser("bench", help="benchmarks (root; each figure printed with its command)")
-    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
-    sync = bench_sub.add_parser(
-        "sync", help="parse/plan/render/full-sync timings for a synthetic cluster in a fresh netns"
-    )
-    sync.add_argument("--services", type=int, default=1000)
-    sync.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
-    sync.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
-    sync.add_argument("--repeat", type=int, default=3, help="runs per stage (median reported)")
-    sync.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    lat = bench_sub.add_parser(
-        "latency",
-        help="API write -> rule in the kernel, agent RSS and CPU, in a lab cluster",
-    )
-    lat.add_argument("--services", type=int, default=1000)
-    lat.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
-    lat.add_argument("--changes", type=int, default=100, help="EndpointSlice changes timed")
-    lat.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
-    lat.add_argument(
-        "--min-sync-period",
-        default="1s",
-        help="the agent's --iptables-min-sync-period (Go duration)",
-    )
-    lat.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    _add_bench_parsers(sub)
     return parser
 
 
@@ -418,15 +499,28 @@ def cmd_tour(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench_command == "sync":
+    command = args.bench_command
+    if command == "sync":
         from proxy.bench.sync import main_sync
 
         return main_sync(args)
-    if args.bench_command == "latency":
+    if command == "latency":
         from proxy.bench.latency import main_latency
 
         return main_latency(args)
-    _err("bench: give a command: sync or latency")
+    if command == "datapath":
+        from proxy.bench.datapath import main_datapath
+
+        return main_datapath(args)
+    if command == "report":
+        from proxy.bench.report import main_report
+
+        return main_report(args)
+    if command == "all":
+        from proxy.bench.all import main_all
+
+        return main_all(args)
+    _err("bench: give a command: sync, latency, datapath, report or all")
     return EXIT_USAGE
 
 

@@ -1,10 +1,26 @@
-"""Benchmarks (a separate command, never part of the test suite).
+"""``kube-proxy-py bench sync``: plan/render cost and full-sync overhead (issue 6 a, b).
 
-``kube-proxy-py bench sync --services N --endpoints M --mode MODE`` generates a synthetic
-cluster, then inside a network namespace of its own (deleted afterwards) measures each
-stage: parse, plan, render, the first full sync into an empty namespace, a re-sync of the
-same state, the same text applied raw with ``nft -f``/``iptables-restore`` (to see our
-overhead), and the whole ``kube-proxy-py apply`` command as a user runs it.
+Generates a synthetic cluster (N Services × M endpoints, every 20th a NodePort) and
+measures, each stage ``--repeat`` times (median reported):
+
+- ``parse``, ``plan``, ``render``, ``text`` (the full-sync text) one by one, and
+  ``plan_render`` — plan + render + text end to end, what an agent's full sync computes;
+- memory of plan + render + text, in a fresh interpreter (:mod:`proxy.bench.memory`:
+  tracemalloc peak and RSS growth, so earlier stages cannot pollute it);
+- ``first_sync``: ``NftKernel.sync``/``IptablesKernel.sync`` (read what the kernel holds,
+  write the text, apply it) into an empty network namespace — a fresh one per run;
+  ``raw_first_sync_text``: the very text that sync applied, fed to ``nft -f -`` /
+  ``iptables-restore --noflush`` in another fresh namespace;
+- ``resync``: the same ruleset synced again into the populated namespace;
+  ``raw_resync_text``: the text that re-sync applied, fed raw into the same namespace;
+- ``cli_apply``: the whole ``kube-proxy-py apply`` command as a user runs it.
+
+Overhead ratios (target: full sync ≤ 1.3× raw apply): ``full_sync_vs_raw`` =
+first_sync / raw_first_sync_text, ``resync_vs_raw`` = resync / raw_resync_text, and
+``compute_and_sync_vs_raw`` = (plan_render + first_sync) / raw_first_sync_text.
+
+Every namespace is created for the run (``kpp-bench-*``), never linked anywhere, and
+deleted afterwards.
 """
 
 from __future__ import annotations
@@ -28,12 +44,14 @@ from typing import Any, TypeVar
 from proxy import manifests
 from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
-from proxy.config import ProxyConfig, ProxyMode, parse_cidrs
+from proxy.bench import machine, synthetic
+from proxy.bench.memory import measure_in_subprocess
+from proxy.bench.stats import ratio
+from proxy.config import ProxyMode
 from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
 from proxy.plan import plan
-from proxy.source.file import build_state
 
 T = TypeVar("T")
 
@@ -43,12 +61,21 @@ class SyncResult:
     mode: str
     services: int
     endpoints_per_service: int
+    repeat: int
     command: str
+    bench: str = "sync"
     seconds: dict[str, float] = field(default_factory=dict)
     """median seconds per stage"""
+    ratios: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    """plan + render + text memory from a fresh interpreter (see proxy.bench.memory)"""
     rules: int = 0
     text_bytes: int = 0
+    """the first sync's text"""
+    resync_text_bytes: int = 0
     max_rss_mib: float = 0.0
+    """peak RSS of the whole bench process (all stages; not the plan+render figure)"""
+    machine: dict[str, Any] = field(default_factory=dict)
 
 
 def _timed(fn: Callable[[], T], repeat: int) -> tuple[T, float]:
@@ -74,76 +101,140 @@ def owned_netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def bench_sync(services: int, endpoints: int, mode: ProxyMode, repeat: int = 3) -> SyncResult:
-    command = (
-        f"kube-proxy-py bench sync --services {services} --endpoints {endpoints} "
-        f"--mode {mode.value} --repeat {repeat}"
-    )
-    res = SyncResult(mode.value, services, endpoints, command)
-    objs = manifests.synthetic_cluster(services, endpoints)
-    config = ProxyConfig(
-        "node-a", mode=mode, cluster_cidrs=parse_cidrs("10.128.0.0/9", "--cluster-cidr")
-    )
-    state, res.seconds["parse"] = _timed(lambda: build_state(objs, "node-a"), repeat)
-    p, res.seconds["plan"] = _timed(lambda: plan(state.snapshot, config), repeat)
-    with owned_netns() as ns, tempfile.TemporaryDirectory() as tmp:
-        runner = Runner(ns)
+class _Kernel:
+    """One namespace's kernel layer for ``mode``, and the raw tool it drives."""
+
+    def __init__(self, ns: str, mode: ProxyMode) -> None:
+        self.runner = Runner(ns)
+        self.nft: NftKernel | None = None
+        self.ipt: IptablesKernel | None = None
         if mode is ProxyMode.NFTABLES:
-            rs_n, res.seconds["render"] = _timed(lambda: nft.render(p), repeat)
-            text, res.seconds["text"] = _timed(lambda: nft.full_sync_text(rs_n), repeat)
-            res.rules = rs_n.rule_count + rs_n.element_count
-            kn = NftKernel(runner)
-            raw = ["nft", "-f", "-"]
-            start = time.perf_counter()
-            kn.sync(rs_n)
-            res.seconds["first_sync"] = time.perf_counter() - start
-            _, res.seconds["resync"] = _timed(lambda: kn.sync(rs_n), repeat)
+            self.nft = NftKernel(self.runner)
+            self.raw_argv = ["nft", "-f", "-"]
         else:
-            rs_i, res.seconds["render"] = _timed(lambda: ipt.render(p), repeat)
-            text, res.seconds["text"] = _timed(lambda: ipt.restore_text(rs_i), repeat)
-            res.rules = rs_i.rule_count
-            ki = IptablesKernel(runner)
-            raw = [f"iptables-{ki.variant}-restore", "--noflush"]
+            self.ipt = IptablesKernel(self.runner)  # detects the variant (not timed)
+            self.raw_argv = [f"iptables-{self.ipt.variant}-restore", "--noflush"]
+            if self.ipt.variant == "legacy":
+                self.raw_argv += ["-w", "5"]
+
+    def sync(self, ruleset: ipt.IptablesRuleset | nft.NftRuleset) -> str:
+        if self.nft is not None:
+            assert isinstance(ruleset, nft.NftRuleset)
+            return self.nft.sync(ruleset)
+        assert self.ipt is not None and isinstance(ruleset, ipt.IptablesRuleset)
+        return self.ipt.sync(ruleset)
+
+    def raw(self, text: str) -> subprocess.CompletedProcess[str]:
+        return self.runner.run(self.raw_argv, stdin=text)
+
+
+def _timed_fresh(mode: ProxyMode, repeat: int, fn: Callable[[_Kernel], T]) -> tuple[T, float]:
+    """``fn`` once per run, each in a new empty namespace (set up outside the clock)."""
+    times: list[float] = []
+    result: T | None = None
+    for _ in range(repeat):
+        with owned_netns() as ns:
+            kernel = _Kernel(ns, mode)
             start = time.perf_counter()
-            ki.sync(rs_i)
-            res.seconds["first_sync"] = time.perf_counter() - start
-            _, res.seconds["resync"] = _timed(lambda: ki.sync(rs_i), repeat)
-        res.text_bytes = len(text)
-        _, res.seconds["raw_apply_same_text"] = _timed(lambda: runner.run(raw, stdin=text), repeat)
+            result = fn(kernel)
+            times.append(time.perf_counter() - start)
+    assert result is not None
+    return result, statistics.median(times)
+
+
+def command_for(services: int, endpoints: int, mode: str, repeat: int) -> str:
+    return (
+        f"kube-proxy-py bench sync --services {services} --endpoints {endpoints} "
+        f"--mode {mode} --repeat {repeat}"
+    )
+
+
+def bench_sync(services: int, endpoints: int, mode: ProxyMode, repeat: int = 3) -> SyncResult:
+    res = SyncResult(
+        mode.value,
+        services,
+        endpoints,
+        repeat,
+        command_for(services, endpoints, mode.value, repeat),
+    )
+    res.machine = machine.describe()
+    sec = res.seconds
+    objs = synthetic.objects(services, endpoints)
+    state, sec["parse"] = _timed(lambda: synthetic.parse(objs), repeat)
+    config = synthetic.config(mode)
+    p, sec["plan"] = _timed(lambda: plan(state.snapshot, config), repeat)
+    ruleset: ipt.IptablesRuleset | nft.NftRuleset
+    if mode is ProxyMode.NFTABLES:
+        rs_n, sec["render"] = _timed(lambda: nft.render(p), repeat)
+        _, sec["text"] = _timed(lambda: nft.full_sync_text(rs_n), repeat)
+        ruleset = rs_n
+    else:
+        rs_i, sec["render"] = _timed(lambda: ipt.render(p), repeat)
+        _, sec["text"] = _timed(lambda: ipt.restore_text(rs_i), repeat)
+        ruleset = rs_i
+    rendered, sec["plan_render"] = _timed(lambda: synthetic.plan_and_render(state, mode), repeat)
+    res.rules = rendered.rules
+    del rendered
+    res.memory = measure_in_subprocess(services, endpoints, mode)
+
+    first_text, sec["first_sync"] = _timed_fresh(mode, repeat, lambda k: k.sync(ruleset))
+    res.text_bytes = len(first_text)
+    _, sec["raw_first_sync_text"] = _timed_fresh(mode, repeat, lambda k: k.raw(first_text))
+    with owned_netns() as ns, tempfile.TemporaryDirectory() as tmp:
+        kernel = _Kernel(ns, mode)
+        kernel.sync(ruleset)
+        resync_text, sec["resync"] = _timed(lambda: kernel.sync(ruleset), repeat)
+        res.resync_text_bytes = len(resync_text)
+        _, sec["raw_resync_text"] = _timed(lambda: kernel.raw(resync_text), repeat)
         state_file = Path(tmp) / "state.json"
         state_file.write_text(json.dumps(manifests.as_list(objs)))
         cli = [
             "ip", "netns", "exec", ns, sys.executable, "-m", "proxy", "apply",
             "--state", str(state_file), "--mode", mode.value,
-            "--hostname-override", "node-a", "--cluster-cidr", "10.128.0.0/9",
+            "--hostname-override", synthetic.NODE, "--cluster-cidr", synthetic.CLUSTER_CIDR,
         ]  # fmt: skip
-        _, res.seconds["cli_apply"] = _timed(
+        _, sec["cli_apply"] = _timed(
             lambda: subprocess.run(cli, check=True, capture_output=True), repeat
         )
+    res.ratios = {
+        "full_sync_vs_raw": ratio(sec["first_sync"], sec["raw_first_sync_text"]),
+        "resync_vs_raw": ratio(sec["resync"], sec["raw_resync_text"]),
+        "compute_and_sync_vs_raw": ratio(
+            sec["plan_render"] + sec["first_sync"], sec["raw_first_sync_text"]
+        ),
+    }
     res.max_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 
 
 def format_result(r: SyncResult) -> str:
-    lines = [f"$ {r.command}"]
-    lines.append(
+    m = r.memory
+    lines = [
+        f"$ {r.command}",
         f"  {r.mode}: {r.services} services x {r.endpoints_per_service} endpoints, "
-        f"{r.rules} rules/elements, {r.text_bytes / 1e6:.1f} MB of rules text, "
-        f"max RSS {r.max_rss_mib:.0f} MiB"
-    )
+        f"{r.rules} rules/elements, {r.text_bytes / 1e6:.1f} MB of full-sync text "
+        f"(re-sync {r.resync_text_bytes / 1e6:.1f} MB)",
+    ]
     for stage, secs in r.seconds.items():
         lines.append(f"    {stage:<20} {secs * 1000:9.1f} ms")
-    raw = r.seconds.get("raw_apply_same_text")
-    if raw:
-        lines.append(
-            f"    full sync / raw apply of the same text: {r.seconds['resync'] / raw:.2f}x"
-        )
+    lines += [
+        "    plan+render+text memory (fresh interpreter): "
+        f"tracemalloc peak {m.get('traced_peak_mib', 0):.1f} MiB "
+        f"(retained {m.get('traced_retained_mib', 0):.1f}), "
+        f"RSS growth peak {m.get('rss_peak_growth_mib', 0):.1f} MiB "
+        f"(retained {m.get('rss_retained_mib', 0):.1f}) over "
+        f"{m.get('rss_after_parse_mib', 0):.0f} MiB after parse",
+        f"    full sync / raw apply of the same text: {r.ratios['full_sync_vs_raw']:.2f}x; "
+        f"re-sync / raw: {r.ratios['resync_vs_raw']:.2f}x; "
+        f"(plan+render + full sync) / raw: {r.ratios['compute_and_sync_vs_raw']:.2f}x",
+        f"    bench process max RSS (all stages): {r.max_rss_mib:.0f} MiB",
+    ]
     return "\n".join(lines)
 
 
 def main_sync(args: Any) -> int:
     if os.geteuid() != 0:
-        print("bench sync: run as root (it creates a network namespace)", file=sys.stderr)
+        print("bench sync: run as root (it creates network namespaces)", file=sys.stderr)
         return 2
     modes = list(ProxyMode) if args.mode == "both" else [ProxyMode(args.mode)]
     results = []
