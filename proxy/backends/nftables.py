@@ -15,7 +15,7 @@ before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is wri
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -153,6 +153,11 @@ class NftRuleset:
 
     @cached_property
     def _merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
+        return self.merged()
+
+    def merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
+        """Chains and sets of the whole table, built anew (``chains``/``sets`` keep theirs;
+        a full sync uses this so the agent does not hold a second copy of the table)."""
         b = _Builder(self.family)
         b.merge(self.core)
         for frag in self.fragments.values():
@@ -720,56 +725,68 @@ def _balance(
 
 
 def full_sync_text(ruleset: NftRuleset, existing: ExistingNft | None = None) -> str:
-    """One ``nft -f`` transaction that makes our table exactly ``ruleset``.
+    """One ``nft -f`` transaction that makes our table exactly ``ruleset`` (the lines of
+    :func:`full_sync_lines`)."""
+    return "\n".join(full_sync_lines(ruleset, existing)) + "\n"
+
+
+def full_sync_lines(ruleset: NftRuleset, existing: ExistingNft | None = None) -> Iterator[str]:
+    """The lines of one ``nft -f`` transaction that makes our table exactly ``ruleset``,
+    produced as they are written (at 10,000 services the whole text is tens of MB).
 
     Every chain and non-dynamic set/map is (re)declared, flushed and refilled; our chains,
     sets and maps that the ruleset no longer has are deleted; dynamic (affinity) sets keep
     their entries unless their timeout changed. Nothing outside our table is touched.
     """
     existing = existing or ExistingNft()
+    chains, sets = ruleset.merged()
     fam = ruleset.nft_family
     t = f"{fam} {TABLE}"
-    out = [f'add table {t} {{ comment "{TABLE_COMMENT}" ; }}']
+    yield f'add table {t} {{ comment "{TABLE_COMMENT}" ; }}'
     # A base chain whose hook or priority differs (an older layout, or upstream's) cannot
     # be changed in place: delete it first (its rules go with it) and add it anew below.
-    for name, c in ruleset.chains.items():
+    for name, c in chains.items():
         have = existing.base_chains.get(name)
         regular_now = name in existing.chains and name not in existing.base_chains
         if c.hook is not None and ((have is not None and have != c.hook) or regular_now):
-            out.append(f"delete chain {t} {name}")
+            yield f"delete chain {t} {name}"
     recreate = [
         s.name
-        for s in ruleset.sets.values()
+        for s in sets.values()
         if s.dynamic and s.name in existing.sets and existing.sets[s.name] != s.timeout
     ]
-    for c in ruleset.chains.values():
+    for c in chains.values():
         if c.hook is not None:
-            out.append(f"add chain {t} {c.name} {{ {c.hook.spec()} ; }}")
+            yield f"add chain {t} {c.name} {{ {c.hook.spec()} ; }}"
         else:
-            out.append(f"add chain {t} {c.name}")
-    for s in ruleset.sets.values():
+            yield f"add chain {t} {c.name}"
+    for s in sets.values():
         if s.name not in recreate:
-            out.append(f"add {'map' if s.is_map else 'set'} {t} {s.name} {{ {s.spec()} }}")
-    stale_chains = sorted(existing.chains - set(ruleset.chains))
-    stale_sets = sorted(set(existing.sets) - set(ruleset.sets))
-    stale_maps = sorted(existing.maps - set(ruleset.sets))
-    out.extend(f"flush chain {t} {name}" for name in (*ruleset.chains, *stale_chains))
-    for s in ruleset.sets.values():
+            yield f"add {'map' if s.is_map else 'set'} {t} {s.name} {{ {s.spec()} }}"
+    stale_chains = sorted(existing.chains - set(chains))
+    stale_sets = sorted(set(existing.sets) - set(sets))
+    stale_maps = sorted(existing.maps - set(sets))
+    for name in (*chains, *stale_chains):
+        yield f"flush chain {t} {name}"
+    for s in sets.values():
         if not s.dynamic:
-            out.append(f"flush {'map' if s.is_map else 'set'} {t} {s.name}")
-    out.extend(f"delete chain {t} {name}" for name in stale_chains)
-    out.extend(f"delete set {t} {name}" for name in (*stale_sets, *recreate))
-    out.extend(f"delete map {t} {name}" for name in stale_maps)
+            yield f"flush {'map' if s.is_map else 'set'} {t} {s.name}"
+    for name in stale_chains:
+        yield f"delete chain {t} {name}"
+    for name in (*stale_sets, *recreate):
+        yield f"delete set {t} {name}"
+    for name in stale_maps:
+        yield f"delete map {t} {name}"
     for name in recreate:
-        s = ruleset.sets[name]
-        out.append(f"add set {t} {s.name} {{ {s.spec()} }}")
-    for c in ruleset.chains.values():
-        out.extend(f"add rule {t} {c.name} {r}" for r in c.rules)
-    for s in ruleset.sets.values():
+        s = sets[name]
+        yield f"add set {t} {s.name} {{ {s.spec()} }}"
+    for c in chains.values():
+        for r in c.rules:
+            yield f"add rule {t} {c.name} {r}"
+    for s in sets.values():
         if s.elements and not s.dynamic:
             body = ", ".join(e.text() for e in s.elements)
-            out.append(f"add element {t} {s.name} {{ {body} }}")
-    return "\n".join(out) + "\n"
+            yield f"add element {t} {s.name} {{ {body} }}"
 
 
 def cleanup_text(family: IPFamily) -> str:

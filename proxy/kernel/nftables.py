@@ -13,6 +13,7 @@ from proxy.backends.nftables import (
     ExistingNft,
     NftRuleset,
     cleanup_text,
+    full_sync_lines,
     full_sync_text,
 )
 from proxy.kernel.runner import KernelError, Runner
@@ -69,11 +70,15 @@ class NftKernel:
             )
             raise
 
-    def sync(self, ruleset: NftRuleset, existing: ExistingNft | None = None) -> str:
-        """Full sync in one transaction; returns the script."""
-        script = full_sync_text(ruleset, existing if existing is not None else self.existing())
-        self.apply(script)
-        return script
+    def sync(self, ruleset: NftRuleset, existing: ExistingNft | None = None) -> None:
+        """Full sync in one transaction, its script streamed to ``nft -f -``."""
+        have = existing if existing is not None else self.existing()
+        try:
+            self.runner.run_lines(["nft", "-f", "-"], full_sync_lines(ruleset, have))
+        except KernelError as exc:
+            exc.stdin = full_sync_text(ruleset, have)  # for failing_line()
+            log.error("nft refused the transaction", extra={"error": exc.stderr.strip()[:2000]})
+            raise
 
     def cleanup(self) -> bool:
         if not self.table_exists():

@@ -6,7 +6,8 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,52 @@ class Runner:
         if check and proc.returncode != 0:
             raise KernelError(cmd, proc.returncode, proc.stderr, stdin or "")
         return proc
+
+    def run_lines(
+        self, cmd: Sequence[str], lines: Iterable[str], *, timeout: float | None = None
+    ) -> None:
+        """Run ``cmd`` with ``lines`` written to its stdin as they come, in batches (the
+        whole input is never held as one string); a failure or timeout raises
+        :class:`KernelError` (without the input: the caller knows how to rebuild it)."""
+        batch_bytes = 1 << 18
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                self.argv(cmd), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+            )
+            assert proc.stdin is not None
+            written = 0
+            try:
+                batch: list[str] = []
+                size = 0
+                for line in lines:
+                    batch.append(line)
+                    size += len(line) + 1
+                    if size >= batch_bytes:
+                        written += proc.stdin.write(("\n".join(batch) + "\n").encode())
+                        batch, size = [], 0
+                if batch:
+                    written += proc.stdin.write(("\n".join(batch) + "\n").encode())
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the tool stopped reading: its status and stderr say why
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            limit = (
+                timeout
+                if timeout is not None
+                else BASE_TIMEOUT + written / TIMEOUT_BYTES_PER_SECOND
+            )
+            try:
+                returncode = proc.wait(timeout=limit)
+            except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                proc.wait()
+                raise KernelError(cmd, -1, f"timed out after {limit:.0f}s") from exc
+            if returncode != 0:
+                err.seek(0)
+                raise KernelError(cmd, returncode, err.read().decode(errors="replace"))
 
     @staticmethod
     def available(tool: str) -> bool:

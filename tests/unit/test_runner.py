@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from proxy.kernel import runner
@@ -31,3 +33,28 @@ def test_default_timeout_grows_with_the_input(monkeypatch: pytest.MonkeyPatch) -
             Runner().run(["true"], stdin="x" * size)
     assert seen[0] == runner.BASE_TIMEOUT
     assert seen[1] == runner.BASE_TIMEOUT + 10_000_000 / runner.TIMEOUT_BYTES_PER_SECOND
+
+
+def test_run_lines_streams_everything_in_order(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    lines = [f"line {i} " + "x" * 50 for i in range(20_000)]  # > one 256 KiB batch
+    Runner().run_lines(["sh", "-c", f"cat > {out}"], iter(lines))
+    assert out.read_text().splitlines() == lines
+
+
+def test_run_lines_failure_carries_stderr() -> None:
+    with pytest.raises(KernelError, match="bad input") as info:
+        Runner().run_lines(["sh", "-c", "cat >/dev/null; echo bad input >&2; exit 2"], ["a"])
+    assert info.value.returncode == 2
+
+
+def test_run_lines_tool_that_stops_reading_early() -> None:
+    lines = ("y" * 100 for _ in range(100_000))  # ~10 MB the tool never reads
+    with pytest.raises(KernelError) as info:
+        Runner().run_lines(["sh", "-c", "echo refused >&2; exit 3"], lines)
+    assert info.value.returncode == 3 and "refused" in info.value.stderr
+
+
+def test_run_lines_timeout() -> None:
+    with pytest.raises(KernelError, match="timed out after"):
+        Runner().run_lines(["sleep", "5"], [], timeout=0.2)
