@@ -345,3 +345,12 @@ def test_missing_lists_the_issue_figures_no_record_holds() -> None:
     records[2] = {**records[2], "churn": {"minutes": 10}}
     assert "churn 10000 nftables ours" not in sizes.missing(records)
     assert "Not in these records" in report.markdown(records, None)
+
+
+def test_datapath_flat_discounts_drift_that_hits_the_direct_path_too() -> None:
+    slow = datapath_record("ours", "nftables", 10000, 130.0)
+    slow["direct"] = {**slow["direct"], "connect_p50_us": 65.0}  # the machine got slower
+    records = [*all_met(), slow]
+    assert targets.datapath_flat(records).status == targets.MET
+    slow["direct"]["connect_p50_us"] = 50.0  # only the Service path got slower
+    assert targets.datapath_flat(records).status == targets.MISSED
