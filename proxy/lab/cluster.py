@@ -55,6 +55,38 @@ def lab_spec(base: TopologySpec | None = None) -> TopologySpec:
     )
 
 
+def upstream_rbac_objects() -> list[dict[str, Any]]:
+    """The ServiceAccount upstream kube-proxy runs as, bound to ``system:node-proxier``."""
+    ns, sa = UPSTREAM_SERVICE_ACCOUNT
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": sa},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": UPSTREAM_CLUSTER_ROLE,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+        },
+    ]
+
+
+def upstream_args(kubeconfig: Path, node: str, mode: str) -> list[str]:
+    """Upstream kube-proxy's flags on a namespace node (those kube-proxy-py also gets)."""
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--hostname-override={node}",
+        f"--proxy-mode={mode}",
+        f"--cluster-cidr={CLUSTER_CIDR}",
+        # The conntrack table size is host-wide (hashsize in /sys): leave it alone.
+        "--conntrack-max-per-core=0",
+        "--v=2",
+    ]
+
+
 def wait_for(
     condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = ""
 ) -> Any:
@@ -262,8 +294,6 @@ class LabCluster:
     # -- agents --------------------------------------------------------------------------
     def start_agent(self, node: str, mode: str, *extra: str) -> Agent:
         """``kube-proxy-py run`` in ``node``'s namespace with the ServiceAccount's token."""
-        if node in self.agents and self.agents[node].alive():
-            raise RuntimeError(f"an agent already runs on {node}")
         assert self.agent_kubeconfig is not None
         argv = (
             sys.executable,
@@ -276,52 +306,32 @@ class LabCluster:
             f"--cluster-cidr={CLUSTER_CIDR}",
             *extra,
         )
-        log_path = self.workdir / f"agent-{node}-{len(self.agents)}-{time.monotonic_ns()}.log"
-        out = log_path.open("w")
-        process = self.topo.popen(node, argv, stdout=out, stderr=subprocess.STDOUT)
-        out.close()
-        agent = Agent(node, mode, process, log_path, argv)
-        self.agents[node] = agent
-        return agent
+        return self._spawn_agent(node, mode, "agent", argv)
 
     def start_upstream_agent(self, node: str, mode: str, *extra: str) -> Agent:
         """Upstream ``kube-proxy`` (built by ``lab build``) in ``node``'s namespace, with a
         ServiceAccount bound to ``system:node-proxier`` and the same flags kube-proxy-py
         gets from :meth:`start_agent`; tracked in :attr:`agents` like ours."""
-        if node in self.agents and self.agents[node].alive():
-            raise RuntimeError(f"an agent already runs on {node}")
         if self.upstream_kubeconfig is None:
+            self.apply(*upstream_rbac_objects())
             ns, sa = UPSTREAM_SERVICE_ACCOUNT
-            self.apply(
-                {"apiVersion": "v1", "kind": "ServiceAccount",
-                 "metadata": {"name": sa, "namespace": ns}},
-                {
-                    "apiVersion": "rbac.authorization.k8s.io/v1",
-                    "kind": "ClusterRoleBinding",
-                    "metadata": {"name": sa},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
-                                "kind": "ClusterRole", "name": UPSTREAM_CLUSTER_ROLE},
-                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
-                },
-            )  # fmt: skip
             token = self.control_plane.service_account_token(ns, sa, expiration_seconds=24 * 3600)
             self.upstream_kubeconfig = self.control_plane.token_kubeconfig(sa, token)
         argv = (
             str(self.bin_dir / "kube-proxy"),
-            f"--kubeconfig={self.upstream_kubeconfig}",
-            f"--hostname-override={node}",
-            f"--proxy-mode={mode}",
-            f"--cluster-cidr={CLUSTER_CIDR}",
-            # The conntrack table size is host-wide (hashsize in /sys): leave it alone.
-            "--conntrack-max-per-core=0",
-            "--v=2",
+            *upstream_args(self.upstream_kubeconfig, node, mode),
             *extra,
         )
-        log_path = self.workdir / f"upstream-{node}-{len(self.agents)}-{time.monotonic_ns()}.log"
+        return self._spawn_agent(node, f"upstream-{mode}", "upstream", argv)
+
+    def _spawn_agent(self, node: str, mode: str, kind: str, argv: tuple[str, ...]) -> Agent:
+        if node in self.agents and self.agents[node].alive():
+            raise RuntimeError(f"an agent already runs on {node}")
+        log_path = self.workdir / f"{kind}-{node}-{len(self.agents)}-{time.monotonic_ns()}.log"
         out = log_path.open("w")
         process = self.topo.popen(node, argv, stdout=out, stderr=subprocess.STDOUT)
         out.close()
-        agent = Agent(node, f"upstream-{mode}", process, log_path, argv)
+        agent = Agent(node, mode, process, log_path, argv)
         self.agents[node] = agent
         return agent
 

@@ -125,8 +125,6 @@ LOAD_BALANCER_CIDR = "198.51.100.0/24"
 UPSTREAM_NODE = "node-upstream"
 UPSTREAM_NODE_IP = "192.168.50.30"
 UPSTREAM_POD_CIDR = "10.244.30.0/24"
-UPSTREAM_SA = ("kube-system", "kube-proxy-upstream")
-UPSTREAM_CLUSTER_ROLE = "system:node-proxier"
 API_PORT = 6443
 HEALTHZ_PORT = 10256
 ZONES = ("zone-a", "zone-b")
@@ -962,44 +960,21 @@ class Supervisor:
         self.token_refreshed = time.monotonic()
 
     def start_upstream(self) -> None:
-        from proxy.lab.cluster import CLUSTER_CIDR
+        from proxy.lab.cluster import UPSTREAM_SERVICE_ACCOUNT, upstream_args, upstream_rbac_objects
 
         node = self.state.node(UPSTREAM_NODE)
         assert node is not None
         cp = self.cluster.control_plane
-        ns, sa = UPSTREAM_SA
-        self.cluster.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {"name": sa, "namespace": ns},
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": sa},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": UPSTREAM_CLUSTER_ROLE,
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
-            },
-        )
+        self.cluster.apply(*upstream_rbac_objects())
+        ns, sa = UPSTREAM_SERVICE_ACCOUNT
         token = cp.service_account_token(ns, sa, expiration_seconds=TOKEN_SECONDS)
         kubeconfig = cp.token_kubeconfig(sa, token)
         binary = Path(self.state.control_plane["bin_dir"]) / "kube-proxy"
         args = [
             str(binary),
-            f"--kubeconfig={kubeconfig}",
-            f"--hostname-override={UPSTREAM_NODE}",
-            f"--proxy-mode={self.state.mode}",
-            f"--cluster-cidr={CLUSTER_CIDR}",
+            *upstream_args(kubeconfig, UPSTREAM_NODE, self.state.mode),
             f"--healthz-bind-address=0.0.0.0:{HEALTHZ_PORT}",
             "--metrics-bind-address=127.0.0.1:10249",
-            # Leave the conntrack table size alone: it is host-wide (hashsize in /sys).
-            "--conntrack-max-per-core=0",
-            "--v=2",
         ]
         self.progress(f"starting upstream kube-proxy on {UPSTREAM_NODE} ({self.state.mode})")
         child = _Child(
