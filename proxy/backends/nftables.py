@@ -317,8 +317,13 @@ def _port_key(sp: ServicePortPlan) -> PortKey:
     return (sp.namespace, sp.name, sp.port_name, sp.protocol)
 
 
+def _shared_keys(frag: _Fragment) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The elements a fragment adds to sets that several service ports share."""
+    return ((CLUSTER_IPS, (frag.cluster_ip,)), (HAIRPIN_CONNECTIONS, frag.hairpins))
+
+
 def _count(shared: dict[str, dict[str, int]], frag: _Fragment, step: int) -> None:
-    for set_name, keys in ((CLUSTER_IPS, (frag.cluster_ip,)), (HAIRPIN_CONNECTIONS, frag.hairpins)):
+    for set_name, keys in _shared_keys(frag):
         counts = shared[set_name]
         for key in keys:
             n = counts.get(key, 0) + step
@@ -813,8 +818,8 @@ def incremental_text(old: NftRuleset, new: NftRuleset) -> str:
     for k in changed:
         for frag in (old.fragments.get(k), new.fragments.get(k)):
             if frag is not None:
-                touched[CLUSTER_IPS][frag.cluster_ip] = None
-                touched[HAIRPIN_CONNECTIONS].update(dict.fromkeys(frag.hairpins))
+                for set_name, keys in _shared_keys(frag):
+                    touched[set_name].update(dict.fromkeys(keys))
 
     def part(rs: NftRuleset) -> NftRuleset:
         frags = {k: f for k in changed if (f := rs.fragments.get(k)) is not None}

@@ -26,6 +26,10 @@ def _nft_family(family: IPFamily) -> str:
     return "ip" if family is IPFamily.V4 else "ip6"
 
 
+def _log_refused(exc: KernelError) -> None:
+    log.error("nft refused the transaction", extra={"error": exc.stderr.strip()[:2000]})
+
+
 @dataclass
 class NftKernel:
     """Programs one IP family's ``kube-proxy`` table in one network namespace."""
@@ -64,10 +68,7 @@ class NftKernel:
         try:
             self.runner.run(cmd, stdin=script)
         except KernelError as exc:
-            log.error(
-                "nft refused the transaction",
-                extra={"error": exc.stderr.strip()[:2000]},
-            )
+            _log_refused(exc)
             raise
 
     def sync(self, ruleset: NftRuleset, existing: ExistingNft | None = None) -> None:
@@ -77,7 +78,7 @@ class NftKernel:
             self.runner.run_lines(["nft", "-f", "-"], full_sync_lines(ruleset, have))
         except KernelError as exc:
             exc.stdin = full_sync_text(ruleset, have)  # for failing_line()
-            log.error("nft refused the transaction", extra={"error": exc.stderr.strip()[:2000]})
+            _log_refused(exc)
             raise
 
     def cleanup(self) -> bool:

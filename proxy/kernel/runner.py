@@ -39,6 +39,11 @@ TIMEOUT_BYTES_PER_SECOND = 20_000.0
 """Extra second of timeout per this many bytes of input (a slow restore rate)."""
 
 
+def default_timeout(input_bytes: int) -> float:
+    """Seconds a tool may take for this much input."""
+    return BASE_TIMEOUT + input_bytes / TIMEOUT_BYTES_PER_SECOND
+
+
 @dataclass(frozen=True)
 class Runner:
     """Runs a tool in the current network namespace, or in ``netns`` via ``ip netns exec``."""
@@ -63,7 +68,7 @@ class Runner:
         takes minutes on a small machine."""
         full = self.argv(cmd)
         if timeout is None:
-            timeout = BASE_TIMEOUT + len(stdin or "") / TIMEOUT_BYTES_PER_SECOND
+            timeout = default_timeout(len(stdin or ""))
         try:
             proc = subprocess.run(
                 full, input=stdin, capture_output=True, text=True, check=False, timeout=timeout
@@ -105,11 +110,7 @@ class Runner:
                 proc.kill()
                 proc.wait()
                 raise
-            limit = (
-                timeout
-                if timeout is not None
-                else BASE_TIMEOUT + written / TIMEOUT_BYTES_PER_SECOND
-            )
+            limit = default_timeout(written) if timeout is None else timeout
             try:
                 returncode = proc.wait(timeout=limit)
             except subprocess.TimeoutExpired as exc:
