@@ -32,6 +32,7 @@ from proxy.plan import Plan, plan
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", ipt.IptablesRuleset, nft.NftRuleset)
+D = TypeVar("D", str, nft.NftTransaction)
 
 FULL_SYNC_PERIOD = 3600.0
 """Seconds between unconditional full syncs (upstream's FullSyncPeriod)."""
@@ -124,8 +125,8 @@ class Proxier:
         ruleset: R,
         full: bool,
         full_sync: Callable[[R], object],
-        diff: Callable[[R, R], str],
-        apply: Callable[[str], None],
+        diff: Callable[[R, R], D],
+        apply: Callable[[D], None],
     ) -> bool:
         """Write ``ruleset``: whole, or only its difference from the last one applied.
         Returns whether anything was written."""
@@ -134,10 +135,10 @@ class Proxier:
             full_sync(ruleset)
             written = True
         else:
-            text = diff(last, ruleset)
-            written = bool(text)
-            if text:
-                apply(text)
+            change = diff(last, ruleset)
+            written = bool(change)
+            if change:
+                apply(change)
         self._last_ruleset = ruleset
         return written
 
@@ -180,8 +181,8 @@ class Proxier:
                 )  # fmt: skip
             else:
                 changed = self._write(
-                    nft.render(p, self._nft_cache), full, self._kernel.sync, nft.incremental_text,
-                    self._kernel.apply,
+                    nft.render(p, self._nft_cache), full, self._kernel.sync, nft.incremental,
+                    self._kernel.apply_transaction,
                 )  # fmt: skip
         except (KernelError, OSError) as exc:
             self._need_full = True

@@ -803,17 +803,76 @@ def _set_kind(s: NftSet) -> str:
     return "map" if s.is_map else "set"
 
 
+@dataclass(frozen=True)
+class NftOp:
+    """One statement of an incremental transaction, kept structured so that the kernel
+    layer can send it as netlink messages; :meth:`text` is its nft spelling."""
+
+    verb: str
+    """``add``, ``delete`` or ``flush``."""
+    kind: str
+    """``chain``, ``rule``, ``set``, ``map`` or ``element``."""
+    name: str
+    """The chain, set or map."""
+    rule: str = ""
+    hook: BaseHook | None = None
+    spec: str = ""
+    """A new set's or map's declaration (:meth:`NftSet.spec`)."""
+    set_type: str = ""
+    """An element's set or map type (``ipv4_addr . inet_proto . inet_service``)."""
+    elements: tuple[NftElement, ...] = ()
+    """Elements added, or deleted (their keys)."""
+
+    def text(self, table: str) -> str:
+        head = f"{self.verb} {self.kind} {table} {self.name}"
+        if self.kind == "rule":
+            return f"{head} {self.rule}"
+        if self.kind == "element":
+            body = ", ".join(e.text() if self.verb == "add" else e.key for e in self.elements)
+            return f"{head} {{ {body} }}"
+        if self.verb == "add" and self.hook is not None:
+            return f"{head} {{ {self.hook.spec()} ; }}"
+        if self.verb == "add" and self.spec:
+            return f"{head} {{ {self.spec} }}"
+        return head
+
+
+@dataclass(frozen=True)
+class NftTransaction:
+    """The statements of one incremental transaction on one family's table."""
+
+    family: IPFamily
+    ops: tuple[NftOp, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    @property
+    def table(self) -> str:
+        return f"{'ip' if self.family is IPFamily.V4 else 'ip6'} {TABLE}"
+
+    def text(self) -> str:
+        """The ``nft -f`` script (empty when there is nothing to do)."""
+        t = self.table
+        return "".join(op.text(t) + "\n" for op in self.ops)
+
+
 def incremental_text(old: NftRuleset, new: NftRuleset) -> str:
+    """The nft script of :func:`incremental`."""
+    return incremental(old, new).text()
+
+
+def incremental(old: NftRuleset, new: NftRuleset) -> NftTransaction:
     """One transaction turning the table from ``old`` (what we applied last) into ``new``,
-    touching only what changed (see :func:`diff_text`). Unchanged service ports share
+    touching only what changed (see :func:`diff`). Unchanged service ports share
     their fragment objects between the two, so only the changed ones and the plan-wide
     part are compared: the cost follows the change, not the number of services."""
     if old.family is not new.family:
-        return diff_text(old, new)
+        return diff(old, new)
     changed: list[PortKey] = [k for k, f in new.fragments.items() if old.fragments.get(k) is not f]
     changed.extend(k for k in old.fragments if k not in new.fragments)
     if not changed and old.core is new.core and old.shared == new.shared:
-        return ""
+        return NftTransaction(new.family)
     touched: dict[str, dict[str, None]] = {name: {} for name in new.shared}
     for k in changed:
         for frag in (old.fragments.get(k), new.fragments.get(k)):
@@ -829,10 +888,15 @@ def incremental_text(old: NftRuleset, new: NftRuleset) -> str:
         }
         return NftRuleset(rs.family, rs.core, frags, shared)
 
-    return diff_text(part(old), part(new))
+    return diff(part(old), part(new))
 
 
 def diff_text(old: NftRuleset, new: NftRuleset) -> str:
+    """The nft script of :func:`diff`."""
+    return diff(old, new).text()
+
+
+def diff(old: NftRuleset, new: NftRuleset) -> NftTransaction:
     """One transaction turning the table from ``old`` (what we applied last) into ``new``,
     touching only what changed: new/changed chains are (re)filled, map and set elements
     are added and deleted one by one, removed chains and sets are deleted. Empty when
@@ -841,8 +905,7 @@ def diff_text(old: NftRuleset, new: NftRuleset) -> str:
     Order matters inside the transaction: elements and rules that reference a chain or set
     must be gone before it is deleted, and a chain must exist before anything jumps to it.
     """
-    t = f"{new.nft_family} {TABLE}"
-    out: list[str] = []
+    out: list[NftOp] = []
     recreated = {
         name
         for name, s in new.sets.items()
@@ -862,41 +925,40 @@ def diff_text(old: NftRuleset, new: NftRuleset) -> str:
     added_sets = [s for name, s in new.sets.items() if name not in old.sets]
     removed_sets = [s for name, s in old.sets.items() if name not in new.sets]
 
-    for name in added_chains:
-        hook = new.chains[name].hook
-        spec = f" {{ {hook.spec()} ; }}" if hook is not None else ""
-        out.append(f"add chain {t} {name}{spec}")
-    for s in added_sets:
-        out.append(f"add {_set_kind(s)} {t} {s.name} {{ {s.spec()} }}")
+    def add_set(s: NftSet) -> NftOp:
+        return NftOp("add", _set_kind(s), s.name, spec=s.spec())
 
-    additions: list[str] = []
+    def elements(verb: str, s: NftSet, elems: tuple[NftElement, ...]) -> NftOp:
+        return NftOp(verb, "element", s.name, set_type=s.type, elements=elems)
+
+    for name in added_chains:
+        out.append(NftOp("add", "chain", name, hook=new.chains[name].hook))
+    out.extend(add_set(s) for s in added_sets)
+
+    additions: list[NftOp] = []
     for name, s in new.sets.items():
         if s.dynamic or name not in old.sets or name in recreated:
             continue
         before = {e.key: e for e in old.sets[name].elements}
         after = {e.key: e for e in s.elements}
-        gone = [k for k, e in before.items() if after.get(k) != e]
+        gone = tuple(e for k, e in before.items() if after.get(k) != e)
         if gone:
-            out.append(f"delete element {t} {name} {{ {', '.join(gone)} }}")
-        fresh = [e.text() for k, e in after.items() if before.get(k) != e]
+            out.append(elements("delete", s, gone))
+        fresh = tuple(e for k, e in after.items() if before.get(k) != e)
         if fresh:
-            additions.append(f"add element {t} {name} {{ {', '.join(fresh)} }}")
+            additions.append(elements("add", s, fresh))
 
-    for name in changed:
-        out.append(f"flush chain {t} {name}")
+    out.extend(NftOp("flush", "chain", name) for name in changed)
     for name in recreated:
         s = new.sets[name]
-        out.append(f"delete {_set_kind(s)} {t} {name}")
-        out.append(f"add {_set_kind(s)} {t} {name} {{ {s.spec()} }}")
+        out.append(NftOp("delete", _set_kind(s), name))
+        out.append(add_set(s))
     for name in (*changed, *added_chains):
-        out.extend(f"add rule {t} {name} {r}" for r in new.chains[name].rules)
-    for s in added_sets:
-        if s.elements and not s.dynamic:
-            body = ", ".join(e.text() for e in s.elements)
-            out.append(f"add element {t} {s.name} {{ {body} }}")
+        out.extend(NftOp("add", "rule", name, rule=r) for r in new.chains[name].rules)
+    out.extend(elements("add", s, s.elements) for s in added_sets if s.elements and not s.dynamic)
     out.extend(additions)
 
-    out.extend(f"flush chain {t} {name}" for name in removed_chains)
-    out.extend(f"delete chain {t} {name}" for name in removed_chains)
-    out.extend(f"delete {_set_kind(s)} {t} {s.name}" for s in removed_sets)
-    return "\n".join(out) + "\n" if out else ""
+    out.extend(NftOp("flush", "chain", name) for name in removed_chains)
+    out.extend(NftOp("delete", "chain", name) for name in removed_chains)
+    out.extend(NftOp("delete", _set_kind(s), s.name) for s in removed_sets)
+    return NftTransaction(new.family, tuple(out))

@@ -1,21 +1,26 @@
-"""nftables apply layer: runs ``nft -f`` transactions on our table only."""
+"""nftables apply layer: transactions on our table only. Full syncs run ``nft -f``;
+incremental ones go to nf_tables as netlink messages when every statement is covered
+(:mod:`proxy.kernel.nftwire`: nft itself would first load every chain in the
+namespace), else through ``nft -f`` too. What the table holds is read over netlink."""
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from proxy.backends.nftables import (
     TABLE,
     BaseHook,
     ExistingNft,
     NftRuleset,
+    NftTransaction,
     cleanup_text,
     full_sync_lines,
     full_sync_text,
 )
+from proxy.kernel import nfnetlink as nl
+from proxy.kernel import nftwire
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
 
@@ -30,38 +35,106 @@ def _log_refused(exc: KernelError) -> None:
     log.error("nft refused the transaction", extra={"error": exc.stderr.strip()[:2000]})
 
 
+WIRE_LIMIT = 1 << 17
+"""Largest batch sent over netlink directly (bytes): above it the change is large enough
+for nft's fixed cost not to matter, and the socket's send buffer is no concern."""
+
+HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
+NFT_SET_ANONYMOUS = 0x1
+NFT_SET_MAP = 0x8
+
+
 @dataclass
 class NftKernel:
     """Programs one IP family's ``kube-proxy`` table in one network namespace."""
 
     runner: Runner
     family: IPFamily = IPFamily.V4
+    wire: bool = True
+    """Send covered incremental transactions as netlink messages (else always nft)."""
+    _sock: nl.NfTablesSocket | None = field(default=None, init=False, repr=False)
 
-    def _list(self, what: str) -> list[dict[str, Any]]:
-        proc = self.runner.run(["nft", "-t", "-j", "list", what, _nft_family(self.family)])
-        data = json.loads(proc.stdout or "{}")
-        items: list[dict[str, Any]] = []
-        for entry in data.get("nftables", []):
-            for kind, obj in entry.items():
-                if kind != "metainfo" and obj.get("table") == TABLE:
-                    items.append(obj)
-        return items
+    @property
+    def _nfproto(self) -> int:
+        return nl.NFPROTO_IPV4 if self.family is IPFamily.V4 else nl.NFPROTO_IPV6
+
+    def _socket(self) -> nl.NfTablesSocket:
+        if self._sock is None:
+            self._sock = nl.NfTablesSocket(self.runner.netns)
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def table_exists(self) -> bool:
-        proc = self.runner.run(["nft", "list", "tables", _nft_family(self.family)])
-        return any(line.split()[-1] == TABLE for line in proc.stdout.splitlines() if line)
+        try:
+            self._socket().request(nl.NFT_MSG_GETTABLE, self._nfproto, nl.strz(1, TABLE))
+        except nl.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
 
     def existing(self) -> ExistingNft:
+        """Names of our chains (and base chains' hooks) and sets/maps (and timeouts):
+        two netlink dumps, a fraction of what listing them with nft costs."""
         if not self.table_exists():
             return ExistingNft()
-        listed = self._list("chains")
-        chains = frozenset(c["name"] for c in listed)
-        base = {
-            c["name"]: BaseHook(c["type"], c["hook"], int(c["prio"])) for c in listed if "hook" in c
-        }
-        sets = {s["name"]: s.get("timeout") for s in self._list("sets")}
-        maps = frozenset(m["name"] for m in self._list("maps"))
-        return ExistingNft(True, chains, base, sets, maps)
+        sock = self._socket()
+        chains: list[str] = []
+        base: dict[str, BaseHook] = {}
+        for c in sock.dump(nl.NFT_MSG_GETCHAIN, self._nfproto, nl.strz(1, TABLE)):
+            if nl.text(c.get(1, b"")) != TABLE:
+                continue
+            name = nl.text(c[3])
+            chains.append(name)
+            if 4 in c:  # NFTA_CHAIN_HOOK: NUM 1, PRIORITY 2; NFTA_CHAIN_TYPE 7
+                hook = nl.attrs(c[4])
+                prio = int.from_bytes(hook[2][:4], "big", signed=True)
+                base[name] = BaseHook(nl.text(c[7]), HOOKS[nl.u32(hook[1])], prio)
+        sets: dict[str, int | None] = {}
+        maps: list[str] = []
+        for st in sock.dump(nl.NFT_MSG_GETSET, self._nfproto, nl.strz(1, TABLE)):
+            if nl.text(st.get(1, b"")) != TABLE:
+                continue
+            flags = nl.u32(st[3]) if 3 in st else 0
+            if flags & NFT_SET_ANONYMOUS:
+                continue
+            name = nl.text(st[2])
+            if flags & NFT_SET_MAP:
+                maps.append(name)
+            else:  # NFTA_SET_TIMEOUT, milliseconds
+                sets[name] = nl.u64(st[11]) // 1000 if 11 in st else None
+        return ExistingNft(True, frozenset(chains), base, sets, frozenset(maps))
+
+    def apply_transaction(self, tx: NftTransaction) -> None:
+        """One incremental transaction: over netlink when every statement is covered
+        and it is small, else through ``nft -f``."""
+        if not tx:
+            return
+        if self.wire:
+            try:
+                msgs = nftwire.messages(tx)
+            except nftwire.Unsupported as why:
+                log.debug("transaction goes through nft", extra={"reason": str(why)})
+            else:
+                if sum(len(m.payload) for m in msgs) <= WIRE_LIMIT:
+                    self._send(msgs, tx)
+                    return
+        self.apply(tx.text())
+
+    def _send(self, msgs: list[nl.Message], tx: NftTransaction) -> None:
+        try:
+            self._socket().transact(msgs)
+        except nl.NetlinkError as exc:
+            err = KernelError(["nf_tables"], exc.errno or 1, str(exc), tx.text())
+            _log_refused(err)
+            raise err from exc
+        except OSError:
+            self.close()  # a fresh socket next time
+            raise
 
     def apply(self, script: str, *, check_only: bool = False) -> None:
         cmd = ["nft", "-c", "-f", "-"] if check_only else ["nft", "-f", "-"]

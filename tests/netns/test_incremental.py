@@ -94,12 +94,10 @@ def test_incremental_nftables_equals_full_sync(
         k.cleanup()
     ra, rb = nft.render(_plan(a, ProxyMode.NFTABLES)), nft.render(_plan(b, ProxyMode.NFTABLES))
     inc.sync(ra)
-    text = nft.incremental_text(ra, rb)
-    if text:
-        inc.apply(text)
+    inc.apply_transaction(nft.incremental(ra, rb))  # netlink when covered, else nft
     ref.sync(rb)
     assert nft_canonical(two_netns[0]) == nft_canonical(two_netns[1])
-    assert nft.incremental_text(rb, rb) == ""
+    assert not nft.incremental(rb, rb)
 
 
 @settings(
