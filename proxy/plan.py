@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import itertools
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -310,6 +310,8 @@ class Plan:
     order: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
     """Every Service's (namespace, name), sorted: the planning order, reused while the
     set of Services stays the same."""
+    order_keys: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False, repr=False)
+    """The keys of ``order``, as a set."""
     serial: int = field(default_factory=lambda: next(_SERIALS), compare=False, repr=False)
     delta: tuple[int, frozenset[tuple[str, str]]] | None = field(
         default=None, compare=False, repr=False
@@ -322,8 +324,13 @@ class Plan:
     def cluster_ips(self) -> tuple[IPAddress, ...]:
         return tuple(sorted({sp.cluster_ip for sp in self.service_ports}))
 
+    known_endpoint_count: int | None = field(default=None, compare=False, repr=False)
+    """``endpoint_count`` when the planner derived it from the last plan's."""
+
     @cached_property
     def endpoint_count(self) -> int:
+        if self.known_endpoint_count is not None:
+            return self.known_endpoint_count
         return sum(len(sp.reachable_endpoints) for sp in self.service_ports)
 
     def service_port(self, namespace: str, name: str, port_name: str = "") -> ServicePortPlan:
@@ -582,20 +589,23 @@ def plan(
     if services is None:
         services = {(s.namespace, s.name): s for s in snapshot.services}
     order: tuple[tuple[str, str], ...] = previous.order if previous is not None else ()
-    if len(order) != len(services) or not services.keys() >= set(order):
+    order_keys = previous.order_keys if previous is not None else frozenset()
+    if wanted is not None:  # only these may have come or gone
+        same = len(order) == len(services) and all(
+            (k in services) == (k in order_keys) for k in wanted
+        )
+    else:
+        same = len(order) == len(services) and services.keys() >= order_keys
+    if not same:
         order = tuple(sorted(services))
-    for svc in (services[k] for k in order):
-        key = (svc.namespace, svc.name)
-        if svc.skip_reason is not None:
-            if family is IPFamily.V4:
-                skipped.append(SkippedService(svc.ref, svc.skip_reason))
-            continue
-        if wanted is not None and key not in wanted and key in reusable:
-            by_service[key] = reusable[key]
-            continue
+        order_keys = frozenset(order)
+
+    def plan_service(svc: Service) -> tuple[ServicePortPlan, ...] | None:
+        """The Service's port plans; None when it has no ClusterIP of this family."""
         cluster_ip = next((ip for ip in svc.cluster_ips if IPFamily.of(ip) == family), None)
         if cluster_ip is None:
-            continue
+            return None
+        key = (svc.namespace, svc.name)
         by_port = _candidates_by_port(slices_by_service.get(key, ()), family, config.node_name)
         service_ports = [
             _plan_port(
@@ -611,7 +621,27 @@ def plan(
             for sp in svc.ports
         ]
         service_ports.sort(key=lambda p: (p.port_name, p.protocol))
-        by_service[key] = tuple(service_ports)
+        return tuple(service_ports)
+
+    replanned = None
+    if wanted is not None and previous is not None and order is previous.order:
+        replanned = _replan(wanted, services, reusable, plan_service)
+    if replanned is not None:
+        by_service = replanned
+        skipped = list(previous.skipped) if previous is not None else []
+    else:
+        for svc in (services[k] for k in order):
+            key = (svc.namespace, svc.name)
+            if svc.skip_reason is not None:
+                if family is IPFamily.V4:
+                    skipped.append(SkippedService(svc.ref, svc.skip_reason))
+                continue
+            if wanted is not None and key not in wanted and key in reusable:
+                by_service[key] = reusable[key]
+                continue
+            planned = plan_service(svc)
+            if planned is not None:
+                by_service[key] = planned
     ports = [sp for group in by_service.values() for sp in group]
     claims = None
     if wanted is not None and previous is not None and previous.claims is not None:
@@ -622,6 +652,21 @@ def plan(
     conflicts: list[Problem] = []
     if claims is None:
         ports, conflicts, claims = resolve_conflicts(ports, config.node_name, zone)
+    delta = (
+        (previous.serial, frozenset(wanted))
+        if wanted is not None and previous is not None and not conflicts
+        and previous.claims is not None
+        else None
+    )  # fmt: skip
+    known_endpoints = None
+    if delta is not None and previous is not None:
+        # no conflicts then or now: the ports are the per-Service plans, all of them
+        known_endpoints = previous.endpoint_count + sum(
+            len(sp.reachable_endpoints) * sign
+            for group, sign in ((previous.by_service, -1), (by_service, 1))
+            for k in delta[1]
+            for sp in group.get(k, ())
+        )
     return Plan(
         family=family,
         node_name=config.node_name,
@@ -639,15 +684,31 @@ def plan(
         inputs=inputs,
         claims=claims,
         order=order,
-        delta=(
-            (previous.serial, frozenset(wanted))
-            if wanted is not None
-            and previous is not None
-            and not conflicts
-            and previous.claims is not None
-            else None
-        ),
+        order_keys=order_keys,
+        delta=delta,
+        known_endpoint_count=known_endpoints,
     )
+
+
+def _replan(
+    wanted: Collection[tuple[str, str]],
+    services: Mapping[tuple[str, str], Service],
+    reusable: Mapping[tuple[str, str], tuple[ServicePortPlan, ...]],
+    plan_service: Callable[[Service], tuple[ServicePortPlan, ...] | None],
+) -> dict[tuple[str, str], tuple[ServicePortPlan, ...]] | None:
+    """The last plan's port plans with only the ``wanted`` Services planned again, in the
+    same order; None when one of them is, or was, skipped or without a ClusterIP of the
+    family (then the caller walks all Services: the order of what is planned changes)."""
+    by_service = dict(reusable)
+    for key in wanted:
+        svc = services.get(key)
+        if key not in reusable or svc is None or svc.skip_reason is not None:
+            return None
+        planned = plan_service(svc)
+        if planned is None:
+            return None
+        by_service[key] = planned
+    return by_service
 
 
 def resolve_conflicts(

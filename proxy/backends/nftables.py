@@ -150,6 +150,11 @@ class NftRuleset:
     core: _Fragment
     fragments: Mapping[PortKey, _Fragment]
     shared: Mapping[str, Mapping[str, int]]
+    serial: int = 0
+    """The serial of the plan it was rendered from."""
+    delta: tuple[int, frozenset[PortKey]] | None = None
+    """(serial of the plan behind the ruleset this one was derived from, the service
+    ports whose fragments may differ from that one's)."""
 
     @cached_property
     def _merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
@@ -311,6 +316,7 @@ class _Rendered:
     fragments: dict[PortKey, _Fragment]
     shared: dict[str, dict[str, int]]
     by_service: dict[tuple[str, str], tuple[tuple[PortKey, ServicePortPlan], ...]]
+    delta: tuple[int, frozenset[PortKey]] | None = None
 
 
 def _port_key(sp: ServicePortPlan) -> PortKey:
@@ -529,7 +535,9 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
     else:
         rendered = _render_all(plan, cache, local_cidr)
     cache.last = rendered
-    return NftRuleset(fam, b.fragment(), rendered.fragments, rendered.shared)
+    return NftRuleset(
+        fam, b.fragment(), rendered.fragments, rendered.shared, plan.serial, rendered.delta
+    )
 
 
 def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rendered:
@@ -558,10 +566,12 @@ def _render_delta(
     fragments = dict(last.fragments)
     shared = {name: dict(counts) for name, counts in last.shared.items()}
     by_service = dict(last.by_service)
+    touched: set[PortKey] = set()
     for svc in changed:
         for key, sp in by_service.pop(svc, ()):
             _count(shared, fragments.pop(key), -1)
             cache.fragments.pop(id(sp), None)
+            touched.add(key)
         ports = []
         for sp in plan.by_service.get(svc, ()):
             frag = cache.fragment(plan, sp, local_cidr)
@@ -569,9 +579,10 @@ def _render_delta(
             fragments[key] = frag
             _count(shared, frag, 1)
             ports.append((key, sp))
+            touched.add(key)
         if ports:
             by_service[svc] = tuple(ports)
-    return _Rendered(plan.serial, fragments, shared, by_service)
+    return _Rendered(plan.serial, fragments, shared, by_service, (last.serial, frozenset(touched)))
 
 
 def masquerade_rule(plan: Plan) -> str:
@@ -869,8 +880,12 @@ def incremental(old: NftRuleset, new: NftRuleset) -> NftTransaction:
     part are compared: the cost follows the change, not the number of services."""
     if old.family is not new.family:
         return diff(old, new)
-    changed: list[PortKey] = [k for k, f in new.fragments.items() if old.fragments.get(k) is not f]
-    changed.extend(k for k in old.fragments if k not in new.fragments)
+    changed: list[PortKey]
+    if new.delta is not None and old.serial and new.delta[0] == old.serial:
+        changed = [k for k in new.delta[1] if old.fragments.get(k) is not new.fragments.get(k)]
+    else:
+        changed = [k for k, f in new.fragments.items() if old.fragments.get(k) is not f]
+        changed.extend(k for k in old.fragments if k not in new.fragments)
     if not changed and old.core is new.core and old.shared == new.shared:
         return NftTransaction(new.family)
     touched: dict[str, dict[str, None]] = {name: {} for name in new.shared}

@@ -304,3 +304,62 @@ def test_a_reused_pod_ip_goes_by_the_new_pods_conditions() -> None:
         # the reused IP counts as not ready and not terminating: only the other
         # (serving, terminating) endpoint is the fallback
         assert ips(sp.cluster_endpoints) == ["10.244.2.5"], order
+
+
+def _endpoint_change(objs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """``objs`` with the EndpointSlice of Service ``name`` down to one new endpoint."""
+    out = []
+    for o in objs:
+        labels = o.get("metadata", {}).get("labels", {})
+        if o["kind"] == "EndpointSlice" and labels.get("kubernetes.io/service-name") == name:
+            o = {**o, "endpoints": [{"addresses": ["10.200.0.7"], "nodeName": "node-b"}]}
+        out.append(o)
+    return out
+
+
+def test_an_endpoint_change_replans_only_its_service_in_place() -> None:
+    from proxy.backends import nftables as nft
+
+    skipped = m.service("odd", "None", [m.Port(80, "http")], namespace="bench")
+    objs = [*m.synthetic_cluster(40, 3), skipped]
+    cfg = ProxyConfig("node-a", mode=ProxyMode.NFTABLES)
+    before = plan(build_state(objs, "node-a").snapshot, cfg)
+    snap = build_state(_endpoint_change(objs, "svc-7"), "node-a").snapshot
+    key = ("bench", "svc-7")
+    after = plan(snap, cfg, previous=before, changed={key})
+    full = plan(snap, cfg)
+    assert after.order is before.order
+    assert after.service_ports == full.service_ports
+    assert after.skipped == full.skipped and len(after.skipped) == 1
+    assert after.delta == (before.serial, frozenset({key}))
+    assert before.endpoint_count == full.endpoint_count + 2  # 3 endpoints became 1
+    assert after.known_endpoint_count == full.endpoint_count
+    assert [k for k in after.by_service if after.by_service[k] is not before.by_service[k]] == [
+        key
+    ]
+    # the renderer knows which service ports it rendered again; the transaction built
+    # from that equals a diff of the whole tables
+    cache = nft.RenderCache()
+    ra, rb = nft.render(before, cache), nft.render(after, cache)
+    assert rb.delta is not None and rb.delta[0] == ra.serial
+    assert {k[:2] for k in rb.delta[1]} == {key}
+    assert nft.incremental_text(ra, rb) == nft.diff_text(nft.render(before), nft.render(full))
+    assert "10.200.0.7" in nft.incremental_text(ra, rb)
+
+
+def test_a_service_that_becomes_skipped_is_planned_over_all_services() -> None:
+    objs = m.synthetic_cluster(10, 2)
+    cfg = ProxyConfig("node-a", mode=ProxyMode.NFTABLES)
+    before = plan(build_state(objs, "node-a").snapshot, cfg)
+    changed = [
+        {**o, "spec": {**o["spec"], "type": "ExternalName", "externalName": "x.example"}}
+        if o["kind"] == "Service" and o["metadata"]["name"] == "svc-3"
+        else o
+        for o in objs
+    ]
+    snap = build_state(changed, "node-a").snapshot
+    after = plan(snap, cfg, previous=before, changed={("bench", "svc-3")})
+    full = plan(snap, cfg)
+    assert after.service_ports == full.service_ports
+    assert after.skipped == full.skipped
+    assert [s.ref.name for s in after.skipped] == ["svc-3"]
