@@ -334,9 +334,7 @@ def test_an_endpoint_change_replans_only_its_service_in_place() -> None:
     assert after.delta == (before.serial, frozenset({key}))
     assert before.endpoint_count == full.endpoint_count + 2  # 3 endpoints became 1
     assert after.known_endpoint_count == full.endpoint_count
-    assert [k for k in after.by_service if after.by_service[k] is not before.by_service[k]] == [
-        key
-    ]
+    assert [k for k in after.by_service if after.by_service[k] is not before.by_service[k]] == [key]
     # the renderer knows which service ports it rendered again; the transaction built
     # from that equals a diff of the whole tables
     cache = nft.RenderCache()
