@@ -80,6 +80,15 @@ class NftKernel:
     def existing(self) -> ExistingNft:
         """Names of our chains (and base chains' hooks) and sets/maps (and timeouts):
         two netlink dumps, a fraction of what listing them with nft costs."""
+        try:
+            return self._existing()
+        except nl.NetlinkError:
+            raise
+        except OSError:
+            self.close()  # a fresh socket next time
+            raise
+
+    def _existing(self) -> ExistingNft:
         if not self.table_exists():
             return ExistingNft()
         sock = self._socket()
