@@ -1,8 +1,9 @@
 """An incremental nftables transaction as nf_tables netlink messages (pure: no I/O).
 
 Covers what endpoint and Service changes write between full syncs: regular chains
-added, flushed and deleted; sets and maps deleted; elements of the table's maps and
-sets added and deleted; and the rule shapes service chains are made of::
+added, flushed and deleted; affinity sets added; sets and maps deleted; elements of the
+table's maps and sets added and deleted; and the rule shapes service chains are made
+of::
 
     numgen random mod 3 == 0 meta l4proto tcp dnat to 10.244.1.11:8080
     ip saddr @affinity-set goto endpoint-chain
@@ -14,9 +15,9 @@ sets added and deleted; and the rule shapes service chains are made of::
 Each statement is encoded the way nft 1.0.6 encodes it (the same expressions,
 registers and byte orders: ``nft --debug=netlink`` shows them), so the kernel holds the
 same rules whichever way they were written; ``tests/netns/test_nftwire.py`` compares
-the kernel's own dumps of both. Anything else (base chains, new sets, anonymous sets,
-comments longer than nft allows) raises :class:`Unsupported` and the caller hands the
-transaction to ``nft -f`` instead.
+the kernel's own dumps of both. Anything else (base chains, other new sets and maps,
+anonymous sets, comments longer than nft allows) raises :class:`Unsupported` and the
+caller hands the transaction to ``nft -f`` instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from proxy.kernel.nfnetlink import (
     NFT_MSG_DELSETELEM,
     NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE,
+    NFT_MSG_NEWSET,
     NFT_MSG_NEWSETELEM,
     NLM_F_APPEND,
     NLM_F_CREATE,
@@ -414,7 +416,43 @@ NFTA_SET_TABLE = 1
 NFTA_SET_NAME = 2
 
 
-def _messages(op: NftOp, family: IPFamily) -> Iterator[Message]:
+NFTA_SET_FLAGS = 3
+NFTA_SET_KEY_TYPE = 4
+NFTA_SET_KEY_LEN = 5
+NFTA_SET_ID = 10
+NFTA_SET_TIMEOUT = 11
+NFTA_SET_USERDATA = 13
+NFT_SET_TIMEOUT = 0x10
+NFT_SET_EVAL = 0x20
+KEY_TYPES = {"ipv4_addr": (7, 4), "ipv6_addr": (8, 16)}
+"""nft's datatype numbers and lengths of the set keys covered."""
+
+_AFFINITY_SET = re.compile(r"type (ipv4_addr|ipv6_addr) ; flags dynamic,timeout ; timeout (\d+)s ;")
+
+
+def _new_set(name: str, spec: str, set_id: int) -> bytes:
+    """An affinity set (the only kind an incremental sync creates): dynamic, with a
+    timeout, keyed by a client address."""
+    m = _AFFINITY_SET.fullmatch(spec)
+    if m is None:
+        raise Unsupported(f"set declaration {spec!r}")
+    key_type, key_len = KEY_TYPES[m[1]]
+    return b"".join(
+        [
+            strz(NFTA_SET_TABLE, TABLE),
+            strz(NFTA_SET_NAME, name),
+            be32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL),
+            be32(NFTA_SET_KEY_TYPE, key_type),
+            be32(NFTA_SET_KEY_LEN, key_len),
+            be32(NFTA_SET_ID, set_id),
+            attr(NFTA_SET_TIMEOUT, struct.pack(">Q", int(m[2]) * 1000)),
+            # user data: key byte order (NFTNL_UDATA_SET_KEYBYTEORDER) big endian
+            attr(NFTA_SET_USERDATA, bytes([0, 4]) + _host32(2)),
+        ]
+    )
+
+
+def _messages(op: NftOp, family: IPFamily, set_id: int) -> Iterator[Message]:
     nfproto = NFPROTO_IPV4 if family is IPFamily.V4 else NFPROTO_IPV6
     table = strz(1, TABLE)  # every object's TABLE attribute is number 1
     what = op.text(f"{'ip' if family is IPFamily.V4 else 'ip6'} {TABLE}")[:200]
@@ -428,6 +466,9 @@ def _messages(op: NftOp, family: IPFamily) -> Iterator[Message]:
         yield Message(NFT_MSG_DELRULE, nfproto, table + strz(NFTA_RULE_CHAIN, op.name), 0, what)
     elif key == ("delete", "chain"):
         yield Message(NFT_MSG_DELCHAIN, nfproto, table + strz(NFTA_CHAIN_NAME, op.name), 0, what)
+    elif key == ("add", "set"):
+        payload = _new_set(op.name, op.spec, set_id)
+        yield Message(NFT_MSG_NEWSET, nfproto, payload, NLM_F_CREATE, what)
     elif op.verb == "delete" and op.kind in ("set", "map"):
         yield Message(NFT_MSG_DELSET, nfproto, table + strz(NFTA_SET_NAME, op.name), 0, what)
     elif key == ("add", "rule"):
@@ -450,4 +491,4 @@ def _messages(op: NftOp, family: IPFamily) -> Iterator[Message]:
 def messages(tx: NftTransaction) -> list[Message]:
     """The transaction's netlink messages, in order; :class:`Unsupported` if any of its
     statements is not covered (then none of it should be sent this way)."""
-    return [m for op in tx.ops for m in _messages(op, tx.family)]
+    return [m for i, op in enumerate(tx.ops, 1) for m in _messages(op, tx.family, i)]

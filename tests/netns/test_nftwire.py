@@ -71,11 +71,13 @@ def kernel_dump(ns: str, family: IPFamily) -> dict[str, Any]:
         for r in sock.dump(nl.NFT_MSG_GETRULE, proto, table):
             rules.setdefault(nl.text(r[2]), []).append((r[4], r.get(7, b"")))
         elements: dict[str, list[bytes]] = {}
+        sets: dict[str, dict[int, bytes]] = {}
         for s in sock.dump(nl.NFT_MSG_GETSET, proto, table):
             name = nl.text(s[2])
+            sets[name] = {k: v for k, v in s.items() if k != 16}  # NFTA_SET_HANDLE
             got = sock.dump(nl.NFT_MSG_GETSETELEM, proto, table + nl.strz(2, name))
             elements[name] = sorted(e for o in got for e in _list(o.get(3, b"")))
-    return {"rules": rules, "elements": elements}
+    return {"rules": rules, "elements": elements, "sets": sets}
 
 
 def _list(blob: bytes) -> list[bytes]:
@@ -142,6 +144,9 @@ def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
         NftOp("flush", "chain", "svc"),
         *(NftOp("add", "rule", "svc", rule=r) for r in rules),
         NftOp("add", "rule", "ep", rule=f"update @aff {{ {ipx} saddr }}"),
+        NftOp("add", "set", "aff2", spec=f"type {addr} ; flags dynamic,timeout ; timeout 60s ;"),
+        NftOp("add", "rule", "ep", rule=f"{ipx} saddr @aff2 goto svc"),
+        NftOp("add", "rule", "ep", rule=f"update @aff2 {{ {ipx} saddr }}"),
         NftOp("add", "rule", "fresh", rule="accept"),
         NftOp(
             "add",
@@ -236,6 +241,7 @@ def _slice(name: str, ips: list[str], node: str = "node-a") -> dict[str, Any]:
     }
 
 
+STICKY = {"sessionAffinity": "ClientIP"}
 LOCAL = {"type": "NodePort", "externalTrafficPolicy": "Local", "externalIPs": ["192.0.2.9"]}
 CHANGES = {
     "endpoint added": (
@@ -255,6 +261,10 @@ CHANGES = {
         [_service("edge", LOCAL), _slice("edge", ["10.244.2.4"], node="node-b")],
     ),
     "service removed": ([_service("web", {}), _slice("web", ["10.244.1.1"])], []),
+    "session affinity endpoint added": (
+        [_service("sticky", STICKY), _slice("sticky", ["10.244.1.1"])],
+        [_service("sticky", STICKY), _slice("sticky", ["10.244.1.1", "10.244.1.2"])],
+    ),
 }
 
 

@@ -57,10 +57,11 @@ def test_uncovered_rules_are_left_to_nft(rule: str) -> None:
         nftwire.messages(tx)
 
 
-def test_base_chains_and_new_sets_are_left_to_nft() -> None:
+def test_base_chains_and_sets_other_than_affinity_sets_are_left_to_nft() -> None:
     for op in (
         NftOp("add", "chain", "nat-output", hook=BaseHook("nat", "output", -100)),
         NftOp("add", "set", "aff", spec="type ipv4_addr ; flags dynamic,timeout ;"),
+        NftOp("add", "map", "m", spec="type inet_proto . inet_service : verdict ;"),
     ):
         with pytest.raises(nftwire.Unsupported):
             nftwire.messages(NftTransaction(IPFamily.V4, (op,)))
