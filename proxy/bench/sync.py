@@ -47,11 +47,11 @@ from proxy.backends import nftables as nft
 from proxy.bench import machine, synthetic
 from proxy.bench.memory import measure_in_subprocess
 from proxy.bench.stats import ratio
-from proxy.config import ProxyMode
+from proxy.config import ProxyConfig, ProxyMode
 from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
-from proxy.plan import plan
+from proxy.plan import Plan, plan
 
 T = TypeVar("T")
 
@@ -152,6 +152,41 @@ def _timed_fresh(mode: ProxyMode, repeat: int, fn: Callable[[_Kernel], T]) -> tu
     return result, statistics.median(times)
 
 
+def _one_change(
+    kernel: NftKernel, objs: list[dict[str, Any]], before: Plan, config: ProxyConfig, repeat: int
+) -> dict[str, float]:
+    """What one EndpointSlice change costs to write into the populated table: the
+    incremental transaction sent over netlink (as the agent does) and the same statements
+    through ``nft -f``. Each run writes the change and then its reverse; the figure is
+    per transaction."""
+    sl = next(o for o in objs if o["kind"] == "EndpointSlice")
+    moved = {**sl, "endpoints": [{**sl["endpoints"][0], "addresses": ["10.255.0.1"]},
+                                 *sl["endpoints"][1:]]}  # fmt: skip
+    key = (sl["metadata"]["namespace"], sl["metadata"]["labels"]["kubernetes.io/service-name"])
+    state = synthetic.parse([moved if o is sl else o for o in objs])
+    after = plan(state.snapshot, config, previous=before, changed={key})
+    cache = nft.RenderCache()
+    rs_a, rs_b = nft.render(before, cache), nft.render(after, cache)
+    there, back = nft.incremental(rs_a, rs_b), nft.incremental(rs_b, rs_a)
+    assert there and back
+
+    def by_netlink() -> bool:
+        kernel.apply_transaction(there)
+        kernel.apply_transaction(back)
+        return True
+
+    there_text, back_text = there.text(), back.text()
+
+    def by_nft() -> bool:
+        kernel.apply(there_text)
+        kernel.apply(back_text)
+        return True
+
+    _, netlink = _timed(by_netlink, repeat)
+    _, via_nft = _timed(by_nft, repeat)
+    return {"change_netlink": netlink / 2, "change_nft": via_nft / 2}
+
+
 def command_for(services: int, endpoints: int, mode: str, repeat: int) -> str:
     return (
         f"kube-proxy-py bench sync --services {services} --endpoints {endpoints} "
@@ -200,6 +235,8 @@ def bench_sync(services: int, endpoints: int, mode: ProxyMode, repeat: int = 3) 
         resync_text = kernel.text(ruleset, resync_text)
         res.resync_text_bytes = len(resync_text)
         _, sec["raw_resync_text"] = _timed(lambda: kernel.raw(resync_text), repeat)
+        if kernel.nft is not None:
+            sec.update(_one_change(kernel.nft, objs, p, config, repeat))
         state_file = Path(tmp) / "state.json"
         state_file.write_text(json.dumps(manifests.as_list(objs)))
         cli = [
