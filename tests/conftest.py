@@ -6,6 +6,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -34,3 +35,17 @@ def netns() -> Iterator[str]:
         for pid in pids.stdout.split():
             subprocess.run(["kill", "-9", pid], check=False)
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@contextmanager
+def netns_pair(first: str, second: str) -> Iterator[tuple[str, str]]:
+    """Two fresh, unlinked namespaces (names ending ``-first``/``-second``), deleted
+    afterwards: one written one way, the other a reference."""
+    names = (f"kpp-{uuid.uuid4().hex[:6]}-{first}", f"kpp-{uuid.uuid4().hex[:6]}-{second}")
+    for n in names:
+        subprocess.run(["ip", "netns", "add", n], check=True)
+    try:
+        yield names
+    finally:
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], check=False)

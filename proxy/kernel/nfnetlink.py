@@ -178,6 +178,11 @@ def _replies(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
         offset += _pad(size)
 
 
+def _error_code(payload: bytes) -> int:
+    """The errno of an NLMSG_ERROR reply (0: an acknowledgement)."""
+    return -int(struct.unpack_from("=i", payload)[0])
+
+
 class NfTablesSocket:
     """One netlink socket to nf_tables, in the current network namespace or in
     ``netns`` (a socket keeps the namespace it was created in)."""
@@ -235,7 +240,7 @@ class NfTablesSocket:
             for mtype, _flags, seq, payload in _replies(data):
                 if mtype != NLMSG_ERROR:
                     continue
-                code = -int(struct.unpack_from("=i", payload)[0])
+                code = _error_code(payload)
                 if code:
                     failures.append((seq - first - 1, code))
         if failures:
@@ -254,7 +259,7 @@ class NfTablesSocket:
                 if rseq != seq:
                     continue
                 if mtype == NLMSG_ERROR:
-                    code = -int(struct.unpack_from("=i", body)[0])
+                    code = _error_code(body)
                     if code:
                         raise NetlinkError(code, 0, "get")
                     if found is None:
@@ -287,7 +292,7 @@ class NfTablesSocket:
                 if mtype == NLMSG_DONE:
                     return objects, interrupted
                 if mtype == NLMSG_ERROR:
-                    code = -int(struct.unpack_from("=i", body)[0])
+                    code = _error_code(body)
                     if code:
                         raise NetlinkError(code, 0, "dump")
                     return objects, interrupted

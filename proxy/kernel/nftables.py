@@ -27,10 +27,6 @@ from proxy.model import IPFamily
 log = logging.getLogger(__name__)
 
 
-def _nft_family(family: IPFamily) -> str:
-    return "ip" if family is IPFamily.V4 else "ip6"
-
-
 def _log_refused(exc: KernelError) -> None:
     log.error("nft refused the transaction", extra={"error": exc.stderr.strip()[:2000]})
 

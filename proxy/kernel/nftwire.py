@@ -28,7 +28,7 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
-from proxy.backends.nftables import TABLE, NftElement, NftOp, NftTransaction
+from proxy.backends.nftables import TABLE, NftElement, NftOp, NftTransaction, _safe
 from proxy.kernel.nfnetlink import (
     NFPROTO_IPV4,
     NFPROTO_IPV6,
@@ -152,10 +152,6 @@ def _comment(text: str) -> bytes:
     if len(raw) > COMMENT_MAX:
         raise Unsupported("comment longer than nft allows")
     return bytes([0, len(raw)]) + raw
-
-
-def _safe(text: str) -> str:
-    return text.replace('"', "'")
 
 
 # ---------------------------------------------------------------------------------------

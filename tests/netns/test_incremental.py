@@ -7,7 +7,6 @@ import ipaddress
 import json
 import re
 import subprocess
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
 from proxy.plan import plan
 from proxy.source.file import build_state
+from tests.conftest import netns_pair
 from tests.strategies import cluster_states
 
 pytestmark = pytest.mark.netns
@@ -29,14 +29,8 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture(scope="module")
 def two_netns() -> Iterator[tuple[str, str]]:
-    names = (f"kpp-{uuid.uuid4().hex[:6]}-inc", f"kpp-{uuid.uuid4().hex[:6]}-ref")
-    for n in names:
-        subprocess.run(["ip", "netns", "add", n], check=True)
-    try:
+    with netns_pair("inc", "ref") as names:
         yield names
-    finally:
-        for n in names:
-            subprocess.run(["ip", "netns", "del", n], check=False)
 
 
 def _plan(objs: list[dict[str, Any]], mode: ProxyMode):  # type: ignore[no-untyped-def]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
 from proxy.plan import plan
 from proxy.source.file import build_state
+from tests.conftest import netns_pair
 
 pytestmark = pytest.mark.netns
 
@@ -35,14 +35,8 @@ NODEPORT_MAP = "inet_proto . inet_service : verdict"
 
 @pytest.fixture
 def pair() -> Iterator[tuple[str, str]]:
-    names = (f"kpp-{uuid.uuid4().hex[:6]}-nft", f"kpp-{uuid.uuid4().hex[:6]}-wire")
-    for n in names:
-        subprocess.run(["ip", "netns", "add", n], check=True)
-    try:
+    with netns_pair("nft", "wire") as names:
         yield names
-    finally:
-        for n in names:
-            subprocess.run(["ip", "netns", "del", n], check=False)
 
 
 def nft_run(ns: str, script: str) -> None:
