@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from proxy import naming
+from proxy.backends import endpointmaps
+from proxy.backends.endpointmaps import Slot
 from proxy.model import IPFamily, Protocol
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
 
@@ -123,13 +125,16 @@ class NftSet:
     flags: tuple[str, ...] = ()
     timeout: int | None = None
     comment: str = ""
+    typeof: str = ""
+    """Declared by expressions (``typeof numgen random mod 1 : ip daddr . th dport``)
+    when no type name fits; ``type`` still names the key and data types."""
 
     @property
     def dynamic(self) -> bool:
         return "dynamic" in self.flags
 
     def spec(self) -> str:
-        parts = [f"type {self.type}"]
+        parts = [f"typeof {self.typeof}" if self.typeof else f"type {self.type}"]
         if self.flags:
             parts.append("flags " + ",".join(self.flags))
         if self.timeout is not None:
@@ -291,9 +296,7 @@ class _Builder:
             n: NftChain(n, tuple(rules), self.hooks.get(n)) for n, rules in self.chains.items()
         }
         sets = {
-            n: NftSet(
-                s.name, s.type, s.is_map, tuple(self.elements[n]), s.flags, s.timeout, s.comment
-            )
+            n: dataclasses.replace(s, elements=tuple(self.elements[n]))
             for n, s in self.sets.items()
         }
         return chains, sets
@@ -310,13 +313,23 @@ class _Fragment:
     """Keys of its local endpoints in the hairpin-connections set."""
 
 
+Demands = dict[str, dict[str, tuple[int, PortKey]]]
+"""endpoint map → chain → (windows it needs, the service port it belongs to)."""
+
+
 @dataclass(frozen=True)
 class _Rendered:
     serial: int
     fragments: dict[PortKey, _Fragment]
     shared: dict[str, dict[str, int]]
     by_service: dict[tuple[str, str], tuple[tuple[PortKey, ServicePortPlan], ...]]
+    demands: Demands
+    slots: dict[str, Slot]
     delta: tuple[int, frozenset[PortKey]] | None = None
+
+    @property
+    def endpoint_maps(self) -> list[str]:
+        return sorted(name for name, chains in self.demands.items() if chains)
 
 
 def _port_key(sp: ServicePortPlan) -> PortKey:
@@ -345,16 +358,21 @@ class RenderCache:
     incremental planner hands back the very same objects for unchanged Services)."""
 
     params: object = None
-    fragments: dict[int, tuple[ServicePortPlan, _Fragment]] = field(default_factory=dict)
+    fragments: dict[int, tuple[ServicePortPlan, _Fragment, tuple[Slot | None, ...]]] = field(
+        default_factory=dict
+    )
     last: _Rendered | None = None
     """The last plan rendered: a plan derived from it re-renders only its changes."""
 
-    def fragment(self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None) -> _Fragment:
+    def fragment(
+        self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None, slots: Mapping[str, Slot]
+    ) -> _Fragment:
+        mine = tuple(slots.get(chain) for chain, _ in endpoint_map_chains(sp))
         hit = self.fragments.get(id(sp))
-        if hit is not None and hit[0] is sp:
+        if hit is not None and hit[0] is sp and hit[2] == mine:
             return hit[1]
         b = _Builder(plan.family)
-        _render_port(plan, sp, b, local_cidr)
+        _render_port(plan, sp, b, local_cidr, slots)
         proto = sp.protocol.lowercase
         frag = dataclasses.replace(
             b.fragment(),
@@ -365,7 +383,7 @@ class RenderCache:
                 if ep.is_local
             ),
         )
-        self.fragments[id(sp)] = (sp, frag)
+        self.fragments[id(sp)] = (sp, frag, mine)
         return frag
 
     def start(self, params: object) -> None:
@@ -535,6 +553,16 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
     else:
         rendered = _render_all(plan, cache, local_cidr)
     cache.last = rendered
+    for name in rendered.endpoint_maps:
+        proto = name.split("-")[1]
+        b.declare(
+            NftSet(
+                name,
+                f"mark : {addr} . inet_service",
+                is_map=True,
+                typeof=f"numgen random mod 1 : {ipx} daddr . {proto} dport",
+            )
+        )
     return NftRuleset(
         fam, b.fragment(), rendered.fragments, rendered.shared, plan.serial, rendered.delta
     )
@@ -544,14 +572,64 @@ def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rend
     fragments: dict[PortKey, _Fragment] = {}
     shared: dict[str, dict[str, int]] = {CLUSTER_IPS: {}, HAIRPIN_CONNECTIONS: {}}
     by_service: dict[tuple[str, str], list[tuple[PortKey, ServicePortPlan]]] = {}
+    demands: Demands = {}
     for sp in plan.service_ports:
-        frag = cache.fragment(plan, sp, local_cidr)
+        _demand(demands, sp, 1)
+    slots: dict[str, Slot] = {}
+    for name in demands:
+        _place(demands, name, slots)
+    for sp in plan.service_ports:
+        frag = cache.fragment(plan, sp, local_cidr, slots)
         key = _port_key(sp)
         fragments[key] = frag
         _count(shared, frag, 1)
         by_service.setdefault((sp.namespace, sp.name), []).append((key, sp))
     cache.keep_only(plan)
-    return _Rendered(plan.serial, fragments, shared, {k: tuple(v) for k, v in by_service.items()})
+    return _Rendered(
+        plan.serial,
+        fragments,
+        shared,
+        {k: tuple(v) for k, v in by_service.items()},
+        demands,
+        slots,
+    )
+
+
+def endpoint_map_chains(sp: ServicePortPlan) -> list[tuple[str, int]]:
+    """The service port's policy chains that pick from an endpoint map, with their
+    endpoint counts (two or more endpoints, no session affinity)."""
+    if sp.affinity_seconds is not None:
+        return []
+    out = []
+    if sp.uses_cluster_chain and len(sp.cluster_endpoints) > 1:
+        out.append((naming.nft_service_chain(sp), len(sp.cluster_endpoints)))
+    if sp.uses_local_chain and len(sp.local_endpoints) > 1:
+        out.append((naming.nft_local_chain(sp), len(sp.local_endpoints)))
+    return out
+
+
+def _demand(demands: Demands, sp: ServicePortPlan, step: int) -> set[str]:
+    """Add (step 1) or take back (step -1) a service port's endpoint map demands; the
+    maps touched."""
+    touched = set()
+    for chain, n in endpoint_map_chains(sp):
+        name = endpointmaps.map_name(chain, sp.protocol.lowercase)
+        touched.add(name)
+        if step > 0:
+            demands.setdefault(name, {})[chain] = (endpointmaps.windows_for(n), _port_key(sp))
+        else:
+            demands[name].pop(chain, None)
+    return touched
+
+
+def _place(demands: Demands, name: str, slots: dict[str, Slot]) -> dict[str, Slot]:
+    """Lay out one endpoint map's chains into ``slots``; the slots of that map."""
+    chains = demands.get(name, {})
+    placed = endpointmaps.place({chain: w for chain, (w, _) in chains.items()})
+    out = {chain: Slot(name, first * endpointmaps.WINDOW, chains[chain][0])
+           for chain, first in placed.items()}  # fmt: skip
+    slots.update(out)
+    return out
 
 
 def _render_delta(
@@ -566,15 +644,43 @@ def _render_delta(
     fragments = dict(last.fragments)
     shared = {name: dict(counts) for name, counts in last.shared.items()}
     by_service = dict(last.by_service)
+    demands = dict(last.demands)  # the maps touched are copied before they change
+    slots = dict(last.slots)
     touched: set[PortKey] = set()
+    maps: set[str] = set()
+
+    def own(name: str) -> None:
+        if name not in maps:
+            maps.add(name)
+            demands[name] = dict(demands.get(name, {}))
+
     for svc in changed:
+        for _, sp in last.by_service.get(svc, ()):
+            for chain, _n in endpoint_map_chains(sp):
+                own(endpointmaps.map_name(chain, sp.protocol.lowercase))
+                slots.pop(chain, None)
+            _demand(demands, sp, -1)
+        for sp in plan.by_service.get(svc, ()):
+            for chain, _n in endpoint_map_chains(sp):
+                own(endpointmaps.map_name(chain, sp.protocol.lowercase))
+            _demand(demands, sp, 1)
+    # a chain whose place moved (a colliding chain came or grew) is rendered again too
+    moved: set[PortKey] = set()
+    for name in maps:
+        for chain, slot in _place(demands, name, slots).items():
+            if last.slots.get(chain) != slot:
+                moved.add(demands[name][chain][1])
+        if not demands[name]:
+            del demands[name]
+    services = set(changed) | {(k[0], k[1]) for k in moved}
+    for svc in services:
         for key, sp in by_service.pop(svc, ()):
             _count(shared, fragments.pop(key), -1)
             cache.fragments.pop(id(sp), None)
             touched.add(key)
         ports = []
         for sp in plan.by_service.get(svc, ()):
-            frag = cache.fragment(plan, sp, local_cidr)
+            frag = cache.fragment(plan, sp, local_cidr, slots)
             key = _port_key(sp)
             fragments[key] = frag
             _count(shared, frag, 1)
@@ -582,7 +688,15 @@ def _render_delta(
             touched.add(key)
         if ports:
             by_service[svc] = tuple(ports)
-    return _Rendered(plan.serial, fragments, shared, by_service, (last.serial, frozenset(touched)))
+    return _Rendered(
+        plan.serial,
+        fragments,
+        shared,
+        by_service,
+        demands,
+        slots,
+        (last.serial, frozenset(touched)),
+    )
 
 
 def masquerade_rule(plan: Plan) -> str:
@@ -594,7 +708,13 @@ def _verdict(f: Filter) -> str:
     return f"goto {REJECT_CHAIN}" if f is Filter.REJECT else "drop"
 
 
-def _render_port(plan: Plan, sp: ServicePortPlan, b: _Builder, local_cidr: str | None) -> None:
+def _render_port(
+    plan: Plan,
+    sp: ServicePortPlan,
+    b: _Builder,
+    local_cidr: str | None,
+    slots: Mapping[str, Slot],
+) -> None:
     fam = plan.family
     ipx = _ipx(fam)
     proto = sp.protocol.lowercase
@@ -691,9 +811,9 @@ def _render_port(plan: Plan, sp: ServicePortPlan, b: _Builder, local_cidr: str |
 
     # -- policy chains
     if sp.uses_cluster_chain:
-        _balance(b, sp, cluster_chain, sp.cluster_endpoints)
+        _balance(b, sp, cluster_chain, sp.cluster_endpoints, slots.get(cluster_chain))
     if sp.uses_local_chain:
-        _balance(b, sp, local_chain, sp.local_endpoints)
+        _balance(b, sp, local_chain, sp.local_endpoints, slots.get(local_chain))
 
     # -- endpoint chains (session affinity only)
     if sp.affinity_seconds is not None:
@@ -715,14 +835,29 @@ def cascade(n: int) -> list[str]:
 
 
 def _balance(
-    b: _Builder, sp: ServicePortPlan, chain: str, endpoints: tuple[EndpointCandidate, ...]
+    b: _Builder,
+    sp: ServicePortPlan,
+    chain: str,
+    endpoints: tuple[EndpointCandidate, ...],
+    slot: Slot | None,
 ) -> None:
     """Pick an endpoint: the client's affinity entry first if configured (per-endpoint
-    chains refresh it), else a uniform random choice per new connection."""
+    chains refresh it), else a uniform random choice per new connection: ``numgen``
+    into the chain's keys of an endpoint map (see :mod:`proxy.backends.endpointmaps`)."""
     ipx = _ipx(sp.family)
     proto = sp.protocol.lowercase
     picks = cascade(len(endpoints))
-    if sp.affinity_seconds is not None:
+    if slot is not None:
+        spn = sp.service_port_name
+        for i, ep in enumerate(endpoints):
+            b.element(slot.map_name, str(slot.offset + i), f"{ep.ip} . {ep.port}", spn)
+        offset = f" offset {slot.offset}" if slot.offset else ""
+        b.rule(
+            chain,
+            f"meta l4proto {proto} dnat to numgen random mod {len(endpoints)}{offset} "
+            f"map @{slot.map_name}",
+        )
+    elif sp.affinity_seconds is not None:
         for ep in endpoints:
             b.rule(
                 chain,

@@ -67,6 +67,7 @@ NFT_GOTO = -4
 VERDICT_REG = 0
 REG_1 = 1
 REG_2 = 2
+REG32_01 = 9
 COMMENT_MAX = 128
 """nft's longest comment (NFTNL_UDATA_COMMENT_MAXLEN)."""
 
@@ -116,20 +117,28 @@ def _field(kind: str, text: str, family: IPFamily) -> bytes:
         return bytes([_protocol(text)])
     if kind == "inet_service":
         return _port(text)
+    if kind == "mark":  # an endpoint map's key: numgen's result, in host byte order
+        if not text.isdigit() or int(text) > 0xFFFFFFFF:
+            raise Unsupported(f"integer {text!r}")
+        return _host32(int(text))
     raise Unsupported(f"set key type {kind!r}")
 
 
-def element_key(set_type: str, key: str, family: IPFamily) -> bytes:
-    """An element's key: each field of a concatenation padded to 4 bytes, as nft does."""
-    key_type = set_type.split(" : ")[0]
-    kinds = key_type.split(" . ")
-    values = key.split(" . ")
+def _concat(types: str, text: str, family: IPFamily) -> bytes:
+    """A key or map data: each field of a concatenation padded to 4 bytes, as nft does."""
+    kinds = types.split(" . ")
+    values = text.split(" . ")
     if len(kinds) != len(values):
-        raise Unsupported(f"key {key!r} does not fit type {key_type!r}")
+        raise Unsupported(f"{text!r} does not fit type {types!r}")
     fields = [_field(k, v.strip(), family) for k, v in zip(kinds, values, strict=True)]
     if len(fields) == 1:
         return fields[0]
     return b"".join(f + b"\0" * (-len(f) % 4) for f in fields)
+
+
+def element_key(set_type: str, key: str, family: IPFamily) -> bytes:
+    """An element's key."""
+    return _concat(set_type.split(" : ")[0], key, family)
 
 
 def _verdict(text: str) -> bytes:
@@ -172,9 +181,12 @@ def _element(set_type: str, e: NftElement, family: IPFamily, with_data: bool) ->
         if is_map != bool(e.value):
             raise Unsupported(f"element {e.key!r} does not fit type {set_type!r}")
         if e.value:
-            if not set_type.endswith(": verdict"):
-                raise Unsupported(f"map data of type {set_type!r}")
-            parts.append(nest(NFTA_SET_ELEM_DATA, _verdict(e.value)))
+            data_type = set_type.split(" : ")[1]
+            if data_type == "verdict":
+                data = _verdict(e.value)
+            else:
+                data = attr(NFTA_DATA_VALUE, _concat(data_type, e.value, family))
+            parts.append(nest(NFTA_SET_ELEM_DATA, data))
         if e.comment:
             parts.append(attr(NFTA_SET_ELEM_USERDATA, _comment(_safe(e.comment))))
     return nest(NFTA_LIST_ELEM, *parts)
@@ -345,6 +357,9 @@ class _Rule:
         self.out.append(_cmp(_host32(2)))  # RTN_LOCAL
 
     def dnat(self) -> None:
+        if self.peek(2) == "numgen":
+            self.dnat_map()
+            return
         _, _, target = self.take("dnat", "to", "*")
         m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", target)
         if m is None:
@@ -357,6 +372,32 @@ class _Rule:
         # (NF_NAT_RANGE_PROTO_SPECIFIED 2)
         self.out.append(
             _expr("nat", be32(1, 1), be32(2, nfproto), be32(3, REG_1), be32(5, REG_2), be32(7, 2))
+        )
+
+    def dnat_map(self) -> None:
+        """``dnat to numgen random mod n [offset b] map @m``: the key picks an
+        ``address . port`` (one register pair) out of an endpoint map."""
+        _, _, _, _, _, mod = self.take("dnat", "to", "numgen", "random", "mod", "*")
+        offset = "0"
+        if self.peek() == "offset":
+            offset = self.take("offset", "*")[1]
+        name = self.take("map", "*")[1]
+        if not (mod.isdigit() and int(mod) and offset.isdigit() and name.startswith("@")):
+            raise Unsupported("dnat map")
+        ng = [be32(1, REG_1), be32(2, int(mod)), be32(3, 1)]
+        if int(offset):
+            ng.append(be32(4, int(offset)))  # NFTA_NG_OFFSET
+        self.out.append(_expr("numgen", *ng))
+        # NFTA_LOOKUP_SET 1, SREG 2, DREG 3
+        self.out.append(_expr("lookup", strz(1, name[1:]), be32(2, REG_1), be32(3, REG_1)))
+        v4 = self.family is IPFamily.V4
+        nfproto = NFPROTO_IPV4 if v4 else NFPROTO_IPV6
+        # the port follows the address: 32-bit register 9 (bytes 4..7), or register 2
+        port_reg = REG32_01 if v4 else REG_2
+        self.out.append(
+            _expr(
+                "nat", be32(1, 1), be32(2, nfproto), be32(3, REG_1), be32(5, port_reg), be32(7, 2)
+            )
         )
 
     def verdict(self) -> None:
@@ -424,11 +465,78 @@ KEY_TYPES = {"ipv4_addr": (7, 4), "ipv6_addr": (8, 16)}
 """nft's datatype numbers and lengths of the set keys covered."""
 
 _AFFINITY_SET = re.compile(r"type (ipv4_addr|ipv6_addr) ; flags dynamic,timeout ; timeout (\d+)s ;")
+_ENDPOINT_MAP = re.compile(r"typeof numgen random mod 1 : (ip|ip6) daddr \. (tcp|udp|sctp) dport ;")
+PROTO_DESC = {"tcp": 8, "udp": 6, "sctp": 10}
+"""nft's numbers for the transport headers (its proto_desc_id)."""
+NFTA_SET_DATA_TYPE = 6
+NFTA_SET_DATA_LEN = 7
+NFT_SET_MAP = 0x8
+TYPE_INTEGER = 4
+TYPE_INET_SERVICE = 13
+CONCAT_BITS = 6
+"""nft numbers a concatenated type by shifting each field's type in (TYPE_BITS)."""
 
 
-def _new_set(name: str, spec: str, set_id: int) -> bytes:
-    """An affinity set (the only kind an incremental sync creates): dynamic, with a
-    timeout, keyed by a client address."""
+def _udata(kind: int, *payload: bytes) -> bytes:
+    """One TLV of nft's set user data (type, length, value; values host-endian u32)."""
+    value = b"".join(payload)
+    return bytes([kind, len(value)]) + value
+
+
+def _u(kind: int, value: int) -> bytes:
+    return _udata(kind, _host32(value))
+
+
+def _endpoint_map_udata(v4: bool, proto: str) -> bytes:
+    """What nft records for ``typeof numgen random mod 1 : ip daddr . tcp dport``: the key
+    and data byte orders and the expressions they were declared by, so that it can print
+    the map's elements and check the rules using it."""
+
+    def payload(index: int, desc: int, field: int) -> bytes:
+        # concatenation member ``index``: expression 7 (payload) of (header, field)
+        return _udata(index, _u(0, 7), _udata(1, _u(0, desc), _u(1, field)))
+
+    # ip header (12) field daddr (12), ip6 header (13) field daddr (9); dport is field 2
+    daddr = payload(0, 12, 12) if v4 else payload(0, 13, 9)
+    return b"".join(
+        [
+            _u(0, 1),  # key byte order: host
+            _u(1, 0),  # data byte order: mixed (a concatenation)
+            # key typeof: expression 23 (numgen), random (1), mod 1, offset 0
+            _udata(3, _u(0, 23), _udata(1, _u(0, 1), _u(1, 1), _u(2, 0))),
+            # data typeof: expression 13 (concatenation) of daddr . th dport
+            _udata(4, _u(0, 13), _udata(1, daddr, payload(1, PROTO_DESC[proto], 2))),
+            _u(6, 0),  # data is not an interval
+        ]
+    )
+
+
+def _new_endpoint_map(name: str, v4: bool, proto: str, set_id: int) -> bytes:
+    addr_type, addr_len = KEY_TYPES["ipv4_addr" if v4 else "ipv6_addr"]
+    return b"".join(
+        [
+            strz(NFTA_SET_TABLE, TABLE),
+            strz(NFTA_SET_NAME, name),
+            be32(NFTA_SET_FLAGS, NFT_SET_MAP),
+            be32(NFTA_SET_KEY_TYPE, TYPE_INTEGER),
+            be32(NFTA_SET_KEY_LEN, 4),
+            be32(NFTA_SET_DATA_TYPE, addr_type << CONCAT_BITS | TYPE_INET_SERVICE),
+            be32(NFTA_SET_DATA_LEN, addr_len + 4),
+            be32(NFTA_SET_ID, set_id),
+            attr(NFTA_SET_USERDATA, _endpoint_map_udata(v4, proto)),
+        ]
+    )
+
+
+def _new_set(name: str, spec: str, set_id: int, family: IPFamily) -> bytes:
+    """An affinity set (dynamic, with a timeout, keyed by a client address) or an
+    endpoint map: the kinds an incremental sync creates."""
+    em = _ENDPOINT_MAP.fullmatch(spec)
+    if em is not None:
+        v4 = em[1] == "ip"
+        if v4 != (family is IPFamily.V4):
+            raise Unsupported(f"{spec!r} in a {family} table")
+        return _new_endpoint_map(name, v4, em[2], set_id)
     m = _AFFINITY_SET.fullmatch(spec)
     if m is None:
         raise Unsupported(f"set declaration {spec!r}")
@@ -462,8 +570,8 @@ def _messages(op: NftOp, family: IPFamily, set_id: int) -> Iterator[Message]:
         yield Message(NFT_MSG_DELRULE, nfproto, table + strz(NFTA_RULE_CHAIN, op.name), 0, what)
     elif key == ("delete", "chain"):
         yield Message(NFT_MSG_DELCHAIN, nfproto, table + strz(NFTA_CHAIN_NAME, op.name), 0, what)
-    elif key == ("add", "set"):
-        payload = _new_set(op.name, op.spec, set_id)
+    elif op.verb == "add" and op.kind in ("set", "map"):
+        payload = _new_set(op.name, op.spec, set_id, family)
         yield Message(NFT_MSG_NEWSET, nfproto, payload, NLM_F_CREATE, what)
     elif op.verb == "delete" and op.kind in ("set", "map"):
         yield Message(NFT_MSG_DELSET, nfproto, table + strz(NFTA_SET_NAME, op.name), 0, what)

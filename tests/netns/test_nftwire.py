@@ -98,6 +98,10 @@ def base_script(family: IPFamily) -> str:
             f"add set {t} hairpin {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
             f"add set {t} gone {{ type {addr} ; }}",
             f"add rule {t} old goto ep",
+            *(
+                f"add map {t} {m} {{ typeof numgen random mod 1 : {fam} daddr . udp dport ; }}"
+                for m in ("old-endpoints", "doomed-endpoints")
+            ),
             "",
         ]
     )
@@ -117,6 +121,8 @@ def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
     )
     port_map = V4_PORT_MAP if v4 else V6_PORT_MAP
     addr = "ipv4_addr" if v4 else "ipv6_addr"
+    emap_spec = f"typeof numgen random mod 1 : {ipx} daddr . tcp dport ;"
+    emap_type = f"mark : {addr} . inet_service"
     rules = [
         "numgen random mod 3 == 0 meta l4proto tcp dnat to " + ep1,
         "numgen random mod 2 == 0 meta l4proto udp dnat to " + ep2,
@@ -168,9 +174,64 @@ def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
             set_type=f"{addr} . {addr} . inet_proto . inet_service",
             elements=(NftElement(f"{pod} . {pod} . tcp . 8080"),),
         ),
+        # an endpoint map: created, filled (comments too), used by DNAT with and without
+        # an offset, for TCP and UDP
+        NftOp("add", "map", "endpoints-0a", spec=emap_spec),
+        NftOp(
+            "add",
+            "element",
+            "endpoints-0a",
+            set_type=emap_type,
+            elements=(
+                NftElement("0", f"{pod} . 8080", "ns/web:http"),
+                NftElement("1", f"{cluster_ip} . 80"),
+                NftElement("4194304", f"{pod} . 53", "ns/dns:dns"),
+            ),
+        ),
+        NftOp(
+            "add",
+            "rule",
+            "svc",
+            rule="meta l4proto tcp dnat to numgen random mod 2 map @endpoints-0a",
+        ),
+        NftOp(
+            "add",
+            "rule",
+            "svc",
+            rule="meta l4proto tcp dnat to numgen random mod 1 offset 4194304 map @endpoints-0a",
+        ),
+        NftOp(
+            "add",
+            "element",
+            "old-endpoints",
+            set_type=emap_type,
+            elements=(NftElement("7", f"{pod} . 80"),),
+        ),
         NftOp("flush", "chain", "old"),
         NftOp("delete", "chain", "old"),
         NftOp("delete", "set", "gone"),
+        NftOp("delete", "map", "doomed-endpoints"),
+        NftOp("add", "map", "endpoints-udp", spec=emap_spec.replace("tcp", "udp")),
+        NftOp("add", "map", "endpoints-sctp", spec=emap_spec.replace("tcp", "sctp")),
+        NftOp(
+            "add",
+            "element",
+            "endpoints-udp",
+            set_type=emap_type,
+            elements=(NftElement("3", f"{pod} . 53"),),
+        ),
+        NftOp(
+            "add",
+            "rule",
+            "svc",
+            rule="meta l4proto udp dnat to numgen random mod 1 offset 3 map @endpoints-udp",
+        ),
+        NftOp(
+            "add",
+            "rule",
+            "svc",
+            rule="meta l4proto sctp dnat to numgen random mod 4 map @endpoints-sctp",
+        ),
     )
 
 
@@ -255,6 +316,14 @@ CHANGES = {
         [_service("edge", LOCAL), _slice("edge", ["10.244.2.4"], node="node-b")],
     ),
     "service removed": ([_service("web", {}), _slice("web", ["10.244.1.1"])], []),
+    "endpoint removed from an endpoint map": (
+        [_service("web", {}), _slice("web", ["10.244.1.1", "10.244.1.2", "10.244.1.3"])],
+        [_service("web", {}), _slice("web", ["10.244.1.1", "10.244.1.3"])],
+    ),
+    "the endpoint map's last service removed": (
+        [_service("web", {}), _slice("web", ["10.244.1.1", "10.244.1.2"])],
+        [],
+    ),
     "session affinity endpoint added": (
         [_service("sticky", STICKY), _slice("sticky", ["10.244.1.1"])],
         [_service("sticky", STICKY), _slice("sticky", ["10.244.1.1", "10.244.1.2"])],
@@ -339,4 +408,4 @@ def test_existing_reads_chains_hooks_sets_and_maps(pair: tuple[str, str]) -> Non
         "filter-input": nft.BaseHook("filter", "input", 0),
     }
     assert have.sets == {"aff": 10800, "cluster-ips": None, "hairpin": None, "gone": None}
-    assert have.maps == {"service-ips", "service-nodeports"}
+    assert have.maps == {"service-ips", "service-nodeports", "old-endpoints", "doomed-endpoints"}

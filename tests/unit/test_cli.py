@@ -47,7 +47,8 @@ def test_render_example(mode: str) -> None:
         assert "*nat" in proc.stdout and "-j DNAT --to-destination 10.244.2.11:80" in proc.stdout
     else:
         assert "add table ip kube-proxy" in proc.stdout
-        assert "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.11:80" in proc.stdout
+        assert "meta l4proto tcp dnat to numgen random mod 2 offset" in proc.stdout
+        assert ": 10.244.1.11 . 80" in proc.stdout
 
 
 def test_invalid_objects_are_reported_and_skipped(tmp_path: Path) -> None:

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from proxy import manifests as m
 from proxy import naming
+from proxy.backends import endpointmaps
 from proxy.backends import nftables as nft
-from proxy.config import ProxyMode
+from proxy.config import ProxyConfig, ProxyMode
 from tests.unit.test_plan import NODE, make_plan, web, web_slice
 
 TWO = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
@@ -24,16 +27,25 @@ def elements(rs: nft.NftRuleset, name: str) -> dict[str, str]:
     return {e.key: e.value for e in rs.sets[name].elements}
 
 
-def test_cluster_ip_map_element_and_random_cascade() -> None:
+def test_cluster_ip_map_element_and_endpoint_map() -> None:
     rs = render(web(), web_slice(*TWO))
     sp = sp_of(web(), web_slice(*TWO))
     svc = naming.nft_service_chain(sp)
     assert elements(rs, nft.SERVICE_IPS) == {"10.96.0.10 . tcp . 80": f"goto {svc}"}
     assert elements(rs, nft.CLUSTER_IPS) == {"10.96.0.10": ""}
+    emap = endpointmaps.map_name(svc, "tcp")
+    base = endpointmaps.home(svc) * endpointmaps.WINDOW
     assert rs.chains[svc].rules == (
-        "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.5:8080",
-        "meta l4proto tcp dnat to 10.244.2.5:8080",
+        f"meta l4proto tcp dnat to numgen random mod 2 offset {base} map @{emap}",
     )
+    assert elements(rs, emap) == {
+        str(base): "10.244.1.5 . 8080",
+        str(base + 1): "10.244.2.5 . 8080",
+    }
+    assert {e.comment for e in rs.sets[emap].elements} == {"default/web:http"}
+    assert rs.sets[emap].spec() == "typeof numgen random mod 1 : ip daddr . tcp dport ;"
+    # a map only while some chain uses it
+    assert not any(n.startswith("endpoints-") for n in render(web(), web_slice(TWO[1])).sets)
     # no per-endpoint chains without affinity
     assert not any(c.startswith("endpoint-") for c in rs.chains)
     # one masquerade rule for all cluster IPs, before the dispatch
@@ -145,3 +157,55 @@ def test_cascade_is_uniform() -> None:
             p = Fraction(1, n - i) if c else Fraction(1)
             assert left * p == Fraction(1, n)  # each target gets exactly 1/n overall
             left *= 1 - p
+
+
+def test_incremental_render_moves_colliding_chains_like_a_full_render(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every chain in one map at one home window: a new Service's chain takes the place
+    of the chains sorting after it; the incremental rendering and transaction must move
+    them exactly as a full rendering lays them out."""
+    from proxy.plan import plan
+    from proxy.source.file import build_state
+
+    monkeypatch.setattr(endpointmaps, "BUCKETS", 1)
+    monkeypatch.setattr(endpointmaps, "HOMES", 1)
+    cfg = ProxyConfig("node-a", mode=ProxyMode.NFTABLES)
+    pool = m.synthetic_cluster(40, 3)
+
+    def service_of(o: dict[str, Any]) -> str:
+        meta = o["metadata"]
+        return str(meta.get("labels", {}).get("kubernetes.io/service-name", meta["name"]))
+
+    chains = {
+        sp.name: naming.nft_service_chain(sp)
+        for sp in plan(build_state(pool, "node-a").snapshot, cfg).service_ports
+    }
+    old = [f"svc-{i}" for i in range(12)]
+    # a newcomer whose chain sorts before most of the others takes their place
+    new = min((n for n in chains if n not in old), key=chains.__getitem__)
+    assert sum(chains[new] < chains[o] for o in old) >= 3
+    objs = [o for o in pool if service_of(o) in old]
+    before = plan(build_state(objs, "node-a").snapshot, cfg)
+    cache = nft.RenderCache()
+    ra = nft.render(before, cache)
+    snap = build_state([o for o in pool if service_of(o) in (*old, new)], "node-a").snapshot
+    after = plan(snap, cfg, previous=before, changed={("bench", new)})
+    rb = nft.render(after, cache)
+    full = nft.render(plan(snap, cfg))
+    assert rb == full
+    offsets = sorted(int(e.key) for e in full.sets["endpoints-tcp-00"].elements)
+    assert len(offsets) == 13 * 3 and offsets[0] == 0
+    # the chains that moved were rendered again: the delta names them too
+    assert rb.delta is not None
+    assert len(rb.delta[1]) == 1 + sum(chains[new] < chains[o] for o in old)
+
+    def statements(text: str) -> list[str]:  # order aside: fragments come in map order
+        return sorted(
+            head + "{ " + ", ".join(sorted(body.rstrip(" }").split(", "))) + " }" if body else head
+            for head, _, body in (line.partition("{ ") for line in text.splitlines())
+        )
+
+    inc = statements(nft.incremental_text(ra, rb))
+    assert inc == statements(nft.diff_text(nft.render(before), full))
+    assert any(line.startswith("delete element ip kube-proxy endpoints-tcp-00") for line in inc)
