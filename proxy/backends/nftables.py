@@ -4,7 +4,9 @@ Layout (upstream kube-proxy's, table ``kube-proxy`` in family ``ip``/``ip6``): b
 hook prerouting/input/forward/output/postrouting; ``services`` dispatches through the
 ``service-ips`` verdict map keyed ``daddr . l4proto . dport`` and the
 ``service-nodeports`` map keyed ``l4proto . dport``; per service port ``service-*`` /
-``local-*`` chains pick an ``endpoint-*`` chain with ``numgen random mod n``;
+``local-*`` chains DNAT through ``numgen random mod n offset b`` into a shared endpoint
+map (:mod:`proxy.backends.endpointmaps`; ``endpoint-*`` chains only with session
+affinity);
 ``no-endpoint-*`` maps reject or drop; ``cluster-ips-check`` rejects new traffic to a
 ClusterIP on a port no service uses.
 
@@ -827,9 +829,8 @@ def cascade(n: int) -> list[str]:
     """Conditions that pick one of ``n`` targets uniformly per new connection: target i is
     taken with probability 1/(n-i) if none before it was, like iptables' statistic cascade.
 
-    Not a ``numgen random mod n`` map: every inline map is an anonymous set, and nft 1.0.6
-    handles many of them in one transaction in quadratic time (10,000 services: 25 s);
-    plain rules scale linearly (10,000 services x 10 endpoints: about 3 s).
+    Used after the affinity lookups of a session-affinity service; other services pick
+    through an endpoint map.
     """
     return [f"numgen random mod {n - i} == 0 " if i < n - 1 else "" for i in range(n)]
 

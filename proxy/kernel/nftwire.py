@@ -1,11 +1,14 @@
 """An incremental nftables transaction as nf_tables netlink messages (pure: no I/O).
 
 Covers what endpoint and Service changes write between full syncs: regular chains
-added, flushed and deleted; affinity sets added; sets and maps deleted; elements of the
+added, flushed and deleted; affinity sets and endpoint maps added; sets and maps
+deleted; elements of the
 table's maps and sets added and deleted; and the rule shapes service chains are made
 of::
 
-    numgen random mod 3 == 0 meta l4proto tcp dnat to 10.244.1.11:8080
+    meta l4proto tcp dnat to numgen random mod 3 offset 5120 map @endpoints-tcp-2a
+    numgen random mod 3 == 0 goto endpoint-chain
+    meta l4proto tcp dnat to 10.244.1.11:8080
     ip saddr @affinity-set goto endpoint-chain
     update @affinity-set { ip saddr }
     ip saddr 10.244.0.0/16 goto service-chain comment "short-circuit pod traffic"
@@ -15,7 +18,8 @@ of::
 Each statement is encoded the way nft 1.0.6 encodes it (the same expressions,
 registers and byte orders: ``nft --debug=netlink`` shows them), so the kernel holds the
 same rules whichever way they were written; ``tests/netns/test_nftwire.py`` compares
-the kernel's own dumps of both. Anything else (base chains, other new sets and maps,
+the kernel's own dumps of both (an endpoint map's declaration too: nft's ``typeof``
+user data is written the same way). Anything else (base chains, other new sets and maps,
 anonymous sets, comments longer than nft allows) raises :class:`Unsupported` and the
 caller hands the transaction to ``nft -f`` instead.
 """
