@@ -17,7 +17,7 @@ before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is wri
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -128,7 +128,7 @@ class NftSet:
     timeout: int | None = None
     comment: str = ""
     typeof: str = ""
-    """Declared by expressions (``typeof numgen random mod 1 : ip daddr . th dport``)
+    """Declared by expressions (``typeof numgen random mod 1 : ip daddr . tcp dport``)
     when no type name fits; ``type`` still names the key and data types."""
 
     @property
@@ -556,7 +556,7 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
         rendered = _render_all(plan, cache, local_cidr)
     cache.last = rendered
     for name in rendered.endpoint_maps:
-        proto = name.split("-")[1]
+        proto = endpointmaps.protocol_of(name)
         b.declare(
             NftSet(
                 name,
@@ -610,18 +610,19 @@ def endpoint_map_chains(sp: ServicePortPlan) -> list[tuple[str, int]]:
     return out
 
 
-def _demand(demands: Demands, sp: ServicePortPlan, step: int) -> set[str]:
-    """Add (step 1) or take back (step -1) a service port's endpoint map demands; the
-    maps touched."""
-    touched = set()
+def _demand(
+    demands: Demands, sp: ServicePortPlan, step: int, before: Callable[[str], None] | None = None
+) -> None:
+    """Add (step 1) or take back (step -1) a service port's endpoint map demands;
+    ``before`` is told each map's name before that map changes."""
     for chain, n in endpoint_map_chains(sp):
         name = endpointmaps.map_name(chain, sp.protocol.lowercase)
-        touched.add(name)
+        if before is not None:
+            before(name)
         if step > 0:
             demands.setdefault(name, {})[chain] = (endpointmaps.windows_for(n), _port_key(sp))
         else:
             demands[name].pop(chain, None)
-    return touched
 
 
 def _place(demands: Demands, name: str, slots: dict[str, Slot]) -> dict[str, Slot]:
@@ -659,13 +660,10 @@ def _render_delta(
     for svc in changed:
         for _, sp in last.by_service.get(svc, ()):
             for chain, _n in endpoint_map_chains(sp):
-                own(endpointmaps.map_name(chain, sp.protocol.lowercase))
                 slots.pop(chain, None)
-            _demand(demands, sp, -1)
+            _demand(demands, sp, -1, own)
         for sp in plan.by_service.get(svc, ()):
-            for chain, _n in endpoint_map_chains(sp):
-                own(endpointmaps.map_name(chain, sp.protocol.lowercase))
-            _demand(demands, sp, 1)
+            _demand(demands, sp, 1, own)
     # a chain whose place moved (a colliding chain came or grew) is rendered again too
     moved: set[PortKey] = set()
     for name in maps:

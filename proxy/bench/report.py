@@ -178,10 +178,12 @@ def section_full_sync(records: Sequence[Record]) -> list[str]:
         "into an empty namespace, a fresh one per run; `raw`: the very text it applied, fed "
         "to `nft -f -` / `iptables-restore --noflush` in another fresh namespace. `re-sync`: "
         "the same ruleset again into the populated namespace vs its text applied raw. "
-        "`one change`: one EndpointSlice change written into the populated table, as the "
-        "agent writes it (netlink) and as the same statements through `nft -f`; most of it "
-        "is the kernel's commit, which re-validates every chain reachable from the base "
-        "chains on any transaction that adds a rule. Medians of `--repeat` runs.",
+        "`endpoint replaced`: one EndpointSlice change (an endpoint gets a new address, as "
+        "in the latency benchmark) written into the populated table, as the agent writes "
+        "it (netlink) and as the same statements through `nft -f`: endpoint map elements "
+        "only. `endpoint added`: one more endpoint, over netlink; the service chain's rule "
+        "changes too, and the kernel re-validates every rule reachable from the base chains "
+        "on any transaction that adds a rule. Medians of `--repeat` runs.",
         "",
     ]
     rows = []
@@ -197,11 +199,12 @@ def section_full_sync(records: Sequence[Record]) -> list[str]:
             ms.get("cli_apply", "–"),
             f"{_n(s.get('change_netlink', math.nan) * 1000, '.1f')} / "
             f"{_n(s.get('change_nft', math.nan) * 1000, '.1f')}",
+            _n(s.get("change_count", math.nan) * 1000, ".1f"),
             _cmd(r),
         ])  # fmt: skip
     header = ["services", "mode", "text MB", "first sync ms", "raw ms", "ratio",
               "re-sync ms", "raw ms", "ratio", "`apply` CLI ms",
-              "one change ms: netlink / nft", "command"]  # fmt: skip
+              "endpoint replaced ms: netlink / nft", "endpoint added ms", "command"]  # fmt: skip
     return lines + table(header, rows)
 
 

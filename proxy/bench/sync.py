@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from proxy import manifests
 from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
+from proxy.backends.nftables import NftTransaction
 from proxy.bench import machine, synthetic
 from proxy.bench.memory import measure_in_subprocess
 from proxy.bench.stats import ratio
@@ -158,23 +159,33 @@ def _one_change(
     """What one EndpointSlice change costs to write into the populated table: the
     incremental transaction sent over netlink (as the agent does) and the same statements
     through ``nft -f``. Each run writes the change and then its reverse; the figure is
-    per transaction."""
+    per transaction. Two changes: an endpoint replaced by a new address (what the latency
+    benchmark writes: endpoint map elements only), and an endpoint added (the service
+    chain's rule changes too, so the kernel re-validates the table; netlink only)."""
     sl = next(o for o in objs if o["kind"] == "EndpointSlice")
-    moved = {**sl, "endpoints": [{**sl["endpoints"][0], "addresses": ["10.255.0.1"]},
-                                 *sl["endpoints"][1:]]}  # fmt: skip
+    first, *rest = sl["endpoints"]
+    moved = {**sl, "endpoints": [{**first, "addresses": ["10.255.0.1"]}, *rest]}
+    grown = {**sl, "endpoints": [first, *rest, {**first, "addresses": ["10.255.0.2"]}]}
     key = (sl["metadata"]["namespace"], sl["metadata"]["labels"]["kubernetes.io/service-name"])
-    state = synthetic.parse([moved if o is sl else o for o in objs])
-    after = plan(state.snapshot, config, previous=before, changed={key})
-    cache = nft.RenderCache()
-    rs_a, rs_b = nft.render(before, cache), nft.render(after, cache)
-    there, back = nft.incremental(rs_a, rs_b), nft.incremental(rs_b, rs_a)
-    assert there and back
 
-    def by_netlink() -> bool:
-        kernel.apply_transaction(there)
-        kernel.apply_transaction(back)
-        return True
+    def both_ways(changed_slice: dict[str, Any]) -> tuple[NftTransaction, NftTransaction]:
+        state = synthetic.parse([changed_slice if o is sl else o for o in objs])
+        after = plan(state.snapshot, config, previous=before, changed={key})
+        cache = nft.RenderCache()
+        rs_a, rs_b = nft.render(before, cache), nft.render(after, cache)
+        there, back = nft.incremental(rs_a, rs_b), nft.incremental(rs_b, rs_a)
+        assert there and back
+        return there, back
 
+    def by_netlink(txs: tuple[NftTransaction, NftTransaction]) -> Callable[[], bool]:
+        def run() -> bool:
+            for tx in txs:
+                kernel.apply_transaction(tx)
+            return True
+
+        return run
+
+    there, back = both_ways(moved)
     there_text, back_text = there.text(), back.text()
 
     def by_nft() -> bool:
@@ -182,9 +193,10 @@ def _one_change(
         kernel.apply(back_text)
         return True
 
-    _, netlink = _timed(by_netlink, repeat)
+    _, netlink = _timed(by_netlink((there, back)), repeat)
     _, via_nft = _timed(by_nft, repeat)
-    return {"change_netlink": netlink / 2, "change_nft": via_nft / 2}
+    _, grow = _timed(by_netlink(both_ways(grown)), repeat)
+    return {"change_netlink": netlink / 2, "change_nft": via_nft / 2, "change_count": grow / 2}
 
 
 def command_for(services: int, endpoints: int, mode: str, repeat: int) -> str:
