@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
@@ -11,6 +13,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """``proc.wait(timeout)`` that returns as soon as the process exits: Popen polls with
+    sleeps of up to 50 ms, which was a fifth of a 1,000-Service full sync. A pidfd
+    (Linux 5.3) becomes readable when the process exits."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # already reaped, or an old kernel
+        return proc.wait(timeout=timeout)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
 
 
 class KernelError(RuntimeError):
@@ -112,7 +130,7 @@ class Runner:
                 raise
             limit = default_timeout(written) if timeout is None else timeout
             try:
-                returncode = proc.wait(timeout=limit)
+                returncode = wait_exit(proc, limit)
             except subprocess.TimeoutExpired as exc:
                 proc.kill()
                 proc.wait()

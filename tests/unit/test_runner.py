@@ -58,3 +58,19 @@ def test_run_lines_tool_that_stops_reading_early() -> None:
 def test_run_lines_timeout() -> None:
     with pytest.raises(KernelError, match="timed out after"):
         Runner().run_lines(["sleep", "5"], [], timeout=0.2)
+
+
+def test_wait_exit_returns_the_status_and_times_out_on_a_running_process() -> None:
+    import subprocess
+
+    from proxy.kernel.runner import wait_exit
+
+    assert wait_exit(subprocess.Popen(["true"]), 10) == 0
+    assert wait_exit(subprocess.Popen(["sh", "-c", "exit 3"]), 10) == 3
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exit(sleeper, 0.2)
+    finally:
+        sleeper.kill()
+    assert wait_exit(sleeper, 10) == -9  # reaped once it is gone
