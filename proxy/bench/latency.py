@@ -71,6 +71,9 @@ class LatencyResult:
     """/proc readings at the first sync: rss_mib, hwm_mib, cpu_s, children_cpu_s"""
     after_changes: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    write_ms: list[float] = field(default_factory=list)
+    """Of each latency, the API write: the PATCH until the API server answered (etcd
+    committed it); the agent only hears of the change after that."""
     poll_cost_ms: float = 0.0
     """Median cost of one kernel check; latencies include up to one of these."""
     churn: dict[str, Any] | None = None
@@ -187,6 +190,7 @@ def bench_latency(
             sl["endpoints"] = [{"addresses": [POD.ip], "nodeName": NODE}]
             t0 = time.monotonic()
             labobjects.set_endpoints(lab, sl["metadata"]["name"], sl["endpoints"])
+            res.write_ms.append((time.monotonic() - t0) * 1000)
             wait_for(reaches, 60, 0.0, what=f"{svc} to reach the pod")
             res.latencies_ms.append((time.monotonic() - t0) * 1000)
             time.sleep(spacing)
@@ -235,6 +239,8 @@ def format_result(r: LatencyResult) -> str:
         f"max {max(lat, default=float('nan')):.0f} ms, "
         f"mean {statistics.fmean(lat) if lat else float('nan'):.0f} ms "
         f"(one check costs {r.poll_cost_ms:.1f} ms)",
+        f"    of which the API write (PATCH until answered): p50 "
+        f"{percentile(r.write_ms, 50):.0f} ms, p99 {percentile(r.write_ms, 99):.0f} ms",
         f"    agent start -> first sync: {r.startup_to_first_sync_s:.2f} s, "
         f"{f['cpu_s'] + f['children_cpu_s']:.2f} CPU s "
         f"({f['children_cpu_s']:.2f} in nft/iptables children), RSS {f['rss_mib']:.0f} MiB",
