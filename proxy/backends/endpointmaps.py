@@ -58,6 +58,10 @@ def map_name(chain: str, protocol: str) -> str:
     return f"endpoints-{protocol}-{_hash(chain) % BUCKETS:02x}"
 
 
+def is_map_name(name: str) -> bool:
+    return name.startswith("endpoints-")
+
+
 def protocol_of(map_name: str) -> str:
     """The protocol of an endpoint map's services (``tcp`` for ``endpoints-tcp-2a``)."""
     return map_name.split("-")[1]

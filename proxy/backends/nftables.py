@@ -298,7 +298,16 @@ class _Builder:
             n: NftChain(n, tuple(rules), self.hooks.get(n)) for n, rules in self.chains.items()
         }
         sets = {
-            n: dataclasses.replace(s, elements=tuple(self.elements[n]))
+            n: NftSet(
+                s.name,
+                s.type,
+                s.is_map,
+                tuple(self.elements[n]),
+                s.flags,
+                s.timeout,
+                s.comment,
+                s.typeof,
+            )
             for n, s in self.sets.items()
         }
         return chains, sets
@@ -1029,13 +1038,26 @@ def incremental(old: NftRuleset, new: NftRuleset) -> NftTransaction:
                 for set_name, keys in _shared_keys(frag):
                     touched[set_name].update(dict.fromkeys(keys))
 
+    # of the (hundreds of) endpoint maps, only those the change touches or adds/removes
+    def maps(rs: NftRuleset) -> set[str]:
+        return {st.name for st in rs.core.sets if endpointmaps.is_map_name(st.name)}
+
+    used = maps(old) ^ maps(new)
+    for k in changed:
+        for frag in (old.fragments.get(k), new.fragments.get(k)):
+            if frag is not None:
+                used.update(name for name, _ in frag.elements)
+
     def part(rs: NftRuleset) -> NftRuleset:
         frags = {k: f for k in changed if (f := rs.fragments.get(k)) is not None}
         shared = {
             name: {key: 1 for key in touched.get(name, ()) if counts.get(key)}
             for name, counts in rs.shared.items()
         }
-        return NftRuleset(rs.family, rs.core, frags, shared)
+        sets = tuple(
+            st for st in rs.core.sets if st.name in used or not endpointmaps.is_map_name(st.name)
+        )
+        return NftRuleset(rs.family, dataclasses.replace(rs.core, sets=sets), frags, shared)
 
     return diff(part(old), part(new))
 
