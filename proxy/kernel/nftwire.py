@@ -2,9 +2,8 @@
 
 Covers what endpoint and Service changes write between full syncs: regular chains
 added, flushed and deleted; affinity sets and endpoint maps added; sets and maps
-deleted; elements of the
-table's maps and sets added and deleted; and the rule shapes service chains are made
-of::
+deleted; elements of the table's maps and sets added and deleted; and the rule shapes
+service chains are made of::
 
     meta l4proto tcp dnat to numgen random mod 3 offset 5120 map @endpoints-tcp-2a
     numgen random mod 3 == 0 goto endpoint-chain
@@ -386,7 +385,13 @@ class _Rule:
         if self.peek() == "offset":
             offset = self.take("offset", "*")[1]
         name = self.take("map", "*")[1]
-        if not (mod.isdigit() and int(mod) and offset.isdigit() and name.startswith("@")):
+        if not (
+            mod.isdigit()
+            and 0 < int(mod) <= 0xFFFFFFFF
+            and offset.isdigit()
+            and int(offset) <= 0xFFFFFFFF
+            and name.startswith("@")
+        ):
             raise Unsupported("dnat map")
         ng = [be32(1, REG_1), be32(2, int(mod)), be32(3, 1)]
         if int(offset):

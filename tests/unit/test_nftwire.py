@@ -49,6 +49,10 @@ def test_keys_that_do_not_fit_are_left_to_nft(set_type: str, key: str, family: I
         "ip6 saddr @aff goto ep",  # another family's statement
         "goto a goto b",
         'goto ep comment "' + "x" * 200 + '"',
+        "meta l4proto tcp dnat to numgen random mod 0 map @endpoints-tcp-00",
+        "meta l4proto tcp dnat to numgen random mod 2 offset 4294967296 map @endpoints-tcp-00",
+        "meta l4proto tcp dnat to numgen random mod 2 map endpoints-tcp-00",
+        "meta l4proto tcp dnat to numgen inc mod 2 map @endpoints-tcp-00",
     ],
 )
 def test_uncovered_rules_are_left_to_nft(rule: str) -> None:
@@ -57,11 +61,14 @@ def test_uncovered_rules_are_left_to_nft(rule: str) -> None:
         nftwire.messages(tx)
 
 
-def test_base_chains_and_sets_other_than_affinity_sets_are_left_to_nft() -> None:
+def test_base_chains_and_sets_other_than_affinity_sets_and_endpoint_maps_are_left_to_nft() -> None:
     for op in (
         NftOp("add", "chain", "nat-output", hook=BaseHook("nat", "output", -100)),
         NftOp("add", "set", "aff", spec="type ipv4_addr ; flags dynamic,timeout ;"),
         NftOp("add", "map", "m", spec="type inet_proto . inet_service : verdict ;"),
+        # an endpoint map of the other family, or keyed by another expression
+        NftOp("add", "map", "e", spec="typeof numgen random mod 1 : ip6 daddr . tcp dport ;"),
+        NftOp("add", "map", "e", spec="typeof numgen random mod 1 : ip daddr . th dport ;"),
     ):
         with pytest.raises(nftwire.Unsupported):
             nftwire.messages(NftTransaction(IPFamily.V4, (op,)))
