@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 BUCKETS = 256
@@ -102,13 +102,7 @@ def _free_run(starts: list[int], ends: list[int], start: int, n: int) -> int:
         start = ends[i]
 
 
-def layout(chains: Iterable[tuple[str, str, int]]) -> dict[str, Slot]:
-    """Slots of all chains (chain, protocol, endpoint count) needing an endpoint map."""
-    by_map: dict[str, dict[str, int]] = {}
-    for chain, protocol, endpoints in chains:
-        by_map.setdefault(map_name(chain, protocol), {})[chain] = windows_for(endpoints)
-    out: dict[str, Slot] = {}
-    for name, demands in by_map.items():
-        for chain, first in place(demands).items():
-            out[chain] = Slot(name, first * WINDOW, demands[chain])
-    return out
+def map_slots(name: str, demands: Mapping[str, int]) -> dict[str, Slot]:
+    """Slots of the chains sharing endpoint map ``name`` (chain → windows needed)."""
+    return {chain: Slot(name, first * WINDOW, demands[chain])
+            for chain, first in place(demands).items()}  # fmt: skip

@@ -637,9 +637,7 @@ def _demand(
 def _place(demands: Demands, name: str, slots: dict[str, Slot]) -> dict[str, Slot]:
     """Lay out one endpoint map's chains into ``slots``; the slots of that map."""
     chains = demands.get(name, {})
-    placed = endpointmaps.place({chain: w for chain, (w, _) in chains.items()})
-    out = {chain: Slot(name, first * endpointmaps.WINDOW, chains[chain][0])
-           for chain, first in placed.items()}  # fmt: skip
+    out = endpointmaps.map_slots(name, {chain: w for chain, (w, _) in chains.items()})
     slots.update(out)
     return out
 
