@@ -123,6 +123,12 @@ def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
     addr = "ipv4_addr" if v4 else "ipv6_addr"
     emap_spec = f"typeof numgen random mod 1 : {ipx} daddr . tcp dport ;"
     emap_type = f"mark : {addr} . inet_service"
+    map_rules = [
+        "meta l4proto tcp dnat to numgen random mod 2 map @endpoints-0a",
+        "meta l4proto tcp dnat to numgen random mod 1 offset 4194304 map @endpoints-0a",
+        "meta l4proto udp dnat to numgen random mod 1 offset 3 map @endpoints-udp",
+        "meta l4proto sctp dnat to numgen random mod 4 map @endpoints-sctp",
+    ]
     rules = [
         "numgen random mod 3 == 0 meta l4proto tcp dnat to " + ep1,
         "numgen random mod 2 == 0 meta l4proto udp dnat to " + ep2,
@@ -174,8 +180,8 @@ def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
             set_type=f"{addr} . {addr} . inet_proto . inet_service",
             elements=(NftElement(f"{pod} . {pod} . tcp . 8080"),),
         ),
-        # an endpoint map: created, filled (comments too), used by DNAT with and without
-        # an offset, for TCP and UDP
+        # endpoint maps: created, filled (comments too), used by DNAT with and without an
+        # offset (the rules come last, once every map they use exists), TCP, UDP and SCTP
         NftOp("add", "map", "endpoints-0a", spec=emap_spec),
         NftOp(
             "add",
@@ -188,50 +194,20 @@ def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
                 NftElement("4194304", f"{pod} . 53", "ns/dns:dns"),
             ),
         ),
-        NftOp(
-            "add",
-            "rule",
-            "svc",
-            rule="meta l4proto tcp dnat to numgen random mod 2 map @endpoints-0a",
-        ),
-        NftOp(
-            "add",
-            "rule",
-            "svc",
-            rule="meta l4proto tcp dnat to numgen random mod 1 offset 4194304 map @endpoints-0a",
-        ),
-        NftOp(
-            "add",
-            "element",
-            "old-endpoints",
-            set_type=emap_type,
-            elements=(NftElement("7", f"{pod} . 80"),),
-        ),
         NftOp("flush", "chain", "old"),
         NftOp("delete", "chain", "old"),
         NftOp("delete", "set", "gone"),
         NftOp("delete", "map", "doomed-endpoints"),
         NftOp("add", "map", "endpoints-udp", spec=emap_spec.replace("tcp", "udp")),
         NftOp("add", "map", "endpoints-sctp", spec=emap_spec.replace("tcp", "sctp")),
-        NftOp(
-            "add",
-            "element",
-            "endpoints-udp",
-            set_type=emap_type,
-            elements=(NftElement("3", f"{pod} . 53"),),
+        *(
+            NftOp("add", "element", name, set_type=emap_type, elements=(NftElement(key, data),))
+            for name, key, data in (
+                ("old-endpoints", "7", f"{pod} . 80"),
+                ("endpoints-udp", "3", f"{pod} . 53"),
+            )
         ),
-        NftOp(
-            "add",
-            "rule",
-            "svc",
-            rule="meta l4proto udp dnat to numgen random mod 1 offset 3 map @endpoints-udp",
-        ),
-        NftOp(
-            "add",
-            "rule",
-            "svc",
-            rule="meta l4proto sctp dnat to numgen random mod 4 map @endpoints-sctp",
-        ),
+        *(NftOp("add", "rule", "svc", rule=r) for r in map_rules),
     )
 
 
