@@ -93,6 +93,7 @@ def _add_bench_parsers(sub: Any) -> None:
     sync.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
     sync.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
     sync.add_argument("--repeat", type=int, default=3, help="runs per stage (median reported)")
+    _iptables_option(sync)
     sync.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
     lat = bench_sub.add_parser(
@@ -104,6 +105,7 @@ def _add_bench_parsers(sub: Any) -> None:
     lat.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
     lat.add_argument("--changes", type=int, default=100, help="EndpointSlice changes timed")
     lat.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
+    _iptables_option(lat)
     lat.add_argument(
         "--min-sync-period",
         default="default",
@@ -140,6 +142,7 @@ def _add_bench_parsers(sub: Any) -> None:
     )
     dp.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
     dp.add_argument("--impl", default="both", choices=["ours", "upstream", "both"])
+    _iptables_option(dp)
     dp.add_argument("--connections", type=int, default=3000, help="connections per round")
     dp.add_argument("--rounds", type=int, default=5, help="rounds per target (median reported)")
     dp.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -169,6 +172,19 @@ def _add_bench_parsers(sub: Any) -> None:
     every.add_argument("--only", default="", help="comma-separated subset: sync,latency,datapath")
     every.add_argument("--force", action="store_true", help="rerun steps that have results")
     every.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+
+def _iptables_option(parser: Any) -> None:
+    from proxy.bench import iptvariant
+
+    parser.add_argument(
+        "--iptables",
+        default=iptvariant.DEFAULT,
+        choices=iptvariant.VARIANTS,
+        help="the iptables backend both agents use in iptables mode (default "
+        f"{iptvariant.DEFAULT}: iptables-nft-restore of 10k Services takes over 14 "
+        "minutes on the bench machine)",
+    )
 
 
 def _bench_duration(text: str) -> str:

@@ -82,13 +82,22 @@ class Proxier:
         self._need_full = True
         self._last_gen: int | None = None
         self._generations = GenerationReader(self.runner.netns)
+        self._canary_checked: float | None = None
+        self._canary_present = False
         self._ipt_cache = ipt.RenderCache()
         self._nft_cache = nft.RenderCache()
         self.syncs = 0
 
     def _generation(self) -> int | None:
+        """Something that changes when someone else changes the ruleset: the nf_tables
+        generation, or for legacy iptables whether our canary chain still stands (1 or 0;
+        listed at most once a sync period, like upstream's canary monitor)."""
         if isinstance(self._kernel, IptablesKernel) and self._kernel.variant == "legacy":
-            return None
+            now = self.clock()
+            if self._canary_checked is None or now - self._canary_checked >= self.sync_period:
+                self._canary_present = self._kernel.canary_present()
+                self._canary_checked = now
+            return int(self._canary_present)
         return self._generations.read()
 
     @property
@@ -195,6 +204,8 @@ class Proxier:
             if self.observer is not None:
                 self.observer.sync_failed(mode, full, str(exc))
             return False
+        if full:
+            self._canary_present = True  # a legacy full sync declared it
         self._last_gen = self._generation()
         elapsed = self.clock() - start
         if full:

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.bench import labobjects, machine
+from proxy.bench import iptvariant, labobjects, machine
 from proxy.bench.latency import IMPLS, start_agent, wait_first_sync
 from proxy.bench.stats import median
 from proxy.harness import NodeSpec, Outcome, PodSpec, TopologySpec
@@ -59,6 +59,8 @@ class DatapathResult:
     rounds: int
     command: str
     bench: str = "datapath"
+    iptables: str = ""
+    """the iptables backend both agents used (``legacy`` or ``nft``) in iptables mode"""
     startup_to_first_sync_s: float = 0.0
     kube_services_position: list[int] = field(default_factory=list)
     """iptables: [position of the measured Service's rule in KUBE-SERVICES, rules in the
@@ -78,11 +80,19 @@ class DatapathResult:
     machine: dict[str, Any] = field(default_factory=dict)
 
 
-def command_for(services: int, mode: str, impl: str, connections: int, rounds: int) -> str:
-    return (
+def command_for(
+    services: int,
+    mode: str,
+    impl: str,
+    connections: int,
+    rounds: int,
+    iptables: str = iptvariant.DEFAULT,
+) -> str:
+    command = (
         f"kube-proxy-py bench datapath --services {services} --mode {mode} --impl {impl} "
         f"--connections {connections} --rounds {rounds}"
     )
+    return command + (f" --iptables {iptables}" if mode != "nftables" else "")
 
 
 def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,8 +117,9 @@ def overhead_us(service: list[dict[str, Any]], direct: list[dict[str, Any]]) -> 
 
 
 class _Bench:
-    def __init__(self, lab: LabCluster, connections: int, rounds: int) -> None:
+    def __init__(self, lab: LabCluster, connections: int, rounds: int, iptables: str) -> None:
         self.lab = lab
+        self.iptables = iptables
         self.connections = connections
         self.rounds = rounds
         self.cluster_ip = ""
@@ -142,7 +153,7 @@ class _Bench:
         this run's own; both agents' rules live in nftables, or legacy iptables)."""
         run = self.lab.topo.run
         run(NODE, ["nft", "flush", "ruleset"], check=False)
-        for table in ("nat", "filter"):
+        for table in ("nat", "filter", "mangle"):
             for verb in ("-F", "-X"):
                 run(NODE, ["iptables-legacy", "-t", table, verb], check=False)
         run(NODE, ["conntrack", "-F"], check=False)
@@ -193,7 +204,8 @@ class _Bench:
         self.reset_node()
         res = DatapathResult(
             impl, mode, services, self.connections, self.rounds,
-            command_for(services, mode, impl, self.connections, self.rounds),
+            command_for(services, mode, impl, self.connections, self.rounds, self.iptables),
+            iptables=self.iptables if mode == "iptables" else "",
         )  # fmt: skip
         res.machine = self.machine
         start = time.monotonic()
@@ -227,6 +239,7 @@ def run(
     connections: int,
     rounds: int,
     on_result: Any = None,
+    iptables: str = iptvariant.DEFAULT,
 ) -> list[DatapathResult]:
     spec = TopologySpec(nodes=(NodeSpec(NODE, "192.168.50.11", "10.244.1.0/24"),),
                         pods=(SERVER, CLIENT), clients=())  # fmt: skip
@@ -238,10 +251,11 @@ def run(
             on_result(r, results)
 
     with (
+        iptvariant.using(iptables),
         tempfile.TemporaryDirectory(prefix="kpp-bench-") as tmp,
         LabCluster(build(), spec, workdir=Path(tmp), with_controllers=False) as lab,
     ):
-        bench = _Bench(lab, connections, rounds)
+        bench = _Bench(lab, connections, rounds, iptables)
         bench.setup()
         keep(bench.bare())
         for size in sorted(sizes):
@@ -270,7 +284,8 @@ def format_result(r: DatapathResult) -> str:
     return "\n".join(
         [
             f"$ {r.command}",
-            f"  {r.impl} {r.mode}, {r.services} services: first sync after "
+            f"  {r.impl} {iptvariant.label(r.mode, r.iptables)}, {r.services} services: "
+            "first sync after "
             f"{r.startup_to_first_sync_s:.1f} s{pos}",
             f"    via ClusterIP: connect p50 {s['connect_p50_us']:.0f} µs, "
             f"p90 {s['connect_p90_us']:.0f}, p99 {s['connect_p99_us']:.0f}; "
@@ -305,5 +320,5 @@ def main_datapath(args: Any) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps([asdict(x) for x in results], indent=2) + "\n")
 
-    run(sizes, modes, impls, args.connections, args.rounds, on_result)
+    run(sizes, modes, impls, args.connections, args.rounds, on_result, args.iptables)
     return 0

@@ -38,7 +38,7 @@ from typing import Any
 
 from proxy.agent.options import DEFAULT_MIN_SYNC_PERIOD as OURS_DEFAULT_MIN_SYNC
 from proxy.agent.options import parse_go_duration
-from proxy.bench import labobjects, machine
+from proxy.bench import iptvariant, labobjects, machine
 from proxy.bench.churn import as_dict, run_churn
 from proxy.bench.procstats import read
 from proxy.bench.stats import percentile
@@ -66,6 +66,8 @@ class LatencyResult:
     min_sync_period_is_default: bool
     command: str
     bench: str = "latency"
+    iptables: str = ""
+    """the iptables backend both agents used (``legacy`` or ``nft``) in iptables mode"""
     startup_to_first_sync_s: float = 0.0
     at_first_sync: dict[str, float] = field(default_factory=dict)
     """/proc readings at the first sync: rss_mib, hwm_mib, cpu_s, children_cpu_s"""
@@ -134,11 +136,14 @@ def command_for(
     impl: str,
     churn_minutes: float = 0,
     churn_rate: float = 2.0,
+    iptables: str = iptvariant.DEFAULT,
 ) -> str:
     command = (
         f"kube-proxy-py bench latency --services {services} --endpoints {endpoints} "
         f"--changes {changes} --mode {mode} --min-sync-period {min_sync_period} --impl {impl}"
     )
+    if mode != "nftables":
+        command += f" --iptables {iptables}"
     if churn_minutes:
         command += f" --churn-minutes {churn_minutes:g} --churn-rate {churn_rate:g}"
     return command
@@ -154,13 +159,15 @@ def bench_latency(
     churn_minutes: float = 0,
     churn_rate: float = 2.0,
     sample_every: float = 5.0,
+    iptables: str = iptvariant.DEFAULT,
 ) -> LatencyResult:
     is_default = min_sync_period == "default"
     res = LatencyResult(
         impl, mode, services, endpoints, changes,
         DEFAULT_MIN_SYNC_PERIODS[impl] if is_default else min_sync_period, is_default,
         command_for(services, endpoints, changes, mode, min_sync_period, impl,
-                    churn_minutes, churn_rate),
+                    churn_minutes, churn_rate, iptables),
+        iptables=iptables if mode == "iptables" else "",
     )  # fmt: skip
     res.machine = machine.describe()
     spec = TopologySpec(nodes=(NodeSpec(NODE, "192.168.50.11", "10.244.1.0/24"),), pods=(POD,),
@@ -168,6 +175,7 @@ def bench_latency(
     objs = labobjects.objects(range(services), endpoints)
     slices = [o for o in objs if o["kind"] == "EndpointSlice"]
     with (
+        iptvariant.using(iptables),
         tempfile.TemporaryDirectory(prefix="kpp-bench-") as tmp,
         LabCluster(build(), spec, workdir=Path(tmp), with_controllers=False) as lab,
     ):
@@ -232,7 +240,8 @@ def format_result(r: LatencyResult) -> str:
     default = " (its default)" if r.min_sync_period_is_default else ""
     lines = [
         f"$ {r.command}",
-        f"  {r.impl} {r.mode}: {r.services} services x {r.endpoints_per_service} endpoints, "
+        f"  {r.impl} {iptvariant.label(r.mode, r.iptables)}: {r.services} services x "
+        f"{r.endpoints_per_service} endpoints, "
         f"min sync period {r.min_sync_period}{default}",
         f"    API write -> rule in kernel over {len(lat)} changes: "
         f"p50 {r.percentile(50):.0f} ms, p99 {r.percentile(99):.0f} ms, "
@@ -270,7 +279,7 @@ def main_latency(args: Any) -> int:
         for impl in impls:
             r = bench_latency(
                 args.services, args.endpoints, args.changes, mode, args.min_sync_period, impl,
-                args.churn_minutes, args.churn_rate, args.sample_every,
+                args.churn_minutes, args.churn_rate, args.sample_every, args.iptables,
             )  # fmt: skip
             results.append(asdict(r))
             print(format_result(r), flush=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from proxy.bench.sizes import missing
 from proxy.bench.stats import percentile
-from proxy.bench.targets import Record, evaluate, of_kind, peak_rss_mib
+from proxy.bench.targets import Record, evaluate, mode_label, of_kind, peak_rss_mib
 
 KINDS = ("sync", "latency", "datapath")
 
@@ -137,7 +137,7 @@ def section_targets(records: Sequence[Record]) -> list[str]:
 
 
 def _by_size(records: Sequence[Record]) -> list[Record]:
-    return sorted(records, key=lambda r: (r["services"], r["mode"], r.get("impl", "")))
+    return sorted(records, key=lambda r: (r["services"], mode_label(r), r.get("impl", "")))
 
 
 def section_plan_render(records: Sequence[Record]) -> list[str]:
@@ -156,7 +156,7 @@ def section_plan_render(records: Sequence[Record]) -> list[str]:
     for r in _by_size(of_kind(records, "sync")):
         s, m = r["seconds"], r.get("memory") or {}
         rows.append([
-            str(r["services"]), r["mode"], _n(r.get("rules")),
+            str(r["services"]), mode_label(r), _n(r.get("rules")),
             _n(s.get("plan_render", math.nan) * 1000),
             f"{_n(s.get('plan', math.nan) * 1000)} / {_n(s.get('render', math.nan) * 1000)} / "
             f"{_n(s.get('text', math.nan) * 1000)}",
@@ -191,7 +191,7 @@ def section_full_sync(records: Sequence[Record]) -> list[str]:
         s, q = r["seconds"], r.get("ratios") or {}
         ms = {k: _n(v * 1000) for k, v in s.items()}
         rows.append([
-            str(r["services"]), r["mode"], _n(r.get("text_bytes", 0) / 1e6, ".1f"),
+            str(r["services"]), mode_label(r), _n(r.get("text_bytes", 0) / 1e6, ".1f"),
             ms.get("first_sync", "–"), ms.get("raw_first_sync_text", "–"),
             f"**{_n(q.get('full_sync_vs_raw'), '.2f')}×**",
             ms.get("resync", "–"), ms.get("raw_resync_text", "–"),
@@ -236,7 +236,7 @@ def section_latency(records: Sequence[Record]) -> list[str]:
         data = r.get("latencies_ms") or []
         default = " (default)" if r.get("min_sync_period_is_default") else ""
         rows.append([
-            str(r["services"]), r["mode"], f"{r['min_sync_period']}{default}", r["impl"],
+            str(r["services"]), mode_label(r), f"{r['min_sync_period']}{default}", r["impl"],
             str(len(data)), _n(percentile(data, 50)), _n(percentile(data, 99)),
             _n(max(data) if data else None),
             _n(percentile(writes, 50)) if (writes := r.get("write_ms")) else "–",
@@ -272,7 +272,7 @@ def section_footprint(records: Sequence[Record]) -> list[str]:
             if c else "–"
         )  # fmt: skip
         rows.append([
-            f"{r['services']} × {r['endpoints_per_service']}", r["mode"], r["impl"],
+            f"{r['services']} × {r['endpoints_per_service']}", mode_label(r), r["impl"],
             _n(r.get("startup_to_first_sync_s"), ".1f"), _n(first_cpu, ".1f"),
             _n(f.get("rss_mib")), _n(peak_rss_mib(r)), churn, _cmd(r),
         ])  # fmt: skip
@@ -312,7 +312,7 @@ def section_datapath(records: Sequence[Record]) -> list[str]:
         s, d = r.get("service") or {}, r.get("direct") or {}
         pos = r.get("kube_services_position") or []
         rows.append([
-            str(r["services"]), r["mode"], r["impl"],
+            str(r["services"]), mode_label(r), r["impl"],
             f"{_n(s.get('connect_p50_us'))} / {_n(s.get('connect_p99_us'))}",
             f"{_n(d.get('connect_p50_us'))} / {_n(d.get('connect_p99_us'))}",
             _n(r.get("service_overhead_us"), "+.0f"),

@@ -45,7 +45,7 @@ from proxy import manifests
 from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
 from proxy.backends.nftables import NftTransaction
-from proxy.bench import machine, synthetic
+from proxy.bench import iptvariant, machine, synthetic
 from proxy.bench.memory import measure_in_subprocess
 from proxy.bench.stats import ratio
 from proxy.config import ProxyConfig, ProxyMode
@@ -65,6 +65,8 @@ class SyncResult:
     repeat: int
     command: str
     bench: str = "sync"
+    iptables: str = ""
+    """the iptables backend (``legacy`` or ``nft``) in iptables mode"""
     seconds: dict[str, float] = field(default_factory=dict)
     """median seconds per stage"""
     ratios: dict[str, float] = field(default_factory=dict)
@@ -199,20 +201,40 @@ def _one_change(
     return {"change_netlink": netlink / 2, "change_nft": via_nft / 2, "change_count": grow / 2}
 
 
-def command_for(services: int, endpoints: int, mode: str, repeat: int) -> str:
-    return (
+def command_for(
+    services: int, endpoints: int, mode: str, repeat: int, iptables: str = iptvariant.DEFAULT
+) -> str:
+    command = (
         f"kube-proxy-py bench sync --services {services} --endpoints {endpoints} "
         f"--mode {mode} --repeat {repeat}"
     )
+    return command + (f" --iptables {iptables}" if mode != "nftables" else "")
 
 
-def bench_sync(services: int, endpoints: int, mode: ProxyMode, repeat: int = 3) -> SyncResult:
+def bench_sync(
+    services: int,
+    endpoints: int,
+    mode: ProxyMode,
+    repeat: int = 3,
+    iptables: str = iptvariant.DEFAULT,
+) -> SyncResult:
+    """One mode's figures; in iptables mode with the ``iptables`` backend (see
+    :mod:`proxy.bench.iptvariant`)."""
+    with iptvariant.using(iptables):
+        return _bench_sync(services, endpoints, mode, repeat, iptables)
+
+
+def _bench_sync(
+    services: int, endpoints: int, mode: ProxyMode, repeat: int, iptables: str
+) -> SyncResult:
+    ipt_mode = mode is ProxyMode.IPTABLES
     res = SyncResult(
         mode.value,
         services,
         endpoints,
         repeat,
-        command_for(services, endpoints, mode.value, repeat),
+        command_for(services, endpoints, mode.value, repeat, iptables),
+        iptables=iptables if ipt_mode else "",
     )
     res.machine = machine.describe()
     sec = res.seconds
@@ -274,7 +296,8 @@ def format_result(r: SyncResult) -> str:
     m = r.memory
     lines = [
         f"$ {r.command}",
-        f"  {r.mode}: {r.services} services x {r.endpoints_per_service} endpoints, "
+        f"  {iptvariant.label(r.mode, r.iptables)}: {r.services} services x "
+        f"{r.endpoints_per_service} endpoints, "
         f"{r.rules} rules/elements, {r.text_bytes / 1e6:.1f} MB of full-sync text "
         f"(re-sync {r.resync_text_bytes / 1e6:.1f} MB)",
     ]
@@ -302,7 +325,7 @@ def main_sync(args: Any) -> int:
     modes = list(ProxyMode) if args.mode == "both" else [ProxyMode(args.mode)]
     results = []
     for mode in modes:
-        r = bench_sync(args.services, args.endpoints, mode, args.repeat)
+        r = bench_sync(args.services, args.endpoints, mode, args.repeat, args.iptables)
         results.append(asdict(r))
         print(format_result(r), flush=True)
     if args.json:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.bench.iptvariant import label
 from proxy.bench.stats import percentile
 
 Record = dict[str, Any]
@@ -46,6 +47,11 @@ def of_kind(records: Sequence[Record], kind: str) -> list[Record]:
     return [r for r in records if r.get("bench") == kind]
 
 
+def mode_label(record: Record) -> str:
+    """``nftables``, ``iptables-legacy`` / ``iptables-nft`` (the backend, when recorded)."""
+    return label(str(record["mode"]), record.get("iptables"))
+
+
 def p(record: Record, q: float) -> float:
     return percentile(record.get("latencies_ms") or [], q)
 
@@ -64,14 +70,14 @@ def peak_rss_mib(record: Record) -> float:
 
 def full_sync_overhead(records: Sequence[Record]) -> Verdict:
     v = Verdict(f"full sync ≤ {FULL_SYNC_MAX_RATIO}× raw apply of the same text")
-    for r in sorted(of_kind(records, "sync"), key=lambda r: (r["mode"], r["services"])):
+    for r in sorted(of_kind(records, "sync"), key=lambda r: (mode_label(r), r["services"])):
         ratios = r.get("ratios") or {}
         full = ratios.get("full_sync_vs_raw", math.nan)
         if math.isnan(full):
             continue
         v.add(
             full <= FULL_SYNC_MAX_RATIO,
-            f"{r['mode']} {r['services']} services: {full:.2f}× "
+            f"{mode_label(r)} {r['services']} services: {full:.2f}× "
             f"(re-sync {ratios.get('resync_vs_raw', math.nan):.2f}×)",
         )
     return v
@@ -93,7 +99,7 @@ def latency_vs_upstream(records: Sequence[Record]) -> Verdict:
                 "min-sync-period (p50 and p99)")  # fmt: skip
     big = [r for r in of_kind(records, "latency") if r["services"] == BIG and r["latencies_ms"]]
     for (mode, msp, _), ours, up in _pairs(
-        big, lambda r: (r["mode"], r["min_sync_period"], r["endpoints_per_service"])
+        big, lambda r: (mode_label(r), r["min_sync_period"], r["endpoints_per_service"])
     ):
         for q in (50, 99):
             a, b = p(ours, q), p(up, q)
@@ -119,7 +125,7 @@ def rss_vs_upstream(records: Sequence[Record]) -> Verdict:
         r for r in of_kind(records, "latency")
         if r["services"] == BIG and r["endpoints_per_service"] == 10
     ]  # fmt: skip
-    for (mode, _), ours, up in _pairs(big, lambda r: (r["mode"], r["min_sync_period"])):
+    for (mode, _), ours, up in _pairs(big, lambda r: (mode_label(r), r["min_sync_period"])):
         a, b = peak_rss_mib(ours), peak_rss_mib(up)
         if math.isnan(a) or math.isnan(b):
             continue

@@ -14,16 +14,23 @@ from dataclasses import dataclass
 from proxy.backends.iptables import (
     ExistingIptables,
     IptablesRuleset,
+    RestoreBody,
     cleanup_text,
     parse_save,
+    restore_body,
     restore_text,
 )
-from proxy.kernel.runner import KernelError, Runner
+from proxy.kernel.runner import KernelError, Runner, Started
 from proxy.model import IPFamily
 
 log = logging.getLogger(__name__)
 
 VARIANT_ENV = "KUBE_PROXY_PY_IPTABLES"
+CANARY_TABLE, CANARY_CHAIN = "mangle", "KUBE-PROXY-CANARY"
+"""Legacy iptables has no generation counter to tell that someone else changed the
+tables. As upstream does, every full sync declares an empty canary chain in the small
+mangle table; when it is gone, someone flushed the tables and the next sync is full."""
+_CANARY_BLOCK = f"*{CANARY_TABLE}\n:{CANARY_CHAIN} - [0:0]\nCOMMIT\n"
 LOCK_WAIT_SECONDS = "5"
 _HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY", "KUBE-SERVICES")
 
@@ -73,11 +80,18 @@ class IptablesKernel:
             self.variant = detect_variant(self.runner, self.family)
 
     def save(self) -> ExistingIptables:
-        text = ""
-        for table in ("filter", "nat"):
-            proc = self.runner.run([_tool(self.family, self.variant, "save"), "-t", table])
-            text += proc.stdout
-        return parse_save(text)
+        """What the filter and nat tables hold: chain names and the built-in chains'
+        rules (all a full sync or a cleanup needs)."""
+        return self._saved(self._start_save())
+
+    def _start_save(self) -> list[Started]:
+        tool = _tool(self.family, self.variant, "save")
+        return [self.runner.start([tool, "-t", table]) for table in ("filter", "nat")]
+
+    @staticmethod
+    def _saved(started: list[Started]) -> ExistingIptables:
+        texts = [s.output() for s in started]  # waits for (and closes) every one
+        return parse_save("".join(texts), every_rule=False)
 
     def restore(self, text: str, *, test: bool = False) -> None:
         cmd = [_tool(self.family, self.variant, "restore"), "--noflush"]
@@ -88,10 +102,23 @@ class IptablesKernel:
         self.runner.run(cmd, stdin=text)
 
     def sync(self, ruleset: IptablesRuleset, existing: ExistingIptables | None = None) -> str:
-        """Full sync: one restore transaction replacing exactly our chains. Returns it."""
+        """Full sync: one restore transaction replacing exactly our chains. Returns it.
+
+        Without ``existing``, ``iptables-save`` runs while the kernel-independent part of
+        the input (our chains and rules) is built: at 5,000 Services both take a
+        noticeable share of a sync, and they use different cores."""
         if ruleset.route_localnet:
             self.runner.write_sysctl("net.ipv4.conf.all.route_localnet", "1")
-        text = restore_text(ruleset, existing if existing is not None else self.save())
+        body: RestoreBody | None = None
+        if existing is None:
+            started = self._start_save()
+            try:
+                body = restore_body(ruleset)
+            finally:
+                existing = self._saved(started)
+        text = restore_text(ruleset, existing, body)
+        if self.variant == "legacy":
+            text += _CANARY_BLOCK
         try:
             self.restore(text)
         except KernelError as exc:
@@ -103,9 +130,19 @@ class IptablesKernel:
             raise
         return text
 
+    def canary_present(self) -> bool:
+        """Whether the canary chain a legacy full sync declares still stands (one listing
+        of the mangle table, which holds a handful of rules at most)."""
+        tool = "iptables" if self.family is IPFamily.V4 else "ip6tables"
+        argv = [f"{tool}-{self.variant}", "-w", LOCK_WAIT_SECONDS, "-t", CANARY_TABLE, "-S"]
+        listing = self.runner.run([*argv, CANARY_CHAIN], check=False)
+        return listing.returncode == 0
+
     def cleanup(self) -> bool:
-        """Remove our chains and jumps; True if anything was removed."""
+        """Remove our chains and jumps (and the canary); True if anything was removed."""
         text = cleanup_text(self.save())
+        if self.variant == "legacy" and self.canary_present():
+            text += f"*{CANARY_TABLE}\n-X {CANARY_CHAIN}\nCOMMIT\n"
         if not text:
             return False
         self.restore(text)

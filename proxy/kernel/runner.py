@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,40 @@ TIMEOUT_BYTES_PER_SECOND = 20_000.0
 def default_timeout(input_bytes: int) -> float:
     """Seconds a tool may take for this much input."""
     return BASE_TIMEOUT + input_bytes / TIMEOUT_BYTES_PER_SECOND
+
+
+def _memory_file(name: str) -> IO[bytes]:
+    """An anonymous in-memory file (memfd): a dump of tens of MB never reaches a disk."""
+    return open(os.memfd_create(f"kube-proxy-py-{name}"), "w+b")
+
+
+@dataclass
+class Started:
+    """A tool started by :meth:`Runner.start`, still running or done."""
+
+    cmd: list[str]
+    proc: subprocess.Popen[bytes]
+    out: IO[bytes]
+    err: IO[bytes]
+
+    def output(self, timeout: float = BASE_TIMEOUT) -> str:
+        """Wait for the tool; its stdout, or :class:`KernelError` if it failed or ran
+        past ``timeout`` (then it is killed)."""
+        try:
+            try:
+                returncode = wait_exit(self.proc, timeout)
+            except subprocess.TimeoutExpired as exc:
+                self.proc.kill()
+                self.proc.wait()
+                raise KernelError(self.cmd, -1, f"timed out after {timeout:.0f}s") from exc
+            if returncode != 0:
+                self.err.seek(0)
+                raise KernelError(self.cmd, returncode, self.err.read().decode(errors="replace"))
+            self.out.seek(0)
+            return self.out.read().decode()
+        finally:
+            self.out.close()
+            self.err.close()
 
 
 @dataclass(frozen=True)
@@ -138,6 +173,21 @@ class Runner:
             if returncode != 0:
                 err.seek(0)
                 raise KernelError(cmd, returncode, err.read().decode(errors="replace"))
+
+    def start(self, cmd: Sequence[str]) -> Started:
+        """Start ``cmd`` and return at once; :meth:`Started.output` waits for it. Its
+        output goes to an in-memory file, so a large dump never blocks on a full pipe
+        while the caller does other work."""
+        out, err = _memory_file("stdout"), _memory_file("stderr")
+        try:
+            proc = subprocess.Popen(
+                self.argv(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
+        except BaseException:
+            out.close()
+            err.close()
+            raise
+        return Started(list(cmd), proc, out, err)
 
     @staticmethod
     def available(tool: str) -> bool:

@@ -12,6 +12,7 @@ from proxy import manifests as m
 from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.kernel.iptables import CANARY_CHAIN, VARIANT_ENV, IptablesKernel
 from proxy.kernel.runner import Runner
 
 pytestmark = pytest.mark.netns
@@ -36,8 +37,12 @@ class Clock:
         return self.now
 
 
-def listing(ns: str, mode: ProxyMode) -> str:
-    argv = ["nft", "-s", "list", "ruleset"] if mode is ProxyMode.NFTABLES else ["iptables-save"]
+def listing(ns: str, mode: ProxyMode, variant: str = "nft") -> str:
+    argv = (
+        ["nft", "-s", "list", "ruleset"]
+        if mode is ProxyMode.NFTABLES
+        else [f"iptables-{variant}-save"]
+    )
     return subprocess.run(
         ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=True
     ).stdout
@@ -95,4 +100,49 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
 
     clock.now += 3601
     assert proxier.sync() and rec.results[-1].full  # hourly, as upstream
+    assert rec.failures == []
+
+
+def test_legacy_iptables_canary_brings_a_full_sync(
+    netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Legacy iptables has no generation counter: a full sync declares a canary chain in
+    the mangle table, listed once a sync period; a flush that takes it brings a full sync
+    (and one that leaves it waits for the hourly one, as with upstream)."""
+    monkeypatch.setenv(VARIANT_ENV, "legacy")
+    clock = Clock()
+    state = ClusterState("node-a")
+    rec = Recorder()
+    cfg = ProxyConfig(
+        "node-a", mode=ProxyMode.IPTABLES,
+        cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),),
+    )  # fmt: skip
+    proxier = Proxier(cfg, state, sync_period=30, observer=rec, runner=Runner(netns), clock=clock)
+    state.handle("Node", "ADDED", m.node("node-a", "192.168.50.11"))
+    state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80)]))
+    sl = m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")])
+    state.handle("EndpointSlice", "ADDED", sl)
+    assert proxier.sync() and rec.results[-1].full
+    assert f":{CANARY_CHAIN} - " in listing(netns, ProxyMode.IPTABLES, "legacy")
+    served = "-A KUBE-SERVICES -d 10.96.0.10/32"
+    assert served in listing(netns, ProxyMode.IPTABLES, "legacy")
+    for _ in range(2):  # a sync period with the canary standing: incremental
+        clock.now += 20
+        assert proxier.sync() and not rec.results[-1].full
+
+    for table, chain in (("nat", "KUBE-SERVICES"), ("mangle", CANARY_CHAIN)):
+        verb = "-X" if chain == CANARY_CHAIN else "-F"
+        subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", "-t", table, verb,
+                        chain], check=True)  # fmt: skip
+    assert served not in listing(netns, ProxyMode.IPTABLES, "legacy")
+    clock.now += 31
+    assert proxier.sync() and rec.results[-1].full
+    text = listing(netns, ProxyMode.IPTABLES, "legacy")
+    assert served in text and f":{CANARY_CHAIN} - " in text
+    clock.now += 31
+    assert proxier.sync() and not rec.results[-1].full
+
+    assert IptablesKernel(Runner(netns)).cleanup()
+    text = listing(netns, ProxyMode.IPTABLES, "legacy")
+    assert "KUBE-" not in text
     assert rec.failures == []

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from proxy import manifests as m
 from proxy import naming
 from proxy.backends import iptables as ipt
@@ -155,9 +157,7 @@ def test_localhost_guard_only_with_localhost_node_ports() -> None:
     assert "block incoming localnet connections" in rs.filter["KUBE-FIREWALL"][0]
 
 
-def test_restore_text_rewrites_ours_deletes_stale_and_leaves_others() -> None:
-    rs = rules(web(), web_slice(*TWO))
-    saved = """*nat
+SAVED_NAT = """*nat
 :PREROUTING ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :KUBE-SERVICES - [0:0]
@@ -167,9 +167,20 @@ def test_restore_text_rewrites_ours_deletes_stale_and_leaves_others() -> None:
 -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
 -A PREROUTING -j DOCKER
 -A OUTPUT -j KUBE-SVC-OLDOLDOLDOLDOLD1
+-A KUBE-SERVICES -d 10.96.0.9/32 -j KUBE-SVC-OLDOLDOLDOLDOLD1
+-A DOCKER -i docker0 -j RETURN
 COMMIT
 """
-    text = ipt.restore_text(rs, ipt.parse_save(saved))
+
+
+@pytest.mark.parametrize("every_rule", [True, False])
+@pytest.mark.parametrize("prebuilt_body", [True, False])
+def test_restore_text_rewrites_ours_deletes_stale_and_leaves_others(
+    every_rule: bool, prebuilt_body: bool
+) -> None:
+    rs = rules(web(), web_slice(*TWO))
+    body = ipt.restore_body(rs) if prebuilt_body else None
+    text = ipt.restore_text(rs, ipt.parse_save(SAVED_NAT, every_rule=every_rule), body)
     nat = text.split("*nat\n", 1)[1]
     assert ":KUBE-SVC-OLDOLDOLDOLDOLD1 - [0:0]" in nat and "-X KUBE-SVC-OLDOLDOLDOLDOLD1" in nat
     assert "DOCKER" not in nat
@@ -177,6 +188,16 @@ COMMIT
     assert "-D OUTPUT -j KUBE-SVC-OLDOLDOLDOLDOLD1" in nat
     assert '-I OUTPUT 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' in nat
     assert "-I PREROUTING" not in nat
+
+
+def test_lean_save_parse_keeps_chains_and_builtin_rules_only() -> None:
+    full = ipt.parse_save(SAVED_NAT)
+    lean = ipt.parse_save(SAVED_NAT, every_rule=False)
+    assert lean.chains == full.chains
+    assert lean.builtin_rules == full.builtin_rules
+    assert len(lean.builtin_rules[("nat", "PREROUTING")]) == 3
+    assert lean.rules == {}
+    assert full.rules[("nat", "DOCKER")] == ("-i docker0 -j RETURN",)
 
 
 def test_cleanup_text_removes_only_owned() -> None:

@@ -74,3 +74,23 @@ def test_wait_exit_returns_the_status_and_times_out_on_a_running_process() -> No
     finally:
         sleeper.kill()
     assert wait_exit(sleeper, 10) == -9  # reaped once it is gone
+
+
+def test_start_keeps_a_large_output_without_blocking_the_tool() -> None:
+    # 4 MB: far more than a pipe holds, so a tool writing to a pipe nobody reads would
+    # block; started tools write to a file and finish on their own.
+    started = Runner().start(["sh", "-c", "yes line | head -c 4000000; echo; echo end"])
+    assert runner.wait_exit(started.proc, 30) == 0
+    out = started.output()
+    assert len(out) == 4_000_000 + len("\nend\n") and out.endswith("line\n\nend\n")
+    assert started.out.closed and started.err.closed
+
+
+def test_start_failure_and_timeout_are_kernel_errors() -> None:
+    with pytest.raises(KernelError, match="no such table") as info:
+        Runner().start(["sh", "-c", "echo no such table >&2; exit 1"]).output()
+    assert info.value.returncode == 1
+    sleeper = Runner().start(["sleep", "30"])
+    with pytest.raises(KernelError, match="timed out after"):
+        sleeper.output(timeout=0.2)
+    assert sleeper.proc.returncode == -9
