@@ -137,21 +137,34 @@ class ExistingIptables:
 
 
 BUILTIN_CHAINS = frozenset(("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"))
-_SYNC_LINES = re.compile(r"\n((?:[*:]|-A (?:" + "|".join(sorted(BUILTIN_CHAINS)) + r") )[^\n]*)")
-"""Table, chain and built-in-chain rule lines (a regex finds them 3× faster than a loop
-over every line)."""
+_SYNC_LINES = re.compile(
+    rb"\n((?:[*:]|-A (?:" + "|".join(sorted(BUILTIN_CHAINS)).encode() + rb") )[^\n]*)"
+)
+"""Table, chain and built-in-chain rule lines after a newline (a regex finds them 3×
+faster than a loop over every line)."""
 
 
-def parse_save(text: str, *, every_rule: bool = True) -> ExistingIptables:
+def _sync_lines(dump: bytes) -> list[str]:
+    """The lines of ``dump`` a full sync needs, decoded (the rest never is)."""
+    end = dump.find(b"\n")
+    first = dump[: end if end >= 0 else len(dump)]
+    lines = [m.decode() for m in _SYNC_LINES.findall(dump)]
+    return [first.decode(), *lines] if _SYNC_LINES.match(b"\n" + first) else lines
+
+
+def parse_save(text: str | bytes, *, every_rule: bool = True) -> ExistingIptables:
     """Parse ``iptables-save`` output (any tables) into :class:`ExistingIptables`.
 
     A full sync needs only the chain names and the built-in chains' rules: with
-    ``every_rule=False`` the rules of other chains are skipped unparsed (at 5,000
-    Services that is ~250,000 lines, and building them cost a third of a second).
+    ``every_rule=False`` the rules of other chains are skipped undecoded and unparsed (at
+    5,000 Services that is ~250,000 lines, and building them cost a third of a second).
     """
     chains: dict[str, set[str]] = {}
     rules: dict[tuple[str, str], list[str]] = {}
-    lines = text.splitlines() if every_rule else _SYNC_LINES.findall("\n" + text)
+    if every_rule:
+        lines = (text.decode() if isinstance(text, bytes) else text).splitlines()
+    else:
+        lines = _sync_lines(text.encode() if isinstance(text, str) else text)
     table = ""
     for line in lines:
         head = line[:1]
@@ -596,12 +609,13 @@ def restore_body(ruleset: IptablesRuleset) -> RestoreBody:
     return RestoreBody(tables)
 
 
-def restore_text(
+def restore_pieces(
     ruleset: IptablesRuleset,
     existing: ExistingIptables | None = None,
     body: RestoreBody | None = None,
-) -> str:
-    """A full-sync ``iptables-restore --noflush`` input.
+) -> list[str]:
+    """A full-sync ``iptables-restore --noflush`` input, as pieces to write one after
+    another (the large ones are ``body``'s blocks, never copied into one string).
 
     Declaring a chain (``:NAME - [0:0]``) creates it or flushes it, so every chain of ours
     is rewritten whole; chains of ours that the ruleset no longer has are flushed and
@@ -622,7 +636,16 @@ def restore_text(
         out.append(appended)
         out.extend(f"-X {name}\n" for name in stale)
         out.append("COMMIT\n")
-    return "".join(out)
+    return out
+
+
+def restore_text(
+    ruleset: IptablesRuleset,
+    existing: ExistingIptables | None = None,
+    body: RestoreBody | None = None,
+) -> str:
+    """:func:`restore_pieces` as one text."""
+    return "".join(restore_pieces(ruleset, existing, body))
 
 
 def _jump_fixes(ruleset: IptablesRuleset, existing: ExistingIptables, table: str) -> list[str]:

@@ -334,6 +334,11 @@ def markdown(records: Sequence[Record], plot_name: str | None) -> str:
         "commands write (all of them: `kube-proxy-py bench all`); every figure comes with "
         "the command that reproduces it. Raw records: [benchmarks.json](benchmarks.json).",
         "",
+        "iptables rows name the backend both agents used (`--iptables`): `iptables-legacy` "
+        "(the benchmarks' default) or `iptables-nft`; `iptables-nft-restore` of 10,000 "
+        "Services ran for more than 14 minutes on the bench machine, so the nft backend is "
+        "measured at small sizes only.",
+        "",
     ]
     if plot_name:
         lines += [f"![benchmark plots]({plot_name})", ""]

@@ -9,7 +9,7 @@ import select
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -68,6 +68,25 @@ def _memory_file(name: str) -> IO[bytes]:
     return open(os.memfd_create(f"kube-proxy-py-{name}"), "w+b")
 
 
+FEED_SLICE = 1 << 20
+"""Characters encoded and written at a time by :meth:`Runner.feed`."""
+_BATCH_BYTES = 1 << 18
+
+
+def _batches(lines: Iterable[str]) -> Iterator[str]:
+    """Lines joined into newline-terminated batches of about 256 KiB."""
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line) + 1
+        if size >= _BATCH_BYTES:
+            yield "\n".join(batch) + "\n"
+            batch, size = [], 0
+    if batch:
+        yield "\n".join(batch) + "\n"
+
+
 @dataclass
 class Started:
     """A tool started by :meth:`Runner.start`, still running or done."""
@@ -80,6 +99,10 @@ class Started:
     def output(self, timeout: float = BASE_TIMEOUT) -> str:
         """Wait for the tool; its stdout, or :class:`KernelError` if it failed or ran
         past ``timeout`` (then it is killed)."""
+        return self.output_bytes(timeout).decode()
+
+    def output_bytes(self, timeout: float = BASE_TIMEOUT) -> bytes:
+        """:meth:`output`, undecoded."""
         try:
             try:
                 returncode = wait_exit(self.proc, timeout)
@@ -91,7 +114,7 @@ class Started:
                 self.err.seek(0)
                 raise KernelError(self.cmd, returncode, self.err.read().decode(errors="replace"))
             self.out.seek(0)
-            return self.out.read().decode()
+            return self.out.read()
         finally:
             self.out.close()
             self.err.close()
@@ -138,7 +161,14 @@ class Runner:
         """Run ``cmd`` with ``lines`` written to its stdin as they come, in batches (the
         whole input is never held as one string); a failure or timeout raises
         :class:`KernelError` (without the input: the caller knows how to rebuild it)."""
-        batch_bytes = 1 << 18
+        self.feed(cmd, _batches(lines), timeout=timeout)
+
+    def feed(
+        self, cmd: Sequence[str], pieces: Iterable[str], *, timeout: float | None = None
+    ) -> None:
+        """Run ``cmd`` with ``pieces`` written to its stdin one after another, each
+        encoded a slice at a time (so a large piece is never copied whole); a failure or
+        timeout raises :class:`KernelError` (without the input)."""
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
                 self.argv(cmd), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
@@ -146,16 +176,9 @@ class Runner:
             assert proc.stdin is not None
             written = 0
             try:
-                batch: list[str] = []
-                size = 0
-                for line in lines:
-                    batch.append(line)
-                    size += len(line) + 1
-                    if size >= batch_bytes:
-                        written += proc.stdin.write(("\n".join(batch) + "\n").encode())
-                        batch, size = [], 0
-                if batch:
-                    written += proc.stdin.write(("\n".join(batch) + "\n").encode())
+                for piece in pieces:
+                    for at in range(0, len(piece), FEED_SLICE):
+                        written += proc.stdin.write(piece[at : at + FEED_SLICE].encode())
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # the tool stopped reading: its status and stderr say why

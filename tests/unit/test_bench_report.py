@@ -214,6 +214,15 @@ def test_latency_vs_upstream_only_compares_equal_settings() -> None:
     assert targets.latency_vs_upstream(records).status == targets.NOT_MEASURED
 
 
+def test_latency_vs_upstream_only_compares_the_same_iptables_backend() -> None:
+    ours = latency_record("ours", "iptables", 10000, [900.0] * 100, 200, iptables="legacy")
+    up = latency_record("upstream", "iptables", 10000, [950.0] * 100, 250, iptables="nft")
+    assert targets.latency_vs_upstream([ours, up]).status == targets.NOT_MEASURED
+    up["iptables"] = "legacy"
+    verdict = targets.latency_vs_upstream([ours, up])
+    assert verdict.status == targets.MET and "iptables-legacy" in verdict.details[0]
+
+
 def test_latency_p50_target() -> None:
     records = all_met()
     records[2] = latency_record("ours", "nftables", 10000, [150.0] * 100, 200)
@@ -311,6 +320,13 @@ def test_recorded_commands_parse_back_to_the_same_run() -> None:
     assert (args.impl, args.min_sync_period, args.churn_minutes) == ("upstream", "default", 10)
     args = parses(datapath.command_for(1000, "nftables", "ours", 3000, 5))
     assert (args.services, args.impl, args.connections) == ("1000", "ours", 3000)
+    for command in (
+        bench_sync.command_for(1000, 10, "iptables", 3, "nft"),
+        latency.command_for(1000, 10, 100, "both", "default", "both", iptables="nft"),
+        datapath.command_for(10, "iptables", "both", 3000, 5, "nft"),
+    ):
+        assert parses(command).iptables == "nft"  # the backend is part of the command
+    assert "--iptables" not in datapath.command_for(10, "nftables", "both", 3000, 5, "nft")
 
 
 def test_latency_refuses_a_bad_min_sync_period() -> None:
@@ -321,7 +337,7 @@ def test_latency_refuses_a_bad_min_sync_period() -> None:
 def test_bench_all_covers_the_issue_sizes() -> None:
     steps = bench_all.steps()
     for step in steps:
-        parses(step.command)
+        assert parses(step.command).iptables == "legacy"
     sync_sizes = {int(s.args[s.args.index("--services") + 1]) for s in steps if s.group == "sync"}
     assert sync_sizes == {1000, 5000, 10000, 30000}
     lat = [s for s in steps if s.group == "latency"]

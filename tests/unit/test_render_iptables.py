@@ -193,6 +193,10 @@ def test_restore_text_rewrites_ours_deletes_stale_and_leaves_others(
 def test_lean_save_parse_keeps_chains_and_builtin_rules_only() -> None:
     full = ipt.parse_save(SAVED_NAT)
     lean = ipt.parse_save(SAVED_NAT, every_rule=False)
+    assert ipt.parse_save(SAVED_NAT.encode(), every_rule=False) == lean  # a raw dump
+    assert ipt.parse_save(SAVED_NAT.encode()) == full
+    headless = ipt.parse_save(SAVED_NAT.split("\n", 1)[1], every_rule=False)
+    assert headless.chains == {}  # without its first line, no table to put chains in
     assert lean.chains == full.chains
     assert lean.builtin_rules == full.builtin_rules
     assert len(lean.builtin_rules[("nat", "PREROUTING")]) == 3
