@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from proxy.backends.iptables import (
     ExistingIptables,
     IptablesRuleset,
-    RestoreBody,
     cleanup_text,
     parse_save,
-    restore_body,
     restore_pieces,
 )
 from proxy.kernel.runner import KernelError, Runner, Started
@@ -107,36 +106,28 @@ class IptablesKernel:
         self.runner.run(self._restore_argv(test), stdin=text)
 
     def full_sync_pieces(
-        self,
-        ruleset: IptablesRuleset,
-        existing: ExistingIptables,
-        body: RestoreBody | None = None,
-    ) -> list[str]:
+        self, ruleset: IptablesRuleset, existing: ExistingIptables
+    ) -> Iterator[str]:
         """What a full sync writes, given what the tables hold (the canary too)."""
-        pieces = restore_pieces(ruleset, existing, body)
-        return [*pieces, _CANARY_BLOCK] if self.variant == "legacy" else pieces
+        yield from restore_pieces(ruleset, existing)
+        if self.variant == "legacy":
+            yield _CANARY_BLOCK
 
     def sync(self, ruleset: IptablesRuleset, existing: ExistingIptables | None = None) -> None:
         """Full sync: one restore transaction replacing exactly our chains.
 
-        Without ``existing``, ``iptables-save`` runs while the kernel-independent part of
-        the input (our chains and rules) is built: at 5,000 Services both take a
-        noticeable share of a sync, and they use different cores. The input is written to
-        the tool piece by piece, never joined (at 10,000 Services it is ~50 MB)."""
+        The input is built piece by piece while the tool parses what it has (at 10,000
+        Services it is ~50 MB, never held whole). Without ``existing``, the filter and nat
+        tables are saved first, side by side."""
         if ruleset.route_localnet:
             self.runner.write_sysctl("net.ipv4.conf.all.route_localnet", "1")
-        body: RestoreBody | None = None
         if existing is None:
-            started = self._start_save()
-            try:
-                body = restore_body(ruleset)
-            finally:
-                existing = self._saved(started)
-        pieces = self.full_sync_pieces(ruleset, existing, body)
+            existing = self.save()
         try:
-            self.runner.feed(self._restore_argv(), pieces)
+            self.runner.feed(self._restore_argv(), self.full_sync_pieces(ruleset, existing))
         except KernelError as exc:
-            exc.stdin = "".join(pieces)  # so the error can quote the refused line
+            # rebuilt (the tables are as before: a refused transaction changes nothing)
+            exc.stdin = "".join(self.full_sync_pieces(ruleset, existing))
             log.error(
                 "iptables-restore refused the transaction",
                 extra={"error": exc.stderr.strip(), "line": exc.failing_line()},

@@ -174,13 +174,15 @@ COMMIT
 
 
 @pytest.mark.parametrize("every_rule", [True, False])
-@pytest.mark.parametrize("prebuilt_body", [True, False])
+@pytest.mark.parametrize("batch", [1, 2048])
 def test_restore_text_rewrites_ours_deletes_stale_and_leaves_others(
-    every_rule: bool, prebuilt_body: bool
+    every_rule: bool, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(ipt, "RESTORE_BATCH_LINES", batch)  # many pieces, or one per table
     rs = rules(web(), web_slice(*TWO))
-    body = ipt.restore_body(rs) if prebuilt_body else None
-    text = ipt.restore_text(rs, ipt.parse_save(SAVED_NAT, every_rule=every_rule), body)
+    pieces = list(ipt.restore_pieces(rs, ipt.parse_save(SAVED_NAT, every_rule=every_rule)))
+    assert all(p.endswith("\n") for p in pieces) and len(pieces) >= (8 if batch == 1 else 4)
+    text = "".join(pieces)
     nat = text.split("*nat\n", 1)[1]
     assert ":KUBE-SVC-OLDOLDOLDOLDOLD1 - [0:0]" in nat and "-X KUBE-SVC-OLDOLDOLDOLDOLD1" in nat
     assert "DOCKER" not in nat

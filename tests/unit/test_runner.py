@@ -94,3 +94,11 @@ def test_start_failure_and_timeout_are_kernel_errors() -> None:
     with pytest.raises(KernelError, match="timed out after"):
         sleeper.output(timeout=0.2)
     assert sleeper.proc.returncode == -9
+
+
+def test_feed_writes_large_pieces_in_slices_and_in_order(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    big = "".join(f"{i:07d}\n" for i in range(300_000))  # 2.4 MB: more than one slice
+    assert len(big) > runner.FEED_SLICE
+    Runner().feed(["sh", "-c", f"cat > {out}"], iter(["head\n", big, "tail\n"]))
+    assert out.read_text() == "head\n" + big + "tail\n"
