@@ -183,7 +183,9 @@ def section_full_sync(records: Sequence[Record]) -> list[str]:
         "it (netlink) and as the same statements through `nft -f`: endpoint map elements "
         "only. `endpoint added`: one more endpoint, over netlink; the service chain's rule "
         "changes too, and the kernel re-validates every rule reachable from the base chains "
-        "on any transaction that adds a rule. Medians of `--repeat` runs.",
+        "on any transaction that adds a rule. In iptables mode, `endpoint replaced` is the "
+        "partial `iptables-restore` the agent writes for that change (restore). Medians of "
+        "`--repeat` runs.",
         "",
     ]
     rows = []
@@ -197,7 +199,9 @@ def section_full_sync(records: Sequence[Record]) -> list[str]:
             ms.get("resync", "–"), ms.get("raw_resync_text", "–"),
             f"{_n(q.get('resync_vs_raw'), '.2f')}×",
             ms.get("cli_apply", "–"),
-            f"{_n(s.get('change_netlink', math.nan) * 1000, '.1f')} / "
+            f"{_n(s['change_restore'] * 1000, '.1f')} (restore)"
+            if "change_restore" in s
+            else f"{_n(s.get('change_netlink', math.nan) * 1000, '.1f')} / "
             f"{_n(s.get('change_nft', math.nan) * 1000, '.1f')}",
             _n(s.get("change_count", math.nan) * 1000, ".1f"),
             _cmd(r),

@@ -166,15 +166,10 @@ def _one_change(
     per transaction. Two changes: an endpoint replaced by a new address (what the latency
     benchmark writes: endpoint map elements only), and an endpoint added (the service
     chain's rule changes too, so the kernel re-validates the table; netlink only)."""
-    sl = next(o for o in objs if o["kind"] == "EndpointSlice")
-    first, *rest = sl["endpoints"]
-    moved = {**sl, "endpoints": [{**first, "addresses": ["10.255.0.1"]}, *rest]}
-    grown = {**sl, "endpoints": [first, *rest, {**first, "addresses": ["10.255.0.2"]}]}
-    key = (sl["metadata"]["namespace"], sl["metadata"]["labels"]["kubernetes.io/service-name"])
+    change = _SliceChange(objs)
 
     def both_ways(changed_slice: dict[str, Any]) -> tuple[NftTransaction, NftTransaction]:
-        state = synthetic.parse([changed_slice if o is sl else o for o in objs])
-        after = plan(state.snapshot, config, previous=before, changed={key})
+        after = change.plan(changed_slice, before, config)
         cache = nft.RenderCache()
         rs_a, rs_b = nft.render(before, cache), nft.render(after, cache)
         there, back = nft.incremental(rs_a, rs_b), nft.incremental(rs_b, rs_a)
@@ -189,7 +184,7 @@ def _one_change(
 
         return run
 
-    there, back = both_ways(moved)
+    there, back = both_ways(change.moved)
     there_text, back_text = there.text(), back.text()
 
     def by_nft() -> bool:
@@ -199,8 +194,50 @@ def _one_change(
 
     _, netlink = _timed(by_netlink((there, back)), repeat)
     _, via_nft = _timed(by_nft, repeat)
-    _, grow = _timed(by_netlink(both_ways(grown)), repeat)
+    _, grow = _timed(by_netlink(both_ways(change.grown)), repeat)
     return {"change_netlink": netlink / 2, "change_nft": via_nft / 2, "change_count": grow / 2}
+
+
+def _one_restore(
+    kernel: IptablesKernel,
+    objs: list[dict[str, Any]],
+    before: Plan,
+    config: ProxyConfig,
+    repeat: int,
+) -> dict[str, float]:
+    """iptables mode: what the partial restore the agent writes for an endpoint replaced
+    costs in the populated table (there and back; the figure is per transaction)."""
+    change = _SliceChange(objs)
+    rs_a, rs_b = ipt.render(before), ipt.render(change.plan(change.moved, before, config))
+    there, back = ipt.partial_restore_text(rs_a, rs_b), ipt.partial_restore_text(rs_b, rs_a)
+    assert there and back
+
+    def run() -> bool:
+        kernel.restore(there)
+        kernel.restore(back)
+        return True
+
+    _, seconds = _timed(run, repeat)
+    return {"change_restore": seconds / 2}
+
+
+class _SliceChange:
+    """The first EndpointSlice of ``objs`` with its first endpoint moved to a new address,
+    or with one endpoint more."""
+
+    def __init__(self, objs: list[dict[str, Any]]) -> None:
+        self.objs = objs
+        self.slice = sl = next(o for o in objs if o["kind"] == "EndpointSlice")
+        first, *rest = sl["endpoints"]
+        self.moved = {**sl, "endpoints": [{**first, "addresses": ["10.255.0.1"]}, *rest]}
+        self.grown = {**sl, "endpoints": [first, *rest, {**first, "addresses": ["10.255.0.2"]}]}
+        meta = sl["metadata"]
+        self.key = (meta["namespace"], meta["labels"]["kubernetes.io/service-name"])
+
+    def plan(self, changed: dict[str, Any], before: Plan, config: ProxyConfig) -> Plan:
+        """The plan after the slice became ``changed``."""
+        state = synthetic.parse([changed if o is self.slice else o for o in self.objs])
+        return plan(state.snapshot, config, previous=before, changed={self.key})
 
 
 def command_for(
@@ -272,6 +309,8 @@ def _bench_sync(
         _, sec["raw_resync_text"] = _timed(lambda: kernel.raw(resync_text), repeat)
         if kernel.nft is not None:
             sec.update(_one_change(kernel.nft, objs, p, config, repeat))
+        if kernel.ipt is not None:
+            sec.update(_one_restore(kernel.ipt, objs, p, config, repeat))
         state_file = Path(tmp) / "state.json"
         state_file.write_text(json.dumps(manifests.as_list(objs)))
         cli = [

@@ -146,3 +146,47 @@ def test_legacy_iptables_canary_brings_a_full_sync(
     text = listing(netns, ProxyMode.IPTABLES, "legacy")
     assert "KUBE-" not in text
     assert rec.failures == []
+
+
+def test_large_cluster_rules_read_back_and_skip_the_hourly_full_sync(
+    netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over 1,000 endpoint chains: the kernel holds the comment-less per-endpoint rules
+    exactly as rendered, and, as upstream, only drift (not the hour) brings a full sync."""
+    import re
+
+    from proxy.backends import iptables as ipt
+
+    monkeypatch.setenv(VARIANT_ENV, "legacy")
+    clock = Clock()
+    state = ClusterState("node-a")
+    rec = Recorder()
+    cfg = ProxyConfig(
+        "node-a", mode=ProxyMode.IPTABLES,
+        cluster_cidrs=(ipaddress.ip_network("10.128.0.0/9"),),
+    )  # fmt: skip
+    proxier = Proxier(cfg, state, sync_period=30, observer=rec, runner=Runner(netns), clock=clock)
+    for obj in m.synthetic_cluster(101, 10):
+        state.handle(obj["kind"], "ADDED", obj)
+    assert proxier.sync() and rec.results[-1].full
+    last = proxier.last_plan
+    assert last is not None and ipt.large_cluster(last)
+
+    saved = ipt.parse_save(listing(netns, ProxyMode.IPTABLES, "legacy"))
+    rendered = ipt.render(last)
+
+    def norm(rule: str) -> str:
+        return re.sub(r"--probability \d\.\d+", "--probability P", rule)
+
+    for chain, rules in rendered.nat.items():
+        assert [norm(r) for r in saved.rules[("nat", chain)]] == [norm(r) for r in rules]
+    seps = [r for (t, c), rs in saved.rules.items() if c.startswith("KUBE-SEP-") for r in rs]
+    assert len(seps) == 2 * 1010 and not any("comment" in r for r in seps)
+
+    clock.now += 3601
+    assert proxier.sync() and not rec.results[-1].full  # no hourly full sync
+    subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", "-t", "mangle", "-X",
+                    CANARY_CHAIN], check=True)  # fmt: skip
+    clock.now += 31
+    assert proxier.sync() and rec.results[-1].full  # drift still brings one
+    assert rec.failures == []

@@ -275,6 +275,21 @@ def test_markdown_has_every_section_figure_command_and_verdict() -> None:
     assert "![benchmark plots](benchmarks.png)" in md
 
 
+def test_full_sync_table_shows_the_iptables_change_as_a_restore() -> None:
+    ipt_rec = sync_record(5000, "iptables", 14.0, 10.0, iptables="legacy")
+    ipt_rec["seconds"]["change_restore"] = 1.9
+    nft_rec = sync_record(5000, "nftables", 2.0, 1.9)
+    nft_rec["seconds"].update(change_netlink=0.0006, change_nft=0.042, change_count=0.0024)
+    rows = {
+        line.split(" | ")[1]: line
+        for line in report.section_full_sync([ipt_rec, nft_rec])
+        if line.startswith("| 5000 ")
+    }
+    assert len(rows) == 2
+    assert "| 1900.0 (restore) | – |" in rows["iptables-legacy"]
+    assert "| 0.6 / 42.0 | 2.4 |" in rows["nftables"]
+
+
 def test_markdown_without_records_says_so() -> None:
     md = report.markdown([], None)
     assert "_No records._" in md and "_Not recorded._" in md and "![" not in md

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from proxy import manifests as m
 from proxy import naming
 from proxy.backends import iptables as ipt
-from proxy.config import ProxyMode
+from proxy.config import ProxyConfig, ProxyMode
 from tests.unit.test_plan import NODE, make_plan, web, web_slice
 
 TWO = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
@@ -232,3 +233,62 @@ def test_render_is_deterministic() -> None:
 
 def test_mode_does_not_leak_into_iptables_rules() -> None:
     assert rules(web(), mode=ProxyMode.IPTABLES).nat["KUBE-POSTROUTING"]
+
+
+def _endpoints(n: int) -> tuple[m.EP, ...]:
+    return tuple(m.EP(f"10.244.{i // 250}.{i % 250 + 1}", NODE) for i in range(n))
+
+
+def test_large_cluster_is_more_than_a_thousand_endpoints_in_all() -> None:
+    at = make_plan(web(), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS)))
+    over = make_plan(web(), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS + 1)))
+    assert not ipt.large_cluster(at)
+    assert ipt.large_cluster(over)
+
+
+def test_large_cluster_drops_only_the_per_endpoint_comments() -> None:
+    objs = (web(), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS + 1)))
+    rs, sp = rules(*objs), sp_of(*objs)
+    svc = rs.nat[naming.svc_chain(sp)]
+    assert 'comment "default/web:http cluster IP"' in svc[0]  # the masquerade rule keeps it
+    assert all("comment" not in r for r in svc[1:])
+    assert svc[1].startswith("-m statistic --mode random --probability")
+    sep = naming.sep_chain(sp, "10.244.0.1:8080")
+    assert rs.nat[sep] == (
+        "-s 10.244.0.1/32 -j KUBE-MARK-MASQ",
+        "-p tcp -m tcp -j DNAT --to-destination 10.244.0.1:8080",
+    )
+    assert all("comment" in r for r in rs.nat["KUBE-SERVICES"])
+
+
+def test_large_cluster_affinity_lookups_lose_their_comment_too() -> None:
+    objs = (web(affinity_seconds=600), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS + 1)))
+    svc = rules(*objs).nat[naming.svc_chain(sp_of(*objs))]
+    lookups = [r for r in svc if "--rcheck" in r]
+    assert len(lookups) == ipt.LARGE_CLUSTER_ENDPOINTS + 1
+    assert not any("comment" in r for r in lookups)
+
+
+def test_crossing_the_large_cluster_threshold_renders_every_port_again() -> None:
+    """The cache must not hand back a port rendered on the other side of it, even when the
+    planner reuses the port's plan."""
+    from proxy.plan import plan
+    from tests.unit.test_plan import build_state
+
+    cfg = ProxyConfig(NODE, cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
+    objs = [m.node(NODE, "192.168.50.11"), web(), web_slice(*_endpoints(10))]
+    small = plan(build_state(objs, NODE).snapshot, cfg)
+    sp = small.service_port("default", "web", "http")
+    sep = naming.sep_chain(sp, "10.244.0.1:8080")
+    crowd = (
+        m.service("other", "10.96.0.11", [m.Port(80, "http", target_port=8080)]),
+        m.endpoint_slice(
+            "other", _endpoints(ipt.LARGE_CLUSTER_ENDPOINTS), [("http", 8080, "TCP")], name="o-1"
+        ),
+    )
+    snap = build_state([*objs, *crowd], NODE).snapshot
+    big = plan(snap, cfg, previous=small, changed={("default", "other")})
+    assert big.service_port("default", "web", "http") is sp
+    cache = ipt.RenderCache()
+    assert "comment" in ipt.render(small, cache).nat[sep][0]
+    assert "comment" not in ipt.render(big, cache).nat[sep][0]
