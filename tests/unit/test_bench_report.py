@@ -273,6 +273,7 @@ def test_markdown_has_every_section_figure_command_and_verdict() -> None:
     assert "**1.40×**" in md
     assert "equal, so the runs with each agent's default" in md
     assert "![benchmark plots](benchmarks.png)" in md
+    assert "[tuning.md](tuning.md)" in md
 
 
 def test_full_sync_table_shows_the_iptables_change_as_a_restore() -> None:
