@@ -92,7 +92,7 @@ def command_for(
         f"kube-proxy-py bench datapath --services {services} --mode {mode} --impl {impl} "
         f"--connections {connections} --rounds {rounds}"
     )
-    return command + (f" --iptables {iptables}" if mode != "nftables" else "")
+    return command + iptvariant.option(mode, iptables)
 
 
 def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -205,7 +205,7 @@ class _Bench:
         res = DatapathResult(
             impl, mode, services, self.connections, self.rounds,
             command_for(services, mode, impl, self.connections, self.rounds, self.iptables),
-            iptables=self.iptables if mode == "iptables" else "",
+            iptables=iptvariant.recorded(mode, self.iptables),
         )  # fmt: skip
         res.machine = self.machine
         start = time.monotonic()

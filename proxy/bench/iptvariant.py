@@ -63,6 +63,18 @@ def using(variant: str) -> Iterator[None]:
                     os.environ[key] = value
 
 
+def option(mode: str, variant: str) -> str:
+    """The words that reproduce ``variant`` on a bench command line (none when only
+    nftables runs)."""
+    return "" if mode == "nftables" else f" --iptables {variant}"
+
+
+def recorded(mode: str, variant: str) -> str:
+    """What a record of ``mode`` says of the backend: ``variant`` in iptables mode, else
+    nothing."""
+    return variant if mode == "iptables" else ""
+
+
 def label(mode: str, variant: str | None) -> str:
     """``iptables-legacy`` / ``iptables-nft`` for an iptables record that says which,
     else the mode."""

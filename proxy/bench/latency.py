@@ -142,8 +142,7 @@ def command_for(
         f"kube-proxy-py bench latency --services {services} --endpoints {endpoints} "
         f"--changes {changes} --mode {mode} --min-sync-period {min_sync_period} --impl {impl}"
     )
-    if mode != "nftables":
-        command += f" --iptables {iptables}"
+    command += iptvariant.option(mode, iptables)
     if churn_minutes:
         command += f" --churn-minutes {churn_minutes:g} --churn-rate {churn_rate:g}"
     return command
@@ -167,7 +166,7 @@ def bench_latency(
         DEFAULT_MIN_SYNC_PERIODS[impl] if is_default else min_sync_period, is_default,
         command_for(services, endpoints, changes, mode, min_sync_period, impl,
                     churn_minutes, churn_rate, iptables),
-        iptables=iptables if mode == "iptables" else "",
+        iptables=iptvariant.recorded(mode, iptables),
     )  # fmt: skip
     res.machine = machine.describe()
     spec = TopologySpec(nodes=(NodeSpec(NODE, "192.168.50.11", "10.244.1.0/24"),), pods=(POD,),

@@ -247,7 +247,7 @@ def command_for(
         f"kube-proxy-py bench sync --services {services} --endpoints {endpoints} "
         f"--mode {mode} --repeat {repeat}"
     )
-    return command + (f" --iptables {iptables}" if mode != "nftables" else "")
+    return command + iptvariant.option(mode, iptables)
 
 
 def bench_sync(
@@ -266,14 +266,13 @@ def bench_sync(
 def _bench_sync(
     services: int, endpoints: int, mode: ProxyMode, repeat: int, iptables: str
 ) -> SyncResult:
-    ipt_mode = mode is ProxyMode.IPTABLES
     res = SyncResult(
         mode.value,
         services,
         endpoints,
         repeat,
         command_for(services, endpoints, mode.value, repeat, iptables),
-        iptables=iptables if ipt_mode else "",
+        iptables=iptvariant.recorded(mode.value, iptables),
     )
     res.machine = machine.describe()
     sec = res.seconds

@@ -19,7 +19,7 @@ from proxy.backends.iptables import (
     parse_save,
     restore_pieces,
 )
-from proxy.kernel.runner import KernelError, Runner, Started
+from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
 
 log = logging.getLogger(__name__)
@@ -80,16 +80,10 @@ class IptablesKernel:
 
     def save(self) -> ExistingIptables:
         """What the filter and nat tables hold: chain names and the built-in chains'
-        rules (all a full sync or a cleanup needs)."""
-        return self._saved(self._start_save())
-
-    def _start_save(self) -> list[Started]:
+        rules (all a full sync or a cleanup needs). Both tables are saved side by side."""
         tool = _tool(self.family, self.variant, "save")
-        return [self.runner.start([tool, "-t", table]) for table in ("filter", "nat")]
-
-    @staticmethod
-    def _saved(started: list[Started]) -> ExistingIptables:
-        dumps = [s.output_bytes() for s in started]  # waits for (and closes) every one
+        started = [self.runner.start([tool, "-t", table]) for table in ("filter", "nat")]
+        dumps = [s.output() for s in started]  # waits for each (and closes its files)
         tables = [parse_save(dump, every_rule=False) for dump in dumps]
         return ExistingIptables(
             chains={t: c for e in tables for t, c in e.chains.items()},

@@ -96,13 +96,9 @@ class Started:
     out: IO[bytes]
     err: IO[bytes]
 
-    def output(self, timeout: float = BASE_TIMEOUT) -> str:
-        """Wait for the tool; its stdout, or :class:`KernelError` if it failed or ran
-        past ``timeout`` (then it is killed)."""
-        return self.output_bytes(timeout).decode()
-
-    def output_bytes(self, timeout: float = BASE_TIMEOUT) -> bytes:
-        """:meth:`output`, undecoded."""
+    def output(self, timeout: float = BASE_TIMEOUT) -> bytes:
+        """Wait for the tool; its stdout (undecoded), or :class:`KernelError` if it failed
+        or ran past ``timeout`` (then it is killed)."""
         try:
             try:
                 returncode = wait_exit(self.proc, timeout)

@@ -48,6 +48,22 @@ def listing(ns: str, mode: ProxyMode, variant: str = "nft") -> str:
     ).stdout
 
 
+def legacy_proxier(
+    netns: str, monkeypatch: pytest.MonkeyPatch, cluster_cidr: str
+) -> tuple[Proxier, ClusterState, Recorder, Clock]:
+    """An iptables-mode proxier on node-a writing legacy iptables into ``netns``."""
+    monkeypatch.setenv(VARIANT_ENV, "legacy")
+    clock = Clock()
+    state = ClusterState("node-a")
+    rec = Recorder()
+    cfg = ProxyConfig(
+        "node-a", mode=ProxyMode.IPTABLES,
+        cluster_cidrs=(ipaddress.ip_network(cluster_cidr),),
+    )  # fmt: skip
+    proxier = Proxier(cfg, state, sync_period=30, observer=rec, runner=Runner(netns), clock=clock)
+    return proxier, state, rec, clock
+
+
 @pytest.mark.parametrize("mode", list(ProxyMode), ids=str)
 def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
     clock = Clock()
@@ -109,15 +125,7 @@ def test_legacy_iptables_canary_brings_a_full_sync(
     """Legacy iptables has no generation counter: a full sync declares a canary chain in
     the mangle table, listed once a sync period; a flush that takes it brings a full sync
     (and one that leaves it waits for the hourly one, as with upstream)."""
-    monkeypatch.setenv(VARIANT_ENV, "legacy")
-    clock = Clock()
-    state = ClusterState("node-a")
-    rec = Recorder()
-    cfg = ProxyConfig(
-        "node-a", mode=ProxyMode.IPTABLES,
-        cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),),
-    )  # fmt: skip
-    proxier = Proxier(cfg, state, sync_period=30, observer=rec, runner=Runner(netns), clock=clock)
+    proxier, state, rec, clock = legacy_proxier(netns, monkeypatch, "10.244.0.0/16")
     state.handle("Node", "ADDED", m.node("node-a", "192.168.50.11"))
     state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80)]))
     sl = m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")])
@@ -157,15 +165,7 @@ def test_large_cluster_rules_read_back_and_skip_the_hourly_full_sync(
 
     from proxy.backends import iptables as ipt
 
-    monkeypatch.setenv(VARIANT_ENV, "legacy")
-    clock = Clock()
-    state = ClusterState("node-a")
-    rec = Recorder()
-    cfg = ProxyConfig(
-        "node-a", mode=ProxyMode.IPTABLES,
-        cluster_cidrs=(ipaddress.ip_network("10.128.0.0/9"),),
-    )  # fmt: skip
-    proxier = Proxier(cfg, state, sync_period=30, observer=rec, runner=Runner(netns), clock=clock)
+    proxier, state, rec, clock = legacy_proxier(netns, monkeypatch, "10.128.0.0/9")
     for obj in m.synthetic_cluster(101, 10):
         state.handle(obj["kind"], "ADDED", obj)
     assert proxier.sync() and rec.results[-1].full

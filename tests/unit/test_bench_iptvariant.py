@@ -35,3 +35,11 @@ def test_labels() -> None:
     assert mode_label({"mode": "iptables", "iptables": "legacy"}) == "iptables-legacy"
     assert mode_label({"mode": "iptables"}) == "iptables"  # older records
     assert mode_label({"mode": "nftables", "iptables": ""}) == "nftables"
+
+
+def test_commands_and_records_name_the_backend_only_where_iptables_runs() -> None:
+    assert iptvariant.option("iptables", "nft") == " --iptables nft"
+    assert iptvariant.option("both", "legacy") == " --iptables legacy"
+    assert iptvariant.option("nftables", "legacy") == ""
+    assert iptvariant.recorded("iptables", "legacy") == "legacy"
+    assert iptvariant.recorded("nftables", "legacy") == ""

@@ -81,7 +81,7 @@ def test_start_keeps_a_large_output_without_blocking_the_tool() -> None:
     # block; started tools write to a file and finish on their own.
     started = Runner().start(["sh", "-c", "yes line | head -c 4000000; echo; echo end"])
     assert runner.wait_exit(started.proc, 30) == 0
-    out = started.output()
+    out = started.output().decode()
     assert len(out) == 4_000_000 + len("\nend\n") and out.endswith("line\n\nend\n")
     assert started.out.closed and started.err.closed
 
