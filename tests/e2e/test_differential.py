@@ -272,8 +272,9 @@ class Ctx:
         **kw: Any,
     ) -> str:
         """A Service with port 80 per protocol (cluster IP ``cip(j)``, node ports
-        ``node_port(j, protocol)``) and, unless ``endpoints`` is None, its EndpointSlice;
-        the Service's name."""
+        ``node_port(j, protocol)``, an eTP Local load balancer's health check node port
+        ``hc_port(j)``) and, unless ``endpoints`` is None, its EndpointSlice; the
+        Service's name."""
         name = self.name(base)
         ports = [
             m.Port(80, p.lower(), p, node_port=self.node_port(j, p) if node_port else None)
@@ -281,6 +282,10 @@ class Ctx:
         ]
         if node_port and "type" not in kw:
             kw["type"] = "NodePort"
+        if kw.get("type") == "LoadBalancer" and kw.get("external_policy") == "Local":
+            # Never leave it to the API server: a random health check node port can take
+            # a node port a later Service of the scenario names (HTTP 422 "already allocated").
+            kw.setdefault("health_check_node_port", self.hc_port(j))
         cip = self.cip(j) if cluster_ip is None else cluster_ip
         self.objects.append(m.service(name, cip, ports, **kw))
         if endpoints is not None:
@@ -881,6 +886,19 @@ class Comparison:
         return self.ours == self.upstream
 
 
+def _random_ports(obj: JSON) -> list[str]:
+    """The ports of a Service the API server would pick at random. A scenario names every
+    port: a random one can take a port another Service of the scenario names."""
+    spec = obj.get("spec", {})
+    if obj["kind"] != "Service" or spec.get("type") not in ("NodePort", "LoadBalancer"):
+        return []
+    missing = [f"ports[{i}].nodePort" for i, p in enumerate(spec["ports"]) if "nodePort" not in p]
+    local_lb = spec["type"] == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
+    if local_lb and "healthCheckNodePort" not in spec:
+        missing.append("healthCheckNodePort")
+    return missing
+
+
 class Differential:
     """The cluster of one mode and the scenario loader."""
 
@@ -905,6 +923,7 @@ class Differential:
 
     def write(self, obj: JSON) -> None:
         """Create or update ``obj`` (server-side apply); a Service's status as well."""
+        assert not _random_ports(obj), f"{obj['metadata']['name']}: {_random_ports(obj)}"
         body = {k: v for k, v in obj.items() if k != "status"}
         api = self.cluster.control_plane.api
         path = self.path(obj)
