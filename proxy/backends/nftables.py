@@ -110,7 +110,7 @@ class NftElement:
     def text(self) -> str:
         out = self.key
         if self.comment:
-            out += f' comment "{_safe(self.comment)}"'
+            out += f' comment "{safe_comment(self.comment)}"'
         if self.value:
             out += f" : {self.value}"
         return out
@@ -142,7 +142,7 @@ class NftSet:
         if self.timeout is not None:
             parts.append(f"timeout {self.timeout}s")
         if self.comment:
-            parts.append(f'comment "{_safe(self.comment)}"')
+            parts.append(f'comment "{safe_comment(self.comment)}"')
         return " ; ".join(parts) + " ;"
 
 
@@ -232,7 +232,8 @@ class ExistingNft:
     maps: frozenset[str] = frozenset()
 
 
-def _safe(text: str) -> str:
+def safe_comment(text: str) -> str:
+    """``text`` fit for a double-quoted nft comment."""
     return text.replace('"', "'")
 
 
@@ -263,7 +264,7 @@ class _Builder:
 
     def rule(self, chain: str, rule: str, comment: str = "") -> None:
         if comment:
-            rule += f' comment "{_safe(comment)}"'
+            rule += f' comment "{safe_comment(comment)}"'
         rules = self.chains.setdefault(chain, [])
         assert isinstance(rules, list), f"chain {chain} is from a cached fragment"
         rules.append(rule)

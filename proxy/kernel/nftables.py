@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def _log_refused(exc: KernelError) -> None:
-    log.error("nft refused the transaction", extra={"error": exc.stderr.strip()[:2000]})
+    """Log a refused transaction, and by what: ``nft`` or netlink (``nf_tables``)."""
+    log.error(
+        "the kernel refused the nftables transaction",
+        extra={"via": exc.argv[0], "error": exc.stderr.strip()[:2000]},
+    )
 
 
 WIRE_LIMIT = 1 << 17

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
-from proxy.backends.nftables import TABLE, NftElement, NftOp, NftTransaction, _safe
+from proxy.backends.nftables import TABLE, NftElement, NftOp, NftTransaction, safe_comment
 from proxy.kernel.nfnetlink import (
     NFPROTO_IPV4,
     NFPROTO_IPV6,
@@ -191,7 +191,7 @@ def _element(set_type: str, e: NftElement, family: IPFamily, with_data: bool) ->
                 data = attr(NFTA_DATA_VALUE, _concat(data_type, e.value, family))
             parts.append(nest(NFTA_SET_ELEM_DATA, data))
         if e.comment:
-            parts.append(attr(NFTA_SET_ELEM_USERDATA, _comment(_safe(e.comment))))
+            parts.append(attr(NFTA_SET_ELEM_USERDATA, _comment(safe_comment(e.comment))))
     return nest(NFTA_LIST_ELEM, *parts)
 
 

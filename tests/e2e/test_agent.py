@@ -59,7 +59,11 @@ def mode(cluster: LabCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     for node in NODES:
         cluster.start_agent(node, request.param, "--iptables-min-sync-period=100ms")
     for node in NODES:
-        wait_for(lambda n=node: cluster.syncs(n) > 0, 60, what=f"first sync on {node}")
+
+        def synced(n: str = node) -> bool:
+            return cluster.syncs(n) > 0
+
+        wait_for(synced, 60, what=f"first sync on {node}")
     yield request.param
     for node in NODES:
         assert cluster.stop_agent(node) == 0

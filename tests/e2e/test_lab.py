@@ -432,7 +432,11 @@ def test_kubectl_passes_stdin_files_and_exit_codes(running_lab: Lab, tmp_path: P
     )  # fmt: skip
     assert conf.returncode == 0 and "mode: nftables" in conf.stdout
     manifest = tmp_path / "cm.json"
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "from-file"}}
+    cm: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "from-file"},
+    }
     manifest.write_text(json.dumps(cm))
     assert running_lab.cli("kubectl", "apply", "-f", str(manifest)).returncode == 0
     cm["metadata"]["name"] = "from-stdin"

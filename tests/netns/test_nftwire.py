@@ -323,7 +323,9 @@ def test_agent_changes_go_over_netlink_and_match_nft(pair: tuple[str, str], chan
     assert listing(pair[1], IPFamily.V4) == listing(pair[0], IPFamily.V4)
 
 
-def test_refused_batch_changes_nothing_and_names_the_statement(pair: tuple[str, str]) -> None:
+def test_refused_batch_changes_nothing_and_names_the_statement(
+    pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     ns = pair[1]
     nft_run(ns, base_script(IPFamily.V4))
     before = kernel_dump(ns, IPFamily.V4)
@@ -341,6 +343,8 @@ def test_refused_batch_changes_nothing_and_names_the_statement(pair: tuple[str, 
     assert "message 2" in str(err.value)
     assert "add rule ip kube-proxy no-such-chain goto ep" in str(err.value)
     assert "No such file or directory" in str(err.value)
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert [getattr(r, "via", None) for r in refusals] == ["nf_tables"]  # netlink, not nft
     assert kernel_dump(ns, IPFamily.V4) == before
     # the socket is still good for the next transaction
     kernel.apply_transaction(NftTransaction(IPFamily.V4, tx.ops[:2]))

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,7 @@ class Lab:
         }
 
     def _log(
-        self, src: str, what: str, r: ProbeResult | None, counts: dict[str, int] | None = None
+        self, src: str, what: str, r: ProbeResult | None, counts: Mapping[str, float] | None = None
     ) -> ProbeResult:
         entry = {"mode": self.mode.value, "from": src, "probe": what}
         entry["result"] = (

@@ -165,7 +165,10 @@ def test_datapath_rounds_are_summarized_by_their_medians() -> None:
 
 def test_churn_replaces_every_address_and_keeps_nodes() -> None:
     counter = iter(range(100))
-    old = [{"addresses": ["10.128.0.1"], "nodeName": "node-1"}, {"addresses": ["10.128.0.2"]}]
+    old: list[dict[str, Any]] = [
+        {"addresses": ["10.128.0.1"], "nodeName": "node-1"},
+        {"addresses": ["10.128.0.2"]},
+    ]
     new = churn.new_endpoints(old, lambda: f"10.129.0.{next(counter)}")
     assert new == [{"addresses": ["10.129.0.0"], "nodeName": "node-1"},
                    {"addresses": ["10.129.0.1"]}]  # fmt: skip
@@ -254,7 +257,7 @@ def test_merge_keeps_the_last_run_of_a_command_and_infers_old_records() -> None:
     old = sync_record(1000, "nftables", 5.0, 1.0)
     new = sync_record(1000, "nftables", 1.0, 1.0)
     legacy = {k: v for k, v in sync_record(5000, "nftables", 1.0, 1.0).items() if k != "bench"}
-    merged = report.merge([[old, legacy], [new, {"not": "a record"}], "junk"])  # type: ignore[list-item]
+    merged = report.merge([[old, legacy], [new, {"not": "a record"}], "junk"])
     assert len(merged) == 2
     assert {r["bench"] for r in merged} == {"sync"}
     assert [r["seconds"]["first_sync"] for r in merged if r["services"] == 1000] == [1.0]

@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -476,7 +477,7 @@ def test_node_name_then_from_the_file_then_node_name_env(tmp_path: Path) -> None
 
 
 def test_node_name_falls_back_to_the_lower_cased_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(o.socket, "gethostname", lambda: "Worker-7.Example")
+    monkeypatch.setattr(socket, "gethostname", lambda: "Worker-7.Example")
     assert parse(env={}).node_name == "worker-7.example"
     assert parse(env={"NODE_NAME": "  "}).node_name == "worker-7.example"
 
@@ -507,7 +508,7 @@ def test_node_name_errors(argv: list[str], env: dict[str, str], expected: str) -
 
 
 def test_empty_host_name_without_override_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(o.socket, "gethostname", lambda: "")
+    monkeypatch.setattr(socket, "gethostname", lambda: "")
     assert "pass --hostname-override=NODE" in error(env={})
 
 

@@ -273,7 +273,7 @@ def test_crossing_the_large_cluster_threshold_renders_every_port_again() -> None
     """The cache must not hand back a port rendered on the other side of it, even when the
     planner reuses the port's plan."""
     from proxy.plan import plan
-    from tests.unit.test_plan import build_state
+    from proxy.source.file import build_state
 
     cfg = ProxyConfig(NODE, cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
     objs = [m.node(NODE, "192.168.50.11"), web(), web_slice(*_endpoints(10))]
