@@ -202,13 +202,15 @@ def _one_restore(
     kernel: IptablesKernel,
     objs: list[dict[str, Any]],
     before: Plan,
+    rs_a: ipt.IptablesRuleset,
     config: ProxyConfig,
     repeat: int,
 ) -> dict[str, float]:
     """iptables mode: what the partial restore the agent writes for an endpoint replaced
-    costs in the populated table (there and back; the figure is per transaction)."""
+    costs in the populated table ``rs_a`` (rendered from ``before``; there and back; the
+    figure is per transaction)."""
     change = _SliceChange(objs)
-    rs_a, rs_b = ipt.render(before), ipt.render(change.plan(change.moved, before, config))
+    rs_b = ipt.render(change.plan(change.moved, before, config))
     there, back = ipt.partial_restore_text(rs_a, rs_b), ipt.partial_restore_text(rs_b, rs_a)
     assert there and back
 
@@ -309,7 +311,8 @@ def _bench_sync(
         if kernel.nft is not None:
             sec.update(_one_change(kernel.nft, objs, p, config, repeat))
         if kernel.ipt is not None:
-            sec.update(_one_restore(kernel.ipt, objs, p, config, repeat))
+            assert isinstance(ruleset, ipt.IptablesRuleset)
+            sec.update(_one_restore(kernel.ipt, objs, p, ruleset, config, repeat))
         state_file = Path(tmp) / "state.json"
         state_file.write_text(json.dumps(manifests.as_list(objs)))
         cli = [
