@@ -14,7 +14,7 @@ can be compared rule by rule with what we rendered.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from proxy import naming
@@ -629,7 +629,8 @@ built, and the whole input (about 50 MB at 10,000 Services) is never held at onc
 
 
 def restore_pieces(
-    ruleset: IptablesRuleset, existing: ExistingIptables | None = None
+    ruleset: IptablesRuleset,
+    existing: ExistingIptables | Callable[[], ExistingIptables] | None = None,
 ) -> Iterator[str]:
     """A full-sync ``iptables-restore --noflush`` input, as newline-terminated pieces
     built one after another.
@@ -638,21 +639,35 @@ def restore_pieces(
     is rewritten whole; chains of ours that the ruleset no longer has are flushed and
     deleted; jump rules in built-in chains are inserted when missing and duplicates
     removed. Nothing else in the tables is touched.
+
+    Only each table's tail (stale chains, jump fixes) depends on what the tables hold, and
+    the nat table, by far the larger, comes first: ``existing`` may be a function, called
+    once its rules are written, so a save of the tables runs while the tool parses them.
     """
-    existing = existing or ExistingIptables()
-    for table, chains in ruleset.tables().items():
-        stale = sorted(existing.owned_chains(table) - set(chains))
-        head = [f"*{table}"]
-        head += (f":{name} - [0:0]" for name in chains)
-        head += (f":{name} - [0:0]" for name in stale)
-        head += _jump_fixes(ruleset, existing, table)
-        yield "\n".join(head) + "\n"
+    known = existing if isinstance(existing, ExistingIptables) else None
+
+    def held() -> ExistingIptables:
+        nonlocal known
+        if known is None:
+            known = existing() if callable(existing) else ExistingIptables()
+        return known
+
+    for table in ("nat", "filter"):
+        chains = ruleset.tables()[table]
+        yield "\n".join([f"*{table}", *(f":{name} - [0:0]" for name in chains)]) + "\n"
         batch: list[str] = []
         for name, rules in chains.items():
             batch.extend(f"-A {name} {r}" for r in rules)
             if len(batch) >= RESTORE_BATCH_LINES:
                 yield "\n".join(batch) + "\n"
                 batch = []
+        if batch:
+            yield "\n".join(batch) + "\n"  # every rule is out before the save is awaited
+            batch = []
+        have = held()
+        stale = sorted(have.owned_chains(table) - set(chains))
+        batch += (f":{name} - [0:0]" for name in stale)  # flushed: no rule refers onwards
+        batch += _jump_fixes(ruleset, have, table)
         batch += (f"-X {name}" for name in stale)
         batch.append("COMMIT")
         yield "\n".join(batch) + "\n"

@@ -7,9 +7,10 @@ rules would land in tables the rest of the system does not use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from proxy.backends.iptables import (
@@ -19,7 +20,7 @@ from proxy.backends.iptables import (
     parse_save,
     restore_pieces,
 )
-from proxy.kernel.runner import KernelError, Runner
+from proxy.kernel.runner import KernelError, Runner, Started
 from proxy.model import IPFamily
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,41 @@ def detect_variant(runner: Runner, family: IPFamily = IPFamily.V4) -> str:
     return "legacy" if counts["legacy"] > counts["nft"] else "nft"
 
 
+class PendingSave:
+    """A save of the tables, running: calling it waits for it, once, and gives what the
+    tables hold (chain names and the built-in chains' rules, all a full sync or a cleanup
+    needs), or raises the save's :class:`KernelError` (each time)."""
+
+    def __init__(self, started: list[Started]) -> None:
+        self._started = started
+        self._result: ExistingIptables | None = None
+        self.error: KernelError | None = None
+
+    def __call__(self) -> ExistingIptables:
+        if self._result is None and self.error is None:
+            dumps: list[bytes] = []
+            for s in self._started:  # each is waited for, even after another failed
+                try:
+                    dumps.append(s.output())
+                except KernelError as exc:
+                    self.error = self.error or exc
+            if self.error is None:
+                tables = [parse_save(dump, every_rule=False) for dump in dumps]
+                self._result = ExistingIptables(
+                    chains={t: c for e in tables for t, c in e.chains.items()},
+                    builtin_rules={k: v for e in tables for k, v in e.builtin_rules.items()},
+                )
+        if self.error is not None:
+            raise self.error
+        assert self._result is not None
+        return self._result
+
+    def settle(self) -> None:
+        """Wait for the save if nobody did (its failure is the caller's to have seen)."""
+        with contextlib.suppress(KernelError):
+            self()
+
+
 @dataclass
 class IptablesKernel:
     """Programs one IP family's iptables rules in one network namespace."""
@@ -80,15 +116,13 @@ class IptablesKernel:
 
     def save(self) -> ExistingIptables:
         """What the filter and nat tables hold: chain names and the built-in chains'
-        rules (all a full sync or a cleanup needs). Both tables are saved side by side."""
+        rules (all a full sync or a cleanup needs)."""
+        return self.start_save()()
+
+    def start_save(self) -> PendingSave:
+        """Start saving the filter and nat tables, side by side (see :class:`PendingSave`)."""
         tool = _tool(self.family, self.variant, "save")
-        started = [self.runner.start([tool, "-t", table]) for table in ("filter", "nat")]
-        dumps = [s.output() for s in started]  # waits for each (and closes its files)
-        tables = [parse_save(dump, every_rule=False) for dump in dumps]
-        return ExistingIptables(
-            chains={t: c for e in tables for t, c in e.chains.items()},
-            builtin_rules={k: v for e in tables for k, v in e.builtin_rules.items()},
-        )
+        return PendingSave([self.runner.start([tool, "-t", table]) for table in ("filter", "nat")])
 
     def _restore_argv(self, test: bool = False) -> list[str]:
         cmd = [_tool(self.family, self.variant, "restore"), "--noflush"]
@@ -100,7 +134,9 @@ class IptablesKernel:
         self.runner.run(self._restore_argv(test), stdin=text)
 
     def full_sync_pieces(
-        self, ruleset: IptablesRuleset, existing: ExistingIptables
+        self,
+        ruleset: IptablesRuleset,
+        existing: ExistingIptables | Callable[[], ExistingIptables],
     ) -> Iterator[str]:
         """What a full sync writes, given what the tables hold (the canary too)."""
         yield from restore_pieces(ruleset, existing)
@@ -112,21 +148,33 @@ class IptablesKernel:
 
         The input is built piece by piece while the tool parses what it has (at 10,000
         Services it is ~50 MB, never held whole). Without ``existing``, the filter and nat
-        tables are saved first, side by side."""
+        tables are saved meanwhile, side by side: only the end of each table's input needs
+        what they hold (the save reads the tables as they were: nothing is committed
+        before the input's first ``COMMIT``, and the save takes no lock)."""
         if ruleset.route_localnet:
             self.runner.write_sysctl("net.ipv4.conf.all.route_localnet", "1")
+        pending: PendingSave | None = None
+        held: ExistingIptables | PendingSave
         if existing is None:
-            existing = self.save()
+            pending = held = self.start_save()
+        else:
+            held = existing
         try:
-            self.runner.feed(self._restore_argv(), self.full_sync_pieces(ruleset, existing))
+            self.runner.feed(self._restore_argv(), self.full_sync_pieces(ruleset, held))
         except KernelError as exc:
+            if pending is not None and exc is pending.error:
+                raise  # the save failed: the input stopped before its first COMMIT
             # rebuilt (the tables are as before: a refused transaction changes nothing)
-            exc.stdin = "".join(self.full_sync_pieces(ruleset, existing))
+            with contextlib.suppress(KernelError):
+                exc.stdin = "".join(self.full_sync_pieces(ruleset, held))
             log.error(
                 "iptables-restore refused the transaction",
                 extra={"error": exc.stderr.strip(), "line": exc.failing_line()},
             )
             raise
+        finally:
+            if pending is not None:
+                pending.settle()  # waited for even when the input stopped before its end
 
     def canary_present(self) -> bool:
         """Whether the canary chain a legacy full sync declares still stands (one listing

@@ -193,6 +193,25 @@ def test_restore_text_rewrites_ours_deletes_stale_and_leaves_others(
     assert "-I PREROUTING" not in nat
 
 
+def test_what_the_tables_hold_is_needed_only_after_the_nat_rules() -> None:
+    """A full sync saves the tables while the tool parses the nat rules: the function
+    standing for the save is called once, when every nat rule is written."""
+    rs = rules(web(), web_slice(*TWO))
+    written: list[str] = []
+    calls: list[str] = []
+
+    def held() -> ipt.ExistingIptables:
+        calls.append("".join(written))
+        return ipt.parse_save(SAVED_NAT, every_rule=False)
+
+    written.extend(ipt.restore_pieces(rs, held))
+    assert len(calls) == 1
+    assert calls[0].startswith("*nat\n") and "COMMIT" not in calls[0]
+    nat_rules = {f"-A {chain} {r}" for chain, specs in rs.nat.items() for r in specs}
+    assert nat_rules <= set(calls[0].splitlines())
+    assert "".join(written) == ipt.restore_text(rs, ipt.parse_save(SAVED_NAT, every_rule=False))
+
+
 def test_lean_save_parse_keeps_chains_and_builtin_rules_only() -> None:
     full = ipt.parse_save(SAVED_NAT)
     lean = ipt.parse_save(SAVED_NAT, every_rule=False)
