@@ -197,6 +197,11 @@ def _q(comment: str) -> str:
     return '"' + comment.replace('"', "'") + '"'
 
 
+def _comment(text: str) -> str:
+    """The comment match carrying ``text``."""
+    return f"-m comment --comment {_q(text)}"
+
+
 class _Writer:
     """Accumulates chains (ordered) and their rules for one table."""
 
@@ -242,7 +247,7 @@ class RenderCache:
             self.fragments.clear()
 
     def fragment(
-        self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None, large: bool = False
+        self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None, large: bool
     ) -> _Fragment:
         """``sp``'s chains; ``large`` is :func:`large_cluster` of the plan (part of the
         parameters given to :meth:`start`)."""
@@ -302,7 +307,7 @@ def render(plan: Plan, cache: RenderCache | None = None) -> IptablesRuleset:
     nat.add(KUBE_POSTROUTING, f"-j MARK --set-xmark {mark}/0x0")  # == --xor-mark, as saved
     nat.add(
         KUBE_POSTROUTING,
-        f"-m comment --comment {_q('kubernetes service traffic requiring SNAT')}",
+        _comment("kubernetes service traffic requiring SNAT"),
         "-j MASQUERADE --random-fully",
     )
     nat.add(KUBE_MARK_MASQ, f"-j MARK --set-xmark {mark}/{mark}")  # == --or-mark, as saved
@@ -310,13 +315,13 @@ def render(plan: Plan, cache: RenderCache | None = None) -> IptablesRuleset:
     flt.add(KUBE_FORWARD, "-m conntrack --ctstate INVALID", "-j DROP")
     flt.add(
         KUBE_FORWARD,
-        f"-m comment --comment {_q('kubernetes forwarding rules')}",
+        _comment("kubernetes forwarding rules"),
         f"-m mark --mark {mark}/{mark}",
         "-j ACCEPT",
     )
     flt.add(
         KUBE_FORWARD,
-        f"-m comment --comment {_q('kubernetes forwarding conntrack rule')}",
+        _comment("kubernetes forwarding conntrack rule"),
         "-m conntrack --ctstate RELATED,ESTABLISHED",
         "-j ACCEPT",
     )
@@ -363,7 +368,7 @@ def render(plan: Plan, cache: RenderCache | None = None) -> IptablesRuleset:
         flt.add(
             KUBE_FIREWALL,
             "! -s 127.0.0.0/8 -d 127.0.0.0/8",
-            f"-m comment --comment {_q('block incoming localnet connections')}",
+            _comment("block incoming localnet connections"),
             "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT",
             "-j DROP",
         )
@@ -382,7 +387,7 @@ def _render_port(
     nat: _Writer,
     flt: _Writer,
     local_cidr: str | None,
-    large: bool = False,
+    large: bool,
 ) -> None:
     fam = plan.family
     spn = sp.service_port_name
@@ -395,9 +400,6 @@ def _render_port(
     internal_chain = local_chain if sp.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if sp.external_policy_local else cluster_chain
     lb_target = fw if (sp.uses_firewall and sp.has_endpoints) else ext
-
-    def comment(text: str) -> str:
-        return f"-m comment --comment {_q(text)}"
 
     # declare per-service chains in a stable order
     if sp.uses_cluster_chain:
@@ -418,7 +420,7 @@ def _render_port(
             KUBE_SERVICES,
             f"-d {cip}",
             proto,
-            comment(f"{spn} cluster IP"),
+            _comment(f"{spn} cluster IP"),
             dport,
             f"-j {internal_chain}",
         )
@@ -427,7 +429,7 @@ def _render_port(
                 internal_chain,
                 f"-d {cip}",
                 proto,
-                comment(f"{spn} cluster IP"),
+                _comment(f"{spn} cluster IP"),
                 dport,
                 f"-j {KUBE_MARK_MASQ}",
             )
@@ -436,7 +438,7 @@ def _render_port(
                 internal_chain,
                 f"! -s {local_cidr} -d {cip}",
                 proto,
-                comment(f"{spn} cluster IP"),
+                _comment(f"{spn} cluster IP"),
                 dport,
                 f"-j {KUBE_MARK_MASQ}",
             )
@@ -446,7 +448,7 @@ def _render_port(
             KUBE_SERVICES,
             f"-d {cip}",
             proto,
-            comment(sp.filter_reason(verdict)),
+            _comment(sp.filter_reason(verdict)),
             dport,
             f"-j {verdict.upper()}",
         )
@@ -456,13 +458,13 @@ def _render_port(
     for ip in sp.external_ips:
         dst = f"-d {_host(ip, fam)}"
         if sp.has_endpoints:
-            nat.add(KUBE_SERVICES, dst, proto, comment(f"{spn} external IP"), dport, f"-j {ext}")
+            nat.add(KUBE_SERVICES, dst, proto, _comment(f"{spn} external IP"), dport, f"-j {ext}")
         if ext_filter is not None:
             flt.add(
                 KUBE_EXTERNAL_SERVICES,
                 dst,
                 proto,
-                comment(sp.filter_reason(ext_filter)),
+                _comment(sp.filter_reason(ext_filter)),
                 dport,
                 f"-j {ext_filter.upper()}",
             )
@@ -474,7 +476,7 @@ def _render_port(
                 KUBE_SERVICES,
                 dst,
                 proto,
-                comment(f"{spn} loadbalancer IP"),
+                _comment(f"{spn} loadbalancer IP"),
                 dport,
                 f"-j {lb_target}",
             )
@@ -483,7 +485,7 @@ def _render_port(
                     KUBE_PROXY_FIREWALL,
                     dst,
                     proto,
-                    comment(f"{spn} traffic not accepted by {fw}"),
+                    _comment(f"{spn} traffic not accepted by {fw}"),
                     dport,
                     "-j DROP",
                 )
@@ -492,7 +494,7 @@ def _render_port(
                 KUBE_EXTERNAL_SERVICES,
                 dst,
                 proto,
-                comment(sp.filter_reason(ext_filter)),
+                _comment(sp.filter_reason(ext_filter)),
                 dport,
                 f"-j {ext_filter.upper()}",
             )
@@ -500,12 +502,12 @@ def _render_port(
     if sp.node_port:
         np_dport = f"-m {sp.protocol.lowercase} --dport {sp.node_port}"
         if sp.has_endpoints:
-            nat.add(KUBE_NODEPORTS, proto, comment(spn), np_dport, f"-j {ext}")
+            nat.add(KUBE_NODEPORTS, proto, _comment(spn), np_dport, f"-j {ext}")
         if ext_filter is not None:
             flt.add(
                 KUBE_EXTERNAL_SERVICES,
                 proto,
-                comment(sp.filter_reason(ext_filter)),
+                _comment(sp.filter_reason(ext_filter)),
                 "-m addrtype --dst-type LOCAL",
                 np_dport,
                 f"-j {ext_filter.upper()}",
@@ -514,7 +516,7 @@ def _render_port(
         flt.add(
             KUBE_NODEPORTS,
             "-p tcp",
-            comment(f"{spn} health check node port"),
+            _comment(f"{spn} health check node port"),
             f"-m tcp --dport {sp.health_check_node_port}",
             "-j ACCEPT",
         )
@@ -524,7 +526,7 @@ def _render_port(
         if not sp.external_policy_local:
             nat.add(
                 ext,
-                comment(f"masquerade traffic for {spn} external destinations"),
+                _comment(f"masquerade traffic for {spn} external destinations"),
                 f"-j {KUBE_MARK_MASQ}",
             )
         else:
@@ -532,19 +534,19 @@ def _render_port(
                 nat.add(
                     ext,
                     f"-s {local_cidr}",
-                    comment(f"pod traffic for {spn} external destinations"),
+                    _comment(f"pod traffic for {spn} external destinations"),
                     f"-j {cluster_chain}",
                 )
             nat.add(
                 ext,
-                comment(f"masquerade LOCAL traffic for {spn} external destinations"),
+                _comment(f"masquerade LOCAL traffic for {spn} external destinations"),
                 "-m addrtype --src-type LOCAL",
                 f"-j {KUBE_MARK_MASQ}",
             )
             if sp.uses_cluster_chain:
                 nat.add(
                     ext,
-                    comment(f"route LOCAL traffic for {spn} external destinations"),
+                    _comment(f"route LOCAL traffic for {spn} external destinations"),
                     "-m addrtype --src-type LOCAL",
                     f"-j {cluster_chain}",
                 )
@@ -554,8 +556,8 @@ def _render_port(
     # -- firewall chain (loadBalancerSourceRanges)
     if sp.uses_firewall and sp.has_endpoints:
         for src in sp.firewall_allowed_sources:
-            nat.add(fw, f"-s {src}", comment(f"{spn} loadbalancer IP"), f"-j {ext}")
-        nat.add(fw, comment(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
+            nat.add(fw, f"-s {src}", _comment(f"{spn} loadbalancer IP"), f"-j {ext}")
+        nat.add(fw, _comment(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
 
     # -- policy chains
     if sp.uses_cluster_chain:
@@ -564,7 +566,7 @@ def _render_port(
         _balance(nat, sp, local_chain, sp.local_endpoints, large)
 
     # -- endpoint chains
-    ep_comment = "" if large else comment(spn)
+    ep_comment = "" if large else _comment(spn)
     for ep in sp.reachable_endpoints:
         sep = naming.sep_chain(sp, ep.address)
         nat.add(sep, f"-s {_host(ep.ip, fam)}", ep_comment, f"-j {KUBE_MARK_MASQ}")
@@ -592,7 +594,7 @@ def _balance(
     sp: ServicePortPlan,
     chain: str,
     endpoints: Iterable[EndpointCandidate],
-    large: bool = False,
+    large: bool,
 ) -> None:
     """Affinity lookups first, then a statistic cascade: the i-th of n endpoints is taken
     with probability 1/(n-i), which makes the overall choice uniform."""
@@ -600,7 +602,7 @@ def _balance(
     spn = sp.service_port_name
 
     def comment(ep: EndpointCandidate) -> str:
-        return "" if large else f"-m comment --comment {_q(f'{spn} -> {ep.address}')}"
+        return "" if large else _comment(f"{spn} -> {ep.address}")
 
     if sp.affinity_seconds is not None:
         for ep in eps:
@@ -644,14 +646,7 @@ def restore_pieces(
     the nat table, by far the larger, comes first: ``existing`` may be a function, called
     once its rules are written, so a save of the tables runs while the tool parses them.
     """
-    known = existing if isinstance(existing, ExistingIptables) else None
-
-    def held() -> ExistingIptables:
-        nonlocal known
-        if known is None:
-            known = existing() if callable(existing) else ExistingIptables()
-        return known
-
+    have: ExistingIptables | None = None
     for table in ("nat", "filter"):
         chains = ruleset.tables()[table]
         yield "\n".join([f"*{table}", *(f":{name} - [0:0]" for name in chains)]) + "\n"
@@ -664,7 +659,8 @@ def restore_pieces(
         if batch:
             yield "\n".join(batch) + "\n"  # every rule is out before the save is awaited
             batch = []
-        have = held()
+        if have is None:  # asked once, for the first table's tail
+            have = existing() if callable(existing) else existing or ExistingIptables()
         stale = sorted(have.owned_chains(table) - set(chains))
         batch += (f":{name} - [0:0]" for name in stale)  # flushed: no rule refers onwards
         batch += _jump_fixes(ruleset, have, table)
