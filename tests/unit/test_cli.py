@@ -66,8 +66,8 @@ def test_invalid_objects_are_reported_and_skipped(tmp_path: Path) -> None:
         in proc.stderr
     )
     assert (
-        "skipped EndpointSlice default/good-x: endpoints[0].addresses[0]: '10.244.1.999' is "
-        "not a valid IP address" in proc.stderr
+        "skipped EndpointSlice default/good-x: endpoints[0].addresses[0]: '10.244.1.999' must "
+        "be a valid IP address" in proc.stderr
     )
     assert "10.96.0.98 . tcp . 80" in proc.stdout and "10.96.0.99" not in proc.stdout
     strict = render("nftables", str(state), "--strict")

@@ -66,7 +66,7 @@ def test_lb_ip_mode_proxy_is_not_programmed() -> None:
         (
             lambda s: s["spec"].update(clusterIP="10.96.0.999", clusterIPs=["10.96.0.999"]),
             "spec.clusterIPs[0]",
-            "not a valid IP address",
+            "must be a valid IP address",
         ),
         (lambda s: s["spec"]["ports"][0].update(port=70000), "spec.ports[0].port", "out of range"),
         (lambda s: s["spec"]["ports"][0].update(port=0), "spec.ports[0].port", "out of range"),
@@ -83,7 +83,7 @@ def test_lb_ip_mode_proxy_is_not_programmed() -> None:
         (
             lambda s: s["spec"]["ports"][0].update(targetPort="Not_A_Name"),
             "spec.ports[0].targetPort",
-            "not a valid port name",
+            "must contain only alpha-numeric characters",
         ),
         (
             lambda s: s["spec"]["ports"][0].update(nodePort=99999),
@@ -93,12 +93,12 @@ def test_lb_ip_mode_proxy_is_not_programmed() -> None:
         (
             lambda s: s["spec"].update(externalIPs=["nope"]),
             "spec.externalIPs[0]",
-            "not a valid IP address",
+            "must be a valid IP address",
         ),
         (
             lambda s: s["spec"].update(sessionAffinity="Cookie"),
             "spec.sessionAffinity",
-            "unknown value",
+            "unsupported value 'Cookie'",
         ),
         (
             lambda s: s["spec"].update(
@@ -111,10 +111,10 @@ def test_lb_ip_mode_proxy_is_not_programmed() -> None:
         (
             lambda s: s["spec"].update(externalTrafficPolicy="Nearest"),
             "spec.externalTrafficPolicy",
-            "unknown value 'Nearest'",
+            "may only be set for externally-accessible services",
         ),
-        (lambda s: s["spec"].update(type="Magic"), "spec.type", "unknown type 'Magic'"),
-        (lambda s: s["metadata"].update(name="Bad_Name"), "metadata.name", "DNS subdomain"),
+        (lambda s: s["spec"].update(type="Magic"), "spec.type", "unsupported value 'Magic'"),
+        (lambda s: s["metadata"].update(name="Bad_Name"), "metadata.name", "RFC 1123 label"),
         (lambda s: s["spec"].update(ports="80"), "spec.ports", "expected a list"),
     ],
 )
@@ -184,7 +184,7 @@ def test_slice_conditions_default_like_the_api() -> None:
         (
             lambda s: s["endpoints"][0].update(addresses=["10.0.0.300"]),
             "endpoints[0].addresses[0]",
-            "not a valid IP",
+            "must be a valid IP",
         ),
         (
             lambda s: s["endpoints"][0].update(addresses=["fd00::1"]),
@@ -194,11 +194,11 @@ def test_slice_conditions_default_like_the_api() -> None:
         (
             lambda s: s["endpoints"][0].update(addresses=[]),
             "endpoints[0].addresses",
-            "at least one",
+            "at least 1 address",
         ),
         (lambda s: s["ports"][0].update(port=-1), "ports[0].port", "out of range"),
         (lambda s: s["ports"][0].update(protocol="tcp"), "ports[0].protocol", "unknown protocol"),
-        (lambda s: s.update(addressType="IPX"), "addressType", "unknown address type"),
+        (lambda s: s.update(addressType="IPX"), "addressType", "unsupported value 'IPX'"),
         (
             lambda s: s["metadata"]["labels"].clear(),
             "metadata.labels[kubernetes.io/service-name]",

@@ -134,9 +134,16 @@ def test_internal_traffic_policy_local() -> None:
 
 
 def test_external_traffic_policy_local_needs_an_external_path() -> None:
-    # eTP=Local on a plain ClusterIP service has no meaning
-    sp = make_plan(web(external_policy="Local"), web_slice(m.EP("10.244.2.5", "node-b")))
-    assert not sp.service_port("default", "web", "http").external_policy_local
+    # eTP=Local on a plain ClusterIP service has no meaning: the API refuses it, and so do we
+    state = build_state([web(external_policy="Local")], NODE)
+    assert [(p.field, p.message) for p in state.problems] == [
+        ("spec.externalTrafficPolicy", "may only be set for externally-accessible services")
+    ]
+    assert state.snapshot.services == ()
+    # with externalIPs the Service is externally accessible, and Local applies to them
+    svc = web(external_policy="Local", external_ips=["203.0.113.9"])
+    sp = make_plan(svc, web_slice(m.EP("10.244.2.5", "node-b")))
+    assert sp.service_port("default", "web", "http").external_policy_local
 
 
 def test_external_traffic_policy_local_node_port() -> None:
@@ -144,14 +151,14 @@ def test_external_traffic_policy_local_node_port() -> None:
         type="NodePort",
         ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
         external_policy="Local",
-        health_check_node_port=31000,
     )
     eps = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
     sp = make_plan(svc, web_slice(*eps)).service_port("default", "web", "http")
     assert sp.external_policy_local and sp.uses_external_chain
     assert ips(sp.local_endpoints) == ["10.244.1.5"]
     assert len(sp.cluster_endpoints) == 2  # for pod/node short-circuit
-    assert sp.external_filter is None and sp.health_check_node_port == 31000
+    # only a LoadBalancer has a health check node port (the API refuses one elsewhere)
+    assert sp.external_filter is None and sp.health_check_node_port is None
     sp = make_plan(svc, web_slice(eps[1])).service_port("default", "web", "http")
     assert sp.external_filter is Filter.DROP and sp.internal_filter is None
     assert sp.uses_external_chain  # short-circuit rules still apply

@@ -258,15 +258,21 @@ def _endpoints(n: int) -> tuple[m.EP, ...]:
     return tuple(m.EP(f"10.244.{i // 250}.{i % 250 + 1}", NODE) for i in range(n))
 
 
+def _slices(n: int) -> tuple[dict[str, Any], ...]:
+    """``n`` endpoints of web, in slices of at most 1,000 (the API's bound)."""
+    eps = _endpoints(n)
+    return tuple(web_slice(*eps[i : i + 1000], name=f"web-{i}") for i in range(0, n, 1000))
+
+
 def test_large_cluster_is_more_than_a_thousand_endpoints_in_all() -> None:
     at = make_plan(web(), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS)))
-    over = make_plan(web(), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS + 1)))
+    over = make_plan(web(), *_slices(ipt.LARGE_CLUSTER_ENDPOINTS + 1))
     assert not ipt.large_cluster(at)
     assert ipt.large_cluster(over)
 
 
 def test_large_cluster_drops_only_the_per_endpoint_comments() -> None:
-    objs = (web(), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS + 1)))
+    objs = (web(), *_slices(ipt.LARGE_CLUSTER_ENDPOINTS + 1))
     rs, sp = rules(*objs), sp_of(*objs)
     svc = rs.nat[naming.svc_chain(sp)]
     assert 'comment "default/web:http cluster IP"' in svc[0]  # the masquerade rule keeps it
@@ -281,7 +287,7 @@ def test_large_cluster_drops_only_the_per_endpoint_comments() -> None:
 
 
 def test_large_cluster_affinity_lookups_lose_their_comment_too() -> None:
-    objs = (web(affinity_seconds=600), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS + 1)))
+    objs = (web(affinity_seconds=600), *_slices(ipt.LARGE_CLUSTER_ENDPOINTS + 1))
     svc = rules(*objs).nat[naming.svc_chain(sp_of(*objs))]
     lookups = [r for r in svc if "--rcheck" in r]
     assert len(lookups) == ipt.LARGE_CLUSTER_ENDPOINTS + 1
