@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
+from proxy import apivalidation as av
 from proxy.backends import iptables as ipt_render
 from proxy.backends import nftables as nft_render
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
@@ -71,6 +72,14 @@ def _add_state_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--masquerade-all", action="store_true", help="masquerade all traffic sent to cluster IPs"
+    )
+    p.add_argument(
+        "--service-node-port-range",
+        default="30000-32767",
+        metavar="LOW-HIGH",
+        help="the API server's node port range: a nodePort or healthCheckNodePort outside it "
+        "is reported and its Service skipped, as the API server refuses it (default "
+        "30000-32767, kube-apiserver's)",
     )
     p.add_argument(
         "--strict",
@@ -290,9 +299,35 @@ def _config(args: argparse.Namespace, from_kernel: bool) -> ProxyConfig:
     )
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` (kube-apiserver also takes ``LOW+SIZE``)."""
+    low, sep, rest = text.partition("-")
+    size = False
+    if not sep:
+        low, sep, rest = text.partition("+")
+        size = bool(sep)
+    digits = all(x.isascii() and x.isdigit() and len(x) <= 5 for x in (low, rest))
+    if sep and digits:
+        lo, hi = int(low), int(rest)
+        hi = lo + hi - 1 if size else hi
+        if 1 <= lo <= hi <= 65535:
+            return lo, hi
+    raise UsageError(
+        f"--service-node-port-range: {av.show(text)} is not LOW-HIGH within 1-65535 "
+        "(e.g. 30000-32767)"
+    )
+
+
 def _load(args: argparse.Namespace) -> LoadedState:
+    why = av.dns1123_subdomain(args.hostname_override)
+    if why is not None:
+        raise UsageError(
+            f"--hostname-override: {av.show(args.hostname_override)} is not a valid Node name "
+            f"({why}); give the name `kubectl get nodes` shows"
+        )
+    port_range = _port_range(args.service_node_port_range)
     try:
-        state = load_state(args.state, args.hostname_override)
+        state = load_state(args.state, args.hostname_override, port_range)
     except StateFileError as exc:
         raise UsageError(str(exc)) from exc
     for p in state.problems:
@@ -314,14 +349,20 @@ def _plan_for(args: argparse.Namespace, state: LoadedState, from_kernel: bool) -
     return plan(state.snapshot, cfg, IPFamily.V4, state.problems)
 
 
+HEADER_LINE_MAX = 1000
+
+
 def _header(p: Plan) -> str:
+    """The ``#`` lines above rendered rules. Whatever they quote from the input is escaped
+    (:func:`proxy.apivalidation.printable`): piped into ``nft -f`` or
+    ``iptables-restore``, no header line can become a rule."""
     lines = [
-        f"# kube-proxy-py {__version__} {p.mode} rules for node {p.node_name} ({p.family}): "
+        f"kube-proxy-py {__version__} {p.mode} rules for node {p.node_name} ({p.family}): "
         f"{len(p.service_ports)} service ports, {p.endpoint_count} endpoints",
+        *(str(s) for s in p.skipped),
+        *(f"invalid, skipped: {pr}" for pr in p.problems),
     ]
-    lines.extend(f"# {s}" for s in p.skipped)
-    lines.extend(f"# invalid, skipped: {pr}" for pr in p.problems)
-    return "\n".join(lines) + "\n"
+    return "".join(f"# {av.printable(line, HEADER_LINE_MAX)}\n" for line in lines)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

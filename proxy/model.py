@@ -108,6 +108,8 @@ class Service:
     health_check_node_port: int | None = None
     skip_reason: str | None = None
     """Why kube-proxy leaves this Service alone (headless, ExternalName, proxy-name)."""
+    skip_code: str = ""
+    """The reason as a metric label: ``headless``, ``external-name`` or ``other-proxy``."""
     resource_version: str = field(default="", compare=False)
 
     @property
@@ -530,9 +532,14 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
         )
 
     skip_reason: str | None = None
+    skip_code = ""
     if svc_type is ServiceType.EXTERNAL_NAME:
-        skip_reason = "type ExternalName is resolved by DNS, not proxied"
+        skip_reason, skip_code = (
+            "type ExternalName is resolved by DNS, not proxied",
+            "external-name",
+        )
     elif SERVICE_PROXY_NAME_LABEL in labels:
+        skip_code = "other-proxy"
         proxy_name = labels[SERVICE_PROXY_NAME_LABEL]
         if (why := av.label_value(proxy_name)) is not None:
             c.add(f"metadata.labels[{SERVICE_PROXY_NAME_LABEL}]", f"{av.show(proxy_name)}: {why}")
@@ -547,6 +554,7 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
                 c.add("spec.clusterIPs[0]", f"may not be set to 'None' for {svc_type} services")
             if skip_reason is None:
                 skip_reason = "headless (clusterIP None): DNS returns the pod IPs directly"
+                skip_code = "headless"
         if not headless and not cluster_ips and skip_reason is None and c.ok:
             c.add("spec.clusterIP", "missing (not yet allocated?)")
         ports = _parse_service_ports(spec, svc_type, c)
@@ -616,6 +624,7 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
             internal_traffic_policy=itp,
             health_check_node_port=hc,
             skip_reason=skip_reason,
+            skip_code=skip_code,
             resource_version=_resource_version(meta),
         ),
         [],

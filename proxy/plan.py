@@ -230,11 +230,42 @@ class NodePortTargets:
 
 @dataclass(frozen=True)
 class SkippedService:
+    """A Service (or, ``partial``, part of one) that is not programmed, and why."""
+
     ref: ObjectRef
     reason: str
+    code: str = ""
+    """The reason as a metric label (``headless``, ``ipv6-only``, ``dual-stack``, …)."""
+    partial: bool = False
 
     def __str__(self) -> str:
-        return f"{self.ref}: skipped: {self.reason}"
+        return f"{self.ref}: {'partly programmed' if self.partial else 'skipped'}: {self.reason}"
+
+
+def family_note(svc: Service, family: IPFamily) -> SkippedService | None:
+    """What of ``svc`` a plan for ``family`` leaves out because kube-proxy-py programs IPv4
+    only (dual-stack has not landed): an IPv6-only Service, or a dual-stack one's IPv6 half.
+    Said per object instead of dropped silently."""
+    if family is not IPFamily.V4:
+        return None
+    other = [str(ip) for ip in svc.cluster_ips if IPFamily.of(ip) is not family]
+    if not other:
+        return None
+    mine = [str(ip) for ip in svc.cluster_ips if IPFamily.of(ip) is family]
+    if not mine:
+        return SkippedService(
+            svc.ref,
+            f"IPv6 only (ClusterIP {', '.join(other)}): kube-proxy-py programs IPv4 until "
+            "dual-stack support lands",
+            "ipv6-only",
+        )
+    return SkippedService(
+        svc.ref,
+        f"dual-stack: its IPv4 ClusterIP {mine[0]} is programmed, its IPv6 ClusterIP "
+        f"{other[0]} is not (kube-proxy-py programs IPv4 until dual-stack support lands)",
+        "dual-stack",
+        partial=True,
+    )
 
 
 Destination = tuple[IPAddress, Protocol, int]
@@ -249,11 +280,17 @@ class Claims:
     node_ports: dict[tuple[Protocol, int], str]
 
     @staticmethod
-    def keys(sp: ServicePortPlan) -> tuple[list[Destination], tuple[Protocol, int] | None]:
+    def keys(
+        sp: ServicePortPlan,
+    ) -> tuple[list[Destination], list[tuple[tuple[Protocol, int], str]]]:
+        """The destinations ``sp`` claims, and its node port claims with their holders."""
         dests = [(sp.cluster_ip, sp.protocol, sp.port)]
         dests.extend((ip, sp.protocol, sp.port) for ip in sp.external_ips)
         dests.extend((ip, sp.protocol, sp.port) for ip in sp.load_balancer_ips)
-        return dests, ((sp.protocol, sp.node_port) if sp.node_port else None)
+        ports = [((sp.protocol, sp.node_port), sp.service_port_name)] if sp.node_port else []
+        if sp.health_check_node_port:
+            ports.append(((Protocol.TCP, sp.health_check_node_port), health_check_holder(sp)))
+        return dests, ports
 
     def updated(
         self,
@@ -265,21 +302,28 @@ class Claims:
         dests, nps = dict(self.destinations), dict(self.node_ports)
         for sp in released:
             name = sp.service_port_name
-            keys, np_key = Claims.keys(sp)
+            keys, np_keys = Claims.keys(sp)
             for key in keys:
                 if dests.get(key) == name:
                     del dests[key]
-            if np_key is not None and nps.get(np_key) == name:
-                del nps[np_key]
+            for np_key, holder in np_keys:
+                if nps.get(np_key) == holder:
+                    del nps[np_key]
         for sp in claimed:
             name = sp.service_port_name
-            keys, np_key = Claims.keys(sp)
+            keys, np_keys = Claims.keys(sp)
             for key in keys:
                 if dests.setdefault(key, name) != name:
                     return None
-            if np_key is not None and nps.setdefault(np_key, name) != name:
-                return None
+            for np_key, holder in np_keys:
+                if nps.setdefault(np_key, holder) != holder:
+                    return None
         return Claims(dests, nps)
+
+
+def health_check_holder(sp: ServicePortPlan) -> str:
+    """Who holds a health check node port: the Service (all its ports share it)."""
+    return f"{sp.namespace}/{sp.name} (healthCheckNodePort)"
 
 
 @dataclass(frozen=True)
@@ -627,15 +671,22 @@ def plan(
     if wanted is not None and previous is not None and order is previous.order:
         replanned = _replan(wanted, services, reusable, plan_service)
     if replanned is not None:
+        assert wanted is not None  # only a partial replan can be done in place
         by_service = replanned
-        skipped = list(previous.skipped) if previous is not None else []
+        kept = previous.skipped if previous is not None else ()
+        skipped = [s for s in kept if (s.ref.namespace, s.ref.name) not in wanted]
+        for key in sorted(wanted):
+            if (note := family_note(services[key], family)) is not None:
+                skipped.append(note)
     else:
         for svc in (services[k] for k in order):
             key = (svc.namespace, svc.name)
             if svc.skip_reason is not None:
                 if family is IPFamily.V4:
-                    skipped.append(SkippedService(svc.ref, svc.skip_reason))
+                    skipped.append(SkippedService(svc.ref, svc.skip_reason, svc.skip_code))
                 continue
+            if (note := family_note(svc, family)) is not None:
+                skipped.append(note)
             if wanted is not None and key not in wanted and key in reusable:
                 by_service[key] = reusable[key]
                 continue
@@ -726,6 +777,7 @@ def resolve_conflicts(
     node_ports: dict[tuple[Protocol, int], str] = {}
     out: list[ServicePortPlan] = []
     problems: list[Problem] = []
+    hc_reported: set[str] = set()
 
     def claim(key: tuple[IPAddress, Protocol, int], sp: ServicePortPlan, field_name: str) -> bool:
         holder = owner.setdefault(key, sp.service_port_name)
@@ -767,6 +819,21 @@ def resolve_conflicts(
                 node_port = None
         if (externals, lbs, node_port) != (sp.external_ips, sp.load_balancer_ips, sp.node_port):
             sp = _replan_external(sp, externals, lbs, node_port, node_name, zone)
+        hc = sp.health_check_node_port
+        if hc:
+            mine = health_check_holder(sp)
+            holder = node_ports.setdefault((Protocol.TCP, hc), mine)
+            if holder != mine:
+                if mine not in hc_reported:  # once per Service, not per port
+                    hc_reported.add(mine)
+                    problems.append(
+                        Problem(
+                            sp.ref,
+                            "spec.healthCheckNodePort",
+                            f"{hc}/TCP is already used by {holder}; no health check is served",
+                        )
+                    )
+                sp = dataclasses.replace(sp, health_check_node_port=None)
         out.append(sp)
     return out, problems, (None if problems else Claims(owner, node_ports))
 

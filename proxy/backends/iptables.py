@@ -193,8 +193,16 @@ def parse_save(text: str | bytes, *, every_rule: bool = True) -> ExistingIptable
 # rendering
 
 
+IPT_COMMENT_MAX = 255
+"""xt_comment holds 256 bytes with the NUL."""
+_COMMENT_UNSAFE = re.compile(r"[^\x20-\x7e]|\\")
+
+
 def _q(comment: str) -> str:
-    return '"' + comment.replace('"', "'") + '"'
+    """``comment`` as one double-quoted iptables-restore word: printable ASCII only (a
+    backslash, which iptables-restore reads as an escape, becomes ``?`` like any other
+    character outside it), ``"`` becomes ``'``, at most :data:`IPT_COMMENT_MAX` characters."""
+    return '"' + _COMMENT_UNSAFE.sub("?", comment.replace('"', "'"))[:IPT_COMMENT_MAX] + '"'
 
 
 def _comment(text: str) -> str:

@@ -72,7 +72,8 @@ REG_1 = 1
 REG_2 = 2
 REG32_01 = 9
 COMMENT_MAX = 128
-"""nft's longest comment (NFTNL_UDATA_COMMENT_MAXLEN)."""
+"""nft's longest comment in characters (NFTNL_UDATA_COMMENT_MAXLEN); the user data TLV
+holds it with its NUL."""
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
 
@@ -161,7 +162,7 @@ def _verdict(text: str) -> bytes:
 def _comment(text: str) -> bytes:
     """nft's user data holding a comment (one TLV: type 0, length, text, NUL)."""
     raw = text.encode() + b"\0"
-    if len(raw) > COMMENT_MAX:
+    if len(raw) > COMMENT_MAX + 1:
         raise Unsupported("comment longer than nft allows")
     return bytes([0, len(raw)]) + raw
 
