@@ -1,5 +1,6 @@
-"""proxy.server under abuse: floods of idle and slow connections, oversized heads,
-bodies, clients that never read; bounded threads, connections and memory; prompt stop.
+"""proxy.server (and proxy.httpserve beneath it) under abuse: floods of idle and slow
+connections, oversized heads, bodies, clients that never read; bounded threads,
+connections and memory; prompt stop.
 
 No root needed: every server binds 127.0.0.x; the flood comes from a child process so
 that this process's threads and file descriptors are the server's alone. No assertion
@@ -25,17 +26,15 @@ from typing import Any
 
 import pytest
 
-import proxy.server as server_mod
+import proxy.httpserve as httpserve
+from proxy.httpserve import event_loop_thread, open_connections, raise_nofile_limit
 from proxy.metrics import ProxyMetrics
 from proxy.server import (
     HealthCheckNodePorts,
     HealthServer,
     MetricsServer,
     ProxyHealth,
-    event_loop_thread,
     go_time,
-    open_connections,
-    raise_nofile_limit,
     service_health_body,
 )
 from tests.unit.test_server import TIMEOUT, FakeClock, free_port, get, refused
@@ -135,10 +134,10 @@ def health() -> ProxyHealth:
 @pytest.fixture
 def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     """Short deadlines and a fine sweep, so the tests need not wait seconds."""
-    monkeypatch.setattr(server_mod, "SWEEP_INTERVAL", 0.02)
-    monkeypatch.setattr(server_mod, "HEAD_TIMEOUT", 0.5)
-    monkeypatch.setattr(server_mod, "IDLE_TIMEOUT", 0.5)
-    monkeypatch.setattr(server_mod, "WRITE_TIMEOUT", 0.5)
+    monkeypatch.setattr(httpserve, "SWEEP_INTERVAL", 0.02)
+    monkeypatch.setattr(httpserve, "HEAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(httpserve, "IDLE_TIMEOUT", 0.5)
+    monkeypatch.setattr(httpserve, "WRITE_TIMEOUT", 0.5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -217,8 +216,8 @@ def test_flood_of_idle_and_slow_connections_never_starves_the_probes(
     if hard != resource.RLIM_INFINITY and hard < n_idle + n_slow + 100:
         pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is too low for the flood")
     raise_nofile_limit()
-    caplog.set_level(logging.INFO, logger="proxy.server")
-    cap = server_mod.MAX_CONNECTIONS_PER_LISTENER
+    caplog.set_level(logging.INFO, logger="proxy.httpserve")
+    cap = httpserve.MAX_CONNECTIONS_PER_LISTENER
     threads0, proc_threads0, sockets0, rss0 = (
         threading.active_count(),
         proc_threads(),
@@ -263,7 +262,7 @@ def test_flood_of_idle_and_slow_connections_never_starves_the_probes(
         assert len(loop_threads()) == 1
         # never more than the caps (the probes' own client sockets: at most 2 more)
         assert healthz.connections <= cap and hc.connections <= cap
-        assert open_connections() <= min(2 * cap, server_mod.MAX_CONNECTIONS)
+        assert open_connections() <= min(2 * cap, httpserve.MAX_CONNECTIONS)
         assert open_sockets() <= sockets0 + 2 * cap + 2 + 2 + 2  # + listeners, wake pair
 
     try:
@@ -303,7 +302,7 @@ def test_flood_of_idle_and_slow_connections_never_starves_the_probes(
 
     # the flood did reach the server, which said so at most once per LOG_INTERVAL per
     # listener and kind (never a line per connection)
-    records = [r for r in caplog.records if r.name == "proxy.server"]
+    records = [r for r in caplog.records if r.name == "proxy.httpserve"]
     evictions = [r for r in records if r.getMessage().startswith("connection limit reached")]
     closed = sum(
         int(r.__dict__["count"])
@@ -311,7 +310,7 @@ def test_flood_of_idle_and_slow_connections_never_starves_the_probes(
         if r.getMessage().startswith(("connection limit reached", "closed connections"))
     )
     assert closed >= int(opened) // 2
-    per_listener = 2 + elapsed / server_mod.LOG_INTERVAL  # the first, then one an interval, + stop
+    per_listener = 2 + elapsed / httpserve.LOG_INTERVAL  # the first, then one an interval, + stop
     for address in {r.__dict__["address"] for r in evictions}:
         assert sum(r.__dict__["address"] == address for r in evictions) <= per_listener
     assert len(records) < 100, [r.getMessage() for r in records][:20]
@@ -368,7 +367,7 @@ def test_sigterm_ends_a_flooded_agent(tmp_path: Any) -> None:
 def test_full_listener_evicts_the_connection_idle_or_unfinished_the_longest(
     health: ProxyHealth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_mod, "MAX_CONNECTIONS_PER_LISTENER", 4)
+    monkeypatch.setattr(httpserve, "MAX_CONNECTIONS_PER_LISTENER", 4)
     server = HealthServer(health, address="127.0.0.1:0")
     server.start()
     socks: list[socket.socket] = []
@@ -402,8 +401,8 @@ def test_full_listener_evicts_the_connection_idle_or_unfinished_the_longest(
 def test_total_cap_evicts_across_listeners(
     health: ProxyHealth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_mod, "MAX_CONNECTIONS_PER_LISTENER", 8)
-    monkeypatch.setattr(server_mod, "MAX_CONNECTIONS", 12)
+    monkeypatch.setattr(httpserve, "MAX_CONNECTIONS_PER_LISTENER", 8)
+    monkeypatch.setattr(httpserve, "MAX_CONNECTIONS", 12)
     first = HealthServer(health, address="127.0.0.1:0")
     second = MetricsServer(ProxyMetrics(), address="127.0.0.1:0")
     first.start()
@@ -531,10 +530,10 @@ def test_a_100_kib_header_gets_431_and_the_connection_closed(healthz: HealthServ
 
 
 def test_too_many_header_lines_get_431(healthz: HealthServer) -> None:
-    head = b"GET /livez HTTP/1.1\r\n" + b"X-A: b\r\n" * (server_mod.MAX_HEADER_LINES + 1) + b"\r\n"
+    head = b"GET /livez HTTP/1.1\r\n" + b"X-A: b\r\n" * (httpserve.MAX_HEADER_LINES + 1) + b"\r\n"
     out, closed = raw_exchange(healthz.address, head)
     assert out.startswith(b"HTTP/1.1 431 ") and closed
-    at_limit = b"GET /livez HTTP/1.1\r\n" + b"X-A: b\r\n" * (server_mod.MAX_HEADER_LINES - 1)
+    at_limit = b"GET /livez HTTP/1.1\r\n" + b"X-A: b\r\n" * (httpserve.MAX_HEADER_LINES - 1)
     at_limit += b"Connection: close\r\n\r\n"
     assert raw_exchange(healthz.address, at_limit)[0].startswith(b"HTTP/1.1 200 ")
 
@@ -698,7 +697,7 @@ def test_start_and_stop_from_many_threads(health: ProxyHealth) -> None:
 def test_stop_closes_every_connection_of_a_full_listener(
     health: ProxyHealth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_mod, "MAX_CONNECTIONS_PER_LISTENER", 32)
+    monkeypatch.setattr(httpserve, "MAX_CONNECTIONS_PER_LISTENER", 32)
     server = HealthServer(health, address="127.0.0.1:0")
     server.start()
     socks = [socket.create_connection(server.address, timeout=10) for _ in range(40)]
