@@ -56,12 +56,11 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from proxy import __version__
+from proxy import __version__, documents
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
 from proxy.model import IPAddress, IPNetwork
 
@@ -928,17 +927,22 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
 def _read_config_text(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        text = documents.read_file(path, MAX_CONFIG_BYTES, f"--config: {path}")
+        documents.check_yaml(text, f"--config: {path}")
+        return text
+    except documents.DocumentError as exc:
+        raise ConfigError(str(exc)) from None
     except FileNotFoundError:
         raise ConfigError(f"--config: {path}: no such file") from None
     except IsADirectoryError:
         raise ConfigError(
             f"--config: {path} is a directory; give the config.conf file in it"
         ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config: {path} is not UTF-8 text (YAML or JSON)") from None
     except OSError as exc:
         raise ConfigError(f"--config: {path}: {exc.strerror}") from None
 
@@ -949,6 +953,8 @@ def _load_document(path: str, warnings: list[str]) -> dict[Any, Any]:
         docs = _all_documents(loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config: {path} is not valid YAML or JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"--config: {path}: {documents.value_problem(exc)}") from None
     finally:
         loader.dispose()
     if not docs:

@@ -31,6 +31,9 @@ from proxy.plan import Snapshot
 log = logging.getLogger(__name__)
 
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+MAX_TRIGGER_TIMES = 10_000
+"""Trigger times kept for the programming-latency metric while syncs fail (the oldest are
+dropped beyond this: memory stays bounded however long the kernel refuses)."""
 Key = tuple[str, str]
 
 
@@ -53,17 +56,24 @@ class Changes:
     def empty(self) -> bool:
         return not (self.services or self.node_changed)
 
+    def add_trigger_time(self, t: float) -> None:
+        self.trigger_times.append(t)
+        if len(self.trigger_times) > MAX_TRIGGER_TIMES:
+            del self.trigger_times[: len(self.trigger_times) - MAX_TRIGGER_TIMES]
+
+
+def _text(meta: Any, key: str, default: str) -> str:
+    value = meta.get(key, default) if isinstance(meta, Mapping) else default
+    return value if isinstance(value, str) else default
+
 
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
-        return ("?", "?")
-    return (str(meta.get("namespace", "")), str(meta.get("name", "?")))
+    return (_text(meta, "namespace", ""), _text(meta, "name", "?"))
 
 
 def _rv(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata")
-    return str(meta.get("resourceVersion", "")) if isinstance(meta, Mapping) else ""
+    return _text(obj.get("metadata"), "resourceVersion", "")
 
 
 def parse_trigger_time(value: object) -> float | None:
@@ -232,7 +242,7 @@ class ClusterState:
         if isinstance(annotations, Mapping):
             t = parse_trigger_time(annotations.get(TRIGGER_TIME_ANNOTATION))
             if t is not None:
-                self._changes.trigger_times.append(t)
+                self._changes.add_trigger_time(t)
         return True
 
     def _handle_node(self, event: str, obj: Mapping[str, Any]) -> bool:
@@ -281,7 +291,8 @@ class ClusterState:
             pending.services |= changes.services
             pending.service_events += changes.service_events
             pending.endpoint_events += changes.endpoint_events
-            pending.trigger_times.extend(changes.trigger_times)
+            for t in changes.trigger_times:
+                pending.add_trigger_time(t)
             pending.node_changed |= changes.node_changed
             if changes.first_queued is not None and (
                 pending.first_queued is None or changes.first_queued < pending.first_queued

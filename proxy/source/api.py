@@ -48,9 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
-from proxy import __version__
+from proxy import __version__, documents
+from proxy import apivalidation as av
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +61,13 @@ CONNECT_TIMEOUT = 10.0
 """TCP connect + TLS handshake bound for every request."""
 WATCH_READ_GRACE = 30.0
 """A watch read may block this long beyond the watch's own ``timeoutSeconds``."""
-MAX_EVENT_BYTES = 64 * 1024 * 1024
-"""A watch event line longer than this is treated as a broken stream."""
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""A watch event line longer than this is treated as a broken stream (an object is at most
+etcd's 1.5 MiB request limit, a few MiB as JSON)."""
+MAX_RESPONSE_BYTES = 1024 * 1024 * 1024
+"""A list response (one page, or a whole list served from the watch cache) larger than this
+is refused."""
+MAX_KUBECONFIG_BYTES = 16 * 1024 * 1024
 _POOL_SIZE = 4
 _READ_CHUNK = 64 * 1024
 
@@ -116,8 +120,10 @@ class ApiError(Exception):
     ) -> ApiError:
         """From a ``Status`` object (an error body, or a watch ``ERROR`` event's object)."""
         code = status.get("code")
-        reason = str(status.get("reason") or status.get("status") or "Failure")
-        message = str(status.get("message") or "")
+        reason = status.get("reason") or status.get("status") or "Failure"
+        message = status.get("message") or ""
+        reason = reason[:200] if isinstance(reason, str) else av.show(reason)
+        message = message[:2000] if isinstance(message, str) else av.show(message)
         return cls(
             code if isinstance(code, int) else None, reason, message, method=method, path=path
         )
@@ -204,9 +210,12 @@ def load_kubeconfig(path: str | os.PathLike[str], master: str | None = None) -> 
     base = Path(file).resolve().parent
     raw = _read_file(Path(file), f"{file}: kubeconfig")
     try:
-        doc = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{file}: not valid YAML: {e}") from e
+        if len(raw) > MAX_KUBECONFIG_BYTES:
+            raise documents.DocumentError(f"{file}: larger than 16 MiB; is it a kubeconfig?")
+        docs = documents.load_yaml_all(documents.decode(raw, file), file)
+    except documents.DocumentError as e:
+        raise ConfigError(str(e)) from None
+    doc = docs[0] if len(docs) == 1 else docs
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{file}: expected a kubeconfig (a mapping with clusters, users, …)")
 
@@ -535,7 +544,7 @@ def _tune(sock: socket.socket) -> None:
 def _error_from_response(status: int, body: bytes, method: str, path: str) -> ApiError:
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if isinstance(obj, Mapping) and obj.get("kind") == "Status":
         err = ApiError.from_status(obj, method=method, path=path)
@@ -576,34 +585,51 @@ class ApiSession:
         """GET path and decode the JSON object; raise :class:`ApiError` on any failure."""
         resp, conn = self._request(path, params, timeout)
         try:
-            body = resp.read()
+            body = resp.read(MAX_RESPONSE_BYTES + 1)
         except (OSError, http.client.HTTPException, ValueError) as e:
             self._drop(conn)
             raise self._conn_error(path, f"reading the response failed: {e}") from e
+        if len(body) > MAX_RESPONSE_BYTES:
+            self._drop(conn)
+            raise ApiError(
+                None, "BadResponse", f"response larger than {MAX_RESPONSE_BYTES} bytes", path=path
+            )
         if resp.will_close:
             self._drop(conn)
         if resp.status != 200:
-            raise _error_from_response(resp.status, body, "GET", path)
+            raise _error_from_response(resp.status, body[:65536], "GET", path)
         try:
             obj = json.loads(body)
-        except ValueError as e:
-            raise ApiError(None, "BadResponse", f"response is not JSON: {e}", path=path) from e
+        except (ValueError, RecursionError) as e:
+            why = documents.value_problem(e)
+            raise ApiError(None, "BadResponse", f"response is not JSON: {why}", path=path) from e
         if not isinstance(obj, dict):
             raise ApiError(None, "BadResponse", "response is not a JSON object", path=path)
         return obj
 
-    def watch(self, path: str, params: Mapping[str, str], timeout: float) -> WatchStream:
+    def watch(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        timeout: float,
+        idle_timeout: float | None = None,
+    ) -> WatchStream:
         """Open a watch; iterate the returned stream for events as they arrive.
 
         ``timeoutSeconds`` defaults to ``timeout``; a read blocks at most ``timeout`` +
-        :data:`WATCH_READ_GRACE` seconds. HTTP errors raise :class:`ApiError` here;
-        ``ERROR`` events (e.g. code 410) are yielded like any other event.
+        :data:`WATCH_READ_GRACE` seconds, or ``idle_timeout`` when that is shorter: a
+        stream silent for that long (no event, no bookmark) raises :class:`ApiError` with
+        reason ``StreamIdle``. HTTP errors raise :class:`ApiError` here; ``ERROR`` events
+        (e.g. code 410) are yielded like any other event.
         """
         query = {"watch": "true", "timeoutSeconds": str(max(1, int(timeout))), **params}
-        resp, conn = self._request(path, query, timeout + WATCH_READ_GRACE)
+        read_timeout = timeout + WATCH_READ_GRACE
+        if idle_timeout is not None:
+            read_timeout = min(read_timeout, idle_timeout)
+        resp, conn = self._request(path, query, read_timeout)
         if resp.status != 200:
             try:
-                body = resp.read()
+                body = resp.read(65536)
             except (OSError, http.client.HTTPException, ValueError):
                 body = b""
             self._drop(conn)
@@ -730,6 +756,8 @@ class WatchStream(Iterator[dict[str, Any]]):
                 if self._closed or self._session.closed:
                     self._finish(reusable=False)
                     raise StopIteration from None
+                if isinstance(e, TimeoutError):
+                    self._fail("no data on the watch (no event, no bookmark)", e, "StreamIdle")
                 self._fail(f"watch stream broken: {e or type(e).__name__}", e)
             if chunk:
                 self._buf += chunk
@@ -760,15 +788,17 @@ class WatchStream(Iterator[dict[str, Any]]):
         if self.owns_session:
             self._session.close()
 
-    def _fail(self, message: str, cause: BaseException | None = None) -> NoReturn:
+    def _fail(
+        self, message: str, cause: BaseException | None = None, reason: str = "StreamError"
+    ) -> NoReturn:
         self._finish(reusable=False)
-        raise ApiError(None, "StreamError", message, path=self._path) from cause
+        raise ApiError(None, reason, message, path=self._path) from cause
 
     def _decode(self, line: bytes) -> dict[str, Any]:
         try:
             event = json.loads(line)
-        except ValueError as e:
-            self._fail(f"watch event is not JSON: {e}", e)
+        except (ValueError, RecursionError) as e:
+            self._fail(f"watch event is not JSON: {documents.value_problem(e)}", e)
         if (
             not isinstance(event, dict)
             or not isinstance(event.get("type"), str)

@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
+from proxy import apivalidation as av
 from proxy.model import HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL
 from proxy.source.api import ApiClient, ApiError, ApiSession
 
@@ -64,6 +66,22 @@ PAGE_SIZE = 500
 """client-go's pager default."""
 LIST_TIMEOUT = 60.0
 """Per-read bound on a list request (the API server's own default request timeout)."""
+IDLE_TIMEOUT_ENV = "KUBE_PROXY_PY_WATCH_IDLE_TIMEOUT"
+DEFAULT_IDLE_TIMEOUT = 90.0
+"""The API server sends a bookmark about every minute on a watch that asked for them
+(while its resourceVersion moves); a watch quiet for 90 s is reopened from the last
+resourceVersion (a cheap request, nothing lost). HTTP/2 clients ping instead; this client
+speaks HTTP/1.1, where TCP keepalive sees a dead peer but not a hung one."""
+
+
+def default_idle_timeout() -> float:
+    """:data:`DEFAULT_IDLE_TIMEOUT`, or seconds from ``$KUBE_PROXY_PY_WATCH_IDLE_TIMEOUT``."""
+    text = os.environ.get(IDLE_TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_IDLE_TIMEOUT
+    except ValueError:
+        value = DEFAULT_IDLE_TIMEOUT
+    return value if 1.0 <= value <= 3600.0 else DEFAULT_IDLE_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +154,31 @@ def node_spec(node_name: str) -> ResourceSpec:
 
 
 def object_key(obj: dict[str, Any]) -> str:
-    """``namespace/name``, or ``name`` for a cluster-scoped object."""
-    meta = obj.get("metadata") or {}
-    name = meta.get("name") or ""
-    ns = meta.get("namespace") or ""
-    return f"{ns}/{name}" if ns else str(name)
+    """``namespace/name``, or ``name`` for a cluster-scoped object ("" when malformed)."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return ""
+    name, ns = meta.get("name"), meta.get("namespace") or ""
+    if not isinstance(name, str) or not name or not isinstance(ns, str):
+        return ""
+    return f"{ns}/{name}" if ns else name
+
+
+def malformed(obj: Any) -> str | None:
+    """Why an item or event object cannot even be keyed (a list item with ``"metadata":
+    "oops"``), or None. Such an object is skipped and reported; everything else in the
+    list or stream goes on."""
+    if not isinstance(obj, dict):
+        return f"expected an object, got {av.show(obj)}"
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return f"metadata: expected an object, got {av.show(meta)}"
+    if not object_key(obj):
+        return f"metadata.name/namespace: not usable ({av.show(meta.get('name'))})"
+    rv = meta.get("resourceVersion")
+    if rv is not None and not isinstance(rv, str):
+        return f"metadata.resourceVersion: {av.show(rv)} is not a string"
+    return None
 
 
 def strip_object(obj: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +207,10 @@ class ReflectorStats:
     bookmarks: int = 0
     errors: int = 0
     """Failed requests and ERROR events, of any kind."""
+    malformed: int = 0
+    """List items and watch events skipped because they could not even be keyed."""
+    silent: int = 0
+    """Watches reopened because nothing (no event, no bookmark) came for the idle timeout."""
 
 
 class _Backoff:
@@ -201,10 +243,16 @@ class Reflector:
         *,
         on_synced: Callable[[], None] | None = None,
         watch_timeout: float = 300.0,
+        watch_idle_timeout: float | None = None,
         backoff_initial: float = 0.8,
         backoff_max: float = 30.0,
         name: str | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
+        """``watch_idle_timeout``: reopen a watch that delivered nothing (no event, no
+        bookmark) for this long (default :func:`default_idle_timeout`). ``on_error(reason)``
+        is told of every failed request or event, by cause: ``connection``, ``http-<code>``,
+        ``expired``, ``silent``, ``malformed``, ``unexpected``."""
         if watch_timeout < 1:
             raise ValueError(f"watch_timeout must be at least 1 second, got {watch_timeout}")
         if not 0 < backoff_initial <= backoff_max:
@@ -217,6 +265,10 @@ class Reflector:
         self._on_event = on_event
         self._on_synced = on_synced
         self._watch_timeout = watch_timeout
+        self._idle_timeout = (
+            default_idle_timeout() if watch_idle_timeout is None else watch_idle_timeout
+        )
+        self._on_error = on_error
         self._backoff = _Backoff(backoff_initial, backoff_max)
         self.name = name or spec.kind
         self._known: dict[str, str] = {}
@@ -274,13 +326,20 @@ class Reflector:
             self._thread.start()
         log.info("reflector started", extra=self._extra(resource=str(self._spec)))
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread, interrupting a blocked list or watch (closes its connection)."""
+    def request_stop(self) -> None:
+        """Tell the thread to stop and interrupt a blocked list or watch (closes its
+        connection); returns at once (:meth:`stop` also waits)."""
         self._stopping.set()
         with self._lock:
-            session, thread = self._session, self._thread
+            session = self._session
         if session is not None:
             session.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, interrupting a blocked list or watch (closes its connection)."""
+        self.request_stop()
+        with self._lock:
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
@@ -292,6 +351,13 @@ class Reflector:
 
     def _extra(self, **fields: Any) -> dict[str, Any]:
         return {"reflector": self.name, "kind": self._spec.kind, **fields}
+
+    def _report(self, reason: str) -> None:
+        if self._on_error is not None:
+            try:
+                self._on_error(reason)
+            except Exception:
+                log.exception("on_error handler failed", extra=self._extra())
 
     def _count(self, **increments: int) -> None:
         s = self._stats
@@ -326,6 +392,7 @@ class Reflector:
                 if self._stopping.is_set():
                     break
                 self._count(errors=1)
+                self._report("unexpected")
                 delay = self._backoff.next()
                 log.exception(
                     "reflector failed unexpectedly; retrying",
@@ -335,6 +402,22 @@ class Reflector:
 
     def _handle_error(self, phase: str, e: ApiError) -> None:
         self._count(errors=1)
+        if e.reason == "StreamIdle":
+            # TCP still open, nothing arriving: a hung server or a middlebox holding the
+            # connection. Reopen from the last resourceVersion at once: nothing is lost.
+            self._count(silent=1)
+            self._report("silent")
+            log.warning(
+                "watch silent (no event, no bookmark); reopening it",
+                extra=self._extra(idle_seconds=self._idle_timeout, resource_version=self._last_rv),
+            )
+            return
+        if e.expired or e.resource_version_too_large:
+            self._report("expired")
+        elif e.status is None:
+            self._report("connection")
+        else:
+            self._report(f"http-{e.status}")
         extra = self._extra(
             phase=phase,
             status=e.status if e.status is not None else "none",
@@ -407,11 +490,19 @@ class Reflector:
             page = self._session.get_json(self._spec.path, params, timeout=LIST_TIMEOUT)
             pages += 1
             meta = page.get("metadata") or {}
-            list_rv = str(meta.get("resourceVersion") or list_rv)
+            if not isinstance(meta, dict):
+                raise ApiError(None, "BadResponse", "list metadata is not an object")
+            rv_text = meta.get("resourceVersion")
+            list_rv = rv_text if isinstance(rv_text, str) and rv_text else list_rv
             items = page.get("items") or []
+            if not isinstance(items, list):
+                raise ApiError(
+                    None, "BadResponse", "list items is not a list", path=self._spec.path
+                )
             for item in items:
                 self._check_stop()
-                if not isinstance(item, dict):
+                if (why := malformed(item)) is not None:
+                    self._skip_malformed("list item", why)
                     continue
                 item.setdefault("kind", self._spec.kind)
                 item.setdefault("apiVersion", self._api_version)
@@ -466,6 +557,14 @@ class Reflector:
                 except Exception:
                     log.exception("on_synced handler failed", extra=self._extra())
 
+    def _skip_malformed(self, what: str, why: str) -> None:
+        self._count(malformed=1)
+        self._report("malformed")
+        log.warning(
+            f"malformed {what} skipped; the rest is used",
+            extra=self._extra(problem=why, skipped=self._stats.malformed),
+        )
+
     def _stub(self, key: str, rv: str) -> dict[str, Any]:
         ns, _, name = key.rpartition("/")
         meta: dict[str, Any] = {"name": name, "resourceVersion": rv}
@@ -483,7 +582,9 @@ class Reflector:
             "timeoutSeconds": str(max(1, timeout)),
         }
         self._check_stop()
-        stream = self._session.watch(self._spec.path, params, timeout=max(1, timeout))
+        stream = self._session.watch(
+            self._spec.path, params, timeout=max(1, timeout), idle_timeout=self._idle_timeout
+        )
         self._count(watches=1)
         log.debug("watching", extra=self._extra(resource_version=self._last_rv, timeout=timeout))
         received = 0
@@ -511,8 +612,14 @@ class Reflector:
         obj: dict[str, Any] = event["object"]
         if kind == "ERROR":
             raise ApiError.from_status(obj, path=self._spec.path)
-        meta = obj.get("metadata") or {}
-        rv = str(meta.get("resourceVersion") or "")
+        if (why := malformed(obj)) is not None and not (
+            kind == "BOOKMARK" and isinstance(obj.get("metadata"), dict)
+        ):
+            self._skip_malformed(f"{kind} event", why)
+            return
+        meta = obj["metadata"]
+        rv = meta.get("resourceVersion")
+        rv = rv if isinstance(rv, str) else ""
         if kind == "BOOKMARK":
             if rv:
                 self._last_rv = rv

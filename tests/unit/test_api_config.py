@@ -293,7 +293,7 @@ def test_unreadable_or_malformed_kubeconfig(tmp_path: Path) -> None:
         load_config(str(missing))
     bad = tmp_path / "bad"
     bad.write_text("clusters: [\n")
-    with pytest.raises(ConfigError, match=rf"{bad}: not valid YAML"):
+    with pytest.raises(ConfigError, match=rf"{bad}:2:1: not valid YAML"):
         load_config(str(bad))
     scalar = tmp_path / "scalar"
     scalar.write_text("just text\n")

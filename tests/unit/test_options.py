@@ -689,7 +689,7 @@ def test_logging_verbosity_from_the_file_and_v_wins(tmp_path: Path) -> None:
     ("body", "expected"),
     [
         ("", "is empty; it must hold a KubeProxyConfiguration"),
-        ("mode: [\n", "is not valid YAML or JSON"),
+        ("mode: [\n", "config.conf:2:1: not valid YAML/JSON"),
         ("- a\n", "must hold a KubeProxyConfiguration mapping, not a list"),
         (
             HEADER + "---\n" + HEADER,
@@ -766,7 +766,7 @@ def test_missing_or_unreadable_config_file(tmp_path: Path) -> None:
     )
     assert "is a directory; give the config.conf file in it" in error(f"--config={tmp_path}")
     (tmp_path / "bin.conf").write_bytes(b"\xff\xfe\x00")
-    assert "is not UTF-8 text" in error(f"--config={tmp_path / 'bin.conf'}")
+    assert "bin.conf:1: not UTF-8 (byte 0" in error(f"--config={tmp_path / 'bin.conf'}")
 
 
 # --------------------------------------------------------------------------- precedence
