@@ -377,6 +377,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from proxy.kernel.cleanup import other_modes, remove_rules
     from proxy.kernel.iptables import IptablesKernel
     from proxy.kernel.nftables import NftKernel
     from proxy.kernel.runner import Runner
@@ -391,6 +392,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     else:
         NftKernel(runner).sync(nft_render.render(p))
         backend = "nftables"
+    # as the agent does when it starts: the other mode's rules would still DNAT
+    for what in remove_rules(runner, other_modes(p.mode)):
+        _err(f"removed the {what} rules of the other mode")
     for s in p.skipped:
         log.info("service skipped", extra={"object": str(s.ref), "reason": s.reason})
     print(
@@ -403,21 +407,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from proxy.kernel.iptables import IptablesKernel
-    from proxy.kernel.nftables import NftKernel
+    from proxy.kernel.cleanup import remove_rules
     from proxy.kernel.runner import Runner
 
-    runner = Runner()
-    removed: list[str] = []
-    if args.mode in ("iptables", "all"):
-        for variant in ("nft", "legacy"):
-            if not Runner.available(f"iptables-{variant}-restore"):
-                continue
-            if IptablesKernel(runner, IPFamily.V4, variant).cleanup():
-                removed.append(f"iptables ({variant})")
-    nft_wanted = args.mode in ("nftables", "all") and Runner.available("nft")
-    if nft_wanted and NftKernel(runner, IPFamily.V4).cleanup():
-        removed.append("nftables")
+    modes = list(ProxyMode) if args.mode == "all" else [ProxyMode(args.mode)]
+    removed = remove_rules(Runner(), modes)
     print("removed rules: " + (", ".join(removed) if removed else "none found"), file=sys.stderr)
     return EXIT_OK
 
@@ -583,6 +577,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _run_agent(argv: list[str]) -> int:
     """``run`` parses its own flags: upstream kube-proxy's, with its precedence rules."""
+    import os
+    import signal
+
+    # As a container's PID 1 the process ignores SIGTERM until it has a handler: until the
+    # agent installs its own (an orderly stop), a SIGTERM ends it at once (nothing to keep).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: os._exit(0))
     from proxy.agent.options import parse_run_args
 
     try:
@@ -623,8 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KernelError as exc:
         line = exc.failing_line()
         _err(
-            f"the kernel refused the transaction, nothing was changed: {exc}"
-            + (f"\n  offending line: {line}" if line else "")
+            f"the kernel refused the transaction, {exc.outcome()}: {exc}"
+            + (f"\n  offending line: {av.printable(line, 500)}" if line else "")
         )
         return EXIT_KERNEL
     except FileNotFoundError as exc:

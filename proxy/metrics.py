@@ -243,6 +243,26 @@ class ProxyMetrics:
             registry=r,
         )
 
+        self.api_errors_total = Counter(
+            "kubeproxy_py_api_errors_total",
+            "Failed list/watch requests and skipped events, by kind and cause (connection, "
+            "http-<code>, expired, silent, malformed, unexpected)",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.skipped_services = Gauge(
+            "kubeproxy_py_services_not_programmed",
+            "Services left out (or partly out) of the rules, by reason (headless, "
+            "external-name, other-proxy, ipv6-only, dual-stack)",
+            ["reason"],
+            registry=r,
+        )
+        self.drift_repairs_total = Counter(
+            "kubeproxy_py_ruleset_drift_repairs_total",
+            "Full syncs made because someone else changed the ruleset",
+            registry=r,
+        )
+
         if process_metrics:
             ProcessCollector(registry=r)  # process_cpu_seconds_total & co, as upstream
 
@@ -374,6 +394,17 @@ class ProxyMetrics:
         """``n`` invalid objects (or object versions) of ``kind`` were seen and skipped."""
         if n > 0:
             self.invalid_objects_total.labels(kind).inc(n)
+
+    def api_error(self, kind: str, reason: str) -> None:
+        self.api_errors_total.labels(kind, reason).inc()
+
+    def set_skipped_services(self, counts: dict[str, int]) -> None:
+        """Services not (fully) programmed now, by reason; reasons not given are 0."""
+        for reason in ("headless", "external-name", "other-proxy", "ipv6-only", "dual-stack"):
+            self.skipped_services.labels(reason).set(counts.get(reason, 0))
+
+    def drift_repaired(self) -> None:
+        self.drift_repairs_total.inc()
 
     # -- exposition ----------------------------------------------------------------------
 

@@ -350,15 +350,27 @@ class HealthCheckNodePorts:
         with self._lock:
             return sum(s.connections for hc in self._checks.values() for s in hc.services)
 
-    def update(self, services: Mapping[str, tuple[int, int]]) -> dict[str, str]:
+    def update(
+        self, services: Mapping[str, tuple[int, int]], addresses: Iterable[str] | None = None
+    ) -> dict[str, str]:
         """Make the running set match ``services`` ("ns/name" → (port, local endpoints)).
 
         New services start a server, removed ones (or a changed port) stop theirs, and
         every count is updated. A port that cannot be opened is logged and returned
-        ("ns/name" → reason); it is tried again on the next update.
+        ("ns/name" → reason); it is tried again on the next update. ``addresses``, when
+        given and different from the current ones, moves every server there.
         """
         failures: dict[str, str] = {}
         with self._lock:
+            if addresses is not None and tuple(addresses) != self.addresses:
+                for svc, hc in self._checks.items():
+                    self._stop(svc, hc)
+                self._checks.clear()
+                self.addresses = tuple(addresses)
+                log.info(
+                    "health check node ports listen on",
+                    extra={"addresses": ",".join(self.addresses) or "none"},
+                )
             for svc, hc in list(self._checks.items()):
                 wanted = services.get(svc)
                 if wanted is None or wanted[0] != hc.port:

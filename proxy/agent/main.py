@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,11 +27,11 @@ from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, UdpTarget, udp_targets
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.kernel.cleanup import remove_rules
 from proxy.kernel.runner import KernelError, Runner
 from proxy.metrics import ProxyMetrics
-from proxy.plan import Filter, Plan
+from proxy.model import IPFamily
+from proxy.plan import Filter, Plan, SkippedService
 from proxy.server import (
     HealthCheckNodePorts,
     HealthServer,
@@ -38,6 +39,7 @@ from proxy.server import (
     ProxyHealth,
     ServerError,
     node_eligible,
+    raise_nofile_limit,
 )
 from proxy.source.api import ApiClient, ApiError
 from proxy.source.reflector import (
@@ -53,18 +55,13 @@ FAMILY = "IPv4"
 KINDS = ("Service", "EndpointSlice", "Node")
 
 
-def cleanup_all(runner: Runner) -> list[str]:
-    """``--cleanup``: remove our rules of every mode and variant."""
-    removed: list[str] = []
-    for variant in ("nft", "legacy"):
-        if (
-            Runner.available(f"iptables-{variant}-restore")
-            and IptablesKernel(runner, variant=variant).cleanup()
-        ):
-            removed.append(f"iptables ({variant})")
-    if Runner.available("nft") and NftKernel(runner).cleanup():
-        removed.append("nftables")
-    return removed
+def health_check_addresses(p: Plan) -> tuple[str, ...]:
+    """Where health check node ports listen: every address when NodePorts match every
+    local address, else exactly the addresses NodePorts accept (upstream: each IP that
+    --nodeport-addresses selects, the primary IPs by default in nftables mode)."""
+    if p.nodeports.match_all_local:
+        return ("0.0.0.0",) if p.family is IPFamily.V4 else ("::",)
+    return tuple(str(ip) for ip in p.nodeports.addresses)
 
 
 @dataclass
@@ -78,9 +75,12 @@ class Observer:
     hc_ports: HealthCheckNodePorts
     conntrack: ConntrackCleaner
     _last_udp: dict[str, UdpTarget] = field(default_factory=dict)
+    _skipped: frozenset[SkippedService] = frozenset()
 
     def sync_done(self, result: SyncResult) -> None:
         now = time.time()
+        if result.drift:
+            self.metrics.drift_repaired()
         self.health.synced(now, FAMILY)
         self.metrics.observe_sync(result.full, result.seconds, family=FAMILY, now=now)
         self.metrics.changes(result.service_changes, result.endpoint_changes)
@@ -95,8 +95,27 @@ class Observer:
         )
         for kind, count in self.state.invalid_counts().items():
             self.metrics.set_invalid(kind, count)
+        self._report_skipped(p)
         self._health_check_ports(p)
         self._conntrack(p)
+
+    def _report_skipped(self, p: Plan) -> None:
+        """Say once per object (and again when it changes) what is not programmed and why:
+        headless, ExternalName and other proxies' Services, and until dual-stack lands the
+        IPv6 ones (whole, or their IPv6 half)."""
+        now = frozenset(p.skipped)
+        if now == self._skipped:
+            return
+        for s in sorted(now - self._skipped, key=str):
+            log.info(
+                "service partly programmed" if s.partial else "service not programmed",
+                extra={"object": str(s.ref), "reason": s.code or "other", "detail": s.reason},
+            )
+        self._skipped = now
+        counts: dict[str, int] = {}
+        for s in now:
+            counts[s.code] = counts.get(s.code, 0) + 1
+        self.metrics.set_skipped_services(counts)
 
     def sync_failed(self, mode: ProxyMode, full: bool, error: str) -> None:
         self.metrics.sync_failed(mode, partial=not full, family=FAMILY)
@@ -108,7 +127,7 @@ class Observer:
                 key = f"{sp.namespace}/{sp.name}"
                 count = len(sp.local_endpoints) + wanted.get(key, (0, 0))[1]
                 wanted[key] = (sp.health_check_node_port, count)
-        for svc, err in self.hc_ports.update(wanted).items():
+        for svc, err in self.hc_ports.update(wanted, health_check_addresses(p)).items():
             log.warning("health check node port not served", extra={"object": svc, "error": err})
 
     def _conntrack(self, p: Plan) -> None:
@@ -174,8 +193,11 @@ class Agent:
         self.state.handle(kind, event, obj)
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop_event.is_set():
+            return
         log.info("signal received; stopping without touching the rules", extra={"signal": signum})
         self.stop_event.set()
+        threading.Thread(target=_exit_after, args=(SHUTDOWN_DEADLINE,), daemon=True).start()
         if self.sync_runner is not None:
             self.sync_runner.stop()
 
@@ -183,6 +205,9 @@ class Agent:
         opts = self.opts
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        old_limit, new_limit = raise_nofile_limit()
+        if new_limit != old_limit:
+            log.debug("open files limit raised", extra={"from": old_limit, "to": new_limit})
         servers = [s for s in (self.health_server, self.metrics_server) if s is not None]
         try:
             for server in servers:
@@ -211,6 +236,7 @@ class Agent:
                 functools.partial(self._on_event, kind),
                 on_synced=functools.partial(self.state.mark_synced, kind),
                 name=kind,
+                on_error=functools.partial(self.metrics.api_error, kind),
             )
             self.reflectors.append(r)
             r.start()
@@ -243,7 +269,9 @@ class Agent:
             return 0
         finally:
             for r in self.reflectors:
-                r.stop(timeout=2)
+                r.request_stop()  # all at once: each closes its connection
+            for r in self.reflectors:
+                r.stop(timeout=0.5)
             self.hc_ports.stop()
             for server in servers:
                 server.stop()
@@ -251,12 +279,26 @@ class Agent:
             log.info("stopped", extra={"node": opts.node_name})
 
 
+SHUTDOWN_DEADLINE = 1.5
+"""Seconds an orderly stop may take after SIGTERM before the process exits anyway: a sync
+in progress (a restore at 10,000 Services takes seconds) is abandoned. A transaction the
+kernel was given commits whole or not at all, and the next start adopts what is there
+with one full sync, as after a SIGKILL."""
+
+
+def _exit_after(seconds: float) -> None:
+    time.sleep(seconds)
+    # the main thread may hold the logging lock: write directly
+    os.write(2, b'level=warning msg="orderly stop took too long; exiting now"\n')
+    os._exit(0)
+
+
 def run(opts: AgentOptions) -> int:
     logs.setup(opts.verbosity)
     for warning in opts.warnings:
         log.warning(warning)
     if opts.cleanup:
-        removed = cleanup_all(Runner())
+        removed = remove_rules(Runner(), ProxyMode)
         log.info("cleanup done", extra={"removed": ", ".join(removed) or "nothing"})
         return 0
     return Agent(opts).run()

@@ -23,6 +23,7 @@ from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.kernel.addresses import local_addresses
+from proxy.kernel.cleanup import other_modes, remove_rules
 from proxy.kernel.generation import GenerationReader
 from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nftables import NftKernel
@@ -32,7 +33,7 @@ from proxy.plan import Plan, plan
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", ipt.IptablesRuleset, nft.NftRuleset)
-D = TypeVar("D", str, nft.NftTransaction)
+D = TypeVar("D", ipt.PartialRestore, nft.NftTransaction)
 
 FULL_SYNC_PERIOD = 3600.0
 """Seconds between unconditional full syncs (upstream's FullSyncPeriod)."""
@@ -58,6 +59,8 @@ class SyncResult:
     first_queued: float | None
     changed: bool
     """False when an incremental sync found nothing to write."""
+    drift: bool = False
+    """A full sync made because someone else changed the ruleset (it was repaired)."""
 
 
 @dataclass
@@ -119,18 +122,8 @@ class Proxier:
 
     def cleanup_other_mode(self) -> None:
         """Switching modes: remove the rules the other backend left behind."""
-        if self.config.mode is ProxyMode.IPTABLES:
-            if NftKernel(self.runner, self.family).cleanup():
-                log.info("removed nftables rules of a previous run", extra={"mode": "nftables"})
-        else:
-            for variant in ("nft", "legacy"):
-                if not Runner.available(f"iptables-{variant}-restore"):
-                    continue
-                if IptablesKernel(self.runner, self.family, variant).cleanup():
-                    log.info(
-                        "removed iptables rules of a previous run",
-                        extra={"mode": "iptables", "variant": variant},
-                    )
+        for what in remove_rules(self.runner, other_modes(self.config.mode), self.family):
+            log.info("removed rules of a previous run in the other mode", extra={"rules": what})
 
     def _config(self) -> ProxyConfig:
         if not self.config.nodeport_addresses.cidrs:
@@ -168,9 +161,10 @@ class Proxier:
         now = self.clock()
         generation = self._generation()
         drift = generation is None or generation != self._last_gen
-        if drift and self._last_gen is not None:
-            log.info(
-                "the ruleset was changed by someone else; full sync",
+        repaired = drift and self._last_gen is not None and generation is not None
+        if repaired:
+            log.warning(
+                "the ruleset was changed by someone else; full sync to repair ours",
                 extra={"mode": str(self.config.mode)},
             )
         full_every = FULL_SYNC_PERIOD if generation is not None else self.sync_period
@@ -195,8 +189,8 @@ class Proxier:
             if isinstance(self._kernel, IptablesKernel):
                 rendered = ipt.render(p, self._ipt_cache)
                 changed = self._write(
-                    rendered, full, self._kernel.sync, ipt.partial_restore_text,
-                    self._kernel.restore,
+                    rendered, full, self._kernel.sync, ipt.partial_restore,
+                    self._kernel.apply_partial,
                 )  # fmt: skip
             else:
                 changed = self._write(
@@ -247,6 +241,7 @@ class Proxier:
                     trigger_times=tuple(changes.trigger_times),
                     first_queued=changes.first_queued,
                     changed=changed,
+                    drift=repaired,
                 )
             )
         return True

@@ -14,7 +14,7 @@ can be compared rule by rule with what we rendered.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from proxy import naming
@@ -738,13 +738,38 @@ def cleanup_text(existing: ExistingIptables) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def partial_restore_text(old: IptablesRuleset, new: IptablesRuleset) -> str:
+@dataclass(frozen=True)
+class PartialRestore:
+    """A partial sync from ``old`` to ``new``: its restore input, and the inverse change
+    (for a table committed before the transaction failed)."""
+
+    old: IptablesRuleset
+    new: IptablesRuleset
+    text: str
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+    def undo_text(self, tables: Collection[str]) -> str:
+        """What puts ``tables`` back from ``new`` to ``old``."""
+        return partial_restore_text(self.new, self.old, tables)
+
+
+def partial_restore(old: IptablesRuleset, new: IptablesRuleset) -> PartialRestore:
+    return PartialRestore(old, new, partial_restore_text(old, new))
+
+
+def partial_restore_text(
+    old: IptablesRuleset, new: IptablesRuleset, tables: Collection[str] | None = None
+) -> str:
     """Like upstream's partial sync: rewrite only chains whose rules changed, delete chains
     that are gone; jump rules in built-in chains are left to the next full sync. Empty when
-    nothing changed."""
+    nothing changed. ``tables``: only those."""
     out: list[str] = []
     old_tables = old.tables()
     for table, chains in new.tables().items():
+        if tables is not None and table not in tables:
+            continue
         before = old_tables[table]
         changed = [name for name, rules in chains.items() if before.get(name) != rules]
         removed = [name for name in before if name not in chains]

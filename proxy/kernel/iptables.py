@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from proxy.backends.iptables import (
     ExistingIptables,
     IptablesRuleset,
+    PartialRestore,
     cleanup_text,
     parse_save,
     restore_pieces,
@@ -32,6 +34,27 @@ tables. As upstream does, every full sync declares an empty canary chain in the 
 mangle table; when it is gone, someone flushed the tables and the next sync is full."""
 _CANARY_BLOCK = f"*{CANARY_TABLE}\n:{CANARY_CHAIN} - [0:0]\nCOMMIT\n"
 LOCK_WAIT_SECONDS = "5"
+ROUTE_LOCALNET = "net.ipv4.conf.all.route_localnet"
+Undo = Callable[[tuple[str, ...]], None]
+"""Puts the given tables back as they were before a transaction (raises KernelError)."""
+_MARKS = re.compile(r"^(?:\*(\S+)|COMMIT)$", re.MULTILINE)
+
+
+def _counting(pieces: Iterable[str], commits: list[tuple[str, int]]) -> Iterator[str]:
+    """``pieces`` passed through, recording (table, line number) of each ``COMMIT`` line
+    (pieces are whole lines; only the few marker lines are looked at in Python)."""
+    line = 0
+    table = ""
+    for piece in pieces:
+        for m in _MARKS.finditer(piece):
+            if m.group(1) is not None:
+                table = m.group(1)
+            else:
+                commits.append((table, line + piece.count("\n", 0, m.start()) + 1))
+        line += piece.count("\n")
+        yield piece
+
+
 _HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY", "KUBE-SERVICES")
 
 
@@ -70,19 +93,23 @@ def detect_variant(runner: Runner, family: IPFamily = IPFamily.V4) -> str:
 class PendingSave:
     """A save of the tables, running: calling it waits for it, once, and gives what the
     tables hold (chain names and the built-in chains' rules, all a full sync or a cleanup
-    needs), or raises the save's :class:`KernelError` (each time)."""
+    needs), or raises the save's :class:`KernelError` (each time). The dumps are kept, by
+    table, to put a table back if a restore commits it and then fails."""
 
-    def __init__(self, started: list[Started]) -> None:
+    def __init__(self, started: list[Started], tables: tuple[str, ...] = ("filter", "nat")) -> None:
         self._started = started
+        self._tables = tables
         self._result: ExistingIptables | None = None
         self.error: KernelError | None = None
+        self.dumps: dict[str, bytes] = {}
 
     def __call__(self) -> ExistingIptables:
         if self._result is None and self.error is None:
             dumps: list[bytes] = []
-            for s in self._started:  # each is waited for, even after another failed
-                try:
+            for table, s in zip(self._tables, self._started, strict=True):
+                try:  # each is waited for, even after another failed
                     dumps.append(s.output())
+                    self.dumps[table] = dumps[-1]
                 except KernelError as exc:
                     self.error = self.error or exc
             if self.error is None:
@@ -119,19 +146,76 @@ class IptablesKernel:
         rules (all a full sync or a cleanup needs)."""
         return self.start_save()()
 
+    def _undo_from(self, saved: PendingSave | None) -> Undo:
+        """Put tables back from a save's dumps: each given table whole, as it was saved."""
+
+        def undo(tables: tuple[str, ...]) -> None:
+            if saved is None or any(t not in saved.dumps for t in tables):
+                raise KernelError(self._restore_argv(), -1, "no saved copy of the table")
+            text = "".join(saved.dumps[t].decode() for t in tables)
+            self.runner.run(self._restore_argv(flush=True), stdin=text)
+
+        return undo
+
+    def _transaction(self, pieces: Iterable[str], undo: Undo) -> None:
+        """One ``iptables-restore`` run, as one transaction.
+
+        iptables-restore commits each table at its ``COMMIT``: when a later table is
+        refused, the earlier ones are live already. Those are put back with ``undo`` and
+        the error says so (:meth:`KernelError.outcome`): the kernel is left as it was."""
+        commits: list[tuple[str, int]] = []
+        try:
+            self.runner.feed(self._restore_argv(), _counting(pieces, commits))
+        except KernelError as exc:
+            failed_at = exc.failing_line_number()
+            exc.committed = tuple(
+                t for t, line in commits if t in ("filter", "nat") and (failed_at or 1 << 62) > line
+            )
+            if exc.committed:
+                try:
+                    undo(exc.committed)
+                    exc.rolled_back = True
+                except KernelError as undo_exc:
+                    exc.rollback_error = str(undo_exc)[:500]
+                log.error(
+                    "iptables-restore committed part of the transaction before failing",
+                    extra={
+                        "committed": ",".join(exc.committed),
+                        "rolled_back": exc.rolled_back,
+                        "rollback_error": exc.rollback_error or "",
+                    },
+                )
+            raise
+
     def start_save(self) -> PendingSave:
         """Start saving the filter and nat tables, side by side (see :class:`PendingSave`)."""
         tool = _tool(self.family, self.variant, "save")
         return PendingSave([self.runner.start([tool, "-t", table]) for table in ("filter", "nat")])
 
-    def _restore_argv(self, test: bool = False) -> list[str]:
-        cmd = [_tool(self.family, self.variant, "restore"), "--noflush"]
+    def _restore_argv(self, test: bool = False, flush: bool = False) -> list[str]:
+        cmd = [_tool(self.family, self.variant, "restore")]
+        if not flush:
+            cmd.append("--noflush")
         if self.variant == "legacy":
             cmd += ["-w", LOCK_WAIT_SECONDS]
         return [*cmd, "--test"] if test else cmd
 
     def restore(self, text: str, *, test: bool = False) -> None:
+        """Run ``text`` as it is (no rollback: for tests and benchmarks)."""
         self.runner.run(self._restore_argv(test), stdin=text)
+
+    def apply_partial(self, change: PartialRestore) -> None:
+        """A partial sync; a table committed before a failure is put back by the inverse
+        change (the old rules of the chains it rewrote)."""
+
+        def undo(tables: tuple[str, ...]) -> None:
+            self.runner.run(self._restore_argv(), stdin=change.undo_text(tables))
+
+        try:
+            self._transaction([change.text], undo)
+        except KernelError as exc:
+            exc.stdin = change.text
+            raise
 
     def full_sync_pieces(
         self,
@@ -151,8 +235,11 @@ class IptablesKernel:
         tables are saved meanwhile, side by side: only the end of each table's input needs
         what they hold (the save reads the tables as they were: nothing is committed
         before the input's first ``COMMIT``, and the save takes no lock)."""
+        localnet_before = None
         if ruleset.route_localnet:
-            self.runner.write_sysctl("net.ipv4.conf.all.route_localnet", "1")
+            localnet_before = self.runner.read_sysctl(ROUTE_LOCALNET)
+            if localnet_before != "1":
+                self.runner.write_sysctl(ROUTE_LOCALNET, "1")
         pending: PendingSave | None = None
         held: ExistingIptables | PendingSave
         if existing is None:
@@ -160,16 +247,22 @@ class IptablesKernel:
         else:
             held = existing
         try:
-            self.runner.feed(self._restore_argv(), self.full_sync_pieces(ruleset, held))
+            self._transaction(self.full_sync_pieces(ruleset, held), self._undo_from(pending))
         except KernelError as exc:
+            if localnet_before not in (None, "1"):
+                with contextlib.suppress(KernelError):
+                    self.runner.write_sysctl(ROUTE_LOCALNET, str(localnet_before))
             if pending is not None and exc is pending.error:
                 raise  # the save failed: the input stopped before its first COMMIT
-            # rebuilt (the tables are as before: a refused transaction changes nothing)
-            with contextlib.suppress(KernelError):
+            with contextlib.suppress(KernelError):  # rebuilt to name the refused line
                 exc.stdin = "".join(self.full_sync_pieces(ruleset, held))
             log.error(
                 "iptables-restore refused the transaction",
-                extra={"error": exc.stderr.strip(), "line": exc.failing_line()},
+                extra={
+                    "error": exc.stderr.strip(),
+                    "line": exc.failing_line(),
+                    "outcome": exc.outcome(),
+                },
             )
             raise
         finally:
@@ -186,10 +279,15 @@ class IptablesKernel:
 
     def cleanup(self) -> bool:
         """Remove our chains and jumps (and the canary); True if anything was removed."""
-        text = cleanup_text(self.save())
+        saved = self.start_save()
+        text = cleanup_text(saved())
         if self.variant == "legacy" and self.canary_present():
             text += f"*{CANARY_TABLE}\n-X {CANARY_CHAIN}\nCOMMIT\n"
         if not text:
             return False
-        self.restore(text)
+        try:
+            self._transaction([text], self._undo_from(saved))
+        except KernelError as exc:
+            exc.stdin = text
+            raise
         return True

@@ -43,14 +43,39 @@ class KernelError(RuntimeError):
         detail = stderr.strip() or f"exit status {returncode}"
         super().__init__(f"{' '.join(self.argv)}: {detail}")
 
+    committed: tuple[str, ...] = ()
+    """Tables (iptables) the tool had committed before it failed: they were restored to
+    what they held before (``rolled_back``), or are changed (``rollback_error`` says why)."""
+    rolled_back: bool = False
+    rollback_error: str | None = None
+
+    def failing_line_number(self) -> int | None:
+        """The input line the tool complained about, when it says which."""
+        m = re.search(r"line:? (\d{1,9})", self.stderr)
+        return int(m.group(1)) if m is not None else None
+
     def failing_line(self) -> str | None:
         """The input line the tool complained about, when it says which."""
-        m = re.search(r"line:? (\d+)", self.stderr)
-        if m is None or not self.stdin:
+        n = self.failing_line_number()
+        if n is None or not self.stdin:
             return None
         lines = self.stdin.splitlines()
-        n = int(m.group(1))
         return lines[n - 1] if 0 < n <= len(lines) else None
+
+    def outcome(self) -> str:
+        """What the failure did to the kernel, in words (the truth, for messages)."""
+        if not self.committed:
+            return "nothing was changed"
+        tables = " and ".join(self.committed)
+        if self.rolled_back:
+            return (
+                f"the {tables} table had already been committed and was restored to what it "
+                "held before: nothing is changed"
+            )
+        return (
+            f"the {tables} table WAS changed and could not be restored "
+            f"({self.rollback_error}); run the command again or `kube-proxy-py cleanup`"
+        )
 
 
 BASE_TIMEOUT = 120.0
