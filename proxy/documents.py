@@ -43,12 +43,20 @@ class JsonSyntaxError(DocumentError):
     """Not JSON at all (the text may still be YAML)."""
 
 
+READ_CHUNK = 1 << 20
+
+
 def read_limited(stream: IO[bytes], limit: int, source: str) -> str:
-    """At most ``limit`` bytes of ``stream`` as UTF-8 text."""
-    raw = stream.read(limit + 1)
-    if len(raw) > limit:
-        raise DocumentError(f"{source}: larger than {_size(limit)}")
-    return decode(raw, source)
+    """At most ``limit`` bytes of ``stream`` as UTF-8 text, read a chunk at a time (a
+    single ``read(limit)`` would reserve the whole limit up front)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := stream.read(min(READ_CHUNK, limit + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise DocumentError(f"{source}: larger than {_size(limit)}")
+    return decode(b"".join(chunks), source)
 
 
 def read_file(path: str, limit: int, source: str) -> str:

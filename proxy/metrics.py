@@ -246,7 +246,7 @@ class ProxyMetrics:
         self.api_errors_total = Counter(
             "kubeproxy_py_api_errors_total",
             "Failed list/watch requests and skipped events, by kind and cause (connection, "
-            "http-<code>, expired, silent, malformed, unexpected)",
+            "bad-response, http-<code>, expired, silent, malformed, unexpected)",
             ["kind", "reason"],
             registry=r,
         )

@@ -251,8 +251,8 @@ class Reflector:
     ) -> None:
         """``watch_idle_timeout``: reopen a watch that delivered nothing (no event, no
         bookmark) for this long (default :func:`default_idle_timeout`). ``on_error(reason)``
-        is told of every failed request or event, by cause: ``connection``, ``http-<code>``,
-        ``expired``, ``silent``, ``malformed``, ``unexpected``."""
+        is told of every failed request or event, by cause: ``connection``, ``bad-response``,
+        ``http-<code>``, ``expired``, ``silent``, ``malformed``, ``unexpected``."""
         if watch_timeout < 1:
             raise ValueError(f"watch_timeout must be at least 1 second, got {watch_timeout}")
         if not 0 < backoff_initial <= backoff_max:
@@ -414,6 +414,8 @@ class Reflector:
             return
         if e.expired or e.resource_version_too_large:
             self._report("expired")
+        elif e.reason in ("BadResponse", "StreamError"):
+            self._report("bad-response")
         elif e.status is None:
             self._report("connection")
         else:

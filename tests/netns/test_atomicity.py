@@ -1,0 +1,132 @@
+"""Every kernel change is one transaction, even when iptables-restore commits per table
+(issue 14), and apply/cleanup leave no other mode's rules behind.
+
+iptables-restore commits each table at its COMMIT: when a later table is refused (here:
+a stale chain of ours that a foreign rule still references), the earlier one is live. The
+committed table must be put back, route_localnet too, and the message must say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from proxy import manifests as m
+from proxy.backends import iptables as ipt
+from proxy.config import ProxyConfig, ProxyMode
+from proxy.kernel.iptables import IptablesKernel
+from proxy.kernel.runner import KernelError, Runner
+from proxy.plan import plan
+from proxy.source.file import build_state
+from tests.netns.test_apply import EXAMPLE, apply, kpp, sh, write_state
+
+pytestmark = pytest.mark.netns
+
+STALE = "KUBE-SVC-STALESTALESTALE"
+VARIANTS = [v for v in ("legacy", "nft") if Runner.available(f"iptables-{v}-restore")]
+
+
+def table(ns: str, variant: str, name: str) -> str:
+    text = sh(ns, f"iptables-{variant}-save", "-t", name)
+    return "\n".join(
+        re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#")
+    )
+
+
+def nat(ns: str, variant: str) -> str:
+    return table(ns, variant, "nat")
+
+
+def pin_stale_chain(ns: str, variant: str) -> None:
+    """A chain of ours in filter that a foreign chain jumps to: deleting it is refused."""
+    tool = f"iptables-{variant}"
+    sh(ns, tool, "-N", STALE)
+    sh(ns, tool, "-N", "FOREIGN")
+    sh(ns, tool, "-A", "FOREIGN", "-j", STALE)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_apply_refused_in_filter_puts_nat_back(netns: str, tmp_path: Path, variant: str) -> None:
+    env = {"KUBE_PROXY_PY_IPTABLES": variant}
+    os.environ.update(env)
+    try:
+        apply(netns, "iptables", EXAMPLE)
+    finally:
+        os.environ.pop("KUBE_PROXY_PY_IPTABLES")
+    pin_stale_chain(netns, variant)
+    sh(netns, "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0")
+    before = nat(netns, variant)
+    more = m.service("more", "10.96.0.77", [m.Port(80, "http", node_port=30077)], type="NodePort")
+    state = write_state(tmp_path, [m.node("node-a", "192.168.50.11"), more])
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, "env", f"KUBE_PROXY_PY_IPTABLES={variant}",
+         "python3", "-m", "proxy", "apply", "--state", str(state), "--mode", "iptables",
+         "--hostname-override", "node-a"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "the nat table had already been committed and was restored" in proc.stderr
+    assert "nothing is changed" in proc.stderr
+    assert nat(netns, variant) == before, "the committed nat table was not put back"
+    assert "10.96.0.77" not in nat(netns, variant)
+    assert sh(netns, "sysctl", "-n", "net.ipv4.conf.all.route_localnet").strip() == "0"
+    # once the foreign rule lets go, the same apply goes through whole
+    sh(netns, f"iptables-{variant}", "-F", "FOREIGN")
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, "env", f"KUBE_PROXY_PY_IPTABLES={variant}",
+         "python3", "-m", "proxy", "apply", "--state", str(state), "--mode", "iptables",
+         "--hostname-override", "node-a"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "10.96.0.77" in sh(netns, f"iptables-{variant}-save")  # no endpoints: filter
+
+
+def _ruleset(*services: str) -> ipt.IptablesRuleset:
+    """Services with one endpoint each, except ``nobody`` (no endpoints: a filter rule)."""
+    objs = [m.node("node-a", "192.168.50.11")]
+    for i, name in enumerate(services):
+        objs.append(m.service(name, f"10.96.0.{10 + i}", [m.Port(80, "http")]))
+        if name != "nobody":
+            ep = m.EP(f"10.244.1.{10 + i}", "node-a")
+            objs.append(m.endpoint_slice(name, [ep], [("http", 80, "TCP")]))
+    p = plan(build_state(objs, "node-a").snapshot, ProxyConfig("node-a", mode=ProxyMode.IPTABLES))
+    return ipt.render(p)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_partial_sync_refused_in_nat_puts_filter_back(netns: str, variant: str) -> None:
+    """A partial restore writes filter, then nat: nat refused, filter must be put back."""
+    kernel = IptablesKernel(Runner(netns), variant=variant)
+    old = _ruleset("a", "nobody")
+    old = dataclasses.replace(old, nat={**old.nat, STALE: ()})
+    new = _ruleset("a")
+    kernel.sync(old)
+    sh(netns, f"iptables-{variant}", "-t", "nat", "-N", "FOREIGN")
+    sh(netns, f"iptables-{variant}", "-t", "nat", "-A", "FOREIGN", "-j", STALE)
+    before = table(netns, variant, "filter")
+    assert "10.96.0.11" in before  # nobody's REJECT rule
+    change = ipt.partial_restore(old, new)
+    assert change.text.index("*filter") < change.text.index("*nat")
+    assert f"-X {STALE}" in change.text
+    with pytest.raises(KernelError) as info:
+        kernel.apply_partial(change)
+    assert info.value.committed == ("filter",) and info.value.rolled_back
+    assert table(netns, variant, "filter") == before
+
+
+def test_apply_in_one_mode_removes_the_other_modes_rules(netns: str) -> None:
+    apply(netns, "nftables", EXAMPLE)
+    assert "table ip kube-proxy" in sh(netns, "nft", "list", "tables")
+    proc = apply(netns, "iptables", EXAMPLE)
+    assert "removed the nftables rules of the other mode" in proc.stderr
+    assert "kube-proxy" not in sh(netns, "nft", "list", "tables")
+    proc = apply(netns, "nftables", EXAMPLE)
+    assert "removed the iptables" in proc.stderr
+    assert "KUBE-" not in sh(netns, "iptables-save")
+    assert kpp(netns, "cleanup").returncode == 0
