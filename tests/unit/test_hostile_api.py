@@ -85,8 +85,8 @@ def serve() -> Iterator[Any]:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append((server, h))
-        host, port = server.server_address[:2]
-        return ApiClient(ClientConfig(server=f"http://{host}:{port}", source="test"))
+        port = server.server_address[1]
+        return ApiClient(ClientConfig(server=f"http://127.0.0.1:{port}", source="test"))
 
     yield start
     for server, h in servers:
@@ -141,7 +141,7 @@ def test_a_malformed_list_item_does_not_block_the_list(serve: Any) -> None:
 def test_malformed_watch_events_are_skipped_and_the_stream_goes_on(serve: Any) -> None:
     body = json.dumps({"kind": "ServiceList", "metadata": {"resourceVersion": "5"}, "items": []})
     added = {**OTHER, "metadata": {**OTHER["metadata"], "resourceVersion": "7"}}
-    stream = [
+    stream: list[bytes | None] = [
         event("ADDED", {"metadata": "oops"}),
         event("MODIFIED", {"metadata": {"name": 5}}),
         event("ADDED", {"kind": "Service", "metadata": {"name": "x", "resourceVersion": 9}}),
