@@ -457,9 +457,7 @@ def _parse_affinity(spec: Mapping[str, Any], c: _Collector) -> int | None:
     """ClientIP affinity's timeout, or None (no affinity)."""
     raw = spec.get("sessionAffinity")
     if raw in (None, "", "None"):
-        if spec.get("sessionAffinityConfig") is not None:
-            c.add("spec.sessionAffinityConfig", "must not be set when session affinity is None")
-        return None
+        return None  # the API's defaulting drops a sessionAffinityConfig here
     if raw != "ClientIP":
         c.add("spec.sessionAffinity", f"unsupported value {av.show(raw)} (want None or ClientIP)")
         return None
