@@ -652,6 +652,8 @@ def _hint_names(
     c: _Collector,
     path: str,
 ) -> frozenset[str]:
+    if not hints:
+        return frozenset()
     names: list[str] = []
     raw = _list(hints.get(key), f"{path}.{key}", c)
     if len(raw) > MAX_HINTS:

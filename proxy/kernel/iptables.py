@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -37,20 +36,30 @@ LOCK_WAIT_SECONDS = "5"
 ROUTE_LOCALNET = "net.ipv4.conf.all.route_localnet"
 Undo = Callable[[tuple[str, ...]], None]
 """Puts the given tables back as they were before a transaction (raises KernelError)."""
-_MARKS = re.compile(r"^(?:\*(\S+)|COMMIT)$", re.MULTILINE)
 
 
 def _counting(pieces: Iterable[str], commits: list[tuple[str, int]]) -> Iterator[str]:
-    """``pieces`` passed through, recording (table, line number) of each ``COMMIT`` line
-    (pieces are whole lines; only the few marker lines are looked at in Python)."""
+    """``pieces`` passed through, recording (table, line number) of each ``COMMIT`` line.
+    Pieces are whole lines; only ``*table`` and ``COMMIT`` lines are looked for, with
+    ``str.find`` (a regex over the 33 MB of a 10,000-Service sync cost 0.3 s)."""
     line = 0
     table = ""
     for piece in pieces:
-        for m in _MARKS.finditer(piece):
-            if m.group(1) is not None:
-                table = m.group(1)
+        marks: list[tuple[int, str]] = []
+        for needle in ("\n*", "\nCOMMIT\n"):
+            at = piece.find(needle)
+            while at >= 0:
+                marks.append((at + 1, needle))
+                at = piece.find(needle, at + 1)
+        for start in ("*", "COMMIT\n"):
+            if piece.startswith(start):
+                marks.append((0, "\n" + start))
+        for at, needle in sorted(marks):
+            if needle == "\n*":
+                end = piece.find("\n", at)
+                table = piece[at + 1 : end if end >= 0 else len(piece)].strip()
             else:
-                commits.append((table, line + piece.count("\n", 0, m.start()) + 1))
+                commits.append((table, line + piece.count("\n", 0, at) + 1))
         line += piece.count("\n")
         yield piece
 
