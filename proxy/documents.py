@@ -151,12 +151,15 @@ def yaml_problem(exc: yaml.YAMLError, source: str) -> str:
 
 
 def value_problem(exc: BaseException) -> str:
-    """A ValueError raised while building values, in words."""
+    """An error raised while building values (e.g. ``!!timestamp x``), in words."""
     if "integer string conversion" in str(exc):
         return "a number of more than 4,300 digits"
     if isinstance(exc, RecursionError):
         return f"nested more than {MAX_DEPTH} levels deep"
-    return av.printable(str(exc), 200)
+    text = str(exc)
+    if not isinstance(exc, ValueError):
+        text = f"a value its tag cannot hold ({type(exc).__name__}: {text})"
+    return av.printable(text, 200)
 
 
 def load_json(text: str, source: str) -> Any:
@@ -179,5 +182,5 @@ def load_yaml_all(text: str, source: str, loader: Any = Loader) -> list[Any]:
         return list(yaml.load_all(text, Loader=loader))
     except yaml.YAMLError as exc:
         raise DocumentError(yaml_problem(exc, source)) from None
-    except (ValueError, RecursionError) as exc:
+    except Exception as exc:  # PyYAML's constructors raise anything on a bad tagged value
         raise DocumentError(f"{source}: not valid YAML ({value_problem(exc)})") from None

@@ -520,7 +520,7 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
 
     raw_type = spec.get("type") or "ClusterIP"
     svc_type = ServiceType.CLUSTER_IP
-    if raw_type in {t.value for t in ServiceType}:
+    if isinstance(raw_type, str) and raw_type in {t.value for t in ServiceType}:
         svc_type = ServiceType(raw_type)
     else:
         c.add(

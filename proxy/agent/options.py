@@ -61,6 +61,7 @@ from typing import Any
 import yaml
 
 from proxy import __version__, documents
+from proxy import apivalidation as av
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
 from proxy.model import IPAddress, IPNetwork
 
@@ -953,7 +954,7 @@ def _load_document(path: str, warnings: list[str]) -> dict[Any, Any]:
         docs = _all_documents(loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config: {path} is not valid YAML or JSON: {exc}") from None
-    except (ValueError, RecursionError) as exc:
+    except Exception as exc:  # PyYAML's constructors raise anything on a bad tagged value
         raise ConfigError(f"--config: {path}: {documents.value_problem(exc)}") from None
     finally:
         loader.dispose()
@@ -1064,8 +1065,10 @@ def _typed_duration(kind: Kind, raw: object, what: str) -> float:
     if isinstance(raw, str):
         return parse_go_duration(raw, what)
     if kind is Kind.FLUSH and isinstance(raw, int) and not isinstance(raw, bool):
+        if not 0 <= raw <= 1 << 63:
+            raise ConfigError(f"{what}: {av.show(raw)} nanoseconds is out of range")
         return raw / 1e9
-    raise ConfigError(f'{what}: expected a quoted Go duration such as "30s", got {raw!r}')
+    raise ConfigError(f'{what}: expected a quoted Go duration such as "30s", got {av.show(raw)}')
 
 
 def _kind_accepts(kind: Kind, raw: object) -> bool:
@@ -1309,9 +1312,10 @@ def _build_parser() -> _RunParser:
 def _verbosity(flag: str | None, from_file: int) -> int:
     if flag is None:
         return from_file
-    if not flag.strip().isdigit():
+    text = flag.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 4):
         raise ConfigError(f"-v: {flag!r} is not a verbosity level; use 0 or a positive integer")
-    return int(flag)
+    return int(text)
 
 
 def parse_run_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> AgentOptions:

@@ -68,8 +68,10 @@ def _text(meta: Any, key: str, default: str) -> str:
 
 
 def _key(obj: Mapping[str, Any]) -> Key:
+    """(namespace, name); a namespaced object without a namespace is in ``default``, as
+    the model reads it (Nodes only use the name)."""
     meta = obj.get("metadata")
-    return (_text(meta, "namespace", ""), _text(meta, "name", "?"))
+    return (_text(meta, "namespace", "default") or "default", _text(meta, "name", "?"))
 
 
 def _rv(obj: Mapping[str, Any]) -> str:

@@ -36,6 +36,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -187,14 +188,33 @@ def _named(doc: Mapping[str, Any], list_key: str, item_key: str, name: str, file
     return None
 
 
+_HOST_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_URL_PATH = re.compile(r"[A-Za-z0-9._~/%-]*")
+
+
 def _check_server(server: str, where: str) -> str:
+    """An ``http(s)://host[:port][/prefix]`` URL whose every part http.client will take:
+    a host name or IP address, a port, a plain path (no spaces, controls or queries)."""
+    bad = ConfigError(f"{where}: {av.show(server)} is not an http(s)://host[:port] URL")
+    if not server.isascii() or any(c <= " " or c == "\x7f" for c in server):
+        raise bad
     parts = urllib.parse.urlsplit(server)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: {server!r} is not an http(s)://host[:port] URL")
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host or parts.query or parts.fragment:
+        raise bad
+    if parts.username is not None or not _URL_PATH.fullmatch(parts.path):
+        raise bad
+    if ":" in host or host.replace(".", "").isdigit():
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise bad from None
+    elif not _HOST_NAME.fullmatch(host):
+        raise bad
     try:
         _ = parts.port
     except ValueError as e:
-        raise ConfigError(f"{where}: {server!r}: bad port ({e})") from e
+        raise ConfigError(f"{where}: {av.show(server)}: bad port ({e})") from e
     return server.rstrip("/")
 
 
@@ -250,7 +270,10 @@ def load_kubeconfig(path: str | os.PathLike[str], master: str | None = None) -> 
         user = found
 
     def resolve(p: str) -> Path:
-        expanded = Path(p).expanduser()
+        try:
+            expanded = Path(p).expanduser()
+        except RuntimeError as e:  # ~nosuchuser/…
+            raise ConfigError(f"{file}: {av.show(p)}: {e}") from None
         return expanded if expanded.is_absolute() else base / expanded
 
     # Cluster: server, trust.
@@ -482,7 +505,7 @@ def build_ssl_context(config: ClientConfig) -> ssl.SSLContext | None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
             ctx.load_verify_locations(cadata=config.ca_pem.decode("ascii", errors="replace"))
-        except (ssl.SSLError, ValueError) as e:
+        except (ssl.SSLError, ValueError, TypeError) as e:
             raise ConfigError(
                 f"{config.source}: certificate authority: not a PEM certificate ({e})"
             ) from e

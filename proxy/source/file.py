@@ -155,10 +155,11 @@ def build_state(
                 nodes.append(node)
         else:
             meta = obj.get("metadata")
-            name = meta.get("name", "?") if isinstance(meta, Mapping) else "?"
-            ns = meta.get("namespace", "") if isinstance(meta, Mapping) else ""
-            shown = av.printable(f"{kind or '<no kind>'} {ns + '/' if ns else ''}{name}", 200)
-            ignored.append(shown)
+            meta = meta if isinstance(meta, Mapping) else {}
+            name, ns = meta.get("name", "?"), meta.get("namespace", "")
+            where = f"{ns}/{name}" if isinstance(ns, str) and ns else str(name)
+            kind_text = kind if isinstance(kind, str) and kind else "<no kind>"
+            ignored.append(av.printable(f"{kind_text} {where}"[:300], 200))
     seen: dict[tuple[str, str, str], ObjectRef] = {}
     unique_services: list[Service] = []
     for svc in services:
