@@ -198,8 +198,11 @@ def _check_server(server: str, where: str) -> str:
     bad = ConfigError(f"{where}: {av.show(server)} is not an http(s)://host[:port] URL")
     if not server.isascii() or any(c <= " " or c == "\x7f" for c in server):
         raise bad
-    parts = urllib.parse.urlsplit(server)
-    host = parts.hostname or ""
+    try:
+        parts = urllib.parse.urlsplit(server)
+        host = parts.hostname or ""
+    except ValueError:  # "Invalid IPv6 URL"
+        raise bad from None
     if parts.scheme not in ("http", "https") or not host or parts.query or parts.fragment:
         raise bad
     if parts.username is not None or not _URL_PATH.fullmatch(parts.path):
