@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -78,6 +79,20 @@ class KernelError(RuntimeError):
         )
 
 
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
+"""Every tool runs with the kernel's parent-death signal set to SIGKILL (util-linux
+``setpriv`` sets it and execs the tool, in the same process). If the agent dies while a
+tool is reading its input (SIGKILL, the OOM killer, the SIGTERM deadline), the tool would
+see end-of-input at a line boundary and commit a truncated transaction: ``nft -f`` a
+script whose chains are flushed and half refilled, ``iptables-restore`` the tables whose
+COMMIT it reached. Killed with its parent, it commits nothing."""
+
+
+@functools.cache
+def _die_with_parent() -> tuple[str, ...]:
+    return DIE_WITH_PARENT if shutil.which("setpriv") else ()
+
+
 BASE_TIMEOUT = 120.0
 TIMEOUT_BYTES_PER_SECOND = 20_000.0
 """Extra second of timeout per this many bytes of input (a slow restore rate)."""
@@ -148,9 +163,12 @@ class Runner:
     netns: str | None = None
 
     def argv(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` as run: in ``netns`` if set, and bound to this process's life (see
+        :data:`DIE_WITH_PARENT`)."""
+        full = [*_die_with_parent(), *cmd]
         if self.netns:
-            return ["ip", "netns", "exec", self.netns, *cmd]
-        return list(cmd)
+            return ["ip", "netns", "exec", self.netns, *full]
+        return full
 
     def run(
         self,

@@ -126,27 +126,35 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
 def test_legacy_iptables_canary_brings_a_full_sync(
     netns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Legacy iptables has no generation counter: a full sync declares a canary chain in
-    the mangle table, listed once a sync period; a flush that takes it brings a full sync
-    (and one that leaves it waits for the hourly one, as with upstream)."""
+    """Legacy iptables has no generation counter: a full sync declares a canary chain with
+    one rule in the mangle, filter and nat tables, listed once a sync period; a flush of a
+    table's rules (which upstream's empty canaries survive) or a deleted canary brings a
+    full sync."""
     proxier, state, rec, clock = legacy_proxier(netns, monkeypatch, "10.244.0.0/16")
     state.handle("Node", "ADDED", m.node("node-a", "192.168.50.11"))
     state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80)]))
     sl = m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")])
     state.handle("EndpointSlice", "ADDED", sl)
     assert proxier.sync() and rec.last().full
-    assert f":{CANARY_CHAIN} - " in listing(netns, ProxyMode.IPTABLES, "legacy")
+    text = listing(netns, ProxyMode.IPTABLES, "legacy")
+    assert text.count(f"-A {CANARY_CHAIN} -j RETURN") == 3  # mangle, filter and nat
     served = "-A KUBE-SERVICES -d 10.96.0.10/32"
-    assert served in listing(netns, ProxyMode.IPTABLES, "legacy")
-    for _ in range(2):  # a sync period with the canary standing: incremental
+    assert served in text
+    for _ in range(2):  # a sync period with the canaries standing: incremental
         clock.now += 20
         assert proxier.sync() and not rec.last().full
 
-    for table, chain in (("nat", "KUBE-SERVICES"), ("mangle", CANARY_CHAIN)):
-        verb = "-X" if chain == CANARY_CHAIN else "-F"
-        subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", "-t", table, verb,
-                        chain], check=True)  # fmt: skip
-    assert served not in listing(netns, ProxyMode.IPTABLES, "legacy")
+    def ipt(*args: str) -> None:
+        subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", *args], check=True)
+
+    for damage in (("-t", "nat", "-F"), ("-t", "filter", "-F", CANARY_CHAIN)):
+        ipt(*damage)
+        assert served not in listing(netns, ProxyMode.IPTABLES, "legacy") or damage[1] == "filter"
+        clock.now += 31
+        assert proxier.sync() and rec.last().full, damage
+        assert served in listing(netns, ProxyMode.IPTABLES, "legacy")
+    ipt("-t", "mangle", "-F", CANARY_CHAIN)
+    ipt("-t", "mangle", "-X", CANARY_CHAIN)
     clock.now += 31
     assert proxier.sync() and rec.last().full
     text = listing(netns, ProxyMode.IPTABLES, "legacy")
@@ -189,8 +197,8 @@ def test_large_cluster_rules_read_back_and_skip_the_hourly_full_sync(
 
     clock.now += 3601
     assert proxier.sync() and not rec.last().full  # no hourly full sync
-    subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", "-t", "mangle", "-X",
-                    CANARY_CHAIN], check=True)  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", "-t", "nat", "-F"],
+                   check=True)  # fmt: skip
     clock.now += 31
     assert proxier.sync() and rec.last().full  # drift still brings one
     assert rec.failures == []
