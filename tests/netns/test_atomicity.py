@@ -130,3 +130,24 @@ def test_apply_in_one_mode_removes_the_other_modes_rules(netns: str) -> None:
     assert "removed the iptables" in proc.stderr
     assert "KUBE-" not in sh(netns, "iptables-save")
     assert kpp(netns, "cleanup").returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["nftables", "iptables"])
+def test_longest_valid_names_are_accepted_by_the_kernel(
+    netns: str, tmp_path: Path, mode: str
+) -> None:
+    """A Service with 63-character namespace, name and port name, one with endpoints and
+    one without (the API accepts both): nft refused the whole transaction before the
+    comments were cut to its 128 characters (kubernetes/kubernetes#139515)."""
+    from tests.unit.test_hostile_input import NAME63, NS63, PORT63, long_named
+
+    empty = m.service(
+        NAME63[:-1] + "q", "10.96.0.51", [m.Port(80, PORT63, node_port=30051)],
+        namespace=NS63, type="NodePort",
+    )  # fmt: skip
+    state = write_state(tmp_path, [m.node("node-a", "192.168.50.11"), *long_named(), empty])
+    apply(netns, mode, state)
+    listing = (
+        sh(netns, "nft", "list", "ruleset") if mode == "nftables" else sh(netns, "iptables-save")
+    )
+    assert f"{NS63}/{NAME63}" in listing and "10.96.0.51" in listing
