@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -165,7 +166,11 @@ class Runner:
     def argv(self, cmd: Sequence[str]) -> list[str]:
         """``cmd`` as run: in ``netns`` if set, and bound to this process's life (see
         :data:`DIE_WITH_PARENT`)."""
-        full = [*_die_with_parent(), *cmd]
+        wrapper = _die_with_parent()
+        if wrapper and shutil.which(cmd[0]) is None:
+            # as without the wrapper: a missing tool is FileNotFoundError, not a refusal
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", cmd[0])
+        full = [*wrapper, *cmd]
         if self.netns:
             return ["ip", "netns", "exec", self.netns, *full]
         return full
