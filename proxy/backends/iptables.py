@@ -204,7 +204,15 @@ def _q(comment: str) -> str:
     """``comment`` as one double-quoted iptables-restore word: printable ASCII only (a
     backslash, which iptables-restore reads as an escape, becomes ``?`` like any other
     character outside it), ``"`` becomes ``'``, at most :data:`IPT_COMMENT_MAX` characters."""
-    return '"' + _COMMENT_UNSAFE.sub("?", comment.replace('"', "'"))[:IPT_COMMENT_MAX] + '"'
+    if not (
+        len(comment) <= IPT_COMMENT_MAX
+        and comment.isascii()
+        and comment.isprintable()
+        and '"' not in comment
+        and "\\" not in comment
+    ):
+        comment = _COMMENT_UNSAFE.sub("?", comment.replace('"', "'"))[:IPT_COMMENT_MAX]
+    return '"' + comment + '"'
 
 
 def _comment(text: str) -> str:

@@ -244,6 +244,14 @@ def safe_comment(text: str) -> str:
     and a backslash, becomes ``?``), ``"`` becomes ``'``, cut to :data:`NFT_COMMENT_MAX`
     characters as upstream's fix does. Comments are never keys: names that are (chains,
     sets) keep a hash of the whole name (:mod:`proxy.naming`)."""
+    if (
+        len(text) <= NFT_COMMENT_MAX
+        and text.isascii()
+        and text.isprintable()
+        and '"' not in text
+        and "\\" not in text
+    ):
+        return text  # the usual case, checked in C (a full sync writes ~100,000 of them)
     return _COMMENT_UNSAFE.sub("?", text.replace('"', "'"))[:NFT_COMMENT_MAX]
 
 
