@@ -53,6 +53,7 @@ from proxy.sync import BoundedFrequencyRunner
 log = logging.getLogger("kube-proxy-py")
 FAMILY = "IPv4"
 KINDS = ("Service", "EndpointSlice", "Node")
+NOT_YET_SUPPORTED = frozenset({"ipv6-only", "dual-stack"})
 
 
 def health_check_addresses(p: Plan) -> tuple[str, ...]:
@@ -107,7 +108,9 @@ class Observer:
         if now == self._skipped:
             return
         for s in sorted(now - self._skipped, key=str):
-            log.info(
+            # headless, ExternalName and other proxies' Services are normal: debug only
+            log.log(
+                logging.INFO if s.code in NOT_YET_SUPPORTED else logging.DEBUG,
                 "service partly programmed" if s.partial else "service not programmed",
                 extra={"object": str(s.ref), "reason": s.code or "other", "detail": s.reason},
             )

@@ -72,13 +72,13 @@ def test_services_not_programmed_are_logged_once_and_counted(
         HealthCheckNodePorts(health),
         ConntrackCleaner(),
     )
-    with caplog.at_level(logging.INFO, logger="kube-proxy-py"):
+    with caplog.at_level(logging.DEBUG, logger="kube-proxy-py"):
         obs._report_skipped(p)
         obs._report_skipped(p)
-    logged = [(r.getMessage(), getattr(r, "object", "")) for r in caplog.records]
+    logged = [(r.levelname, r.getMessage(), getattr(r, "object", "")) for r in caplog.records]
     assert logged == [
-        ("service not programmed", "default/hl"),
-        ("service not programmed", "default/v6"),
+        ("DEBUG", "service not programmed", "default/hl"),
+        ("INFO", "service not programmed", "default/v6"),
     ]
     text = metrics.render().decode()
     assert 'kubeproxy_py_services_not_programmed{reason="ipv6-only"} 1.0' in text
