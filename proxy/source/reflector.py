@@ -67,11 +67,13 @@ PAGE_SIZE = 500
 LIST_TIMEOUT = 60.0
 """Per-read bound on a list request (the API server's own default request timeout)."""
 IDLE_TIMEOUT_ENV = "KUBE_PROXY_PY_WATCH_IDLE_TIMEOUT"
-DEFAULT_IDLE_TIMEOUT = 90.0
+DEFAULT_IDLE_TIMEOUT = 150.0
 """The API server sends a bookmark about every minute on a watch that asked for them
-(while its resourceVersion moves); a watch quiet for 90 s is reopened from the last
-resourceVersion (a cheap request, nothing lost). HTTP/2 clients ping instead; this client
-speaks HTTP/1.1, where TCP keepalive sees a dead peer but not a hung one."""
+(while its resourceVersion moves; measured on v1.37.2 with nothing changing: the first one
+after 120 s, then every 60 s), so a watch without a byte for 150 s is taken as dead and
+reopened from the last resourceVersion (a cheap request, nothing lost). HTTP/2 clients
+ping instead; this client speaks HTTP/1.1, where TCP keepalive sees a dead peer but not a
+hung one."""
 
 
 def default_idle_timeout() -> float:
