@@ -404,6 +404,11 @@ class HealthCheckNodePorts:
     def _start(self, svc: str, port: int) -> _HealthCheck:
         if not 0 < port <= 65535:
             raise ServerError(f"healthCheckNodePort {port} is outside 1-65535")
+        if not self.addresses:
+            raise ServerError(
+                "no address to listen on: NodePorts are accepted on none of the node's "
+                "addresses (is its primary IP known? check --nodeport-addresses)"
+            )
         hc = _HealthCheck(port, [])
         app = App(None, lambda: self._answer(svc))
         try:
