@@ -556,7 +556,7 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
         if not headless and not cluster_ips and skip_reason is None and c.ok:
             c.add("spec.clusterIP", "missing (not yet allocated?)")
         ports = _parse_service_ports(spec, svc_type, c)
-        if not ports and not headless and c.ok and "ports" not in spec:
+        if not headless and not spec.get("ports") and c.ok:
             c.add("spec.ports", "required: a Service needs at least one port")
 
     external_ips: list[IPAddress] = []

@@ -116,6 +116,8 @@ SERVICES: list[tuple[str, dict[str, Any], Mutate | None]] = [
     ("type unknown", svc(type="Magic"), None),
     ("internalTrafficPolicy unknown", svc(internalTrafficPolicy="Nearest"), None),
     ("two unnamed ports", svc(), lambda o: o["spec"]["ports"].append({"port": 81})),
+    ("no ports", svc(ports=[]), None),
+    ("headless without ports", svc(clusterIP="None", clusterIPs=["None"], ports=[]), None),
     (
         "proxy-name label with a space",
         svc(),
