@@ -61,6 +61,14 @@ def shim_processes(lab: FaultLab, node: str) -> list[str]:
     return found
 
 
+def settled(lab: FaultLab, node: str) -> dict[str, str]:
+    """The node's Services once its rules hold exactly the API's (an earlier test's
+    deletions may still be on their way)."""
+    api = lab.api_services()
+    lab.wait_rules([node], lambda n, t: lab.cluster_ips(n, t) == api, 30, "rules settled")
+    return api
+
+
 def record(
     report: Report, lab: FaultLab, node: str, state: str, seconds: float, since: float
 ) -> None:
@@ -80,11 +88,11 @@ def record(
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
 def test_sigterm_when_synced_and_idle(lab: FaultLab, report: Report, mode: str) -> None:
     node = NODE_FOR_MODE[mode]
+    before = settled(lab, node)
     since = time.time()
-    before = lab.cluster_ips(node)
     seconds = sigterm(lab.agent(node))
     record(report, lab, node, "synced and idle", seconds, since)
-    assert lab.cluster_ips(node) == before == lab.api_services()
+    assert lab.cluster_ips(node) == before
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
@@ -93,7 +101,7 @@ def test_sigterm_with_a_transaction_stuck_in_its_tool(
 ) -> None:
     node = NODE_FOR_MODE[mode]
     shim = lab.shims[node]
-    before = lab.cluster_ips(node)
+    before = settled(lab, node)
     events = len(shim.events())
     lab.stop_agent(node)
     since = time.time()
@@ -124,8 +132,8 @@ def test_sigterm_while_the_api_server_does_not_answer(
     node = NODE_FOR_MODE["nftables"]
     proxy = StallingProxy(lab.topo.ns(node), API_SERVER)
     try:
+        before = settled(lab, node)
         STATES[state](proxy)
-        before = lab.cluster_ips(node)
         lab.stop_agent(node)
         since = time.time()
         agent = lab.start_agent(
