@@ -484,7 +484,6 @@ _MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
 _DURATION_HINT = "use a number with a unit, e.g. 30s, 1m0s, 500ms or 1h2m3s (units ns us ms s m h)"
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def parse_go_duration(text: str, what: str) -> float:
@@ -660,7 +659,7 @@ def _valid_node_name(name: str, source: str) -> str:
             "the variable in the container's env (the kubelet expands only declared ones), "
             "e.g. NODE_NAME from fieldRef spec.nodeName"
         )
-    if len(name) > 253 or _NODE_NAME.fullmatch(name) is None:
+    if av.dns1123_subdomain(name) is not None:
         raise ConfigError(
             f"node name {name!r} from {source} is not a valid Node name (lower-case letters, "
             "digits, '-' and '.', at most 253 characters); pass --hostname-override=NODE"

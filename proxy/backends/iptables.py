@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from proxy import naming
+from proxy.backends import comments
 from proxy.model import IPFamily
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
 
@@ -197,22 +198,11 @@ def parse_save(text: str | bytes, *, every_rule: bool = True) -> ExistingIptable
 
 IPT_COMMENT_MAX = 255
 """xt_comment holds 256 bytes with the NUL."""
-_COMMENT_UNSAFE = re.compile(r"[^\x20-\x7e]|\\")
 
 
 def _q(comment: str) -> str:
-    """``comment`` as one double-quoted iptables-restore word: printable ASCII only (a
-    backslash, which iptables-restore reads as an escape, becomes ``?`` like any other
-    character outside it), ``"`` becomes ``'``, at most :data:`IPT_COMMENT_MAX` characters."""
-    if not (
-        len(comment) <= IPT_COMMENT_MAX
-        and comment.isascii()
-        and comment.isprintable()
-        and '"' not in comment
-        and "\\" not in comment
-    ):
-        comment = _COMMENT_UNSAFE.sub("?", comment.replace('"', "'"))[:IPT_COMMENT_MAX]
-    return '"' + comment + '"'
+    """``comment`` as one double-quoted iptables-restore word (:func:`comments.quotable`)."""
+    return '"' + comments.quotable(comment, IPT_COMMENT_MAX) + '"'
 
 
 def _comment(text: str) -> str:

@@ -17,13 +17,12 @@ before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is wri
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from proxy import naming
-from proxy.backends import endpointmaps
+from proxy.backends import comments, endpointmaps
 from proxy.backends.endpointmaps import Slot
 from proxy.model import IPFamily, Protocol
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
@@ -236,23 +235,11 @@ class ExistingNft:
 NFT_COMMENT_MAX = 128
 """nft refuses a comment longer than this many characters, and with it the whole
 transaction (upstream had the same bug: kubernetes/kubernetes#139515)."""
-_COMMENT_UNSAFE = re.compile(r"[^\x20-\x7e]|\\")
 
 
 def safe_comment(text: str) -> str:
-    """``text`` fit for a double-quoted nft comment: printable ASCII only (anything else,
-    and a backslash, becomes ``?``), ``"`` becomes ``'``, cut to :data:`NFT_COMMENT_MAX`
-    characters as upstream's fix does. Comments are never keys: names that are (chains,
-    sets) keep a hash of the whole name (:mod:`proxy.naming`)."""
-    if (
-        len(text) <= NFT_COMMENT_MAX
-        and text.isascii()
-        and text.isprintable()
-        and '"' not in text
-        and "\\" not in text
-    ):
-        return text  # the usual case, checked in C (a full sync writes ~100,000 of them)
-    return _COMMENT_UNSAFE.sub("?", text.replace('"', "'"))[:NFT_COMMENT_MAX]
+    """``text`` fit for a double-quoted nft comment (:func:`comments.quotable`)."""
+    return comments.quotable(text, NFT_COMMENT_MAX)
 
 
 def _addr_type(family: IPFamily) -> str:

@@ -31,7 +31,6 @@ as :class:`proxy.kernel.nfnetlink.NfTablesSocket` does: the caller never moves.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
@@ -43,8 +42,6 @@ from typing import Generic, TypeVar
 from proxy.kernel.nfnetlink import (
     ATTR,
     HDR,
-    NETLINK_CAP_ACK,
-    NETLINK_NETFILTER,
     NFGEN,
     NLA_TYPE_MASK,
     NLM_F_ACK,
@@ -53,7 +50,7 @@ from proxy.kernel.nfnetlink import (
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
-    SOL_NETLINK,
+    NetfilterSocket,
     attr,
     error_code,
     frame,
@@ -62,7 +59,6 @@ from proxy.kernel.nfnetlink import (
 )
 
 NFNL_SUBSYS_CTNETLINK = 1
-SO_RCVBUFFORCE = 33  # not in Python's socket module
 NLMSG_MIN_TYPE = 0x10
 
 # enum cntl_msg_types
@@ -420,58 +416,19 @@ class UdpDump(Generic[T]):
 # the socket
 
 
-class CtNetlinkSocket:
-    """One netlink socket to ctnetlink, in the current network namespace or in ``netns``
-    (a socket keeps the namespace it was created in)."""
+class CtNetlinkSocket(NetfilterSocket):
+    """One netlink socket to ctnetlink (see
+    :class:`~proxy.kernel.nfnetlink.NetfilterSocket`)."""
 
     RCVBUF = 1 << 23
     """Receive buffer: room for the answers of many batches."""
+    RCVBUF_FORCE = True
     BATCH = 256
     """Requests per ``sendmsg``: their answers need ~0.5 MiB of receive buffer."""
     DATAGRAM = 1 << 16
     """Bytes per ``sendmsg`` at most (the kernel refuses more than its send buffer)."""
     RECV = 1 << 16
     """Bytes per read (the kernel fills dump datagrams up to 32 KiB)."""
-
-    def __init__(self, netns: str | None = None) -> None:
-        def make() -> socket.socket:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-
-        if netns is not None:
-            from proxy.lab.nsutil import run_in_netns
-
-            self._sock = run_in_netns(netns, make)
-        else:
-            self._sock = make()
-        try:
-            self._sock.bind((0, 0))
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            try:  # CAP_NET_ADMIN may go past net.core.rmem_max
-                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.RCVBUF)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RCVBUF)
-        except BaseException:
-            self._sock.close()
-            raise
-        self._seq = 0
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> CtNetlinkSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _next_seq(self, n: int) -> int:
-        """The first of ``n`` consecutive sequence numbers (never wrapping inside them)."""
-        if self._seq + n >= 0x7FFFFFFF:
-            self._seq = 0
-        first = self._seq + 1
-        self._seq += n
-        return first
 
     def dump_udp(
         self, family: int, make: Callable[[str, str, int, int, str, int], T]

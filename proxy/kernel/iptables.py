@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -299,14 +300,18 @@ class IptablesKernel:
             if pending is not None:
                 pending.settle()  # waited for even when the input stopped before its end
 
+    def _list_canary(self, table: str) -> subprocess.CompletedProcess[str]:
+        """``iptables -S KUBE-PROXY-CANARY`` in ``table`` (status 0: the chain exists)."""
+        tool = "iptables" if self.family is IPFamily.V4 else "ip6tables"
+        argv = [f"{tool}-{self.variant}", "-w", LOCK_WAIT_SECONDS, "-t", table, "-S"]
+        return self.runner.run([*argv, CANARY_CHAIN], check=False)
+
     def canary_present(self, table: str = "mangle") -> bool | None:
         """Whether the canary a legacy full sync declares in ``table`` still stands with
         its rule; None when that cannot be told (e.g. another program held the xtables
         lock for the whole wait). Listing one chain of the nat table copies the whole table
         out of the kernel (0.8 s at 10,000 Services): see the proxier for how often."""
-        tool = "iptables" if self.family is IPFamily.V4 else "ip6tables"
-        argv = [f"{tool}-{self.variant}", "-w", LOCK_WAIT_SECONDS, "-t", table, "-S"]
-        listing = self.runner.run([*argv, CANARY_CHAIN], check=False)
+        listing = self._list_canary(table)
         if listing.returncode == 0:
             return f"-A {CANARY_CHAIN} {CANARY_RULE}" in listing.stdout
         if "No chain/target/match by that name" in listing.stderr:
@@ -317,16 +322,11 @@ class IptablesKernel:
         )
         return None
 
-    def _mangle_canary_exists(self) -> bool:
-        tool = "iptables" if self.family is IPFamily.V4 else "ip6tables"
-        argv = [f"{tool}-{self.variant}", "-w", LOCK_WAIT_SECONDS, "-t", "mangle", "-S"]
-        return self.runner.run([*argv, CANARY_CHAIN], check=False).returncode == 0
-
     def cleanup(self) -> bool:
         """Remove our chains and jumps (and the canary); True if anything was removed."""
         saved = self.start_save()
         text = cleanup_text(saved())  # the filter and nat canaries are ours like any chain
-        if self.variant == "legacy" and self._mangle_canary_exists():
+        if self.variant == "legacy" and self._list_canary("mangle").returncode == 0:
             text += f"*mangle\n:{CANARY_CHAIN} - [0:0]\n-X {CANARY_CHAIN}\nCOMMIT\n"
         if not text:
             return False

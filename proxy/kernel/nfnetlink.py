@@ -15,13 +15,13 @@ no acks: only failures answer).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -185,11 +185,17 @@ def error_code(payload: bytes) -> int:
     return -int(struct.unpack_from("=i", payload)[0])
 
 
-class NfTablesSocket:
-    """One netlink socket to nf_tables, in the current network namespace or in
-    ``netns`` (a socket keeps the namespace it was created in)."""
+SO_RCVBUFFORCE = 33  # not in Python's socket module
+
+
+class NetfilterSocket:
+    """One NETLINK_NETFILTER socket, in the current network namespace or in ``netns`` (a
+    socket keeps the namespace it was created in; no thread of this process changes
+    namespace), with acks capped and a receive buffer of :attr:`RCVBUF`."""
 
     RCVBUF = 1 << 22
+    RCVBUF_FORCE = False
+    """Try SO_RCVBUFFORCE first (CAP_NET_ADMIN may go past net.core.rmem_max)."""
 
     def __init__(self, netns: str | None = None) -> None:
         def make() -> socket.socket:
@@ -201,25 +207,43 @@ class NfTablesSocket:
             self._sock = run_in_netns(netns, make)
         else:
             self._sock = make()
-        self._sock.bind((0, 0))
-        self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        with contextlib.suppress(OSError):
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RCVBUF)
+        try:
+            self._sock.bind((0, 0))
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            options = [socket.SO_RCVBUF]
+            if self.RCVBUF_FORCE:
+                options.insert(0, SO_RCVBUFFORCE)
+            for option in options:  # the first the kernel takes
+                try:
+                    self._sock.setsockopt(socket.SOL_SOCKET, option, self.RCVBUF)
+                    break
+                except OSError:
+                    continue
+        except BaseException:
+            self._sock.close()
+            raise
         self._seq = 0
 
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> NfTablesSocket:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _next_seq(self, n: int) -> int:
+        """The first of ``n`` consecutive sequence numbers (never wrapping inside them)."""
+        if self._seq + n >= 0x7FFFFFFF:
+            self._seq = 0
         first = self._seq + 1
-        self._seq = (self._seq + n) & 0x7FFFFFFF
+        self._seq += n
         return first
+
+
+class NfTablesSocket(NetfilterSocket):
+    """One netlink socket to nf_tables (see :class:`NetfilterSocket`)."""
 
     def _drain(self) -> list[bytes]:
         out = []

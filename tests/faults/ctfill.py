@@ -27,6 +27,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from proxy.kernel.nfnetlink import NLA_F_NESTED, attr
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
@@ -35,7 +37,6 @@ NLM_F_ACK = 0x4
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLMSG_ERROR = 0x2
-NLA_F_NESTED = 0x8000
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT = 1, 2, 3, 4, 7
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 TCP_CONNTRACK_ESTABLISHED = 3
@@ -48,21 +49,16 @@ DST_BASE = int.from_bytes(socket.inet_aton("198.19.0.0"), "big")
 COUNT_FILE = Path("/proc/sys/net/netfilter/nf_conntrack_count")
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
 def _tuple(kind: int, src: bytes, dst: bytes, sport: int, dport: int, proto_num: int) -> bytes:
-    ip = _attr(CTA_IP_V4_SRC, src) + _attr(CTA_IP_V4_DST, dst)
+    ip = attr(CTA_IP_V4_SRC, src) + attr(CTA_IP_V4_DST, dst)
     proto = (
-        _attr(CTA_PROTO_NUM, bytes([proto_num]))
-        + _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
-        + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
+        attr(CTA_PROTO_NUM, bytes([proto_num]))
+        + attr(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
+        + attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
     )
-    return _attr(
+    return attr(
         kind | NLA_F_NESTED,
-        _attr(CTA_TUPLE_IP | NLA_F_NESTED, ip) + _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto),
+        attr(CTA_TUPLE_IP | NLA_F_NESTED, ip) + attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto),
     )
 
 
@@ -77,11 +73,11 @@ def entry_message(index: int, timeout: int, seq: int, proto: str = "udp") -> byt
     body = struct.pack("=BBH", socket.AF_INET, 0, 0)
     body += _tuple(CTA_TUPLE_ORIG, src, dst, sport, dport, num)
     body += _tuple(CTA_TUPLE_REPLY, dst, src, dport, sport, num)
-    body += _attr(CTA_STATUS, struct.pack("!I", IPS_ASSURED | IPS_CONFIRMED))
-    body += _attr(CTA_TIMEOUT, struct.pack("!I", timeout))
+    body += attr(CTA_STATUS, struct.pack("!I", IPS_ASSURED | IPS_CONFIRMED))
+    body += attr(CTA_TIMEOUT, struct.pack("!I", timeout))
     if num == socket.IPPROTO_TCP:
-        state = _attr(CTA_PROTOINFO_TCP_STATE, bytes([TCP_CONNTRACK_ESTABLISHED]))
-        body += _attr(CTA_PROTOINFO | NLA_F_NESTED, _attr(CTA_PROTOINFO_TCP | NLA_F_NESTED, state))
+        state = attr(CTA_PROTOINFO_TCP_STATE, bytes([TCP_CONNTRACK_ESTABLISHED]))
+        body += attr(CTA_PROTOINFO | NLA_F_NESTED, attr(CTA_PROTOINFO_TCP | NLA_F_NESTED, state))
     kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
     flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK
     return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body

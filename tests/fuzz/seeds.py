@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from proxy import manifests as m
+from tests.unit.test_api_config import kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -289,24 +290,6 @@ def agent_seeds() -> dict[str, bytes]:
 # --------------------------------------------------------------------------- kubeconfig
 
 
-def _kubeconfig(cluster: JSON, user: JSON | None = None, current: str = "ctx") -> JSON:
-    """As tests/unit/test_api_config.py builds them: a decoy cluster and context first."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "other", "cluster": {"server": "https://wrong.example:1"}},
-            {"name": "lab", "cluster": cluster},
-        ],
-        "users": [{"name": "me", "user": user or {}}],
-        "contexts": [
-            {"name": "unused", "context": {"cluster": "other", "user": "me"}},
-            {"name": "ctx", "context": {"cluster": "lab", "user": "me"}},
-        ],
-        "current-context": current,
-    }
-
-
 def kubeconfig_seeds() -> dict[str, bytes]:
     from proxy.lab.pki import CertificateAuthority
 
@@ -318,7 +301,7 @@ def kubeconfig_seeds() -> dict[str, bytes]:
 
     seeds = {
         "seed-embedded-certs.json": json.dumps(
-            _kubeconfig(
+            kubeconfig(
                 {
                     "server": "https://127.0.0.1:6443/",
                     "certificate-authority-data": b64(ca.cert_pem),
@@ -330,7 +313,7 @@ def kubeconfig_seeds() -> dict[str, bytes]:
             )
         ).encode(),
         "seed-files-and-token-file.yaml": yaml.safe_dump(
-            _kubeconfig(
+            kubeconfig(
                 {"server": "https://10.0.0.1:443", "certificate-authority": "ca.crt"},
                 {
                     "client-certificate": "client.crt",
@@ -341,7 +324,7 @@ def kubeconfig_seeds() -> dict[str, bytes]:
             )
         ).encode(),
         "seed-insecure-token.yaml": yaml.safe_dump(
-            _kubeconfig(
+            kubeconfig(
                 {
                     "server": "https://[fd00::1]:6443/prefix",
                     "insecure-skip-tls-verify": True,
@@ -361,10 +344,10 @@ def kubeconfig_seeds() -> dict[str, bytes]:
         ).encode(),
         "seed-master-override.yaml": b"#master 10.0.0.2:6443\n"
         + yaml.safe_dump(
-            _kubeconfig({"certificate-authority": "ca.crt"}, {"tokenFile": "token"})
+            kubeconfig({"certificate-authority": "ca.crt"}, {"tokenFile": "token"})
         ).encode(),
         "seed-exec-refused.yaml": yaml.safe_dump(
-            _kubeconfig(
+            kubeconfig(
                 {"server": "https://127.0.0.1:6443"},
                 {"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}},
             )

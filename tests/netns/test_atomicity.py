@@ -9,9 +9,9 @@ committed table must be put back, route_localnet too, and the message must say s
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,16 @@ def nat(ns: str, variant: str) -> str:
     return table(ns, variant, "nat")
 
 
+def apply_variant(ns: str, variant: str, state: Path) -> subprocess.CompletedProcess[str]:
+    """``apply --mode iptables`` with the given iptables backend."""
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "env", f"KUBE_PROXY_PY_IPTABLES={variant}",
+         sys.executable, "-m", "proxy", "apply", "--state", str(state), "--mode", "iptables",
+         "--hostname-override", "node-a"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def pin_stale_chain(ns: str, variant: str) -> None:
     """A chain of ours in filter that a foreign chain jumps to: deleting it is refused."""
     tool = f"iptables-{variant}"
@@ -52,23 +62,14 @@ def pin_stale_chain(ns: str, variant: str) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_apply_refused_in_filter_puts_nat_back(netns: str, tmp_path: Path, variant: str) -> None:
-    env = {"KUBE_PROXY_PY_IPTABLES": variant}
-    os.environ.update(env)
-    try:
-        apply(netns, "iptables", EXAMPLE)
-    finally:
-        os.environ.pop("KUBE_PROXY_PY_IPTABLES")
+    first = apply_variant(netns, variant, EXAMPLE)
+    assert first.returncode == 0, first.stderr
     pin_stale_chain(netns, variant)
     sh(netns, "sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0")
     before = nat(netns, variant)
     more = m.service("more", "10.96.0.77", [m.Port(80, "http", node_port=30077)], type="NodePort")
     state = write_state(tmp_path, [m.node("node-a", "192.168.50.11"), more])
-    proc = subprocess.run(
-        ["ip", "netns", "exec", netns, "env", f"KUBE_PROXY_PY_IPTABLES={variant}",
-         "python3", "-m", "proxy", "apply", "--state", str(state), "--mode", "iptables",
-         "--hostname-override", "node-a"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = apply_variant(netns, variant, state)
     assert proc.returncode == 3, proc.stderr
     assert "the nat table had already been committed and was restored" in proc.stderr
     assert "nothing is changed" in proc.stderr
@@ -77,12 +78,7 @@ def test_apply_refused_in_filter_puts_nat_back(netns: str, tmp_path: Path, varia
     assert sh(netns, "sysctl", "-n", "net.ipv4.conf.all.route_localnet").strip() == "0"
     # once the foreign rule lets go, the same apply goes through whole
     sh(netns, f"iptables-{variant}", "-F", "FOREIGN")
-    proc = subprocess.run(
-        ["ip", "netns", "exec", netns, "env", f"KUBE_PROXY_PY_IPTABLES={variant}",
-         "python3", "-m", "proxy", "apply", "--state", str(state), "--mode", "iptables",
-         "--hostname-override", "node-a"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = apply_variant(netns, variant, state)
     assert proc.returncode == 0, proc.stderr
     assert "10.96.0.77" in sh(netns, f"iptables-{variant}-save")  # no endpoints: filter
 
