@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from proxy import __version__
@@ -261,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
     build = lab_sub.add_parser(
         "build",
-        help="build (or reuse) the pinned upstream Kubernetes binaries; "
-        "prints their directory last",
+        help="build (or reuse) the pinned upstream binaries: the control plane and kubelet, "
+        "then the node components (containerd, runc, CNI plugins, registry); prints their "
+        "three directories last, one a line: Kubernetes, node, CNI",
     )
-    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--force", action="store_true", help="rebuild everything even if cached")
     _add_lab_lifecycle_parsers(lab_sub)
 
     _add_bench_parsers(sub)
@@ -444,8 +446,9 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
     )
     up = lab_sub.add_parser(
         "up",
-        help="start a lab (control plane, namespace nodes, pod agents, kube-proxy-py per node "
-        "as daemonset.yaml runs it, an outside client) that keeps running; root",
+        help="start a lab (control plane, nodes with a real kubelet and containerd, an image "
+        "registry, kube-proxy-py as daemonset.yaml's pods, an outside client) that keeps "
+        "running; root",
     )
     up.add_argument("--nodes", type=int, default=None, metavar="N", help="nodes (default 2, 1-6)")
     up.add_argument(
@@ -484,6 +487,13 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         nargs=argparse.REMAINDER,
         help="command (default: $SHELL)",
     )
+    load = lab_sub.add_parser(
+        "load-image",
+        help="push the images of a `docker save` or OCI archive into the lab registry "
+        "(like `kind load image-archive`)",
+        usage="kube-proxy-py lab load-image [--state-dir DIR] FILE.tar",
+    )
+    load.add_argument("archive", metavar="FILE.tar", help="a docker save or OCI image archive")
     demo = lab_sub.add_parser(
         "demo",
         help="a guided, self-checking tour of Service networking on the lab "
@@ -491,22 +501,31 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
     )
     demo.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
     demo.add_argument("--step", action="store_true", help="pause between steps")
-    for p in (up, down, status, kubectl, shell, demo):
+    for p in (up, down, status, kubectl, shell, load, demo):
         p.add_argument("--state-dir", default=None, metavar="DIR", help=state_help)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_command == "build":
+        from proxy.lab import images, nodebuild
         from proxy.lab.build import BuildError, build
+        from proxy.lab.oci import OciError
+        from proxy.lab.regclient import RegistryError
+        from proxy.lab.rootfs import ImageBuildError
 
         try:
             directory = build(force=args.force)
-        except BuildError as exc:
+            node = nodebuild.build(force=args.force)
+            images.ensure_cached_registry(force=args.force)
+        except (BuildError, ImageBuildError, OciError, RegistryError) as exc:
             _err(str(exc))
             return EXIT_USAGE
         print(directory)
+        print(node.bin_dir)
+        print(node.cni_dir)
+        print(images.images_dir())
         return EXIT_OK
-    if args.lab_command in ("up", "down", "status", "kubectl", "shell", "demo"):
+    if args.lab_command in ("up", "down", "status", "kubectl", "shell", "load-image", "demo"):
         from proxy.lab import lab
 
         state_dir = lab.resolve_state_dir(args.state_dir)
@@ -530,11 +549,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
                 return lab.status(state_dir)
             if args.lab_command == "kubectl":
                 return lab.kubectl(state_dir, args.args)
+            if args.lab_command == "load-image":
+                return lab.load_image(state_dir, Path(args.archive))
             return lab.shell(state_dir, args.target, args.shell_command)
         except lab.LabError as exc:
             _err(f"lab {args.lab_command}: {exc}")
             return EXIT_INVALID
-    _err("lab: give a command: build, up, down, status, kubectl, shell or demo")
+    _err("lab: give a command: build, up, down, status, kubectl, shell, load-image or demo")
     return EXIT_USAGE
 
 

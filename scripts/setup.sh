@@ -12,7 +12,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-pkgs=(iptables nftables conntrack iproute2 tcpdump procps kmod)
+# gcc, libc6-dev, pkg-config and libseccomp-dev: cgo builds of kubelet and of runc (with
+# seccomp) by `kube-proxy-py lab build`; buildah (our image from the Dockerfile),
+# mmdebstrap (the python:3.11-slim-bookworm stand-in) and curl (the curl stand-ins) for
+# its images; util-linux's nsenter and unshare for the lab's nodes.
+pkgs=(iptables nftables conntrack iproute2 tcpdump procps kmod gcc libc6-dev pkg-config
+      libseccomp-dev buildah mmdebstrap curl util-linux)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -25,6 +30,6 @@ say "installing kube-proxy-py and its test dependencies (pip)"
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
 
 if [ "${KUBE_PROXY_PY_SKIP_K8S_BUILD:-}" != "1" ]; then
-  say "building or reusing the pinned Kubernetes binaries (first time: ~10 minutes on 2 cores)"
+  say "building or reusing the pinned Kubernetes binaries, the node components (containerd, runc, CNI plugins, registry) and the lab's images (first time: tens of minutes on 2 cores)"
   kube-proxy-py lab build
 fi

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from proxy.agent.state import ClusterState
@@ -25,7 +25,7 @@ from proxy.config import ProxyConfig, ProxyMode
 from proxy.kernel.addresses import local_addresses
 from proxy.kernel.cleanup import other_modes, remove_rules
 from proxy.kernel.generation import GenerationReader
-from proxy.kernel.iptables import CANARY_TABLES, IptablesKernel
+from proxy.kernel.iptables import CANARY_TABLES, IptablesKernel, RouteLocalnetError
 from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
@@ -140,8 +140,6 @@ class Proxier:
     def _config(self) -> ProxyConfig:
         if not self.config.nodeport_addresses.cidrs:
             return self.config
-        from dataclasses import replace
-
         return replace(self.config, host_addresses=local_addresses(self.runner))
 
     def _write(
@@ -209,6 +207,22 @@ class Proxier:
                     nft.render(p, self._nft_cache), full, self._kernel.sync, nft.incremental,
                     self._kernel.apply_transaction,
                 )  # fmt: skip
+        except RouteLocalnetError as exc:
+            # One feature must not stop every Service: without the sysctl, program the
+            # rules without localhost NodePorts (upstream would exit instead).
+            log.error(
+                "cannot set net.ipv4.conf.all.route_localnet=1, so NodePorts on 127.0.0.1 "
+                "are turned off; every other rule is programmed. To keep them, set the "
+                "sysctl on the node beforehand or run the container privileged; or set "
+                "iptables.localhostNodePorts: false to silence this (docs/deploy.md)",
+                extra={"error": exc.stderr.strip()[:300]},
+            )
+            self.config = replace(self.config, localhost_nodeports=False)
+            self._need_full = True
+            self.state.requeue(changes)
+            if self.observer is not None:
+                self.observer.sync_failed(mode, full, str(exc))
+            return False
         except (KernelError, OSError) as exc:
             self._need_full = True
             # the changes were not applied: put them back so health and metrics see them

@@ -48,7 +48,10 @@ def run_command(
 
 def exec_argv(netns: str, argv: Sequence[str]) -> list[str]:
     """argv that runs a command inside a named namespace (`ip netns exec` execs in place,
-    so the child's pid is the command's pid)."""
+    so the child's pid is the command's pid), or inside the namespace a path names (a
+    real pod's ``/proc/PID/ns/net``: `nsenter` enters the network namespace only)."""
+    if netns.startswith("/"):
+        return ["nsenter", f"--net={netns}", "--", *argv]
     return ["ip", "netns", "exec", netns, *argv]
 
 

@@ -41,6 +41,13 @@ as well as a deleted chain. When one is gone or empty, the next sync is full."""
 _CANARY_MANGLE = f"*mangle\n:{CANARY_CHAIN} - [0:0]\n-A {CANARY_CHAIN} {CANARY_RULE}\nCOMMIT\n"
 LOCK_WAIT_SECONDS = "5"
 ROUTE_LOCALNET = "net.ipv4.conf.all.route_localnet"
+
+
+class RouteLocalnetError(KernelError):
+    """``route_localnet`` (localhost NodePorts) could not be set, typically because a
+    non-privileged container sees ``/proc/sys`` read-only; nothing was written."""
+
+
 Undo = Callable[[tuple[str, ...]], None]
 """Puts the given tables back as they were before a transaction (raises KernelError)."""
 
@@ -270,7 +277,10 @@ class IptablesKernel:
         if ruleset.route_localnet:
             localnet_before = self.runner.read_sysctl(ROUTE_LOCALNET)
             if localnet_before != "1":
-                self.runner.write_sysctl(ROUTE_LOCALNET, "1")
+                try:
+                    self.runner.write_sysctl(ROUTE_LOCALNET, "1")
+                except KernelError as exc:
+                    raise RouteLocalnetError(exc.argv, exc.returncode, exc.stderr) from exc
         pending: PendingSave | None = None
         held: ExistingIptables | PendingSave
         if existing is None:

@@ -3,12 +3,18 @@
 A throwaway Go module under the cache directory requires ``k8s.io/kubernetes`` at the
 pinned release, replaces each staging module (``k8s.io/api`` …) with its published
 ``v0.Y.Z`` twin, and requires etcd's server module at the version that release uses.
-Everything is compiled from the Go module proxy with upstream's flags (CGO off,
-``-trimpath``, stripped, version ldflags). Results are cached per version; a second call
-only checks the files.
+Everything is compiled from the Go module proxy with upstream's flags (``-trimpath``,
+stripped, version ldflags; CGO off for the binaries upstream links statically, on for
+kubelet, which upstream's ``hack/lib/golang.sh`` leaves out of ``KUBE_STATIC_BINARIES``).
+Results are cached per version; a second call only checks the files, and a cache that
+lacks some binaries (one made before kubelet was added, say) gets only those built; the
+stamp file records when each binary was built.
 
 ``KUBE_PROXY_PY_K8S_BIN`` pointing at a directory of official release binaries skips the
-build entirely.
+build entirely (it must hold kubelet too).
+
+The helpers shared with :mod:`proxy.lab.nodebuild` (``Progress``, ``run_go``, ``go_env``,
+``check_go``, ``check_cgo``, ``download_info``, ``origin_commit``) live here.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ K8S_COMMANDS: tuple[str, ...] = (
     "kube-proxy",
     "kubectl",
 )
-BINARIES: tuple[str, ...] = ("etcd", *K8S_COMMANDS)
+"""Built in one ``go build`` with CGO off (upstream's ``KUBE_STATIC_BINARIES``)."""
+K8S_CGO_COMMANDS: tuple[str, ...] = ("kubelet",)
+"""Built with CGO on, as upstream's release builds them (not in ``KUBE_STATIC_BINARIES``)."""
+BINARIES: tuple[str, ...] = ("etcd", *K8S_COMMANDS, *K8S_CGO_COMMANDS)
 BIN_ENV = "KUBE_PROXY_PY_K8S_BIN"
 CACHE_ENV = "KUBE_PROXY_PY_CACHE"
 _STAMP = "build-stamp.json"
@@ -76,6 +85,42 @@ def missing_binaries(directory: Path) -> list[str]:
     return [b for b in BINARIES if not os.access(directory / b, os.X_OK)]
 
 
+def read_stamp(path: Path) -> dict[str, object] | None:
+    """The stamp's JSON object, or None when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomically(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def updated_stamp(
+    stamp: dict[str, object], built: Sequence[str], when: str, present: Sequence[str]
+) -> dict[str, object]:
+    """``stamp`` with ``built`` recorded as built at ``when``.
+
+    A stamp written before per-binary times existed only has ``built`` (when every binary
+    then present was built): ``present`` binaries without a time of their own get that one.
+    """
+    new = dict(stamp)
+    old = stamp.get("binaries")
+    binaries: dict[str, object] = dict(old) if isinstance(old, dict) else {}
+    legacy = str(stamp.get("built", "unknown"))
+    for name in present:
+        binaries.setdefault(name, legacy)
+    for name in built:
+        binaries[name] = when
+    new["binaries"] = dict(sorted(binaries.items()))
+    new["updated"] = when
+    return new
+
+
 def parse_go_mod(text: str) -> tuple[list[str], dict[str, str]]:
     """Return (staging modules, required versions) from a go.mod text.
 
@@ -107,7 +152,7 @@ def parse_go_mod(text: str) -> tuple[list[str], dict[str, str]]:
     return staging, versions
 
 
-class _Progress:
+class Progress:
     """One line per step; a package counter while compiling (rewritten in place on a tty)."""
 
     def __init__(self, out: Callable[[str], None] | None = None) -> None:
@@ -139,14 +184,33 @@ class _Progress:
             self.step(f"{text}: {count} packages compiled")
 
 
-def _run(
+_K8S_ALTERNATIVE = (
+    f"set {BIN_ENV} to a directory holding official release binaries: " + ", ".join(BINARIES) + "."
+)
+
+_CGO_HINTS: tuple[tuple[str, str], ...] = (
+    ('exec: "gcc"', "cgo needs a C compiler: apt-get install gcc libc6-dev"),
+    ("stdlib.h: No such file", "cgo needs the C library headers: apt-get install libc6-dev"),
+    ("seccomp.h: No such file", "runc's seccomp support needs: apt-get install libseccomp-dev"),
+    ("libseccomp.pc", "runc's seccomp support needs: apt-get install libseccomp-dev pkg-config"),
+    ('exec: "pkg-config"', "cgo needs pkg-config: apt-get install pkg-config"),
+)
+
+
+def run_go(
     cmd: Sequence[str],
     cwd: Path,
     env: dict[str, str],
     what: str,
-    progress: _Progress | None = None,
+    progress: Progress | None = None,
+    *,
+    alternative: str = _K8S_ALTERNATIVE,
 ) -> str:
-    """Run a go command; on failure raise BuildError with its tail of output."""
+    """Run a go command; on failure raise BuildError with its tail of output.
+
+    ``alternative`` completes "either allow access to the module proxy or …" when the
+    failure looks like the proxy is unreachable.
+    """
     proc = subprocess.Popen(
         list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -162,71 +226,109 @@ def _run(
     output = "".join(lines)
     if rc != 0:
         tail = "".join(lines[-30:])
-        hint = ""
+        hint = "".join(f"\n{text}" for marker, text in _CGO_HINTS if marker in output)
         unreachable = ("proxy.golang.org", "dial tcp", "no such host", "GOPROXY", "lookup disabled")
         if any(marker in output for marker in unreachable):
-            hint = (
+            hint += (
                 "\nThe Go module proxy could not be reached. Either allow access to it "
-                f"(GOPROXY={env.get('GOPROXY', 'default')}) or set {BIN_ENV} to a directory "
-                "holding official release binaries: " + ", ".join(BINARIES) + "."
+                f"(GOPROXY={env.get('GOPROXY', 'default')}) or {alternative}"
             )
         raise BuildError(f"{what} failed ({' '.join(cmd[:3])} … exit {rc}):\n{tail}{hint}")
     return output
 
 
-def _go_env(gopath_cache: Path | None = None) -> dict[str, str]:
+def go_env(*, cgo: bool = False) -> dict[str, str]:
+    """The environment every build runs go with (local toolchain, no VCS stamping)."""
     env = dict(os.environ)
-    env.update({"CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"})
+    env.update(
+        {"CGO_ENABLED": "1" if cgo else "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"}
+    )
     env.setdefault("GOPROXY", "https://proxy.golang.org,direct")
     return env
 
 
-def _check_go() -> str:
+def check_go(
+    what: str = f"the Kubernetes {K8S_VERSION} binaries",
+    *,
+    alternative: str = _K8S_ALTERNATIVE,
+) -> str:
+    """Path of a Go ≥ 1.26 toolchain, else BuildError naming ``what`` needs it."""
     go = shutil.which("go")
     if go is None:
         raise BuildError(
-            "Go is not installed (no `go` on PATH). Install Go ≥ 1.26 to build the Kubernetes "
-            f"binaries, or set {BIN_ENV} to a directory holding official release binaries: "
-            + ", ".join(BINARIES)
-            + "."
+            f"Go is not installed (no `go` on PATH). Install Go ≥ 1.26 to build {what}, "
+            f"or {alternative}"
         )
     out = subprocess.run([go, "version"], capture_output=True, text=True, check=False).stdout
     m = re.search(r"go(\d+)\.(\d+)", out)
     if m is None or (int(m.group(1)), int(m.group(2))) < (1, 26):
         raise BuildError(
-            f"{K8S_VERSION} needs Go ≥ 1.26, found: {out.strip() or 'unknown'}. "
-            f"Upgrade Go or set {BIN_ENV} to a directory of release binaries."
+            f"{what} need Go ≥ 1.26, found: {out.strip() or 'unknown'}. Upgrade Go or {alternative}"
         )
     return go
 
 
-def _download_info(go: str, module: str, work: Path, env: dict[str, str]) -> dict[str, object]:
-    out = _run([go, "mod", "download", "-json", module], work, env, f"download {module}")
+def check_cgo(go: str, env: dict[str, str], what: str) -> None:
+    """BuildError unless the C compiler cgo would use for ``what`` is installed."""
+    cc = subprocess.run(
+        [go, "env", "CC"], env=env, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    compiler = (cc.split() or ["gcc"])[0]
+    if shutil.which(compiler) is None:
+        raise BuildError(
+            f"{what} is built with cgo, which needs the C compiler `{compiler}` (not found): "
+            "apt-get install gcc libc6-dev"
+        )
+
+
+def download_info(
+    go: str,
+    module: str,
+    work: Path,
+    env: dict[str, str],
+    *,
+    alternative: str = _K8S_ALTERNATIVE,
+) -> dict[str, object]:
+    """``go mod download -json module@version``: paths of its go.mod and source, Origin."""
+    out = run_go(
+        [go, "mod", "download", "-json", module],
+        work,
+        env,
+        f"download {module}",
+        alternative=alternative,
+    )
     info: dict[str, object] = json.loads(out[out.index("{") :])
     if "Error" in info:
         raise BuildError(f"download {module}: {info['Error']}")
     return info
 
 
+def origin_commit(info: dict[str, object]) -> str | None:
+    """The VCS commit a module version was made from, when the proxy reports its Origin."""
+    origin = info.get("Origin")
+    if isinstance(origin, dict) and isinstance(origin.get("Hash"), str):
+        return str(origin["Hash"])
+    return None
+
+
 def resolve_plan(go: str, work: Path, env: dict[str, str], version: str) -> BuildPlan:
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "go.mod").exists():
         (work / "go.mod").write_text("module kube-proxy-py.local/resolve\n\ngo 1.26.0\n")
-    info = _download_info(go, f"k8s.io/kubernetes@{version}", work, env)
+    info = download_info(go, f"k8s.io/kubernetes@{version}", work, env)
     gomod = Path(str(info["GoMod"])).read_text()
     staging, versions = parse_go_mod(gomod)
     etcd_version = versions.get("go.etcd.io/etcd/server/v3")
     if etcd_version is None:
         raise BuildError(f"k8s.io/kubernetes {version} go.mod does not require etcd's server")
-    etcd_info = _download_info(go, f"go.etcd.io/etcd/server/v3@{etcd_version}", work, env)
-
-    def commit(i: dict[str, object]) -> str:
-        origin = i.get("Origin")
-        if isinstance(origin, dict) and isinstance(origin.get("Hash"), str):
-            return str(origin["Hash"])
-        return "unknown"
-
-    return BuildPlan(version, tuple(staging), etcd_version, commit(info), commit(etcd_info))
+    etcd_info = download_info(go, f"go.etcd.io/etcd/server/v3@{etcd_version}", work, env)
+    return BuildPlan(
+        version,
+        tuple(staging),
+        etcd_version,
+        origin_commit(info) or "unknown",
+        origin_commit(etcd_info) or "unknown",
+    )
 
 
 def render_go_mod(plan: BuildPlan) -> str:
@@ -262,7 +364,7 @@ def _published_modules(
     go: str, work: Path, env: dict[str, str], plan: BuildPlan
 ) -> tuple[str, ...]:
     """Staging modules that exist on the proxy (sample-* ones are never published)."""
-    out = _run(
+    out = run_go(
         [
             go,
             "list",
@@ -294,7 +396,11 @@ def build(
     out: Callable[[str], None] | None = None,
     force: bool = False,
 ) -> Path:
-    """Return a directory holding every binary in BINARIES, building it if needed."""
+    """Return a directory holding every binary in BINARIES, building what it lacks.
+
+    No stamp (or ``force``): everything is built into ``bin.partial`` and swapped in.
+    A stamped directory that lacks some binaries gets only those built and added.
+    """
     override = os.environ.get(BIN_ENV)
     if override:
         directory = Path(override)
@@ -308,15 +414,23 @@ def build(
         return directory
 
     target = bin_dir(version)
-    stamp = target / _STAMP
-    if not force and stamp.exists() and not missing_binaries(target):
+    stamp = None if force else read_stamp(target / _STAMP)
+    if stamp is not None and stamp.get("kubernetes", version) != version:
+        stamp = None  # another release's binaries: rebuild them all
+    todo = list(BINARIES) if stamp is None else missing_binaries(target)
+    if not todo:
         return target
 
-    progress = _Progress(out)
-    go = _check_go()
-    env = _go_env()
+    progress = Progress(out)
+    go = check_go()
+    env = go_env()
+    cgo_todo = [c for c in K8S_CGO_COMMANDS if c in todo]
+    if cgo_todo:
+        check_cgo(go, go_env(cgo=True), ", ".join(cgo_todo))
     root = target.parent
     work = root / "module"
+    if stamp is not None:
+        progress.step(f"{target} lacks {', '.join(todo)}; building just what is missing")
     progress.step(f"resolving k8s.io/kubernetes {version} and its staging modules")
     plan = resolve_plan(go, root / "resolve", env, version)
     plan = BuildPlan(
@@ -327,54 +441,83 @@ def build(
         plan.etcd_commit,
     )
     work.mkdir(parents=True, exist_ok=True)
-    (work / "go.mod").write_text(render_go_mod(plan))
-    (work / "go.sum").unlink(missing_ok=True)
+    go_mod = render_go_mod(plan)
+    if force or not (work / "go.mod").exists() or (work / "go.mod").read_text() != go_mod:
+        (work / "go.mod").write_text(go_mod)
+        (work / "go.sum").unlink(missing_ok=True)
     staging_dir = target.with_name("bin.partial")
     shutil.rmtree(staging_dir, ignore_errors=True)
     staging_dir.mkdir(parents=True)
 
-    progress.step(
-        f"building {', '.join(K8S_COMMANDS)} {version} (CGO off, -trimpath); "
-        "a cold build takes tens of minutes on 2 cores"
-    )
-    pkgs = [f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS]
     common = [go, "build", "-mod=mod", "-v", "-trimpath"]
-    _run(
-        [*common, "-ldflags", k8s_ldflags(plan), "-o", f"{staging_dir}/", *pkgs],
-        work,
-        env,
-        "compiling Kubernetes",
-        progress,
-    )
-    progress.step(f"building etcd {plan.etcd_version}")
-    etcd_flags = f"-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA={plan.etcd_commit[:8]}"
-    _run(
-        [
-            *common,
-            "-ldflags",
-            etcd_flags,
-            "-o",
-            str(staging_dir / "etcd"),
-            "go.etcd.io/etcd/server/v3",
-        ],
-        work,
-        env,
-        "compiling etcd",
-        progress,
-    )
-    (staging_dir / _STAMP).write_text(
-        json.dumps(
+    static_todo = [c for c in K8S_COMMANDS if c in todo]
+    if static_todo:
+        progress.step(
+            f"building {', '.join(static_todo)} {version} (CGO off, -trimpath); "
+            "a cold build takes tens of minutes on 2 cores"
+        )
+        _build_k8s(common, plan, static_todo, staging_dir, work, env, progress)
+    if cgo_todo:
+        progress.step(
+            f"building {', '.join(cgo_todo)} {version} (CGO on, as upstream releases it; "
+            "-trimpath); up to tens of minutes on 2 cores when nothing is cached"
+        )
+        _build_k8s(common, plan, cgo_todo, staging_dir, work, go_env(cgo=True), progress)
+    if "etcd" in todo:
+        progress.step(f"building etcd {plan.etcd_version}")
+        etcd_flags = f"-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA={plan.etcd_commit[:8]}"
+        run_go(
+            [
+                *common,
+                "-ldflags",
+                etcd_flags,
+                "-o",
+                str(staging_dir / "etcd"),
+                "go.etcd.io/etcd/server/v3",
+            ],
+            work,
+            env,
+            "compiling etcd",
+            progress,
+        )
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if stamp is None:
+        write_json_atomically(
+            staging_dir / _STAMP,
             {
                 "kubernetes": plan.k8s_version,
                 "etcd": plan.etcd_version,
                 "kubernetes_commit": plan.k8s_commit,
-                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "built": when,
+                "binaries": dict.fromkeys(sorted(BINARIES), when),
             },
-            indent=2,
         )
-        + "\n"
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    staging_dir.rename(target)
+        shutil.rmtree(target, ignore_errors=True)
+        staging_dir.rename(target)
+    else:
+        present = [b for b in BINARIES if b not in todo]
+        for name in todo:
+            os.replace(staging_dir / name, target / name)
+        write_json_atomically(target / _STAMP, updated_stamp(stamp, todo, when, present))
+        shutil.rmtree(staging_dir, ignore_errors=True)
     progress.step(f"done: {target}")
     return target
+
+
+def _build_k8s(
+    common: Sequence[str],
+    plan: BuildPlan,
+    commands: Sequence[str],
+    staging_dir: Path,
+    work: Path,
+    env: dict[str, str],
+    progress: Progress,
+) -> None:
+    pkgs = [f"k8s.io/kubernetes/cmd/{c}" for c in commands]
+    run_go(
+        [*common, "-ldflags", k8s_ldflags(plan), "-o", f"{staging_dir}/", *pkgs],
+        work,
+        env,
+        f"compiling {', '.join(commands)}",
+        progress,
+    )

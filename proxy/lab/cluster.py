@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from proxy.harness import ClientSpec, Topology, TopologySpec, default_spec
-from proxy.lab.controlplane import ControlPlane
+from proxy.lab.controlplane import DEFAULT_CONTROLLERS, ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +153,20 @@ class LabCluster:
         zones: Mapping[str, str] | None = None,
         with_controllers: bool = True,
         with_scheduler: bool = False,
+        real_nodes: bool = False,
         topology_id: str | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         """``with_scheduler`` also runs kube-scheduler (Pods without ``spec.nodeName``
-        then get a node); ``topology_id`` names the namespaces (``<id>-<name>``, default
-        random); ``progress`` is called with a line before each start-up step."""
+        then get a node); ``real_nodes``: kubelets will register the Nodes (nothing is
+        registered here, every controller runs, node lifecycle included, and no RBAC is
+        installed: ``daemonset.yaml`` is applied whole); ``topology_id`` names the
+        namespaces (``<id>-<name>``, default random); ``progress`` is called with a line
+        before each start-up step."""
         self.bin_dir = bin_dir
         self.with_controllers = with_controllers
         self.with_scheduler = with_scheduler
+        self.real_nodes = real_nodes
         self.spec = lab_spec(spec)
         self.workdir = workdir
         self.zones = dict(zones or {})
@@ -185,16 +190,18 @@ class LabCluster:
             self._progress(f"starting {', '.join(components)} in {self.topo.ns(CONTROL_PLANE)}")
             self.cp = ControlPlane(
                 self.bin_dir,
+                controllers=("*",) if self.real_nodes else DEFAULT_CONTROLLERS,
                 with_controllers=self.with_controllers,
                 with_scheduler=self.with_scheduler,
                 netns=self.topo.ns(CONTROL_PLANE),
                 bind_address=CONTROL_PLANE_IP,
                 workdir=self.workdir / "control-plane",
             ).start()
-            self._progress("registering nodes " + ", ".join(n.name for n in self.spec.nodes))
-            self._register_nodes()
-            self._progress("installing kube-proxy-py's RBAC from daemonset.yaml")
-            self._install_rbac()
+            if not self.real_nodes:
+                self._progress("registering nodes " + ", ".join(n.name for n in self.spec.nodes))
+                self._register_nodes()
+                self._progress("installing kube-proxy-py's RBAC from daemonset.yaml")
+                self._install_rbac()
         except BaseException:
             self.stop()
             raise

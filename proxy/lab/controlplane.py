@@ -817,6 +817,11 @@ class ControlPlane:
         )
         admin = ca.issue("kubernetes-admin", organizations=["system:masters"], client=True)
         admin.write(pki, "admin")
+        # How the API server authenticates to kubelets (exec, logs, port-forward), as
+        # kubeadm's apiserver-kubelet-client certificate does.
+        ca.issue(
+            "kube-apiserver-kubelet-client", organizations=["system:masters"], client=True
+        ).write(pki, "apiserver-kubelet-client")
         for component in (CONTROLLER_MANAGER, SCHEDULER):
             ca.issue(
                 component, dns_names=["localhost"], ip_addresses=["127.0.0.1"], server=True
@@ -899,6 +904,12 @@ class ControlPlane:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
                 f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                # Kubelets are reached by their InternalIP (no DNS for node names here)
+                # and must present a serving certificate from the lab CA.
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={self.ca_file}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 *self._advertise_args(),
                 *self._extra_apiserver_args,
             ]

@@ -2,39 +2,36 @@
 
 ``lab up`` starts a detached *supervisor* (``python -m proxy.lab.lab supervise``, a
 session of its own) that builds the lab and then stays, so the lab outlives the
-command. The supervisor:
+command. The lab is a real cluster built the way kind builds one, with namespaces where
+kind uses Docker containers. The supervisor:
 
-1. gets the Kubernetes binaries (``proxy.lab.build.build()``, instant when cached);
+1. gets the binaries and images (``lab build``; instant when cached): Kubernetes
+   v1.37.2 (control plane, kubelet, kube-proxy), containerd, runc, the CNI plugins, the
+   registry (:mod:`proxy.lab.nodebuild`), and the images (:mod:`proxy.lab.images`:
+   pause, the stand-ins, kube-proxy-py's image built from the Dockerfile by buildah),
+   pushed once into the cached registry storage;
 2. builds the namespaces (a :class:`~proxy.lab.cluster.LabCluster`: a LAN bridge,
    ``node-1 … node-N`` at 192.168.50.1x with pod CIDRs 10.244.x.0/24 routed between
-   them, ``control-plane`` at 192.168.50.2, the outside ``client`` at .100 with routes
-   for ExternalIPs 203.0.113.0/24 and LB IPs 198.51.100.0/24 via node-1) and runs etcd,
-   kube-apiserver, kube-controller-manager (default controllers) and kube-scheduler in
-   the control-plane namespace;
-3. registers the Nodes (Ready, InternalIP, podCIDR, capacity, zone labels alternating
-   ``zone-a``/``zone-b``) and kube-proxy-py's RBAC from ``daemonset.yaml``;
-4. starts a pod agent (``proxy.lab.podagent``, the kubelet stand-in) on every node with a
-   node client certificate (``system:node:NODE``), entering only the node's *network*
-   namespace (``nsenter --net``): under ``ip netns exec`` it would get a private mount
-   namespace, and the pod namespaces it creates under ``/run/netns`` would be bind
-   mounts visible to it alone;
-5. starts kube-proxy-py on every node *as the DaemonSet's container*: the command,
-   args, env and volume mounts are read from ``daemonset.yaml`` and run through
-   ``proxy.lab.container`` (a private mount namespace with the ConfigMap's
-   ``config.conf`` and the ServiceAccount's token, ``ca.crt`` and ``namespace`` at
-   their mount paths, so the agent uses in-cluster config as in a real pod; hostPath
-   volumes are this machine's paths, and a missing one gets an empty stand-in in the
-   state directory instead of being created on the host; missing mount points are
-   made inside the private namespace, never on the host). ``kube-proxy-py`` in the
-   command is this checkout's ``python -m proxy`` (the image's entry point). Two values
-   differ from the file, and ``lab status`` says so: the ConfigMap's ``mode`` is the one
-   ``--mode`` asks for, and ``KUBERNETES_SERVICE_HOST`` / ``_PORT`` (placeholders marked
-   CHANGE in the file) are set to the lab's API server, 192.168.50.2:6443, as an
-   operator following the file's instructions would;
-6. with ``--compare``, also a node ``node-upstream`` running upstream kube-proxy;
-7. marks the lab ready, then watches: a kube-proxy that exits is restarted with
-   back-off (as the kubelet would restart the DaemonSet's container), ServiceAccount
-   tokens are refreshed; SIGTERM tears everything down.
+   them, ``control-plane`` at 192.168.50.2, ``registry`` at 192.168.50.3, the outside
+   ``client`` at .100 with routes for ExternalIPs 203.0.113.0/24 and LB IPs
+   198.51.100.0/24 via node-1) and runs etcd, kube-apiserver, kube-controller-manager
+   (every default controller) and kube-scheduler in the control-plane namespace;
+3. starts the registry (:mod:`proxy.lab.registry`) on the LAN, over the cached storage;
+4. starts every node (:mod:`proxy.lab.node`): a containerd and a kubelet in the node's
+   network namespace, a mount namespace and cgroups of its own; each kubelet registers
+   its Node (InternalIP, zone label ``zone-a``/``zone-b``), and the supervisor gives it
+   the podCIDR its CNI config uses (the lab's node IPAM);
+5. applies ``daemonset.yaml`` with ``kubectl apply -f`` (:mod:`proxy.lab.deploy`): the
+   kubelets pull ``kube-proxy-py:0.1.0`` from the lab registry and run the DaemonSet's
+   pods. Two values differ from the file, and ``lab status`` says so: the ConfigMap's
+   ``mode`` is the one ``--mode`` asks for, and ``KUBERNETES_SERVICE_HOST`` / ``_PORT``
+   (marked CHANGE in the file) name the lab's API server, 192.168.50.2:6443;
+6. with ``--compare``, also a node ``node-upstream`` where upstream kube-proxy runs as a
+   DaemonSet of its own (image built from the built ``kube-proxy`` binary), and
+   kube-proxy-py's DaemonSet gets a node affinity that keeps it off that node;
+7. marks the lab ready when every proxy pod is Running and answers ``/healthz``, then
+   watches: a node launcher or the registry that exits is restarted with back-off;
+   SIGTERM tears everything down.
 
 Every step is a line in ``progress.log`` that ``lab up`` prints while it waits.
 
@@ -47,15 +44,16 @@ State lives in one directory (``--state-dir``, ``$KUBE_PROXY_PY_LAB_DIR``, defau
     progress.log        the start-up steps (JSON lines)
     supervisor.log      the supervisor's structured log
     cluster/            control plane (pki, etcd data, logs, kubeconfigs)
-    nodes/NODE/         the node's volumes (volumes/config/config.conf,
-                        serviceaccount/{token,ca.crt,namespace}, hostpath/ stand-ins)
-                        and logs (kube-proxy-py.log or kube-proxy.log, podagent.log)
-    podagent-NODE.json  written by each pod agent
+    registry/           the registry's config, log and the lab's own layer of images
+    nodes/NODE/         the node's files as kind's node image has them (etc/containerd,
+                        etc/kubernetes, etc/cni/net.d, var/lib/{containerd,kubelet,cni},
+                        var/log/{pods,containers}) and logs/{node,containerd,kubelet}.log
     kubectl-cache/      ``lab kubectl``'s discovery cache (not ~/.kube)
 
 ``lab down`` asks the supervisor to stop (SIGTERM) and then, whatever happened,
 cleans up from the state: it kills every recorded process that is still the one we
-started (pid *and* start time match), runs the pod agents' ``cleanup_from_state``,
+started (pid *and* start time match), kills whatever is left in the lab's cgroups
+(containers, shims, kubelets: :func:`proxy.lab.cgroups.remove`) and removes them,
 empties and deletes every namespace recorded or named ``<lab id>-*``, and removes the
 state directory. It works after a crash and is idempotent.
 
@@ -74,12 +72,9 @@ import dataclasses
 import fcntl
 import glob
 import http.client
-import importlib
-import importlib.util
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -97,13 +92,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from proxy.harness import netns as hnetns
-from proxy.harness.process import SOURCE_ROOT, child_env
+from proxy.harness.process import child_env
 from proxy.harness.spec import ClientSpec, NodeSpec, TopologySpec
 from proxy.lab import nsutil
-from proxy.lab.container import Mount, launcher_argv
+from proxy.lab import registry as labregistry
 
 if TYPE_CHECKING:
     from proxy.lab.cluster import LabCluster
+    from proxy.lab.nodebuild import NodeBinaries
 
 log = logging.getLogger("proxy.lab.lab")  # also when run as __main__ (the supervisor)
 
@@ -120,6 +116,8 @@ DEFAULT_MODE = "nftables"
 LAN_CIDR = "192.168.50.0/24"
 CLIENT = "client"
 CLIENT_IP = "192.168.50.100"
+REGISTRY = "registry"
+REGISTRY_IP = "192.168.50.3"
 EXTERNAL_IP_CIDR = "203.0.113.0/24"
 LOAD_BALANCER_CIDR = "198.51.100.0/24"
 UPSTREAM_NODE = "node-upstream"
@@ -287,7 +285,10 @@ class LabState:
     notes: list[str] = field(default_factory=list)
     created_paths: list[str] = field(default_factory=list)
     """Host paths the lab had to create outside the state dir (removed by down)."""
-    pod_agent: bool = False
+    registry: dict[str, str] = field(default_factory=dict)
+    """The lab registry: its namespace and ``host:port``."""
+    node_bins: dict[str, str] = field(default_factory=dict)
+    """Where the node components are: ``bin`` (containerd, runc, registry) and ``cni``."""
     version: int = STATE_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -369,9 +370,8 @@ def lab_topology(count: int, compare: bool) -> tuple[TopologySpec, dict[str, str
     if compare:
         nodes.append(NodeSpec(UPSTREAM_NODE, UPSTREAM_NODE_IP, UPSTREAM_POD_CIDR))
         zones[UPSTREAM_NODE] = ZONES[0]
-    spec = TopologySpec(
-        nodes=tuple(nodes), pods=(), clients=(ClientSpec(CLIENT, CLIENT_IP),), lan_cidr=LAN_CIDR
-    )
+    clients = (ClientSpec(CLIENT, CLIENT_IP), ClientSpec(REGISTRY, REGISTRY_IP))
+    spec = TopologySpec(nodes=tuple(nodes), pods=(), clients=clients, lan_cidr=LAN_CIDR)
     return spec, zones
 
 
@@ -392,205 +392,6 @@ def _find(
         if obj.get("kind") == kind and (name is None or obj["metadata"]["name"] == name):
             return dict(obj)
     raise LabError(f"daemonset.yaml has no {kind}" + (f" named {name}" if name else ""))
-
-
-def lab_config_map(objects: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any]:
-    """The manifest's ConfigMap with ``config.conf``'s mode set to ``mode`` (text kept)."""
-    from proxy.lab.cluster import CLUSTER_CIDR
-
-    cm = json.loads(json.dumps(_find(objects, "ConfigMap")))
-    text = cm["data"]["config.conf"]
-    text, count = re.subn(r"(?m)^mode:.*$", f"mode: {mode}", text)
-    if count != 1:
-        raise LabError("daemonset.yaml's config.conf has no top-level `mode:` line to set")
-    parsed = yaml.safe_load(text)
-    if parsed.get("clusterCIDR") != CLUSTER_CIDR:
-        text, count = re.subn(r"(?m)^clusterCIDR:.*$", f"clusterCIDR: {CLUSTER_CIDR}", text)
-        if count != 1:
-            text += f"clusterCIDR: {CLUSTER_CIDR}\n"
-    cm["data"]["config.conf"] = text
-    return dict(cm)
-
-
-@dataclass(frozen=True)
-class ContainerPlan:
-    """How to run the DaemonSet's container on one node."""
-
-    declared_command: tuple[str, ...]
-    """command + args as the manifest declares them, ``$(VAR)`` expanded."""
-    command: tuple[str, ...]
-    """What runs: the image's ``kube-proxy-py`` is this checkout's ``python -m proxy``."""
-    env: dict[str, str]
-    """The container's env (image env, declared env, lab overrides)."""
-    overrides: dict[str, tuple[str, str]]
-    mounts: tuple[Mount, ...]
-    files: dict[str, str]
-    """Volume files to write before starting (host path -> content)."""
-    dirs: tuple[str, ...]
-    """Volume directories to create (host paths, in the state directory)."""
-    notes: tuple[str, ...]
-
-
-def plan_container(
-    objects: Sequence[Mapping[str, Any]],
-    *,
-    node: str,
-    node_ip: str,
-    mode: str,
-    node_dir: Path,
-    api_host: str,
-    api_port: int,
-    python: str = sys.executable,
-) -> ContainerPlan:
-    """Read the DaemonSet's (only) container and plan its volumes, env and command.
-
-    The ServiceAccount volume (token, ca.crt, namespace) is planned as a directory
-    ``node_dir/serviceaccount``; the caller writes the files (they need the API).
-    """
-    ds = _find(objects, "DaemonSet")
-    pod_spec = ds["spec"]["template"]["spec"]
-    containers = pod_spec.get("containers") or []
-    if len(containers) != 1:
-        raise LabError(f"the DaemonSet has {len(containers)} containers; the lab runs exactly one")
-    container = containers[0]
-    namespace = ds["metadata"].get("namespace", "default")
-    pod_name = f"{ds['metadata']['name']}-{node}"
-    field_values = {
-        "spec.nodeName": node,
-        "status.hostIP": node_ip,
-        "status.podIP": node_ip,  # hostNetwork
-        "metadata.name": pod_name,
-        "metadata.namespace": namespace,
-        "spec.serviceAccountName": pod_spec.get("serviceAccountName", "default"),
-    }
-    env: dict[str, str] = dict(IMAGE_ENV)
-    env["HOSTNAME"] = node
-    # The "image" is this checkout: its package must be importable from anywhere.
-    env["PYTHONPATH"] = str(SOURCE_ROOT)
-    declared: dict[str, str] = {}
-    for item in container.get("env") or []:
-        name = item["name"]
-        if "value" in item:
-            declared[name] = str(item["value"])
-            continue
-        ref = (item.get("valueFrom") or {}).get("fieldRef") or {}
-        path = ref.get("fieldPath")
-        if path not in field_values:
-            raise LabError(
-                f"container env {name}: the lab supports only fieldRef {sorted(field_values)}"
-            )
-        declared[name] = field_values[path]
-    overrides: dict[str, tuple[str, str]] = {}
-    for name, value in (
-        ("KUBERNETES_SERVICE_HOST", api_host),
-        ("KUBERNETES_SERVICE_PORT", str(api_port)),
-    ):
-        if declared.get(name) != value:
-            overrides[name] = (declared.get(name, "(unset)"), value)
-        declared[name] = value
-    env.update(declared)
-
-    from proxy.agent.options import expand_env_references
-
-    declared_command = tuple(
-        expand_env_references(
-            [*(container.get("command") or []), *(container.get("args") or [])], env
-        )
-    )
-    if not declared_command:
-        raise LabError("the DaemonSet's container declares no command")
-    command = declared_command
-    if declared_command[0] == IMAGE_COMMAND:
-        command = (python, "-m", "proxy", *declared_command[1:])
-
-    volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
-    mounts: list[Mount] = []
-    files: dict[str, str] = {}
-    dirs: list[str] = []
-    notes: list[str] = []
-    for vm in container.get("volumeMounts") or []:
-        volume = volumes.get(vm["name"])
-        if volume is None:
-            raise LabError(f"volumeMount {vm['name']}: no such volume in the DaemonSet")
-        read_only = bool(vm.get("readOnly", False))
-        source: Path
-        if "configMap" in volume:
-            cm_name = volume["configMap"]["name"]
-            cm = (
-                lab_config_map(objects, mode)
-                if cm_name == _find(objects, "ConfigMap")["metadata"]["name"]
-                else None
-            )
-            if cm is None:
-                raise LabError(f"volume {vm['name']}: ConfigMap {cm_name} is not in daemonset.yaml")
-            source = node_dir / "volumes" / vm["name"]
-            dirs.append(str(source))
-            for key, text in cm["data"].items():
-                files[str(source / key)] = text
-            read_only = True  # configMap volumes are always read-only
-        elif "hostPath" in volume:
-            host_path = Path(volume["hostPath"]["path"])
-            kind = volume["hostPath"].get("type", "")
-            if host_path.exists():
-                source = host_path
-            elif kind in ("FileOrCreate", "DirectoryOrCreate", ""):
-                # A runtime would create it on the node; the node's "host" here is the
-                # state directory, so the host itself stays untouched.
-                source = node_dir / "hostpath" / vm["name"]
-                if kind == "FileOrCreate":
-                    files[str(source)] = ""
-                else:
-                    dirs.append(str(source))
-                notes.append(
-                    f"hostPath {host_path} is missing on this machine: "
-                    f"{vm['mountPath']} is an empty stand-in"
-                )
-            else:
-                raise LabError(
-                    f"volume {vm['name']}: hostPath {host_path} (type {kind}) does not exist"
-                )
-        else:
-            raise LabError(f"volume {vm['name']}: the lab supports configMap and hostPath volumes")
-        if vm.get("subPath"):
-            source = source / vm["subPath"]
-        mounts.append(Mount(str(source), vm["mountPath"], read_only))
-    if pod_spec.get("automountServiceAccountToken", True):
-        sa_dir = node_dir / "serviceaccount"
-        dirs.append(str(sa_dir))
-        mounts.append(Mount(str(sa_dir), SERVICEACCOUNT_MOUNT, True))
-    return ContainerPlan(
-        declared_command=declared_command,
-        command=command,
-        env=env,
-        overrides=overrides,
-        mounts=tuple(mounts),
-        files=files,
-        dirs=tuple(dirs),
-        notes=tuple(notes),
-    )
-
-
-def check_container_args(plan: ContainerPlan) -> tuple[str, ...]:
-    """Parse the command as ``kube-proxy-py run`` would (container paths mapped back to
-    the volumes' host sources); LabError if it does not parse; the warnings."""
-    from proxy.agent.options import parse_run_args
-    from proxy.config import ConfigError
-
-    args = list(plan.declared_command)
-    if args[:2] != [IMAGE_COMMAND, "run"]:
-        raise LabError(f"the DaemonSet's container runs {args[:2]}, not `{IMAGE_COMMAND} run`")
-    mapped: list[str] = []
-    for arg in args[2:]:
-        for mount in plan.mounts:
-            prefix = mount.target.rstrip("/") + "/"
-            if prefix in arg:
-                arg = arg.replace(prefix, mount.source.rstrip("/") + "/")
-        mapped.append(arg)
-    try:
-        options = parse_run_args(mapped, plan.env)
-    except ConfigError as exc:
-        raise LabError(f"the DaemonSet's command does not parse: {exc}") from exc
-    return options.warnings
 
 
 # --------------------------------------------------------------------------- HTTP helpers
@@ -741,6 +542,7 @@ class Supervisor:
         )
         bin_dir = k8s_build.build(out=self.progress)
         self.state.control_plane["bin_dir"] = str(bin_dir)
+        self.node_bins = self.build_node_side()
 
         spec, zones = lab_topology(self.state.node_count, self.state.compare)
         lab_id = self.state.lab_id
@@ -751,6 +553,7 @@ class Supervisor:
             zones=zones,
             with_controllers=True,
             with_scheduler=True,
+            real_nodes=True,
             topology_id=lab_id,
             progress=self.progress,
         )
@@ -781,6 +584,10 @@ class Supervisor:
                 EXTERNAL_IP_CIDR: spec.nodes[0].lan_ip,
                 LOAD_BALANCER_CIDR: spec.nodes[0].lan_ip,
             },
+        }
+        self.state.registry = {
+            "namespace": f"{lab_id}-{REGISTRY}",
+            "address": f"{REGISTRY_IP}:{labregistry.PORT}",
         }
         self.save()
         self.cluster.start()
@@ -813,11 +620,256 @@ class Supervisor:
         )
         self.save()
 
-        self.start_pod_agents()
-        self.start_kube_proxy_py()
+        self.start_registry()
+        self.start_nodes()
+        self.wait_nodes()
+        self.deploy_kube_proxy_py()
         if self.state.compare:
-            self.start_upstream()
+            self.deploy_upstream()
         self.wait_healthy()
+
+    def build_node_side(self) -> NodeBinaries:
+        """The node components and the images, built once and cached (``lab build``)."""
+        from proxy.lab import images as labimages
+        from proxy.lab import nodebuild
+
+        bins = nodebuild.build(out=self.progress)
+        self.state.node_bins = {"bin": str(bins.bin_dir), "cni": str(bins.cni_dir)}
+        labimages.ensure_cached_registry(out=self.progress)
+        return bins
+
+    def start_registry(self) -> None:
+        ns = self.state.registry["namespace"]
+        root = self.dir / "registry"
+        root.mkdir(parents=True, exist_ok=True)
+        config = root / "config.yml"
+        merged = root / "merged"
+        config.write_text(labregistry.registry_config(self.state.registry["address"], str(merged)))
+        argv = labregistry.launcher_argv(
+            ns,
+            binary=Path(self.state.node_bins["bin"]) / "registry",
+            config=config,
+            lower=labregistry.storage_cache(),
+            upper=root / "upper",
+            work=root / "work",
+            merged=merged,
+        )
+        self.progress(f"starting the image registry on {self.state.registry['address']}")
+        child = _Child(
+            label="registry",
+            node=REGISTRY,
+            netns=ns,
+            argv=argv,
+            log_path=root / "registry.log",
+            # The launcher execs the registry: its command line then names the config.
+            markers=["proxy.lab.registry", str(config)],
+            deathsig=signal.SIGTERM,
+            restart=True,
+            env=child_env(),
+        )
+        self.children[child.label] = child
+        self._spawn(child)
+        labregistry.wait_ready(ns, REGISTRY_IP)
+
+    def start_nodes(self) -> None:
+        from proxy.lab import node as labnode
+        from proxy.lab.cluster import CONTROL_PLANE_IP
+        from proxy.lab.controlplane import KubeconfigUser
+        from proxy.lab.images import PAUSE_IMAGE
+
+        cp = self.cluster.control_plane
+        self.progress(
+            "starting kubelet + containerd on " + ", ".join(n.name for n in self.state.nodes)
+        )
+        if self.state.mode == "iptables":
+            # An operator's step for a non-privileged agent in iptables mode
+            # (docs/deploy.md): localhost NodePorts need route_localnet, and the
+            # container sees /proc/sys read-only. kind runs kube-proxy privileged instead.
+            for node in self.state.nodes:
+                hnetns.sysctl(node.namespace, {"net.ipv4.conf.all.route_localnet": 1})
+            note = (
+                "iptables mode: net.ipv4.conf.all.route_localnet=1 was set on every node "
+                "beforehand (localhost NodePorts; the agent's container is not privileged)"
+            )
+            if note not in self.state.notes:
+                self.state.notes.append(note)
+        for node in self.state.nodes:
+            cfg = labnode.NodeConfig(
+                name=node.name,
+                lab_id=self.state.lab_id,
+                internal_ip=node.lan_ip,
+                pod_cidr=node.pod_cidr,
+                zone=node.zone,
+                directory=str(self.node_dir(node.name)),
+                api_server=f"https://{CONTROL_PLANE_IP}:{API_PORT}",
+                registry=self.state.registry["address"],
+                pause_image=PAUSE_IMAGE,
+                k8s_bin=self.state.control_plane["bin_dir"],
+                node_bin=self.state.node_bins["bin"],
+                cni_bin=self.state.node_bins["cni"],
+            )
+            config = labnode.prepare(cfg)
+            pki = Path(cfg.directory) / "etc" / "kubernetes" / "pki"
+            pki.mkdir(parents=True, exist_ok=True)
+            (pki / "ca.crt").write_bytes(cp.ca_file.read_bytes())
+            cp.ca.issue(
+                node.name, dns_names=[node.name], ip_addresses=[node.lan_ip], server=True
+            ).write(pki, "kubelet")
+            user = f"system:node:{node.name}"
+            client = cp.ca.issue(user, organizations=["system:nodes"], client=True)
+            cp.write_kubeconfig(
+                Path(cfg.directory) / "etc" / "kubernetes" / "kubelet.conf",
+                KubeconfigUser(
+                    user, client_cert_pem=client.cert_pem, client_key_pem=client.key_pem
+                ),
+            )
+            child = _Child(
+                label=f"node/{node.name}",
+                node=node.name,
+                netns=node.namespace,
+                argv=labnode.launcher_argv(node.namespace, config),
+                log_path=Path(cfg.directory) / "logs" / "node.log",
+                markers=["proxy.lab.node"],
+                deathsig=signal.SIGTERM,
+                restart=True,
+                env=child_env(),
+            )
+            self.children[child.label] = child
+            self._spawn(child)
+
+    def wait_nodes(self) -> None:
+        """Every kubelet registered its Node; give it its podCIDR; wait until Ready."""
+        cp = self.cluster.control_plane
+        pending = {n.name: n for n in self.state.nodes}
+        cidr_set: set[str] = set()
+        t0 = time.monotonic()
+        deadline = t0 + READY_TIMEOUT
+        while pending:
+            self._check_children("node/")
+            listed = cp.api("GET", "/api/v1/nodes")
+            for item in listed.get("items", []):
+                name = item["metadata"]["name"]
+                node = pending.get(name)
+                if node is None:
+                    continue
+                if name not in cidr_set and not item["spec"].get("podCIDR"):
+                    # The lab's node IPAM: node-N gets 10.244.N.0/24, as its CNI config.
+                    cp.api(
+                        "PATCH",
+                        f"/api/v1/nodes/{name}",
+                        {"spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}},
+                        content_type="application/merge-patch+json",
+                    )
+                cidr_set.add(name)
+                conditions = item.get("status", {}).get("conditions", [])
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                    runtime = item["status"].get("nodeInfo", {}).get("containerRuntimeVersion")
+                    self.progress(
+                        f"{name} Ready after {time.monotonic() - t0:.1f}s (kubelet "
+                        f"{item['status'].get('nodeInfo', {}).get('kubeletVersion')}, {runtime})"
+                    )
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                raise LabError(
+                    "nodes not Ready within "
+                    f"{READY_TIMEOUT:.0f}s: {', '.join(pending)}; see "
+                    + ", ".join(str(self.node_dir(n) / "logs" / "kubelet.log") for n in pending)
+                )
+            time.sleep(0.5)
+
+    def _check_children(self, prefix: str) -> None:
+        for label, child in self.children.items():
+            if (
+                label.startswith(prefix)
+                and child.popen is not None
+                and child.popen.poll() is not None
+            ):
+                raise LabError(
+                    f"{label} exited with {child.popen.returncode}; last lines of "
+                    f"{child.log_path}:\n{_tail(child.log_path)}"
+                )
+
+    def deploy_kube_proxy_py(self) -> None:
+        from proxy.lab import deploy
+        from proxy.lab.cluster import CLUSTER_CIDR, CONTROL_PLANE_IP
+
+        objects, changes = deploy.lab_objects(
+            self.objects,
+            mode=self.state.mode,
+            cluster_cidr=CLUSTER_CIDR,
+            api_host=CONTROL_PLANE_IP,
+            api_port=API_PORT,
+            exclude_nodes=[UPSTREAM_NODE] if self.state.compare else [],
+        )
+        self.state.env_overrides = {k: list(v) for k, v in changes.env.items()}
+        self.state.config_overrides = {k: list(v) for k, v in changes.config.items()}
+        self.state.notes.extend(n for n in changes.other if n not in self.state.notes)
+        self.save()
+        self.progress(
+            f"kubectl apply -f daemonset.yaml (mode {self.state.mode}; API server "
+            f"{CONTROL_PLANE_IP}:{API_PORT})"
+        )
+        self.cluster.apply(*objects)
+
+    def deploy_upstream(self) -> None:
+        from proxy.lab import deploy
+        from proxy.lab.cluster import CLUSTER_CIDR, CONTROL_PLANE_IP
+        from proxy.lab.images import UPSTREAM_KUBE_PROXY_IMAGE
+
+        self.progress(f"deploying upstream kube-proxy as a DaemonSet on {UPSTREAM_NODE}")
+        self.cluster.apply(
+            *deploy.upstream_objects(
+                image=UPSTREAM_KUBE_PROXY_IMAGE,
+                node=UPSTREAM_NODE,
+                mode=self.state.mode,
+                cluster_cidr=CLUSTER_CIDR,
+                api_host=CONTROL_PLANE_IP,
+                api_port=API_PORT,
+                healthz_port=HEALTHZ_PORT,
+            )
+        )
+
+    def proxy_pods(self) -> dict[str, dict[str, Any]]:
+        """The proxies' Pods (both DaemonSets) by node name."""
+        selector = "k8s-app+in+(kube-proxy-py,kube-proxy)"
+        pods = self.cluster.control_plane.api(
+            "GET", f"/api/v1/namespaces/kube-system/pods?labelSelector={selector}"
+        )
+        return {p["spec"].get("nodeName", ""): p for p in pods.get("items", [])}
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        t0 = time.monotonic()
+        waiting = {n.name: n for n in self.state.nodes}
+        while waiting:
+            self._check_children("node/")
+            pods = self.proxy_pods()
+            for name, node in list(waiting.items()):
+                pod = pods.get(name)
+                conditions = (pod or {}).get("status", {}).get("conditions") or []
+                if pod is None or not any(
+                    c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+                ):
+                    continue
+                status, _ = node_health(node.namespace)
+                if status == 200:
+                    self.progress(
+                        f"{node.proxy} pod {pod['metadata']['name']} Ready on {name}, "
+                        f"/healthz 200 after {time.monotonic() - t0:.1f}s"
+                    )
+                    del waiting[name]
+            if waiting and time.monotonic() > deadline:
+                detail = []
+                for name in waiting:
+                    pod = pods.get(name)
+                    pod_status = {} if pod is None else pod.get("status", {})
+                    seen = pod_status.get("containerStatuses", pod_status) if pod else "no pod"
+                    detail.append(f"{name}: {json.dumps(seen)[:400]}")
+                raise LabError(
+                    f"the proxies were not healthy within {READY_TIMEOUT:.0f}s: "
+                    + "; ".join(detail)
+                )
+            time.sleep(0.5)
 
     def _spawn(self, child: _Child) -> None:
         child.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -848,184 +900,6 @@ class Supervisor:
             child.log_path,
         )
 
-    def start_pod_agents(self) -> None:
-        if importlib.util.find_spec("proxy.lab.podagent") is None:
-            self.state.notes.append(
-                "no pod agent (proxy/lab/podagent.py is missing): Pods stay Pending"
-            )
-            self.progress("pod agents: proxy.lab.podagent is not available; Pods will stay Pending")
-            return
-        self.progress("starting pod agents on " + ", ".join(n.name for n in self.state.nodes))
-        cp = self.cluster.control_plane
-        for node in self.state.nodes:
-            kubeconfig = cp.client_cert_kubeconfig(
-                node.name, f"system:node:{node.name}", ["system:nodes"]
-            )
-            # nsenter, not `ip netns exec`: that would give the agent a private mount
-            # namespace, and the pod namespaces it bind-mounts under /run/netns would
-            # exist only there (the host would see empty files it cannot enter).
-            argv = netns_only_argv(
-                node.namespace,
-                [
-                    sys.executable, "-m", "proxy.lab.podagent",
-                    "--node", node.name,
-                    "--kubeconfig", str(kubeconfig),
-                    "--lab-id", self.state.lab_id,
-                    "--state-dir", str(self.dir),
-                ],
-            )  # fmt: skip
-            child = _Child(
-                label=f"podagent/{node.name}",
-                node=node.name,
-                netns=node.namespace,
-                argv=argv,
-                log_path=self.node_dir(node.name) / "podagent.log",
-                markers=["proxy.lab.podagent"],
-                deathsig=signal.SIGTERM,
-                restart=False,
-                env=child_env(),
-            )
-            self.children[child.label] = child
-            self._spawn(child)
-        self.state.pod_agent = True
-        self.save()
-
-    def write_token(self, node: str) -> None:
-        from proxy.lab.cluster import SERVICE_ACCOUNT
-
-        cp = self.cluster.control_plane
-        sa_dir = self.node_dir(node) / "serviceaccount"
-        sa_dir.mkdir(parents=True, exist_ok=True)
-        token = cp.service_account_token(*SERVICE_ACCOUNT, expiration_seconds=TOKEN_SECONDS)
-        for name, content in (
-            ("token", token),
-            ("ca.crt", cp.ca_file.read_text()),
-            ("namespace", SERVICE_ACCOUNT[0]),
-        ):
-            _write_atomic(sa_dir / name, content, 0o600 if name == "token" else 0o644)
-
-    def start_kube_proxy_py(self) -> None:
-        from proxy.lab.cluster import CONTROL_PLANE_IP
-
-        mode = self.state.mode
-        cm = lab_config_map(self.objects, mode)
-        file_mode = yaml.safe_load(_find(self.objects, "ConfigMap")["data"]["config.conf"])["mode"]
-        if file_mode != mode:
-            self.state.config_overrides["mode"] = [str(file_mode), mode]
-        self.cluster.apply(cm)
-        for node in self.state.nodes:
-            if node.proxy != "kube-proxy-py":
-                continue
-            plan = plan_container(
-                self.objects,
-                node=node.name,
-                node_ip=node.lan_ip,
-                mode=mode,
-                node_dir=self.node_dir(node.name),
-                api_host=CONTROL_PLANE_IP,
-                api_port=API_PORT,
-            )
-            for directory in plan.dirs:
-                Path(directory).mkdir(parents=True, exist_ok=True)
-            for path, text in plan.files.items():
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                _write_atomic(Path(path), text, 0o644)
-            self.write_token(node.name)
-            warnings = check_container_args(plan)
-            for warning in warnings:
-                self.progress(f"warning from kube-proxy-py's options on {node.name}: {warning}")
-            self.state.env_overrides = {k: list(v) for k, v in plan.overrides.items()}
-            for note in plan.notes:
-                if note not in self.state.notes:
-                    self.state.notes.append(note)
-            self.progress(
-                f"starting kube-proxy-py on {node.name} ({mode}): {' '.join(plan.declared_command)}"
-            )
-            argv = hnetns.exec_argv(
-                node.namespace, launcher_argv(plan.command, mounts=plan.mounts, env=plan.env)
-            )
-            child = _Child(
-                label=f"kube-proxy-py/{node.name}",
-                node=node.name,
-                netns=node.namespace,
-                argv=argv,
-                log_path=self.node_dir(node.name) / "kube-proxy-py.log",
-                markers=[node.namespace, f"--hostname-override={node.name}"],
-                deathsig=signal.SIGTERM,
-                restart=True,
-                env=child_env(),
-            )
-            self.children[child.label] = child
-            self._spawn(child)
-        self.token_refreshed = time.monotonic()
-
-    def start_upstream(self) -> None:
-        from proxy.lab.cluster import UPSTREAM_SERVICE_ACCOUNT, upstream_args, upstream_rbac_objects
-
-        node = self.state.node(UPSTREAM_NODE)
-        assert node is not None
-        cp = self.cluster.control_plane
-        self.cluster.apply(*upstream_rbac_objects())
-        ns, sa = UPSTREAM_SERVICE_ACCOUNT
-        token = cp.service_account_token(ns, sa, expiration_seconds=TOKEN_SECONDS)
-        kubeconfig = cp.token_kubeconfig(sa, token)
-        binary = Path(self.state.control_plane["bin_dir"]) / "kube-proxy"
-        args = [
-            str(binary),
-            *upstream_args(kubeconfig, UPSTREAM_NODE, self.state.mode),
-            f"--healthz-bind-address=0.0.0.0:{HEALTHZ_PORT}",
-            "--metrics-bind-address=127.0.0.1:10249",
-        ]
-        self.progress(f"starting upstream kube-proxy on {UPSTREAM_NODE} ({self.state.mode})")
-        child = _Child(
-            label=f"kube-proxy/{UPSTREAM_NODE}",
-            node=UPSTREAM_NODE,
-            netns=node.namespace,
-            argv=hnetns.exec_argv(node.namespace, args),
-            log_path=self.node_dir(UPSTREAM_NODE) / "kube-proxy.log",
-            markers=[str(binary)],
-            deathsig=signal.SIGTERM,
-            restart=True,
-            env={"PATH": IMAGE_ENV["PATH"]},
-        )
-        self.children[child.label] = child
-        self._spawn(child)
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        for label, child in self.children.items():
-            if not label.startswith("kube-proxy"):
-                continue
-            t0 = time.monotonic()
-            while True:
-                assert child.popen is not None
-                if child.popen.poll() is not None:
-                    raise LabError(
-                        f"{label} exited with {child.popen.returncode} before it was healthy; "
-                        f"last lines of {child.log_path}:\n{_tail(child.log_path)}"
-                    )
-                status, _ = node_health(child.netns)
-                if status == 200:
-                    break
-                if time.monotonic() > deadline:
-                    raise LabError(
-                        f"{label}: /healthz did not answer 200 within {READY_TIMEOUT:.0f}s "
-                        f"(last: {status}); last lines of {child.log_path}:\n"
-                        + _tail(child.log_path)
-                    )
-                time.sleep(0.3)
-            self.progress(f"{label} healthy (/healthz 200 after {time.monotonic() - t0:.1f}s)")
-        for label, child in self.children.items():
-            if (
-                label.startswith("podagent")
-                and child.popen is not None
-                and child.popen.poll() is not None
-            ):
-                raise LabError(
-                    f"{label} exited with {child.popen.returncode}; last lines of "
-                    f"{child.log_path}:\n{_tail(child.log_path)}"
-                )
-
     # -- running ---------------------------------------------------------------------
     def watch(self) -> None:
         while True:
@@ -1033,15 +907,6 @@ class Supervisor:
             now = time.monotonic()
             for child in self.children.values():
                 if child.popen is None or child.popen.poll() is None:
-                    continue
-                if not child.restart:
-                    if child.restart_at == 0.0:
-                        log.warning(
-                            "exited label=%s code=%s (not restarted)",
-                            child.label,
-                            child.popen.returncode,
-                        )
-                        child.restart_at = float("inf")
                     continue
                 if child.restart_at == 0.0:
                     if now - child.started > 600:
@@ -1058,22 +923,17 @@ class Supervisor:
                     child.restart_at = 0.0
                     self.state.restarts[child.label] = self.state.restarts.get(child.label, 0) + 1
                     self._spawn(child)
-            if now - self.token_refreshed > TOKEN_REFRESH_SECONDS:
-                for node in self.state.nodes:
-                    if node.proxy == "kube-proxy-py":
-                        try:
-                            self.write_token(node.name)
-                        except Exception:
-                            log.exception("token refresh failed node=%s", node.name)
-                self.token_refreshed = now
 
     # -- stopping --------------------------------------------------------------------
     def teardown(self) -> None:
+        from proxy.lab import cgroups
+
         self.state.phase = "stopping" if self.state.phase != "failed" else "failed"
         with contextlib.suppress(Exception):
             self.save()
-        # Pod agents first (they delete their pod namespaces on SIGTERM), then the proxies.
-        for group in ("podagent/", "kube-proxy"):
+        # Nodes first (each stops its kubelet and containerd and kills its containers),
+        # then the registry.
+        for group in ("node/", "registry"):
             running = [
                 c
                 for c in self.children.values()
@@ -1094,6 +954,8 @@ class Supervisor:
                     child.popen.kill()
                     child.popen.wait(timeout=10)
                 log.info("stopped label=%s code=%s", child.label, child.popen.returncode)
+        for problem in cgroups.remove(cgroups.lab_path(self.state.lab_id)):
+            log.warning("cgroup cleanup: %s", problem)
         if self._cluster is not None:
             try:
                 self._cluster.stop()
@@ -1158,14 +1020,14 @@ class Removed:
     processes: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
-    pod_agent_cleanups: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = []
         if self.processes:
             out.append(f"stopped {len(self.processes)} process(es): {', '.join(self.processes)}")
-        if self.pod_agent_cleanups:
-            out.append(f"pod agent cleanup from {', '.join(self.pod_agent_cleanups)}")
+        if self.problems:
+            out.append("could not remove: " + "; ".join(self.problems))
         if self.namespaces:
             out.append(
                 f"deleted {len(self.namespaces)} network namespace(s): {', '.join(self.namespaces)}"
@@ -1186,20 +1048,16 @@ def cleanup(state_dir: Path, state: LabState | None, lab_id: str | None = None) 
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state.supervisor.pid, signal.SIGKILL)
             removed.processes.append(f"supervisor (pid {state.supervisor.pid})")
-    agent_states = sorted(state_dir.glob("podagent-*.json")) if state_dir.is_dir() else []
-    if agent_states:
-        try:
-            podagent = importlib.import_module("proxy.lab.podagent")
-        except ImportError:
-            podagent = None
-            log.warning("pod agent state files found but proxy.lab.podagent is not importable")
-        for path in agent_states:
-            if podagent is not None:
-                try:
-                    podagent.cleanup_from_state(path)
-                    removed.pod_agent_cleanups.append(path.name)
-                except Exception:
-                    log.exception("pod agent cleanup_from_state failed path=%s", path)
+    if lab_id:
+        # Whatever the nodes still run (containers, shims, a kubelet whose launcher was
+        # killed) is in the lab's cgroups: kill it there, then remove the cgroups.
+        from proxy.lab import cgroups
+
+        in_cgroups = cgroups.pids(cgroups.lab_path(lab_id))
+        problems = cgroups.remove(cgroups.lab_path(lab_id))
+        if in_cgroups:
+            removed.processes.append(f"{len(in_cgroups)} node process(es) in the lab's cgroups")
+        removed.problems += problems
     if lab_id:
         removed.namespaces += sweep_namespaces(lab_id, state.namespaces if state else ())
         # The harness Topology keeps its logs in a temp dir named after the id.
@@ -1545,7 +1403,7 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
         except (OSError, LabError, ValueError, http.client.HTTPException, ssl.SSLError) as exc:
             pods_note = f" (pod count unavailable: {exc})"
     healthy = True
-    rows = [("NODE", "LAN IP", "POD CIDR", "ZONE", "PROXY", "HEALTH", "POD AGENT", "PODS")]
+    rows = [("NODE", "LAN IP", "POD CIDR", "ZONE", "PROXY", "HEALTH", "KUBELET", "PODS")]
     for node in state.nodes:
         health = "-"
         if alive:
@@ -1555,14 +1413,14 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
             else:
                 health = f"unhealthy ({status})" if status else "not answering"
                 healthy = False
-        proxy = node.proxy
-        restarts = state.restarts.get(f"{node.proxy}/{node.name}", 0)
-        if restarts:
-            proxy += f" ({restarts} restarts)"
+        proxy = node.proxy + " (DaemonSet pod)"
         agent = "-"
-        rec = state.processes.get(f"podagent/{node.name}")
+        rec = state.processes.get(f"node/{node.name}")
         if rec is not None:
             agent = "running" if rec.is_ours() else "DEAD"
+            restarts = state.restarts.get(f"node/{node.name}", 0)
+            if restarts:
+                agent += f" ({restarts} restarts)"
         rows.append(
             (
                 node.name,
@@ -1584,6 +1442,12 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
     unscheduled = pods_per_node.get("(unscheduled)", 0)
     if unscheduled or pods_note:
         print(f"  unscheduled pods: {unscheduled}{pods_note}", file=out)
+    if state.registry:
+        print(
+            f"image registry: {state.registry['address']} (mirrors docker.io, registry.k8s.io, "
+            "quay.io, ghcr.io for every node)",
+            file=out,
+        )
     if state.client:
         routes = ", ".join(f"{p} via {v}" for p, v in state.client.get("routes", {}).items())
         print(
@@ -1597,8 +1461,7 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
     changes += [f"env {k}={v[1]} (daemonset.yaml: {v[0]})" for k, v in state.env_overrides.items()]
     if changes:
         print(
-            "kube-proxy-py runs daemonset.yaml's container as written, except: "
-            + "; ".join(changes),
+            "kube-proxy-py is daemonset.yaml applied as written, except: " + "; ".join(changes),
             file=out,
         )
     for note in state.notes:
@@ -1644,7 +1507,11 @@ def kubectl(state_dir: Path, args: Sequence[str]) -> int:
 
 
 def _pod_namespace(state: LabState, target: str) -> str:
-    """The network namespace of a Pod (``name`` or ``namespace/name``), by its pod IP."""
+    """The network namespace of a Pod (``name`` or ``namespace/name``) as a path,
+    ``/proc/<pid>/ns/net`` of one of its processes (found in the pod's cgroup, which the
+    kubelet names ``pod<uid>``)."""
+    from proxy.lab import cgroups
+
     namespace, _, name = target.rpartition("/")
     namespace = namespace or "default"
     try:
@@ -1654,26 +1521,22 @@ def _pod_namespace(state: LabState, target: str) -> str:
             f"`{target}` is no node, `client`, `control-plane`, `lan` nor a pod ({exc}); "
             f"nodes: {', '.join(n.name for n in state.nodes)}"
         ) from exc
-    ip = (pod.get("status") or {}).get("podIP")
-    if not ip:
+    spec = pod.get("spec") or {}
+    if spec.get("hostNetwork"):
+        return f"{state.lab_id}-{spec.get('nodeName')}"
+    node = spec.get("nodeName")
+    uid = pod["metadata"]["uid"]
+    if not node or not (pod.get("status") or {}).get("podIP"):
         raise LabError(
-            f"pod {namespace}/{name} has no IP yet (phase {(pod.get('status') or {}).get('phase')})"
+            f"pod {namespace}/{name} is not running yet "
+            f"(phase {(pod.get('status') or {}).get('phase')})"
         )
-    node_ns = {n.namespace for n in state.nodes} | set(state.namespaces)
-    for ns in lab_namespaces(state.lab_id):
-        if ns in node_ns:
-            continue
-        done = subprocess.run(
-            ["ip", "-n", ns, "-o", "-4", "addr", "show"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if re.search(rf"\binet {re.escape(ip)}/", done.stdout):
-            return ns
-    raise LabError(
-        f"pod {namespace}/{name} (IP {ip}) has no network namespace in lab {state.lab_id}"
-    )
+    for pid in sorted(cgroups.pods_pids(cgroups.node_path(state.lab_id, node), uid)):
+        path = f"/proc/{pid}/ns/net"
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino != os.stat(f"/proc/{os.getpid()}/ns/net").st_ino:
+                return path
+    raise LabError(f"pod {namespace}/{name} has no running process on {node}")
 
 
 def shell_target(state: LabState, target: str) -> str:
@@ -1701,6 +1564,32 @@ def shell(state_dir: Path, target: str, command: Sequence[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(argv[0], argv, env)
+
+
+def load_image(state_dir: Path, archive: Path, *, out: TextIO = sys.stdout) -> int:
+    """``lab load-image FILE.tar``: push its images into the running lab's registry."""
+    from proxy.lab import images
+    from proxy.lab.node import MIRRORED_REGISTRIES
+    from proxy.lab.oci import OciError
+    from proxy.lab.regclient import RegistryError
+    from proxy.lab.rootfs import ImageBuildError
+
+    _require_root("load-image")
+    state = _running_state(state_dir)
+    if not state.registry:
+        raise LabError(f"lab {state.lab_id} has no registry (started by an older version)")
+    url = f"http://{state.registry['address']}"
+    try:
+        added = images.load_image_archive(
+            archive, url, netns=state.registry["namespace"], registries=MIRRORED_REGISTRIES
+        )
+    except (OSError, ImageBuildError, OciError, RegistryError) as exc:
+        raise LabError(f"{archive}: {exc}") from exc
+    if not added:
+        raise LabError(f"{archive} holds no tagged image (a `docker save NAME:TAG` archive has)")
+    for ref in added:
+        print(f"loaded {ref} into the lab registry ({state.registry['address']})", file=out)
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- supervisor entry

@@ -1,9 +1,12 @@
-"""``kube-proxy-py lab up|down|status|kubectl|shell`` through the CLI, and the launcher.
+"""``kube-proxy-py lab up|down|status|kubectl|shell`` through the CLI, on real nodes.
 
 The lab tests run ``python -m proxy lab …`` as subprocesses with a temporary
-``--state-dir``, exactly as a user would, and check that ``lab down`` (also after the
-supervisor was SIGKILLed, or is stuck) leaves nothing behind: no namespace, process,
-root-namespace rule, listener, mount, mount-point directory or state file.
+``--state-dir``, exactly as a user would: kubelets and containerd on every node, the
+kube-proxy-py DaemonSet's pods from the image built from the Dockerfile, and every kubectl
+verb a kind user types (exec, run -i --rm, attach, logs -f, port-forward, cp), Service
+environment variables, probes, grace periods and restarts. ``lab down`` (also after the
+supervisor was SIGKILLed, or is stuck) must leave nothing behind: no namespace, process,
+cgroup, root-namespace rule, listener, mount, mount-point directory or state file.
 """
 
 from __future__ import annotations
@@ -26,13 +29,26 @@ import pytest
 
 from proxy.cli import build_parser
 from proxy.harness.process import SOURCE_ROOT
+from proxy.lab import cgroups, images, nsutil, oci
 from proxy.lab import lab as labmod
-from proxy.lab import nsutil
 from proxy.lab.build import BIN_ENV
 
 ROOT_ONLY = pytest.mark.netns
 LAB_PORTS = {2379, 2380, 6443, 10249, 10256, 10257, 10259}
-MOUNT_POINTS = ("/var/lib/kube-proxy-py", "/run/secrets/kubernetes.io", "/lib/modules")
+MOUNT_POINTS = (
+    "/var/lib/kubelet",
+    "/var/lib/containerd",
+    "/var/lib/cni",
+    "/etc/containerd",
+    "/etc/cni",
+    "/opt/cni",
+    "/run/containerd",
+    "/var/log/pods",
+    "/var/log/containers",
+    "/var/lib/kube-proxy-py",
+)
+"""Paths a node binds over inside its own mount namespace (and the DaemonSet's volume):
+the host must not gain them."""
 UP_TIMEOUT = 900.0  # a cold binary build happens in k8s_bin, not here; generous anyway
 
 
@@ -59,54 +75,13 @@ def test_topology_nodes_zones_and_compare_node() -> None:
         ("node-upstream", "192.168.50.30", "10.244.30.0/24"),
     ]
     assert [zones[n] for n in ("node-1", "node-2", "node-3")] == ["zone-a", "zone-b", "zone-a"]
-    assert [(c.name, c.lan_ip, c.routes_to_pods) for c in spec.clients] == [
-        ("client", "192.168.50.100", True)
+    assert [(c.name, c.lan_ip) for c in spec.clients] == [
+        ("client", "192.168.50.100"),
+        ("registry", "192.168.50.3"),
     ]
     for bad in (0, labmod.MAX_NODES + 1):
         with pytest.raises(labmod.LabError, match="1 to"):
             labmod.lab_topology(bad, compare=False)
-
-
-def test_plan_runs_the_daemonsets_container(tmp_path: Path) -> None:
-    objects = labmod.manifest_objects()
-    plan = labmod.plan_container(
-        objects,
-        node="node-2",
-        node_ip="192.168.50.12",
-        mode="iptables",
-        node_dir=tmp_path,
-        api_host="192.168.50.2",
-        api_port=6443,
-    )
-    container = next(d for d in objects if d["kind"] == "DaemonSet")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
-    declared = [a.replace("$(NODE_NAME)", "node-2") for a in container["command"]]
-    assert list(plan.declared_command) == declared
-    assert list(plan.command) == [sys.executable, "-m", "proxy", *declared[1:]]
-    assert plan.env["NODE_NAME"] == "node-2"
-    assert plan.env["KUBERNETES_SERVICE_HOST"] == "192.168.50.2"
-    assert plan.env["KUBERNETES_SERVICE_PORT"] == "6443"
-    assert plan.overrides["KUBERNETES_SERVICE_HOST"][1] == "192.168.50.2"
-    targets = {m.target: m for m in plan.mounts}
-    for vm in container["volumeMounts"]:
-        assert vm["mountPath"] in targets
-    assert targets[labmod.SERVICEACCOUNT_MOUNT].read_only
-    assert targets["/var/lib/kube-proxy-py"].read_only
-    config = Path(targets["/var/lib/kube-proxy-py"].source) / "config.conf"
-    assert "mode: iptables" in plan.files[str(config)]
-    # Every volume source lives in the node's directory unless it is an existing host path.
-    for mount in plan.mounts:
-        assert mount.source.startswith(str(tmp_path)) or Path(mount.source).exists()
-    for directory in plan.dirs:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-    for path, text in plan.files.items():
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-    assert labmod.check_container_args(plan) == ()
-
-
-# --------------------------------------------------------------------------- launcher
 
 
 def mountinfo() -> list[str]:
@@ -115,25 +90,33 @@ def mountinfo() -> list[str]:
 
 
 @ROOT_ONLY
-def test_container_launcher_mounts_are_private(tmp_path: Path) -> None:
-    tag = f"kpp-launcher-{os.getpid()}"
+def test_node_mounts_are_private(tmp_path: Path) -> None:
+    """What a lab node does to see its own /var/lib/kubelet, /run and kernel settings,
+    seen from inside and from the host."""
+    tag = f"kpp-mounts-{os.getpid()}"
     volume = tmp_path / "volume"
     volume.mkdir()
-    (volume / "config.conf").write_text("mode: nftables\n")
-    single = tmp_path / "token"
-    single.write_text("secret\n")
+    (volume / "config.toml").write_text("version = 3\n")
+    setting = tmp_path / "panic"
+    setting.write_text("10\n")
     deep = f"/var/lib/{tag}/a/b"
-    file_target = f"/var/run/{tag}.token"  # /var/run is a symlink to /run on Debian
     before_mounts = mountinfo()
     before_var_lib = sorted(os.listdir("/var/lib"))
+    before_panic = Path("/proc/sys/kernel/panic").read_text()
     script = textwrap.dedent(
         f"""
         import os, sys
-        print("cfg", open("{deep}/config.conf").read().strip())
-        print("tok", open("{file_target}").read().strip())
-        # (Python itself adds LC_CTYPE under the C locale: PEP 538)
-        print("env", sorted(set(os.environ) - {{"PWD", "LC_CTYPE"}}), os.environ.get("FOO"))
-        print("cwd", os.getcwd())
+        from pathlib import Path
+        from proxy.lab import mounts
+        mounts.private_mount_namespace()
+        mounts.mount_tmpfs("/run", "mode=755,size=1m")
+        mounts.setup_mounts([
+            mounts.Mount("{volume}", "{deep}", read_only=True),
+            mounts.Mount("{setting}", "/proc/sys/kernel/panic"),
+        ])
+        print("cfg", open("{deep}/config.toml").read().strip())
+        print("run", sorted(os.listdir("/run")))
+        print("panic", open("/proc/sys/kernel/panic").read().strip())
         print("var_lib", sorted(os.listdir("/var/lib")))
         try:
             open("{deep}/new", "w")
@@ -143,34 +126,22 @@ def test_container_launcher_mounts_are_private(tmp_path: Path) -> None:
         sys.stdin.readline()  # hold until the test looked at the host
         """
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "proxy.lab.container",
-        "--mount",
-        f"{volume}:{deep}:ro",
-        "--mount",
-        f"{single}:{file_target}",
-        "--env",
-        "FOO=bar",
-        "--env",
-        f"PYTHONPATH={SOURCE_ROOT}",
-        "--",
-        sys.executable,
-        "-c",
-        script,
-    ]
     proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SOURCE_ROOT)},
     )
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        lines = [proc.stdout.readline().strip() for _ in range(6)]
+        lines = [proc.stdout.readline().strip() for _ in range(5)]
         # While it runs: the host sees none of it.
         assert not Path(f"/var/lib/{tag}").exists()
-        assert not Path(f"/run/{tag}.token").exists()
         assert mountinfo() == before_mounts
         assert sorted(os.listdir("/var/lib")) == before_var_lib
+        assert Path("/proc/sys/kernel/panic").read_text() == before_panic
         proc.stdin.write("\n")
         proc.stdin.flush()
         assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
@@ -178,35 +149,14 @@ def test_container_launcher_mounts_are_private(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert lines[0] == "cfg mode: nftables"
-    assert lines[1] == "tok secret"
-    assert lines[2] == "env ['FOO', 'PYTHONPATH'] bar"  # exactly the --env values
-    assert lines[3] == "cwd /"
+    assert lines[0] == "cfg version = 3"
+    assert lines[1] == "run []"  # a fresh tmpfs
+    assert lines[2] == "panic 10"
     # The shadowed /var/lib shows every original entry plus the new mount point.
-    assert lines[4] == f"var_lib {sorted([*before_var_lib, tag])!r}"
-    assert lines[5] == "ro 30"  # EROFS
+    assert lines[3] == f"var_lib {sorted([*before_var_lib, tag])!r}"
+    assert lines[4] == "ro 30"  # EROFS
     assert mountinfo() == before_mounts
     assert not Path(f"/var/lib/{tag}").exists()
-
-
-@ROOT_ONLY
-def test_container_launcher_reports_a_missing_volume(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy.lab.container",
-            "--mount",
-            f"{tmp_path}/nope:/x",
-            "--",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 126
-    assert "volume source" in done.stderr and "does not exist" in done.stderr
 
 
 # --------------------------------------------------------------------------- the lab
@@ -332,6 +282,8 @@ def assert_nothing_left(lab: Lab, records: list[labmod.ProcRecord]) -> None:
     assert after.paths == lab.before.paths
     assert not lab.state_dir.exists()
     assert not list(Path("/tmp").glob(f"{lab.lab_id}-*"))
+    assert not cgroups.pids(cgroups.lab_path(lab.lab_id))
+    assert not [h for h in cgroups.hierarchies() if (h / cgroups.LAB_ROOT / lab.lab_id).exists()]
 
 
 def records_of(lab: Lab) -> list[labmod.ProcRecord]:
@@ -350,6 +302,38 @@ def running_lab(k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         lab.cli("down")  # idempotent: a no-op after test_down_leaves_nothing
 
 
+def kubectl(lab: Lab, *args: str, input: str | None = None, timeout: float = 120.0) -> str:
+    """``lab kubectl ARGS``; its stdout (the test fails with kubectl's stderr otherwise)."""
+    done = lab.cli("kubectl", *args, input=input, timeout=timeout)
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def apply(lab: Lab, *objects: dict[str, Any]) -> None:
+    kubectl(lab, "apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objects))
+
+
+def pod(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": "busybox", "command": command}
+    container.update(spec.pop("container", {}))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"test": name}},
+        "spec": {"containers": [container], **spec},
+    }
+
+
+def wait_ready(lab: Lab, *names: str, timeout: int = 120) -> None:
+    targets = [f"pod/{n}" for n in names]
+    kubectl(lab, "wait", "--for=condition=Ready", *targets, f"--timeout={timeout}s",
+            timeout=timeout + 30)  # fmt: skip
+
+
+def get_json(lab: Lab, *args: str) -> Any:
+    return json.loads(kubectl(lab, "get", *args, "-o", "json"))
+
+
 @pytest.mark.e2e
 @pytest.mark.netns
 def test_up_shows_progress_and_status(running_lab: Lab) -> None:
@@ -358,10 +342,12 @@ def test_up_shows_progress_and_status(running_lab: Lab) -> None:
         "building Kubernetes",
         "creating network namespaces",
         "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler",
-        "registering nodes node-1, node-2",
-        "starting pod agents",
-        "starting kube-proxy-py on node-1 (nftables)",
-        "kube-proxy-py/node-2 healthy",
+        "starting the image registry on 192.168.50.3:5000",
+        "starting kubelet + containerd on node-1, node-2",
+        "node-1 Ready after",
+        "(kubelet v1.37.2, containerd://2.3.7)",
+        "kubectl apply -f daemonset.yaml (mode nftables",
+        "Ready on node-2, /healthz 200",
         "lab ready",
     ):
         assert step in out, out
@@ -376,13 +362,14 @@ def test_status_shows_both_nodes_healthy(running_lab: Lab) -> None:
     out = done.stdout
     assert f"lab {running_lab.lab_id}: running" in out
     assert "https://192.168.50.2:6443" in out
-    assert re.search(
-        r"node-1\s+192\.168\.50\.11\s+10\.244\.1\.0/24\s+zone-a\s+kube-proxy-py\s+healthy", out
-    ), out
-    assert re.search(
-        r"node-2\s+192\.168\.50\.12\s+10\.244\.2\.0/24\s+zone-b\s+kube-proxy-py\s+healthy", out
-    ), out
-    assert "KUBERNETES_SERVICE_HOST=192.168.50.2" in out
+    for i, zone in ((1, "zone-a"), (2, "zone-b")):
+        assert re.search(
+            rf"node-{i}\s+192\.168\.50\.1{i}\s+10\.244\.{i}\.0/24\s+{zone}\s+"
+            r"kube-proxy-py \(DaemonSet pod\)\s+healthy\s+running",
+            out,
+        ), out
+    assert "KUBERNETES_SERVICE_HOST=192.168.50.2 (daemonset.yaml: kind-control-plane)" in out
+    assert "image registry: 192.168.50.3:5000" in out
     assert "`client` 192.168.50.100" in out
 
 
@@ -402,23 +389,27 @@ def test_up_again_is_a_noop(running_lab: Lab) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.netns
-def test_kubectl_get_nodes(running_lab: Lab) -> None:
-    done = running_lab.cli("kubectl", "get", "nodes", "-o", "json")
-    assert done.returncode == 0, done.stderr
-    nodes = {n["metadata"]["name"]: n for n in json.loads(done.stdout)["items"]}
+def test_kubelets_registered_their_nodes(running_lab: Lab) -> None:
+    nodes = {n["metadata"]["name"]: n for n in get_json(running_lab, "nodes")["items"]}
     assert sorted(nodes) == ["node-1", "node-2"]
     for i, name in enumerate(("node-1", "node-2"), start=1):
         node = nodes[name]
         ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
-        assert ready and ready[0]["status"] == "True"
+        assert ready and ready[0]["status"] == "True" and ready[0]["reason"] == "KubeletReady"
+        info = node["status"]["nodeInfo"]
+        assert info["kubeletVersion"] == "v1.37.2"
+        assert info["containerRuntimeVersion"] == "containerd://2.3.7"
         assert node["spec"]["podCIDR"] == f"10.244.{i}.0/24"
         assert not node["spec"].get("taints")
         assert {"type": "InternalIP", "address": f"192.168.50.1{i}"} in node["status"]["addresses"]
-        assert (
-            node["metadata"]["labels"]["topology.kubernetes.io/zone"] == ("zone-a", "zone-b")[i - 1]
-        )
-    plain = running_lab.cli("kubectl", "get", "nodes")
-    assert len(re.findall(r"\bReady\b", plain.stdout)) == 2, plain.stdout
+        labels = node["metadata"]["labels"]
+        assert labels["topology.kubernetes.io/zone"] == ("zone-a", "zone-b")[i - 1]
+        assert labels["kubernetes.io/hostname"] == name
+        # The kubelet holds a Lease it renews (the node lifecycle controller runs).
+        lease = get_json(running_lab, "lease", name, "-n", "kube-node-lease")
+        assert lease["spec"]["holderIdentity"] == name
+    wide = kubectl(running_lab, "get", "nodes", "-o", "wide")
+    assert len(re.findall(r"\bReady\b", wide)) == 2 and "containerd://2.3.7" in wide, wide
 
 
 @pytest.mark.e2e
@@ -447,34 +438,38 @@ def test_kubectl_passes_stdin_files_and_exit_codes(running_lab: Lab, tmp_path: P
 
 @pytest.mark.e2e
 @pytest.mark.netns
-def test_agent_runs_as_the_daemonsets_container(running_lab: Lab) -> None:
+def test_daemonset_pods_run_the_image_built_from_the_dockerfile(running_lab: Lab) -> None:
+    pods = get_json(running_lab, "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy-py")
+    by_node = {p["spec"]["nodeName"]: p for p in pods["items"]}
+    assert sorted(by_node) == ["node-1", "node-2"]
+    built = json.loads((images.images_dir() / "kube-proxy-py.json").read_text())
+    for name, item in by_node.items():
+        assert item["status"]["phase"] == "Running"
+        status = item["status"]["containerStatuses"][0]
+        assert status["ready"] is True
+        assert status["image"] == "docker.io/library/kube-proxy-py:0.1.0"
+        # The image the kubelet ran is the one buildah built (pulled from the lab
+        # registry through containerd's docker.io mirror).
+        assert status["imageID"].endswith(built["digest"]), (status["imageID"], built)
+        assert item["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet"
+        logs = kubectl(running_lab, "logs", "-n", "kube-system", item["metadata"]["name"])
+        assert f"node={name} mode=nftables" in logs and "msg=synced" in logs, logs
+    # Inside the container: its own mount namespace with the ConfigMap, in the node's
+    # network namespace (hostNetwork), the ServiceAccount token projected by the kubelet.
     state = labmod.load_state(running_lab.state_dir)
     assert state is not None
-    record = state.processes["kube-proxy-py/node-1"]
-    assert record.is_ours()
-    pid = record.pid
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    assert argv[1:] == [
-        "-m", "proxy", "run", "--config=/var/lib/kube-proxy-py/config.conf",
-        "--hostname-override=node-1",
-    ]  # fmt: skip
-    environ = dict(
-        item.split("=", 1)
-        for item in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
-        if item
-    )
-    assert environ["NODE_NAME"] == "node-1"
-    assert environ["KUBERNETES_SERVICE_HOST"] == "192.168.50.2"
-    assert environ["KUBERNETES_SERVICE_PORT"] == "6443"
-    assert "KUBECONFIG" not in environ
-    # Its volumes exist in its own mount namespace only.
+    uid = by_node["node-1"]["metadata"]["uid"]
+    agent = [
+        pid
+        for pid in cgroups.pods_pids(cgroups.node_path(running_lab.lab_id, "node-1"), uid)
+        if "kube-proxy-py" in labmod.proc_cmdline(pid)
+    ]
+    assert agent, "no kube-proxy-py process in the pod's cgroup"
+    pid = agent[0]
     root = Path(f"/proc/{pid}/root")
     assert "mode: nftables" in (root / "var/lib/kube-proxy-py/config.conf").read_text()
-    # /var/run -> /run is an absolute symlink: through /proc/PID/root it would resolve
-    # against our root, so use the real path.
     sa = root / "run/secrets/kubernetes.io/serviceaccount"
     assert (sa / "token").read_text().count(".") == 2  # a JWT
-    assert (sa / "namespace").read_text() == "kube-system"
     assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
     assert nsutil.pid_in_netns(pid, f"{running_lab.lab_id}-node-1")
     assert tuple(Path(p).exists() for p in MOUNT_POINTS) == running_lab.before.paths
@@ -484,35 +479,209 @@ def test_agent_runs_as_the_daemonsets_container(running_lab: Lab) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.netns
+def test_exec_prints_the_pods_name_and_service_env(running_lab: Lab) -> None:
+    kubectl(running_lab, "create", "deployment", "my-nginx", "--image=nginx", "--replicas=2")
+    kubectl(running_lab, "expose", "deployment", "my-nginx", "--port=80")
+    kubectl(running_lab, "rollout", "status", "deployment/my-nginx", "--timeout=120s",
+            timeout=150)  # fmt: skip
+    names = {p["metadata"]["name"] for p in get_json(running_lab, "pods", "-l", "app=my-nginx")[
+        "items"]}  # fmt: skip
+    hostname = kubectl(running_lab, "exec", "deploy/my-nginx", "--", "hostname").strip()
+    assert hostname in names
+    cluster_ip = get_json(running_lab, "svc", "my-nginx")["spec"]["clusterIP"]
+    # A pod started after the Service gets its {NAME}_SERVICE_HOST/_PORT variables.
+    apply(running_lab, pod("env-reader", ["sleep", "3600"]))
+    wait_ready(running_lab, "env-reader")
+    env = kubectl(running_lab, "exec", "env-reader", "--", "env")
+    assert f"MY_NGINX_SERVICE_HOST={cluster_ip}" in env
+    assert "MY_NGINX_SERVICE_PORT=80" in env
+    assert f"MY_NGINX_PORT=tcp://{cluster_ip}:80" in env
+    # And the Service answers through kube-proxy-py's rules, from a pod.
+    body = kubectl(running_lab, "exec", "env-reader", "--", "wget", "-qO-", f"http://{cluster_ip}/")
+    assert body.split()[0] in names
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_run_interactive_rm_and_attach(running_lab: Lab) -> None:
+    done = running_lab.cli(
+        "kubectl", "run", "asker", "--image=busybox", "--restart=Never", "-i", "--rm",
+        "--", "sh", "-c", "read answer; echo got:$answer",
+        input="forty-two\n", timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "got:forty-two" in done.stdout
+    assert "deleted" in done.stdout + done.stderr
+    gone = running_lab.cli("kubectl", "get", "pod", "asker")
+    assert gone.returncode == 1 and "not found" in gone.stderr
+    # attach to a running container's stdin/stdout
+    # (it exits after answering, so attach returns: attach lasts as long as the container)
+    reader = pod("reader", ["sh", "-c", "read line; echo got:$line"], restartPolicy="Never")
+    reader["spec"]["containers"][0].update({"stdin": True, "stdinOnce": True})
+    apply(running_lab, reader)
+    wait_ready(running_lab, "reader")
+    attached = running_lab.cli("kubectl", "attach", "-i", "reader", input="hello\n", timeout=60)
+    assert "got:hello" in attached.stdout, attached.stdout + attached.stderr
+    assert "got:hello" in kubectl(running_lab, "logs", "reader")
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_logs_follow(running_lab: Lab) -> None:
+    script = "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.2; done"
+    apply(running_lab, pod("counter", ["sh", "-c", script]))
+    wait_ready(running_lab, "counter")
+    argv = [sys.executable, "-m", "proxy", "lab", "kubectl", "--state-dir",
+            str(running_lab.state_dir), "logs", "-f", "counter"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=running_lab.env)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip() for _ in range(15)]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    numbers = [int(line.removeprefix("line-")) for line in lines]
+    # -f streams: the lines keep coming in order, past what existed when it started.
+    assert numbers == list(range(numbers[0], numbers[0] + 15))
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_port_forward_reaches_the_pod(running_lab: Lab) -> None:
+    apply(running_lab, pod("forwarded", ["nginx"], container={"image": "nginx"}))
+    wait_ready(running_lab, "forwarded")
+    argv = [sys.executable, "-m", "proxy", "lab", "kubectl", "--state-dir",
+            str(running_lab.state_dir), "port-forward", "pod/forwarded", "18080:80"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=running_lab.env)
+    try:
+        assert proc.stdout is not None
+        assert "Forwarding from 127.0.0.1:18080" in proc.stdout.readline()
+        # kubectl runs in the control-plane namespace: its 127.0.0.1:18080 is there.
+        conn = nsutil.NetnsHTTPConnection(
+            f"{running_lab.lab_id}-control-plane", "127.0.0.1", 18080, timeout=10
+        )
+        try:
+            conn.request("GET", "/")
+            body = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert body.split()[0] == "forwarded"
+    # The pod saw the connection come from its own loopback (the runtime's forwarder
+    # connects inside the pod's network namespace).
+    assert body.split()[1].startswith("127.0.0.1:")
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_cp_both_ways(running_lab: Lab, tmp_path: Path) -> None:
+    apply(running_lab, pod("files", ["sleep", "3600"]))
+    wait_ready(running_lab, "files")
+    source = tmp_path / "note.txt"
+    source.write_text("a note for the pod\n")
+    kubectl(running_lab, "cp", str(source), "files:/tmp/note.txt")
+    assert kubectl(running_lab, "exec", "files", "--", "cat", "/tmp/note.txt") == source.read_text()
+    back = tmp_path / "hostname"
+    kubectl(running_lab, "cp", "files:/etc/hostname", str(back))
+    assert back.read_text().strip() == "files"
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_probes_restarts_and_grace_periods(running_lab: Lab) -> None:
+    ready_file = pod(
+        "probed",
+        ["sleep", "3600"],
+        container={
+            "readinessProbe": {
+                "exec": {"command": ["test", "-e", "/tmp/ready"]},
+                "periodSeconds": 1,
+            }
+        },
+    )
+    crashing = pod("crashing", ["sh", "-c", "echo starting; exit 3"], restartPolicy="Always")
+    unhealthy = pod(
+        "unhealthy",
+        ["sleep", "3600"],
+        container={
+            "livenessProbe": {
+                "exec": {"command": ["false"]},
+                "periodSeconds": 1,
+                "failureThreshold": 1,
+            }
+        },
+    )
+    stubborn = pod(
+        "stubborn",
+        ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+        terminationGracePeriodSeconds=2,
+    )
+    apply(running_lab, ready_file, crashing, unhealthy, stubborn)
+    # Readiness: Running but not Ready until the probe passes.
+    kubectl(running_lab, "wait", "--for=jsonpath={.status.phase}=Running", "pod/probed",
+            "--timeout=120s", timeout=150)  # fmt: skip
+    assert (
+        get_json(running_lab, "pod", "probed")["status"]["containerStatuses"][0]["ready"] is False
+    )
+    kubectl(running_lab, "exec", "probed", "--", "touch", "/tmp/ready")
+    wait_ready(running_lab, "probed")
+    # Restarts: a container that exits, and one the liveness probe kills.
+    for name in ("crashing", "unhealthy"):
+        kubectl(running_lab, "wait", "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+                f"pod/{name}", "--timeout=180s", timeout=210)  # fmt: skip
+    crashed = get_json(running_lab, "pod", "crashing")["status"]["containerStatuses"][0]
+    assert crashed["lastState"]["terminated"]["exitCode"] == 3
+    assert "starting" in kubectl(running_lab, "logs", "crashing", "--previous")
+    events = kubectl(running_lab, "get", "events", "--field-selector=involvedObject.name=unhealthy")
+    assert "Liveness probe failed" in events, events
+    # Grace period: a container ignoring SIGTERM is killed when its 2 s are over, so the
+    # delete finishes (the default 30 s would outlast kubectl's --timeout here).
+    wait_ready(running_lab, "stubborn")
+    kubectl(running_lab, "delete", "pod", "stubborn", "--wait=true", "--timeout=20s",
+            timeout=60)  # fmt: skip
+    kubectl(running_lab, "delete", "pod", "probed", "crashing", "unhealthy", "--wait=false")
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
 def test_deployment_and_expose_are_reachable(running_lab: Lab) -> None:
-    if not running_lab.state.get("pod_agent"):
-        pytest.skip("no pod agent (proxy/lab/podagent.py) in this checkout: Pods stay Pending")
-    kubectl = running_lab.cli
-    assert (
-        kubectl(
-            "kubectl", "create", "deployment", "web", "--image=web", "--replicas=3", "--port=80"
-        ).returncode
-        == 0
-    )
-    assert (
-        kubectl("kubectl", "expose", "deployment", "web", "--port=80", "--type=NodePort").returncode
-        == 0
-    )
-    waited = kubectl(
-        "kubectl",
-        "wait",
-        "--for=condition=Available",
-        "deployment/web",
-        "--timeout=120s",
-        timeout=150,
-    )
-    assert waited.returncode == 0, waited.stdout + waited.stderr
-    pods = json.loads(kubectl("kubectl", "get", "pods", "-l", "app=web", "-o", "json").stdout)[
-        "items"
-    ]
+    web = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "kube-proxy-py-workload:0.1.0",
+                            "args": ["--name", "$(POD_NAME)", "--tcp", "80"],
+                            "env": [
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                }
+                            ],
+                            "ports": [{"containerPort": 80}],
+                        }
+                    ]
+                },
+            },
+        },
+    }
+    apply(running_lab, web)
+    kubectl(running_lab, "expose", "deployment", "web", "--port=80", "--type=NodePort")
+    kubectl(running_lab, "rollout", "status", "deployment/web", "--timeout=120s", timeout=150)
+    pods = get_json(running_lab, "pods", "-l", "app=web")["items"]
     names = {p["metadata"]["name"] for p in pods}
     assert len(names) == 3
-    svc = json.loads(kubectl("kubectl", "get", "svc", "web", "-o", "json").stdout)
+    svc = get_json(running_lab, "svc", "web")
     cluster_ip, node_port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["nodePort"]
     probe = textwrap.dedent(
         """
@@ -538,12 +707,74 @@ def test_deployment_and_expose_are_reachable(running_lab: Lab) -> None:
 
     assert reach("node-1", cluster_ip, 80) == names
     assert reach("client", "192.168.50.12", node_port) == names
-    pod = pods[0]
+    first = pods[0]
     shown = running_lab.cli(
-        "shell", f"default/{pod['metadata']['name']}", "--", "ip", "-br", "addr"
+        "shell", f"default/{first['metadata']['name']}", "--", "ip", "-br", "addr"
     )
     assert shown.returncode == 0, shown.stderr
-    assert f"{pod['status']['podIP']}/32" in shown.stdout
+    assert f"{first['status']['podIP']}/24" in shown.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_an_image_no_registry_has_fails_to_pull(running_lab: Lab) -> None:
+    apply(running_lab, pod("unknown-image", ["true"], container={"image": "example/nope:1"}))
+    kubectl(running_lab, "wait",
+            "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImagePull",
+            "pod/unknown-image", "--timeout=120s", timeout=150)  # fmt: skip
+    kubectl(running_lab, "delete", "pod", "unknown-image", "--wait=false")
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_load_image_adds_an_image_pods_can_run(running_lab: Lab, tmp_path: Path) -> None:
+    """``lab load-image`` (like ``kind load image-archive``): an image built elsewhere
+    runs in a Pod; one named under a registry the nodes do not mirror is refused."""
+    store = oci.BlobStore(tmp_path / "store")
+    with oci.OciArchive(images.images_dir() / "busybox.tar") as busybox:
+        base = busybox.images()[0].view
+        for blob in base.layers:
+            with busybox.open_blob(blob.digest) as src, store.writer() as dst:
+                dst.write(src.read())
+        diff_ids = oci.image_config(busybox, base)["rootfs"]["diff_ids"]
+    layers = [
+        oci.Layer(desc, str(diff_id), "busybox")
+        for desc, diff_id in zip(base.layers, diff_ids, strict=True)
+    ]
+    layers.append(oci.write_layer(store, [oci.file("greeting", "hello from a loaded image\n")],
+                                  "the greeting"))  # fmt: skip
+    manifest = oci.write_image(store, layers, oci.ImageConfig(cmd=["cat", "/greeting"]))
+    archive = tmp_path / "hello.tar"
+    oci.write_oci_archive(archive, store, manifest, ("docker.io/library/hello-lab:1",))
+    done = running_lab.cli("load-image", str(archive))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "loaded docker.io/library/hello-lab:1 into the lab registry" in done.stdout
+    out = running_lab.cli("kubectl", "run", "hello", "--image=hello-lab:1", "--restart=Never",
+                          "-i", "--rm", "--quiet", timeout=180)  # fmt: skip
+    assert "hello from a loaded image" in out.stdout, out.stdout + out.stderr
+    elsewhere = tmp_path / "elsewhere.tar"
+    oci.write_oci_archive(elsewhere, store, manifest, ("example.com/team/hello:1",))
+    refused = running_lab.cli("load-image", str(elsewhere))
+    assert refused.returncode == 1 and "example.com/team/hello:1" in refused.stderr
+    assert "docker.io" in refused.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_rollout_restart_replaces_every_proxy_pod(running_lab: Lab) -> None:
+    selector = ("-n", "kube-system", "-l", "k8s-app=kube-proxy-py")
+    before = {p["metadata"]["name"] for p in get_json(running_lab, "pods", *selector)["items"]}
+    kubectl(running_lab, "rollout", "restart", "daemonset/kube-proxy-py", "-n", "kube-system")
+    kubectl(running_lab, "rollout", "status", "daemonset/kube-proxy-py", "-n", "kube-system",
+            "--timeout=180s", timeout=210)  # fmt: skip
+    after = get_json(running_lab, "pods", *selector)["items"]
+    running = {p["metadata"]["name"] for p in after if not p["metadata"].get("deletionTimestamp")}
+    assert len(running) == 2 and not running & before
+    state = labmod.load_state(running_lab.state_dir)
+    assert state is not None
+    for node in state.nodes:
+        status, _ = labmod.node_health(node.namespace)
+        assert status == 200
 
 
 @pytest.mark.e2e
@@ -552,6 +783,7 @@ def test_shell_runs_in_the_namespace_and_passes_the_exit_code(running_lab: Lab) 
     done = running_lab.cli("shell", "node-1", "--", "ip", "-br", "addr")
     assert done.returncode == 0, done.stderr
     assert "192.168.50.11/24" in done.stdout
+    assert "cni0" in done.stdout  # the CNI bridge plugin's bridge
     assert running_lab.cli("shell", "client", "--", "sh", "-c", "exit 7").returncode == 7
     unknown = running_lab.cli("shell", "no-such-thing", "--", "true")
     assert unknown.returncode == 1 and "no node" in unknown.stderr
@@ -562,6 +794,7 @@ def test_shell_runs_in_the_namespace_and_passes_the_exit_code(running_lab: Lab) 
 def test_down_leaves_nothing(running_lab: Lab) -> None:
     records = records_of(running_lab)
     assert all(r.is_ours() for r in records), [r.label for r in records if not r.is_ours()]
+    assert cgroups.pids(cgroups.lab_path(running_lab.lab_id))  # containers are running
     done = running_lab.cli("down", timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "deleted" in done.stdout and f"lab {running_lab.lab_id} is down" in done.stdout
@@ -577,22 +810,27 @@ def test_down_leaves_nothing(running_lab: Lab) -> None:
 def test_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
     lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--compare")
     try:
-        assert "starting upstream kube-proxy on node-upstream" in lab.up_output
+        assert "deploying upstream kube-proxy as a DaemonSet on node-upstream" in lab.up_output
         upstream = f"{lab.lab_id}-node-upstream"
         status, body = labmod.node_health(upstream)
         assert status == 200 and "lastUpdated" in body
-        state = labmod.load_state(lab.state_dir)
-        assert state is not None
-        record = state.processes["kube-proxy/node-upstream"]
-        assert record.is_ours() and "/kube-proxy " in labmod.proc_cmdline(record.pid) + " "
+        pods = get_json(lab, "pods", "-n", "kube-system", "-o", "wide")["items"]
+        placed = {(p["metadata"]["labels"]["k8s-app"], p["spec"]["nodeName"]) for p in pods}
+        assert placed == {("kube-proxy-py", "node-1"), ("kube-proxy", "node-upstream")}
+        upstream_pod = next(p for p in pods if p["spec"]["nodeName"] == "node-upstream")
+        image = upstream_pod["status"]["containerStatuses"][0]["image"]
+        assert image == "registry.k8s.io/kube-proxy:v1.37.2"
         shown = lab.cli("status")
         assert re.search(
-            r"node-upstream\s+192\.168\.50\.30\s+10\.244\.30\.0/24\s+\S+\s+kube-proxy\s+healthy",
+            r"node-upstream\s+192\.168\.50\.30\s+10\.244\.30\.0/24\s+\S+\s+kube-proxy "
+            r"\(DaemonSet pod\)\s+healthy",
             shown.stdout,
         ), shown.stdout
+        assert "node affinity: not on node-upstream" in shown.stdout
 
         records = records_of(lab)
-        assert state.supervisor is not None
+        state = labmod.load_state(lab.state_dir)
+        assert state is not None and state.supervisor is not None
         os.kill(state.supervisor.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while state.supervisor.is_ours() and time.monotonic() < deadline:

@@ -88,8 +88,17 @@ def web(replicas: int) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
-                    "terminationGracePeriodSeconds": 4,
-                    "containers": [{"name": "web", "image": "web:v1",
+                    "terminationGracePeriodSeconds": 10,
+                    # The server exits at once on SIGTERM, as most do; the preStop sleep
+                    # keeps it serving while the endpoint's removal reaches every node
+                    # (the usual advice for zero-downtime rollouts behind kube-proxy).
+                    # The readiness probe keeps a new pod out of the endpoints until
+                    # it listens (Ready would otherwise mean "started").
+                    "containers": [{"name": "web", "image": "nginx",
+                                    "lifecycle": {"preStop": {"exec": {
+                                        "command": ["sleep", "3"]}}},
+                                    "readinessProbe": {"httpGet": {"path": "/", "port": 80},
+                                                       "periodSeconds": 1},
                                     "ports": [{"name": "http", "containerPort": 80}]}],
                 },
             },
@@ -101,8 +110,8 @@ def test_rolling_update_under_load_loses_no_connection(lab: Lab) -> None:
     lab.kubectl("create", "namespace", "rollout")
     lab.kubectl("apply", "-f", "-", input=json.dumps(web(3)))
     lab.kubectl("expose", "deployment", "web", "-n", "rollout", "--port=80")
-    lab.kubectl("run", "load", "-n", "rollout", "--image=curl", "--restart=Never", "--",
-                "sleep", "infinity")  # fmt: skip
+    lab.kubectl("run", "load", "-n", "rollout", "--image=curlimages/curl", "--restart=Never",
+                "--", "sleep", "infinity")  # fmt: skip
     wait_for(lambda: len(lab.ready_endpoints("web", "rollout")) == 3, 90, what="3 endpoints")
     cip = json.loads(lab.kubectl("get", "svc", "web", "-n", "rollout", "-o", "json"))["spec"][
         "clusterIP"

@@ -4,7 +4,11 @@ full at start, on Node changes and every sync period (which repairs deleted rule
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +20,7 @@ from proxy.kernel.iptables import CANARY_CHAIN, VARIANT_ENV, IptablesKernel
 from proxy.kernel.runner import Runner
 
 pytestmark = pytest.mark.netns
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class Recorder:
@@ -202,3 +207,55 @@ def test_large_cluster_rules_read_back_and_skip_the_hourly_full_sync(
     clock.now += 31
     assert proxier.sync() and rec.last().full  # drift still brings one
     assert rec.failures == []
+
+
+READ_ONLY_SYSCTL_SCRIPT = """
+import ipaddress, json, subprocess, sys
+subprocess.run(["mount", "--bind", "/proc/sys", "/proc/sys"], check=True)
+subprocess.run(["mount", "-o", "remount,bind,ro", "/proc/sys"], check=True)
+from proxy import manifests as m
+from proxy.agent.proxier import Proxier
+from proxy.agent.state import ClusterState
+from proxy.config import ProxyConfig, ProxyMode
+from proxy.kernel.runner import Runner
+state = ClusterState("node-a")
+cfg = ProxyConfig("node-a", mode=ProxyMode.IPTABLES,
+                  cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
+proxier = Proxier(cfg, state, sync_period=30, runner=Runner(sys.argv[1]))
+state.handle("Node", "ADDED", m.node("node-a", "192.168.50.11"))
+state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80, node_port=30080)],
+                                          type="NodePort"))
+state.handle("EndpointSlice", "ADDED", m.endpoint_slice(
+    "web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")]))
+print(json.dumps([proxier.sync(), proxier.sync(), proxier.config.localhost_nodeports]))
+"""
+
+
+def test_read_only_proc_sys_turns_off_localhost_nodeports_only(netns: str) -> None:
+    """A non-privileged container sees /proc/sys read-only: route_localnet cannot be set.
+    The agent then programs every rule except the localhost NodePorts (it does not retry
+    the sysctl for ever with no rules at all)."""
+    before = subprocess.run(
+        ["ip", "netns", "exec", netns, "sysctl", "-n", "net.ipv4.conf.all.route_localnet"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert before == "0"
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+         READ_ONLY_SYSCTL_SCRIPT, netns],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, second, localhost = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (first, second, localhost) == (False, True, False)
+    assert "NodePorts on 127.0.0.1 are turned off" in done.stderr
+    rules = listing(netns, ProxyMode.IPTABLES)
+    assert "10.96.0.10/32" in rules and "--dport 30080" in rules
+    # NodePorts are matched off loopback only, as upstream does without localhost ones
+    assert "! -d 127.0.0.0/8" in rules.split("*nat", 1)[1]
+    assert "block incoming localnet connections" not in rules
+    after = subprocess.run(
+        ["ip", "netns", "exec", netns, "sysctl", "-n", "net.ipv4.conf.all.route_localnet"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert after == "0"

@@ -1,44 +1,33 @@
-"""Run a process the way a container runtime would: private mounts, volumes and env.
+"""Private mounts for a lab node: a mount namespace of its own, binds, tmpfs, overlay.
 
-    ip netns exec NODE_NS python -m proxy.lab.container \\
-        --mount /state/nodes/node-1/config:/var/lib/kube-proxy-py:ro \\
-        --mount /state/nodes/node-1/sa:/var/run/secrets/kubernetes.io/serviceaccount:ro \\
-        --env NODE_NAME=node-1 --env KUBERNETES_SERVICE_HOST=192.168.50.2 ... \\
-        -- python -m proxy run --config=/var/lib/kube-proxy-py/config.conf ...
+A lab node (:mod:`proxy.lab.node`) and the lab registry (:mod:`proxy.lab.registry`) see
+the host's files except where they mount their own, and nothing they mount ever reaches
+the host:
 
-What it does, in this order, then ``execvpe`` (the pid stays the same):
+1. :func:`private_mount_namespace`: ``unshare(CLONE_NEWNS)``, then ``/`` becomes
+   recursively *slave* before anything is mounted: the host's mount events still reach
+   us, ours never reach the host;
+2. :func:`setup_mounts`: every :class:`Mount` is a recursive bind of SRC on DST,
+   remounted read-only when asked. Mount points must exist and the host's directories
+   must not be touched, so a missing DST is created inside a *shadow*: the deepest
+   existing directory above it (after resolving symlinks: ``/var/run`` is ``/run``) gets
+   a small tmpfs mounted over it, every entry it had is bind-mounted back at its own name
+   (symlinks are re-created), and the missing directories (or the file, when SRC is a
+   file) are created in the tmpfs. The process sees the directory as before plus the
+   new mount point; the host sees nothing;
+3. :func:`mount_tmpfs`, :func:`mount_overlay`: a fresh tmpfs (a node's ``/run``) and an
+   overlay (the registry's storage: the cache below, the lab's writes above).
 
-1. ``unshare(CLONE_NEWNS)``: a mount namespace of its own (``ip netns exec`` already
-   made one; a second costs nothing and makes the launcher safe to run without it);
-2. ``/`` becomes recursively *slave*, before anything is mounted: the host's mount
-   events still reach us, ours never reach the host (a mount under a shared mount
-   would otherwise propagate back to the host's namespace);
-3. every ``--mount SRC:DST[:ro]`` is a recursive bind mount of SRC on DST, remounted
-   read-only with ``:ro``. Mount points must exist, and the host's directories must not
-   be touched, so a missing DST is created inside a *shadow*: the deepest existing
-   directory above it (after resolving symlinks: ``/var/run/secrets`` is under
-   ``/run``) gets a small tmpfs mounted over it, every entry it had is bind-mounted
-   back at its own name (symlinks are re-created), and the missing directories (or the
-   file, when SRC is a file) are created in the tmpfs. The process sees the directory
-   as before plus the new mount point; the host sees nothing. Entries created in that
-   directory later by the host do not appear in the shadow, and files the process
-   creates there go to the tmpfs, not to the host;
-4. the environment is exactly the ``--env`` values (``--inherit-env`` keeps ours
-   underneath), the working directory ``--cwd`` (default ``/``).
-
-Everything stays in the private namespace: it disappears with the process. Needs root
-(CAP_SYS_ADMIN). Exit status 126 when the launcher itself fails (message on stderr),
-127 when the command is not found, otherwise the command's own.
+Everything disappears with the last process of the namespace. Needs root
+(CAP_SYS_ADMIN).
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import errno
 import os
 import stat
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,23 +76,6 @@ class Mount:
         return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
 
 
-def launcher_argv(
-    command: Sequence[str],
-    *,
-    mounts: Sequence[Mount] = (),
-    env: dict[str, str] | None = None,
-    cwd: str = "/",
-    python: str = sys.executable,
-) -> list[str]:
-    """The argv of ``python -m proxy.lab.container`` running ``command`` with these."""
-    argv = [python, "-m", "proxy.lab.container", f"--cwd={cwd}"]
-    for mount in mounts:
-        argv += ["--mount", mount.as_arg()]
-    for key, value in (env or {}).items():
-        argv += ["--env", f"{key}={value}"]
-    return [*argv, "--", *command]
-
-
 # --------------------------------------------------------------------------- syscalls
 
 _libc: ctypes.CDLL | None = None
@@ -138,6 +110,21 @@ def _mount(
         raise ContainerError(
             f"mount({source!r}, {target!r}, {fstype!r}, {flags:#x}): {os.strerror(err)}"
         )
+
+
+def mount_tmpfs(target: str, options: str) -> None:
+    """A fresh tmpfs on ``target`` (in the caller's mount namespace: call it after
+    :func:`private_mount_namespace`)."""
+    _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+
+
+def mount_overlay(target: Path, *, lower: Path, upper: Path, work: Path) -> None:
+    """An overlay of ``upper`` (written) on ``lower`` (read only) at ``target``."""
+    for path in (target, lower, upper, work):
+        if "," in str(path) or ":" in str(path):
+            raise ContainerError(f"overlay path {path} holds ',' or ':' (mount option syntax)")
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    _mount("overlay", str(target), "overlay", MS_NOSUID | MS_NODEV, options)
 
 
 def _mnt_ns() -> int:
@@ -250,56 +237,3 @@ def setup_mounts(mounts: Sequence[Mount]) -> None:
     ordered = sorted(mounts, key=lambda m: len(Path(os.path.realpath(m.target)).parts))
     for mount in ordered:
         mounter.bind(mount)
-
-
-# --------------------------------------------------------------------------- main
-
-
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m proxy.lab.container",
-        description="Run COMMAND with private volume mounts and a given environment.",
-    )
-    parser.add_argument("--mount", action="append", default=[], metavar="SRC:DST[:ro]")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--inherit-env", action="store_true", help="start from our environment")
-    parser.add_argument("--cwd", default="/", help="working directory (default /)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
-    args = parser.parse_args(list(argv))
-    if args.command[:1] == ["--"]:
-        args.command = args.command[1:]
-    if not args.command:
-        parser.error("give the command after --")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    try:
-        mounts = [Mount.parse(m) for m in args.mount]
-        env = dict(os.environ) if args.inherit_env else {}
-        for item in args.env:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ValueError(f"--env {item!r}: expected KEY=VALUE")
-            env[key] = value
-        private_mount_namespace()
-        setup_mounts(mounts)
-        os.chdir(args.cwd)
-    except (ValueError, OSError, ContainerError) as exc:
-        print(f"kube-proxy-py container: {exc}", file=sys.stderr)
-        return EXIT_LAUNCHER
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execvpe(args.command[0], args.command, env)
-    except FileNotFoundError:
-        print(f"kube-proxy-py container: {args.command[0]}: command not found", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except OSError as exc:
-        print(f"kube-proxy-py container: exec {args.command[0]}: {exc}", file=sys.stderr)
-        return EXIT_LAUNCHER
-
-
-if __name__ == "__main__":
-    sys.exit(main())

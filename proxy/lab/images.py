@@ -1,0 +1,889 @@
+"""Every image the lab's cluster runs, built here without Docker and pushed to its registry.
+
+The lab has no internet registry, so each node's containerd mirrors docker.io,
+registry.k8s.io, quay.io and ghcr.io to one local registry, and this module fills it:
+
+* stand-ins for the public images the notes and tests use (busybox, nginx, curl, the
+  kiamol samples, python, pause), each made from Debian packages or upstream source
+  and labelled ``io.kube-proxy-py.stand-in`` with what it stands in for;
+* ``kube-proxy-py:0.1.0`` from the repository's ``Dockerfile``, unchanged, and
+  ``registry.k8s.io/kube-proxy`` from the upstream binary the lab built, both with
+  buildah on the python stand-in.
+
+Archives are cached under ``cache_root()/images/`` and rebuilt only when an input
+changes (see :func:`build_images`). ``kube-proxy-py lab load-image FILE.tar`` pushes
+a user's own ``docker save`` or OCI archive (:func:`load_image_archive`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from proxy.lab import build, dockersave, imageref, oci, rootfs
+from proxy.lab.buildah import HOST_CA_BUNDLE, Buildah
+from proxy.lab.regclient import RegistryClient
+from proxy.lab.rootfs import ImageBuildError
+
+RECIPE = "2"
+"""Bump to rebuild every cached archive (the recipes below changed)."""
+STAND_IN_LABEL = "io.kube-proxy-py.stand-in"
+DESCRIPTION_LABEL = "org.opencontainers.image.description"
+ON_STAND_IN = (
+    "not a stand-in itself: built from {what}, unchanged, on the python:3.11-slim-bookworm "
+    "stand-in (Debian bookworm's python3 via mmdebstrap)"
+)
+"""The stand-in label of kube-proxy-py's own images: only their base is a stand-in."""
+PAUSE_VERSION = "3.10.2"
+"""The sandbox image kubeadm v1.37.2 (``constants.PauseVersion``) and containerd 2.3
+(``DefaultSandboxImage``) both default to."""
+PAUSE_IMAGE = f"registry.k8s.io/pause:{PAUSE_VERSION}"
+"""The sandbox image the lab's containerd and kubelet are configured with."""
+PAUSE_REFS = (PAUSE_IMAGE, "registry.k8s.io/pause:3.10.1", "registry.k8s.io/pause:3.10")
+PYTHON_SUITE = "bookworm"
+PYTHON_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates")
+PYTHON_REF = "docker.io/library/python:3.11-slim-bookworm"
+KUBE_PROXY_PY_REF = "docker.io/library/kube-proxy-py:0.1.0"
+WORKLOAD_REF = "docker.io/library/kube-proxy-py-workload:0.1.0"
+KUBE_PROXY_REF = f"registry.k8s.io/kube-proxy:{build.K8S_VERSION}"
+UPSTREAM_KUBE_PROXY_IMAGE = KUBE_PROXY_REF
+"""What the lab's upstream kube-proxy DaemonSet (``--compare``) runs."""
+PUSHED_STAMP = "kube-proxy-py-pushed.json"
+KUBE_PROXY_PACKAGES = ("iptables", "nftables", "conntrack", "iproute2", "ipset", "kmod")
+SLEEP_FOREVER = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"
+"""Sleeps until SIGTERM and then exits at once (as PID 1 a bare sleep ignores it)."""
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+Out = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Available:
+    """One image the lab provides: its references and what it is."""
+
+    refs: tuple[str, ...]
+    stands_in_for: str
+    made_of: str
+
+
+def _refs(*names: str) -> tuple[str, ...]:
+    return tuple(imageref.normalize(n) for n in names)
+
+
+AVAILABLE: tuple[Available, ...] = (
+    Available(
+        PAUSE_REFS,
+        "the pod sandbox image (registry.k8s.io/pause)",
+        "upstream's pause.c from k8s.io/kubernetes, gcc -Os -static",
+    ),
+    Available(
+        _refs("busybox:latest", "busybox:1.36", "busybox:1.35", "busybox:1.28", "busybox:stable"),
+        "busybox",
+        "Debian's busybox-static with a symlink per applet",
+    ),
+    Available(
+        _refs("nginx:latest", "nginx:stable", "nginx:alpine"),
+        "nginx (HTTP/1.1 on :80 with keep-alive; GET answers the pod's name and the "
+        "client address it saw)",
+        "kube-proxy-py's workload server on the python stand-in",
+    ),
+    Available(
+        _refs("curlimages/curl:latest"),
+        "curlimages/curl (curl, or the command given, as its entrypoint script does)",
+        "busybox + Debian's curl and its libraries",
+    ),
+    Available(
+        _refs("radial/busyboxplus:curl"),
+        "radial/busyboxplus:curl (a shell with curl and nslookup)",
+        "busybox + Debian's curl and its libraries",
+    ),
+    Available(
+        _refs("kiamol/ch03-sleep:latest"),
+        "kiamol/ch03-sleep (sleeps; has ping, nslookup, wget, env)",
+        "busybox",
+    ),
+    Available(
+        _refs("kiamol/ch03-numbers-api:latest"),
+        "kiamol/ch03-numbers-api (GET /rng on :80 answers a random number)",
+        "busybox nc + a shell HTTP handler",
+    ),
+    Available(
+        _refs("kiamol/ch03-numbers-web:latest"),
+        "kiamol/ch03-numbers-web (GET / on :80 shows a number from http://numbers-api/rng)",
+        "busybox httpd + a CGI using wget",
+    ),
+    Available(
+        (PYTHON_REF, imageref.normalize("python:3.11-slim")),
+        "the official python:3.11-slim-bookworm",
+        "Debian bookworm's python3, pip and venv (mmdebstrap minbase)",
+    ),
+    Available(
+        (WORKLOAD_REF,),
+        "(the lab's test workload: python3 /workload.py --name … --tcp/--udp/--http PORT)",
+        "the python stand-in + proxy/harness/workload.py",
+    ),
+    Available(
+        (KUBE_PROXY_PY_REF,),
+        "(kube-proxy-py itself, from the repository's Dockerfile)",
+        "buildah bud of the Dockerfile on the python stand-in",
+    ),
+    Available(
+        (KUBE_PROXY_REF,),
+        f"upstream kube-proxy {build.K8S_VERSION}",
+        "the lab's kube-proxy build on the python stand-in + iptables, nftables, conntrack",
+    ),
+)
+
+
+def available(ref: str) -> Available:
+    """The AVAILABLE entry naming ``ref`` (any spelling: ``busybox`` works)."""
+    want = imageref.normalize(ref)
+    for item in AVAILABLE:
+        if want in item.refs:
+            return item
+    raise KeyError(f"{ref} is not an image the lab provides")
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image archive in the cache and the references it is pushed as."""
+
+    slug: str
+    refs: tuple[str, ...]
+    archive: Path
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: tuple[BuiltImage, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    """(image, why it was not built) — e.g. upstream kube-proxy before the k8s build."""
+
+    def find(self, ref: str) -> BuiltImage | None:
+        want = imageref.normalize(ref)
+        return next((i for i in self.images if want in i.refs), None)
+
+
+def images_dir() -> Path:
+    return build.cache_root() / "images"
+
+
+def _labels(stands_in_for: str, made_of: str) -> dict[str, str]:
+    text = f"kube-proxy-py stand-in for {stands_in_for}; made of {made_of}"
+    return {STAND_IN_LABEL: text, DESCRIPTION_LABEL: text}
+
+
+def _hash(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def tree_digest(root: Path, names: Sequence[str]) -> str:
+    """A digest of the named files and of every file under the named directories."""
+    h = hashlib.sha256()
+    for name in names:
+        path = root / name
+        files = (
+            sorted(p for p in path.rglob("*") if p.is_file())
+            if path.is_dir()
+            else [path]
+            if path.is_file()
+            else []
+        )
+        for f in files:
+            if "__pycache__" in f.parts or f.suffix == ".pyc":
+                continue
+            h.update(f"{f.relative_to(root).as_posix()}\0{rootfs.file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _archive_digest(archive: Path) -> str:
+    with oci.OciArchive(archive) as a:
+        return a.index_entries()[0].digest
+
+
+def _cached(
+    slug: str,
+    refs: Sequence[str],
+    key: str,
+    make: Callable[[Path], None],
+    progress: build.Progress,
+    what: str,
+    *,
+    force: bool = False,
+) -> BuiltImage:
+    """The cached archive ``<slug>.tar`` if its stamp has ``key``; else ``make`` it."""
+    directory = images_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    archive, stamp = directory / f"{slug}.tar", directory / f"{slug}.json"
+    if not force and archive.is_file() and stamp.is_file():
+        try:
+            recorded = json.loads(stamp.read_text())
+        except json.JSONDecodeError:
+            recorded = {}
+        if recorded.get("key") == key and recorded.get("refs") == list(refs):
+            return BuiltImage(
+                slug, tuple(refs), archive, str(recorded["digest"]), archive.stat().st_size
+            )
+    started = time.monotonic()
+    progress.step(f"building {what}")
+    make(archive)
+    digest = _archive_digest(archive)
+    size = archive.stat().st_size
+    stamp.write_text(
+        json.dumps(
+            {
+                "key": key,
+                "refs": list(refs),
+                "digest": digest,
+                "size": size,
+                "seconds": round(time.monotonic() - started, 1),
+                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    progress.step(f"built {what}: {size / 1e6:.1f} MB in {time.monotonic() - started:.0f} s")
+    return BuiltImage(slug, tuple(refs), archive, digest, size)
+
+
+def cached_seconds(image: BuiltImage) -> float | None:
+    """How long the cached archive took to build (from its stamp), if known."""
+    try:
+        value = json.loads(image.archive.with_suffix(".json").read_text()).get("seconds")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+class _Builder:
+    """Builds the stand-ins, sharing layers (busybox, curl) within one run."""
+
+    def __init__(self, work: Path, progress: build.Progress, force: bool) -> None:
+        self.work = work
+        self.store = oci.BlobStore(work / "store")
+        self.progress = progress
+        self.force = force
+        self.downloads = images_dir() / "downloads"
+
+    def cached(
+        self, slug: str, refs: Sequence[str], key: str, make: Callable[[Path], None], what: str
+    ) -> BuiltImage:
+        return _cached(slug, refs, key, make, self.progress, what, force=self.force)
+
+    def archive(
+        self, out: Path, layers: Sequence[oci.Layer], config: oci.ImageConfig, refs: Sequence[str]
+    ) -> None:
+        manifest = oci.write_image(self.store, layers, config)
+        oci.write_oci_archive(out, self.store, manifest, refs)
+
+    # -- shared parts ---------------------------------------------------------
+
+    @cache  # noqa: B019 (one builder per build run)
+    def busybox_deb(self) -> Path:
+        return rootfs.apt_download("busybox-static", self.downloads)
+
+    @cache  # noqa: B019
+    def busybox_binary(self) -> Path:
+        root = rootfs.extract_deb(self.busybox_deb(), self.work / "busybox-static")
+        return root / "bin" / "busybox"
+
+    @cache  # noqa: B019
+    def busybox_version(self) -> str:
+        return rootfs.deb_version(self.busybox_deb())
+
+    @cache  # noqa: B019
+    def busybox_layer(self) -> oci.Layer:
+        return oci.write_layer(
+            self.store,
+            rootfs.busybox_entries(self.busybox_binary()),
+            f"busybox-static {self.busybox_version()} from Debian, applet symlinks in /bin",
+        )
+
+    def busybox_key(self) -> str:
+        return _hash(RECIPE, rootfs.file_digest(self.busybox_deb()))
+
+    def scripts_layer(self, what: str, entries: Sequence[oci.Entry]) -> oci.Layer:
+        return oci.write_layer(self.store, entries, f"kube-proxy-py stand-in scripts: {what}")
+
+    @cache  # noqa: B019
+    def curl_layer(self) -> oci.Layer:
+        curl = Path("/usr/bin/curl")
+        entries = rootfs.binary_with_libs(curl, "usr/bin/curl")
+        test_root = rootfs.materialize(
+            [*rootfs.busybox_entries(self.busybox_binary()), *entries], self.work / "curl-root"
+        )
+        rootfs.check_runs_in(test_root, ["/usr/bin/curl", "--version"], "run curl in its rootfs")
+        shutil.rmtree(test_root, ignore_errors=True)
+        return oci.write_layer(self.store, entries, "curl and its libraries from Debian")
+
+    def curl_key(self) -> str:
+        return _hash(self.busybox_key(), rootfs.closure_digest(Path("/usr/bin/curl")))
+
+    # -- images ---------------------------------------------------------------
+
+    def pause(self) -> BuiltImage:
+        module = Path.home() / "go" / "pkg" / "mod" / "k8s.io" / f"kubernetes@{build.K8S_VERSION}"
+        source = rootfs.pause_source(module)
+        gcc = rootfs.run(["gcc", "--version"], "gcc --version").splitlines()[0]
+        key = _hash(RECIPE, source.read_bytes(), gcc, PAUSE_VERSION)
+
+        def make(out: Path) -> None:
+            binary = rootfs.compile_pause(source, self.work / "pause", PAUSE_VERSION)
+            layer = oci.write_layer(
+                self.store,
+                [oci.host_file("pause", binary, 0o755)],
+                f"pause {PAUSE_VERSION}: build/pause/linux/pause.c, gcc -Os -static",
+            )
+            config = oci.ImageConfig(
+                entrypoint=["/pause"],
+                user="65535:65535",
+                labels=_labels(
+                    f"registry.k8s.io/pause:{PAUSE_VERSION}",
+                    f"pause.c of k8s.io/kubernetes {build.K8S_VERSION} compiled with {gcc}",
+                ),
+            )
+            self.archive(out, [layer], config, PAUSE_REFS)
+
+        return self.cached("pause", PAUSE_REFS, key, make, "registry.k8s.io/pause")
+
+    def busybox(self) -> BuiltImage:
+        item = available("docker.io/library/busybox:latest")
+
+        def make(out: Path) -> None:
+            config = oci.ImageConfig(
+                cmd=["sh"],
+                labels=_labels(
+                    "busybox", f"Debian busybox-static {self.busybox_version()}, applets in /bin"
+                ),
+            )
+            self.archive(out, [self.busybox_layer()], config, item.refs)
+
+        return self.cached("busybox", item.refs, self.busybox_key(), make, "busybox")
+
+    def curl(self, ref: str, slug: str) -> BuiltImage:
+        item = available(ref)
+        shell = slug == "busyboxplus-curl"
+
+        entrypoint = oci.file(
+            "usr/local/bin/curl-entrypoint", rootfs.script("curl-entrypoint.sh"), 0o755
+        )
+        key = _hash(self.curl_key(), slug, entrypoint.data or b"")
+
+        def make(out: Path) -> None:
+            layers = [self.busybox_layer(), self.curl_layer()]
+            if not shell:
+                layers.append(self.scripts_layer("curl entrypoint", [entrypoint]))
+            config = oci.ImageConfig(
+                entrypoint=None if shell else ["/usr/local/bin/curl-entrypoint"],
+                cmd=["/bin/sh"] if shell else ["curl"],
+                labels=_labels(
+                    item.stands_in_for,
+                    f"Debian busybox-static {self.busybox_version()} and this host's Debian "
+                    "curl with its shared libraries",
+                ),
+            )
+            self.archive(out, layers, config, item.refs)
+
+        return self.cached(slug, item.refs, key, make, item.refs[0])
+
+    def kiamol_sleep(self) -> BuiltImage:
+        item = available("docker.io/kiamol/ch03-sleep:latest")
+
+        def make(out: Path) -> None:
+            config = oci.ImageConfig(
+                cmd=["/bin/sh", "-c", SLEEP_FOREVER],
+                labels=_labels(
+                    item.stands_in_for, f"Debian busybox-static {self.busybox_version()}"
+                ),
+            )
+            self.archive(out, [self.busybox_layer()], config, item.refs)
+
+        return self.cached("kiamol-sleep", item.refs, self.busybox_key(), make, item.refs[0])
+
+    def numbers_api(self) -> BuiltImage:
+        item = available("docker.io/kiamol/ch03-numbers-api:latest")
+        scripts = [
+            oci.file("usr/local/bin/run-until-term", rootfs.script("run-until-term.sh"), 0o755),
+            oci.file("usr/local/bin/numbers-api", rootfs.script("numbers-api.sh"), 0o755),
+            oci.file("usr/local/bin/rng-handler", rootfs.script("rng-handler.sh"), 0o755),
+        ]
+        key = _hash(self.busybox_key(), *(e.data or b"" for e in scripts))
+
+        def make(out: Path) -> None:
+            config = oci.ImageConfig(
+                cmd=["/usr/local/bin/numbers-api"],
+                exposed_ports=["80/tcp"],
+                labels=_labels(
+                    item.stands_in_for,
+                    f"busybox nc and a shell handler (Debian busybox-static "
+                    f"{self.busybox_version()})",
+                ),
+            )
+            layers = [self.busybox_layer(), self.scripts_layer("numbers-api", scripts)]
+            self.archive(out, layers, config, item.refs)
+
+        return self.cached("kiamol-numbers-api", item.refs, key, make, item.refs[0])
+
+    def numbers_web(self) -> BuiltImage:
+        item = available("docker.io/kiamol/ch03-numbers-web:latest")
+        scripts = [
+            oci.file("usr/local/bin/run-until-term", rootfs.script("run-until-term.sh"), 0o755),
+            oci.file("usr/local/bin/numbers-web", rootfs.script("numbers-web.sh"), 0o755),
+            oci.file("var/www/cgi-bin/index.cgi", rootfs.script("numbers-web.cgi"), 0o755),
+        ]
+        key = _hash(self.busybox_key(), *(e.data or b"" for e in scripts))
+
+        def make(out: Path) -> None:
+            config = oci.ImageConfig(
+                cmd=["/usr/local/bin/numbers-web"],
+                exposed_ports=["80/tcp"],
+                labels=_labels(
+                    item.stands_in_for,
+                    f"busybox httpd and a CGI script (Debian busybox-static "
+                    f"{self.busybox_version()})",
+                ),
+            )
+            layers = [self.busybox_layer(), self.scripts_layer("numbers-web", scripts)]
+            self.archive(out, layers, config, item.refs)
+
+        return self.cached("kiamol-numbers-web", item.refs, key, make, item.refs[0])
+
+    def python(self) -> BuiltImage:
+        item = available(PYTHON_REF)
+        key = _hash(
+            RECIPE,
+            PYTHON_SUITE,
+            *PYTHON_PACKAGES,
+            *rootfs.MMDEBSTRAP_EXCLUDES,
+        )
+
+        def make(out: Path) -> None:
+            root = self.work / "python-root"
+            self.progress.step(
+                f"mmdebstrap {PYTHON_SUITE} minbase + {', '.join(PYTHON_PACKAGES)} "
+                "(a minute or two)"
+            )
+            rootfs.debian_root(PYTHON_SUITE, PYTHON_PACKAGES, root)
+            version = rootfs.dpkg_version(root, "python3.11").split("-", 1)[0]
+            (root / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(missing_ok=True)
+            local_bin = root / "usr/local/bin"
+            local_bin.mkdir(parents=True, exist_ok=True)
+            for name, target in (
+                ("python", "/usr/bin/python3"),
+                ("python3", "/usr/bin/python3"),
+                ("pip", "/usr/bin/pip3"),
+                ("pip3", "/usr/bin/pip3"),
+            ):
+                (local_bin / name).unlink(missing_ok=True)
+                (local_bin / name).symlink_to(target)
+            rootfs.check_runs_in(
+                root, ["/usr/local/bin/python", "-c", "import venv, ssl"], "run python"
+            )
+            self.progress.step(f"packing the python {version} root file system into a layer")
+            layer = oci.write_layer(
+                self.store,
+                oci.entries_from_tree(root),
+                f"mmdebstrap --variant=minbase --include={','.join(PYTHON_PACKAGES)} "
+                f"{PYTHON_SUITE}",
+            )
+            shutil.rmtree(root, ignore_errors=True)
+            config = oci.ImageConfig(
+                cmd=["python3"],
+                env=[oci.DEFAULT_PATH, "LANG=C.UTF-8", f"PYTHON_VERSION={version}"],
+                labels=_labels(
+                    "python:3.11-slim-bookworm",
+                    f"Debian {PYTHON_SUITE} packages (python3.11 {version}, pip, venv) via "
+                    "mmdebstrap minbase; pip installs system-wide as in the official image",
+                ),
+            )
+            self.archive(out, [layer], config, item.refs)
+
+        return self.cached("python", item.refs, key, make, PYTHON_REF)
+
+    def _python_layers(self, python: BuiltImage) -> tuple[list[oci.Layer], list[str]]:
+        """The python stand-in's layers (copied into our store) and its Env."""
+        with oci.OciArchive(python.archive) as base:
+            tagged = base.images()[0]
+            base_config = oci.image_config(base, tagged.view)
+            for blob in tagged.view.layers:
+                if not self.store.has(blob.digest):
+                    with base.open_blob(blob.digest) as src, self.store.writer() as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+        diff_ids = [str(d) for d in base_config["rootfs"]["diff_ids"]]
+        layers = [
+            oci.Layer(desc, diff_id, "python stand-in")
+            for desc, diff_id in zip(tagged.view.layers, diff_ids, strict=True)
+        ]
+        return layers, [str(e) for e in base_config["config"].get("Env", [])]
+
+    def workload(self, python: BuiltImage) -> BuiltImage:
+        item = available(WORKLOAD_REF)
+        source = _workload_source()
+        key = _hash(RECIPE, python.digest, source.read_bytes())
+
+        def make(out: Path) -> None:
+            base_layers, env = self._python_layers(python)
+            layer = oci.write_layer(
+                self.store,
+                [oci.file("workload.py", source.read_bytes(), 0o644)],
+                "COPY proxy/harness/workload.py /workload.py",
+            )
+            config = oci.ImageConfig(
+                entrypoint=["python3", "/workload.py"],
+                env=[*env, "PYTHONUNBUFFERED=1"],
+                labels={
+                    STAND_IN_LABEL: ON_STAND_IN.format(what="proxy/harness/workload.py"),
+                    DESCRIPTION_LABEL: "kube-proxy-py's test workload (proxy/harness/workload.py) "
+                    "on the python stand-in: python3 /workload.py --name N --tcp/--udp/--http P",
+                },
+            )
+            self.archive(out, [*base_layers, layer], config, item.refs)
+
+        return self.cached("workload", item.refs, key, make, WORKLOAD_REF)
+
+    def nginx(self, python: BuiltImage) -> BuiltImage:
+        """nginx: an HTTP/1.1 server on :80 with keep-alive, as nginx has (the learners'
+        notes show a browser's keep-alive connection sticking to one pod): each answer is
+        the pod's name and the client address it saw."""
+        item = available("docker.io/library/nginx:latest")
+        source = _workload_source()
+        start = oci.file("usr/sbin/nginx", rootfs.script("nginx.sh"), 0o755)
+        key = _hash(RECIPE, python.digest, source.read_bytes(), start.data or b"")
+
+        def make(out: Path) -> None:
+            base_layers, env = self._python_layers(python)
+            layer = oci.write_layer(
+                self.store,
+                [
+                    oci.file("usr/local/lib/nginx-stand-in/server.py", source.read_bytes()),
+                    start,
+                ],
+                "the nginx stand-in: proxy/harness/workload.py serving HTTP on :80",
+            )
+            config = oci.ImageConfig(
+                cmd=["nginx", "-g", "daemon off;"],
+                env=[*env, "PYTHONUNBUFFERED=1"],
+                exposed_ports=["80/tcp"],
+                stop_signal="SIGTERM",
+                labels=_labels(
+                    "nginx: HTTP/1.1 on :80 with keep-alive; every GET answers "
+                    "'<pod name> <client ip>:<port>'",
+                    "proxy/harness/workload.py on the python stand-in",
+                ),
+            )
+            self.archive(out, [*base_layers, layer], config, item.refs)
+
+        return self.cached("nginx", item.refs, key, make, "nginx")
+
+
+def _workload_source() -> Path:
+    source = REPO_ROOT / "proxy" / "harness" / "workload.py"
+    if not source.is_file():
+        source = Path(__file__).resolve().parents[1] / "harness" / "workload.py"
+    return source
+
+
+# --------------------------------------------------------------------------- buildah
+
+
+def _repo_inputs_digest() -> str:
+    return tree_digest(
+        REPO_ROOT, ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "proxy")
+    )
+
+
+KUBE_PROXY_CONTAINERFILE = f"""\
+FROM {PYTHON_REF}
+LABEL {STAND_IN_LABEL}="kube-proxy-py stand-in for {KUBE_PROXY_REF}: the lab's upstream kube-proxy \
+build on the python stand-in with Debian's iptables, nftables, conntrack and iproute2" \\
+      {DESCRIPTION_LABEL}="upstream kube-proxy {build.K8S_VERSION} (built from k8s.io/kubernetes) \
+on Debian bookworm"
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends {" ".join(KUBE_PROXY_PACKAGES)} \\
+ && rm -rf /var/lib/apt/lists/*
+COPY kube-proxy /usr/local/bin/kube-proxy
+ENTRYPOINT ["/usr/local/bin/kube-proxy"]
+"""
+
+
+@dataclass
+class _BuildahJobs:
+    """The buildah-made images: one storage, the python stand-in imported once."""
+
+    work: Path
+    progress: build.Progress
+    python: BuiltImage
+    _buildah: Buildah | None = None
+
+    def buildah(self) -> Buildah:
+        if self._buildah is None:
+            self._buildah = Buildah(images_dir() / "buildah")
+            self.progress.step(
+                f"importing the python stand-in into buildah ({self._buildah.driver} storage)"
+            )
+            self._buildah.import_archive(self.python.archive, PYTHON_REF)
+        return self._buildah
+
+    def close(self) -> None:
+        if self._buildah is not None:
+            self._buildah.remove_all()
+
+    def _mounts(self) -> list[tuple[Path, str]]:
+        if HOST_CA_BUNDLE.is_file():
+            return [(HOST_CA_BUNDLE, str(HOST_CA_BUNDLE))]
+        return []
+
+    def kube_proxy_py(self, out: Path) -> None:
+        b = self.buildah()
+        b.build(
+            REPO_ROOT,
+            REPO_ROOT / "Dockerfile",
+            KUBE_PROXY_PY_REF,
+            log=images_dir() / "logs" / "kube-proxy-py.log",
+            progress=lambda line: self.progress.step(f"  {line[:110]}"),
+            mounts=self._mounts(),
+            labels={STAND_IN_LABEL: ON_STAND_IN.format(what="the repository's Dockerfile")},
+        )
+        self.progress.step("exporting kube-proxy-py from buildah")
+        b.export(KUBE_PROXY_PY_REF, out)
+
+    def kube_proxy(self, binary: Path, out: Path) -> None:
+        b = self.buildah()
+        with tempfile.TemporaryDirectory(dir=self.work) as tmp:
+            context = Path(tmp)
+            shutil.copy2(binary, context / "kube-proxy")
+            (context / "Containerfile").write_text(KUBE_PROXY_CONTAINERFILE)
+            b.build(
+                context,
+                context / "Containerfile",
+                KUBE_PROXY_REF,
+                log=images_dir() / "logs" / "kube-proxy.log",
+                progress=lambda line: self.progress.step(f"  {line[:110]}"),
+                mounts=self._mounts(),
+            )
+        self.progress.step("exporting kube-proxy from buildah")
+        b.export(KUBE_PROXY_REF, out)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def build_images(
+    out: Out | None = None, *, force: bool = False, with_buildah: bool = True
+) -> ImageSet:
+    """Build (or reuse from ``cache_root()/images``) every image the lab provides.
+
+    A cached archive is reused while its inputs are unchanged: the Debian package files
+    and this host's curl for the busybox family, pause.c and gcc for pause, the recipe
+    for the python stand-in (``force`` rebuilds it with today's Debian packages), and for
+    kube-proxy-py the Dockerfile, pyproject.toml, README.md and ``proxy/``.
+    ``with_buildah=False`` leaves out the two buildah-made images.
+    """
+    progress = build.Progress(out)
+    directory = images_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="work-", dir=directory))
+    skipped: list[tuple[str, str]] = []
+    try:
+        b = _Builder(work, progress, force)
+        built = [
+            b.pause(),
+            b.busybox(),
+            b.curl("docker.io/curlimages/curl:latest", "curlimages-curl"),
+            b.curl("docker.io/radial/busyboxplus:curl", "busyboxplus-curl"),
+            b.kiamol_sleep(),
+            b.numbers_api(),
+            b.numbers_web(),
+        ]
+        python = b.python()
+        built += [python, b.workload(python), b.nginx(python)]
+        if with_buildah:
+            built += _buildah_images(work, progress, python, force, skipped)
+        else:
+            skipped += [(KUBE_PROXY_PY_REF, "buildah images not requested")]
+            skipped += [(KUBE_PROXY_REF, "buildah images not requested")]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ImageSet(tuple(built), tuple(skipped))
+
+
+def _buildah_images(
+    work: Path,
+    progress: build.Progress,
+    python: BuiltImage,
+    force: bool,
+    skipped: list[tuple[str, str]],
+) -> list[BuiltImage]:
+    jobs = _BuildahJobs(work, progress, python)
+    out: list[BuiltImage] = []
+    try:
+        if (REPO_ROOT / "Dockerfile").is_file():
+            key = _hash(RECIPE, python.digest, _repo_inputs_digest())
+            out.append(
+                _cached(
+                    "kube-proxy-py",
+                    (KUBE_PROXY_PY_REF,),
+                    key,
+                    jobs.kube_proxy_py,
+                    progress,
+                    "kube-proxy-py:0.1.0 (buildah bud of the Dockerfile)",
+                    force=force,
+                )
+            )
+        else:
+            skipped.append((KUBE_PROXY_PY_REF, f"no Dockerfile in {REPO_ROOT} (not a checkout)"))
+        binary = build.bin_dir() / "kube-proxy"
+        if binary.is_file():
+            key = _hash(RECIPE, python.digest, rootfs.file_digest(binary), KUBE_PROXY_CONTAINERFILE)
+            out.append(
+                _cached(
+                    "kube-proxy",
+                    (KUBE_PROXY_REF,),
+                    key,
+                    lambda path: jobs.kube_proxy(binary, path),
+                    progress,
+                    f"kube-proxy {build.K8S_VERSION} (buildah)",
+                    force=force,
+                )
+            )
+        else:
+            skipped.append((KUBE_PROXY_REF, f"{binary} is not built yet (the lab builds it first)"))
+    finally:
+        jobs.close()
+    return out
+
+
+def _group_by_repo(refs: Sequence[str]) -> dict[str, list[str]]:
+    repos: dict[str, list[str]] = {}
+    for text in refs:
+        ref = imageref.parse(text)
+        if ref.tag:
+            repos.setdefault(ref.repository, []).append(ref.tag)
+    return repos
+
+
+def _push(
+    client: RegistryClient, source: oci.BlobSource, view: oci.ImageView, refs: Sequence[str]
+) -> None:
+    for repo, tags in _group_by_repo(refs).items():
+        client.push_image(source, view, repo, tags)
+
+
+def push_all(
+    registry_url: str, images: ImageSet, out: Out | None = None, *, netns: str | None = None
+) -> dict[str, str]:
+    """Push every image under each of its references; return {reference: digest}.
+
+    ``netns`` names the network namespace the registry address is reached in.
+    """
+    progress = build.Progress(out)
+    client = RegistryClient(registry_url, netns=netns)
+    client.ping()
+    pushed: dict[str, str] = {}
+    for image in images.images:
+        progress.step(f"pushing {image.refs[0]} ({image.size / 1e6:.1f} MB)")
+        with oci.OciArchive(image.archive) as archive:
+            view = oci.resolve_manifest(archive, archive.index_entries()[0])
+            _push(client, archive, view, image.refs)
+        pushed.update({ref: view.descriptor.digest for ref in image.refs})
+    return pushed
+
+
+def ensure_cached_registry(out: Out | None = None, *, force: bool = False) -> ImageSet:
+    """Build the images (cached) and make the registry's storage cache hold them all.
+
+    The storage is :func:`proxy.lab.registry.storage_cache`, the read-only lower layer
+    of every lab's registry; a registry is run on it in a throwaway namespace only when
+    an image changed since the last push (recorded beside it). Call it before any lab
+    registry is started on that storage (``lab build`` / ``lab up`` do).
+    """
+    from proxy.lab import nodebuild
+    from proxy.lab import registry as labregistry
+    from proxy.lab.regserve import serve_registry
+
+    built = build_images(out, force=force)
+    storage = labregistry.storage_cache()
+    stamp = storage / PUSHED_STAMP
+    want = {ref: image.digest for image in built.images for ref in image.refs}
+    try:
+        have = json.loads(stamp.read_text())
+    except (OSError, json.JSONDecodeError):
+        have = None
+    progress = build.Progress(out)
+    if have == want and not force:
+        progress.step(f"registry cache {storage} holds all {len(want)} image references")
+        return built
+    progress.step(f"pushing {len(built.images)} images into the registry cache {storage}")
+    with serve_registry(nodebuild.node_bin_dir() / "registry", storage) as client:
+        if client.netns is None:
+            raise ImageBuildError("the throwaway registry has no namespace")
+        push_all(client.url, built, out, netns=client.netns)
+    stamp.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+    return built
+
+
+def load_image_archive(
+    path: Path,
+    registry_url: str,
+    *,
+    netns: str | None = None,
+    registries: Sequence[str] | None = None,
+) -> list[str]:
+    """Push the images of a ``docker save`` or OCI archive; return the references added.
+
+    ``registries``: the registries the lab's nodes resolve through the lab registry; an
+    image named under any other is refused before anything is pushed (its Pods could
+    never pull it)."""
+    if not path.is_file():
+        raise ImageBuildError(f"{path} does not exist or is not a file")
+    client = RegistryClient(registry_url, netns=netns)
+    client.ping()
+    directory = images_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    added: list[str] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="load-", dir=directory) as tmp,
+        oci.OciArchive(path) as archive,
+    ):
+        loaded = dockersave.read_images(archive, oci.BlobStore(Path(tmp)))
+        if registries is not None:
+            elsewhere = [
+                ref for image in loaded for ref in image.refs
+                if imageref.parse(ref).domain not in registries
+            ]  # fmt: skip
+            if elsewhere:
+                raise ImageBuildError(
+                    f"{', '.join(elsewhere)}: the lab's nodes pull only "
+                    f"{', '.join(registries)} names (through the lab registry); tag the "
+                    "image under one of them, e.g. docker.io/library/NAME:TAG"
+                )
+        for image in loaded:
+            _push(client, image.source, image.view, image.refs)
+            added.extend(image.refs)
+    return added
+
+
+def describe_available() -> Iterator[str]:
+    """One line per image: its references and what it stands in for (for the README)."""
+    for item in AVAILABLE:
+        yield f"{', '.join(item.refs)} — {item.stands_in_for}; {item.made_of}"

@@ -1,0 +1,104 @@
+"""What ``lab up`` applies: daemonset.yaml with only the lab's values changed (pure)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from proxy.lab import deploy
+from proxy.lab.cluster import MANIFEST
+
+
+def objects() -> list[dict[str, object]]:
+    return [d for d in yaml.safe_load_all(MANIFEST.read_text()) if isinstance(d, dict)]
+
+
+def lab(**changes: object) -> tuple[list[dict[str, object]], deploy.Changes]:
+    values: dict[str, object] = {
+        "mode": "iptables",
+        "cluster_cidr": "10.244.0.0/16",
+        "api_host": "192.168.50.2",
+        "api_port": 6443,
+    }
+    values.update(changes)
+    return deploy.lab_objects(objects(), **values)  # type: ignore[arg-type]
+
+
+def env_of(objs: list[dict[str, object]]) -> dict[str, object]:
+    ds = deploy.find(objs, "DaemonSet")
+    container = ds["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_only_the_marked_values_change() -> None:
+    original = objects()
+    changed, changes = lab()
+    assert [o["kind"] for o in changed] == [o["kind"] for o in original]
+    env = env_of(changed)
+    assert env["KUBERNETES_SERVICE_HOST"] == "192.168.50.2"
+    assert env["KUBERNETES_SERVICE_PORT"] == "6443"
+    assert changes.env == {"KUBERNETES_SERVICE_HOST": ("kind-control-plane", "192.168.50.2")}
+    assert changes.config == {"mode": ("nftables", "iptables")}
+    config = yaml.safe_load(deploy.find(changed, "ConfigMap")["data"]["config.conf"])
+    assert config["mode"] == "iptables" and config["clusterCIDR"] == "10.244.0.0/16"
+    # Everything else is the file's: compare with the two values put back.
+    restored = copy.deepcopy(changed)
+    for item in deploy.find(restored, "DaemonSet")["spec"]["template"]["spec"]["containers"][0][
+        "env"
+    ]:
+        if item["name"] == "KUBERNETES_SERVICE_HOST":
+            item["value"] = "kind-control-plane"
+    cm = deploy.find(restored, "ConfigMap")
+    cm["data"]["config.conf"] = cm["data"]["config.conf"].replace(
+        "mode: iptables", "mode: nftables"
+    )
+    assert restored == original
+    # The comments in config.conf survive (it is edited as text, not re-dumped).
+    assert "# CHANGE" in cm["data"]["config.conf"]
+
+
+def test_compare_keeps_kube_proxy_py_off_the_upstream_node() -> None:
+    changed, changes = lab(exclude_nodes=["node-upstream"])
+    spec = deploy.find(changed, "DaemonSet")["spec"]["template"]["spec"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {
+            "matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["node-upstream"]}
+            ]
+        }
+    ]
+    assert changes.other and "node-upstream" in changes.other[0]
+
+
+def test_a_manifest_without_the_daemonset_is_refused() -> None:
+    only_rbac = [o for o in objects() if o["kind"] != "DaemonSet"]
+    with pytest.raises(deploy.DeployError, match="no DaemonSet"):
+        deploy.lab_objects(
+            only_rbac, mode="nftables", cluster_cidr="10.244.0.0/16", api_host="h", api_port=1
+        )
+
+
+def test_upstream_daemonset_runs_the_built_image_on_one_node() -> None:
+    objs = deploy.upstream_objects(
+        image="registry.k8s.io/kube-proxy:v1.37.2",
+        node="node-upstream",
+        mode="nftables",
+        cluster_cidr="10.244.0.0/16",
+        api_host="192.168.50.2",
+        api_port=6443,
+        healthz_port=10256,
+    )
+    kinds = [o["kind"] for o in objs]
+    assert kinds == ["ServiceAccount", "ClusterRoleBinding", "DaemonSet"]
+    binding = objs[1]
+    assert binding["roleRef"]["name"] == "system:node-proxier"
+    spec = objs[2]["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"kubernetes.io/hostname": "node-upstream"}
+    assert spec["hostNetwork"] is True
+    container = spec["containers"][0]
+    assert container["image"] == "registry.k8s.io/kube-proxy:v1.37.2"
+    assert "--proxy-mode=nftables" in container["command"]
+    assert "--hostname-override=$(NODE_NAME)" in container["command"]
