@@ -24,8 +24,8 @@ v2.3.7 recommends 2.3.0+ or 2.2.0+ for Kubernetes 1.36, and containerd 2.x keeps
 v1 support (deprecated since 2.2, removal not before May 2029), which matters on this
 project's hosts (cgroup v1, hybrid hierarchy). runc is built from source too: bookworm
 ships runc 1.1.5, while containerd v2.3.7's docs/RUNC.md recommends a runc at least as new
-as the one its CI tests (``script/setup/runc-version``: v1.5.2). The pin here, v1.4.4, is
-still below that; see docs/lab-node.md.
+as the one its CI tests (``script/setup/runc-version``: v1.5.2); the pin is v1.5.3, that
+line's newest patch, which keeps cgroup v1 (deprecated since runc 1.4, not removed).
 
 Results are cached under ``<cache_root>/node/<containerd>-<runc>-<cni>-<registry>/`` in
 ``bin/`` and ``cni/`` with a stamp naming every version; a second call only checks the
@@ -57,7 +57,7 @@ from proxy.lab.build import (
 )
 
 CONTAINERD_VERSION = "v2.3.7"
-RUNC_VERSION = "v1.4.4"
+RUNC_VERSION = "v1.5.3"
 CNI_PLUGINS_VERSION = "v1.10.0"
 REGISTRY_VERSION = "v3.1.2"
 

@@ -48,7 +48,7 @@ def test_steps_cover_every_pinned_binary_in_the_right_directory() -> None:
     assert by_dest == {"bin": NODE_BINARIES, "cni": CNI_BINARIES}
     assert nodebuild.versions() == {
         "containerd": "v2.3.7",
-        "runc": "v1.4.4",
+        "runc": "v1.5.3",
         "cni-plugins": "v1.10.0",
         "registry": "v3.1.2",
     }
@@ -109,9 +109,9 @@ def test_runc_cni_and_registry_ldflags() -> None:
 def test_the_version_variables_exist_in_the_module_sources() -> None:
     mod = Path(os.environ.get("GOMODCACHE", Path.home() / "go/pkg/mod"))
     src = mod / "github.com/containerd/containerd/v2@v2.3.7/version/version.go"
-    runc_main = mod / "github.com/opencontainers/runc@v1.4.4/main.go"
+    runc_main = mod / "github.com/opencontainers/runc@v1.5.3/main.go"
     if not (src.exists() and runc_main.exists()):
-        pytest.skip(f"containerd v2.3.7 / runc v1.4.4 sources are not in the module cache {mod}")
+        pytest.skip(f"containerd v2.3.7 / runc v1.5.3 sources are not in the module cache {mod}")
     text = src.read_text()
     for var in ("Version =", "Revision =", "Package ="):
         assert var in text
@@ -142,7 +142,7 @@ def test_seccomp_problems_name_the_package_to_install() -> None:
 
 def test_cache_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
-    root = tmp_path / "node" / "v2.3.7-v1.4.4-v1.10.0-v3.1.2"
+    root = tmp_path / "node" / "v2.3.7-v1.5.3-v1.10.0-v3.1.2"
     assert nodebuild.node_bin_dir() == root / "bin"
     assert nodebuild.cni_bin_dir() == root / "cni"
     assert nodebuild.layout().stamp == root / nodebuild.STAMP
@@ -318,7 +318,7 @@ _VERSION_COMMANDS: dict[str, tuple[list[str], str]] = {
     "containerd": (["--version"], "v2.3.7"),
     "ctr": (["--version"], "v2.3.7"),
     "containerd-shim-runc-v2": (["-v"], "v2.3.7"),
-    "runc": (["--version"], "runc version 1.4.4"),
+    "runc": (["--version"], "runc version 1.5.3"),
     "registry": (["--version"], "3.1.2"),
 }
 
