@@ -165,6 +165,18 @@ class LabDemo:
         self.p.run_checked(what, fn)
 
     # -- the tour -------------------------------------------------------------------------
+    def introduce(self) -> None:
+        """The cluster the tour runs on: real kubelets, kube-proxy-py as DaemonSet pods."""
+        self.show("get", "nodes", "-o", "wide")
+        self.show("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy-py", "-o", "wide")
+        image = self.kubectl("get", "daemonset", "kube-proxy-py", "-n", "kube-system", "-o",
+                             "jsonpath={.spec.template.spec.containers[0].image}")  # fmt: skip
+        self.p.explain(
+            "every node runs a real kubelet and containerd; kube-proxy-py runs on each as a "
+            f"pod of the daemonset.yaml DaemonSet, from the image {image} built from the "
+            "Dockerfile, on the node's network (hostNetwork) so its rules apply to the node"
+        )
+
     def prepare(self) -> None:
         self.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true",
                      "--timeout=120s")  # fmt: skip
@@ -457,6 +469,7 @@ def main(state_dir: Path, *, color: bool | None, pause: bool) -> int:
     out.title(f"kube-proxy-py lab demo ({state.mode} mode, lab {state.lab_id})")
     demo = LabDemo(state, out)
     try:
+        demo.introduce()
         demo.prepare()
         demo.run()
     finally:

@@ -74,6 +74,9 @@ def test_demo_runs_end_to_end(lab: Lab) -> None:
     assert proc.stdout.count("[ok]") == 10, proc.stdout[-4000:]
     assert "UNEXPECTED" not in proc.stdout and "\033[" not in proc.stdout
     assert "lab demo: all 10 steps behaved as expected" in proc.stdout
+    # It opens with the cluster: real kubelets, kube-proxy-py's DaemonSet pods.
+    assert "containerd://2.3.7" in proc.stdout
+    assert proc.stdout.count("kube-proxy-py-") >= 2 and "kube-proxy-py:0.1.0" in proc.stdout
 
 
 def web(replicas: int) -> dict[str, Any]:
