@@ -22,19 +22,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A fresh, unlinked network namespace, deleted (with its processes) afterwards."""
-    name = f"kpp-{uuid.uuid4().hex[:6]}-t"
+@contextmanager
+def throwaway_netns(suffix: str = "t") -> Iterator[str]:
+    """A fresh, unlinked network namespace ``kpp-<hex>-<suffix>`` with loopback up,
+    deleted (with its processes) afterwards."""
+    name = f"kpp-{uuid.uuid4().hex[:6]}-{suffix}"
     subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
     try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         yield name
     finally:
         pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
         for pid in pids.stdout.split():
             subprocess.run(["kill", "-9", pid], check=False)
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, unlinked network namespace, deleted (with its processes) afterwards."""
+    with throwaway_netns() as name:
+        yield name
 
 
 @contextmanager

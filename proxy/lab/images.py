@@ -17,6 +17,8 @@ a user's own ``docker save`` or OCI archive (:func:`load_image_archive`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
@@ -420,53 +422,55 @@ class _Builder:
 
         return self.cached("kiamol-sleep", item.refs, self.busybox_key(), make, item.refs[0])
 
-    def numbers_api(self) -> BuiltImage:
-        item = available("docker.io/kiamol/ch03-numbers-api:latest")
-        scripts = [
+    def _busybox_scripts(
+        self, ref: str, slug: str, scripts: dict[str, str], command: str, made_of: str
+    ) -> BuiltImage:
+        """A busybox stand-in serving HTTP on :80 from ``scripts`` (path -> script file),
+        run-until-term included (PID 1 must act on SIGTERM)."""
+        item = available(ref)
+        entries = [
             oci.file("usr/local/bin/run-until-term", rootfs.script("run-until-term.sh"), 0o755),
-            oci.file("usr/local/bin/numbers-api", rootfs.script("numbers-api.sh"), 0o755),
-            oci.file("usr/local/bin/rng-handler", rootfs.script("rng-handler.sh"), 0o755),
+            *(oci.file(path, rootfs.script(name), 0o755) for path, name in scripts.items()),
         ]
-        key = _hash(self.busybox_key(), *(e.data or b"" for e in scripts))
+        key = _hash(self.busybox_key(), *(e.data or b"" for e in entries))
 
         def make(out: Path) -> None:
             config = oci.ImageConfig(
-                cmd=["/usr/local/bin/numbers-api"],
+                cmd=[command],
                 exposed_ports=["80/tcp"],
                 labels=_labels(
                     item.stands_in_for,
-                    f"busybox nc and a shell handler (Debian busybox-static "
-                    f"{self.busybox_version()})",
+                    f"{made_of} (Debian busybox-static {self.busybox_version()})",
                 ),
             )
-            layers = [self.busybox_layer(), self.scripts_layer("numbers-api", scripts)]
+            layers = [self.busybox_layer(), self.scripts_layer(slug, entries)]
             self.archive(out, layers, config, item.refs)
 
-        return self.cached("kiamol-numbers-api", item.refs, key, make, item.refs[0])
+        return self.cached(f"kiamol-{slug}", item.refs, key, make, item.refs[0])
+
+    def numbers_api(self) -> BuiltImage:
+        return self._busybox_scripts(
+            "docker.io/kiamol/ch03-numbers-api:latest",
+            "numbers-api",
+            {
+                "usr/local/bin/numbers-api": "numbers-api.sh",
+                "usr/local/bin/rng-handler": "rng-handler.sh",
+            },
+            "/usr/local/bin/numbers-api",
+            "busybox nc and a shell handler",
+        )
 
     def numbers_web(self) -> BuiltImage:
-        item = available("docker.io/kiamol/ch03-numbers-web:latest")
-        scripts = [
-            oci.file("usr/local/bin/run-until-term", rootfs.script("run-until-term.sh"), 0o755),
-            oci.file("usr/local/bin/numbers-web", rootfs.script("numbers-web.sh"), 0o755),
-            oci.file("var/www/cgi-bin/index.cgi", rootfs.script("numbers-web.cgi"), 0o755),
-        ]
-        key = _hash(self.busybox_key(), *(e.data or b"" for e in scripts))
-
-        def make(out: Path) -> None:
-            config = oci.ImageConfig(
-                cmd=["/usr/local/bin/numbers-web"],
-                exposed_ports=["80/tcp"],
-                labels=_labels(
-                    item.stands_in_for,
-                    f"busybox httpd and a CGI script (Debian busybox-static "
-                    f"{self.busybox_version()})",
-                ),
-            )
-            layers = [self.busybox_layer(), self.scripts_layer("numbers-web", scripts)]
-            self.archive(out, layers, config, item.refs)
-
-        return self.cached("kiamol-numbers-web", item.refs, key, make, item.refs[0])
+        return self._busybox_scripts(
+            "docker.io/kiamol/ch03-numbers-web:latest",
+            "numbers-web",
+            {
+                "usr/local/bin/numbers-web": "numbers-web.sh",
+                "var/www/cgi-bin/index.cgi": "numbers-web.cgi",
+            },
+            "/usr/local/bin/numbers-web",
+            "busybox httpd and a CGI script",
+        )
 
     def python(self) -> BuiltImage:
         item = available(PYTHON_REF)
@@ -702,6 +706,28 @@ def build_images(
     progress = build.Progress(out)
     directory = images_dir()
     directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory / ".build.lock", progress, "another image build"):
+        return _build_images(directory, progress, force, with_buildah)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, progress: build.Progress, what: str) -> Iterator[None]:
+    """One process at a time (two buildah builds on one storage corrupt each other)."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.step(f"waiting for {what} to finish ({path})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_images(
+    directory: Path, progress: build.Progress, force: bool, with_buildah: bool
+) -> ImageSet:
     work = Path(tempfile.mkdtemp(prefix="work-", dir=directory))
     skipped: list[tuple[str, str]] = []
     try:
@@ -834,7 +860,11 @@ def ensure_cached_registry(out: Out | None = None, *, force: bool = False) -> Im
         progress.step(f"registry cache {storage} holds all {len(want)} image references")
         return built
     progress.step(f"pushing {len(built.images)} images into the registry cache {storage}")
-    with serve_registry(nodebuild.node_bin_dir() / "registry", storage) as client:
+    storage.mkdir(parents=True, exist_ok=True)
+    with (
+        _locked(storage.parent / "registry.lock", progress, "another push to the cache"),
+        serve_registry(nodebuild.node_bin_dir() / "registry", storage) as client,
+    ):
         if client.netns is None:
             raise ImageBuildError("the throwaway registry has no namespace")
         push_all(client.url, built, out, netns=client.netns)

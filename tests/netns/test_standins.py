@@ -20,6 +20,7 @@ from typing import Protocol
 import pytest
 
 from proxy.lab import images, nsutil, oci
+from tests.conftest import throwaway_netns
 
 pytestmark = pytest.mark.netns
 
@@ -208,16 +209,8 @@ def test_numbers_api_answers_random_numbers(netns: str, run: Start) -> None:
 @pytest.fixture
 def api_netns() -> Iterator[str]:
     """A second throwaway namespace joined to the test's one by a veth (192.0.2.0/24)."""
-    name = f"kpp-{uuid.uuid4().hex[:6]}-api"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    with throwaway_netns("api") as name:
         yield name
-    finally:
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-        for pid in pids.stdout.split():
-            subprocess.run(["kill", "-9", pid], check=False)
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def test_numbers_web_shows_a_number_from_the_api(netns: str, api_netns: str, run: Start) -> None:
