@@ -32,6 +32,8 @@ KUBE_FORWARD = "KUBE-FORWARD"
 KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 KUBE_FIREWALL = "KUBE-FIREWALL"
 KUBE_PROXY_CANARY = "KUBE-PROXY-CANARY"
+_OUR_GUARD_JUMP = "kube-proxy localnet guard"
+"""The comment on our jumps to KUBE-FIREWALL (the kubelet's own jumps have none)."""
 """Legacy iptables' drift canary (declared by the kernel layer, owned like our chains)."""
 
 NAT_FIXED = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
@@ -99,8 +101,8 @@ def jump_rules(localhost_guard: bool) -> tuple[JumpRule, ...]:
     ]
     if localhost_guard:
         rules += [
-            _jump("filter", "INPUT", KUBE_FIREWALL, "kube-proxy localnet guard"),
-            _jump("filter", "OUTPUT", KUBE_FIREWALL, "kube-proxy localnet guard"),
+            _jump("filter", "INPUT", KUBE_FIREWALL, _OUR_GUARD_JUMP),
+            _jump("filter", "OUTPUT", KUBE_FIREWALL, _OUR_GUARD_JUMP),
         ]
     return tuple(rules)
 
@@ -716,17 +718,39 @@ def _target(spec: str) -> str | None:
     return m.group(1) if m else None
 
 
+KUBELET_SHARED = frozenset((KUBE_FIREWALL,))
+"""Chains the kubelet creates too (its martian-packet guard, KUBE-FIREWALL, the same rule
+as ours). Upstream never deletes them; we delete one only when nothing but our own jumps
+(marked with our comment) lead to it, so a cleanup leaves nothing of ours and never takes
+the kubelet's guard away (the kubelet does not recreate it while its canary stands)."""
+
+
+def _foreign_jump_targets(existing: ExistingIptables, table: str) -> frozenset[str]:
+    """Shared chains that a built-in chain jumps to without our comment."""
+    return frozenset(
+        tgt
+        for (t, _), specs in existing.builtin_rules.items()
+        if t == table
+        for spec in specs
+        if (tgt := _target(spec)) in KUBELET_SHARED and _OUR_GUARD_JUMP not in spec
+    )
+
+
 def cleanup_text(existing: ExistingIptables) -> str:
-    """Remove every chain and jump of ours (and nothing else) in one transaction."""
+    """Remove every chain and jump of ours (and nothing else: not a chain the kubelet
+    also uses, nor its jumps) in one transaction."""
     out: list[str] = []
     for table in ("filter", "nat"):
-        owned = sorted(existing.owned_chains(table))
+        kept = _foreign_jump_targets(existing, table)
+        owned = sorted(existing.owned_chains(table) - kept)
         jumps = [
             f"-D {chain} {spec}"
             for (t, chain), specs in sorted(existing.builtin_rules.items())
             if t == table
             for spec in specs
-            if (tgt := _target(spec)) is not None and is_owned_chain(tgt)
+            if (tgt := _target(spec)) is not None
+            and is_owned_chain(tgt)
+            and (tgt not in kept or _OUR_GUARD_JUMP in spec)
         ]
         if not owned and not jumps:
             continue

@@ -473,6 +473,15 @@ def test_daemonset_pods_run_the_image_built_from_the_dockerfile(running_lab: Lab
     assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
     assert nsutil.pid_in_netns(pid, f"{running_lab.lab_id}-node-1")
     assert tuple(Path(p).exists() for p in MOUNT_POINTS) == running_lab.before.paths
+    # Starting in nftables mode removed any iptables rules of ours, but not the kubelet's
+    # martian-packet guard (KUBE-FIREWALL), nor its canaries.
+    filter_rules = subprocess.run(
+        ["ip", "netns", "exec", f"{running_lab.lab_id}-node-1", "iptables-save", "-t", "filter"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "-A INPUT -j KUBE-FIREWALL" in filter_rules, filter_rules
+    assert "block incoming localnet connections" in filter_rules
+    assert ":KUBE-KUBELET-CANARY" in filter_rules
     # The API server listens inside the lab only.
     assert _listeners() == running_lab.before.listeners
 

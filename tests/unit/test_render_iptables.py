@@ -244,6 +244,28 @@ COMMIT
     assert ipt.cleanup_text(ipt.parse_save("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")) == ""
 
 
+def test_cleanup_leaves_the_kubelets_firewall_chain() -> None:
+    """KUBE-FIREWALL is the kubelet's martian-packet guard as well as ours: a cleanup
+    (or an agent starting in nftables mode) removes our jumps to it, and the chain only
+    when nothing else jumps there."""
+    chain = """:KUBE-FIREWALL - [0:0]
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+"""
+    ours = """-A INPUT -m comment --comment "kube-proxy localnet guard" -j KUBE-FIREWALL
+-A OUTPUT -m comment --comment "kube-proxy localnet guard" -j KUBE-FIREWALL
+"""
+    kubelets = "-A INPUT -j KUBE-FIREWALL\n-A OUTPUT -j KUBE-FIREWALL\n"
+    head = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    with_kubelet = ipt.cleanup_text(ipt.parse_save(head + chain + kubelets + ours + "COMMIT\n"))
+    assert "-X KUBE-FIREWALL" not in with_kubelet
+    assert with_kubelet.count("-D ") == 2 and "kube-proxy localnet guard" in with_kubelet
+    assert "-D INPUT -j KUBE-FIREWALL" not in with_kubelet
+    only_kubelet = ipt.cleanup_text(ipt.parse_save(head + chain + kubelets + "COMMIT\n"))
+    assert only_kubelet == ""
+    only_ours = ipt.cleanup_text(ipt.parse_save(head + chain + ours + "COMMIT\n"))
+    assert "-X KUBE-FIREWALL" in only_ours and only_ours.count("-D ") == 2
+
+
 def test_render_is_deterministic() -> None:
     a = ipt.restore_text(rules(web(), web_slice(*TWO)))
     b = ipt.restore_text(rules(web(), web_slice(*reversed(TWO))))
