@@ -503,10 +503,11 @@ class Supervisor:
         status = EXIT_OK
         try:
             self.start()
+            # The line first: `lab up` stops following progress.log once it reads "ready".
+            self.progress(f"lab ready in {time.monotonic() - self.t0:.1f}s")
             self.state.phase = "ready"
             self.state.ready_at = time.time()
             self.save()
-            self.progress(f"lab ready in {time.monotonic() - self.t0:.1f}s")
             self.watch()
         except _Stop:
             self.progress("stopping (signal)")
