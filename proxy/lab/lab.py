@@ -126,16 +126,6 @@ UPSTREAM_POD_CIDR = "10.244.30.0/24"
 API_PORT = 6443
 HEALTHZ_PORT = 10256
 ZONES = ("zone-a", "zone-b")
-TOKEN_SECONDS = 24 * 3600
-TOKEN_REFRESH_SECONDS = 6 * 3600
-SERVICEACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
-IMAGE_COMMAND = "kube-proxy-py"
-IMAGE_ENV = {
-    # The Dockerfile's ENV, and PATH as a Debian image has it.
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
 STOP_TIMEOUT = 90.0
 READY_TIMEOUT = 120.0
 RESTART_BACKOFF = (10.0, 300.0)
@@ -385,15 +375,6 @@ def manifest_objects(path: Path | None = None) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
 
 
-def _find(
-    objects: Sequence[Mapping[str, Any]], kind: str, name: str | None = None
-) -> dict[str, Any]:
-    for obj in objects:
-        if obj.get("kind") == kind and (name is None or obj["metadata"]["name"] == name):
-            return dict(obj)
-    raise LabError(f"daemonset.yaml has no {kind}" + (f" named {name}" if name else ""))
-
-
 # --------------------------------------------------------------------------- HTTP helpers
 
 
@@ -466,7 +447,6 @@ class Supervisor:
         self.t0 = time.monotonic()
         self._cluster: LabCluster | None = None
         self.children: dict[str, _Child] = {}
-        self.token_refreshed = 0.0
         self.objects = manifest_objects()
         self._progress_file: TextIO | None = None
 
@@ -967,20 +947,6 @@ class Supervisor:
         with contextlib.suppress(Exception):
             self.save()
         self.progress("stopped")
-
-
-def netns_only_argv(netns: str, argv: Sequence[str]) -> list[str]:
-    """argv running a command in a named network namespace and nothing else (the mount
-    namespace stays the host's); ``nsenter`` execs in place, so the pid is the command's."""
-    return ["nsenter", f"--net={nsutil.netns_path(netns)}", "--", *argv]
-
-
-def _write_atomic(path: Path, content: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(content)
-    os.replace(tmp, path)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
