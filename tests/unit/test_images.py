@@ -17,6 +17,7 @@ import pytest
 
 from proxy.lab import build, dockersave, imageref, images, oci, rootfs
 from proxy.lab.regclient import RegistryClient, RegistryError
+from tests.unit.test_oci import tar_with
 
 # --------------------------------------------------------------------------- references
 
@@ -51,15 +52,6 @@ def test_bad_references_are_refused(bad: str) -> None:
 # --------------------------------------------------------------------------- docker save
 
 
-def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def _layer_tar(content: bytes) -> bytes:
     buf = io.BytesIO()
     oci.write_tar([oci.file("f", content)], buf)
@@ -77,7 +69,7 @@ def _docker_save(tmp_path: Path, *, diff_id: str | None = None) -> tuple[Path, b
     ).encode()
     config_name = oci.sha256_digest(config)[7:] + ".json"
     manifest = [{"Config": config_name, "RepoTags": ["web:v2", "me/web:v2"], "Layers": ["l/1.tar"]}]
-    path = _tar(
+    path = tar_with(
         tmp_path / "save.tar",
         {"manifest.json": json.dumps(manifest).encode(), config_name: config, "l/1.tar": layer},
     )
@@ -141,7 +133,7 @@ def test_oci_layout_with_bare_tags_takes_names_from_manifest_json(tmp_path: Path
     }
     for blob in (view.descriptor, *view.blobs):
         members[f"blobs/sha256/{blob.digest[7:]}"] = store.path(blob.digest).read_bytes()
-    path = _tar(tmp_path / "docker25.tar", members)
+    path = tar_with(tmp_path / "docker25.tar", members)
 
     with oci.OciArchive(path) as archive:
         loaded = dockersave.read_images(archive, oci.BlobStore(tmp_path / "scratch"))
@@ -157,7 +149,7 @@ def test_unnamed_or_unknown_archives_are_refused(tmp_path: Path) -> None:
     oci.write_oci_archive(unnamed, store, manifest, ["latest"])
     with oci.OciArchive(unnamed) as archive, pytest.raises(oci.OciError, match="has no name"):
         dockersave.read_images(archive, store)
-    other = _tar(tmp_path / "other.tar", {"hello.txt": b"hi"})
+    other = tar_with(tmp_path / "other.tar", {"hello.txt": b"hi"})
     with oci.OciArchive(other) as archive, pytest.raises(oci.OciError, match="neither"):
         dockersave.read_images(archive, store)
 

@@ -165,7 +165,8 @@ def test_archive_round_trip(tmp_path: Path) -> None:
     assert copy.read_bytes() == archive.read_bytes()
 
 
-def _tar_with(path: Path, members: dict[str, bytes]) -> Path:
+def tar_with(path: Path, members: dict[str, bytes]) -> Path:
+    """A plain tar at ``path`` holding ``members`` (name -> bytes)."""
     with tarfile.open(path, mode="w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
@@ -199,7 +200,7 @@ def test_index_picks_linux_amd64_from_a_nested_index(tmp_path: Path) -> None:
 def test_limits_refuse_oversized_and_malformed_input(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    big = _tar_with(
+    big = tar_with(
         tmp_path / "big.tar", {"oci-layout": b"{}", "index.json": b'{"manifests": []}' + b" " * 64}
     )
     monkeypatch.setattr(oci, "MAX_JSON", 32)
