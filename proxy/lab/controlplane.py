@@ -406,6 +406,10 @@ class ControlPlane:
         """etcd's client URL (on 127.0.0.1 of ``netns`` when that is set)."""
         return f"http://{LOOPBACK}:{self._port(ETCD, 'client')}"
 
+    def exited(self) -> list[str]:
+        """The components whose process has exited (checked now)."""
+        return [n for n, p in self._procs.items() if p.popen.poll() is not None]
+
     @property
     def pids(self) -> dict[str, int]:
         """Pid of every process this fixture started and that has not been reaped.

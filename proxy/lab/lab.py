@@ -585,6 +585,7 @@ class Supervisor:
                 "admin_key": str(cp.pki_dir / "admin.key"),
                 "kubectl": str(bin_dir / "kubectl"),
                 "kubectl_cache": str(self.dir / "kubectl-cache"),
+                "etcd_url": cp.etcd_url,
             }
         )
         for name, pid in cp.pids.items():
@@ -885,6 +886,7 @@ class Supervisor:
     def watch(self) -> None:
         while True:
             time.sleep(1.0)
+            self._check_apiserver()
             now = time.monotonic()
             for child in self.children.values():
                 if child.popen is None or child.popen.poll() is None:
@@ -904,6 +906,28 @@ class Supervisor:
                     child.restart_at = 0.0
                     self.state.restarts[child.label] = self.state.restarts.get(child.label, 0) + 1
                     self._spawn(child)
+
+    def _check_apiserver(self) -> None:
+        """Start kube-apiserver again when it exited (killed, crashed, or stopped to test
+        a control-plane restart), as the kubelet of a kind control-plane node restarts its
+        static pod; etcd's data is kept, so clients see an API server restart."""
+        from proxy.lab.controlplane import APISERVER, ControlPlaneError
+
+        cp = self.cluster.control_plane
+        if APISERVER not in cp.exited():
+            return
+        log.warning("exited label=%s; starting it again", APISERVER)
+        try:
+            cp.restart_apiserver()
+        except ControlPlaneError:
+            log.exception("restarting %s", APISERVER)
+            return
+        pid = cp.pids[APISERVER]
+        self.state.processes[APISERVER] = ProcRecord.of(
+            APISERVER, pid, self.state.processes[APISERVER].markers
+        )
+        self.state.restarts[APISERVER] = self.state.restarts.get(APISERVER, 0) + 1
+        self.save()
 
     # -- stopping --------------------------------------------------------------------
     def teardown(self) -> None:
