@@ -1382,6 +1382,13 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
             f"`{_command_hint(state.path, 'kubectl')} ...` uses it)",
             file=out,
         )
+    apiserver_restarts = state.restarts.get("kube-apiserver", 0)
+    if apiserver_restarts:
+        print(
+            f"kube-apiserver exited and was started again {apiserver_restarts} time(s) "
+            f"(log: {Path(state.state_dir) / SUPERVISOR_LOG})",
+            file=out,
+        )
     print(f"mode: {state.mode}", file=out)
     pods_per_node: dict[str, int] = {}
     pods_note = ""

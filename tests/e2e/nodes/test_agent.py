@@ -13,6 +13,7 @@ the other mode's rules.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 from proxy.harness import Outcome
+from proxy.lab import lab as labmod
 from proxy.lab import nsutil
 from proxy.lab.cluster import wait_for
 from tests.e2e.nodelab import PROXY, NodeLab, workload_pod
@@ -408,6 +410,9 @@ def wait_apiserver_restarted(lab: NodeLab, before: int) -> None:
 
     wait_for(restarted, 90, what="the lab to start kube-apiserver again")
     wait_for(lambda: lab.api("GET", "/api/v1/namespaces/default"), 60, what="the API back")
+    status = io.StringIO()
+    labmod.print_status(lab.state, status)
+    assert "kube-apiserver exited and was started again" in status.getvalue(), status.getvalue()
 
 
 def test_watch_survives_apiserver_restart_and_compaction(lab: NodeLab, mode: str) -> None:
