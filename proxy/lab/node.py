@@ -419,7 +419,24 @@ class NodeLauncher:
         raise _Stop
 
     def enter(self) -> None:
-        """Join the node's cgroup, make the private mounts."""
+        """Clear what an earlier launcher of this node left behind, join the node's
+        cgroup, make the private mounts.
+
+        A launcher killed with SIGKILL takes containerd and the kubelet with it (they die
+        with their parent), but the shims and containers live on in the node's cgroup,
+        unreachable: their sockets were in that launcher's private ``/run``. The new
+        kubelet would start every pod again beside them (two kube-proxy-py agents on one
+        node), so they are killed first, as a rebooted node starts with none."""
+        leftovers = cgroups.pids(self.cfg.cgroup_root) - {os.getpid()}
+        if leftovers:
+            log.warning(
+                "node %s: killing %d process(es) an earlier launcher left in %s",
+                self.cfg.name,
+                len(leftovers),
+                self.cfg.cgroup_root,
+            )
+            for problem in cgroups.remove(self.cfg.cgroup_root):
+                log.warning("node %s: %s", self.cfg.name, problem)
         cgroups.join(self.cfg.runtime_cgroup)
         private_mount_namespace()
         mount_tmpfs("/run", "mode=755,size=64m")

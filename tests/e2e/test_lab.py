@@ -798,6 +798,44 @@ def test_shell_runs_in_the_namespace_and_passes_the_exit_code(running_lab: Lab) 
     assert unknown.returncode == 1 and "no node" in unknown.stderr
 
 
+def agent_pids(lab: Lab, node: str) -> set[int]:
+    """kube-proxy-py agent processes anywhere in the node's cgroup subtree."""
+    found = set()
+    for pid in cgroups.pids(cgroups.node_path(lab.lab_id, node)):
+        words = labmod.proc_cmdline(pid).split()
+        if any(Path(w).name == "kube-proxy-py" for w in words[:2]) and "run" in words:
+            found.add(pid)
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.netns
+def test_a_killed_node_comes_back_with_one_agent(running_lab: Lab) -> None:
+    """SIGKILL to a node's launcher (its containerd and kubelet die with it, its
+    containers would not): the supervisor starts the node again, which first kills what
+    the old one left, so the node runs one kube-proxy-py agent again, not two."""
+    (old,) = agent_pids(running_lab, "node-2")
+    state = labmod.load_state(running_lab.state_dir)
+    assert state is not None
+    launcher = state.processes["node/node-2"]
+    restarts = state.restarts.get("node/node-2", 0)
+    os.kill(launcher.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while True:
+        state = labmod.load_state(running_lab.state_dir)
+        assert state is not None
+        pids = agent_pids(running_lab, "node-2")
+        healthy = labmod.node_health(f"{running_lab.lab_id}-node-2")[0] == 200
+        if state.restarts.get("node/node-2", 0) > restarts and healthy and old not in pids:
+            break
+        assert time.monotonic() < deadline, f"node-2 not back: agents {pids}, healthy {healthy}"
+        time.sleep(1)
+    time.sleep(5)  # had the old containers survived, the kubelet would have started a 2nd
+    assert len(agent_pids(running_lab, "node-2")) == 1
+    log = (running_lab.state_dir / "nodes" / "node-2" / "logs" / "node.log").read_text()
+    assert "an earlier launcher left" in log, log[-2000:]
+
+
 @pytest.mark.e2e
 @pytest.mark.netns
 def test_down_leaves_nothing(running_lab: Lab) -> None:
