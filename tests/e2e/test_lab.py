@@ -557,7 +557,11 @@ def test_logs_follow(running_lab: Lab) -> None:
 @pytest.mark.e2e
 @pytest.mark.netns
 def test_port_forward_reaches_the_pod(running_lab: Lab) -> None:
-    apply(running_lab, pod("forwarded", ["nginx"], container={"image": "nginx"}))
+    # Ready only once it serves: a started container may not listen yet, and kubectl
+    # port-forward drops a connection the pod refuses (seen once in CI).
+    serving = {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1}
+    apply(running_lab, pod("forwarded", ["nginx"],
+                           container={"image": "nginx", "readinessProbe": serving}))  # fmt: skip
     wait_ready(running_lab, "forwarded")
     argv = [sys.executable, "-m", "proxy", "lab", "kubectl", "--state-dir",
             str(running_lab.state_dir), "port-forward", "pod/forwarded", "18080:80"]  # fmt: skip
