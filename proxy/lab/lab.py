@@ -70,6 +70,7 @@ import contextlib
 import ctypes
 import dataclasses
 import fcntl
+import functools
 import glob
 import http.client
 import json
@@ -396,22 +397,45 @@ def node_health(netns: str) -> tuple[int | None, str]:
         return None, str(exc)
 
 
-def _api_get(state: LabState, path: str, timeout: float = 5.0) -> Any:
+@functools.lru_cache(maxsize=4)
+def _admin_tls(ca: str, cert: str, key: str) -> ssl.SSLContext:
+    tls = ssl.create_default_context(cafile=ca)
+    tls.load_cert_chain(cert, key)
+    return tls
+
+
+def api_request(
+    state: LabState,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    content_type: str = "application/json",
+    timeout: float = 5.0,
+) -> tuple[int, bytes]:
+    """One call to the lab's API server as the lab's admin, from inside the control
+    plane's namespace: (HTTP status, body)."""
     cp = state.control_plane
-    tls = ssl.create_default_context(cafile=cp["ca"])
-    tls.load_cert_chain(cp["admin_cert"], cp["admin_key"])
+    tls = _admin_tls(cp["ca"], cp["admin_cert"], cp["admin_key"])
     conn = nsutil.NetnsHTTPSConnection(
         cp["namespace"], cp["host"], API_PORT, timeout=timeout, context=tls
     )
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
     try:
-        conn.request("GET", path, headers={"Accept": "application/json"})
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise LabError(f"GET {path}: HTTP {resp.status}")
-        return json.loads(body)
+        return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def _api_get(state: LabState, path: str, timeout: float = 5.0) -> Any:
+    status, body = api_request(state, "GET", path, timeout=timeout)
+    if status != 200:
+        raise LabError(f"GET {path}: HTTP {status}")
+    return json.loads(body)
 
 
 # --------------------------------------------------------------------------- supervisor

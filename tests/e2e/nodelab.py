@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import urllib.parse
@@ -30,7 +29,7 @@ import yaml
 from proxy.harness import Prober
 from proxy.harness import netns as hnetns
 from proxy.harness.process import SOURCE_ROOT
-from proxy.lab import cgroups, images, nsutil
+from proxy.lab import cgroups, images
 from proxy.lab import lab as labmod
 from proxy.lab.build import BIN_ENV
 from proxy.lab.cluster import wait_for
@@ -88,7 +87,6 @@ class NodeLab:
     state: labmod.LabState
     extra_clients: dict[str, str] = field(default_factory=dict)
     _probers: dict[str, Prober] = field(default_factory=dict)
-    _tls: ssl.SSLContext | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -151,25 +149,12 @@ class NodeLab:
         content_type: str = "application/json",
         ok: Sequence[int] = (200, 201),
     ) -> Any:
-        cp = self.state.control_plane
-        if self._tls is None:
-            self._tls = ssl.create_default_context(cafile=cp["ca"])
-            self._tls.load_cert_chain(cp["admin_cert"], cp["admin_key"])
-        conn = nsutil.NetnsHTTPSConnection(
-            cp["namespace"], cp["host"], labmod.API_PORT, timeout=30, context=self._tls
+        data = None if body is None else json.dumps(body).encode()
+        status, raw = labmod.api_request(
+            self.state, method, path, data, content_type=content_type, timeout=30
         )
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            headers = {"Accept": "application/json"}
-            if data is not None:
-                headers["Content-Type"] = content_type
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        if resp.status not in ok:
-            raise ApiError(method, path, resp.status, raw)
+        if status not in ok:
+            raise ApiError(method, path, status, raw)
         return json.loads(raw) if raw else None
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
