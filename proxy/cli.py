@@ -263,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = lab_sub.add_parser(
         "build",
         help="build (or reuse) the pinned upstream binaries: the control plane and kubelet, "
-        "then the node components (containerd, runc, CNI plugins, registry); prints their "
-        "three directories last, one a line: Kubernetes, node, CNI",
+        "the node components (containerd, runc, CNI plugins, registry), the add-ons "
+        "(CoreDNS, MetalLB), then the images; prints their five directories last, one a "
+        "line: Kubernetes, node, CNI, add-ons, images",
     )
     build.add_argument("--force", action="store_true", help="rebuild everything even if cached")
     _add_lab_lifecycle_parsers(lab_sub)
@@ -507,7 +508,7 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
 
 def cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_command == "build":
-        from proxy.lab import images, nodebuild
+        from proxy.lab import addonbuild, images, nodebuild
         from proxy.lab.build import BuildError, build
         from proxy.lab.oci import OciError
         from proxy.lab.regclient import RegistryError
@@ -516,6 +517,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         try:
             directory = build(force=args.force)
             node = nodebuild.build(force=args.force)
+            extra = addonbuild.build(force=args.force)
             images.ensure_cached_registry(force=args.force)
         except (BuildError, ImageBuildError, OciError, RegistryError) as exc:
             _err(str(exc))
@@ -523,6 +525,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(directory)
         print(node.bin_dir)
         print(node.cni_dir)
+        print(extra.bin_dir)
         print(images.images_dir())
         return EXIT_OK
     if args.lab_command in ("up", "down", "status", "kubectl", "shell", "load-image", "demo"):

@@ -8,7 +8,10 @@ registry.k8s.io, quay.io and ghcr.io to one local registry, and this module fill
   and labelled ``io.kube-proxy-py.stand-in`` with what it stands in for;
 * ``kube-proxy-py:0.1.0`` from the repository's ``Dockerfile``, unchanged, and
   ``registry.k8s.io/kube-proxy`` from the upstream binary the lab built, both with
-  buildah on the python stand-in.
+  buildah on the python stand-in;
+* the cluster add-ons, CoreDNS and MetalLB's controller and speaker, from the binaries
+  :mod:`proxy.lab.addonbuild` built, laid out as their upstream Dockerfiles lay them out
+  (a static binary on a distroless-like base).
 
 Archives are cached under ``cache_root()/images/`` and rebuilt only when an input
 changes (see :func:`build_images`). ``kube-proxy-py lab load-image FILE.tar`` pushes
@@ -18,6 +21,7 @@ a user's own ``docker save`` or OCI archive (:func:`load_image_archive`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from proxy.lab import build, dockersave, imageref, oci, rootfs
+from proxy.lab import addonbuild, build, dockersave, imageref, oci, rootfs
 from proxy.lab.buildah import HOST_CA_BUNDLE, Buildah
 from proxy.lab.regclient import RegistryClient
 from proxy.lab.rootfs import ImageBuildError
@@ -57,11 +61,23 @@ WORKLOAD_REF = "docker.io/library/kube-proxy-py-workload:0.1.0"
 KUBE_PROXY_REF = f"registry.k8s.io/kube-proxy:{build.K8S_VERSION}"
 UPSTREAM_KUBE_PROXY_IMAGE = KUBE_PROXY_REF
 """What the lab's upstream kube-proxy DaemonSet (``--compare``) runs."""
+COREDNS_REF = f"registry.k8s.io/coredns/coredns:{addonbuild.COREDNS_VERSION}"
+METALLB_CONTROLLER_REF = f"quay.io/metallb/controller:{addonbuild.METALLB_VERSION}"
+METALLB_SPEAKER_REF = f"quay.io/metallb/speaker:{addonbuild.METALLB_VERSION}"
+CAP_NET_BIND_SERVICE = 10
+NONROOT = 65532
+"""distroless's ``nonroot`` user and group, which CoreDNS's image runs as."""
 PUSHED_STAMP = "kube-proxy-py-pushed.json"
 KUBE_PROXY_PACKAGES = ("iptables", "nftables", "conntrack", "iproute2", "ipset", "kmod")
 SLEEP_FOREVER = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"
 """Sleeps until SIGTERM and then exits at once (as PID 1 a bare sleep ignores it)."""
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DISTROLESS_PASSWD = (
+    "root:x:0:0:root:/root:/sbin/nologin\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"
+    f"nonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin\n"
+)
+DISTROLESS_GROUP = f"root:x:0:\nnobody:x:65534:\ntty:x:5:\nstaff:x:50:\nnonroot:x:{NONROOT}:\n"
 
 Out = Callable[[str], None]
 
@@ -140,6 +156,21 @@ AVAILABLE: tuple[Available, ...] = (
         (KUBE_PROXY_REF,),
         f"upstream kube-proxy {build.K8S_VERSION}",
         "the lab's kube-proxy build on the python stand-in + iptables, nftables, conntrack",
+    ),
+    Available(
+        (COREDNS_REF,),
+        f"CoreDNS {addonbuild.COREDNS_VERSION} (what kubeadm {build.K8S_VERSION} installs)",
+        "the lab's CoreDNS build with cap_net_bind_service, user nonroot, as its Dockerfile",
+    ),
+    Available(
+        (METALLB_CONTROLLER_REF,),
+        f"MetalLB {addonbuild.METALLB_VERSION} controller",
+        "the lab's MetalLB build, /controller as its Dockerfile",
+    ),
+    Available(
+        (METALLB_SPEAKER_REF,),
+        f"MetalLB {addonbuild.METALLB_VERSION} speaker (L2 mode)",
+        "the lab's MetalLB build, /speaker as its Dockerfile",
     ),
 )
 
@@ -367,6 +398,50 @@ class _Builder:
             self.archive(out, [layer], config, PAUSE_REFS)
 
         return self.cached("pause", PAUSE_REFS, key, make, "registry.k8s.io/pause")
+
+    def addon(
+        self,
+        ref: str,
+        binary: Path,
+        *,
+        user: str | None = None,
+        xattrs: tuple[tuple[str, bytes], ...] = (),
+        exposed_ports: Sequence[str] = (),
+    ) -> BuiltImage:
+        """An add-on's image as its Dockerfile makes it: ``/<binary>`` as the entrypoint on
+        a distroless-like base (``/etc/passwd`` with root, nobody and nonroot; ``/tmp``)."""
+        item = available(ref)
+        name = binary.name
+        key = _hash(RECIPE, rootfs.file_digest(binary), ref, user or "", repr(xattrs))
+
+        def make(out: Path) -> None:
+            base = oci.write_layer(
+                self.store,
+                [
+                    oci.file("etc/passwd", DISTROLESS_PASSWD),
+                    oci.file("etc/group", DISTROLESS_GROUP),
+                    oci.directory("tmp", 0o1777),
+                    oci.directory("home/nonroot", 0o700),
+                ],
+                "a distroless/static-like base: passwd, group and /tmp",
+            )
+            entry = oci.host_file(name, binary, 0o755)
+            layer = oci.write_layer(
+                self.store,
+                [dataclasses.replace(entry, xattrs=xattrs)],
+                f"COPY {name} /{name}" + (" (setcap cap_net_bind_service=+ep)" if xattrs else ""),
+            )
+            config = oci.ImageConfig(
+                entrypoint=[f"/{name}"],
+                user=user or "",
+                exposed_ports=list(exposed_ports),
+                labels={
+                    DESCRIPTION_LABEL: f"{item.stands_in_for}: {item.made_of}",
+                },
+            )
+            self.archive(out, [base, layer], config, item.refs)
+
+        return self.cached(ref.rsplit("/", 1)[-1].replace(":", "-"), item.refs, key, make, ref)
 
     def busybox(self) -> BuiltImage:
         item = available("docker.io/library/busybox:latest")
@@ -743,6 +818,7 @@ def _build_images(
         ]
         python = b.python()
         built += [python, b.workload(python), b.nginx(python)]
+        built += _addon_images(b, skipped)
         if with_buildah:
             built += _buildah_images(work, progress, python, force, skipped)
         else:
@@ -751,6 +827,26 @@ def _build_images(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ImageSet(tuple(built), tuple(skipped))
+
+
+def _addon_images(b: _Builder, skipped: list[tuple[str, str]]) -> list[BuiltImage]:
+    paths = addonbuild.layout()
+    refs = (COREDNS_REF, METALLB_CONTROLLER_REF, METALLB_SPEAKER_REF)
+    if addonbuild.missing(paths):
+        skipped.extend((ref, "the add-ons are not built yet (the lab builds them first)")
+                       for ref in refs)  # fmt: skip
+        return []
+    return [
+        b.addon(
+            COREDNS_REF,
+            paths.bin_dir / "coredns",
+            user="nonroot:nonroot",
+            xattrs=(oci.file_capabilities(CAP_NET_BIND_SERVICE),),
+            exposed_ports=("53/tcp", "53/udp"),
+        ),
+        b.addon(METALLB_CONTROLLER_REF, paths.bin_dir / "controller"),
+        b.addon(METALLB_SPEAKER_REF, paths.bin_dir / "speaker"),
+    ]
 
 
 def _buildah_images(

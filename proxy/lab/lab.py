@@ -95,7 +95,7 @@ import yaml
 from proxy.harness import netns as hnetns
 from proxy.harness.process import child_env
 from proxy.harness.spec import ClientSpec, NodeSpec, TopologySpec
-from proxy.lab import nsutil
+from proxy.lab import addonbuild, addons, coredns, nsutil
 from proxy.lab import registry as labregistry
 
 if TYPE_CHECKING:
@@ -120,7 +120,8 @@ CLIENT_IP = "192.168.50.100"
 REGISTRY = "registry"
 REGISTRY_IP = "192.168.50.3"
 EXTERNAL_IP_CIDR = "203.0.113.0/24"
-LOAD_BALANCER_CIDR = "198.51.100.0/24"
+RESOLVER = coredns.RESOLVER
+RESOLVER_IP = coredns.RESOLVER_IP
 UPSTREAM_NODE = "node-upstream"
 UPSTREAM_NODE_IP = "192.168.50.30"
 UPSTREAM_POD_CIDR = "10.244.30.0/24"
@@ -361,7 +362,11 @@ def lab_topology(count: int, compare: bool) -> tuple[TopologySpec, dict[str, str
     if compare:
         nodes.append(NodeSpec(UPSTREAM_NODE, UPSTREAM_NODE_IP, UPSTREAM_POD_CIDR))
         zones[UPSTREAM_NODE] = ZONES[0]
-    clients = (ClientSpec(CLIENT, CLIENT_IP), ClientSpec(REGISTRY, REGISTRY_IP))
+    clients = (
+        ClientSpec(CLIENT, CLIENT_IP),
+        ClientSpec(REGISTRY, REGISTRY_IP),
+        ClientSpec(RESOLVER, RESOLVER_IP),
+    )
     spec = TopologySpec(nodes=tuple(nodes), pods=(), clients=clients, lan_cidr=LAN_CIDR)
     return spec, zones
 
@@ -585,10 +590,8 @@ class Supervisor:
             "name": CLIENT,
             "lan_ip": CLIENT_IP,
             "namespace": f"{lab_id}-{CLIENT}",
-            "routes": {
-                EXTERNAL_IP_CIDR: spec.nodes[0].lan_ip,
-                LOAD_BALANCER_CIDR: spec.nodes[0].lan_ip,
-            },
+            # LoadBalancer addresses need no route: MetalLB answers ARP for them.
+            "routes": {EXTERNAL_IP_CIDR: spec.nodes[0].lan_ip},
         }
         self.state.registry = {
             "namespace": f"{lab_id}-{REGISTRY}",
@@ -621,18 +624,24 @@ class Supervisor:
         for prefix, via in self.state.client["routes"].items():
             topo.add_route(CLIENT, prefix, via)
         self.progress(
-            f"client {CLIENT_IP}: routes {EXTERNAL_IP_CIDR} (ExternalIPs) and "
-            f"{LOAD_BALANCER_CIDR} (LB IPs) via {spec.nodes[0].name}"
+            f"client {CLIENT_IP}: routes {EXTERNAL_IP_CIDR} (ExternalIPs) via "
+            f"{spec.nodes[0].name}; LoadBalancer addresses come from MetalLB on the LAN"
         )
+        # Admission webhooks (MetalLB's) are called at their Service's ClusterIP; the
+        # control plane is no node and runs no proxy, so a node's proxy serves it.
+        topo.add_route(CONTROL_PLANE, cp.service_cidr, spec.nodes[0].lan_ip)
         self.save()
 
         self.start_registry()
+        self.start_resolver()
         self.start_nodes()
         self.wait_nodes()
         self.deploy_kube_proxy_py()
         if self.state.compare:
             self.deploy_upstream()
+        addons.deploy(self.cluster, self.progress)
         self.wait_healthy()
+        addons.wait_ready(self.cluster, self.progress)
 
     def build_node_side(self) -> NodeBinaries:
         """The node components and the images, built once and cached (``lab build``)."""
@@ -640,7 +649,12 @@ class Supervisor:
         from proxy.lab import nodebuild
 
         bins = nodebuild.build(out=self.progress)
-        self.state.node_bins = {"bin": str(bins.bin_dir), "cni": str(bins.cni_dir)}
+        extra = addonbuild.build(out=self.progress)
+        self.state.node_bins = {
+            "bin": str(bins.bin_dir),
+            "cni": str(bins.cni_dir),
+            "addons": str(extra.bin_dir),
+        }
         labimages.ensure_cached_registry(out=self.progress)
         return bins
 
@@ -676,6 +690,35 @@ class Supervisor:
         self.children[child.label] = child
         self._spawn(child)
         labregistry.wait_ready(ns, REGISTRY_IP)
+
+    def start_resolver(self) -> None:
+        """The DNS of the network outside the cluster: CoreDNS on a hosts file."""
+        ns = f"{self.state.lab_id}-{RESOLVER}"
+        root = self.dir / RESOLVER
+        root.mkdir(parents=True, exist_ok=True)
+        for zone, text in coredns.resolver_zones().items():
+            (root / f"{zone}.zone").write_text(text)
+        corefile = root / "Corefile"
+        corefile.write_text(coredns.resolver_corefile(str(root)))
+        binary = Path(self.state.node_bins["addons"]) / "coredns"
+        self.progress(
+            f"starting the outside resolver on {RESOLVER_IP}:53 (CoreDNS; knows "
+            + ", ".join(sorted(coredns.OUTSIDE_NAMES))
+            + ")"
+        )
+        child = _Child(
+            label=RESOLVER,
+            node=RESOLVER,
+            netns=ns,
+            argv=nsutil.exec_argv(ns, [str(binary), "-conf", str(corefile)]),
+            log_path=root / "resolver.log",
+            markers=[str(binary), str(corefile)],
+            deathsig=signal.SIGTERM,
+            restart=True,
+            env=child_env(),
+        )
+        self.children[child.label] = child
+        self._spawn(child)
 
     def start_nodes(self) -> None:
         from proxy.lab import node as labnode
@@ -713,6 +756,7 @@ class Supervisor:
                 k8s_bin=self.state.control_plane["bin_dir"],
                 node_bin=self.state.node_bins["bin"],
                 cni_bin=self.state.node_bins["cni"],
+                nameservers=(RESOLVER_IP,),
             )
             config = labnode.prepare(cfg)
             pki = Path(cfg.directory) / "etc" / "kubernetes" / "pki"
@@ -962,7 +1006,7 @@ class Supervisor:
             self.save()
         # Nodes first (each stops its kubelet and containerd and kills its containers),
         # then the registry.
-        for group in ("node/", "registry"):
+        for group in ("node/", "registry", RESOLVER):
             running = [
                 c
                 for c in self.children.values()

@@ -113,6 +113,9 @@ class NodeConfig:
     cni_bin: str
     cluster_dns: tuple[str, ...] = ("10.96.0.10",)
     cluster_domain: str = "cluster.local"
+    nameservers: tuple[str, ...] = ()
+    """The node's own resolvers (its ``resolv.conf``, which kubelet gives to pods with
+    ``dnsPolicy: Default`` such as CoreDNS's)."""
     max_pods: int = 110
     labels: Mapping[str, str] = field(default_factory=dict)
     verbosity: int = 2
@@ -133,6 +136,7 @@ class NodeConfig:
     def to_json(self) -> str:
         data = asdict(self)
         data["cluster_dns"] = list(self.cluster_dns)
+        data["nameservers"] = list(self.nameservers)
         data["labels"] = dict(self.labels)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
@@ -140,6 +144,7 @@ class NodeConfig:
     def from_json(cls, text: str) -> NodeConfig:
         data: dict[str, Any] = json.loads(text)
         data["cluster_dns"] = tuple(data.get("cluster_dns", ()))
+        data["nameservers"] = tuple(data.get("nameservers", ()))
         return cls(**data)
 
 
@@ -313,13 +318,20 @@ def containerd_argv(cfg: NodeConfig) -> list[str]:
     return [str(Path(cfg.node_bin) / "containerd"), "--config=/etc/containerd/config.toml"]
 
 
+def resolv_conf(cfg: NodeConfig) -> str:
+    """The node's ``resolv.conf`` (kubelet's ``resolvConf``)."""
+    if not cfg.nameservers:
+        return "# no resolver outside the cluster\n"
+    return "".join(f"nameserver {ip}\n" for ip in cfg.nameservers)
+
+
 def render_files(cfg: NodeConfig) -> dict[str, str]:
     """Every generated file, by path under the node's directory (PKI not included)."""
     files = {
         "etc/containerd/config.toml": containerd_config(cfg),
         "etc/cni/net.d/10-kube-proxy-py-lab.conflist": json.dumps(cni_config(cfg), indent=2) + "\n",
         "etc/kubernetes/kubelet-config.yaml": yaml.safe_dump(kubelet_config(cfg), sort_keys=False),
-        "etc/kubernetes/resolv.conf": "# the lab node's resolver (none upstream yet)\n",
+        "etc/kubernetes/resolv.conf": resolv_conf(cfg),
     }
     for path, text in registry_hosts(cfg).items():
         files[f"etc/containerd/certs.d/{path}"] = text

@@ -67,11 +67,22 @@ _FALLBACK_GO = "1.26.0"
 
 @dataclass(frozen=True)
 class Component:
-    """One upstream Go module at a pinned version; ``name`` names its throwaway module."""
+    """One upstream Go module at a pinned version; ``name`` names its throwaway module.
+
+    ``replace``: (module, version) pins the throwaway go.mod sets where a version
+    upstream's go.mod asks for is not served by the module proxy here (each one is
+    recorded in the stamp). ``keep``: files of the module copied beside the binaries
+    (``files/<name>/…``), e.g. the manifests an add-on is installed with.
+    ``version_flags``: ``-X`` settings, ``{module}``, ``{version}`` and ``{revision}``
+    filled in (a setting naming ``{revision}`` is left out when the revision is unknown).
+    """
 
     name: str
     module: str
     version: str
+    replace: tuple[tuple[str, str], ...] = ()
+    keep: tuple[str, ...] = ()
+    version_flags: tuple[str, ...] = ()
 
 
 CONTAINERD = Component("containerd", "github.com/containerd/containerd/v2", CONTAINERD_VERSION)
@@ -129,8 +140,24 @@ STEPS: tuple[Step, ...] = (
 
 
 @dataclass(frozen=True)
+class BinarySet:
+    """Components built and cached together under ``<cache_root>/<kind>/<versions>/``."""
+
+    kind: str
+    what: str
+    components: tuple[Component, ...]
+    steps: tuple[Step, ...]
+
+
+NODE = BinarySet(
+    "node", "the node components (containerd, runc, CNI plugins, registry)", COMPONENTS, STEPS
+)
+
+
+@dataclass(frozen=True)
 class NodeBinaries:
-    """Where the node components live: ``bin_dir`` (containerd, runc, …), ``cni_dir``."""
+    """Where a binary set lives: ``bin_dir`` (containerd, runc, …), ``cni_dir``, and
+    ``files_dir`` (the files a component keeps from its module)."""
 
     root: Path
     bin_dir: Path
@@ -139,6 +166,10 @@ class NodeBinaries:
     @property
     def stamp(self) -> Path:
         return self.root / STAMP
+
+    @property
+    def files_dir(self) -> Path:
+        return self.root / "files"
 
     def directory(self, dest: str) -> Path:
         return self.cni_dir if dest == "cni" else self.bin_dir
@@ -153,8 +184,8 @@ def binary_name(import_path: str) -> str:
     return last
 
 
-def versions() -> dict[str, str]:
-    return {c.name: c.version for c in COMPONENTS}
+def versions(bset: BinarySet = NODE) -> dict[str, str]:
+    return {c.name: c.version for c in bset.components}
 
 
 def cache_key(components: Iterable[Component] = COMPONENTS) -> str:
@@ -162,8 +193,8 @@ def cache_key(components: Iterable[Component] = COMPONENTS) -> str:
     return "-".join(c.version for c in components)
 
 
-def layout(root: Path | None = None) -> NodeBinaries:
-    root = root if root is not None else cache_root() / "node" / cache_key()
+def layout(root: Path | None = None, bset: BinarySet = NODE) -> NodeBinaries:
+    root = root if root is not None else cache_root() / bset.kind / cache_key(bset.components)
     return NodeBinaries(root, root / "bin", root / "cni")
 
 
@@ -177,40 +208,45 @@ def cni_bin_dir() -> Path:
     return layout().cni_dir
 
 
-def all_binaries() -> tuple[str, ...]:
-    return tuple(b for s in STEPS for b in s.binaries)
+def all_binaries(bset: BinarySet = NODE) -> tuple[str, ...]:
+    return tuple(b for s in bset.steps for b in s.binaries)
 
 
-def missing_from(paths: NodeBinaries, stamp: Mapping[str, object] | None) -> list[str]:
+def missing_from(
+    paths: NodeBinaries, stamp: Mapping[str, object] | None, bset: BinarySet = NODE
+) -> list[str]:
     """Binaries absent, not executable, or not recorded in ``stamp`` at their pinned version.
 
     A file the stamp does not vouch for (an interrupted build, another version) counts as
-    missing: it is rebuilt rather than trusted.
+    missing: it is rebuilt rather than trusted; so do a component's binaries while a file
+    it keeps from its module is absent.
     """
     recorded = stamp.get("binaries") if stamp is not None else None
     records: Mapping[str, object] = recorded if isinstance(recorded, dict) else {}
     out: list[str] = []
-    for step in STEPS:
+    for step in bset.steps:
         directory = paths.directory(step.dest)
+        kept = paths.files_dir / step.component.name
+        files_ok = all((kept / rel).is_file() for rel in step.component.keep)
         for name in step.binaries:
             record = records.get(name)
             ok = isinstance(record, dict) and record.get("version") == step.component.version
-            if not ok or not os.access(directory / name, os.X_OK):
+            if not ok or not files_ok or not os.access(directory / name, os.X_OK):
                 out.append(name)
     return out
 
 
-def missing(paths: NodeBinaries | None = None) -> list[str]:
-    """Node component binaries that a ``build()`` would (re)build now."""
-    paths = paths if paths is not None else layout()
-    return missing_from(paths, read_stamp(paths.stamp))
+def missing(paths: NodeBinaries | None = None, bset: BinarySet = NODE) -> list[str]:
+    """Binaries of ``bset`` that a ``build()`` would (re)build now."""
+    paths = paths if paths is not None else layout(bset=bset)
+    return missing_from(paths, read_stamp(paths.stamp), bset)
 
 
-def pending_steps(missing_names: Iterable[str]) -> list[Step]:
+def pending_steps(missing_names: Iterable[str], bset: BinarySet = NODE) -> list[Step]:
     """The build steps narrowed to the packages whose binaries are missing."""
     wanted = set(missing_names)
     steps: list[Step] = []
-    for step in STEPS:
+    for step in bset.steps:
         keep = tuple(p for p, b in zip(step.packages, step.binaries, strict=True) if b in wanted)
         if keep:
             steps.append(replace(step, packages=keep))
@@ -232,11 +268,14 @@ def render_go_mod(component: Component, go_version: str) -> str:
     Taking the component's own ``go`` line keeps the language version and GODEBUG
     defaults the ones upstream builds with.
     """
-    return (
+    text = (
         f"module kube-proxy-py.local/node-build/{component.name}\n\n"
         f"go {go_version}\n\n"
         f"require {component.module} {component.version}\n"
     )
+    for module, version in component.replace:
+        text += f"\nreplace {module} => {module} {version}\n"
+    return text
 
 
 def ldflags(component: Component, revision: str | None) -> str:
@@ -256,6 +295,9 @@ def ldflags(component: Component, revision: str | None) -> str:
         flags += [f"-X {m}/version.version={v.removeprefix('v')}", f"-X {m}/version.mainpkg={m}"]
         if revision:
             flags.append(f"-X {m}/version.revision={revision}")
+    for template in component.version_flags:
+        if revision or "{revision}" not in template:
+            flags.append(template.format(module=m, version=v, revision=revision))
     return " ".join(flags)
 
 
@@ -295,7 +337,7 @@ def _check_seccomp(env: Mapping[str, str]) -> None:
 
 
 def stamp_record(step: Step, revision: str | None, go_version: str, when: str) -> dict[str, object]:
-    return {
+    record: dict[str, object] = {
         "component": step.component.name,
         "module": step.component.module,
         "version": step.component.version,
@@ -305,6 +347,9 @@ def stamp_record(step: Step, revision: str | None, go_version: str, when: str) -
         "go": go_version,
         "built": when,
     }
+    if step.component.replace:
+        record["replace"] = {m: v for m, v in step.component.replace}
+    return record
 
 
 def kept_records(old: Mapping[str, object] | None, still_valid: Iterable[str]) -> dict[str, object]:
@@ -315,9 +360,9 @@ def kept_records(old: Mapping[str, object] | None, still_valid: Iterable[str]) -
     return {n: old_records[n] for n in still_valid if n in old_records}
 
 
-def stamp_document(records: Mapping[str, object]) -> dict[str, object]:
+def stamp_document(records: Mapping[str, object], bset: BinarySet = NODE) -> dict[str, object]:
     """The stamp: every pinned version, and one record per binary built at them."""
-    return {"versions": versions(), "binaries": dict(sorted(records.items()))}
+    return {"versions": versions(bset), "binaries": dict(sorted(records.items()))}
 
 
 def _alternative(paths: NodeBinaries) -> str:
@@ -325,9 +370,15 @@ def _alternative(paths: NodeBinaries) -> str:
 
 
 def _prepare_module(
-    go: str, component: Component, work: Path, env: dict[str, str], alternative: str
+    go: str,
+    component: Component,
+    work: Path,
+    env: dict[str, str],
+    alternative: str,
+    files_dir: Path | None = None,
 ) -> str | None:
-    """Write the throwaway go.mod for ``component``; return its commit if the proxy says."""
+    """Write the throwaway go.mod for ``component`` (and copy the files it keeps into
+    ``files_dir/<name>``); return its commit if the proxy says."""
     work.mkdir(parents=True, exist_ok=True)
     go_mod = work / "go.mod"
     if not go_mod.exists():
@@ -336,11 +387,23 @@ def _prepare_module(
         go, f"{component.module}@{component.version}", work, env, alternative=alternative
     )
     go_version = go_directive(Path(str(info["GoMod"])).read_text()) or _FALLBACK_GO
+    if component.keep and files_dir is not None:
+        _keep_files(component, Path(str(info["Dir"])), files_dir / component.name)
     text = render_go_mod(component, go_version)
     if go_mod.read_text() != text:
         go_mod.write_text(text)
         (work / "go.sum").unlink(missing_ok=True)
     return origin_commit(info)
+
+
+def _keep_files(component: Component, module_dir: Path, dest: Path) -> None:
+    for rel in component.keep:
+        source = module_dir / rel
+        if not source.is_file():
+            raise BuildError(f"{component.module}@{component.version} has no {rel}")
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
 
 
 def _go_version(go: str) -> str:
@@ -363,33 +426,32 @@ def build(
     out: Callable[[str], None] | None = None,
     force: bool = False,
     paths: NodeBinaries | None = None,
+    bset: BinarySet = NODE,
 ) -> NodeBinaries:
-    """Return where the node components are, building the missing ones (all if ``force``)."""
-    paths = paths if paths is not None else layout()
+    """Return where ``bset``'s binaries are, building the missing ones (all if ``force``)."""
+    paths = paths if paths is not None else layout(bset=bset)
     stamp = None if force else read_stamp(paths.stamp)
-    todo = all_binaries() if force else tuple(missing_from(paths, stamp))
+    todo = all_binaries(bset) if force else tuple(missing_from(paths, stamp, bset))
     if not todo:
         return paths
 
     progress = Progress(out)
     alternative = _alternative(paths)
-    go = check_go(
-        "the node components (containerd, runc, CNI plugins, registry)", alternative=alternative
-    )
-    steps = pending_steps(todo)
+    go = check_go(bset.what, alternative=alternative)
+    steps = pending_steps(todo, bset)
     if any(s.cgo for s in steps):
         cgo_env = go_env(cgo=True)
         check_cgo(go, cgo_env, "runc")
         _check_seccomp(cgo_env)
     go_version = _go_version(go)
 
-    progress.step(f"node components to build: {', '.join(todo)}")
+    progress.step(f"{bset.kind} binaries to build: {', '.join(todo)}")
     for directory in (paths.bin_dir, paths.cni_dir):
         directory.mkdir(parents=True, exist_ok=True)
     # Drop the records of what is rebuilt first: the stamp never vouches for a binary that
     # is being replaced, even if this build is interrupted.
-    records = kept_records(stamp, [b for b in all_binaries() if b not in todo])
-    write_json_atomically(paths.stamp, stamp_document(records))
+    records = kept_records(stamp, [b for b in all_binaries(bset) if b not in todo])
+    write_json_atomically(paths.stamp, stamp_document(records, bset))
     partial = paths.root / "partial"
     revisions: dict[str, str | None] = {}
     for step in steps:
@@ -397,7 +459,9 @@ def build(
         work = paths.root / "module" / component.name
         if component.name not in revisions:
             progress.step(f"resolving {component.module}@{component.version}")
-            revisions[component.name] = _prepare_module(go, component, work, go_env(), alternative)
+            revisions[component.name] = _prepare_module(
+                go, component, work, go_env(), alternative, paths.files_dir
+            )
         revision = revisions[component.name]
         progress.step(
             f"building {', '.join(step.binaries)} ({component.name} {component.version}; "
@@ -418,7 +482,8 @@ def build(
             os.replace(partial / name, paths.directory(step.dest) / name)
             records[name] = stamp_record(step, revision, go_version, when)
         # after every step, so an interrupted build keeps (and vouches for) what finished
-        write_json_atomically(paths.stamp, stamp_document(records))
+        write_json_atomically(paths.stamp, stamp_document(records, bset))
     shutil.rmtree(partial, ignore_errors=True)
-    progress.step(f"done: {paths.bin_dir} and {paths.cni_dir}")
+    dirs = [paths.bin_dir, *([paths.cni_dir] if any(s.dest == "cni" for s in bset.steps) else [])]
+    progress.step(f"done: {' and '.join(str(d) for d in dirs)}")
     return paths

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import stat
+import struct
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -149,6 +150,9 @@ class Entry:
     target: str = ""
     uid: int = 0
     gid: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    """Extended attributes, written as PAX ``SCHILY.xattr.<name>`` records (what
+    containerd's unpacker restores), e.g. ``security.capability``."""
 
 
 def _clean(path: str) -> str:
@@ -169,6 +173,16 @@ def host_file(path: str, source: Path, mode: int | None = None) -> Entry:
     return Entry(
         _clean(path), "file", stat.S_IMODE(st.st_mode) if mode is None else mode, source=source
     )
+
+
+def file_capabilities(*caps: int) -> tuple[str, bytes]:
+    """The ``security.capability`` xattr of ``setcap <caps>=+ep`` (VFS_CAP_REVISION_2)."""
+    permitted = 0
+    for cap in caps:
+        permitted |= 1 << cap
+    magic = 0x02000000 | 0x000001  # VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
+    low, high = permitted & 0xFFFFFFFF, permitted >> 32
+    return "security.capability", struct.pack("<IIIII", magic, low, 0, high, 0)
 
 
 def directory(path: str, mode: int = 0o755) -> Entry:
@@ -356,6 +370,12 @@ def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     info.mode = entry.mode
     info.uid, info.gid = entry.uid, entry.gid
     info.uname = info.gname = ""
+    if entry.xattrs:
+        # tarfile writes a value that is not UTF-8 back as its raw bytes (hdrcharset=BINARY)
+        info.pax_headers = {
+            f"SCHILY.xattr.{name}": value.decode("utf-8", "surrogateescape")
+            for name, value in entry.xattrs
+        }
     if entry.kind == "dir":
         info.type = tarfile.DIRTYPE
     elif entry.kind == "symlink":

@@ -48,6 +48,7 @@ import pytest
 from proxy import manifests as m
 from proxy.harness import Outcome, Prober, ProbeResult
 from proxy.lab.cluster import wait_for
+from proxy.lab.metallb import STATIC_CLASS
 from tests.e2e.nodelab import PROXY, UPSTREAM, NodeLab, workload_pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -941,6 +942,9 @@ class Differential:
         """Create or update ``obj`` (server-side apply); a Service's status as well."""
         assert not _random_ports(obj), f"{obj['metadata']['name']}: {_random_ports(obj)}"
         body = {k: v for k, v in obj.items() if k != "status"}
+        if body.get("spec", {}).get("type") == "LoadBalancer":
+            # The scenario writes the load balancer's status itself: keep MetalLB out.
+            body["spec"] = {**body["spec"], "loadBalancerClass": STATIC_CLASS}
         api = self.cluster.api
         path = self.path(obj)
         api("PATCH", f"{path}?fieldManager={self.FIELD_MANAGER}&force=true", body,
