@@ -79,7 +79,7 @@ def wait_ready(
     while True:
         counts = _ready_counts(cluster)
         pending = [f"{n} {r}/{w}" for n, (r, w) in counts.items() if r < w]
-        if not pool_done and counts["metallb controller"][0] >= 1:
+        if not pool_done:  # refused until the controller's webhook serves
             try:
                 cluster.apply(*metallb.pool_objects())
                 pool_done = True

@@ -639,8 +639,10 @@ class Supervisor:
         self.deploy_kube_proxy_py()
         if self.state.compare:
             self.deploy_upstream()
-        addons.deploy(self.cluster, self.progress)
         self.wait_healthy()
+        # After the proxies: the add-ons reach the API server through the `kubernetes`
+        # Service, which a node's proxy must have programmed first.
+        addons.deploy(self.cluster, self.progress)
         addons.wait_ready(self.cluster, self.progress)
 
     def build_node_side(self) -> NodeBinaries:
