@@ -466,6 +466,15 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         default=None,
         help="also run upstream kube-proxy on an extra node, node-upstream",
     )
+    up.add_argument(
+        "--no-addons",
+        dest="addons",
+        action="store_const",
+        const=False,
+        default=None,
+        help="a bare cluster: no CoreDNS (cluster DNS) and no MetalLB (LoadBalancer "
+        "addresses); starts about 17 s sooner",
+    )
     down = lab_sub.add_parser("down", help="stop the lab and remove everything it created")
     status = lab_sub.add_parser("status", help="the lab's nodes, their proxies' health and pods")
     kubectl = lab_sub.add_parser(
@@ -545,7 +554,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     _err(f"lab demo: {exc}")
                     return EXIT_INVALID
             if args.lab_command == "up":
-                return lab.up(state_dir, nodes=args.nodes, mode=args.mode, compare=args.compare)
+                return lab.up(
+                    state_dir,
+                    nodes=args.nodes,
+                    mode=args.mode,
+                    compare=args.compare,
+                    with_addons=args.addons,
+                )
             if args.lab_command == "down":
                 return lab.down(state_dir)
             if args.lab_command == "status":

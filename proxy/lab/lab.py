@@ -259,6 +259,8 @@ class LabState:
     mode: str
     node_count: int
     compare: bool
+    addons: bool = True
+    """CoreDNS and MetalLB installed (``--no-addons``: a bare cluster)."""
     phase: str = "starting"
     error: str = ""
     created: float = field(default_factory=time.time)
@@ -640,10 +642,11 @@ class Supervisor:
         if self.state.compare:
             self.deploy_upstream()
         self.wait_healthy()
-        # After the proxies: the add-ons reach the API server through the `kubernetes`
-        # Service, which a node's proxy must have programmed first.
-        addons.deploy(self.cluster, self.progress)
-        addons.wait_ready(self.cluster, self.progress)
+        if self.state.addons:
+            # After the proxies: the add-ons reach the API server through the
+            # `kubernetes` Service, which a node's proxy must have programmed first.
+            addons.deploy(self.cluster, self.progress)
+            addons.wait_ready(self.cluster, self.progress)
 
     def build_node_side(self) -> NodeBinaries:
         """The node components and the images, built once and cached (``lab build``)."""
@@ -1152,10 +1155,12 @@ def _no_lab(state_dir: Path) -> LabError:
     return LabError(f"no lab is running: start one with `{_command_hint(state_dir, 'up')}`")
 
 
-def _up_flags(nodes: int | None, mode: str | None, compare: bool | None) -> str:
+def _up_flags(
+    nodes: int | None, mode: str | None, compare: bool | None, with_addons: bool = True
+) -> str:
     flags = "" if nodes is None else f" --nodes {nodes}"
     flags += "" if mode is None else f" --mode {mode}"
-    return flags + (" --compare" if compare else "")
+    return flags + (" --compare" if compare else "") + ("" if with_addons else " --no-addons")
 
 
 def up(
@@ -1164,10 +1169,12 @@ def up(
     nodes: int | None,
     mode: str | None,
     compare: bool | None,
+    with_addons: bool | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     _require_root("up")
     want_nodes = DEFAULT_NODES if nodes is None else nodes
+    want_addons = with_addons is not False
     want_mode = DEFAULT_MODE if mode is None else mode
     lab_topology(want_nodes, bool(compare))  # validates --nodes
     if want_mode not in MODES:
@@ -1183,13 +1190,16 @@ def up(
                     differs.append(f"--mode {mode} (it runs {state.mode})")
                 if compare is not None and compare != state.compare:
                     differs.append("--compare" if compare else "no --compare")
+                if with_addons is not None and with_addons != state.addons:
+                    differs.append("add-ons" if with_addons else "--no-addons")
                 print(f"a lab is already running ({state.lab_id}, state in {state_dir})", file=out)
                 print_status(state, out)
                 if differs:
                     print(
                         f"\nit differs from what you asked for: {'; '.join(differs)}. "
                         f"Run `{_command_hint(state_dir, 'down')}` first, then "
-                        f"`{_command_hint(state_dir, 'up')}{_up_flags(nodes, mode, compare)}`.",
+                        f"`{_command_hint(state_dir, 'up')}"
+                        f"{_up_flags(nodes, mode, compare, want_addons)}`.",
                         file=out,
                     )
                     return EXIT_FAIL
@@ -1234,10 +1244,13 @@ def up(
             "--lab-id", lab_id,
             "--nodes", str(want_nodes),
             "--mode", want_mode,
-        ] + (["--compare"] if compare else [])  # fmt: skip
+            *(["--compare"] if compare else []),
+            *([] if want_addons else ["--no-addons"]),
+        ]  # fmt: skip
         print(
             f"starting lab {lab_id}: {want_nodes} node(s), {want_mode} mode"
             + (", upstream kube-proxy on node-upstream" if compare else "")
+            + ("" if want_addons else ", no add-ons")
             + f" (state in {state_dir})",
             file=out,
         )
@@ -1260,6 +1273,7 @@ def up(
                 mode=want_mode,
                 node_count=want_nodes,
                 compare=bool(compare),
+                addons=want_addons,
                 supervisor=ProcRecord.of("supervisor", popen.pid, ["proxy.lab.lab supervise"]),
             )
         )
@@ -1312,8 +1326,11 @@ def _follow(
             print(
                 "\nnext:\n"
                 f"  {hint('kubectl')} get nodes -o wide\n"
-                f"  {hint('kubectl')} create deployment web --image=web --replicas=3 --port=80\n"
-                f"  {hint('kubectl')} expose deployment web --port=80 --type=NodePort\n"
+                f"  {hint('kubectl')} create deployment web --image=nginx --replicas=3 --port=80\n"
+                f"  {hint('kubectl')} expose deployment web --port=80 --type=LoadBalancer\n"
+                f"  {hint('kubectl')} get svc web   (EXTERNAL-IP: an address from MetalLB)\n"
+                f"  {hint('kubectl')} run curl --image=curlimages/curl -i --rm --restart=Never "
+                "-- curl -s web   (cluster DNS)\n"
                 f"  {hint('shell')} node-1      (a shell in node-1's network namespace)\n"
                 f"  {hint('shell')} client      (the outside client)\n"
                 f"  {hint('demo')}\n"
@@ -1516,6 +1533,11 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
             "quay.io, ghcr.io for every node)",
             file=out,
         )
+    if not state.addons:
+        print("add-ons: none (--no-addons: no cluster DNS, no LoadBalancer addresses)", file=out)
+    elif alive and cp.get("server"):
+        for line in _addon_lines(state):
+            print(line, file=out)
     if state.client:
         routes = ", ".join(f"{p} via {v}" for p, v in state.client.get("routes", {}).items())
         print(
@@ -1537,6 +1559,32 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
     if state.phase == "failed":
         print(f"error: {state.error}", file=out)
     return alive and healthy and state.phase == "ready"
+
+
+def _addon_lines(state: LabState) -> list[str]:
+    """What the add-ons serve, read from the API (a line saying why if it cannot)."""
+    from proxy.lab import metallb
+
+    try:
+        dep = _api_get(state, "/apis/apps/v1/namespaces/kube-system/deployments/coredns")
+        services = _api_get(state, "/api/v1/services")["items"]
+    except (OSError, LabError, ValueError, KeyError, http.client.HTTPException, ssl.SSLError) as e:
+        return [f"add-ons: status unavailable ({e})"]
+    ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
+    wanted = int((dep.get("spec") or {}).get("replicas") or 0)
+    in_use = sum(
+        1
+        for svc in services
+        if (svc.get("status") or {}).get("loadBalancer", {}).get("ingress")
+        and not (svc.get("spec") or {}).get("loadBalancerClass")
+    )
+    return [
+        f"cluster DNS: kube-dns {coredns.DNS_SERVICE_IP} (CoreDNS {addonbuild.COREDNS_VERSION}, "
+        f"{ready}/{wanted} ready); outside resolver {RESOLVER_IP} knows "
+        + ", ".join(sorted(coredns.OUTSIDE_NAMES)),
+        f"load balancers: MetalLB {addonbuild.METALLB_VERSION} (L2), pool {metallb.POOL_RANGE} "
+        f"on the LAN, {in_use} address(es) in use",
+    ]
 
 
 def status(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
@@ -1670,6 +1718,7 @@ def supervise(argv: Sequence[str]) -> int:
     parser.add_argument("--nodes", type=int, default=DEFAULT_NODES)
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--no-addons", dest="addons", action="store_false")
     args = parser.parse_args(list(argv))
     from proxy import logs
 
@@ -1681,6 +1730,7 @@ def supervise(argv: Sequence[str]) -> int:
         mode=args.mode,
         node_count=args.nodes,
         compare=args.compare,
+        addons=args.addons,
     )
     return Supervisor(state).run()
 

@@ -348,6 +348,11 @@ def test_up_shows_progress_and_status(running_lab: Lab) -> None:
         "(kubelet v1.37.2, containerd://2.3.7)",
         "kubectl apply -f daemonset.yaml (mode nftables",
         "Ready on node-2, /healthz 200",
+        "starting the outside resolver on 192.168.50.4:53",
+        "installing CoreDNS v1.14.6 (kube-dns 10.96.0.10",
+        "MetalLB address pool lab-lan 192.168.50.200-192.168.50.250 (L2)",
+        "add-ons ready after",
+        "coredns 2/2, metallb controller 1/1, metallb speaker 2/2",
         "lab ready",
     ):
         assert step in out, out
@@ -371,6 +376,9 @@ def test_status_shows_both_nodes_healthy(running_lab: Lab) -> None:
     assert "KUBERNETES_SERVICE_HOST=192.168.50.2 (daemonset.yaml: kind-control-plane)" in out
     assert "image registry: 192.168.50.3:5000" in out
     assert "`client` 192.168.50.100" in out
+    assert "cluster DNS: kube-dns 10.96.0.10 (CoreDNS v1.14.6, 2/2 ready)" in out
+    assert "outside resolver 192.168.50.4 knows db.example.com, raw.githubusercontent.com" in out
+    assert "load balancers: MetalLB v0.15.2 (L2), pool 192.168.50.200-192.168.50.250" in out
 
 
 @pytest.mark.e2e
@@ -385,6 +393,8 @@ def test_up_again_is_a_noop(running_lab: Lab) -> None:
     other = running_lab.cli("up", "--mode", "iptables")
     assert other.returncode == 1
     assert "down" in other.stdout and "--mode iptables" in other.stdout
+    bare = running_lab.cli("up", "--no-addons")
+    assert bare.returncode == 1 and "differs from what you asked for: --no-addons" in bare.stdout
 
 
 @pytest.mark.e2e
@@ -859,9 +869,10 @@ def test_down_leaves_nothing(running_lab: Lab) -> None:
 @pytest.mark.e2e
 @pytest.mark.netns
 def test_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
-    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--compare")
+    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--compare", "--no-addons")
     try:
         assert "deploying upstream kube-proxy as a DaemonSet on node-upstream" in lab.up_output
+        assert "installing CoreDNS" not in lab.up_output  # a bare cluster
         upstream = f"{lab.lab_id}-node-upstream"
         status, body = labmod.node_health(upstream)
         assert status == 200 and "lastUpdated" in body
@@ -903,7 +914,7 @@ def test_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
 def test_down_with_a_stuck_supervisor(
     k8s_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1")
+    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--no-addons")
     try:
         records = records_of(lab)
         supervisor = records[0]
