@@ -30,6 +30,6 @@ say "installing kube-proxy-py and its test dependencies (pip)"
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
 
 if [ "${KUBE_PROXY_PY_SKIP_K8S_BUILD:-}" != "1" ]; then
-  say "building or reusing the pinned Kubernetes binaries, the node components (containerd, runc, CNI plugins, registry) and the lab's images (first time: tens of minutes on 2 cores)"
+  say "building or reusing the pinned Kubernetes binaries, the node components (containerd, runc, CNI plugins, registry), the add-ons (CoreDNS, MetalLB) and the lab's images (first time: tens of minutes on 2 cores)"
   kube-proxy-py lab build
 fi
