@@ -511,7 +511,22 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
     )
     demo.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
     demo.add_argument("--step", action="store_true", help="pause between steps")
-    for p in (up, down, status, kubectl, shell, load, demo):
+    seeds = lab_sub.add_parser(
+        "seeds",
+        help="replay the learners' notes (seeds/) on the lab, command by command, checking "
+        "each claim (starts a lab if none runs)",
+        usage="kube-proxy-py lab seeds [N ...] [--state-dir DIR] [--no-color] [--parallel]",
+    )
+    seeds.add_argument(
+        "numbers", nargs="*", type=int, metavar="N", help="the notes to replay, 0-4 (default all)"
+    )
+    seeds.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    seeds.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run the walkthroughs at once (each has its own namespace), print them in order",
+    )
+    for p in (up, down, status, kubectl, shell, load, demo, seeds):
         p.add_argument("--state-dir", default=None, metavar="DIR", help=state_help)
 
 
@@ -537,6 +552,20 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(extra.bin_dir)
         print(images.images_dir())
         return EXIT_OK
+    if args.lab_command == "seeds":
+        from proxy.demo import seeds
+        from proxy.lab import lab
+
+        try:
+            return seeds.main(
+                lab.resolve_state_dir(args.state_dir),
+                seeds.seed_numbers(args.numbers),
+                color=False if args.no_color else None,
+                parallel=args.parallel,
+            )
+        except (seeds.SeedsError, lab.LabError) as exc:
+            _err(f"lab seeds: {exc}")
+            return EXIT_INVALID
     if args.lab_command in ("up", "down", "status", "kubectl", "shell", "load-image", "demo"):
         from proxy.lab import lab
 
@@ -573,7 +602,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         except lab.LabError as exc:
             _err(f"lab {args.lab_command}: {exc}")
             return EXIT_INVALID
-    _err("lab: give a command: build, up, down, status, kubectl, shell, load-image or demo")
+    _err("lab: give a command: build, up, down, status, kubectl, shell, load-image, demo or seeds")
     return EXIT_USAGE
 
 
