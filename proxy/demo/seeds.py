@@ -751,7 +751,7 @@ class Walkthrough:
 def ping_reason(mode: str) -> str:
     """Why a ping to a ClusterIP gets no reply, in ``mode``."""
     common = (
-        "a ClusterIP is on no interface: it exists only as IP + protocol + port matches "
+        "A ClusterIP is on no interface: it exists only as IP + protocol + port matches "
         "in the DNAT rules kube-proxy-py writes on every node, and ICMP echo has no port. "
     )
     if mode == "nftables":
@@ -762,11 +762,28 @@ def ping_reason(mode: str) -> str:
         )
     return common + (
         "In iptables mode nothing matches, so the echo request follows the node's routing "
-        "to the LAN's router, which does not know the address either: no answer at all"
+        "to the LAN's router, which drops it: no answer at all"
     )
 
 
 # ------------------------------------------------------------------------- seed 000
+
+NODE_PORT_CLAIMS = (
+    Deviation(
+        "claim",
+        "NodePort has no load balancing",
+        "a NodePort spreads new connections over all of the Service's pods, on any node "
+        "(seed 4 checks it)",
+    ),
+    Deviation(
+        "claim",
+        "NodePort does not work on kind",
+        "NodePorts work on kind as anywhere; on kind the node addresses are on the Docker "
+        "network, reachable from the host on Linux but not from a Mac without "
+        "extraPortMappings. In the lab the outside client reaches them (seeds 3, 4)",
+    ),
+)
+"""What seed 000 says of NodePorts, which seeds 003 and 004 check."""
 
 
 class Seed0(Walkthrough):
@@ -781,6 +798,7 @@ class Seed0(Walkthrough):
             self.the_service,
             self.ping_the_service,
             self.why_no_reply,
+            self.what_it_says_of_node_ports,
         )
 
     def two_deployments(self) -> None:
@@ -857,7 +875,7 @@ class Seed0(Walkthrough):
         ran = self.typed(line)
         summary = ping_summary(ran.output)
         self.claim(
-            "the answer in the note's Q&A: `DNS may not work`",
+            "the Q&A's answer: the ping fails because DNS may not work",
             f"DNS works: ping printed `PING sleep-2 ({cip})`, the ClusterIP. The book's "
             "first answer, crossed out in the note, was the right one: a Service's "
             "ClusterIP does not answer ping (next step)",
@@ -901,6 +919,11 @@ class Seed0(Walkthrough):
             "TCP to sleep-2:80 reaches the pod, which refuses it",
             f"({cip}:80)" in ran.output and "Connection refused" in ran.output,
         )
+
+    def what_it_says_of_node_ports(self) -> None:
+        self.p.step("what the note says of NodePorts (seeds 3 and 4 try them)")
+        for deviation in NODE_PORT_CLAIMS:
+            self.p.differs(deviation)
 
 
 # ------------------------------------------------------------------------- seed 001
@@ -1212,7 +1235,7 @@ class Seed2(Walkthrough):
             f"the same rules on every node ({self.lab.mode} mode)"
         )
         self.claim(
-            "`the request goes into the node's kube-proxy, which DNATs it`",
+            "a request to a ClusterIP goes into the node's kube-proxy, which DNATs it",
             "no packet passes through kube-proxy (nor kube-proxy-py): it only writes "
             "rules, and the kernel's netfilter DNATs each new connection to a pod IP. "
             "Stop the proxy and existing rules keep working; only changes stop arriving",
@@ -1271,7 +1294,7 @@ class Seed2(Walkthrough):
         name = "external-db.default.svc.cluster.local"
         ran = self.typed(f"kubectl exec deploy/sleep-1 -- nslookup {name}", ours=True)
         self.claim(
-            f"`{name} is redirected to db.example.com`",
+            f"{name} is redirected to db.example.com",
             "nothing is redirected: cluster DNS answers the name with a CNAME record, "
             "db.example.com, and the client then looks that up and connects to its "
             "address itself. No ClusterIP, no proxy rule (the grep found none)",
@@ -1386,7 +1409,7 @@ class Seed3(Walkthrough):
         ran = self.typed("kubectl get pods -L app", ours=True)
         rows = {r["NAME"]: r for r in table_rows(ran.output)}
         self.claim(
-            "`changing a pod's label makes the pod disappear`",
+            "changing a pod's label makes the pod disappear",
             "it does not: the pod keeps running with its new label, only its ReplicaSet "
             "lets go of it (no longer matches the selector) and starts a new pod to have "
             "its one replica again. From the Deployment's view the pod is gone",
@@ -1569,7 +1592,7 @@ class Seed3(Walkthrough):
             "`Host: numbers-api`, which the real raw.githubusercontent.com would not serve"
         )
         self.claim(
-            "`the page shows the static text file at the external address`",
+            "the page shows the static text file at the external address",
             "not in the lab: its stand-in for raw.githubusercontent.com answers DNS only",
         )
         self.check(
@@ -1592,7 +1615,7 @@ class Seed3(Walkthrough):
         cip = self.cluster_ip("numbers-api")
         lookup = self.typed("kubectl exec deploy/sleep-1 -- nslookup numbers-api", ours=True)
         self.claim(
-            "`headless Service ... no selector, so no target pods`",
+            "a headless Service: no selector, so no target pods, deployed with an Endpoints",
             "this Service is not headless: it has a ClusterIP (headless means "
             "`clusterIP: None`, and DNS then answers with the endpoints' addresses). It is "
             "a selectorless Service: its endpoints are the hand-written Endpoints, which "
@@ -1832,24 +1855,6 @@ WALKTHROUGHS: Mapping[int, type[Walkthrough]] = {
     4: Seed4,
 }
 
-# 000 also says things only other walkthroughs test.
-SEED0_CLAIMS = (
-    Deviation(
-        "claim",
-        "`NodePort: no load balancing`",
-        "a NodePort spreads new connections over all of the Service's pods, on any node "
-        "(seed 4 checks it)",
-    ),
-    Deviation(
-        "claim",
-        "`NodePort does not work on kind`",
-        "NodePorts work on kind as anywhere; on kind the node addresses are on the Docker "
-        "network, reachable from the host on Linux but not from a Mac without "
-        "extraPortMappings. In the lab the outside client reaches them (seeds 3, 4)",
-    ),
-)
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -1862,9 +1867,6 @@ def run_seed(lab: LabView, number: int, color: bool, out: TextIO) -> SeedResult:
     try:
         walkthrough = WALKTHROUGHS[number](lab, presenter, workdir)
         walkthrough.run()
-        if number == 0:
-            for deviation in SEED0_CLAIMS:
-                presenter.differs(deviation)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(file=out, flush=True)
