@@ -515,7 +515,8 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         "seeds",
         help="replay the learners' notes (seeds/) on the lab, command by command, checking "
         "each claim (starts a lab if none runs)",
-        usage="kube-proxy-py lab seeds [N ...] [--state-dir DIR] [--no-color] [--parallel]",
+        usage="kube-proxy-py lab seeds [N ...] [--state-dir DIR] [--no-color] [--parallel] "
+        "[--manifests DIR]",
     )
     seeds.add_argument(
         "numbers", nargs="*", type=int, metavar="N", help="the notes to replay, 0-4 (default all)"
@@ -525,6 +526,12 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         "--parallel",
         action="store_true",
         help="run the walkthroughs at once (each has its own namespace), print them in order",
+    )
+    seeds.add_argument(
+        "--manifests",
+        metavar="DIR",
+        default=None,
+        help="only write the notes' manifests into DIR/seed-N/ (to follow a note by hand)",
     )
     for p in (up, down, status, kubectl, shell, load, demo, seeds):
         p.add_argument("--state-dir", default=None, metavar="DIR", help=state_help)
@@ -557,6 +564,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
         from proxy.lab import lab
 
         try:
+            if args.manifests:
+                chosen = seeds.seed_numbers(args.numbers)
+                for path in seeds.write_manifests(Path(args.manifests), chosen):
+                    print(path)
+                return EXIT_OK
             return seeds.main(
                 lab.resolve_state_dir(args.state_dir),
                 seeds.seed_numbers(args.numbers),

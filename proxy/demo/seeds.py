@@ -1930,6 +1930,20 @@ def summarize(results: Sequence[SeedResult], lab: LabView, out: TextIO) -> None:
     out.flush()
 
 
+def write_manifests(directory: Path, numbers: Sequence[int]) -> list[Path]:
+    """The files of the chosen walkthroughs, under ``directory/seed-N/`` with the names
+    the notes use (``kube-proxy-py lab seeds --manifests DIR``: to follow a note by hand).
+    Existing files are overwritten."""
+    written: list[Path] = []
+    for number in numbers:
+        for rel, text in manifests.FILES[number].items():
+            path = directory / f"seed-{number}" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
 def main(
     state_dir: Path,
     numbers: Sequence[int] | None = None,

@@ -458,3 +458,13 @@ def test_cli_refuses_an_unknown_seed_before_touching_a_lab(tmp_path: Path) -> No
     assert done.returncode != 0
     assert "lab seeds: no seed 9: the notes are numbered 0 to 4" in done.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_write_manifests_puts_each_seed_s_files_under_its_names(tmp_path: Path) -> None:
+    written = s.write_manifests(tmp_path, [1, 3])
+    assert tmp_path / "seed-1" / "my-nginx.yaml" in written
+    assert (tmp_path / "seed-3" / "numbers" / "api-service.yaml").read_text() == (
+        m.NUMBERS_API_SERVICE_AS_NOTED
+    )
+    assert len(written) == len(m.FILES[1]) + len(m.FILES[3])
+    assert not (tmp_path / "seed-0").exists()

@@ -390,7 +390,7 @@ LAB06 = {
 
 FILES: Mapping[int, Mapping[str, str]] = {
     0: SLEEP,
-    1: {},
+    1: {"my-nginx.yaml": MY_NGINX_DEPLOYMENT, "my-nginx-service.yaml": MY_NGINX_SERVICE},
     2: {
         **SLEEP,
         "kubia.yaml": _web("kubia", 2),
