@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +252,29 @@ def without_kubeconfig_flag(argv: Sequence[str]) -> list[str]:
     return [a for a in argv if not a.startswith("--kubeconfig=")]
 
 
+API_PREFIX: Mapping[str, str] = {
+    "namespaces": "/api/v1",
+    "pods": "/api/v1",
+    "services": "/api/v1",
+    "endpointslices": "/apis/discovery.k8s.io/v1",
+}
+
+
+def api_path(
+    resource: str, namespace: str | None = None, name: str | None = None, selector: str = ""
+) -> str:
+    """The API path of one object, or of a list filtered by a label selector."""
+    path = API_PREFIX[resource]
+    if namespace is not None:
+        path += f"/namespaces/{urllib.parse.quote(namespace, safe='')}"
+    path += f"/{resource}"
+    if name is not None:
+        path += f"/{urllib.parse.quote(name, safe='')}"
+    if selector:
+        path += "?" + urllib.parse.urlencode({"labelSelector": selector})
+    return path
+
+
 _NAME = re.compile(r"^Name:\s+(\S+?)\.?$")
 _ADDRESS = re.compile(r"^Address(?: \d+)?:\s+([0-9a-fA-F.:]+)(?:\s|$)")
 _CNAME = re.compile(r"^(\S+?)\.?\s+canonical name = (\S+?)\.?$")
@@ -407,7 +431,6 @@ class SeedResult:
     failed: list[str]
     deviations: list[Deviation]
     seconds: float
-    output: str = ""
 
 
 # --------------------------------------------------------------------------- the lab
@@ -458,7 +481,6 @@ class Walkthrough:
         self.workdir = workdir
         self.namespace = self.note.namespace
         self._kubeconfigs: dict[str, Path] = {}
-        self._forwards: list[subprocess.Popen[str]] = []
         for rel, text in manifests.FILES[self.note.number].items():
             self.write(rel, text)
 
@@ -483,11 +505,27 @@ class Walkthrough:
         env["KUBECONFIG"] = self.kubeconfig(self.namespace)
         return argv, env
 
+    def netns(self, target: str) -> str:
+        """The network namespace of a node, ``client``, ``control-plane`` or a pod.
+        Finding a pod's walks the node's cgroups, which fails when another pod's cgroup
+        goes away during the walk (pods come and go while the walkthroughs run): retried."""
+        found: str = self.until(lambda: self.lab.netns(target), f"the namespace of {target}", 30)
+        return found
+
+    @contextlib.contextmanager
+    def in_namespace(self, namespace: str) -> Iterator[None]:
+        """kubectl's default namespace is ``namespace`` until the block ends."""
+        saved, self.namespace = self.namespace, namespace
+        try:
+            yield
+        finally:
+            self.namespace = saved
+
     def execute(self, typed: Typed, stdin: str | None = None, timeout: float = 120) -> Ran:
         if typed.program == "kubectl":
             argv, env = self.kubectl_argv(typed.args)
         else:
-            argv, env = hnetns.exec_argv(self.lab.netns(typed.target), typed.args), None
+            argv, env = hnetns.exec_argv(self.netns(typed.target), typed.args), None
         done = subprocess.run(
             argv,
             input=stdin,
@@ -502,25 +540,30 @@ class Walkthrough:
         output = done.stdout if typed.grep is None else grep_lines(done.stdout, typed.grep)
         return Ran(tuple(argv), done.returncode, output)
 
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        """kubectl off the record (reading state, waiting): stdout; errors raise."""
-        argv, env = self.kubectl_argv(args)
-        done = subprocess.run(
-            argv,
-            input=input,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=self.workdir,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise StepError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
+    def api(self, method: str, path: str) -> dict[str, Any] | None:
+        """One API call off the record (faster than kubectl for polling): the object, or
+        None when there is none (404)."""
+        status, body = labmod.api_request(self.lab.state, method, path, timeout=10)
+        if status == 404:
+            return None
+        if status >= 300:
+            raise StepError(f"{method} {path}: HTTP {status}: {body[:200]!r}")
+        return json.loads(body)  # type: ignore[no-any-return]
 
-    def get(self, kind: str, name: str) -> dict[str, Any]:
-        return json.loads(self.kubectl("get", kind, name, "-o", "json"))  # type: ignore[no-any-return]
+    def read(self, resource: str, name: str | None = None, selector: str = "") -> Any:
+        """An object (None if there is none) or, without ``name``, the list's items, in
+        the walkthrough's namespace."""
+        namespace = None if resource == "namespaces" else self.namespace
+        found = self.api("GET", api_path(resource, namespace, name, selector))
+        if name is None:
+            return (found or {}).get("items", [])
+        return found
+
+    def service(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] | None = self.read("services", name)
+        if found is None:
+            raise StepError(f"there is no Service {self.namespace}/{name}")
+        return found
 
     def quietly(self, line: str, timeout: float = 30) -> Ran:
         """A command line run off the record."""
@@ -547,9 +590,7 @@ class Walkthrough:
         if stdin is not None:
             self.p.heredoc(stdin)
         line = expand_substitutions(line, lambda inner: self.quietly(inner).output)
-        data = heredoc if heredoc is not None else None
-        if stdin is not None:
-            data = "".join(f"{s}\n" for s in stdin)
+        data = heredoc if stdin is None else "".join(f"{s}\n" for s in stdin)
         ran = self.execute(parse_typed(line), stdin=data, timeout=timeout)
         self.show(ran.output, max_lines)
         return ran
@@ -610,15 +651,14 @@ class Walkthrough:
 
     # -- cluster reads -------------------------------------------------------------------
     def pods(self, selector: str) -> list[dict[str, Any]]:
-        out = json.loads(self.kubectl("get", "pods", "-l", selector, "-o", "json"))
-        return [p for p in out["items"] if not p["metadata"].get("deletionTimestamp")]
+        pods: list[dict[str, Any]] = self.read("pods", selector=selector)
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
     def running_pods(self, selector: str, count: int) -> list[dict[str, Any]]:
         """Exactly ``count`` Ready pods and no others (old ones gone), once there are."""
 
         def ready() -> list[dict[str, Any]] | None:
-            out = json.loads(self.kubectl("get", "pods", "-l", selector, "-o", "json"))
-            pods = out["items"]
+            pods: list[dict[str, Any]] = self.read("pods", selector=selector)
             ok = len(pods) == count and all(
                 not p["metadata"].get("deletionTimestamp")
                 and any(
@@ -633,17 +673,13 @@ class Walkthrough:
         return pods
 
     def cluster_ip(self, service: str) -> str:
-        return str(self.get("service", service)["spec"]["clusterIP"])
+        return str(self.service(service)["spec"]["clusterIP"])
 
     def endpoint_ips(self, service: str) -> set[str]:
-        out = json.loads(
-            self.kubectl(
-                "get", "endpointslices", "-l", f"kubernetes.io/service-name={service}", "-o", "json"
-            )
-        )
+        slices = self.read("endpointslices", selector=f"kubernetes.io/service-name={service}")
         return {
             ip
-            for sl in out["items"]
+            for sl in slices
             for ep in sl.get("endpoints") or []
             if (ep.get("conditions") or {}).get("ready", True)
             for ip in ep.get("addresses", [])
@@ -651,15 +687,15 @@ class Walkthrough:
 
     def load_balancer_ip(self, service: str) -> str:
         def assigned() -> str | None:
-            ingress = self.get("service", service).get("status", {}).get("loadBalancer", {})
-            ips = [i.get("ip") for i in ingress.get("ingress") or [] if i.get("ip")]
+            status = self.service(service).get("status", {}).get("loadBalancer", {})
+            ips = [i.get("ip") for i in status.get("ingress") or [] if i.get("ip")]
             return str(ips[0]) if ips else None
 
         address: str = self.until(assigned, f"an EXTERNAL-IP for {service}")
         return address
 
     def node_port(self, service: str) -> int:
-        return int(self.get("service", service)["spec"]["ports"][0]["nodePort"])
+        return int(self.service(service)["spec"]["ports"][0]["nodePort"])
 
     def serves(self, target: str, url: str, want: str = "", timeout: float = 3) -> str:
         """Wait until ``curl URL`` from ``target`` answers (containing ``want``): rules
@@ -679,20 +715,9 @@ class Walkthrough:
             return f"kube-proxy-py lab shell {node} -- iptables-save -t nat | grep {word}"
         return f"kube-proxy-py lab shell {node} -- nft list table ip kube-proxy | grep {word}"
 
-    def wait_gone(self, kind: str, name: str) -> None:
+    def wait_gone(self, resource: str, name: str, timeout: float = WAIT) -> None:
         self.until(
-            lambda: (
-                not self.kubectl(
-                    "get",
-                    kind,
-                    "--ignore-not-found",
-                    "-o",
-                    "name",
-                    "--field-selector",
-                    f"metadata.name={name}",
-                )
-            ),
-            f"{kind} {name} to be gone",
+            lambda: self.read(resource, name) is None, f"{resource}/{name} to be gone", timeout
         )
 
     # -- running -------------------------------------------------------------------------
@@ -700,14 +725,9 @@ class Walkthrough:
         raise NotImplementedError
 
     def prepare(self) -> None:
-        self.kubectl(
-            "delete",
-            "namespace",
-            self.namespace,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=120s",
-        )
+        """A fresh namespace (a failed run may have left the old one)."""
+        self.api("DELETE", api_path("namespaces", name=self.namespace))
+        self.wait_gone("namespaces", self.namespace, timeout=120)
         self.p.explain(
             f"`kubectl` below is the lab's (`kube-proxy-py lab kubectl --`), with "
             f"namespace {self.namespace} as its context's default namespace"
@@ -717,16 +737,15 @@ class Walkthrough:
     def cleanup(self) -> None:
         self.p.step("clean up")
         self.typed(f"kubectl delete namespace {self.namespace} --wait=false", ours=True)
-        self.until(
-            lambda: (
-                not self.kubectl(
-                    "get", "namespace", self.namespace, "--ignore-not-found", "-o", "name"
-                )
-            ),
-            f"namespace {self.namespace} to be deleted",
-            timeout=120,
+        left = self.read("namespaces", self.namespace)
+        self.p.explain(
+            "the namespace controller deletes everything in the namespace, then the "
+            "namespace itself, within seconds (a next run waits for it)"
         )
-        self.check(f"namespace {self.namespace} and everything in it are gone", True)
+        self.check(
+            f"namespace {self.namespace} is being deleted with everything in it",
+            left is None or left.get("status", {}).get("phase") == "Terminating",
+        )
 
     def run(self) -> None:
         try:
@@ -903,7 +922,7 @@ class Seed0(Walkthrough):
             f"from pod sleep-1 ({pod['status']['podIP']}): one ICMP echo request "
             f"to {cip}, sent by the walkthrough's packet prober{OURS}"
         )
-        with Prober(self.lab.netns(f"{self.namespace}/{pod['metadata']['name']}")) as prober:
+        with Prober(self.netns(f"{self.namespace}/{pod['metadata']['name']}")) as prober:
             echo = prober.icmp_echo(cip, timeout=1.0)
         self.p.result(f"{echo.outcome}: {echo.detail}")
         self.p.explain(ping_reason(self.lab.mode))
@@ -1062,12 +1081,13 @@ class Seed1(Walkthrough):
             "stdin (next step); --restart=Never keeps the shell from being restarted",
         )
         self.check("without a terminal `-t` cannot attach", "Unable to use a TTY" in ran.output)
-        self.typed("kubectl delete pod curl --now --ignore-not-found", ours=True)
+        self.typed("kubectl delete pod curl --grace-period=0 --force --ignore-not-found", ours=True)
         self.p.explain(
             "the pod's shell waits on its TTY, and as PID 1 it ignores SIGTERM: --rm's "
-            "delete would take the whole 30 s grace period; --now shortens it to 1 s"
+            "delete keeps the pod (and its name) for the whole 30 s grace period; forcing "
+            "the deletion frees the name at once (the kubelet then kills the container)"
         )
-        self.wait_gone("pod", "curl")
+        self.wait_gone("pods", "curl")
 
     def resolve_kube_dns(self) -> None:
         self.p.step("resolve kube-dns from a pod in another namespace")
@@ -1133,6 +1153,18 @@ class Seed2(Walkthrough):
             self.external_name,
             self.keep_alive,
         )
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.remove_external_db()
+
+    def cleanup(self) -> None:
+        self.remove_external_db()
+        super().cleanup()
+
+    def remove_external_db(self) -> None:
+        """The one object the note puts outside the walkthrough's namespace."""
+        self.api("DELETE", api_path("services", "default", "external-db"))
 
     def environment_variables(self) -> None:
         self.p.step("discovery by environment variables")
@@ -1282,15 +1314,12 @@ class Seed2(Walkthrough):
             "the note's manifest names namespace default, so this part works there (the "
             "walkthrough's kubectl context switches to default, then back)"
         )
-        self.namespace = "default"
-        try:
+        with self.in_namespace("default"):
             self.typed("kubectl apply -f external-db.yaml", ours=True)
             svc = self.typed("kubectl get svc external-db")
             found = self.typed(
                 self.rules_line(next(iter(self.lab.nodes)), "external-db"), ours=True
             )
-        finally:
-            self.namespace = self.note.namespace
         name = "external-db.default.svc.cluster.local"
         ran = self.typed(f"kubectl exec deploy/sleep-1 -- nslookup {name}", ours=True)
         self.claim(
@@ -1308,11 +1337,8 @@ class Seed2(Walkthrough):
             and nslookup_answers(ran.output).get("db.example.com") == ["192.168.50.4"]
             and not found.output.strip(),
         )
-        self.namespace = "default"
-        try:
+        with self.in_namespace("default"):
             self.typed("kubectl delete -f external-db.yaml", ours=True)
-        finally:
-            self.namespace = self.note.namespace
 
     def keep_alive(self) -> None:
         self.p.step("keep-alive sticks to one pod; new connections spread")

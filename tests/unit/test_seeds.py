@@ -468,3 +468,17 @@ def test_write_manifests_puts_each_seed_s_files_under_its_names(tmp_path: Path) 
     )
     assert len(written) == len(m.FILES[1]) + len(m.FILES[3])
     assert not (tmp_path / "seed-0").exists()
+
+
+def test_api_paths() -> None:
+    assert s.api_path("namespaces", name="seed-000") == "/api/v1/namespaces/seed-000"
+    assert s.api_path("services", "default", "external-db") == (
+        "/api/v1/namespaces/default/services/external-db"
+    )
+    assert s.api_path("endpointslices", "seed-003", selector="kubernetes.io/service-name=x") == (
+        "/apis/discovery.k8s.io/v1/namespaces/seed-003/endpointslices"
+        "?labelSelector=kubernetes.io%2Fservice-name%3Dx"
+    )
+    assert s.api_path("pods", "lab06", selector="app=nginx") == (
+        "/api/v1/namespaces/lab06/pods?labelSelector=app%3Dnginx"
+    )
