@@ -78,6 +78,7 @@ def test_topology_nodes_zones_and_compare_node() -> None:
     assert [(c.name, c.lan_ip) for c in spec.clients] == [
         ("client", "192.168.50.100"),
         ("registry", "192.168.50.3"),
+        ("resolver", "192.168.50.4"),
     ]
     for bad in (0, labmod.MAX_NODES + 1):
         with pytest.raises(labmod.LabError, match="1 to"):

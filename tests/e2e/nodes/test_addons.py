@@ -245,8 +245,13 @@ def test_load_balancer_address_is_reached_through_arp_and_released(lab: NodeLab)
         route = lab.run("client", ["ip", "route", "get", address]).stdout
         assert " via " not in route  # on the LAN: no route, ARP
         fresh_neighbour(lab, address)
-        seen = {r.endpoint for r in lab.prober("client").tcp_many(address, 80, 12, timeout=ANSWER)}
-        assert seen <= set(SERVING) and len(seen) >= 2, seen
+
+        def spread() -> set[str | None]:
+            results = lab.prober("client").tcp_many(address, 80, 12, timeout=ANSWER)
+            seen = {r.endpoint for r in results}
+            return seen if seen <= set(SERVING) and len(seen) >= 2 else set()
+
+        wait_for(spread, 30, what=f"connections to {address} answered by the pods")
         assert neighbour(lab, address) in {mac(lab, n) for n in NODES}
     finally:
         lab.kubectl("delete", "svc", "web-lb")
