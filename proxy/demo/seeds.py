@@ -767,21 +767,27 @@ class Walkthrough:
             self.p.check(False, "clean up")
 
 
+PING_IN_MODE: Mapping[str, str] = {
+    "nftables": (
+        "nftables mode rejects new traffic to a ClusterIP that matches no Service port "
+        "(chain cluster-ips-check): an ICMP port-unreachable comes back, which busybox "
+        "ping does not print"
+    ),
+    "iptables": (
+        "iptables mode has no rule for it: the echo request follows the node's routing "
+        "to the LAN's router, which drops it, and no answer comes at all"
+    ),
+}
+
+
 def ping_reason(mode: str) -> str:
-    """Why a ping to a ClusterIP gets no reply, in ``mode``."""
-    common = (
+    """Why a ping to a ClusterIP gets no reply: in ``mode`` (this run's), then in the
+    other mode."""
+    other = next(m for m in PING_IN_MODE if m != mode)
+    return (
         "A ClusterIP is on no interface: it exists only as IP + protocol + port matches "
         "in the DNAT rules kube-proxy-py writes on every node, and ICMP echo has no port. "
-    )
-    if mode == "nftables":
-        return common + (
-            "In nftables mode new traffic to a ClusterIP that matches no Service port is "
-            "rejected (chain cluster-ips-check): an ICMP port-unreachable comes back, which "
-            "busybox ping does not print"
-        )
-    return common + (
-        "In iptables mode nothing matches, so the echo request follows the node's routing "
-        "to the LAN's router, which drops it: no answer at all"
+        f"Here, {PING_IN_MODE[mode]}. (In the other mode, {PING_IN_MODE[other]}.)"
     )
 
 
@@ -996,8 +1002,9 @@ class Seed1(Walkthrough):
             "the pod's name and the client address it saw",
         )
         self.p.explain(
-            "no NAT between a node and a pod: the pod on node-1 sees node-1's bridge "
-            "address (10.244.1.1), the pod on node-2 node-1's LAN address, 192.168.50.11"
+            "no NAT between a node and a pod: each pod saw the address node-1 sent from, "
+            "its bridge address 10.244.1.1 to a pod on node-1, its LAN address "
+            "192.168.50.11 to a pod on another node"
         )
         self.check(
             "each pod answers on its own IP, from node-1",
@@ -1301,7 +1308,9 @@ class Seed2(Walkthrough):
             "the endpoint is outside the cluster: the lab's outside DNS server, "
             "192.168.50.4:53. A DNS query sent to the Service's ClusterIP is DNATed to it "
             "(the Endpoints are mirrored into an EndpointSlice, which is what the proxy "
-            "reads); the Endpoints object must have the Service's name"
+            "reads); the Endpoints object must have the Service's name. Since v1.33 "
+            "Endpoints are deprecated: write the EndpointSlice yourself, labelled "
+            "kubernetes.io/service-name=external-service (as `lab demo` does)"
         )
         self.check(
             f"a query to {cip} is answered by the server behind it (192.168.50.4)",
@@ -1495,14 +1504,14 @@ class Seed3(Walkthrough):
             "`found character that cannot start any token`) and nothing is created",
         )
         self.write("numbers/api-service.yaml", manifests.NUMBERS_API_SERVICE_UNTABBED)
-        self.p.command(f"(numbers/api-service.yaml: tabs replaced by spaces){OURS}")
+        self.p.explain("edited numbers/api-service.yaml: tabs replaced by spaces")
         untabbed = self.typed("kubectl apply -f numbers/api-service.yaml", ours=True)
         self.differs(
             "numbers/api-service.yaml: `type: ClusterIp`",
             "the API server rejects it: Service types are case-sensitive (`ClusterIP`)",
         )
         self.write("numbers/api-service.yaml", manifests.NUMBERS_API_SERVICE)
-        self.p.command(f"(numbers/api-service.yaml: type ClusterIP){OURS}")
+        self.p.explain("edited numbers/api-service.yaml: type ClusterIP")
         fixed = self.typed("kubectl apply -f numbers/api-service.yaml", ours=True)
         svc = self.typed("kubectl get svc numbers-api")
         web = self.running_pods("app=numbers-web", 1)[0]["status"]["podIP"]
@@ -1529,7 +1538,6 @@ class Seed3(Walkthrough):
     def curl_from_a_pod(self) -> None:
         self.p.step("a throw-away curl pod")
         line = "kubectl run curl --image=curlimages/curl --restart=Never --rm -it -- sh"
-        self.p.command(line)
         self.differs(
             line,
             "run here with `-i` instead of `-it`: a script has no terminal for `-t` (seed 1 "
@@ -1680,9 +1688,9 @@ class Seed3(Walkthrough):
         pod_ip = self.running_pods("app=numbers-api", 1)[0]["status"]["podIP"]
         text = manifests.NUMBERS_API_SELECTORLESS.replace(manifests.FAKE_ENDPOINT, pod_ip)
         self.write("numbers-services/api-service-headless.yaml", text)
-        self.p.command(
-            f"(numbers-services/api-service-headless.yaml: ip {pod_ip}, the "
-            f"numbers-api pod's){OURS}"
+        self.p.explain(
+            f"edited numbers-services/api-service-headless.yaml: ip {pod_ip}, the "
+            "numbers-api pod's, instead of " + manifests.FAKE_ENDPOINT
         )
         self.typed("kubectl apply -f numbers-services/api-service-headless.yaml", ours=True)
         self.until(lambda: self.endpoint_ips("numbers-api") == {pod_ip}, "the new endpoint")

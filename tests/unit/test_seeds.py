@@ -278,11 +278,10 @@ def test_table_rows() -> None:
     assert s.table_rows("") == []
 
 
-def test_ping_reason_names_each_mode_s_behaviour() -> None:
-    assert "rejected" in s.ping_reason("nftables") and "cluster-ips-check" in s.ping_reason(
-        "nftables"
-    )
-    assert "no answer" in s.ping_reason("iptables") and "rejected" not in s.ping_reason("iptables")
+def test_ping_reason_explains_this_mode_first_then_the_other() -> None:
+    nft, ipt = s.ping_reason("nftables"), s.ping_reason("iptables")
+    assert "Here, nftables mode rejects" in nft and "other mode, iptables mode has no rule" in nft
+    assert "Here, iptables mode has no rule" in ipt and "other mode, nftables mode rejects" in ipt
 
 
 # -- the manifests -----------------------------------------------------------------------
