@@ -1,38 +1,102 @@
 """``kube-proxy-py lab demo``: a guided tour of Service networking on the lab cluster.
 
-Everything goes through the real API with kubectl (Deployments, Services, EndpointSlices)
-and is checked with real packets: from a client pod, from the lab's outside client and
-from the nodes. Each step shows the command, its result, the rules kube-proxy-py wrote for
-it, a one-line explanation, and checks its own outcome; the exit status is 1 if any step
-was wrong. Objects live in the Kubernetes namespace ``demo``, recreated on every run.
+Every step types what a person would type and shows its real output: ``kubectl`` against
+the lab's API server (``kubectl exec`` into a client pod that reaches Services by their
+DNS names through the cluster's CoreDNS, ``kubectl run`` for a one-off pod), and ``curl``,
+``ip route`` and ``ip neigh`` on the lab's outside client, which reaches a LoadBalancer
+address that MetalLB announces on the LAN. Each step also shows the rules kube-proxy-py
+wrote for it, a one-line explanation, and checks its own outcome; the exit status is 1 if
+any step was wrong. Waiting until the nodes' rules are in place uses private probes from
+the client pod's network namespace (many connections, fast); the outcome shown is always
+the real command's. Objects live in the Kubernetes namespace ``demo``, recreated on every
+run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
+import queue
 import re
+import shlex
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import Callable, Sequence
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from proxy.demo.present import Presenter
-from proxy.harness import Outcome, ProbeResult
+from proxy.harness import Outcome
+from proxy.harness import netns as hnetns
 from proxy.harness.probe import Prober
 from proxy.lab import lab as labmod
+from proxy.lab import metallb
 from proxy.lab.cluster import wait_for
 
 NS = "demo"
-EXTERNAL_IP = "203.0.113.10"
-CLIENT_IP = "192.168.50.100"
+CLIENT_IP = labmod.CLIENT_IP
+CLIENT_POD = "client"
+EXTERNAL_NAME = "db.example.com"
+LB_PATCH = '{"spec":{"type":"LoadBalancer"}}'
+ANSWER = re.compile(r"^(\S+) (\d+\.\d+\.\d+\.\d+):(\d+)$", re.MULTILINE)
+"""The nginx stand-in's answer: ``<pod name> <client ip>:<port>``."""
+COUNT = re.compile(r"^\s*(\d+) (\S+)$", re.MULTILINE)
+"""A line of ``uniq -c``."""
+
+
+def _pool() -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    first, _, last = metallb.POOL_RANGE.partition("-")
+    return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+
+
+def curl_loop(url: str, n: int) -> str:
+    """The shell loop a person types to see how ``n`` new connections spread."""
+    return f'for i in $(seq {n}); do curl -s {url}; done | cut -d" " -f1 | sort | uniq -c'
+
+
+def routed(routes: str, ip: str) -> bool:
+    """Whether ``ip route`` output sends ``ip`` through a gateway (a route other than
+    the default one names it or a network holding it with ``via``)."""
+    for line in routes.splitlines():
+        words = line.split()
+        if not words or words[0] == "default":
+            continue
+        if ipaddress.IPv4Address(ip) in ipaddress.ip_network(words[0], strict=False) and (
+            "via" in words or words[0] == ip
+        ):
+            return True
+    return False
+
+
+def yaml_text(obj: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(obj), sort_keys=False, default_flow_style=False)
 
 
 class DemoError(RuntimeError):
     """The lab could not do what a step needs (not an unexpected outcome: a failure)."""
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A command's exit status and what a terminal would show (stdout and stderr)."""
+
+    rc: int
+    out: str
+
+    def answers(self) -> list[tuple[str, str]]:
+        """(pod name, client IP) of every answer of the nginx stand-in in the output."""
+        return [(m[1], m[2]) for m in ANSWER.finditer(self.out)]
+
+    def counts(self) -> dict[str, int]:
+        """``uniq -c`` output: pod name -> count."""
+        return {m[2]: int(m[1]) for m in COUNT.finditer(self.out)}
 
 
 class LabDemo:
@@ -46,64 +110,96 @@ class LabDemo:
             n.name: {n.lan_ip, str(ipaddress.ip_network(n.pod_cidr)[1])}
             for n in state.nodes
         }
-        self._probers: dict[str, Prober] = {}
+        self._prober: Prober | None = None
+        self._macs: dict[str, str] = {}
 
     # -- plumbing ------------------------------------------------------------------------
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        argv = labmod.kubectl_argv(self.state, list(args))
-        proc = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=120)
-        if check and proc.returncode != 0:
-            raise DemoError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-        return proc.stdout
+    def _run(self, argv: Sequence[str], input: str | None = None, timeout: float = 120) -> Ran:
+        proc = subprocess.run(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
+            timeout=timeout,
+        )
+        return Ran(proc.returncode, proc.stdout)
 
-    def show(self, *args: str, input: str | None = None) -> str:
-        """Run kubectl as a step's visible command."""
-        if input is not None:
-            args = (*args, "-f", "-")
-        self.p.command("kubectl " + " ".join(args))
-        out = self.kubectl(*args, input=input)
-        if out.strip():
-            self.p.result(out)
-        return out
+    def show(self, *args: str, heredoc: str | None = None, check: bool = True) -> Ran:
+        """kubectl as a step's visible command (``heredoc``: its standard input, shown
+        as a here-document); ``check``: a failure is the lab's, not a result."""
+        text = "kubectl " + shlex.join(args)
+        if heredoc is not None:
+            text += " <<EOF\n" + heredoc.rstrip("\n") + "\nEOF"
+        self.p.command(text)
+        ran = self._run(labmod.kubectl_argv(self.state, list(args)), input=heredoc)
+        if ran.out.strip():
+            self.p.result(ran.out)
+        if check and ran.rc != 0:
+            raise DemoError(f"kubectl {shlex.join(args)} exited with status {ran.rc}")
+        return ran
 
-    def get(self, kind: str, name: str) -> dict[str, Any]:
-        return json.loads(self.kubectl("get", kind, name, "-n", NS, "-o", "json"))  # type: ignore[no-any-return]
+    def in_client(self, *command: str) -> Ran:
+        """A command in the client pod, through ``kubectl exec`` (its status is a result)."""
+        return self.show("exec", "-n", NS, CLIENT_POD, "--", *command, check=False)
 
-    def prober(self, netns: str) -> Prober:
-        if netns not in self._probers:
-            self._probers[netns] = Prober(netns)
-        return self._probers[netns]
+    def client_argv(self, command: Sequence[str]) -> list[str]:
+        return hnetns.exec_argv(f"{self.state.lab_id}-{labmod.CLIENT}", command)
 
-    def close(self) -> None:
-        for prober in self._probers.values():
-            prober.close()
+    def on_client(
+        self, *command: str, until: Callable[[Ran], bool] | None = None, timeout: float = 30
+    ) -> Ran:
+        """A command on the outside client (``kube-proxy-py lab shell client -- …``);
+        with ``until``, run again until its output says the rules have arrived."""
+        self.p.command(shlex.join(command), where="client")
+        argv = self.client_argv(command)
+        if until is None:
+            ran = self._run(argv, timeout=timeout)
+        else:
+            last: list[Ran] = []
 
-    def node_ns(self, node: str) -> str:
-        return f"{self.state.lab_id}-{node}"
+            def attempt() -> bool:
+                last[:] = [self._run(argv, timeout=timeout)]
+                return until(last[0])
 
-    @property
-    def client_ns(self) -> str:
-        return f"{self.state.lab_id}-{labmod.CLIENT}"
+            # on a timeout, show what it says: the step's check judges it
+            with contextlib.suppress(TimeoutError):
+                wait_for(attempt, timeout, what=f"`{shlex.join(command)}` on the client")
+            ran = last[0]
+        if ran.out.strip():
+            self.p.result(ran.out)
+        return ran
 
-    def pod_ns(self, pod: str) -> str:
-        return labmod.shell_target(self.state, f"{NS}/{pod}")
+    def api(self, path: str, **query: str) -> Any:
+        """GET from the API server behind the scenes (no kubectl process: fast polls)."""
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        status, body = labmod.api_request(self.state, "GET", path)
+        if status != 200:
+            raise DemoError(f"GET {path}: HTTP {status}")
+        return json.loads(body)
+
+    def api_patch(self, path: str, patch: Mapping[str, Any]) -> None:
+        """A merge patch behind the scenes (undoing a step's change)."""
+        status, body = labmod.api_request(
+            self.state, "PATCH", path, json.dumps(patch).encode(),
+            content_type="application/merge-patch+json",
+        )  # fmt: skip
+        if status != 200:
+            raise DemoError(f"PATCH {path}: HTTP {status}: {body[:200]!r}")
+
+    def service(self, name: str) -> dict[str, Any]:
+        return self.api(f"/api/v1/namespaces/{NS}/services/{name}")  # type: ignore[no-any-return]
 
     def service_ip(self, name: str) -> str:
-        return str(self.get("service", name)["spec"]["clusterIP"])
+        return str(self.service(name)["spec"]["clusterIP"])
 
     def endpoints(self, service: str) -> dict[str, str]:
         """Ready endpoint IP -> pod name, from the EndpointSlices."""
-        out = json.loads(
-            self.kubectl(
-                "get",
-                "endpointslices",
-                "-n",
-                NS,
-                "-l",
-                f"kubernetes.io/service-name={service}",
-                "-o",
-                "json",
-            )
+        out = self.api(
+            f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices",
+            labelSelector=f"kubernetes.io/service-name={service}",
         )
         ready: dict[str, str] = {}
         for sl in out["items"]:
@@ -115,8 +211,45 @@ class LabDemo:
         return ready
 
     def pods(self, label: str) -> list[dict[str, Any]]:
-        out = json.loads(self.kubectl("get", "pods", "-n", NS, "-l", label, "-o", "json"))
+        out = self.api(f"/api/v1/namespaces/{NS}/pods", labelSelector=label)
         return [p for p in out["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def announcers(self, service: str) -> set[str]:
+        """Nodes MetalLB's events say announced ``service`` (ever, not only now)."""
+        out = self.api(
+            f"/api/v1/namespaces/{NS}/events",
+            fieldSelector=f"involvedObject.name={service},reason=nodeAssigned",
+        )
+        return {m for e in out["items"] for m in re.findall(r'node "([^"]+)"', e["message"])}
+
+    def mac(self, node: str) -> str:
+        """The MAC address of a node's LAN interface."""
+        if node not in self._macs:
+            out = subprocess.run(
+                ["ip", "-n", f"{self.state.lab_id}-{node}", "-j", "link", "show", "dev", "eth0"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            self._macs[node] = str(json.loads(out)[0]["address"])
+        return self._macs[node]
+
+    def neighbour(self, ip: str) -> str | None:
+        """The MAC the outside client's ARP table has for ``ip``."""
+        out = self._run(self.client_argv(["ip", "neigh", "show", ip])).out
+        found = re.search(r"lladdr (\S+)", out)
+        return found[1] if found else None
+
+    def pod_prober(self) -> Prober:
+        """A probe worker in the client pod's network namespace (for fast waits)."""
+        if self._prober is None:
+            self._prober = Prober(labmod.shell_target(self.state, f"{NS}/{CLIENT_POD}"))
+        return self._prober
+
+    def close(self) -> None:
+        if self._prober is not None:
+            self._prober.close()
+
+    def node_ns(self, node: str) -> str:
+        return f"{self.state.lab_id}-{node}"
 
     def rules(self, node: str, patterns: Sequence[str]) -> str:
         """Rules on ``node`` mentioning any of ``patterns``; in nftables mode also the
@@ -143,23 +276,14 @@ class LabDemo:
                 ]
         return "\n".join(dict.fromkeys(lines)) or "(none)"
 
-    def spread(self, cip: str, want: set[str], n: int = 20) -> Counter[str | None]:
-        """HTTP from the client pod until every pod in ``want`` answers (the agents may
-        still be programming the change), then ``n`` fresh connections, counted."""
-        wait_for(lambda: {r.endpoint for r in self.http(self.pod_ns("client"), cip, 80, n)}
-                 == want, 60, what=f"connections to reach {sorted(want)}")  # fmt: skip
-        return Counter(r.endpoint for r in self.http(self.pod_ns("client"), cip, 80, n))
-
-    def http(self, netns: str, host: str, port: int, n: int = 1, keep: bool = False,
-             timeout: float = 3.0) -> list[ProbeResult]:  # fmt: skip
-        return self.prober(netns).http(host, port, requests=n, keepalive=keep, timeout=timeout)
-
-    def answered(self, netns: str, host: str, port: int, *, what: str) -> ProbeResult:
-        """The first HTTP answer (rules may take a moment to arrive)."""
-        result: ProbeResult = wait_for(
-            lambda: (r := self.http(netns, host, port)[0]).endpoint and r, 30, what=what
-        )
-        return result
+    def wait_served(self, ip: str, port: int, want: set[str], n: int = 20) -> None:
+        """Until ``n`` new connections from the client pod reach exactly the pods in
+        ``want`` (the agents may still be programming the change)."""
+        wait_for(
+            lambda: {r.endpoint for r in self.pod_prober().http(
+                ip, port, requests=n, keepalive=False, timeout=3.0)} == want,
+            60, what=f"connections to {ip}:{port} to reach {sorted(want)}",
+        )  # fmt: skip
 
     def check(self, what: str, fn: Callable[[], bool]) -> None:
         self.p.run_checked(what, fn)
@@ -167,10 +291,15 @@ class LabDemo:
     # -- the tour -------------------------------------------------------------------------
     def introduce(self) -> None:
         """The cluster the tour runs on: real kubelets, kube-proxy-py as DaemonSet pods."""
+        self.p.explain(
+            "commands appear as you would type them on any cluster: here `kubectl …` runs "
+            "as `kube-proxy-py lab kubectl -- …`, and `client$ …` on the lab's outside "
+            f"client ({CLIENT_IP}) as `kube-proxy-py lab shell client -- …`"
+        )
         self.show("get", "nodes", "-o", "wide")
         self.show("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy-py", "-o", "wide")
-        image = self.kubectl("get", "daemonset", "kube-proxy-py", "-n", "kube-system", "-o",
-                             "jsonpath={.spec.template.spec.containers[0].image}")  # fmt: skip
+        daemonset = self.api("/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy-py")
+        image = daemonset["spec"]["template"]["spec"]["containers"][0]["image"]
         self.p.explain(
             "every node runs a real kubelet and containerd; kube-proxy-py runs on each as a "
             f"pod of the daemonset.yaml DaemonSet, from the image {image} built from the "
@@ -178,13 +307,21 @@ class LabDemo:
         )
 
     def prepare(self) -> None:
-        self.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true",
-                     "--timeout=120s")  # fmt: skip
-        self.kubectl("create", "namespace", NS)
-        self.kubectl("run", "client", "-n", NS, "--image=curlimages/curl", "--restart=Never",
-                     "--", "sleep", "infinity")  # fmt: skip
-        wait_for(lambda: self.get("pod", "client")["status"].get("podIP"), 60,
-                 what="the client pod")  # fmt: skip
+        """A fresh namespace ``demo`` and the client pod the steps exec into."""
+        ns_path = f"/api/v1/namespaces/{NS}"
+        if labmod.api_request(self.state, "GET", ns_path)[0] == 200:
+            # A previous run's: its pods get 1s to stop (the client's sleep ignores
+            # SIGTERM and would hold the namespace for its 30s grace period).
+            labmod.api_request(self.state, "DELETE", ns_path)
+            labmod.api_request(self.state, "DELETE", f"{ns_path}/pods?gracePeriodSeconds=1")
+            wait_for(lambda: labmod.api_request(self.state, "GET", ns_path)[0] == 404, 180,
+                     interval=0.5, what=f"the previous run's namespace {NS} to go")  # fmt: skip
+        self.show("create", "namespace", NS)
+        self.show("run", CLIENT_POD, "-n", NS, "--image=curlimages/curl", "--restart=Never",
+                  "--", "sleep", "infinity")  # fmt: skip
+        self.p.explain(
+            "the client pod: curl and a shell, to reach Services the way pods do, by name"
+        )
 
     def run(self) -> None:
         steps = (
@@ -192,12 +329,12 @@ class LabDemo:
             self.step_pod_replaced,
             self.step_ping,
             self.step_node_port,
-            self.step_external_ip,
+            self.step_load_balancer,
             self.step_affinity,
             self.step_local_policy,
             self.step_no_endpoints,
             self.step_selectorless,
-            self.step_external_name,
+            self.step_dns,
         )
         for step in steps:
             try:
@@ -239,21 +376,32 @@ class LabDemo:
                 },
             },
         }
-        self.show("apply", "-n", NS, input=json.dumps(deployment))
+        self.show("apply", "-f", "-", heredoc=yaml_text(deployment))
         self.show("expose", "deployment", "my-nginx", "-n", NS, "--port=80")
         wait_for(lambda: len(self.endpoints("my-nginx")) == 2, 90, what="two ready endpoints")
-        self.show("get", "pods", "-n", NS, "-l", "run=my-nginx", "-o", "wide")
-        self.show("get", "endpointslices", "-n", NS, "-l", "kubernetes.io/service-name=my-nginx")
+        self.show("get", "pods,services,endpointslices", "-n", NS, "-o", "wide")
         cip = self.service_ip("my-nginx")
         p.explain(f"the Service got ClusterIP {cip}; its endpoints are the two pod IPs")
         pods = {pod["metadata"]["name"] for pod in self.pods("run=my-nginx")}
-        p.command(f"from pod client: 20 HTTP requests to {cip}:80, a new connection each")
-        counts = self.spread(cip, pods)
-        p.result(", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=str)))
+        wait_for(lambda: self.get_pod_ip(CLIENT_POD), 60, what="the client pod")
+        self.wait_served(cip, 80, pods)
+        ran = self.in_client("sh", "-c", curl_loop("http://my-nginx/", 20))
+        counts = ran.counts()
         p.rules(f"the rules kube-proxy-py wrote on {self.node_names[0]} for demo/my-nginx",
                 self.rules(self.node_names[0], ["demo/my-nginx", "my-nginx/tcp"]))  # fmt: skip
-        p.explain("kube-proxy-py DNATs each new connection to one endpoint, chosen at random")
-        self.check("connections spread over both pods", lambda: set(counts) == pods)
+        p.explain(
+            "my-nginx is a DNS name (CoreDNS answers my-nginx.demo.svc.cluster.local with "
+            "the ClusterIP); kube-proxy-py DNATs each new connection to the ClusterIP to one "
+            "endpoint, chosen at random"
+        )
+        self.check("20 connections by name spread over both pods",
+                   lambda: set(counts) == pods and sum(counts.values()) == 20)  # fmt: skip
+
+    def get_pod_ip(self, name: str) -> str | None:
+        pod = self.api(f"/api/v1/namespaces/{NS}/pods/{name}")
+        ip = (pod.get("status") or {}).get("podIP")
+        running = (pod.get("status") or {}).get("phase") == "Running"
+        return str(ip) if ip and running else None
 
     def step_pod_replaced(self) -> None:
         p = self.p
@@ -265,76 +413,162 @@ class LabDemo:
         wait_for(lambda: len(after := self.endpoints("my-nginx")) == 2 and victim not in
                  after.values(), 90, what="the replacement pod")  # fmt: skip
         after = self.endpoints("my-nginx")
-        self.show("get", "pods", "-n", NS, "-l", "run=my-nginx", "-o", "wide")
-        p.result(f"endpoints before: {sorted(before)}\nendpoints after:  {sorted(after)}")
-        p.result(f"ClusterIP before: {cip}, after: {self.service_ip('my-nginx')}")
-        p.explain("the Deployment replaced the pod with a new IP; the controller updated the "
-                  "EndpointSlice and kube-proxy-py its rules, while clients keep using one "
-                  "stable ClusterIP (and its DNS name)")  # fmt: skip
-        p.command(f"from pod client: 12 HTTP requests to {cip}:80, a new connection each")
-        counts = self.spread(cip, set(after.values()), 12)
-        p.result(", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=str)))
+        self.show("get", "pods,endpointslices", "-n", NS, "-o", "wide")
+        cip_after = self.service_ip("my-nginx")
+        p.explain(
+            f"endpoints {', '.join(sorted(before))} became {', '.join(sorted(after))}: the "
+            "Deployment replaced the pod with a new IP, the controller updated the "
+            f"EndpointSlice and kube-proxy-py its rules, while the ClusterIP ({cip_after}) "
+            "and the name my-nginx stay"
+        )
+        self.wait_served(cip, 80, set(after.values()))
+        ran = self.in_client("sh", "-c", curl_loop("http://my-nginx/", 20))
+        counts = ran.counts()
         self.check("same ClusterIP, new endpoints, traffic to the new pod",
-                   lambda: cip == self.service_ip("my-nginx") and before != after
+                   lambda: cip == cip_after and before != after
                    and set(counts) == set(after.values()))  # fmt: skip
 
     def step_ping(self) -> None:
         p = self.p
-        p.step("ping the ClusterIP: it fails, while TCP to it works")
+        p.step("ping the Service: it fails, while TCP to it works")
         cip = self.service_ip("my-nginx")
-        client = self.prober(self.pod_ns("client"))
-        p.command(f"from pod client: ping {cip}")
-        ping = client.icmp_echo(cip, timeout=1.0)
-        p.result(f"{ping.outcome}: {ping.detail}")
-        p.command(f"from pod client: curl http://{cip}/")
-        web = self.http(self.pod_ns("client"), cip, 80)[0]
-        p.result(f"{web.outcome}: answered by {web.endpoint}")
-        p.explain("a ClusterIP is on no interface: it exists only as IP:port/protocol matches "
-                  "in DNAT rules, and ICMP has no port. "
+        ping = self.in_client("ping", "-c", "1", "-W", "1", "my-nginx")
+        web = self.in_client("curl", "-s", "http://my-nginx/")
+        pods = {pod["metadata"]["name"] for pod in self.pods("run=my-nginx")}
+        reject = ""
+        if self.state.mode == "nftables":
+            reject = self.rules(self.node_names[0], ["invalid ports of ClusterIPs"])
+            p.rules(f"the rule on {self.node_names[0]} that answers the ping", reject)
+        p.explain("the name resolves to the ClusterIP, but a ClusterIP is on no interface: it "
+                  "exists only as IP:port/protocol matches in DNAT rules, and ICMP has no "
+                  "port. "
                   + ("In iptables mode nothing matches, so the ping is routed away and lost."
                      if self.state.mode == "iptables" else
-                     "nftables mode rejects it: 'port unreachable'."))  # fmt: skip
-        want = Outcome.SILENT if self.state.mode == "iptables" else Outcome.REFUSED
-        self.check("ping fails, HTTP works",
-                   lambda: ping.outcome is want and web.outcome is Outcome.ANSWERED)  # fmt: skip
+                     "nftables mode rejects it with 'port unreachable' (busybox's ping "
+                     "shows only the loss)."))  # fmt: skip
+        self.check(
+            "the name resolves to the ClusterIP; ping fails, HTTP works",
+            lambda: (
+                ping.rc != 0
+                and f"PING my-nginx ({cip})" in ping.out
+                and " 0 packets received" in ping.out
+                and (self.state.mode == "iptables" or "@cluster-ips reject" in reject)
+                and web.rc == 0
+                and len(a := web.answers()) == 1
+                and a[0][0] in pods
+            ),
+        )
 
     def step_node_port(self) -> None:
         p = self.p
         p.step("a NodePort, from the outside client, through any node")
         self.show("patch", "service", "my-nginx", "-n", NS, "-p", '{"spec":{"type":"NodePort"}}')
-        port = int(self.get("service", "my-nginx")["spec"]["ports"][0]["nodePort"])
-        results: dict[str, ProbeResult] = {}
+        self.show("get", "service", "my-nginx", "-n", NS)
+        port = int(self.service("my-nginx")["spec"]["ports"][0]["nodePort"])
+        results: dict[str, Ran] = {}
         for node in self.node_names:
-            ip = self.node_ips[node]
-            p.command(f"from the outside client: curl http://{ip}:{port}/   ({node})")
-            r = self.answered(self.client_ns, ip, port, what=f"the NodePort on {node}")
-            results[node] = r
-            p.result(f"answered by {r.endpoint}; the pod saw the client as {r.seen_source}")
+            url = f"http://{self.node_ips[node]}:{port}/"
+            results[node] = self.on_client("curl", "-s", "--max-time", "2", url,
+                                           until=lambda r: bool(r.answers()))  # fmt: skip
         p.rules(f"NodePort rules on {self.node_names[0]}",
                 self.rules(self.node_names[0], [str(port)]))  # fmt: skip
         p.explain(
-            "every node accepts the nodePort and forwards to any endpoint; with "
-            "externalTrafficPolicy Cluster it masquerades, so pods see an address of the "
-            "node (its LAN IP, or its cni0 bridge address when the pod runs on that node)"
+            f"every node ({', '.join(f'{n} {self.node_ips[n]}' for n in self.node_names)}) "
+            "accepts the nodePort and forwards to any endpoint; with externalTrafficPolicy "
+            "Cluster it masquerades, so pods see an address of the node (its LAN IP, or its "
+            "cni0 bridge address when the pod runs on that node), not the client"
         )
         self.check("each node forwards the NodePort",
-                   lambda: all(r.outcome is Outcome.ANSWERED and r.seen_source in
-                               self.node_addresses[n] for n, r in results.items()))  # fmt: skip
+                   lambda: all(len(a := r.answers()) == 1 and a[0][1] in self.node_addresses[n]
+                               for n, r in results.items()))  # fmt: skip
 
-    def step_external_ip(self) -> None:
+    def step_load_balancer(self) -> None:
         p = self.p
-        p.step("an ExternalIP standing in for a LoadBalancer")
-        patch = json.dumps({"spec": {"externalIPs": [EXTERNAL_IP]}})
-        self.show("patch", "service", "my-nginx", "-n", NS, "-p", patch)
-        p.command(f"from the outside client (it routes 203.0.113.0/24 to "
-                  f"{self.node_names[0]}): curl http://{EXTERNAL_IP}/")  # fmt: skip
-        r = self.answered(self.client_ns, EXTERNAL_IP, 80, what="the ExternalIP")
-        p.result(f"answered by {r.endpoint}")
-        p.explain(
-            "a cloud load balancer would send the traffic for its IP to a node; here the "
-            "client's route plays that part, and kube-proxy-py DNATs it like a NodePort"
+        p.step("a LoadBalancer Service: MetalLB gives it an address on the LAN")
+        watch = self.show_watch(
+            ("get", "service", "my-nginx", "-n", NS, "--watch"),
+            lambda: self.show("patch", "service", "my-nginx", "-n", NS, "-p", LB_PATCH),
+            lambda line: bool(re.search(r"LoadBalancer\s+\S+\s+\d+\.\d+\.\d+\.\d+\s", line)),
         )
-        self.check("the external IP reaches the Service", lambda: r.outcome is Outcome.ANSWERED)
+        ingress = wait_for(
+            lambda: (self.service("my-nginx").get("status") or {}).get("loadBalancer", {})
+            .get("ingress"), 30, what="MetalLB's address")  # fmt: skip
+        lb = str(ingress[0]["ip"])
+        first, last = _pool()
+        pending = next((i for i, ln in enumerate(watch) if "<pending>" in ln), None)
+        assigned = next((i for i, ln in enumerate(watch) if re.search(rf"\s{re.escape(lb)}\s",
+                                                                      ln + " ")), None)  # fmt: skip
+        routes = self.on_client("ip", "route")
+        wait_for(lambda: self.announcers("my-nginx"), 30, what="MetalLB's announcement")
+        web = self.on_client("curl", "-s", "--max-time", "2", f"http://{lb}/",
+                             until=lambda r: bool(r.answers()))  # fmt: skip
+        self.on_client("ip", "neigh")
+        self.show("events", "-n", NS, "--for", "service/my-nginx")
+        mac = self.neighbour(lb)
+        by_mac = {self.mac(n): n for n in self.node_names}
+        node = by_mac.get(mac or "")
+        p.rules(f"the rules on {self.node_names[0]} for {lb}",
+                self.rules(self.node_names[0], [lb]))  # fmt: skip
+        p.explain(
+            f"MetalLB's controller took {lb} from its pool ({metallb.POOL_RANGE}) and wrote "
+            "it into the Service's status; kube-proxy-py DNATs it like the ClusterIP. The "
+            f"client has no route for it: {lb} is on its own LAN, so it asked by ARP, and "
+            f"MetalLB's speaker on {node or '(no node)'} answered with that node's MAC (the "
+            f"same as {self.node_ips.get(node or '', '?')}'s above)"
+        )
+        self.check(
+            "<pending>, then an address from the pool that the client reaches through the "
+            "node announcing it",
+            lambda: pending is not None and assigned is not None and pending < assigned
+            and first <= ipaddress.IPv4Address(lb) <= last
+            and not routed(routes.out, lb)
+            and len(web.answers()) == 1
+            and node is not None and node in self.announcers("my-nginx"),
+        )  # fmt: skip
+
+    def show_watch(
+        self, args: Sequence[str], then: Callable[[], object], done: Callable[[str], bool],
+        timeout: float = 30,
+    ) -> list[str]:  # fmt: skip
+        """``kubectl ARGS &`` (a watch), then ``then()``, showing the watch's lines until
+        ``done(line)``; then ``kill %1``. The lines the watch printed."""
+        self.p.command("kubectl " + shlex.join(args) + " &")
+        proc = subprocess.Popen(labmod.kubectl_argv(self.state, list(args)),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        seen: list[str] = []
+
+        def take(stop: Callable[[str], bool]) -> None:
+            while True:
+                try:
+                    line = lines.get(timeout=timeout)
+                except queue.Empty:
+                    raise DemoError(f"kubectl {shlex.join(args)}: no line in {timeout}s") from None
+                if line is None:
+                    raise DemoError(f"kubectl {shlex.join(args)} ended: {seen[-3:]}")
+                seen.append(line)
+                self.p.result(line)
+                if stop(line):
+                    return
+
+        try:
+            take(lambda line: not line.startswith("NAME "))  # the header and the object
+            then()
+            take(done)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        self.p.command("kill %1")
+        return seen
 
     def step_affinity(self) -> None:
         p = self.p
@@ -342,44 +576,56 @@ class LabDemo:
         cip = self.service_ip("my-nginx")
         self.show("patch", "service", "my-nginx", "-n", NS, "-p",
                   '{"spec":{"sessionAffinity":"ClientIP"}}')  # fmt: skip
-        wait_for(lambda: len({r.endpoint for r in self.http(self.pod_ns("client"), cip, 80, 6)})
-                 == 1, 30, what="affinity in the rules")  # fmt: skip
-        p.command(f"from pod client: 12 HTTP requests to {cip}, a new connection each")
-        pinned = [r.endpoint for r in self.http(self.pod_ns("client"), cip, 80, 12)]
-        p.result(", ".join(str(e) for e in pinned))
+        wait_for(lambda: len({r.endpoint for r in self.pod_prober().http(
+            cip, 80, requests=8, keepalive=False, timeout=3.0)}) == 1,
+            30, what="affinity in the rules")  # fmt: skip
+        ran = self.in_client("sh", "-c", curl_loop("http://my-nginx/", 10))
+        counts = ran.counts()
         p.explain(
             "with sessionAffinity ClientIP, kube-proxy-py remembers which pod each client "
             "IP got (for timeoutSeconds, default 3 hours) and sends it there again"
         )
-        self.kubectl("patch", "service", "my-nginx", "-n", NS, "-p",
-                     '{"spec":{"sessionAffinity":"None"}}')  # fmt: skip
-        self.check("every request went to the same pod", lambda: len(set(pinned)) == 1)
+        self.api_patch(f"/api/v1/namespaces/{NS}/services/my-nginx",
+                       {"spec": {"sessionAffinity": "None"}})  # fmt: skip
+        self.check("10 new connections, all to the same pod",
+                   lambda: list(counts.values()) == [10])  # fmt: skip
 
     def step_local_policy(self) -> None:
         p = self.p
-        p.step("externalTrafficPolicy Local keeps the client's source IP")
+        p.step("externalTrafficPolicy Local: only a node with a pod announces; the pod sees "
+               "the client")  # fmt: skip
+        lb = str(self.service("my-nginx")["status"]["loadBalancer"]["ingress"][0]["ip"])
         self.show("patch", "service", "my-nginx", "-n", NS, "-p",
                   '{"spec":{"externalTrafficPolicy":"Local"}}')  # fmt: skip
-        port = int(self.get("service", "my-nginx")["spec"]["ports"][0]["nodePort"])
-        hosting = {pod["spec"]["nodeName"]: pod["metadata"]["name"]
-                   for pod in self.pods("run=my-nginx")}  # fmt: skip
-        node = next(n for n in self.node_names if n in hosting)
-        ip = self.node_ips[node]
-        p.command(f"from the outside client ({CLIENT_IP}): curl http://{ip}:{port}/  ({node})")
-        r = wait_for(lambda: (x := self.http(self.client_ns, ip, port)[0]).seen_source
-                     == CLIENT_IP and x, 30, what="the Local policy")  # fmt: skip
-        p.result(f"answered by {r.endpoint}, which saw the client as {r.seen_source}")
+        self.show("scale", "deployment", "my-nginx", "-n", NS, "--replicas=1")
+        wait_for(lambda: len(self.endpoints("my-nginx")) == 1
+                 and len(self.pods("run=my-nginx")) == 1, 60,
+                 what="one endpoint left")  # fmt: skip
+        pod = self.pods("run=my-nginx")[0]
+        name, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
+        self.show("get", "pods", "-n", NS, "-l", "run=my-nginx", "-o", "wide")
+        web = self.on_client(
+            "curl", "-s", "--max-time", "2", f"http://{lb}/",
+            until=lambda r: r.answers() == [(name, CLIENT_IP)]
+            and self.neighbour(lb) == self.mac(node),
+        )  # fmt: skip
+        self.on_client("ip", "neigh", "show", lb)
+        self.show("events", "-n", NS, "--for", "service/my-nginx")
+        mac = self.neighbour(lb)
         p.explain(
-            "with Local, a node sends external traffic only to its own pods and so needs "
-            "no masquerade: the pod sees the real client (a node without a local pod "
-            "drops it, and a load balancer's health check on healthCheckNodePort says so)"
+            f"with Local, a node sends external traffic only to its own pods, so MetalLB "
+            f"announces {lb} only from a node with a ready local endpoint: {node} "
+            f"({self.mac(node)}), where {name} runs. No masquerade is needed, and the pod "
+            f"sees the real client {CLIENT_IP}"
         )
         self.check(
-            "local pod answered and saw the real client IP",
-            lambda: r.endpoint == hosting[node] and r.seen_source == CLIENT_IP,
+            f"{node}, the pod's node, announces {lb}, and the pod saw the client's own IP",
+            lambda: web.answers() == [(name, CLIENT_IP)] and mac == self.mac(node),
         )
-        self.kubectl("patch", "service", "my-nginx", "-n", NS, "-p",
-                     '{"spec":{"externalTrafficPolicy":"Cluster"}}')  # fmt: skip
+        self.api_patch(f"/api/v1/namespaces/{NS}/services/my-nginx",
+                       {"spec": {"externalTrafficPolicy": "Cluster"}})  # fmt: skip
+        self.api_patch(f"/apis/apps/v1/namespaces/{NS}/deployments/my-nginx",
+                       {"spec": {"replicas": 2}})  # fmt: skip
 
     def step_no_endpoints(self) -> None:
         p = self.p
@@ -388,17 +634,18 @@ class LabDemo:
         cip = self.service_ip("nothing-here")
         self.show("get", "endpointslices", "-n", NS, "-l",
                   "kubernetes.io/service-name=nothing-here")  # fmt: skip
-        p.command(f"from pod client: curl http://{cip}/")
-        r = wait_for(lambda: (x := self.prober(self.pod_ns("client")).tcp(cip, 80)).outcome
-                     is Outcome.REFUSED and x, 30, what="a reject rule")  # fmt: skip
-        p.result(f"{r.outcome}: {r.detail}")
+        wait_for(lambda: self.pod_prober().tcp(cip, 80).outcome is Outcome.REFUSED, 30,
+                 what="a reject rule")  # fmt: skip
+        ran = self.in_client("curl", "-sS", "http://nothing-here/")
         p.rules(f"rules on {self.node_names[0]} for demo/nothing-here",
                 self.rules(self.node_names[0], ["demo/nothing-here"]))  # fmt: skip
         p.explain(
             "no pod matches the selector, so kube-proxy-py rejects the connection at once "
-            "('connection refused') instead of letting the client wait for a timeout"
+            "('connection refused', curl's exit status 7) instead of letting the client "
+            "wait for a timeout"
         )
-        self.check("connection refused", lambda: r.outcome is Outcome.REFUSED)
+        refused = ran.rc == 7 and "Failed to connect to nothing-here" in ran.out
+        self.check("connection refused", lambda: refused)
 
     def step_selectorless(self) -> None:
         p = self.p
@@ -421,37 +668,57 @@ class LabDemo:
             "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
             "endpoints": [{"addresses": [target_ip]}],
         }  # fmt: skip
-        self.show(
-            "apply",
-            "-n",
-            NS,
-            input=json.dumps(
-                {"apiVersion": "v1", "kind": "List", "items": [service, endpoint_slice]}
-            ),
-        )
+        manifest = yaml_text(service) + "---\n" + yaml_text(endpoint_slice)
+        self.show("apply", "-f", "-", heredoc=manifest)
         cip = self.service_ip("legacy-db")
-        p.command(f"from pod client: curl http://{cip}:8080/")
-        r = self.answered(self.pod_ns("client"), cip, 8080, what="the hand-written endpoint")
-        p.result(f"answered by {r.endpoint} ({target_ip})")
+        self.wait_served(cip, 8080, {target}, n=1)
+        ran = self.in_client("curl", "-s", "http://legacy-db:8080/")
         p.explain(
             "without a selector no controller writes endpoints: you do, pointing the "
-            "Service at any address (a database VM, another cluster; here a pod's IP)"
+            f"Service at any address (a database VM, another cluster; here {target_ip}, the "
+            f"IP of {target})"
         )
-        self.check("the hand-written endpoint answers", lambda: r.endpoint == target)
+        self.check("the hand-written endpoint answers",
+                   lambda: [a[0] for a in ran.answers()] == [target])  # fmt: skip
 
-    def step_external_name(self) -> None:
+    def step_dns(self) -> None:
         p = self.p
-        p.step("an ExternalName Service is left to DNS")
+        p.step("DNS: an ExternalName is a CNAME, a headless Service names the pods")
         self.show("create", "service", "externalname", "db", "-n", NS,
-                  "--external-name=db.example.com")  # fmt: skip
-        self.show("get", "service", "db", "-n", NS)
-        found = self.rules(self.node_names[0], ["demo/db"])
-        p.rules(f"rules on {self.node_names[0]} for demo/db", found)
-        p.explain(
-            "ExternalName has no ClusterIP: cluster DNS answers db.demo.svc with a CNAME "
-            "to db.example.com, and kube-proxy-py writes no rule at all"
+                  f"--external-name={EXTERNAL_NAME}")  # fmt: skip
+        self.show("expose", "deployment", "my-nginx", "-n", NS, "--name=my-nginx-headless",
+                  "--cluster-ip=None")  # fmt: skip
+        self.show("get", "services", "-n", NS, "db", "my-nginx-headless")
+        wait_for(lambda: len(self.endpoints("my-nginx-headless")) == 2, 60,
+                 what="two ready endpoints of my-nginx-headless")  # fmt: skip
+        pod_ips = set(self.endpoints("my-nginx-headless"))
+        lookups = (
+            f"nslookup db.{NS}.svc.cluster.local\n"
+            f"nslookup my-nginx-headless.{NS}.svc.cluster.local\n"
         )
-        self.check("no rules for the ExternalName Service", lambda: found == "(none)")
+        ran = self.show("run", "dns", "-n", NS, "--image=busybox", "--rm", "-i", "-q",
+                        "--restart=Never", "--", "sh", heredoc=lookups, check=False)  # fmt: skip
+        found = self.rules(self.node_names[0], ["demo/db", "demo/my-nginx-headless"])
+        p.rules(f"rules on {self.node_names[0]} for demo/db and demo/my-nginx-headless", found)
+        p.explain(
+            f"neither has a ClusterIP: CoreDNS answers db.{NS}.svc.cluster.local with a "
+            f"CNAME to {EXTERNAL_NAME}, which the network's own DNS resolves (here the lab's "
+            f"outside resolver, {labmod.RESOLVER_IP}), and the headless name with the ready "
+            "pods' IPs; clients connect to those directly, so kube-proxy-py writes no rule"
+        )
+        cname = f"db.{NS}.svc.cluster.local\tcanonical name = {EXTERNAL_NAME}"
+        headless = set(
+            re.findall(r"Name:\s+my-nginx-headless\S*\nAddress: (\S+)", ran.out)
+        )  # fmt: skip
+        self.check(
+            "a CNAME to the external name and its address; the pod IPs; no rules",
+            lambda: (
+                cname in ran.out
+                and f"Name:\t{EXTERNAL_NAME}\nAddress: {labmod.RESOLVER_IP}" in ran.out
+                and headless == pod_ips
+                and found == "(none)"
+            ),
+        )
 
 
 def main(state_dir: Path, *, color: bool | None, pause: bool) -> int:

@@ -35,8 +35,14 @@ class Presenter:
         print(file=self.out)
         print(self._c("1;36", f"Step {self.steps}: {heading}"), file=self.out, flush=True)
 
-    def command(self, text: str) -> None:
-        print(self._c("33", f"  $ {text}"), file=self.out, flush=True)
+    def command(self, text: str, where: str = "") -> None:
+        """A command as typed at a prompt: ``$ …``, or ``client$ …`` on another host;
+        further lines (a here-document's) indented under it."""
+        first, *rest = text.split("\n")
+        print(self._c("33", f"  {where}$ {first}"), file=self.out)
+        for line in rest:
+            print(self._c("33", f"    {line}"), file=self.out)
+        self.out.flush()
 
     def result(self, text: str) -> None:
         for line in text.rstrip("\n").splitlines():

@@ -7,6 +7,7 @@ One lab per mode, started through the CLI as a user would (`lab up`), torn down 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -74,9 +75,31 @@ def test_demo_runs_end_to_end(lab: Lab) -> None:
     assert proc.stdout.count("[ok]") == 10, proc.stdout[-4000:]
     assert "UNEXPECTED" not in proc.stdout and "\033[" not in proc.stdout
     assert "lab demo: all 10 steps behaved as expected" in proc.stdout
+    out = proc.stdout
     # It opens with the cluster: real kubelets, kube-proxy-py's DaemonSet pods.
-    assert "containerd://2.3.7" in proc.stdout
-    assert proc.stdout.count("kube-proxy-py-") >= 2 and "kube-proxy-py:0.1.0" in proc.stdout
+    assert "containerd://2.3.7" in out
+    assert out.count("kube-proxy-py-") >= 2 and "kube-proxy-py:0.1.0" in out
+    # The traffic is real commands' output: curl by the Service's name from the client pod
+    # (kubectl exec), a ping whose name resolves to the ClusterIP, curl on the client.
+    assert (
+        "$ kubectl exec -n demo client -- sh -c 'for i in $(seq 20); do curl -s http://my-nginx/;"
+        in out
+    )
+    assert re.search(r"^ +\d+ my-nginx-\S+$", out, re.M), out[-4000:]
+    assert re.search(r"PING my-nginx \(10\.96\.\d+\.\d+\)", out), out[-4000:]
+    assert re.search(r"client\$ curl -s --max-time 2 http://192\.168\.50\.11:3\d{4}/", out)
+    # A LoadBalancer: <pending>, then MetalLB's address, reached through ARP, not a route.
+    assert re.search(r"LoadBalancer +\S+ +<pending>", out), out[-4000:]
+    lb = re.search(r"LoadBalancer +\S+ +(192\.168\.50\.\d+) ", out)
+    assert lb and 200 <= int(lb[1].rsplit(".", 1)[1]) <= 250, out[-4000:]
+    assert re.search(rf"^ +{re.escape(lb[1])} dev eth0 lladdr ", out, re.M), out[-4000:]
+    assert 'announcing from node "node-' in out
+    # externalTrafficPolicy Local: the pod saw the outside client's own address.
+    assert re.search(r"^ +my-nginx-\S+ 192\.168\.50\.100:\d+$", out, re.M), out[-4000:]
+    assert "curl: (7) Failed to connect to nothing-here port 80" in out
+    # DNS for real: the ExternalName's CNAME and the outside resolver's address.
+    assert "db.demo.svc.cluster.local\tcanonical name = db.example.com" in out
+    assert "Name:\tdb.example.com\n    Address: 192.168.50.4" in out
 
 
 def web(replicas: int) -> dict[str, Any]:
