@@ -14,7 +14,8 @@ run.
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import http.client
 import ipaddress
 import json
 import logging
@@ -33,11 +34,9 @@ from typing import Any
 import yaml
 
 from proxy.demo.present import Presenter
-from proxy.harness import Outcome
 from proxy.harness import netns as hnetns
-from proxy.harness.probe import Prober
 from proxy.lab import lab as labmod
-from proxy.lab import metallb
+from proxy.lab import metallb, nsutil
 from proxy.lab.cluster import wait_for
 
 NS = "demo"
@@ -110,7 +109,7 @@ class LabDemo:
             n.name: {n.lan_ip, str(ipaddress.ip_network(n.pod_cidr)[1])}
             for n in state.nodes
         }
-        self._prober: Prober | None = None
+        self._client_node = ""
         self._macs: dict[str, str] = {}
 
     # -- plumbing ------------------------------------------------------------------------
@@ -147,26 +146,10 @@ class LabDemo:
     def client_argv(self, command: Sequence[str]) -> list[str]:
         return hnetns.exec_argv(f"{self.state.lab_id}-{labmod.CLIENT}", command)
 
-    def on_client(
-        self, *command: str, until: Callable[[Ran], bool] | None = None, timeout: float = 30
-    ) -> Ran:
-        """A command on the outside client (``kube-proxy-py lab shell client -- …``);
-        with ``until``, run again until its output says the rules have arrived."""
+    def on_client(self, *command: str) -> Ran:
+        """A command on the outside client (``kube-proxy-py lab shell client -- …``)."""
         self.p.command(shlex.join(command), where="client")
-        argv = self.client_argv(command)
-        if until is None:
-            ran = self._run(argv, timeout=timeout)
-        else:
-            last: list[Ran] = []
-
-            def attempt() -> bool:
-                last[:] = [self._run(argv, timeout=timeout)]
-                return until(last[0])
-
-            # on a timeout, show what it says: the step's check judges it
-            with contextlib.suppress(TimeoutError):
-                wait_for(attempt, timeout, what=f"`{shlex.join(command)}` on the client")
-            ran = last[0]
+        ran = self._run(self.client_argv(command), timeout=30)
         if ran.out.strip():
             self.p.result(ran.out)
         return ran
@@ -238,15 +221,53 @@ class LabDemo:
         found = re.search(r"lladdr (\S+)", out)
         return found[1] if found else None
 
-    def pod_prober(self) -> Prober:
-        """A probe worker in the client pod's network namespace (for fast waits)."""
-        if self._prober is None:
-            self._prober = Prober(labmod.shell_target(self.state, f"{NS}/{CLIENT_POD}"))
-        return self._prober
+    @property
+    def client_node(self) -> str:
+        """The node the client pod runs on."""
+        if not self._client_node:
+            pod = self.api(f"/api/v1/namespaces/{NS}/pods/{CLIENT_POD}")
+            self._client_node = str(pod["spec"]["nodeName"])
+        return self._client_node
 
-    def close(self) -> None:
-        if self._prober is not None:
-            self._prober.close()
+    def peek(self, netns: str, ip: str, port: int, timeout: float = 2.0) -> tuple[str, str] | None:
+        """One GET on a new connection from a named namespace, behind the scenes: the
+        answering pod and the client address it saw, or None."""
+        try:
+            _, body = labmod.http_get(netns, ip, port, "/", timeout=timeout)
+        except (OSError, http.client.HTTPException):
+            return None
+        found = ANSWER.match(body.strip())
+        return (found[1], found[2]) if found else None
+
+    def refused(self, netns: str, ip: str, port: int) -> bool:
+        """Whether a connection from a named namespace is refused, behind the scenes."""
+        try:
+            nsutil.connect_in_netns(netns, ip, port, timeout=1.0).close()
+        except OSError as exc:
+            return exc.errno == errno.ECONNREFUSED
+        return False
+
+    def wait_served(self, ip: str, port: int, want: set[str], n: int = 20) -> None:
+        """Until ``n`` new connections from the client pod's node reach exactly the pods
+        in ``want``: its agent has programmed the change the client pod's traffic meets
+        next (node and pod traffic go through the same service rules)."""
+        ns = self.node_ns(self.client_node)
+        wait_for(
+            lambda: (
+                {(a or ("", ""))[0] for a in (self.peek(ns, ip, port) for _ in range(n))} == want
+            ),
+            60,
+            what=f"connections to {ip}:{port} to reach {sorted(want)}",
+        )
+
+    def wait_outside(self, ip: str, port: int, ok: Callable[[tuple[str, str]], bool]) -> None:
+        """Until a GET from the outside client gets an answer ``ok`` accepts."""
+        ns = f"{self.state.lab_id}-{labmod.CLIENT}"
+        wait_for(
+            lambda: (a := self.peek(ns, ip, port, timeout=0.5)) is not None and ok(a),
+            30,
+            what=f"an answer from {ip}:{port} on the client",
+        )
 
     def node_ns(self, node: str) -> str:
         return f"{self.state.lab_id}-{node}"
@@ -275,15 +296,6 @@ class LabDemo:
                     if ln.strip() and not ln.strip().startswith(("table", "}"))
                 ]
         return "\n".join(dict.fromkeys(lines)) or "(none)"
-
-    def wait_served(self, ip: str, port: int, want: set[str], n: int = 20) -> None:
-        """Until ``n`` new connections from the client pod reach exactly the pods in
-        ``want`` (the agents may still be programming the change)."""
-        wait_for(
-            lambda: {r.endpoint for r in self.pod_prober().http(
-                ip, port, requests=n, keepalive=False, timeout=3.0)} == want,
-            60, what=f"connections to {ip}:{port} to reach {sorted(want)}",
-        )  # fmt: skip
 
     def check(self, what: str, fn: Callable[[], bool]) -> None:
         self.p.run_checked(what, fn)
@@ -467,9 +479,9 @@ class LabDemo:
         port = int(self.service("my-nginx")["spec"]["ports"][0]["nodePort"])
         results: dict[str, Ran] = {}
         for node in self.node_names:
+            self.wait_outside(self.node_ips[node], port, lambda a: True)
             url = f"http://{self.node_ips[node]}:{port}/"
-            results[node] = self.on_client("curl", "-s", "--max-time", "2", url,
-                                           until=lambda r: bool(r.answers()))  # fmt: skip
+            results[node] = self.on_client("curl", "-s", "--max-time", "2", url)
         p.rules(f"NodePort rules on {self.node_names[0]}",
                 self.rules(self.node_names[0], [str(port)]))  # fmt: skip
         p.explain(
@@ -500,8 +512,8 @@ class LabDemo:
                                                                       ln + " ")), None)  # fmt: skip
         routes = self.on_client("ip", "route")
         wait_for(lambda: self.announcers("my-nginx"), 30, what="MetalLB's announcement")
-        web = self.on_client("curl", "-s", "--max-time", "2", f"http://{lb}/",
-                             until=lambda r: bool(r.answers()))  # fmt: skip
+        self.wait_outside(lb, 80, lambda a: True)
+        web = self.on_client("curl", "-s", "--max-time", "2", f"http://{lb}/")
         self.on_client("ip", "neigh")
         self.show("events", "-n", NS, "--for", "service/my-nginx")
         mac = self.neighbour(lb)
@@ -576,9 +588,10 @@ class LabDemo:
         cip = self.service_ip("my-nginx")
         self.show("patch", "service", "my-nginx", "-n", NS, "-p",
                   '{"spec":{"sessionAffinity":"ClientIP"}}')  # fmt: skip
-        wait_for(lambda: len({r.endpoint for r in self.pod_prober().http(
-            cip, 80, requests=8, keepalive=False, timeout=3.0)}) == 1,
-            30, what="affinity in the rules")  # fmt: skip
+        ns = self.node_ns(self.client_node)
+        wait_for(lambda: len({(a or ("", ""))[0] for a in
+                              (self.peek(ns, cip, 80) for _ in range(8))} - {""}) == 1,
+                 30, what="affinity in the rules")  # fmt: skip
         ran = self.in_client("sh", "-c", curl_loop("http://my-nginx/", 10))
         counts = ran.counts()
         p.explain(
@@ -604,11 +617,10 @@ class LabDemo:
         pod = self.pods("run=my-nginx")[0]
         name, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
         self.show("get", "pods", "-n", NS, "-l", "run=my-nginx", "-o", "wide")
-        web = self.on_client(
-            "curl", "-s", "--max-time", "2", f"http://{lb}/",
-            until=lambda r: r.answers() == [(name, CLIENT_IP)]
-            and self.neighbour(lb) == self.mac(node),
-        )  # fmt: skip
+        # until the announcement has moved to the pod's node (if it had to)
+        self.wait_outside(lb, 80, lambda a: a == (name, CLIENT_IP)
+                          and self.neighbour(lb) == self.mac(node))  # fmt: skip
+        web = self.on_client("curl", "-s", "--max-time", "2", f"http://{lb}/")
         self.on_client("ip", "neigh", "show", lb)
         self.show("events", "-n", NS, "--for", "service/my-nginx")
         mac = self.neighbour(lb)
@@ -634,7 +646,7 @@ class LabDemo:
         cip = self.service_ip("nothing-here")
         self.show("get", "endpointslices", "-n", NS, "-l",
                   "kubernetes.io/service-name=nothing-here")  # fmt: skip
-        wait_for(lambda: self.pod_prober().tcp(cip, 80).outcome is Outcome.REFUSED, 30,
+        wait_for(lambda: self.refused(self.node_ns(self.client_node), cip, 80), 30,
                  what="a reject rule")  # fmt: skip
         ran = self.in_client("curl", "-sS", "http://nothing-here/")
         p.rules(f"rules on {self.node_names[0]} for demo/nothing-here",
@@ -735,12 +747,9 @@ def main(state_dir: Path, *, color: bool | None, pause: bool) -> int:
             raise DemoError(f"the lab did not record its state in {state_dir}")
     out.title(f"kube-proxy-py lab demo ({state.mode} mode, lab {state.lab_id})")
     demo = LabDemo(state, out)
-    try:
-        demo.introduce()
-        demo.prepare()
-        demo.run()
-    finally:
-        demo.close()
+    demo.introduce()
+    demo.prepare()
+    demo.run()
     print()
     if out.failures:
         print("lab demo: unexpected outcomes:\n  " + "\n  ".join(out.failures), file=sys.stderr)
