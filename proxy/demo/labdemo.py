@@ -6,10 +6,10 @@ DNS names through the cluster's CoreDNS, ``kubectl run`` for a one-off pod), and
 ``ip route`` and ``ip neigh`` on the lab's outside client, which reaches a LoadBalancer
 address that MetalLB announces on the LAN. Each step also shows the rules kube-proxy-py
 wrote for it, a one-line explanation, and checks its own outcome; the exit status is 1 if
-any step was wrong. Waiting until the nodes' rules are in place uses private probes from
-the client pod's network namespace (many connections, fast); the outcome shown is always
-the real command's. Objects live in the Kubernetes namespace ``demo``, recreated on every
-run.
+any step was wrong. Waiting until the nodes' rules are in place (before a command is
+shown) uses plain sockets from the client pod's node and from the outside client (many
+connections, fast, no kubectl process); what a step shows and checks is the real command's
+output. Objects live in the Kubernetes namespace ``demo``, recreated on every run.
 """
 
 from __future__ import annotations
