@@ -1333,7 +1333,8 @@ def _follow(
                 "-- curl -s web   (cluster DNS)\n"
                 f"  {hint('shell')} node-1      (a shell in node-1's network namespace)\n"
                 f"  {hint('shell')} client      (the outside client)\n"
-                f"  {hint('demo')}\n"
+                f"  {hint('demo')}      (a guided tour)\n"
+                f"  {hint('seeds')}     (the learners' notes, replayed)\n"
                 f"  {hint('down')}",
                 file=out,
             )

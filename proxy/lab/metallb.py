@@ -21,7 +21,7 @@ without ``--lb-class``): the tests that hand-write a load balancer's status set
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def install_objects(path: Path) -> list[dict[str, Any]]:
     return objects
 
 
-def images(objects: list[Mapping[str, Any]]) -> list[str]:
+def images(objects: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every container image the manifest's workloads run."""
     out: list[str] = []
     for obj in objects:

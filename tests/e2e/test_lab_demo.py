@@ -1,7 +1,9 @@
-"""The lab's guided demo runs end to end, and a rolling update under load loses nothing.
+"""The lab's guided demo and the learners'-note walkthroughs (``lab seeds``) run end to
+end, and a rolling update under load loses nothing.
 
 One lab per mode, started through the CLI as a user would (`lab up`), torn down with
-`lab down` (test_lab.py checks that nothing is left behind).
+`lab down` (test_lab.py checks that nothing is left behind). Every walkthrough passes
+in both modes; ``--parallel`` runs the five at once (each works in its own namespace).
 """
 
 from __future__ import annotations
@@ -22,6 +24,30 @@ from proxy.lab import lab as labmod
 from proxy.lab.cluster import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
+
+CHECKS = {0: 9, 1: 11, 2: 9, 3: 15, 4: 5}
+"""How many checks each walkthrough makes."""
+PING = {
+    "nftables": "[ok] ping is refused in nftables mode",
+    "iptables": "[ok] ping is silent in iptables mode",
+}
+PROXY_PODS = ("-n", "kube-system", "-l", "k8s-app=kube-proxy-py")
+DIFFERENCES = (
+    # seed 000
+    "- kubectl exec deploy/sleep-1 - ping -c 1 sleep-2: kubectl refuses it",
+    "the ping fails because DNS may not work: DNS works",
+    # seed 001
+    "- kubectl run curl --image=radial/busyboxplus:curl -ti --rm: `-t` asks for a terminal",
+    # seed 002
+    "is redirected to db.example.com: nothing is redirected",
+    # seed 003
+    "- kubectl apply -f sleep/sleep1.yaml -f sleep/sleep2. yaml: the space",
+    "- numbers/api-service.yaml: tab indentation:",
+    "- numbers/api-service.yaml: `type: ClusterIp`:",
+    "- minikube service numbers-web --url / minikube tunnel: not run",
+    "- kubectl apply -f numbers-services/api-service-headless.yaml: this is the headless",
+    "this Service is not headless: it has a ClusterIP",
+)
 
 
 def kpp(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -178,3 +204,48 @@ def test_rolling_update_under_load_loses_no_connection(lab: Lab) -> None:
     assert failures == [], failures[:10]
     assert len(served) > 100
     lab.kubectl("delete", "namespace", "rollout", "--wait=false")
+
+
+# -------------------------------------------------------------------- lab seeds
+
+
+def leftovers(lab: Lab) -> list[str]:
+    """What the walkthroughs made and did not delete: their namespaces, and the one
+    Service the seed-002 note puts into namespace default."""
+    names = lab.kubectl("get", "namespaces", "-o", "name").split()
+    left = [n for n in names if n.startswith("namespace/seed-") or n == "namespace/lab06"]
+    return (
+        left
+        + lab.kubectl(
+            "get",
+            "services",
+            "external-db",
+            "-n",
+            "default",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ).split()
+    )
+
+
+def test_every_walkthrough_passes(lab: Lab) -> None:
+    mode = lab.state.mode
+    proc = kpp("lab", "seeds", "--parallel", "--no-color", "--state-dir", str(lab.state_dir))
+    out = proc.stdout
+    assert proc.returncode == 0, out[-8000:] + proc.stderr[-2000:]
+    assert f"({mode} mode, nodes node-1, node-2)" in out
+    assert "UNEXPECTED" not in out and "\033[" not in out
+    for number, checks in CHECKS.items():
+        assert re.search(rf"^seed {number} \(\S+\): {checks} checks passed, 0 failed", out, re.M), (
+            out[-8000:]
+        )
+    assert f"lab seeds: all {sum(CHECKS.values())} checks passed in 5 walkthrough(s)" in out
+    assert PING[mode] in out
+    differences = out.split("Where the notes and the lab differ", 1)[1]
+    missing = [d for d in DIFFERENCES if d not in differences]
+    assert missing == [], differences
+    # Each walkthrough starts its namespace's deletion; once the namespace controller is
+    # through, nothing of theirs is left.
+    wait_for(lambda: not leftovers(lab), 120, interval=1.0, what="the cleanup")
+    assert leftovers(lab) == []

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,28 +22,28 @@ from proxy.lab.node import NodeConfig, render_files
 # ------------------------------------------------------------------ CoreDNS
 
 
-def _by_kind(objects: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+def _by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {str(o["kind"]): o for o in objects}
 
 
 def test_kube_dns_service_is_kubeadms() -> None:
     objs = _by_kind(coredns.cluster_dns_objects("registry.k8s.io/coredns/coredns:v1.14.6"))
     svc = objs["Service"]
-    assert svc["metadata"]["name"] == "kube-dns"  # type: ignore[index]
-    assert svc["metadata"]["namespace"] == "kube-system"  # type: ignore[index]
+    assert svc["metadata"]["name"] == "kube-dns"
+    assert svc["metadata"]["namespace"] == "kube-system"
     spec = svc["spec"]
-    assert spec["clusterIP"] == "10.96.0.10"  # type: ignore[index]
-    ports = {(p["port"], p["protocol"]) for p in spec["ports"]}  # type: ignore[index]
+    assert spec["clusterIP"] == "10.96.0.10"
+    ports = {(p["port"], p["protocol"]) for p in spec["ports"]}
     assert ports == {(53, "UDP"), (53, "TCP"), (9153, "TCP")}
-    assert spec["selector"] == {"k8s-app": "kube-dns"}  # type: ignore[index]
+    assert spec["selector"] == {"k8s-app": "kube-dns"}
 
 
 def test_coredns_deployment_runs_the_corefile_with_the_nodes_resolver() -> None:
     image = "registry.k8s.io/coredns/coredns:v1.14.6"
     objs = _by_kind(coredns.cluster_dns_objects(image))
     dep = objs["Deployment"]
-    spec = dep["spec"]["template"]["spec"]  # type: ignore[index]
-    assert dep["spec"]["replicas"] == 2  # type: ignore[index]
+    spec = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["replicas"] == 2
     assert spec["dnsPolicy"] == "Default"  # forward . /etc/resolv.conf is the node's
     (container,) = spec["containers"]
     assert container["image"] == image
@@ -51,7 +52,7 @@ def test_coredns_deployment_runs_the_corefile_with_the_nodes_resolver() -> None:
         "add": ["NET_BIND_SERVICE"],
         "drop": ["ALL"],
     }
-    corefile = objs["ConfigMap"]["data"]["Corefile"]  # type: ignore[index]
+    corefile = objs["ConfigMap"]["data"]["Corefile"]
     for line in (
         "kubernetes cluster.local in-addr.arpa ip6.arpa {",
         "forward . /etc/resolv.conf {",
@@ -61,7 +62,7 @@ def test_coredns_deployment_runs_the_corefile_with_the_nodes_resolver() -> None:
         "loadbalance",
     ):
         assert line in corefile
-    rules = objs["ClusterRole"]["rules"]  # type: ignore[index]
+    rules = objs["ClusterRole"]["rules"]
     assert {"endpointslices"} == set(rules[1]["resources"])
 
 
