@@ -117,7 +117,13 @@ def _subtrees(path: str, base: Path) -> list[Path]:
 
 
 def _walk_depth_first(top: Path) -> Iterator[Path]:
-    for child in sorted((p for p in top.iterdir() if p.is_dir()), key=lambda p: p.name):
+    """``top`` and every cgroup below it, children first. A cgroup that disappears while
+    it is walked (a container or pod going away) is skipped, not an error."""
+    try:
+        children = sorted((p for p in top.iterdir() if p.is_dir()), key=lambda p: p.name)
+    except FileNotFoundError:
+        return
+    for child in children:
         yield from _walk_depth_first(child)
     yield top
 
