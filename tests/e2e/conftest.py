@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from proxy.lab import build as k8s_build
+
+if TYPE_CHECKING:
+    from tests.e2e.test_lab import Lab
 
 SKIP_ENV = "KUBE_PROXY_PY_E2E"
 
@@ -41,3 +46,17 @@ def k8s_bin() -> Path:
             )
     logging.getLogger("proxy").setLevel(logging.INFO)
     return k8s_build.build()
+
+
+@pytest.fixture(scope="session")
+def default_lab(k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """One ``lab up --nodes 2`` (nftables, with the add-ons), as a user starts it, shared
+    by test_demo.py (the demo and the walkthroughs run on it first) and test_lab.py (whose
+    last test takes it down and checks that nothing is left): one lab start less."""
+    from tests.e2e.test_lab import start_lab
+
+    lab = start_lab(k8s_bin, tmp_path_factory.mktemp("default-lab") / "state", "--nodes", "2")
+    try:
+        yield lab
+    finally:
+        lab.cli("down")  # idempotent: a no-op after test_lab's test_down_leaves_nothing

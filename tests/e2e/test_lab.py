@@ -20,7 +20,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,13 +293,10 @@ def records_of(lab: Lab) -> list[labmod.ProcRecord]:
 
 
 @pytest.fixture(scope="module")
-def running_lab(k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    state_dir = tmp_path_factory.mktemp("lab") / "state"
-    lab = start_lab(k8s_bin, state_dir, "--nodes", "2")
-    try:
-        yield lab
-    finally:
-        lab.cli("down")  # idempotent: a no-op after test_down_leaves_nothing
+def running_lab(default_lab: Lab) -> Lab:
+    """The session's default lab (tests/e2e/conftest.py): test_demo.py has run the demo
+    and the walkthroughs on it; test_down_leaves_nothing takes it down."""
+    return default_lab
 
 
 def kubectl(lab: Lab, *args: str, input: str | None = None, timeout: float = 120.0) -> str:
