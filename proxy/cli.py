@@ -560,22 +560,24 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(images.images_dir())
         return EXIT_OK
     if args.lab_command == "seeds":
-        from proxy.demo import seeds
+        from proxy.demo.seeds.notes import SeedsError
+        from proxy.demo.seeds.parse import seed_numbers
+        from proxy.demo.seeds.run import main as seeds_main
+        from proxy.demo.seeds.run import write_manifests
         from proxy.lab import lab
 
         try:
             if args.manifests:
-                chosen = seeds.seed_numbers(args.numbers)
-                for path in seeds.write_manifests(Path(args.manifests), chosen):
+                for path in write_manifests(Path(args.manifests), seed_numbers(args.numbers)):
                     print(path)
                 return EXIT_OK
-            return seeds.main(
+            return seeds_main(
                 lab.resolve_state_dir(args.state_dir),
-                seeds.seed_numbers(args.numbers),
+                seed_numbers(args.numbers),
                 color=False if args.no_color else None,
                 parallel=args.parallel,
             )
-        except (seeds.SeedsError, lab.LabError) as exc:
+        except (SeedsError, lab.LabError) as exc:
             _err(f"lab seeds: {exc}")
             return EXIT_INVALID
     if args.lab_command in ("up", "down", "status", "kubectl", "shell", "load-image", "demo"):

@@ -736,15 +736,9 @@ class LabDemo:
 def main(state_dir: Path, *, color: bool | None, pause: bool) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     out = Presenter(color=sys.stdout.isatty() if color is None else color, pause=pause)
-    state = labmod.load_state(state_dir)
-    if state is None or not state.supervisor_alive() or state.phase != "ready":
-        print("no lab is running: starting one (`kube-proxy-py lab up`)\n", flush=True)
-        rc = labmod.up(state_dir, nodes=None, mode=None, compare=None)
-        if rc != 0:
-            return rc
-        state = labmod.load_state(state_dir)
-        if state is None:
-            raise DemoError(f"the lab did not record its state in {state_dir}")
+    state = labmod.running_or_started(state_dir)
+    if state is None:
+        return 1
     out.title(f"kube-proxy-py lab demo ({state.mode} mode, lab {state.lab_id})")
     demo = LabDemo(state, out)
     demo.introduce()

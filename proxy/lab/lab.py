@@ -1361,6 +1361,21 @@ def _follow(
         time.sleep(0.2)
 
 
+def running_or_started(state_dir: Path, *, out: TextIO = sys.stdout) -> LabState | None:
+    """The running lab; when none runs (or it is not ready), one is started as `lab up`
+    with its defaults would. None when starting failed: `up` has printed why."""
+    state = load_state(state_dir)
+    if state is not None and state.supervisor_alive() and state.phase == "ready":
+        return state
+    print("no lab is running: starting one (`kube-proxy-py lab up`)\n", file=out, flush=True)
+    if up(state_dir, nodes=None, mode=None, compare=None, out=out) != 0:
+        return None
+    state = load_state(state_dir)
+    if state is None:
+        raise LabError(f"the lab did not record its state in {state_dir}")
+    return state
+
+
 def down(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
     _require_root("down")
     if not state_dir.exists():

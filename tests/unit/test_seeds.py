@@ -12,7 +12,34 @@ import pytest
 import yaml
 
 from proxy.demo import seedmanifests as m
-from proxy.demo import seeds as s
+from proxy.demo.seeds.notes import SEEDS, Deviation, SeedsError
+from proxy.demo.seeds.parse import (
+    Answer,
+    PingSummary,
+    Typed,
+    api_path,
+    env_vars,
+    expand_substitutions,
+    find_substitution,
+    grep_lines,
+    in_pool,
+    namespace_kubeconfig,
+    nslookup_answers,
+    nslookup_cnames,
+    nslookup_not_found,
+    parse_typed,
+    ping_summary,
+    proxy_mode,
+    random_number,
+    seed_numbers,
+    split_pipeline,
+    stand_in_answers,
+    table_rows,
+    without_kubeconfig_flag,
+)
+from proxy.demo.seeds.run import WALKTHROUGHS, summarize, write_manifests
+from proxy.demo.seeds.seed0 import ping_reason
+from proxy.demo.seeds.walkthrough import LabView, Ran, SeedPresenter, SeedResult, Walkthrough
 from proxy.lab import lab as labmod
 
 # Outputs captured on the lab (busybox 1.35 in the stand-in images).
@@ -75,25 +102,25 @@ PING 10.244.2.4 (10.244.2.4) 56(84) bytes of data.
 
 
 def test_seed_numbers_default_order_and_unknown() -> None:
-    assert s.seed_numbers(None) == [0, 1, 2, 3, 4]
-    assert s.seed_numbers([3, 1, 3]) == [1, 3]
-    with pytest.raises(s.SeedsError, match="no seed 5, 7: the notes are numbered 0 to 4"):
-        s.seed_numbers([7, 5, 0])
+    assert seed_numbers(None) == [0, 1, 2, 3, 4]
+    assert seed_numbers([3, 1, 3]) == [1, 3]
+    with pytest.raises(SeedsError, match="no seed 5, 7: the notes are numbered 0 to 4"):
+        seed_numbers([7, 5, 0])
 
 
 def test_seeds_are_the_five_notes_each_with_a_walkthrough_and_namespace() -> None:
-    assert [n.number for n in s.SEEDS] == [0, 1, 2, 3, 4]
-    assert all(n.file.startswith(f"00{n.number}_") for n in s.SEEDS)
-    assert set(s.WALKTHROUGHS) == {0, 1, 2, 3, 4}
-    assert all(s.WALKTHROUGHS[n.number].note is n for n in s.SEEDS)
-    assert len({n.namespace for n in s.SEEDS}) == 5
-    assert s.SEEDS[4].namespace == "lab06"  # the note's own
+    assert [n.number for n in SEEDS] == [0, 1, 2, 3, 4]
+    assert all(n.file.startswith(f"00{n.number}_") for n in SEEDS)
+    assert set(WALKTHROUGHS) == {0, 1, 2, 3, 4}
+    assert all(WALKTHROUGHS[n.number].note is n for n in SEEDS)
+    assert len({n.namespace for n in SEEDS}) == 5
+    assert SEEDS[4].namespace == "lab06"  # the note's own
 
 
 def test_split_pipeline_ignores_quoted_bars() -> None:
-    assert s.split_pipeline("k get po -o yaml | grep podIP") == ["k get po -o yaml", "grep podIP"]
-    assert s.split_pipeline("sh -c 'a | b' | grep x") == ["sh -c 'a | b'", "grep x"]
-    assert s.split_pipeline('echo "|"') == ['echo "|"']
+    assert split_pipeline("k get po -o yaml | grep podIP") == ["k get po -o yaml", "grep podIP"]
+    assert split_pipeline("sh -c 'a | b' | grep x") == ["sh -c 'a | b'", "grep x"]
+    assert split_pipeline('echo "|"') == ['echo "|"']
 
 
 def test_substitution_runs_the_inner_command() -> None:
@@ -107,26 +134,24 @@ def test_substitution_runs_the_inner_command() -> None:
         ran.append(inner)
         return "10.244.2.4\n"
 
-    assert (
-        s.expand_substitutions(line, run) == "kubectl exec deploy/sleep-1 -- ping -c 2 10.244.2.4"
-    )
+    assert expand_substitutions(line, run) == "kubectl exec deploy/sleep-1 -- ping -c 2 10.244.2.4"
     assert ran == ["kubectl get pod -l app=sleep-2 --output jsonpath='{.items[0].status.podIP}'"]
 
 
 def test_substitution_skips_single_quotes_and_nests() -> None:
-    assert s.find_substitution("sh -c 'for i in $(seq 3); do x; done'") is None
+    assert find_substitution("sh -c 'for i in $(seq 3); do x; done'") is None
     line = "echo $(a $(b))"
-    assert s.find_substitution(line) == (5, len(line))
-    assert s.expand_substitutions("x $(y)", lambda inner: inner.upper()) == "x Y"
+    assert find_substitution(line) == (5, len(line))
+    assert expand_substitutions("x $(y)", lambda inner: inner.upper()) == "x Y"
     with pytest.raises(ValueError, match="unbalanced"):
-        s.find_substitution("echo $(a")
+        find_substitution("echo $(a")
 
 
 def test_parse_typed_kubectl_alias_lab_forms_and_grep() -> None:
-    assert s.parse_typed("k get po -l run=my-nginx -o yaml | grep podIP") == s.Typed(
+    assert parse_typed("k get po -l run=my-nginx -o yaml | grep podIP") == Typed(
         "kubectl", ("get", "po", "-l", "run=my-nginx", "-o", "yaml"), grep="podIP"
     )
-    assert s.parse_typed("kubectl exec deploy/sleep-1 - ping -c 1 sleep-2").args == (
+    assert parse_typed("kubectl exec deploy/sleep-1 - ping -c 1 sleep-2").args == (
         "exec",
         "deploy/sleep-1",
         "-",
@@ -135,15 +160,15 @@ def test_parse_typed_kubectl_alias_lab_forms_and_grep() -> None:
         "1",
         "sleep-2",
     )
-    assert s.parse_typed("kube-proxy-py lab kubectl -- get nodes").args == ("get", "nodes")
-    shell = s.parse_typed("kube-proxy-py lab shell node-1 -- curl -s 10.244.1.5:80")
+    assert parse_typed("kube-proxy-py lab kubectl -- get nodes").args == ("get", "nodes")
+    shell = parse_typed("kube-proxy-py lab shell node-1 -- curl -s 10.244.1.5:80")
     assert (shell.program, shell.target, shell.args) == (
         "shell",
         "node-1",
         ("curl", "-s", "10.244.1.5:80"),
     )
     # a space inside a file name makes two words, as in a shell
-    assert s.parse_typed("kubectl apply -f sleep/sleep2. yaml").args[-2:] == (
+    assert parse_typed("kubectl apply -f sleep/sleep2. yaml").args[-2:] == (
         "sleep/sleep2.",
         "yaml",
     )
@@ -160,13 +185,13 @@ def test_parse_typed_kubectl_alias_lab_forms_and_grep() -> None:
 )
 def test_parse_typed_refuses_what_it_cannot_run(line: str) -> None:
     with pytest.raises(ValueError):
-        s.parse_typed(line)
+        parse_typed(line)
 
 
 def test_grep_lines_keeps_matching_lines() -> None:
     text = "    podIP: 10.0.0.1\n    phase: Running\n    podIPs:\n"
-    assert s.grep_lines(text, "podIP") == "    podIP: 10.0.0.1\n    podIPs:\n"
-    assert s.grep_lines(text, "nothing") == ""
+    assert grep_lines(text, "podIP") == "    podIP: 10.0.0.1\n    podIPs:\n"
+    assert grep_lines(text, "nothing") == ""
 
 
 def test_namespace_kubeconfig_copies_no_credential() -> None:
@@ -179,7 +204,7 @@ def test_namespace_kubeconfig_copies_no_credential() -> None:
         ],
         "current-context": "kpp-lab",
     }
-    cfg = s.namespace_kubeconfig(admin, "seed-001")
+    cfg = namespace_kubeconfig(admin, "seed-001")
     assert cfg["current-context"] == "kpp-lab/seed-001"
     assert cfg["contexts"] == [
         {
@@ -192,7 +217,7 @@ def test_namespace_kubeconfig_copies_no_credential() -> None:
 
 def test_without_kubeconfig_flag() -> None:
     argv = ["ip", "netns", "exec", "ns", "kubectl", "--kubeconfig=/a", "--cache-dir=/c", "get"]
-    assert s.without_kubeconfig_flag(argv) == [
+    assert without_kubeconfig_flag(argv) == [
         "ip",
         "netns",
         "exec",
@@ -204,59 +229,57 @@ def test_without_kubeconfig_flag() -> None:
 
 
 def test_nslookup_answers_in_both_busybox_formats() -> None:
-    assert s.nslookup_answers(NSLOOKUP_SEARCH) == {
-        "sleep-2.try.svc.cluster.local": ["10.96.220.233"]
-    }
-    assert s.nslookup_answers(NSLOOKUP_OLD) == {
+    assert nslookup_answers(NSLOOKUP_SEARCH) == {"sleep-2.try.svc.cluster.local": ["10.96.220.233"]}
+    assert nslookup_answers(NSLOOKUP_OLD) == {
         "kube-dns.kube-system.svc.cluster.local": ["10.96.0.10"]
     }
-    assert s.nslookup_answers(NSLOOKUP_HEADLESS) == {
+    assert nslookup_answers(NSLOOKUP_HEADLESS) == {
         "numbers-api.seed-003.svc.cluster.local": ["10.244.1.16", "10.244.2.13"]
     }
-    assert s.nslookup_answers(NSLOOKUP_DOTTED) == {}  # the Server block is no answer
+    assert nslookup_answers(NSLOOKUP_DOTTED) == {}  # the Server block is no answer
 
 
 def test_nslookup_cnames_and_not_found() -> None:
-    assert s.nslookup_cnames(NSLOOKUP_CNAME) == {
+    assert nslookup_cnames(NSLOOKUP_CNAME) == {
         "external-db.try.svc.cluster.local": "db.example.com"
     }
-    assert s.nslookup_answers(NSLOOKUP_CNAME) == {"db.example.com": ["192.168.50.4"]}
-    assert s.nslookup_not_found(NSLOOKUP_DOTTED) == {"kube-dns.kube-system"}
-    assert s.nslookup_not_found(NSLOOKUP_SEARCH) == {
+    assert nslookup_answers(NSLOOKUP_CNAME) == {"db.example.com": ["192.168.50.4"]}
+    assert nslookup_not_found(NSLOOKUP_DOTTED) == {"kube-dns.kube-system"}
+    assert nslookup_not_found(NSLOOKUP_SEARCH) == {
         "sleep-2.cluster.local",
         "sleep-2.svc.cluster.local",
     }
 
 
 def test_ping_summary() -> None:
-    assert s.ping_summary(PING_NONE) == s.PingSummary("sleep-2", "10.96.220.233", 1, 0)
-    assert s.ping_summary(PING_IPUTILS) == s.PingSummary("10.244.2.4", "10.244.2.4", 2, 2)
-    assert s.ping_summary("ping: bad address 'sleep-2'\n") is None
+    assert ping_summary(PING_NONE) == PingSummary("sleep-2", "10.96.220.233", 1, 0)
+    assert ping_summary(PING_IPUTILS) == PingSummary("10.244.2.4", "10.244.2.4", 2, 2)
+    assert ping_summary("ping: bad address 'sleep-2'\n") is None
 
 
 def test_stand_in_answers_and_env_vars() -> None:
     out = "kubia-1 10.244.1.1:50420\nHTTP/1.1 200 OK\nkubia-2 192.168.50.11:7\n"
-    assert s.stand_in_answers(out) == [
-        s.Answer("kubia-1", "10.244.1.1", 50420),
-        s.Answer("kubia-2", "192.168.50.11", 7),
+    assert stand_in_answers(out) == [
+        Answer("kubia-1", "10.244.1.1", 50420),
+        Answer("kubia-2", "192.168.50.11", 7),
     ]
-    env = s.env_vars("SLEEP_2_SERVICE_HOST=10.96.0.5\nSLEEP_2_SERVICE_PORT=80\nnot a var\nX=a=b\n")
+    env = env_vars("SLEEP_2_SERVICE_HOST=10.96.0.5\nSLEEP_2_SERVICE_PORT=80\nnot a var\nX=a=b\n")
     assert env == {"SLEEP_2_SERVICE_HOST": "10.96.0.5", "SLEEP_2_SERVICE_PORT": "80", "X": "a=b"}
 
 
 def test_proxy_mode_from_the_config_map() -> None:
-    assert s.proxy_mode("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: nftables\n") == (
+    assert proxy_mode("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nmode: nftables\n") == (
         "nftables"
     )
-    assert s.proxy_mode('mode: ""\n') == "iptables"  # upstream's default on Linux
-    assert s.proxy_mode("") == "iptables"
+    assert proxy_mode('mode: ""\n') == "iptables"  # upstream's default on Linux
+    assert proxy_mode("") == "iptables"
 
 
 def test_random_number_and_pool() -> None:
-    assert s.random_number("<p>Here it is: <b>65</b></p>") == 65
-    assert s.random_number("<p>RNG service unavailable!</p>") is None
-    assert s.in_pool("192.168.50.200") and s.in_pool("192.168.50.250")
-    assert not s.in_pool("192.168.50.251") and not s.in_pool("<pending>")
+    assert random_number("<p>Here it is: <b>65</b></p>") == 65
+    assert random_number("<p>RNG service unavailable!</p>") is None
+    assert in_pool("192.168.50.200") and in_pool("192.168.50.250")
+    assert not in_pool("192.168.50.251") and not in_pool("<pending>")
 
 
 def test_table_rows() -> None:
@@ -265,7 +288,7 @@ def test_table_rows() -> None:
         "NAME          TYPE           CLUSTER-IP   EXTERNAL-IP                 PORT(S)   AGE\n"
         "numbers-api   ExternalName   <none>       raw.githubusercontent.com   <none>    6s\n"
     )
-    assert s.table_rows(out) == [
+    assert table_rows(out) == [
         {
             "NAME": "numbers-api",
             "TYPE": "ExternalName",
@@ -275,11 +298,11 @@ def test_table_rows() -> None:
             "AGE": "6s",
         }
     ]
-    assert s.table_rows("") == []
+    assert table_rows("") == []
 
 
 def test_ping_reason_explains_this_mode_first_then_the_other() -> None:
-    nft, ipt = s.ping_reason("nftables"), s.ping_reason("iptables")
+    nft, ipt = ping_reason("nftables"), ping_reason("iptables")
     assert "Here, nftables mode rejects" in nft and "other mode, iptables mode has no rule" in nft
     assert "Here, iptables mode has no rule" in ipt and "other mode, nftables mode rejects" in ipt
 
@@ -340,32 +363,32 @@ def test_every_file_a_walkthrough_writes_parses_but_the_broken_one() -> None:
 
 def test_presenter_counts_checks_and_records_deviations() -> None:
     out = io.StringIO()
-    p = s.SeedPresenter(out=out, color=False)
+    p = SeedPresenter(out=out, color=False)
     p.step("one")
     p.check(True, "fine")
     p.check(False, "broken")
-    p.differs(s.Deviation("command", "kubectl x", "because"))
+    p.differs(Deviation("command", "kubectl x", "because"))
     text = out.getvalue()
     assert (p.passed, p.failures) == (1, ["step 1: broken"])
     assert "≠ the note's command: kubectl x\n    because" in text and "\033[" not in text
 
 
 def test_summary_lists_counts_failures_and_deviations() -> None:
-    lab = s.LabView(
+    lab = LabView(
         labmod.LabState("kpp-lab-x", "/tmp/x", "iptables", 2, False), "iptables", {}, "/dev/null"
     )
     results = [
-        s.SeedResult(
-            s.SEEDS[0],
+        SeedResult(
+            SEEDS[0],
             3,
             [],
-            [s.Deviation("command", "a", "why a"), s.Deviation("claim", "b", "why b")],
+            [Deviation("command", "a", "why a"), Deviation("claim", "b", "why b")],
             1.0,
         ),
-        s.SeedResult(s.SEEDS[1], 1, ["step 2: x"], [], 2.0),
+        SeedResult(SEEDS[1], 1, ["step 2: x"], [], 2.0),
     ]
     out = io.StringIO()
-    s.summarize(results, lab, out)
+    summarize(results, lab, out)
     text = out.getvalue()
     assert "Summary (iptables mode, lab kpp-lab-x)" in text
     assert "seed 0 (000_ae18fa0a313f7d33.txt): 3 checks passed, 0 failed" in text
@@ -374,30 +397,30 @@ def test_summary_lists_counts_failures_and_deviations() -> None:
     assert "  commands:\n    - a: why a\n  statements:\n    - b: why b" in text
 
 
-class FakeRun(s.Walkthrough):
+class FakeRun(Walkthrough):
     """A walkthrough whose commands are answered from a table."""
 
-    note = s.SEEDS[0]
+    note = SEEDS[0]
     answers: dict[str, str]
-    calls: list[tuple[s.Typed, str | None]]
+    calls: list[tuple[Typed, str | None]]
 
-    def execute(self, typed: s.Typed, stdin: str | None = None, timeout: float = 120) -> s.Ran:
+    def execute(self, typed: Typed, stdin: str | None = None, timeout: float = 120) -> Ran:
         self.calls.append((typed, stdin))
         key = " ".join(typed.args)
         out = self.answers.get(key, "")
         if typed.grep is not None:
-            out = s.grep_lines(out, typed.grep)
-        return s.Ran(("fake",), 0, out)
+            out = grep_lines(out, typed.grep)
+        return Ran(("fake",), 0, out)
 
 
 def fake_walkthrough(tmp_path: Path, out: io.StringIO) -> FakeRun:
-    lab = s.LabView(
+    lab = LabView(
         labmod.LabState("kpp-lab-x", "/tmp/x", "nftables", 2, False),
         "nftables",
         {"node-1": "192.168.50.11"},
         "/dev/null",
     )
-    run = FakeRun(lab, s.SeedPresenter(out=out, color=False), tmp_path)
+    run = FakeRun(lab, SeedPresenter(out=out, color=False), tmp_path)
     run.calls = []
     run.answers = {}
     return run
@@ -460,7 +483,7 @@ def test_cli_refuses_an_unknown_seed_before_touching_a_lab(tmp_path: Path) -> No
 
 
 def test_write_manifests_puts_each_seed_s_files_under_its_names(tmp_path: Path) -> None:
-    written = s.write_manifests(tmp_path, [1, 3])
+    written = write_manifests(tmp_path, [1, 3])
     assert tmp_path / "seed-1" / "my-nginx.yaml" in written
     assert (tmp_path / "seed-3" / "numbers" / "api-service.yaml").read_text() == (
         m.NUMBERS_API_SERVICE_AS_NOTED
@@ -470,14 +493,14 @@ def test_write_manifests_puts_each_seed_s_files_under_its_names(tmp_path: Path) 
 
 
 def test_api_paths() -> None:
-    assert s.api_path("namespaces", name="seed-000") == "/api/v1/namespaces/seed-000"
-    assert s.api_path("services", "default", "external-db") == (
+    assert api_path("namespaces", name="seed-000") == "/api/v1/namespaces/seed-000"
+    assert api_path("services", "default", "external-db") == (
         "/api/v1/namespaces/default/services/external-db"
     )
-    assert s.api_path("endpointslices", "seed-003", selector="kubernetes.io/service-name=x") == (
+    assert api_path("endpointslices", "seed-003", selector="kubernetes.io/service-name=x") == (
         "/apis/discovery.k8s.io/v1/namespaces/seed-003/endpointslices"
         "?labelSelector=kubernetes.io%2Fservice-name%3Dx"
     )
-    assert s.api_path("pods", "lab06", selector="app=nginx") == (
+    assert api_path("pods", "lab06", selector="app=nginx") == (
         "/api/v1/namespaces/lab06/pods?labelSelector=app%3Dnginx"
     )
