@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from proxy import logs
-from proxy.agent.options import AgentOptions
+from proxy.agent.options.settings import AgentOptions
 from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyMode

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from proxy import cli, logs
-from proxy.agent.options import parse_run_args
+from proxy.agent.options.parse import parse_run_args
 from proxy.agent.state import Changes, ClusterState
 from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
