@@ -581,7 +581,7 @@ def _agent_sync(
     problems: tuple[Problem, ...],
     s: _AgentSync,
 ) -> None:
-    """One Proxier.sync without the kernel: what it would write is inside the grammar,
+    """One Proxier.sync_proxy_rules without the kernel: what it would write is inside the grammar,
     and the incremental plan and cached render equal a fresh plan and render."""
     cfg = _config(s.mode)
     p = plan(
