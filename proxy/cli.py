@@ -200,7 +200,7 @@ def _iptables_option(parser: Any) -> None:
 def _bench_duration(text: str) -> str:
     if text == "default":
         return text
-    from proxy.agent.options import parse_go_duration
+    from proxy.agent.options.govalues import parse_go_duration
 
     try:
         parse_go_duration(text, "--min-sync-period")
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
     tour.add_argument("--step", action="store_true", help="pause between steps")
 
-    from proxy.agent.options import add_run_arguments
+    from proxy.agent.options.parse import add_run_arguments
 
     run = sub.add_parser(
         "run",
@@ -666,7 +666,7 @@ def _run_agent(argv: list[str]) -> int:
     # agent installs its own (an orderly stop), a SIGTERM ends it at once (nothing to keep).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: os._exit(0))
-    from proxy.agent.options import parse_run_args
+    from proxy.agent.options.parse import parse_run_args
 
     try:
         opts = parse_run_args(argv)

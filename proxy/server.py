@@ -188,8 +188,9 @@ class ProxyHealth:
         with self._lock:
             self._oldest_queued.setdefault(str(family), self._now(now))
 
-    def synced(self, now: float | None = None, family: str = DEFAULT_FAMILY) -> None:
-        """A sync of ``family`` completed: everything queued so far is applied."""
+    def updated(self, now: float | None = None, family: str = DEFAULT_FAMILY) -> None:
+        """A sync of ``family`` completed: everything queued so far is applied (upstream's
+        ``Updated``)."""
         with self._lock:
             self._oldest_queued.pop(str(family), None)
             self._last_updated[str(family)] = self._now(now)

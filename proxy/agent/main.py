@@ -22,7 +22,8 @@ from types import FrameType
 from typing import Any
 
 from proxy import logs
-from proxy.agent.options import AgentOptions
+from proxy.agent.boundedfrequency import BoundedFrequencyRunner
+from proxy.agent.options.settings import AgentOptions
 from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyMode
@@ -48,7 +49,6 @@ from proxy.source.reflector import (
     node_spec,
     services_spec,
 )
-from proxy.sync import BoundedFrequencyRunner
 
 log = logging.getLogger("kube-proxy-py")
 FAMILY = "IPv4"
@@ -82,7 +82,7 @@ class Observer:
         now = time.time()
         if result.drift:
             self.metrics.drift_repaired()
-        self.health.synced(now, FAMILY)
+        self.health.updated(now, FAMILY)
         self.metrics.observe_sync(result.full, result.seconds, family=FAMILY, now=now)
         self.metrics.changes(result.service_changes, result.endpoint_changes)
         self.metrics.set_pending(*self.state.pending_counts())
@@ -155,7 +155,6 @@ class Agent:
     def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
         self.stop_event = threading.Event()
-        self.runner = Runner()
         self.config = opts.proxy_config()
         self.metrics = ProxyMetrics(mode=opts.mode)
         self.health = ProxyHealth(timeout=2 * opts.sync_period)
@@ -259,7 +258,7 @@ class Agent:
             except KernelError as exc:
                 log.warning("could not remove the other mode's rules", extra={"error": str(exc)})
             self.sync_runner = BoundedFrequencyRunner(
-                self.proxier.sync,
+                self.proxier.sync_proxy_rules,
                 min_interval=opts.min_sync_period,
                 max_interval=opts.sync_period,
                 name=str(opts.mode),

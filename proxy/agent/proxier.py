@@ -164,8 +164,9 @@ class Proxier:
         self._last_ruleset = ruleset
         return written
 
-    def sync(self) -> bool:
-        """One sync; True on success (the runner retries on False)."""
+    def sync_proxy_rules(self) -> bool:
+        """One sync (upstream's syncProxyRules); True on success (the bounded-frequency
+        runner retries on False)."""
         start = self.clock()
         snapshot, changes, problems = self.state.take()
         now = self.clock()

@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.agent.options import DEFAULT_MIN_SYNC_PERIOD as OURS_DEFAULT_MIN_SYNC
-from proxy.agent.options import parse_go_duration
+from proxy.agent.options.govalues import parse_go_duration
+from proxy.agent.options.settings import DEFAULT_MIN_SYNC_PERIOD as OURS_DEFAULT_MIN_SYNC
 from proxy.bench import iptvariant, labobjects, machine
 from proxy.bench.churn import as_dict, run_churn
 from proxy.bench.procstats import read

@@ -19,8 +19,11 @@ import pytest
 import yaml
 
 from proxy import __version__
-from proxy.agent import options
-from proxy.agent.options import AgentOptions, expand_env_references, parse_run_args
+from proxy.agent.options.envrefs import expand_env_references
+from proxy.agent.options.flags import IGNORED_FLAGS, REJECTED_FLAGS, SUPPORTED_FLAGS
+from proxy.agent.options.govalues import parse_go_duration
+from proxy.agent.options.parse import parse_run_args
+from proxy.agent.options.settings import AgentOptions
 from proxy.config import NodePortAddresses, ProxyMode
 from proxy.lab.controlplane import ControlPlane
 from tests.unit.test_options import KUBEADM_CONFIG_CONF
@@ -339,9 +342,9 @@ def test_upstream_kube_proxy_reads_config_files_as_we_do(
     assert theirs["logging"]["verbosity"] == ours.verbosity
     assert theirs["clusterCIDR"] == ",".join(str(c) for c in ours.cluster_cidrs)
     assert theirs["clientConnection"]["kubeconfig"] == (ours.kubeconfig or "")
-    assert options.parse_go_duration(section["syncPeriod"], "") == ours.sync_period
-    assert options.parse_go_duration(section["minSyncPeriod"], "") == ours.min_sync_period
-    assert options.parse_go_duration(theirs["configSyncPeriod"], "") == ours.config_sync_period
+    assert parse_go_duration(section["syncPeriod"], "") == ours.sync_period
+    assert parse_go_duration(section["minSyncPeriod"], "") == ours.min_sync_period
+    assert parse_go_duration(theirs["configSyncPeriod"], "") == ours.config_sync_period
     assert (section["masqueradeBit"], section["masqueradeAll"]) == (
         ours.masquerade_bit,
         ours.masquerade_all,
@@ -370,9 +373,7 @@ def test_flag_tables_cover_exactly_upstream_kube_proxys_flags(
         check=False,
     ).stdout
     upstream = set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", help_text, re.M))
-    ours = {
-        s.name for s in (*options.SUPPORTED_FLAGS, *options.IGNORED_FLAGS, *options.REJECTED_FLAGS)
-    }
+    ours = {s.name for s in (*SUPPORTED_FLAGS, *IGNORED_FLAGS, *REJECTED_FLAGS)}
     hidden_deprecated = {"--healthz-port", "--metrics-port"}
     assert upstream == (ours - hidden_deprecated) | {"--help", "--version"}
     out = tmp_path / "out.yaml"

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from proxy import cli, logs
-from proxy.agent.options import parse_run_args
+from proxy.agent.options.parse import parse_run_args
 from proxy.agent.state import Changes, ClusterState
 from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
@@ -581,7 +581,7 @@ def _agent_sync(
     problems: tuple[Problem, ...],
     s: _AgentSync,
 ) -> None:
-    """One Proxier.sync without the kernel: what it would write is inside the grammar,
+    """One Proxier.sync_proxy_rules without the kernel: what it would write is inside the grammar,
     and the incremental plan and cached render equal a fresh plan and render."""
     cfg = _config(s.mode)
     p = plan(

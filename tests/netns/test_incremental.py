@@ -175,7 +175,7 @@ def test_agent_event_stream_matches_a_fresh_full_sync(
                 for obj in live[name]:
                     obj["metadata"]["resourceVersion"] = str(step)
                     state.handle(obj["kind"], "MODIFIED", obj)
-        assert proxier.sync()
+        assert proxier.sync_proxy_rules()
         ref = _plan([node, *(o for objs in live.values() for o in objs)], mode)
         if mode is ProxyMode.NFTABLES:
             NftKernel(Runner(ref_ns)).sync(nft.render(ref))

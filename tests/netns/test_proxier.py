@@ -85,24 +85,24 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
     sl = m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")])
     state.handle("EndpointSlice", "ADDED", sl)
 
-    assert proxier.sync() and rec.last().full  # the first sync is full
+    assert proxier.sync_proxy_rules() and rec.last().full  # the first sync is full
     assert "10.244.1.5" in listing(netns, mode)
 
     sl["endpoints"].append(m.EP("10.244.2.7", "node-b").render())
     state.handle("EndpointSlice", "MODIFIED", sl)
     clock.now += 5
-    assert proxier.sync() and not rec.last().full and rec.last().changed
+    assert proxier.sync_proxy_rules() and not rec.last().full and rec.last().changed
     assert "10.244.2.7" in listing(netns, mode)
 
     clock.now += 5
-    assert proxier.sync() and not rec.last().full and not rec.last().changed
+    assert proxier.sync_proxy_rules() and not rec.last().full and not rec.last().changed
 
     state.handle("Node", "MODIFIED", m.node("node-a", "192.168.50.11", zone="z2"))
     clock.now += 5
-    assert proxier.sync() and rec.last().full  # the Node changed
+    assert proxier.sync_proxy_rules() and rec.last().full  # the Node changed
 
     clock.now += 31
-    assert proxier.sync() and not rec.last().full  # a sync period alone: incremental
+    assert proxier.sync_proxy_rules() and not rec.last().full  # a sync period alone: incremental
 
     # someone deletes our rules: the nf_tables generation moves, the next sync is full
     if mode is ProxyMode.NFTABLES:
@@ -113,7 +113,7 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
     gone = listing(netns, mode)
     assert "10.96.0.10 . tcp . 80" not in gone and "-A KUBE-SERVICES -d 10.96.0.10/32" not in gone
     clock.now += 1
-    assert proxier.sync() and rec.last().full
+    assert proxier.sync_proxy_rules() and rec.last().full
     text = listing(netns, mode)
     assert (
         ("10.96.0.10 . tcp . 80" in text)
@@ -121,10 +121,10 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
         else ("-A KUBE-SERVICES -d 10.96.0.10/32" in text)
     )
     clock.now += 1
-    assert proxier.sync() and not rec.last().full  # our own commits are not drift
+    assert proxier.sync_proxy_rules() and not rec.last().full  # our own commits are not drift
 
     clock.now += 3601
-    assert proxier.sync() and rec.last().full  # hourly, as upstream
+    assert proxier.sync_proxy_rules() and rec.last().full  # hourly, as upstream
     assert rec.failures == []
 
 
@@ -140,14 +140,14 @@ def test_legacy_iptables_canary_brings_a_full_sync(
     state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80)]))
     sl = m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")])
     state.handle("EndpointSlice", "ADDED", sl)
-    assert proxier.sync() and rec.last().full
+    assert proxier.sync_proxy_rules() and rec.last().full
     text = listing(netns, ProxyMode.IPTABLES, "legacy")
     assert text.count(f"-A {CANARY_CHAIN} -j RETURN") == 3  # mangle, filter and nat
     served = "-A KUBE-SERVICES -d 10.96.0.10/32"
     assert served in text
     for _ in range(2):  # a sync period with the canaries standing: incremental
         clock.now += 20
-        assert proxier.sync() and not rec.last().full
+        assert proxier.sync_proxy_rules() and not rec.last().full
 
     def ipt(*args: str) -> None:
         subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", *args], check=True)
@@ -156,16 +156,16 @@ def test_legacy_iptables_canary_brings_a_full_sync(
         ipt(*damage)
         assert served not in listing(netns, ProxyMode.IPTABLES, "legacy") or damage[1] == "filter"
         clock.now += 31
-        assert proxier.sync() and rec.last().full, damage
+        assert proxier.sync_proxy_rules() and rec.last().full, damage
         assert served in listing(netns, ProxyMode.IPTABLES, "legacy")
     ipt("-t", "mangle", "-F", CANARY_CHAIN)
     ipt("-t", "mangle", "-X", CANARY_CHAIN)
     clock.now += 31
-    assert proxier.sync() and rec.last().full
+    assert proxier.sync_proxy_rules() and rec.last().full
     text = listing(netns, ProxyMode.IPTABLES, "legacy")
     assert served in text and f":{CANARY_CHAIN} - " in text
     clock.now += 31
-    assert proxier.sync() and not rec.last().full
+    assert proxier.sync_proxy_rules() and not rec.last().full
 
     assert IptablesKernel(Runner(netns)).cleanup()
     text = listing(netns, ProxyMode.IPTABLES, "legacy")
@@ -185,7 +185,7 @@ def test_large_cluster_rules_read_back_and_skip_the_hourly_full_sync(
     proxier, state, rec, clock = legacy_proxier(netns, monkeypatch, "10.128.0.0/9")
     for obj in m.synthetic_cluster(101, 10):
         state.handle(obj["kind"], "ADDED", obj)
-    assert proxier.sync() and rec.last().full
+    assert proxier.sync_proxy_rules() and rec.last().full
     last = proxier.last_plan
     assert last is not None and ipt.large_cluster(last)
 
@@ -201,11 +201,11 @@ def test_large_cluster_rules_read_back_and_skip_the_hourly_full_sync(
     assert len(seps) == 2 * 1010 and not any("comment" in r for r in seps)
 
     clock.now += 3601
-    assert proxier.sync() and not rec.last().full  # no hourly full sync
+    assert proxier.sync_proxy_rules() and not rec.last().full  # no hourly full sync
     subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", "-t", "nat", "-F"],
                    check=True)  # fmt: skip
     clock.now += 31
-    assert proxier.sync() and rec.last().full  # drift still brings one
+    assert proxier.sync_proxy_rules() and rec.last().full  # drift still brings one
     assert rec.failures == []
 
 
@@ -227,7 +227,7 @@ state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80, node
                                           type="NodePort"))
 state.handle("EndpointSlice", "ADDED", m.endpoint_slice(
     "web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")]))
-print(json.dumps([proxier.sync(), proxier.sync(), proxier.config.localhost_nodeports]))
+print(json.dumps([proxier.sync_proxy_rules(), proxier.sync_proxy_rules(), proxier.config.localhost_nodeports]))
 """
 
 

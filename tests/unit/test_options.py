@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from proxy.agent import options as o
-from proxy.agent.options import AgentOptions, parse_go_duration, parse_run_args
+from proxy.agent.options.configfile import CONFIG_API_VERSION, CONFIG_KIND
+from proxy.agent.options.docs import reference_tables_markdown
+from proxy.agent.options.envrefs import expand_env_references
+from proxy.agent.options.fields import IGNORED_FIELDS, SUPPORTED_FIELDS
+from proxy.agent.options.flags import IGNORED_FLAGS, REJECTED_FLAGS, SUPPORTED_FLAGS
+from proxy.agent.options.govalues import parse_go_duration
+from proxy.agent.options.parse import add_run_arguments, parse_run_args
+from proxy.agent.options.settings import AgentOptions
 from proxy.config import ConfigError, NodePortAddresses, ProxyMode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -514,7 +520,7 @@ def test_empty_host_name_without_override_is_an_error(monkeypatch: pytest.Monkey
 
 def test_expand_env_references_like_the_kubelet() -> None:
     args = ["--hostname-override=$(NODE_NAME)", "$(UNSET)", "$$(NODE_NAME)", "a$$b", "$(", "$x"]
-    assert o.expand_env_references(args, {"NODE_NAME": "n1"}) == [
+    assert expand_env_references(args, {"NODE_NAME": "n1"}) == [
         "--hostname-override=n1",
         "$(UNSET)",
         "$(NODE_NAME)",
@@ -588,8 +594,8 @@ def test_tuned_upstream_config_warns_for_each_unsupported_field(tmp_path: Path) 
 
 def test_json_config_file(tmp_path: Path) -> None:
     doc = {
-        "apiVersion": o.CONFIG_API_VERSION,
-        "kind": o.CONFIG_KIND,
+        "apiVersion": CONFIG_API_VERSION,
+        "kind": CONFIG_KIND,
         "mode": "nftables",
         "clusterCIDR": "10.244.0.0/16",
         "nftables": {"syncPeriod": "1m", "minSyncPeriod": "2s", "masqueradeAll": True},
@@ -838,22 +844,22 @@ def test_deprecated_port_flags_are_ignored_with_config(tmp_path: Path) -> None:
 
 def _registered_option_strings() -> set[str]:
     parser = argparse.ArgumentParser(add_help=False)
-    o.add_run_arguments(parser)
+    add_run_arguments(parser)
     return {s for action in parser._actions for s in action.option_strings}
 
 
 def test_parser_registers_exactly_the_tables_flags() -> None:
-    tables = (*o.SUPPORTED_FLAGS, *o.IGNORED_FLAGS, *o.REJECTED_FLAGS)
+    tables = (*SUPPORTED_FLAGS, *IGNORED_FLAGS, *REJECTED_FLAGS)
     expected = {s for spec in tables for s in spec.option_strings} | {"--version"}
     assert _registered_option_strings() == expected
 
 
 def test_tables_have_no_duplicates_and_ignored_defaults_parse() -> None:
-    flags = [s.name for s in (*o.SUPPORTED_FLAGS, *o.IGNORED_FLAGS, *o.REJECTED_FLAGS)]
-    fields = [f.path for f in (*o.SUPPORTED_FIELDS, *o.IGNORED_FIELDS)]
+    flags = [s.name for s in (*SUPPORTED_FLAGS, *IGNORED_FLAGS, *REJECTED_FLAGS)]
+    fields = [f.path for f in (*SUPPORTED_FIELDS, *IGNORED_FIELDS)]
     assert len(flags) == len(set(flags))
     assert len(fields) == len(set(fields))
-    for spec in o.IGNORED_FLAGS:
+    for spec in IGNORED_FLAGS:
         assert parse(*(f"{spec.name}={d}" for d in spec.defaults)).warnings == (), spec.name
 
 
@@ -870,7 +876,7 @@ def test_deploy_doc_tables_match_the_code() -> None:
     doc = (ROOT / "docs" / "deploy.md").read_text()
     begin, end = "<!-- BEGIN reference tables", "<!-- END reference tables -->"
     section = doc.split(begin, 1)[1].split("\n", 1)[1].split(end, 1)[0]
-    assert section == o.reference_tables_markdown(), (
+    assert section == reference_tables_markdown(), (
         "docs/deploy.md is out of date: replace the generated section with the output of "
-        "`python -m proxy.agent.options`"
+        "`python -m proxy.agent.options.docs`"
     )

@@ -92,14 +92,14 @@ def test_queued_change_not_synced_within_the_timeout_is_unhealthy() -> None:
     assert health.healthy()
     clock.now += 0.001
     assert not health.healthy()
-    health.synced()
+    health.updated()
     assert health.healthy()
 
 
 def test_a_synced_proxy_without_pending_changes_stays_healthy_forever() -> None:
     clock = FakeClock()
     health = ProxyHealth(TIMEOUT, clock=clock)
-    health.synced()
+    health.updated()
     clock.now += 100 * TIMEOUT
     assert health.healthy()
 
@@ -107,8 +107,8 @@ def test_a_synced_proxy_without_pending_changes_stays_healthy_forever() -> None:
 def test_families_are_judged_separately_and_all_must_be_healthy() -> None:
     clock = FakeClock()
     health = ProxyHealth(TIMEOUT, clock=clock)
-    health.synced(family="IPv4")
-    health.synced(family="IPv6")
+    health.updated(family="IPv4")
+    health.updated(family="IPv6")
     health.queued_update(family="IPv6")
     clock.now += TIMEOUT
     report = health.report()
@@ -161,7 +161,7 @@ def healthz() -> Iterator[tuple[HealthServer, ProxyHealth, FakeClock, ProxyMetri
 
 def test_healthz_and_livez_bodies_and_headers_when_healthy(healthz: Any) -> None:
     server, health, clock, _ = healthz
-    health.synced(now=clock.now - 5)
+    health.updated(now=clock.now - 5)
     status, headers, body = get(server.address, "/healthz")
     assert status == 200
     assert headers["Content-Type"] == "application/json"
@@ -199,7 +199,7 @@ def test_before_any_sync_the_body_has_no_status_and_zero_time(healthz: Any) -> N
 
 def test_late_sync_makes_both_endpoints_503(healthz: Any) -> None:
     server, health, clock, metrics = healthz
-    health.synced()
+    health.updated()
     synced_at = clock.now
     clock.now += 1
     health.queued_update()
@@ -210,7 +210,7 @@ def test_late_sync_makes_both_endpoints_503(healthz: Any) -> None:
         assert status == 503, path
         assert doc["healthy"] is False and doc["lastUpdated"] == go_time(synced_at)
         assert doc["status"]["IPv4"]["healthy"] is False
-    health.synced()
+    health.updated()
     assert get(server.address, "/healthz")[0] == 200
     text = metrics.render().decode()
     assert 'kubeproxy_proxy_healthz_total{code="503"} 1.0' in text
@@ -220,7 +220,7 @@ def test_late_sync_makes_both_endpoints_503(healthz: Any) -> None:
 
 def test_node_being_deleted_fails_healthz_but_not_livez(healthz: Any) -> None:
     server, health, clock, _ = healthz
-    health.synced(now=clock.now - 5)
+    health.updated(now=clock.now - 5)
     health.set_node_eligible(False)
     status, _, body = get(server.address, "/healthz")
     doc = json.loads(body)
@@ -304,7 +304,7 @@ def test_metrics_server_serves_metrics_healthz_and_proxy_mode() -> None:
 def hc() -> Iterator[tuple[HealthCheckNodePorts, ProxyHealth, FakeClock]]:
     clock = FakeClock()
     health = ProxyHealth(TIMEOUT, clock=clock)
-    health.synced()
+    health.updated()
     ports = HealthCheckNodePorts(health, addresses=("127.0.0.1",))
     try:
         yield ports, health, clock
@@ -353,7 +353,7 @@ def test_unhealthy_proxy_answers_503_even_with_local_endpoints(hc: Any) -> None:
         "serviceProxyHealthy": False,
     }
     # node eligibility is not part of the service health check (upstream)
-    health.synced()
+    health.updated()
     health.set_node_eligible(False)
     assert get(("127.0.0.1", p))[0] == 200
 

@@ -127,7 +127,7 @@ def _no_loop_left_behind() -> Iterator[None]:
 def health() -> ProxyHealth:
     clock = FakeClock()
     h = ProxyHealth(TIMEOUT, clock=clock)
-    h.synced()
+    h.updated()
     return h
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from proxy.sync import BoundedFrequencyRunner
+from proxy.agent.boundedfrequency import BoundedFrequencyRunner
 
 
 class Clock:
