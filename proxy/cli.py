@@ -12,11 +12,11 @@ from typing import Any
 
 from proxy import __version__
 from proxy import apivalidation as av
-from proxy.backends import iptables as ipt_render
-from proxy.backends import nftables as nft_render
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
+from proxy.iptables import render as ipt_render
 from proxy.kernel.runner import KernelError
 from proxy.model import IPAddress, IPFamily
+from proxy.nftables import render as nft_render
 from proxy.plan import Plan, plan
 from proxy.source.file import LoadedState, StateFileError, load_state
 
@@ -380,10 +380,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from proxy.iptables.kernel import IptablesKernel
     from proxy.kernel.cleanup import other_modes, remove_rules
-    from proxy.kernel.iptables import IptablesKernel
-    from proxy.kernel.nftables import NftKernel
     from proxy.kernel.runner import Runner
+    from proxy.nftables.kernel import NftKernel
 
     state = _load(args)
     p = _plan_for(args, state, from_kernel=True)

@@ -19,16 +19,16 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from proxy.agent.state import ClusterState
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt
+from proxy.iptables.kernel import CANARY_TABLES, IptablesKernel, RouteLocalnetError
 from proxy.kernel.addresses import local_addresses
 from proxy.kernel.cleanup import other_modes, remove_rules
 from proxy.kernel.generation import GenerationReader
-from proxy.kernel.iptables import CANARY_TABLES, IptablesKernel, RouteLocalnetError
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
+from proxy.nftables import render as nft
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import Plan, plan
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from proxy.kernel.iptables import VARIANT_ENV
+from proxy.iptables.kernel import VARIANT_ENV
 
 VARIANTS = ("legacy", "nft")
 DEFAULT = "legacy"

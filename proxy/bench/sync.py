@@ -42,16 +42,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from proxy import manifests
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
-from proxy.backends.nftables import NftTransaction
 from proxy.bench import iptvariant, machine, synthetic
 from proxy.bench.memory import measure_in_subprocess
 from proxy.bench.stats import ratio
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.iptables import render as ipt
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
+from proxy.nftables import render as nft
+from proxy.nftables.kernel import NftKernel
+from proxy.nftables.render import NftTransaction
 from proxy.plan import Plan, plan
 
 T = TypeVar("T")

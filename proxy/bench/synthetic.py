@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import manifests
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode, parse_cidrs
+from proxy.iptables import render as ipt
+from proxy.nftables import render as nft
 from proxy.plan import Plan, plan
 from proxy.source.file import LoadedState, build_state
 

@@ -19,15 +19,15 @@ from typing import Any
 
 from proxy import manifests as m
 from proxy import naming
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.demo.present import Presenter
 from proxy.harness import Outcome, Topology, default_spec
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.iptables import render as ipt
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
 from proxy.model import Protocol
+from proxy.nftables import render as nft
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
 from proxy.source.file import build_state
 

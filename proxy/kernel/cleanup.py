@@ -11,10 +11,10 @@ import logging
 from collections.abc import Iterable
 
 from proxy.config import ProxyMode
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
 from proxy.model import IPFamily
+from proxy.nftables.kernel import NftKernel
 
 log = logging.getLogger(__name__)
 

@@ -57,10 +57,10 @@ from typing import Any, cast
 from proxy import cli, logs
 from proxy.agent.options import parse_run_args
 from proxy.agent.state import Changes, ClusterState
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ConfigError, ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt
 from proxy.model import IPFamily, Problem
+from proxy.nftables import render as nft
 from proxy.plan import Plan, Snapshot, plan
 from proxy.source.api import (
     ApiClient,

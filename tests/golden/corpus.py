@@ -169,8 +169,8 @@ def _render(path: Path, mode: str, extra: tuple[str, ...], node: str) -> bytes:
 
 def _v6_render(data: bytes, mode: str) -> bytes:
     """The IPv6 rules (the agent renders them; `render` prints IPv4 only)."""
-    from proxy.backends import iptables as ipt
-    from proxy.backends import nftables as nft
+    from proxy.iptables import render as ipt
+    from proxy.nftables import render as nft
     from proxy.plan import plan
 
     state = build_state(json.loads(data)["items"], "node-a")
@@ -225,8 +225,8 @@ def _changed_keys(a: Snapshot, b: Snapshot) -> set[tuple[str, str]]:
 def _delta(seed: int, mode: str) -> bytes:
     """What the agent writes for the change ``generated(seed)`` → ``_changed(seed)``: an
     incremental plan and cached render, then the nft transaction / iptables partial restore."""
-    from proxy.backends import iptables as ipt
-    from proxy.backends import nftables as nft
+    from proxy.iptables import render as ipt
+    from proxy.nftables import render as nft
     from proxy.plan import plan
 
     cfg = ProxyConfig(node_name="node-a", mode=ProxyMode(mode))

@@ -160,8 +160,8 @@ def test_apply_skips_invalid_objects_and_programs_the_rest(
 
 def test_iptables_rules_read_back_as_rendered(netns: str) -> None:
     """What iptables-save prints is rule for rule what we rendered (modulo number formats)."""
-    from proxy.backends import iptables as ipt
     from proxy.config import ProxyConfig, parse_cidrs
+    from proxy.iptables import render as ipt
     from proxy.plan import plan
     from proxy.source.file import load_state
 
@@ -184,7 +184,7 @@ def test_iptables_rules_read_back_as_rendered(netns: str) -> None:
 
 def test_legacy_backend_is_detected_and_used(netns: str) -> None:
     """A host whose kubelet left its hint chain in legacy iptables gets legacy rules."""
-    from proxy.kernel.iptables import detect_variant
+    from proxy.iptables.kernel import detect_variant
     from proxy.kernel.runner import Runner
 
     runner = Runner(netns)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.iptables import IptablesKernel
+from proxy.iptables import render as ipt
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.plan import plan
 from proxy.source.file import build_state

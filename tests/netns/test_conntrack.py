@@ -33,17 +33,17 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, FlowEntry, UdpTarget, udp_targets
 from proxy.harness import Outcome, Topology, default_spec
+from proxy.iptables import render as ipt
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel import ctnetlink as ct
 from proxy.kernel.addresses import local_addresses
-from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nfnetlink import NLM_F_CREATE, attr, be32, nest
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
+from proxy.nftables import render as nft
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import Plan, plan
 from proxy.source.file import build_state
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.iptables import render as ipt
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
+from proxy.nftables import render as nft
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.conftest import netns_pair

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel import iptables as kernel_ipt
-from proxy.kernel.iptables import IptablesKernel
+from proxy.iptables import kernel as kernel_ipt
+from proxy.iptables import render as ipt
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.plan import plan
 from proxy.source.file import build_state

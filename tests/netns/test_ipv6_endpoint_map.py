@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
 from proxy.model import IPFamily
+from proxy.nftables import render as nft
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.conftest import netns_pair

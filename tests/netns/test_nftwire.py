@@ -1,7 +1,7 @@
 """Transactions sent as netlink messages leave the kernel exactly as ``nft -f`` does.
 
 Each test applies the same transaction twice, through nft in one namespace and through
-:mod:`proxy.kernel.nftwire` in another, then compares the kernel's own dumps (rule
+:mod:`proxy.nftables.wire` in another, then compares the kernel's own dumps (rule
 expressions and element attributes byte for byte, comments included) and nft's listing.
 """
 
@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from proxy.backends import nftables as nft
-from proxy.backends.nftables import NftElement, NftOp, NftTransaction
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.kernel import nfnetlink as nl
-from proxy.kernel import nftwire
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
+from proxy.nftables import render as nft
+from proxy.nftables import wire as nftwire
+from proxy.nftables.kernel import NftKernel
+from proxy.nftables.render import NftElement, NftOp, NftTransaction
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.conftest import netns_pair

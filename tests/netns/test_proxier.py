@@ -16,7 +16,7 @@ from proxy import manifests as m
 from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.iptables import CANARY_CHAIN, VARIANT_ENV, IptablesKernel
+from proxy.iptables.kernel import CANARY_CHAIN, VARIANT_ENV, IptablesKernel
 from proxy.kernel.runner import Runner
 
 pytestmark = pytest.mark.netns
@@ -180,7 +180,7 @@ def test_large_cluster_rules_read_back_and_skip_the_hourly_full_sync(
     exactly as rendered, and, as upstream, only drift (not the hour) brings a full sync."""
     import re
 
-    from proxy.backends import iptables as ipt
+    from proxy.iptables import render as ipt
 
     proxier, state, rec, clock = legacy_proxier(netns, monkeypatch, "10.128.0.0/9")
     for obj in m.synthetic_cluster(101, 10):

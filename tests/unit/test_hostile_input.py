@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt
 from proxy.model import parse_endpoint_slice, parse_service
+from proxy.nftables import render as nft
 from proxy.plan import plan
 from proxy.source.file import build_state
 

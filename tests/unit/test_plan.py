@@ -325,7 +325,7 @@ def _endpoint_change(objs: list[dict[str, Any]], name: str) -> list[dict[str, An
 
 
 def test_an_endpoint_change_replans_only_its_service_in_place() -> None:
-    from proxy.backends import nftables as nft
+    from proxy.nftables import render as nft
 
     skipped = m.service("odd", "None", [m.Port(80, "http")], namespace="bench")
     objs = [*m.synthetic_cluster(40, 3), skipped]

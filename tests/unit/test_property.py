@@ -6,9 +6,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt
+from proxy.nftables import render as nft
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.strategies import cluster_states, corrupted

@@ -7,8 +7,8 @@ import pytest
 
 from proxy import manifests as m
 from proxy import naming
-from proxy.backends import iptables as ipt
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt
 from tests.unit.test_plan import NODE, make_plan, web, web_slice
 
 TWO = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))

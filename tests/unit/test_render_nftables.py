@@ -6,9 +6,9 @@ import pytest
 
 from proxy import manifests as m
 from proxy import naming
-from proxy.backends import endpointmaps
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.nftables import endpointmaps
+from proxy.nftables import render as nft
 from tests.unit.test_plan import NODE, make_plan, web, web_slice
 
 TWO = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))

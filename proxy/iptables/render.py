@@ -17,8 +17,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from proxy import naming
-from proxy.backends import comments
+from proxy import comments, naming
 from proxy.model import IPFamily
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
 

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from proxy.backends.iptables import (
+from proxy.iptables.render import (
     KUBE_PROXY_CANARY,
     ExistingIptables,
     IptablesRuleset,

@@ -1,6 +1,6 @@
 """nftables apply layer: transactions on our table only. Full syncs run ``nft -f``;
 incremental ones go to nf_tables as netlink messages when every statement is covered
-(:mod:`proxy.kernel.nftwire`: nft itself would first load every chain in the
+(:mod:`proxy.nftables.wire`: nft itself would first load every chain in the
 namespace), else through ``nft -f`` too. What the table holds is read over netlink."""
 
 from __future__ import annotations
@@ -9,7 +9,11 @@ import errno
 import logging
 from dataclasses import dataclass, field
 
-from proxy.backends.nftables import (
+from proxy.kernel import nfnetlink as nl
+from proxy.kernel.runner import KernelError, Runner
+from proxy.model import IPFamily
+from proxy.nftables import wire as nftwire
+from proxy.nftables.render import (
     TABLE,
     BaseHook,
     ExistingNft,
@@ -19,10 +23,6 @@ from proxy.backends.nftables import (
     full_sync_lines,
     full_sync_text,
 )
-from proxy.kernel import nfnetlink as nl
-from proxy.kernel import nftwire
-from proxy.kernel.runner import KernelError, Runner
-from proxy.model import IPFamily
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
-from proxy.backends.nftables import TABLE, NftElement, NftOp, NftTransaction, safe_comment
 from proxy.kernel.nfnetlink import (
     NFPROTO_IPV4,
     NFPROTO_IPV6,
@@ -52,6 +51,7 @@ from proxy.kernel.nfnetlink import (
     strz,
 )
 from proxy.model import IPFamily
+from proxy.nftables.render import TABLE, NftElement, NftOp, NftTransaction, safe_comment
 
 
 class Unsupported(ValueError):

@@ -5,7 +5,7 @@ hook prerouting/input/forward/output/postrouting; ``services`` dispatches throug
 ``service-ips`` verdict map keyed ``daddr . l4proto . dport`` and the
 ``service-nodeports`` map keyed ``l4proto . dport``; per service port ``service-*`` /
 ``local-*`` chains DNAT through ``numgen random mod n offset b`` into a shared endpoint
-map (:mod:`proxy.backends.endpointmaps`; ``endpoint-*`` chains only with session
+map (:mod:`proxy.nftables.endpointmaps`; ``endpoint-*`` chains only with session
 affinity);
 ``no-endpoint-*`` maps reject or drop; ``cluster-ips-check`` rejects new traffic to a
 ClusterIP on a port no service uses.
@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from proxy import naming
-from proxy.backends import comments, endpointmaps
-from proxy.backends.endpointmaps import Slot
+from proxy import comments, naming
 from proxy.model import IPFamily, Protocol
+from proxy.nftables import endpointmaps
+from proxy.nftables.endpointmaps import Slot
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
 
 PortKey = tuple[str, str, str, Protocol]
@@ -855,7 +855,7 @@ def _balance(
 ) -> None:
     """Pick an endpoint: the client's affinity entry first if configured (per-endpoint
     chains refresh it), else a uniform random choice per new connection: ``numgen``
-    into the chain's keys of an endpoint map (see :mod:`proxy.backends.endpointmaps`)."""
+    into the chain's keys of an endpoint map (see :mod:`proxy.nftables.endpointmaps`)."""
     ipx = _ipx(sp.family)
     proto = sp.protocol.lowercase
     picks = cascade(len(endpoints))
