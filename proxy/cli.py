@@ -14,8 +14,10 @@ from proxy import __version__
 from proxy import apivalidation as av
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
 from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
 from proxy.kernel.runner import KernelError
 from proxy.model import IPAddress, IPFamily
+from proxy.nftables import diff as nft_diff
 from proxy.nftables import render as nft_render
 from proxy.plan import Plan, plan
 from proxy.source.file import LoadedState, StateFileError, load_state
@@ -372,9 +374,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     state = _load(args)
     p = _plan_for(args, state, from_kernel=False)
     if p.mode is ProxyMode.IPTABLES:
-        body = ipt_render.restore_text(ipt_render.render(p))
+        body = ipt_restore.restore_text(ipt_render.render(p))
     else:
-        body = nft_render.full_sync_text(nft_render.render(p))
+        body = nft_diff.full_sync_text(nft_render.render(p))
     sys.stdout.write(_header(p) + body)
     return EXIT_INVALID if args.strict and state.problems else EXIT_OK
 

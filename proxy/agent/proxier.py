@@ -20,20 +20,24 @@ from typing import Protocol, TypeVar
 
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.iptables import render as ipt
+from proxy.iptables import model as ipt_model
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
 from proxy.iptables.kernel import CANARY_TABLES, IptablesKernel, RouteLocalnetError
 from proxy.kernel.addresses import local_addresses
 from proxy.kernel.cleanup import other_modes, remove_rules
 from proxy.kernel.generation import GenerationReader
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
-from proxy.nftables import render as nft
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import model as nft_model
+from proxy.nftables import render as nft_render
 from proxy.nftables.kernel import NftKernel
 from proxy.plan import Plan, plan
 
 log = logging.getLogger(__name__)
-R = TypeVar("R", ipt.IptablesRuleset, nft.NftRuleset)
-D = TypeVar("D", ipt.PartialRestore, nft.NftTransaction)
+R = TypeVar("R", ipt_model.IptablesRuleset, nft_model.NftRuleset)
+D = TypeVar("D", ipt_restore.PartialRestore, nft_model.NftTransaction)
 
 CANARY_BUDGET = 60.0
 """Legacy canary checks take at most 1/60 of the time: a table whose listing took t
@@ -82,7 +86,7 @@ class Proxier:
             if self.config.mode is ProxyMode.IPTABLES
             else NftKernel(self.runner, self.family)
         )
-        self._last_ruleset: ipt.IptablesRuleset | nft.NftRuleset | None = None
+        self._last_ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset | None = None
         self._last_plan: Plan | None = None
         self._last_full: float | None = None
         self._need_full = True
@@ -90,8 +94,8 @@ class Proxier:
         self._generations = GenerationReader(self.runner.netns)
         self._canary_due: dict[str, float] = {}
         self._canary: dict[str, bool] = {}
-        self._ipt_cache = ipt.RenderCache()
-        self._nft_cache = nft.RenderCache()
+        self._ipt_cache = ipt_render.RenderCache()
+        self._nft_cache = nft_render.RenderCache()
         self.syncs = 0
 
     def _generation(self) -> int | None:
@@ -122,7 +126,7 @@ class Proxier:
             generation is not None
             and isinstance(self._kernel, IptablesKernel)
             and self._last_plan is not None
-            and ipt.large_cluster(self._last_plan)
+            and ipt_render.large_cluster(self._last_plan)
         )
 
     @property
@@ -197,15 +201,15 @@ class Proxier:
         mode = self.config.mode
         try:
             if isinstance(self._kernel, IptablesKernel):
-                rendered = ipt.render(p, self._ipt_cache)
+                rendered = ipt_render.render(p, self._ipt_cache)
                 changed = self._write(
-                    rendered, full, self._kernel.sync, ipt.partial_restore,
+                    rendered, full, self._kernel.sync, ipt_restore.partial_restore,
                     self._kernel.apply_partial,
                 )  # fmt: skip
             else:
                 changed = self._write(
-                    nft.render(p, self._nft_cache), full, self._kernel.sync, nft.incremental,
-                    self._kernel.apply_transaction,
+                    nft_render.render(p, self._nft_cache), full, self._kernel.sync,
+                    nft_diff.incremental, self._kernel.apply_transaction,
                 )  # fmt: skip
         except RouteLocalnetError as exc:
             # One feature must not stop every Service: without the sysctl, program the

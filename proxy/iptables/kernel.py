@@ -15,15 +15,10 @@ import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from proxy.iptables.render import (
-    KUBE_PROXY_CANARY,
-    ExistingIptables,
-    IptablesRuleset,
-    PartialRestore,
-    cleanup_text,
-    parse_save,
-    restore_pieces,
-)
+from proxy.iptables.model import ExistingIptables, IptablesRuleset
+from proxy.iptables.names import KUBE_PROXY_CANARY
+from proxy.iptables.restore import PartialRestore, cleanup_text, restore_pieces
+from proxy.iptables.save import parse_save
 from proxy.kernel.runner import KernelError, Runner, Started
 from proxy.model import IPFamily
 

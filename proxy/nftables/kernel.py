@@ -13,16 +13,9 @@ from proxy.kernel import nfnetlink as nl
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
 from proxy.nftables import wire as nftwire
-from proxy.nftables.render import (
-    TABLE,
-    BaseHook,
-    ExistingNft,
-    NftRuleset,
-    NftTransaction,
-    cleanup_text,
-    full_sync_lines,
-    full_sync_text,
-)
+from proxy.nftables.diff import cleanup_text, full_sync_lines, full_sync_text
+from proxy.nftables.model import BaseHook, ExistingNft, NftRuleset, NftTransaction
+from proxy.nftables.names import TABLE
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""nftables backend, pure part: a :class:`Plan` becomes one ``nft -f`` transaction.
+"""nftables mode's renderer (pure): a :class:`Plan` becomes our table (:class:`NftRuleset`).
 
 Layout (upstream kube-proxy's, table ``kube-proxy`` in family ``ip``/``ip6``): base chains
 hook prerouting/input/forward/output/postrouting; ``services`` dispatches through the
@@ -17,62 +17,49 @@ before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is wri
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 
-from proxy import comments, naming
-from proxy.model import IPFamily, Protocol
-from proxy.nftables import endpointmaps
+from proxy.model import IPFamily
+from proxy.nftables import endpointmaps, names
 from proxy.nftables.endpointmaps import Slot
+from proxy.nftables.model import (
+    BaseHook,
+    Fragment,
+    NftRuleset,
+    NftSet,
+    PortKey,
+    TableBuilder,
+    shared_keys,
+)
+from proxy.nftables.names import (
+    CLUSTER_IPS,
+    CLUSTER_IPS_CHECK,
+    DSTNAT,
+    FILTER_FORWARD,
+    FILTER_INPUT,
+    FILTER_OUTPUT,
+    FILTER_OUTPUT_PRE_DNAT,
+    FILTER_PREROUTING_PRE_DNAT,
+    FIREWALL_CHECK,
+    FIREWALL_IPS,
+    HAIRPIN_CONNECTIONS,
+    MASQUERADING,
+    NAT_OUTPUT,
+    NAT_POSTROUTING,
+    NAT_PREROUTING,
+    NO_ENDPOINT_NODEPORTS,
+    NO_ENDPOINT_SERVICES,
+    NODEPORT_ENDPOINTS_CHECK,
+    NODEPORT_IPS,
+    REJECT_CHAIN,
+    SERVICE_ENDPOINTS_CHECK,
+    SERVICE_IPS,
+    SERVICE_NODEPORTS,
+    SERVICES,
+    SRCNAT,
+)
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
-
-PortKey = tuple[str, str, str, Protocol]
-"""A service port: namespace, Service name, port name, protocol."""
-
-TABLE = "kube-proxy"
-TABLE_COMMENT = "rules for kube-proxy"
-
-# nft priority keywords as numbers (dstnat = -100, srcnat = 100)
-DSTNAT = -100
-SRCNAT = 100
-
-FILTER_PREROUTING_PRE_DNAT = "filter-prerouting-pre-dnat"
-FILTER_OUTPUT_PRE_DNAT = "filter-output-pre-dnat"
-FILTER_INPUT = "filter-input"
-FILTER_FORWARD = "filter-forward"
-FILTER_OUTPUT = "filter-output"
-NAT_PREROUTING = "nat-prerouting"
-NAT_OUTPUT = "nat-output"
-NAT_POSTROUTING = "nat-postrouting"
-
-SERVICES = "services"
-MASQUERADING = "masquerading"
-SERVICE_ENDPOINTS_CHECK = "service-endpoints-check"
-NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
-CLUSTER_IPS_CHECK = "cluster-ips-check"
-FIREWALL_CHECK = "firewall-check"
-REJECT_CHAIN = "reject-chain"
-
-SERVICE_IPS = "service-ips"
-SERVICE_NODEPORTS = "service-nodeports"
-NO_ENDPOINT_SERVICES = "no-endpoint-services"
-NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
-FIREWALL_IPS = "firewall-ips"
-CLUSTER_IPS = "cluster-ips"
-HAIRPIN_CONNECTIONS = "hairpin-connections"
-NODEPORT_IPS = "nodeport-ips"
-
-
-@dataclass(frozen=True)
-class BaseHook:
-    type: str
-    hook: str
-    priority: int
-
-    def spec(self) -> str:
-        return f"type {self.type} hook {self.hook} priority {self.priority}"
-
 
 FILTER = 0
 
@@ -93,241 +80,12 @@ BASE_CHAINS: Mapping[str, BaseHook] = {
 }
 
 
-@dataclass(frozen=True)
-class NftChain:
-    name: str
-    rules: tuple[str, ...] = ()
-    hook: BaseHook | None = None
-
-
-@dataclass(frozen=True)
-class NftElement:
-    key: str
-    value: str = ""
-    """Verdict for maps; empty for sets."""
-    comment: str = ""
-
-    def text(self) -> str:
-        out = self.key
-        if self.comment:
-            out += f' comment "{safe_comment(self.comment)}"'
-        if self.value:
-            out += f" : {self.value}"
-        return out
-
-
-@dataclass(frozen=True)
-class NftSet:
-    """A set or verdict map. ``dynamic`` sets (affinity) keep their elements across syncs."""
-
-    name: str
-    type: str
-    is_map: bool = False
-    elements: tuple[NftElement, ...] = ()
-    flags: tuple[str, ...] = ()
-    timeout: int | None = None
-    comment: str = ""
-    typeof: str = ""
-    """Declared by expressions (``typeof numgen random mod 1 : ip daddr . tcp dport``)
-    when no type name fits; ``type`` still names the key and data types."""
-
-    @property
-    def dynamic(self) -> bool:
-        return "dynamic" in self.flags
-
-    def spec(self) -> str:
-        parts = [f"typeof {self.typeof}" if self.typeof else f"type {self.type}"]
-        if self.flags:
-            parts.append("flags " + ",".join(self.flags))
-        if self.timeout is not None:
-            parts.append(f"timeout {self.timeout}s")
-        if self.comment:
-            parts.append(f'comment "{safe_comment(self.comment)}"')
-        return " ; ".join(parts) + " ;"
-
-
-@dataclass(frozen=True, eq=False)
-class NftRuleset:
-    """Our table: plan-wide chains and sets (``core``), one fragment per service port,
-    and the elements of the sets service ports share (counted: two ports of one Service
-    share its ClusterIP). ``chains`` and ``sets`` are the table merged, built on first
-    use: an incremental sync only compares fragments, by identity."""
-
-    family: IPFamily
-    core: _Fragment
-    fragments: Mapping[PortKey, _Fragment]
-    shared: Mapping[str, Mapping[str, int]]
-    serial: int = 0
-    """The serial of the plan it was rendered from."""
-    delta: tuple[int, frozenset[PortKey]] | None = None
-    """(serial of the plan behind the ruleset this one was derived from, the service
-    ports whose fragments may differ from that one's)."""
-
-    @cached_property
-    def _merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
-        return self.merged()
-
-    def merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
-        """Chains and sets of the whole table, built anew (``chains``/``sets`` keep theirs;
-        a full sync uses this so the agent does not hold a second copy of the table)."""
-        b = _Builder(self.family)
-        b.merge(self.core)
-        for frag in self.fragments.values():
-            b.merge(frag)
-        for set_name, counts in self.shared.items():
-            for key in counts:
-                b.element(set_name, key)
-        return b.build_parts()
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, NftRuleset):
-            return NotImplemented
-        return (self.family, self.chains, self._set_contents) == (
-            other.family,
-            other.chains,
-            other._set_contents,
-        )
-
-    @property
-    def _set_contents(self) -> dict[str, tuple[NftSet, frozenset[NftElement]]]:
-        """Sets compared as sets: element order is not part of the table."""
-        return {
-            n: (dataclasses.replace(s, elements=()), frozenset(s.elements))
-            for n, s in self.sets.items()
-        }
-
-    __hash__ = None  # type: ignore[assignment]
-
-    @property
-    def chains(self) -> Mapping[str, NftChain]:
-        return self._merged[0]
-
-    @property
-    def sets(self) -> Mapping[str, NftSet]:
-        return self._merged[1]
-
-    @property
-    def nft_family(self) -> str:
-        return "ip" if self.family is IPFamily.V4 else "ip6"
-
-    @property
-    def rule_count(self) -> int:
-        return sum(len(c.rules) for c in self.chains.values())
-
-    @property
-    def element_count(self) -> int:
-        return sum(len(s.elements) for s in self.sets.values())
-
-
-@dataclass(frozen=True)
-class ExistingNft:
-    """What our table holds now: names of chains and sets/maps, and set timeouts."""
-
-    table_exists: bool = False
-    chains: frozenset[str] = frozenset()
-    base_chains: Mapping[str, BaseHook] = field(default_factory=dict)
-    """Existing base chains' hooks (type, hook, priority)."""
-    sets: Mapping[str, int | None] = field(default_factory=dict)
-    """set name → timeout in seconds (None when it has none)."""
-    maps: frozenset[str] = frozenset()
-
-
-NFT_COMMENT_MAX = 128
-"""nft refuses a comment longer than this many characters, and with it the whole
-transaction (upstream had the same bug: kubernetes/kubernetes#139515)."""
-
-
-def safe_comment(text: str) -> str:
-    """``text`` fit for a double-quoted nft comment (:func:`comments.quotable`)."""
-    return comments.quotable(text, NFT_COMMENT_MAX)
-
-
 def _addr_type(family: IPFamily) -> str:
     return "ipv4_addr" if family is IPFamily.V4 else "ipv6_addr"
 
 
 def _ipx(family: IPFamily) -> str:
     return "ip" if family is IPFamily.V4 else "ip6"
-
-
-# ---------------------------------------------------------------------------------------
-# rendering
-
-
-class _Builder:
-    def __init__(self, family: IPFamily) -> None:
-        self.family = family
-        self.chains: dict[str, list[str] | tuple[str, ...]] = {}
-        self.hooks: dict[str, BaseHook] = {}
-        self.sets: dict[str, NftSet] = {}
-        self.elements: dict[str, list[NftElement]] = {}
-
-    def chain(self, name: str, hook: BaseHook | None = None) -> None:
-        self.chains.setdefault(name, [])
-        if hook is not None:
-            self.hooks[name] = hook
-
-    def rule(self, chain: str, rule: str, comment: str = "") -> None:
-        if comment:
-            rule += f' comment "{safe_comment(comment)}"'
-        rules = self.chains.setdefault(chain, [])
-        assert isinstance(rules, list), f"chain {chain} is from a cached fragment"
-        rules.append(rule)
-
-    def declare(self, s: NftSet) -> None:
-        self.sets.setdefault(s.name, s)
-        self.elements.setdefault(s.name, [])
-
-    def element(self, set_name: str, key: str, value: str = "", comment: str = "") -> None:
-        self.elements.setdefault(set_name, []).append(NftElement(key, value, comment))
-
-    def fragment(self) -> _Fragment:
-        """What this builder holds, frozen (a service port's share of the ruleset)."""
-        return _Fragment(
-            chains=tuple((n, tuple(r)) for n, r in self.chains.items()),
-            sets=tuple(self.sets.values()),
-            elements=tuple((n, tuple(e)) for n, e in self.elements.items() if e),
-            hooks=tuple(self.hooks.items()),
-        )
-
-    def merge(self, f: _Fragment) -> None:
-        for name, rules in f.chains:
-            self.chains[name] = rules
-        self.hooks.update(f.hooks)
-        for s in f.sets:
-            self.declare(s)
-        for set_name, elements in f.elements:
-            self.elements.setdefault(set_name, []).extend(elements)
-
-    def build_parts(self) -> tuple[dict[str, NftChain], dict[str, NftSet]]:
-        chains = {
-            n: NftChain(n, tuple(rules), self.hooks.get(n)) for n, rules in self.chains.items()
-        }
-        sets = {
-            n: NftSet(
-                s.name,
-                s.type,
-                s.is_map,
-                tuple(self.elements[n]),
-                s.flags,
-                s.timeout,
-                s.comment,
-                s.typeof,
-            )
-            for n, s in self.sets.items()
-        }
-        return chains, sets
-
-
-@dataclass(frozen=True)
-class _Fragment:
-    chains: tuple[tuple[str, tuple[str, ...]], ...]
-    sets: tuple[NftSet, ...]
-    elements: tuple[tuple[str, tuple[NftElement, ...]], ...]
-    hooks: tuple[tuple[str, BaseHook], ...] = ()
-    cluster_ip: str = ""
-    hairpins: tuple[str, ...] = ()
-    """Keys of its local endpoints in the hairpin-connections set."""
 
 
 Demands = dict[str, dict[str, tuple[int, PortKey]]]
@@ -337,7 +95,7 @@ Demands = dict[str, dict[str, tuple[int, PortKey]]]
 @dataclass(frozen=True)
 class _Rendered:
     serial: int
-    fragments: dict[PortKey, _Fragment]
+    fragments: dict[PortKey, Fragment]
     shared: dict[str, dict[str, int]]
     by_service: dict[tuple[str, str], tuple[tuple[PortKey, ServicePortPlan], ...]]
     demands: Demands
@@ -349,17 +107,8 @@ class _Rendered:
         return sorted(name for name, chains in self.demands.items() if chains)
 
 
-def _port_key(sp: ServicePortPlan) -> PortKey:
-    return (sp.namespace, sp.name, sp.port_name, sp.protocol)
-
-
-def _shared_keys(frag: _Fragment) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """The elements a fragment adds to sets that several service ports share."""
-    return ((CLUSTER_IPS, (frag.cluster_ip,)), (HAIRPIN_CONNECTIONS, frag.hairpins))
-
-
-def _count(shared: dict[str, dict[str, int]], frag: _Fragment, step: int) -> None:
-    for set_name, keys in _shared_keys(frag):
+def _count(shared: dict[str, dict[str, int]], frag: Fragment, step: int) -> None:
+    for set_name, keys in shared_keys(frag):
         counts = shared[set_name]
         for key in keys:
             n = counts.get(key, 0) + step
@@ -369,13 +118,17 @@ def _count(shared: dict[str, dict[str, int]], frag: _Fragment, step: int) -> Non
                 del counts[key]
 
 
+def _port_key(sp: ServicePortPlan) -> PortKey:
+    return (sp.namespace, sp.name, sp.port_name, sp.protocol)
+
+
 @dataclass
 class RenderCache:
     """Rendered fragments of service ports, reused while their plan objects are (the
     incremental planner hands back the very same objects for unchanged Services)."""
 
     params: object = None
-    fragments: dict[int, tuple[ServicePortPlan, _Fragment, tuple[Slot | None, ...]]] = field(
+    fragments: dict[int, tuple[ServicePortPlan, Fragment, tuple[Slot | None, ...]]] = field(
         default_factory=dict
     )
     last: _Rendered | None = None
@@ -383,12 +136,12 @@ class RenderCache:
 
     def fragment(
         self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None, slots: Mapping[str, Slot]
-    ) -> _Fragment:
+    ) -> Fragment:
         mine = tuple(slots.get(chain) for chain, _ in endpoint_map_chains(sp))
         hit = self.fragments.get(id(sp))
         if hit is not None and hit[0] is sp and hit[2] == mine:
             return hit[1]
-        b = _Builder(plan.family)
+        b = TableBuilder(plan.family)
         _render_port(plan, sp, b, local_cidr, slots)
         proto = sp.protocol.lowercase
         frag = dataclasses.replace(
@@ -421,7 +174,7 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
     fam = plan.family
     ipx = _ipx(fam)
     addr = _addr_type(fam)
-    b = _Builder(fam)
+    b = TableBuilder(fam)
     for name, hook in BASE_CHAINS.items():
         b.chain(name, hook)
     for name in (
@@ -586,7 +339,7 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
 
 
 def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rendered:
-    fragments: dict[PortKey, _Fragment] = {}
+    fragments: dict[PortKey, Fragment] = {}
     shared: dict[str, dict[str, int]] = {CLUSTER_IPS: {}, HAIRPIN_CONNECTIONS: {}}
     by_service: dict[tuple[str, str], list[tuple[PortKey, ServicePortPlan]]] = {}
     demands: Demands = {}
@@ -619,9 +372,9 @@ def endpoint_map_chains(sp: ServicePortPlan) -> list[tuple[str, int]]:
         return []
     out = []
     if sp.uses_cluster_chain and len(sp.cluster_endpoints) > 1:
-        out.append((naming.nft_service_chain(sp), len(sp.cluster_endpoints)))
+        out.append((names.service_chain(sp), len(sp.cluster_endpoints)))
     if sp.uses_local_chain and len(sp.local_endpoints) > 1:
-        out.append((naming.nft_local_chain(sp), len(sp.local_endpoints)))
+        out.append((names.local_chain(sp), len(sp.local_endpoints)))
     return out
 
 
@@ -724,7 +477,7 @@ def _verdict(f: Filter) -> str:
 def _render_port(
     plan: Plan,
     sp: ServicePortPlan,
-    b: _Builder,
+    b: TableBuilder,
     local_cidr: str | None,
     slots: Mapping[str, Slot],
 ) -> None:
@@ -732,10 +485,10 @@ def _render_port(
     ipx = _ipx(fam)
     proto = sp.protocol.lowercase
     spn = sp.service_port_name
-    cluster_chain = naming.nft_service_chain(sp)
-    local_chain = naming.nft_local_chain(sp)
-    ext = naming.nft_external_chain(sp)
-    fw = naming.nft_firewall_chain(sp)
+    cluster_chain = names.service_chain(sp)
+    local_chain = names.local_chain(sp)
+    ext = names.external_chain(sp)
+    fw = names.firewall_chain(sp)
     internal_chain = local_chain if sp.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if sp.external_policy_local else cluster_chain
 
@@ -751,10 +504,10 @@ def _render_port(
     # otherwise the policy chain DNATs through a map: far fewer chains at scale
     if sp.affinity_seconds is not None:
         for ep in sp.reachable_endpoints:
-            b.chain(naming.nft_endpoint_chain(sp, ep.address))
+            b.chain(names.endpoint_chain(sp, ep.address))
             b.declare(
                 NftSet(
-                    naming.nft_affinity_set(sp, ep.address),
+                    names.affinity_set(sp, ep.address),
                     _addr_type(fam),
                     flags=("dynamic", "timeout"),
                     timeout=sp.affinity_seconds,
@@ -831,8 +584,8 @@ def _render_port(
     # -- endpoint chains (session affinity only)
     if sp.affinity_seconds is not None:
         for ep in sp.reachable_endpoints:
-            chain = naming.nft_endpoint_chain(sp, ep.address)
-            b.rule(chain, f"update @{naming.nft_affinity_set(sp, ep.address)} {{ {ipx} saddr }}")
+            chain = names.endpoint_chain(sp, ep.address)
+            b.rule(chain, f"update @{names.affinity_set(sp, ep.address)} {{ {ipx} saddr }}")
             b.rule(chain, f"meta l4proto {proto} dnat to {ep.address}")
 
 
@@ -847,7 +600,7 @@ def cascade(n: int) -> list[str]:
 
 
 def _balance(
-    b: _Builder,
+    b: TableBuilder,
     sp: ServicePortPlan,
     chain: str,
     endpoints: tuple[EndpointCandidate, ...],
@@ -873,267 +626,11 @@ def _balance(
         for ep in endpoints:
             b.rule(
                 chain,
-                f"{ipx} saddr @{naming.nft_affinity_set(sp, ep.address)} "
-                f"goto {naming.nft_endpoint_chain(sp, ep.address)}",
+                f"{ipx} saddr @{names.affinity_set(sp, ep.address)} "
+                f"goto {names.endpoint_chain(sp, ep.address)}",
             )
         for pick, ep in zip(picks, endpoints, strict=True):
-            b.rule(chain, f"{pick}goto {naming.nft_endpoint_chain(sp, ep.address)}")
+            b.rule(chain, f"{pick}goto {names.endpoint_chain(sp, ep.address)}")
     else:
         for pick, ep in zip(picks, endpoints, strict=True):
             b.rule(chain, f"{pick}meta l4proto {proto} dnat to {ep.address}")
-
-
-# ---------------------------------------------------------------------------------------
-# transactions
-
-
-def full_sync_text(ruleset: NftRuleset, existing: ExistingNft | None = None) -> str:
-    """One ``nft -f`` transaction that makes our table exactly ``ruleset`` (the lines of
-    :func:`full_sync_lines`)."""
-    return "\n".join(full_sync_lines(ruleset, existing)) + "\n"
-
-
-def full_sync_lines(ruleset: NftRuleset, existing: ExistingNft | None = None) -> Iterator[str]:
-    """The lines of one ``nft -f`` transaction that makes our table exactly ``ruleset``,
-    produced as they are written (at 10,000 services the whole text is tens of MB).
-
-    Every chain and non-dynamic set/map is (re)declared, flushed and refilled; our chains,
-    sets and maps that the ruleset no longer has are deleted; dynamic (affinity) sets keep
-    their entries unless their timeout changed. Nothing outside our table is touched.
-    """
-    existing = existing or ExistingNft()
-    chains, sets = ruleset.merged()
-    fam = ruleset.nft_family
-    t = f"{fam} {TABLE}"
-    yield f'add table {t} {{ comment "{TABLE_COMMENT}" ; }}'
-    # A base chain whose hook or priority differs (an older layout, or upstream's) cannot
-    # be changed in place: delete it first (its rules go with it) and add it anew below.
-    for name, c in chains.items():
-        have = existing.base_chains.get(name)
-        regular_now = name in existing.chains and name not in existing.base_chains
-        if c.hook is not None and ((have is not None and have != c.hook) or regular_now):
-            yield f"delete chain {t} {name}"
-    recreate = [
-        s.name
-        for s in sets.values()
-        if s.dynamic and s.name in existing.sets and existing.sets[s.name] != s.timeout
-    ]
-    for c in chains.values():
-        if c.hook is not None:
-            yield f"add chain {t} {c.name} {{ {c.hook.spec()} ; }}"
-        else:
-            yield f"add chain {t} {c.name}"
-    for s in sets.values():
-        if s.name not in recreate:
-            yield f"add {'map' if s.is_map else 'set'} {t} {s.name} {{ {s.spec()} }}"
-    stale_chains = sorted(existing.chains - set(chains))
-    stale_sets = sorted(set(existing.sets) - set(sets))
-    stale_maps = sorted(existing.maps - set(sets))
-    for name in (*chains, *stale_chains):
-        yield f"flush chain {t} {name}"
-    for s in sets.values():
-        if not s.dynamic:
-            yield f"flush {'map' if s.is_map else 'set'} {t} {s.name}"
-    for name in stale_chains:
-        yield f"delete chain {t} {name}"
-    for name in (*stale_sets, *recreate):
-        yield f"delete set {t} {name}"
-    for name in stale_maps:
-        yield f"delete map {t} {name}"
-    for name in recreate:
-        s = sets[name]
-        yield f"add set {t} {s.name} {{ {s.spec()} }}"
-    for c in chains.values():
-        for r in c.rules:
-            yield f"add rule {t} {c.name} {r}"
-    for s in sets.values():
-        if s.elements and not s.dynamic:
-            body = ", ".join(e.text() for e in s.elements)
-            yield f"add element {t} {s.name} {{ {body} }}"
-
-
-def cleanup_text(family: IPFamily) -> str:
-    """Delete our whole table (and nothing else)."""
-    return f"delete table {'ip' if family is IPFamily.V4 else 'ip6'} {TABLE}\n"
-
-
-def _set_kind(s: NftSet) -> str:
-    return "map" if s.is_map else "set"
-
-
-@dataclass(frozen=True)
-class NftOp:
-    """One statement of an incremental transaction, kept structured so that the kernel
-    layer can send it as netlink messages; :meth:`text` is its nft spelling."""
-
-    verb: str
-    """``add``, ``delete`` or ``flush``."""
-    kind: str
-    """``chain``, ``rule``, ``set``, ``map`` or ``element``."""
-    name: str
-    """The chain, set or map."""
-    rule: str = ""
-    hook: BaseHook | None = None
-    spec: str = ""
-    """A new set's or map's declaration (:meth:`NftSet.spec`)."""
-    set_type: str = ""
-    """An element's set or map type (``ipv4_addr . inet_proto . inet_service``)."""
-    elements: tuple[NftElement, ...] = ()
-    """Elements added, or deleted (their keys)."""
-
-    def text(self, table: str) -> str:
-        head = f"{self.verb} {self.kind} {table} {self.name}"
-        if self.kind == "rule":
-            return f"{head} {self.rule}"
-        if self.kind == "element":
-            body = ", ".join(e.text() if self.verb == "add" else e.key for e in self.elements)
-            return f"{head} {{ {body} }}"
-        if self.verb == "add" and self.hook is not None:
-            return f"{head} {{ {self.hook.spec()} ; }}"
-        if self.verb == "add" and self.spec:
-            return f"{head} {{ {self.spec} }}"
-        return head
-
-
-@dataclass(frozen=True)
-class NftTransaction:
-    """The statements of one incremental transaction on one family's table."""
-
-    family: IPFamily
-    ops: tuple[NftOp, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.ops)
-
-    @property
-    def table(self) -> str:
-        return f"{'ip' if self.family is IPFamily.V4 else 'ip6'} {TABLE}"
-
-    def text(self) -> str:
-        """The ``nft -f`` script (empty when there is nothing to do)."""
-        t = self.table
-        return "".join(op.text(t) + "\n" for op in self.ops)
-
-
-def incremental_text(old: NftRuleset, new: NftRuleset) -> str:
-    """The nft script of :func:`incremental`."""
-    return incremental(old, new).text()
-
-
-def incremental(old: NftRuleset, new: NftRuleset) -> NftTransaction:
-    """One transaction turning the table from ``old`` (what we applied last) into ``new``,
-    touching only what changed (see :func:`diff`). Unchanged service ports share
-    their fragment objects between the two, so only the changed ones and the plan-wide
-    part are compared: the cost follows the change, not the number of services."""
-    if old.family is not new.family:
-        return diff(old, new)
-    changed: list[PortKey]
-    if new.delta is not None and old.serial and new.delta[0] == old.serial:
-        changed = [k for k in new.delta[1] if old.fragments.get(k) is not new.fragments.get(k)]
-    else:
-        changed = [k for k, f in new.fragments.items() if old.fragments.get(k) is not f]
-        changed.extend(k for k in old.fragments if k not in new.fragments)
-    if not changed and old.core is new.core and old.shared == new.shared:
-        return NftTransaction(new.family)
-    touched: dict[str, dict[str, None]] = {name: {} for name in new.shared}
-    for k in changed:
-        for frag in (old.fragments.get(k), new.fragments.get(k)):
-            if frag is not None:
-                for set_name, keys in _shared_keys(frag):
-                    touched[set_name].update(dict.fromkeys(keys))
-
-    # of the (hundreds of) endpoint maps, only those the change touches or adds/removes
-    def maps(rs: NftRuleset) -> set[str]:
-        return {st.name for st in rs.core.sets if endpointmaps.is_map_name(st.name)}
-
-    used = maps(old) ^ maps(new)
-    for k in changed:
-        for frag in (old.fragments.get(k), new.fragments.get(k)):
-            if frag is not None:
-                used.update(name for name, _ in frag.elements)
-
-    def part(rs: NftRuleset) -> NftRuleset:
-        frags = {k: f for k in changed if (f := rs.fragments.get(k)) is not None}
-        shared = {
-            name: {key: 1 for key in touched.get(name, ()) if counts.get(key)}
-            for name, counts in rs.shared.items()
-        }
-        sets = tuple(
-            st for st in rs.core.sets if st.name in used or not endpointmaps.is_map_name(st.name)
-        )
-        return NftRuleset(rs.family, dataclasses.replace(rs.core, sets=sets), frags, shared)
-
-    return diff(part(old), part(new))
-
-
-def diff_text(old: NftRuleset, new: NftRuleset) -> str:
-    """The nft script of :func:`diff`."""
-    return diff(old, new).text()
-
-
-def diff(old: NftRuleset, new: NftRuleset) -> NftTransaction:
-    """One transaction turning the table from ``old`` (what we applied last) into ``new``,
-    touching only what changed: new/changed chains are (re)filled, map and set elements
-    are added and deleted one by one, removed chains and sets are deleted. Empty when
-    nothing changed.
-
-    Order matters inside the transaction: elements and rules that reference a chain or set
-    must be gone before it is deleted, and a chain must exist before anything jumps to it.
-    """
-    out: list[NftOp] = []
-    recreated = {
-        name
-        for name, s in new.sets.items()
-        if name in old.sets and old.sets[name].spec() != s.spec()
-    }
-    changed = [
-        name
-        for name, c in new.chains.items()
-        if name in old.chains
-        and (
-            old.chains[name].rules != c.rules
-            or any(f"@{s}" in r for s in recreated for r in c.rules)
-        )
-    ]
-    added_chains = [name for name in new.chains if name not in old.chains]
-    removed_chains = [name for name in old.chains if name not in new.chains]
-    added_sets = [s for name, s in new.sets.items() if name not in old.sets]
-    removed_sets = [s for name, s in old.sets.items() if name not in new.sets]
-
-    def add_set(s: NftSet) -> NftOp:
-        return NftOp("add", _set_kind(s), s.name, spec=s.spec())
-
-    def elements(verb: str, s: NftSet, elems: tuple[NftElement, ...]) -> NftOp:
-        return NftOp(verb, "element", s.name, set_type=s.type, elements=elems)
-
-    for name in added_chains:
-        out.append(NftOp("add", "chain", name, hook=new.chains[name].hook))
-    out.extend(add_set(s) for s in added_sets)
-
-    additions: list[NftOp] = []
-    for name, s in new.sets.items():
-        if s.dynamic or name not in old.sets or name in recreated:
-            continue
-        before = {e.key: e for e in old.sets[name].elements}
-        after = {e.key: e for e in s.elements}
-        gone = tuple(e for k, e in before.items() if after.get(k) != e)
-        if gone:
-            out.append(elements("delete", s, gone))
-        fresh = tuple(e for k, e in after.items() if before.get(k) != e)
-        if fresh:
-            additions.append(elements("add", s, fresh))
-
-    out.extend(NftOp("flush", "chain", name) for name in changed)
-    for name in recreated:
-        s = new.sets[name]
-        out.append(NftOp("delete", _set_kind(s), name))
-        out.append(add_set(s))
-    for name in (*changed, *added_chains):
-        out.extend(NftOp("add", "rule", name, rule=r) for r in new.chains[name].rules)
-    out.extend(elements("add", s, s.elements) for s in added_sets if s.elements and not s.dynamic)
-    out.extend(additions)
-
-    out.extend(NftOp("flush", "chain", name) for name in removed_chains)
-    out.extend(NftOp("delete", "chain", name) for name in removed_chains)
-    out.extend(NftOp("delete", _set_kind(s), s.name) for s in removed_sets)
-    return NftTransaction(new.family, tuple(out))

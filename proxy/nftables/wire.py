@@ -51,7 +51,8 @@ from proxy.kernel.nfnetlink import (
     strz,
 )
 from proxy.model import IPFamily
-from proxy.nftables.render import TABLE, NftElement, NftOp, NftTransaction, safe_comment
+from proxy.nftables.model import NftElement, NftOp, NftTransaction, safe_comment
+from proxy.nftables.names import TABLE
 
 
 class Unsupported(ValueError):

@@ -36,13 +36,13 @@ from proxy import manifests as m
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, FlowEntry, UdpTarget, udp_targets
 from proxy.harness import Outcome, Topology, default_spec
-from proxy.iptables import render as ipt
+from proxy.iptables import render as ipt_render
 from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel import ctnetlink as ct
 from proxy.kernel.addresses import local_addresses
 from proxy.kernel.nfnetlink import NLM_F_CREATE, attr, be32, nest
 from proxy.kernel.runner import Runner
-from proxy.nftables import render as nft
+from proxy.nftables import render as nft_render
 from proxy.nftables.kernel import NftKernel
 from proxy.plan import Plan, plan
 from proxy.source.file import build_state
@@ -101,9 +101,9 @@ class Lab:
             )
             p = plan(state.snapshot, config)
             if self.mode is ProxyMode.IPTABLES:
-                IptablesKernel(runner).sync(ipt.render(p))
+                IptablesKernel(runner).sync(ipt_render.render(p))
             else:
-                NftKernel(runner).sync(nft.render(p))
+                NftKernel(runner).sync(nft_render.render(p))
             plans[node] = p
         return plans
 

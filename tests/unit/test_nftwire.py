@@ -9,7 +9,7 @@ import pytest
 from proxy.kernel import nfnetlink as nl
 from proxy.model import IPFamily
 from proxy.nftables import wire as nftwire
-from proxy.nftables.render import BaseHook, NftElement, NftOp, NftTransaction
+from proxy.nftables.model import BaseHook, NftElement, NftOp, NftTransaction
 
 
 def test_concatenated_keys_pad_every_field_to_four_bytes() -> None:
