@@ -27,10 +27,10 @@ from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, UdpTarget, udp_targets
-from proxy.kernel.cleanup import remove_rules
 from proxy.kernel.runner import KernelError, Runner
 from proxy.metrics import ProxyMetrics
 from proxy.model import IPFamily
+from proxy.modes import remove_rules
 from proxy.plan import Filter, Plan, SkippedService
 from proxy.server import (
     HealthCheckNodePorts,
