@@ -213,6 +213,7 @@ class ProxyMetrics:
             )
         self.nftables_sync_failures: Counter | None = None
         self.nftables_cleanup_failures: Counter | None = None
+        self.nft_text_fallbacks_total: Counter | None = None
         if nftables:
             self.nftables_sync_failures = Counter(
                 "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
@@ -223,6 +224,13 @@ class ProxyMetrics:
             self.nftables_cleanup_failures = Counter(
                 "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
                 "Stale nftables chain cleanups that failed",
+                fam,
+                registry=r,
+            )
+            self.nft_text_fallbacks_total = Counter(
+                "kubeproxy_py_nft_text_fallbacks_total",
+                "Incremental nftables transactions written with nft -f because their "
+                "netlink encoding does not cover a statement",
                 fam,
                 registry=r,
             )
@@ -276,6 +284,7 @@ class ProxyMetrics:
             self.iptables_partial_restore_failures,
             self.nftables_sync_failures,
             self.nftables_cleanup_failures,
+            self.nft_text_fallbacks_total,
         ):
             if counter is not None:
                 counter.labels(family)
@@ -402,6 +411,12 @@ class ProxyMetrics:
         """Services not (fully) programmed now, by reason; reasons not given are 0."""
         for reason in ("headless", "external-name", "other-proxy", "ipv6-only", "dual-stack"):
             self.skipped_services.labels(reason).set(counts.get(reason, 0))
+
+    def nft_text_fallbacks(self, n: int, family: str = "IPv4") -> None:
+        """``n`` incremental transactions went through ``nft -f`` instead of netlink."""
+        if self.nft_text_fallbacks_total is None:
+            raise ValueError(f"nftables metrics are not registered (this agent runs {self.mode})")
+        self.nft_text_fallbacks_total.labels(str(family)).inc(n)
 
     def drift_repaired(self) -> None:
         self.drift_repairs_total.inc()

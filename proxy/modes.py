@@ -52,6 +52,12 @@ class ModeWriter(Protocol[R_in, C_in]):
         ``period`` pace checks that cost time (legacy iptables' canaries)."""
         ...
 
+    @property
+    def text_fallbacks(self) -> int:
+        """Incremental changes written as text (``nft -f``) because the netlink encoding
+        did not cover them, since the writer was made."""
+        ...
+
 
 class Mode(Protocol[R, C]):
     """A proxy mode: how a plan becomes rules, and how rules reach the kernel."""

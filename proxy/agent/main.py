@@ -82,6 +82,8 @@ class Observer:
         now = time.time()
         if result.drift:
             self.metrics.drift_repaired()
+        if result.text_fallbacks:
+            self.metrics.nft_text_fallbacks(result.text_fallbacks, FAMILY)
         self.health.synced(now, FAMILY)
         self.metrics.observe_sync(result.full, result.seconds, family=FAMILY, now=now)
         self.metrics.changes(result.service_changes, result.endpoint_changes)

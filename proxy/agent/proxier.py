@@ -55,6 +55,9 @@ class SyncResult:
     """False when an incremental sync found nothing to write."""
     drift: bool = False
     """A full sync made because someone else changed the ruleset (it was repaired)."""
+    text_fallbacks: int = 0
+    """Incremental changes written with ``nft -f`` because netlink encoding did not cover
+    them, since the last sync reported (failed syncs' included)."""
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Proxier:
         self._last_full: float | None = None
         self._need_full = True
         self._last_gen: int | None = None
+        self._fallbacks_reported = 0
         self.syncs = 0
 
     def _generation(self) -> int | None:
@@ -103,6 +107,12 @@ class Proxier:
         """Switching modes: remove the rules the other modes left behind."""
         for what in remove_rules(self.runner, other_modes(self.config.mode), self.family):
             log.info("removed rules of a previous run in the other mode", extra={"rules": what})
+
+    def _text_fallbacks(self) -> int:
+        """Fallbacks to ``nft -f`` not reported yet."""
+        total = self._writer.text_fallbacks
+        new, self._fallbacks_reported = total - self._fallbacks_reported, total
+        return new
 
     def _config(self) -> ProxyConfig:
         if not self.config.nodeport_addresses.cidrs:
@@ -216,6 +226,7 @@ class Proxier:
                     first_queued=changes.first_queued,
                     changed=changed,
                     drift=repaired,
+                    text_fallbacks=self._text_fallbacks(),
                 )
             )
         return True

@@ -35,6 +35,8 @@ class IptablesWriter:
     generations: GenerationReader
     _canary_due: dict[str, float] = field(default_factory=dict)
     _canary: dict[str, bool] = field(default_factory=dict)
+    text_fallbacks: int = 0
+    """Always 0: iptables-restore input is the only way in."""
 
     @property
     def description(self) -> str:

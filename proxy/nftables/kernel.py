@@ -45,6 +45,9 @@ class NftKernel:
     family: IPFamily = IPFamily.V4
     wire: bool = True
     """Send covered incremental transactions as netlink messages (else always nft)."""
+    text_fallbacks: int = field(default=0, init=False)
+    """Incremental transactions that went through ``nft -f`` because :mod:`wire` does not
+    cover one of their statements (the agent counts them in a metric)."""
     _sock: nl.NfTablesSocket | None = field(default=None, init=False, repr=False)
 
     @property
@@ -120,6 +123,7 @@ class NftKernel:
             try:
                 msgs = nftwire.messages(tx)
             except nftwire.Unsupported as why:
+                self.text_fallbacks += 1
                 log.debug("transaction goes through nft", extra={"reason": str(why)})
             else:
                 if sum(len(m.payload) for m in msgs) <= WIRE_LIMIT:

@@ -39,6 +39,10 @@ class NftablesWriter:
     def generation(self, now: float, period: float) -> int | None:
         return self.generations.read()
 
+    @property
+    def text_fallbacks(self) -> int:
+        return self.kernel.text_fallbacks
+
 
 class NftablesMode:
     """The nftables proxy mode (:class:`proxy.modes.Mode`)."""

@@ -322,6 +322,7 @@ def test_agent_changes_go_over_netlink_and_match_nft(pair: tuple[str, str], chan
     nftwire.messages(tx)  # covered: raises Unsupported otherwise
     by_nft.apply(tx.text())
     by_wire.apply_transaction(tx)
+    assert by_wire.text_fallbacks == 0
     assert kernel_dump(pair[1], IPFamily.V4) == kernel_dump(pair[0], IPFamily.V4)
     assert listing(pair[1], IPFamily.V4) == listing(pair[0], IPFamily.V4)
 
@@ -366,7 +367,9 @@ def test_uncovered_statements_go_through_nft(pair: tuple[str, str]) -> None:
     )
     with pytest.raises(nftwire.Unsupported):
         nftwire.messages(tx)
-    NftKernel(Runner(ns)).apply_transaction(tx)
+    kernel = NftKernel(Runner(ns))
+    kernel.apply_transaction(tx)
+    assert kernel.text_fallbacks == 1  # the agent's kubeproxy_py_nft_text_fallbacks_total
     text = listing(ns, IPFamily.V4)
     assert "set new-aff" in text
     assert "ip saddr != { 192.0.2.0/24, 198.51.100.0/24 } drop" in text

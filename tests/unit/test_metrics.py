@@ -60,6 +60,7 @@ def exercised() -> ProxyMetrics:
     m.set_rule_counts({"nat": 10, "filter": 4}, {"nat": 2, "filter": 4})
     m.sync_failed("nftables", family="IPv6")
     m.cleanup_failed()
+    m.nft_text_fallbacks(2)
     m.set_invalid("Service", 2)
     m.record_invalid("Service", 3)
     return m
@@ -176,6 +177,7 @@ def test_counters_and_gauges_carry_the_values_given() -> None:
     )
     assert value(m, "kubeproxy_sync_proxy_rules_iptables_last", table="nat", ip_family="IPv4") == 2
     assert value(m, "kubeproxy_py_invalid_objects", kind="Service") == 2
+    assert value(m, "kubeproxy_py_nft_text_fallbacks_total", ip_family="IPv4") == 2
     assert value(m, "kubeproxy_py_invalid_objects_skipped_total", kind="Service") == 3
 
 
@@ -200,6 +202,9 @@ def test_mode_registers_only_its_backend_metrics() -> None:
         ProxyMetrics("iptables").sync_failed("nftables")
     with pytest.raises(ValueError, match="iptables metrics are not registered"):
         ProxyMetrics("nftables").set_rule_counts({"nat": 1})
+    assert "kubeproxy_py_nft_text_fallbacks_total" in nft
+    with pytest.raises(ValueError, match="nftables metrics are not registered"):
+        ProxyMetrics("iptables").nft_text_fallbacks(1)
 
 
 def test_instances_are_independent_and_expose_no_created_series() -> None:
