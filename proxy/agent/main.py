@@ -51,7 +51,7 @@ from proxy.source.reflector import (
 from proxy.sync import BoundedFrequencyRunner
 
 log = logging.getLogger("kube-proxy-py")
-FAMILY = "IPv4"
+FAMILY = IPFamily.V4
 KINDS = ("Service", "EndpointSlice", "Node")
 NOT_YET_SUPPORTED = frozenset({"ipv6-only", "dual-stack"})
 

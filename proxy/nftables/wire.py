@@ -89,7 +89,7 @@ NFTA_EXPR_DATA = 2
 
 def _address(text: str, family: IPFamily) -> bytes:
     ip = ipaddress.ip_address(text)
-    if (ip.version == 4) != (family is IPFamily.V4):
+    if IPFamily.of(ip) is not family:
         raise Unsupported(f"{text} is not an address of family {family}")
     return ip.packed
 
@@ -326,7 +326,7 @@ class _Rule:
             net = ipaddress.ip_network(operand, strict=True)
         except ValueError:
             raise Unsupported(f"address {operand!r}") from None
-        if (net.version == 4) != (self.family is IPFamily.V4):
+        if IPFamily.of(net) is not self.family:
             raise Unsupported(f"{operand} in a {self.family} table")
         prefix = net.prefixlen
         if prefix and prefix % 8 == 0:
