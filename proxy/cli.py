@@ -12,8 +12,6 @@ from typing import Any
 
 from proxy import __version__
 from proxy import apivalidation as av
-from proxy.backends import iptables as ipt_render
-from proxy.backends import nftables as nft_render
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
 from proxy.kernel.runner import KernelError
 from proxy.model import IPAddress, IPFamily
@@ -369,32 +367,27 @@ def _header(p: Plan) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from proxy.modes import mode_for
+
     state = _load(args)
     p = _plan_for(args, state, from_kernel=False)
-    if p.mode is ProxyMode.IPTABLES:
-        body = ipt_render.restore_text(ipt_render.render(p))
-    else:
-        body = nft_render.full_sync_text(nft_render.render(p))
+    mode = mode_for(p.mode)
+    body = mode.full_sync_text(mode.renderer()(p))
     sys.stdout.write(_header(p) + body)
     return EXIT_INVALID if args.strict and state.problems else EXIT_OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from proxy.kernel.cleanup import other_modes, remove_rules
-    from proxy.kernel.iptables import IptablesKernel
-    from proxy.kernel.nftables import NftKernel
     from proxy.kernel.runner import Runner
+    from proxy.modes import mode_for, other_modes, remove_rules
 
     state = _load(args)
     p = _plan_for(args, state, from_kernel=True)
     runner = Runner()
-    if p.mode is ProxyMode.IPTABLES:
-        ipt = IptablesKernel(runner)
-        ipt.sync(ipt_render.render(p))
-        backend = f"iptables ({ipt.variant})"
-    else:
-        NftKernel(runner).sync(nft_render.render(p))
-        backend = "nftables"
+    mode = mode_for(p.mode)
+    writer = mode.writer(runner, IPFamily.V4)
+    writer.sync(mode.renderer()(p))
+    backend = writer.description
     # as the agent does when it starts: the other mode's rules would still DNAT
     for what in remove_rules(runner, other_modes(p.mode)):
         _err(f"removed the {what} rules of the other mode")
@@ -410,8 +403,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from proxy.kernel.cleanup import remove_rules
     from proxy.kernel.runner import Runner
+    from proxy.modes import remove_rules
 
     modes = list(ProxyMode) if args.mode == "all" else [ProxyMode(args.mode)]
     removed = remove_rules(Runner(), modes)

@@ -51,12 +51,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from proxy.kernel.ctnetlink import CtNetlinkError, CtNetlinkSocket
-from proxy.model import Protocol
+from proxy.model import IPFamily, Protocol
 from proxy.plan import Plan, ServicePortPlan
 
 log = logging.getLogger(__name__)
 
-_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_AF = {IPFamily.V4: socket.AF_INET, IPFamily.V6: socket.AF_INET6}
 
 
 class ConntrackError(RuntimeError):
@@ -82,10 +82,10 @@ class UdpTarget:
         return self.service.split(":", 1)[0]
 
     @property
-    def family(self) -> int | None:
-        """4 or 6, from the service IPs (None when there are none)."""
+    def family(self) -> IPFamily | None:
+        """From the service IPs (None when there are none)."""
         for ip in self.ips:
-            return ipaddress.ip_address(ip).version
+            return IPFamily.of(ipaddress.ip_address(ip))
         return None
 
 
@@ -99,8 +99,7 @@ class FlowEntry:
     orig_dport: int
     reply_src: str
     reply_sport: int
-    family: int
-    """4 or 6."""
+    family: IPFamily
 
     def __str__(self) -> str:
         return (
@@ -158,14 +157,14 @@ class _Judge:
 
 def _index(
     targets: Iterable[UdpTarget],
-) -> tuple[dict[tuple[int, str, int], _Judge], dict[tuple[int | None, int], _Judge]]:
-    by_ip: dict[tuple[int, str, int], _Judge] = {}
-    by_node_port: dict[tuple[int | None, int], _Judge] = {}
+) -> tuple[dict[tuple[IPFamily, str, int], _Judge], dict[tuple[IPFamily | None, int], _Judge]]:
+    by_ip: dict[tuple[IPFamily, str, int], _Judge] = {}
+    by_node_port: dict[tuple[IPFamily | None, int], _Judge] = {}
     for t in targets:
         serving = {(_canon(ip), port) for ip, port in t.serving}
         for ip in t.ips:
             addr = ipaddress.ip_address(ip)
-            key = (addr.version, str(addr), t.port)
+            key = (IPFamily.of(addr), str(addr), t.port)
             judge = by_ip.setdefault(key, _Judge([], set()))
             judge.services.append(t.service)
             # a port without serving endpoints still owns its ip:port (recorded, with an
@@ -272,7 +271,7 @@ class ConntrackCleaner:
             )
         return ConntrackError(f"conntrack netlink in {where}: {exc}")
 
-    def dump_udp(self, families: Iterable[int] = (4, 6)) -> list[FlowEntry]:
+    def dump_udp(self, families: Iterable[IPFamily] = tuple(IPFamily)) -> list[FlowEntry]:
         """Every UDP entry of the given families (a dump interrupted by concurrent
         changes is used as far as it got, like upstream; the next sync sees the rest)."""
         out: list[FlowEntry] = []
@@ -283,11 +282,11 @@ class ConntrackCleaner:
                 except CtNetlinkError as exc:
                     if exc.errno in (errno.EPERM, errno.EACCES):
                         raise self._error(exc) from exc
-                    raise ConntrackError(f"listing IPv{family} conntrack entries: {exc}") from exc
+                    raise ConntrackError(f"listing {family} conntrack entries: {exc}") from exc
                 if dump.interrupted:
                     log.warning(
                         "conntrack dump interrupted; continuing with a partial list",
-                        extra={"object": self.netns or "-", "family": f"IPv{family}"},
+                        extra={"object": self.netns or "-", "family": str(family)},
                     )
                 out += dump.flows
         return out
@@ -298,7 +297,7 @@ class ConntrackCleaner:
         return len(self._delete(entries))
 
     def _delete(self, entries: Iterable[FlowEntry]) -> list[FlowEntry]:
-        by_family: dict[int, list[FlowEntry]] = {}
+        by_family: dict[IPFamily, list[FlowEntry]] = {}
         for entry in entries:
             by_family.setdefault(entry.family, []).append(entry)
         deleted: list[FlowEntry] = []
@@ -353,8 +352,8 @@ class ConntrackCleaner:
         return len(deleted)
 
 
-def _flow_maker(family: int) -> Callable[[str, str, int, int, str, int], FlowEntry]:
-    """What the dump makes of each UDP entry of ``family`` (4 or 6)."""
+def _flow_maker(family: IPFamily) -> Callable[[str, str, int, int, str, int], FlowEntry]:
+    """What the dump makes of each UDP entry of ``family``."""
 
     def make(
         orig_src: str,

@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from proxy.config import ProxyMode
+from proxy.model import IPFamily
 
 #: The text exposition format render() produces.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,7 +40,6 @@ PROGRAMMING_BUCKETS: tuple[float, ...] = (
     *(float(s) for s in range(120, 301, 30)),
 )
 
-FAMILIES = ("IPv4", "IPv6")
 TRAFFIC_POLICIES = ("internal", "external")
 
 
@@ -71,7 +71,7 @@ class ProxyMetrics:
         self,
         mode: ProxyMode | str | None = None,
         *,
-        families: Iterable[str] = ("IPv4",),
+        families: Iterable[IPFamily] = (IPFamily.V4,),
         process_metrics: bool = True,
     ) -> None:
         self.mode = ProxyMode(mode) if mode is not None else None
@@ -213,6 +213,7 @@ class ProxyMetrics:
             )
         self.nftables_sync_failures: Counter | None = None
         self.nftables_cleanup_failures: Counter | None = None
+        self.nft_text_fallbacks_total: Counter | None = None
         if nftables:
             self.nftables_sync_failures = Counter(
                 "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
@@ -223,6 +224,13 @@ class ProxyMetrics:
             self.nftables_cleanup_failures = Counter(
                 "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
                 "Stale nftables chain cleanups that failed",
+                fam,
+                registry=r,
+            )
+            self.nft_text_fallbacks_total = Counter(
+                "kubeproxy_py_nft_text_fallbacks_total",
+                "Incremental nftables transactions written with nft -f because their "
+                "netlink encoding does not cover a statement",
                 fam,
                 registry=r,
             )
@@ -267,15 +275,16 @@ class ProxyMetrics:
             ProcessCollector(registry=r)  # process_cpu_seconds_total & co, as upstream
 
         for family in families:
-            self._init_family(str(family))
+            self._init_family(family)
 
-    def _init_family(self, family: str) -> None:
+    def _init_family(self, family: IPFamily) -> None:
         for counter in (
             self.conntrack_deleted,
             self.iptables_restore_failures,
             self.iptables_partial_restore_failures,
             self.nftables_sync_failures,
             self.nftables_cleanup_failures,
+            self.nft_text_fallbacks_total,
         ):
             if counter is not None:
                 counter.labels(family)
@@ -284,9 +293,9 @@ class ProxyMetrics:
 
     # -- sync loop ---------------------------------------------------------------------
 
-    def queued(self, family: str = "IPv4", *, now: float | None = None) -> None:
+    def queued(self, family: IPFamily = IPFamily.V4, *, now: float | None = None) -> None:
         """A sync was requested (a change arrived)."""
-        self.last_queued.labels(str(family)).set(time.time() if now is None else now)
+        self.last_queued.labels(family).set(time.time() if now is None else now)
 
     def observe_sync(
         self,
@@ -294,12 +303,11 @@ class ProxyMetrics:
         seconds: float,
         *,
         success: bool = True,
-        family: str = "IPv4",
+        family: IPFamily = IPFamily.V4,
         now: float | None = None,
     ) -> None:
         """One sync attempt took ``seconds``. Durations are recorded for failed syncs
         too (as upstream); the last-sync timestamp only moves on success."""
-        family = str(family)
         self.sync_duration.labels(family).observe(seconds)
         (self.sync_full_duration if full else self.sync_partial_duration).labels(family).observe(
             seconds
@@ -308,12 +316,11 @@ class ProxyMetrics:
             self.last_sync.labels(family).set(time.time() if now is None else now)
 
     def sync_failed(
-        self, mode: ProxyMode | str, *, partial: bool = False, family: str = "IPv4"
+        self, mode: ProxyMode | str, *, partial: bool = False, family: IPFamily = IPFamily.V4
     ) -> None:
         """The kernel refused a transaction: iptables-restore (``partial``: a partial
         restore, after which a full one is tried) or nft."""
         mode = ProxyMode(mode)
-        family = str(family)
         if mode is ProxyMode.IPTABLES:
             counter = (
                 self.iptables_partial_restore_failures
@@ -326,11 +333,11 @@ class ProxyMetrics:
             raise ValueError(f"{mode} metrics are not registered (this agent runs {self.mode})")
         counter.labels(family).inc()
 
-    def cleanup_failed(self, family: str = "IPv4") -> None:
+    def cleanup_failed(self, family: IPFamily = IPFamily.V4) -> None:
         """nftables: deleting stale chains failed."""
         if self.nftables_cleanup_failures is None:
             raise ValueError(f"nftables metrics are not registered (this agent runs {self.mode})")
-        self.nftables_cleanup_failures.labels(str(family)).inc()
+        self.nftables_cleanup_failures.labels(family).inc()
 
     def set_pending(self, services: int, endpoints: int) -> None:
         """Changes received and not yet synced."""
@@ -344,35 +351,37 @@ class ProxyMetrics:
         if endpoints:
             self.endpoint_changes_total.inc(endpoints)
 
-    def observe_programming(self, seconds: float, family: str = "IPv4") -> None:
+    def observe_programming(self, seconds: float, family: IPFamily = IPFamily.V4) -> None:
         """Network programming latency of one endpoint change (from the slice's
         ``endpoints.kubernetes.io/last-change-trigger-time`` to the synced rules)."""
-        self.programming.labels(str(family)).observe(max(0.0, seconds))
+        self.programming.labels(family).observe(max(0.0, seconds))
 
     def set_rule_counts(
         self,
         total: Mapping[str, int],
         last: Mapping[str, int] | None = None,
         *,
-        family: str = "IPv4",
+        family: IPFamily = IPFamily.V4,
     ) -> None:
         """iptables: rules per table ("nat", "filter") owned now, and written last sync."""
         if self.iptables_rules is None or self.iptables_rules_last is None:
             raise ValueError(f"iptables metrics are not registered (this agent runs {self.mode})")
-        family = str(family)
         for table, n in total.items():
             self.iptables_rules.labels(table, family).set(n)
         for table, n in (last if last is not None else total).items():
             self.iptables_rules_last.labels(table, family).set(n)
 
-    def set_no_local_endpoints(self, internal: int, external: int, family: str = "IPv4") -> None:
+    def set_no_local_endpoints(
+        self, internal: int, external: int, family: IPFamily = IPFamily.V4
+    ) -> None:
         """Service ports with iTP / eTP Local and no local endpoint, after a sync."""
-        self.no_local_endpoints.labels("internal", str(family)).set(internal)
-        self.no_local_endpoints.labels("external", str(family)).set(external)
+        self.no_local_endpoints.labels("internal", family).set(internal)
+        self.no_local_endpoints.labels("external", family).set(external)
 
-    def conntrack_reconciled(self, seconds: float, deleted: int, family: str = "IPv4") -> None:
+    def conntrack_reconciled(
+        self, seconds: float, deleted: int, family: IPFamily = IPFamily.V4
+    ) -> None:
         """One stale UDP conntrack cleanup of one family."""
-        family = str(family)
         self.conntrack_duration.labels(family).observe(seconds)
         self.conntrack_deleted.labels(family).inc(max(0, deleted))
 
@@ -402,6 +411,12 @@ class ProxyMetrics:
         """Services not (fully) programmed now, by reason; reasons not given are 0."""
         for reason in ("headless", "external-name", "other-proxy", "ipv6-only", "dual-stack"):
             self.skipped_services.labels(reason).set(counts.get(reason, 0))
+
+    def nft_text_fallbacks(self, n: int, family: IPFamily = IPFamily.V4) -> None:
+        """``n`` incremental transactions went through ``nft -f`` instead of netlink."""
+        if self.nft_text_fallbacks_total is None:
+            raise ValueError(f"nftables metrics are not registered (this agent runs {self.mode})")
+        self.nft_text_fallbacks_total.labels(family).inc(n)
 
     def drift_repaired(self) -> None:
         self.drift_repairs_total.inc()

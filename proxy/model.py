@@ -418,7 +418,7 @@ def _parse_cluster_ips(
             ips.append(ip)
     if len(raw_list) > 2:
         c.add("spec.clusterIPs", "may only hold up to 2 values")
-    elif len(ips) == 2 and ips[0].version == ips[1].version:
+    elif len(ips) == 2 and IPFamily.of(ips[0]) is IPFamily.of(ips[1]):
         c.add("spec.clusterIPs", "may specify no more than one IP for each IP family")
     if single not in (None, "") and raw_list and single != raw_list[0]:
         c.add("spec.clusterIPs", "first value must match `clusterIP`")
@@ -705,7 +705,7 @@ def _parse_slice_ports(obj: Mapping[str, Any], c: _Collector) -> tuple[EndpointP
 def _parse_endpoint(
     raw: Mapping[str, Any], address_type: AddressType, path: str, c: _Collector
 ) -> Endpoint:
-    want = 4 if address_type is AddressType.IPV4 else 6
+    want = IPFamily.V4 if address_type is AddressType.IPV4 else IPFamily.V6
     addrs: list[IPAddress] = []
     raw_addrs = _list(raw.get("addresses"), f"{path}.addresses", c)
     if not raw_addrs:
@@ -718,9 +718,9 @@ def _parse_endpoint(
         ip = _parse_ip(value, where, c, av.endpoint_ip_problem)
         if ip is None:
             continue
-        if ip.version != want:
+        if IPFamily.of(ip) is not want:
             c.add(where, f"{ip} is not an {address_type} address")
-        elif want == 6 and str(ip) != value:
+        elif want is IPFamily.V6 and str(ip) != value:
             c.add(where, f"{av.show(value)} must be in canonical form ({ip})")
         else:
             addrs.append(ip)

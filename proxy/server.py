@@ -56,6 +56,7 @@ from proxy.httpserve import (
 )
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import ProxyMetrics
+from proxy.model import IPFamily
 
 __all__ = [
     "DEFAULT_FAMILY",
@@ -87,7 +88,7 @@ DEFAULT_HEALTHZ_ADDRESS = "0.0.0.0:10256"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:10249"
 #: Taint the cluster autoscaler puts on a node it is about to delete.
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
-DEFAULT_FAMILY = "IPv4"
+DEFAULT_FAMILY = IPFamily.V4
 
 _JSON = "application/json"
 
@@ -140,7 +141,7 @@ class HealthReport:
     last_updated: float | None
     """The most recent sync of any family (None: never)."""
     node_eligible: bool
-    families: Mapping[str, FamilyHealth] = field(default_factory=dict)
+    families: Mapping[IPFamily, FamilyHealth] = field(default_factory=dict)
 
     def body(self, *, with_node: bool) -> bytes:
         """Upstream's JSON: /healthz (``with_node``) adds nodeEligible and is healthy only
@@ -171,29 +172,29 @@ class ProxyHealth:
         self.timeout = timeout
         self._clock = clock
         self._lock = threading.Lock()
-        self._last_updated: dict[str, float] = {}
-        self._oldest_queued: dict[str, float] = {}
+        self._last_updated: dict[IPFamily, float] = {}
+        self._oldest_queued: dict[IPFamily, float] = {}
         self._node_eligible = True
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
 
-    def started(self, now: float | None = None, family: str = DEFAULT_FAMILY) -> None:
+    def started(self, now: float | None = None, family: IPFamily = DEFAULT_FAMILY) -> None:
         """The sync loop of ``family`` started (counts as an update, as upstream)."""
         with self._lock:
-            self._last_updated[str(family)] = self._now(now)
+            self._last_updated[family] = self._now(now)
 
-    def queued_update(self, now: float | None = None, family: str = DEFAULT_FAMILY) -> None:
+    def queued_update(self, now: float | None = None, family: IPFamily = DEFAULT_FAMILY) -> None:
         """A change arrived that needs a sync; only the oldest pending one counts."""
         with self._lock:
-            self._oldest_queued.setdefault(str(family), self._now(now))
+            self._oldest_queued.setdefault(family, self._now(now))
 
-    def updated(self, now: float | None = None, family: str = DEFAULT_FAMILY) -> None:
+    def updated(self, now: float | None = None, family: IPFamily = DEFAULT_FAMILY) -> None:
         """A sync of ``family`` completed: everything queued so far is applied (upstream's
         ``Updated``)."""
         with self._lock:
-            self._oldest_queued.pop(str(family), None)
-            self._last_updated[str(family)] = self._now(now)
+            self._oldest_queued.pop(family, None)
+            self._last_updated[family] = self._now(now)
 
     def set_node_eligible(self, eligible: bool) -> None:
         """False while the Node is being deleted (see :func:`node_eligible`)."""
@@ -208,7 +209,7 @@ class ProxyHealth:
     def report(self, now: float | None = None) -> HealthReport:
         with self._lock:
             current = self._now(now)
-            families: dict[str, FamilyHealth] = {}
+            families: dict[IPFamily, FamilyHealth] = {}
             for fam, updated in self._last_updated.items():
                 queued = self._oldest_queued.get(fam)
                 ok = queued is None or current - queued < self.timeout

@@ -28,10 +28,10 @@ from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, UdpTarget, udp_targets
-from proxy.kernel.cleanup import remove_rules
 from proxy.kernel.runner import KernelError, Runner
 from proxy.metrics import ProxyMetrics
 from proxy.model import IPFamily
+from proxy.modes import remove_rules
 from proxy.plan import Filter, Plan, SkippedService
 from proxy.server import (
     HealthCheckNodePorts,
@@ -51,7 +51,7 @@ from proxy.source.reflector import (
 )
 
 log = logging.getLogger("kube-proxy-py")
-FAMILY = "IPv4"
+FAMILY = IPFamily.V4
 KINDS = ("Service", "EndpointSlice", "Node")
 NOT_YET_SUPPORTED = frozenset({"ipv6-only", "dual-stack"})
 
@@ -82,6 +82,8 @@ class Observer:
         now = time.time()
         if result.drift:
             self.metrics.drift_repaired()
+        if result.text_fallbacks:
+            self.metrics.nft_text_fallbacks(result.text_fallbacks, FAMILY)
         self.health.updated(now, FAMILY)
         self.metrics.observe_sync(result.full, result.seconds, family=FAMILY, now=now)
         self.metrics.changes(result.service_changes, result.endpoint_changes)

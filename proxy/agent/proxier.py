@@ -16,28 +16,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from proxy.agent.state import ClusterState
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables.kernel import RouteLocalnetError
 from proxy.kernel.addresses import local_addresses
-from proxy.kernel.cleanup import other_modes, remove_rules
-from proxy.kernel.generation import GenerationReader
-from proxy.kernel.iptables import CANARY_TABLES, IptablesKernel, RouteLocalnetError
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
+from proxy.modes import mode_for, other_modes, remove_rules
 from proxy.plan import Plan, plan
 
 log = logging.getLogger(__name__)
-R = TypeVar("R", ipt.IptablesRuleset, nft.NftRuleset)
-D = TypeVar("D", ipt.PartialRestore, nft.NftTransaction)
 
-CANARY_BUDGET = 60.0
-"""Legacy canary checks take at most 1/60 of the time: a table whose listing took t
-seconds is listed again after max(sync period, 60 t)."""
 FULL_SYNC_PERIOD = 3600.0
 """Seconds between unconditional full syncs (upstream's FullSyncPeriod)."""
 
@@ -64,6 +55,9 @@ class SyncResult:
     """False when an incremental sync found nothing to write."""
     drift: bool = False
     """A full sync made because someone else changed the ruleset (it was repaired)."""
+    text_fallbacks: int = 0
+    """Incremental changes written with ``nft -f`` because netlink encoding did not cover
+    them, since the last sync reported (failed syncs' included)."""
 
 
 @dataclass
@@ -77,52 +71,29 @@ class Proxier:
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self._kernel: IptablesKernel | NftKernel = (
-            IptablesKernel(self.runner, self.family)
-            if self.config.mode is ProxyMode.IPTABLES
-            else NftKernel(self.runner, self.family)
-        )
-        self._last_ruleset: ipt.IptablesRuleset | nft.NftRuleset | None = None
+        self._mode = mode_for(self.config.mode)
+        self._writer = self._mode.writer(self.runner, self.family)
+        self._render = self._mode.renderer()
+        self._last_ruleset: object = None
         self._last_plan: Plan | None = None
         self._last_full: float | None = None
         self._need_full = True
         self._last_gen: int | None = None
-        self._generations = GenerationReader(self.runner.netns)
-        self._canary_due: dict[str, float] = {}
-        self._canary: dict[str, bool] = {}
-        self._ipt_cache = ipt.RenderCache()
-        self._nft_cache = nft.RenderCache()
+        self._fallbacks_reported = 0
         self.syncs = 0
 
     def _generation(self) -> int | None:
-        """Something that changes when someone else changes the ruleset: the nf_tables
-        generation, or for legacy iptables whether our canaries all stand (1 or 0), each
-        table's listed at most once a sync period, like upstream's canary monitor, and
-        the nat table's less often when listing it is slow (it copies the whole table out
-        of the kernel: 0.8 s at 10,000 Services): at most 1/:data:`CANARY_BUDGET` of the
-        time goes to these checks."""
-        if not (isinstance(self._kernel, IptablesKernel) and self._kernel.variant == "legacy"):
-            return self._generations.read()
-        now = self.clock()
-        for table in CANARY_TABLES:
-            if now < self._canary_due.get(table, now):
-                continue
-            began = time.monotonic()
-            present = self._kernel.canary_present(table)
-            cost = time.monotonic() - began
-            if present is not None:  # unknown (xtables lock held): as it was
-                self._canary[table] = present
-            self._canary_due[table] = now + max(self.sync_period, CANARY_BUDGET * cost)
-        return int(all(self._canary.get(t, False) for t in CANARY_TABLES))
+        """Something that changes when someone else changes the ruleset (the mode's
+        drift check)."""
+        return self._writer.generation(self.clock(), self.sync_period)
 
     def _skips_periodic_full(self, generation: int | None) -> bool:
         """Like upstream, iptables mode in a large cluster makes no periodic full sync
         (at 10,000 Services one takes over ten seconds) while drift can still be seen."""
         return (
             generation is not None
-            and isinstance(self._kernel, IptablesKernel)
             and self._last_plan is not None
-            and ipt.large_cluster(self._last_plan)
+            and not self._mode.periodic_full_sync(self._last_plan)
         )
 
     @property
@@ -133,34 +104,33 @@ class Proxier:
         self._need_full = True
 
     def cleanup_other_mode(self) -> None:
-        """Switching modes: remove the rules the other backend left behind."""
+        """Switching modes: remove the rules the other modes left behind."""
         for what in remove_rules(self.runner, other_modes(self.config.mode), self.family):
             log.info("removed rules of a previous run in the other mode", extra={"rules": what})
+
+    def _text_fallbacks(self) -> int:
+        """Fallbacks to ``nft -f`` not reported yet."""
+        total = self._writer.text_fallbacks
+        new, self._fallbacks_reported = total - self._fallbacks_reported, total
+        return new
 
     def _config(self) -> ProxyConfig:
         if not self.config.nodeport_addresses.cidrs:
             return self.config
         return replace(self.config, host_addresses=local_addresses(self.runner))
 
-    def _write(
-        self,
-        ruleset: R,
-        full: bool,
-        full_sync: Callable[[R], object],
-        diff: Callable[[R, R], D],
-        apply: Callable[[D], None],
-    ) -> bool:
+    def _write(self, ruleset: object, full: bool) -> bool:
         """Write ``ruleset``: whole, or only its difference from the last one applied.
         Returns whether anything was written."""
         last = self._last_ruleset
-        if full or not isinstance(last, type(ruleset)):
-            full_sync(ruleset)
+        if full or last is None:
+            self._writer.sync(ruleset)
             written = True
         else:
-            change = diff(last, ruleset)
+            change = self._mode.diff(last, ruleset)
             written = bool(change)
             if change:
-                apply(change)
+                self._writer.apply(change)
         self._last_ruleset = ruleset
         return written
 
@@ -197,17 +167,7 @@ class Proxier:
         )
         mode = self.config.mode
         try:
-            if isinstance(self._kernel, IptablesKernel):
-                rendered = ipt.render(p, self._ipt_cache)
-                changed = self._write(
-                    rendered, full, self._kernel.sync, ipt.partial_restore,
-                    self._kernel.apply_partial,
-                )  # fmt: skip
-            else:
-                changed = self._write(
-                    nft.render(p, self._nft_cache), full, self._kernel.sync, nft.incremental,
-                    self._kernel.apply_transaction,
-                )  # fmt: skip
+            changed = self._write(self._render(p), full)
         except RouteLocalnetError as exc:
             # One feature must not stop every Service: without the sysctl, program the
             # rules without localhost NodePorts (upstream would exit instead).
@@ -235,8 +195,6 @@ class Proxier:
             if self.observer is not None:
                 self.observer.sync_failed(mode, full, str(exc))
             return False
-        if full:
-            self._canary = dict.fromkeys(CANARY_TABLES, True)  # a legacy full sync declared them
         self._last_gen = self._generation()
         elapsed = self.clock() - start
         if full:
@@ -269,6 +227,7 @@ class Proxier:
                     first_queued=changes.first_queued,
                     changed=changed,
                     drift=repaired,
+                    text_fallbacks=self._text_fallbacks(),
                 )
             )
         return True

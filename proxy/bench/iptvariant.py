@@ -21,9 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from proxy.kernel.iptables import VARIANT_ENV
+from proxy.iptables import kernel
+from proxy.iptables.kernel import VARIANT_ENV
 
-VARIANTS = ("legacy", "nft")
+VARIANTS = tuple(sorted(kernel.VARIANTS))  # ("legacy", "nft")
 DEFAULT = "legacy"
 _TOOLS = tuple(
     f"{base}{verb}" for base in ("iptables", "ip6tables") for verb in ("", "-save", "-restore")

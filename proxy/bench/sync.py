@@ -42,16 +42,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from proxy import manifests
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
-from proxy.backends.nftables import NftTransaction
 from proxy.bench import iptvariant, machine, synthetic
 from proxy.bench.memory import measure_in_subprocess
 from proxy.bench.stats import ratio
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.iptables import model as ipt_model
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import model as nft_model
+from proxy.nftables import render as nft_render
+from proxy.nftables.kernel import NftKernel
+from proxy.nftables.model import NftTransaction
 from proxy.plan import Plan, plan
 
 T = TypeVar("T")
@@ -120,23 +124,23 @@ class _Kernel:
             if self.ipt.variant == "legacy":
                 self.raw_argv += ["-w", "5"]
 
-    def sync(self, ruleset: ipt.IptablesRuleset | nft.NftRuleset) -> bool:
+    def sync(self, ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset) -> bool:
         """Our full sync; True. (Both stream their input to the tool without building it
         as one text: :meth:`text` rebuilds it, untimed.)"""
         if self.nft is not None:
-            assert isinstance(ruleset, nft.NftRuleset)
+            assert isinstance(ruleset, nft_model.NftRuleset)
             self.nft.sync(ruleset)
         else:
-            assert self.ipt is not None and isinstance(ruleset, ipt.IptablesRuleset)
+            assert self.ipt is not None and isinstance(ruleset, ipt_model.IptablesRuleset)
             self.ipt.sync(ruleset)
         return True
 
-    def text(self, ruleset: ipt.IptablesRuleset | nft.NftRuleset) -> str:
+    def text(self, ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset) -> str:
         """The text a full sync writes here now, as the kernel stands."""
         if self.nft is not None:
-            assert isinstance(ruleset, nft.NftRuleset)
-            return nft.full_sync_text(ruleset, self.nft.existing())
-        assert self.ipt is not None and isinstance(ruleset, ipt.IptablesRuleset)
+            assert isinstance(ruleset, nft_model.NftRuleset)
+            return nft_diff.full_sync_text(ruleset, self.nft.existing())
+        assert self.ipt is not None and isinstance(ruleset, ipt_model.IptablesRuleset)
         return "".join(self.ipt.full_sync_pieces(ruleset, self.ipt.save()))
 
     def raw(self, text: str) -> subprocess.CompletedProcess[str]:
@@ -170,9 +174,9 @@ def _one_change(
 
     def both_ways(changed_slice: dict[str, Any]) -> tuple[NftTransaction, NftTransaction]:
         after = change.plan(changed_slice, before, config)
-        cache = nft.RenderCache()
-        rs_a, rs_b = nft.render(before, cache), nft.render(after, cache)
-        there, back = nft.incremental(rs_a, rs_b), nft.incremental(rs_b, rs_a)
+        cache = nft_render.RenderCache()
+        rs_a, rs_b = nft_render.render(before, cache), nft_render.render(after, cache)
+        there, back = nft_diff.incremental(rs_a, rs_b), nft_diff.incremental(rs_b, rs_a)
         assert there and back
         return there, back
 
@@ -202,7 +206,7 @@ def _one_restore(
     kernel: IptablesKernel,
     objs: list[dict[str, Any]],
     before: Plan,
-    rs_a: ipt.IptablesRuleset,
+    rs_a: ipt_model.IptablesRuleset,
     config: ProxyConfig,
     repeat: int,
 ) -> dict[str, float]:
@@ -210,8 +214,11 @@ def _one_restore(
     costs in the populated table ``rs_a`` (rendered from ``before``; there and back; the
     figure is per transaction)."""
     change = _SliceChange(objs)
-    rs_b = ipt.render(change.plan(change.moved, before, config))
-    there, back = ipt.partial_restore_text(rs_a, rs_b), ipt.partial_restore_text(rs_b, rs_a)
+    rs_b = ipt_render.render(change.plan(change.moved, before, config))
+    there, back = (
+        ipt_restore.partial_restore_text(rs_a, rs_b),
+        ipt_restore.partial_restore_text(rs_b, rs_a),
+    )
     assert there and back
 
     def run() -> bool:
@@ -282,14 +289,14 @@ def _bench_sync(
     state, sec["parse"] = _timed(lambda: synthetic.parse(objs), repeat)
     config = synthetic.config(mode)
     p, sec["plan"] = _timed(lambda: plan(state.snapshot, config), repeat)
-    ruleset: ipt.IptablesRuleset | nft.NftRuleset
+    ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset
     if mode is ProxyMode.NFTABLES:
-        rs_n, sec["render"] = _timed(lambda: nft.render(p), repeat)
-        _, sec["text"] = _timed(lambda: nft.full_sync_text(rs_n), repeat)
+        rs_n, sec["render"] = _timed(lambda: nft_render.render(p), repeat)
+        _, sec["text"] = _timed(lambda: nft_diff.full_sync_text(rs_n), repeat)
         ruleset = rs_n
     else:
-        rs_i, sec["render"] = _timed(lambda: ipt.render(p), repeat)
-        _, sec["text"] = _timed(lambda: ipt.restore_text(rs_i), repeat)
+        rs_i, sec["render"] = _timed(lambda: ipt_render.render(p), repeat)
+        _, sec["text"] = _timed(lambda: ipt_restore.restore_text(rs_i), repeat)
         ruleset = rs_i
     rendered, sec["plan_render"] = _timed(lambda: synthetic.plan_and_render(state, mode), repeat)
     res.rules = rendered.rules
@@ -311,7 +318,7 @@ def _bench_sync(
         if kernel.nft is not None:
             sec.update(_one_change(kernel.nft, objs, p, config, repeat))
         if kernel.ipt is not None:
-            assert isinstance(ruleset, ipt.IptablesRuleset)
+            assert isinstance(ruleset, ipt_model.IptablesRuleset)
             sec.update(_one_restore(kernel.ipt, objs, p, ruleset, config, repeat))
         state_file = Path(tmp) / "state.json"
         state_file.write_text(json.dumps(manifests.as_list(objs)))

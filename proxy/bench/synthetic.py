@@ -6,9 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import manifests
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode, parse_cidrs
+from proxy.iptables import model as ipt_model
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import model as nft_model
+from proxy.nftables import render as nft_render
 from proxy.plan import Plan, plan
 from proxy.source.file import LoadedState, build_state
 
@@ -31,13 +35,13 @@ def config(mode: ProxyMode) -> ProxyConfig:
 @dataclass(frozen=True)
 class Rendered:
     plan: Plan
-    ruleset: ipt.IptablesRuleset | nft.NftRuleset
+    ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset
     text: str
     """the full-sync text for an empty kernel"""
 
     @property
     def rules(self) -> int:
-        if isinstance(self.ruleset, nft.NftRuleset):
+        if isinstance(self.ruleset, nft_model.NftRuleset):
             return self.ruleset.rule_count + self.ruleset.element_count
         return self.ruleset.rule_count
 
@@ -46,7 +50,7 @@ def plan_and_render(state: LoadedState, mode: ProxyMode) -> Rendered:
     """Plan, render and write the full-sync text: what an agent's full sync computes."""
     p = plan(state.snapshot, config(mode))
     if mode is ProxyMode.NFTABLES:
-        rs_n = nft.render(p)
-        return Rendered(p, rs_n, nft.full_sync_text(rs_n))
-    rs_i = ipt.render(p)
-    return Rendered(p, rs_i, ipt.restore_text(rs_i))
+        rs_n = nft_render.render(p)
+        return Rendered(p, rs_n, nft_diff.full_sync_text(rs_n))
+    rs_i = ipt_render.render(p)
+    return Rendered(p, rs_i, ipt_restore.restore_text(rs_i))

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import manifests as m
-from proxy import naming
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.demo.present import Presenter
 from proxy.harness import Outcome, Topology, default_spec
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.iptables import render as ipt_render
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
 from proxy.model import Protocol
+from proxy.nftables import names as nft_names
+from proxy.nftables import render as nft_render
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
 from proxy.source.file import build_state
 
@@ -87,9 +87,9 @@ class Tour:
             pl = plan(state.snapshot, config)
             runner = Runner(self.topo.ns(node))
             if self.mode is ProxyMode.IPTABLES:
-                IptablesKernel(runner).sync(ipt.render(pl))
+                IptablesKernel(runner).sync(ipt_render.render(pl))
             else:
-                NftKernel(runner).sync(nft.render(pl))
+                NftKernel(runner).sync(nft_render.render(pl))
             summary = f"{len(pl.service_ports)} service ports, {pl.endpoint_count} endpoints"
         return summary
 
@@ -102,7 +102,7 @@ class Tour:
             text = self.topo.run("node-a", ["nft", "list", "table", "ip", "kube-proxy"]).stdout
         lines = [ln.strip() for ln in text.splitlines() if pattern in ln][:8]
         if with_chain and self.mode is ProxyMode.NFTABLES:
-            chain = naming.nft_service_chain(_MY_NGINX_TCP)
+            chain = nft_names.service_chain(_MY_NGINX_TCP)
             listing = self.topo.run("node-a", ["nft", "list", "chain", "ip", "kube-proxy", chain])
             lines += [
                 ln.strip()

@@ -44,7 +44,7 @@ from typing import Any
 from proxy.harness import PodSpec, TopologySpec, default_spec
 from proxy.harness.process import child_env
 from proxy.harness.topology import Topology
-from proxy.kernel.iptables import IptablesKernel
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
 from proxy.lab.cluster import CLUSTER_CIDR, Agent, LabCluster
 from tests.faults.shim import Shim

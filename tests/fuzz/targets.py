@@ -57,10 +57,14 @@ from typing import Any, cast
 from proxy import cli, logs
 from proxy.agent.options.parse import parse_run_args
 from proxy.agent.state import Changes, ClusterState
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ConfigError, ProxyConfig, ProxyMode
+from proxy.iptables import model as ipt_model
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
 from proxy.model import IPFamily, Problem
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import model as nft_model
+from proxy.nftables import render as nft_render
 from proxy.plan import Plan, Snapshot, plan
 from proxy.source.api import (
     ApiClient,
@@ -321,8 +325,8 @@ def _config(mode: str) -> ProxyConfig:
 
 def render_text(p: Plan, mode: str) -> str:
     if mode == "iptables":
-        return ipt.restore_text(ipt.render(p))
-    return nft.full_sync_text(nft.render(p))
+        return ipt_restore.restore_text(ipt_render.render(p))
+    return nft_diff.full_sync_text(nft_render.render(p))
 
 
 # --------------------------------------------------------------------------- state
@@ -466,9 +470,9 @@ class _AgentSync:
 
     mode: str
     last_plan: Plan | None = None
-    last_ruleset: ipt.IptablesRuleset | nft.NftRuleset | None = None
-    ipt_cache: ipt.RenderCache = field(default_factory=ipt.RenderCache)
-    nft_cache: nft.RenderCache = field(default_factory=nft.RenderCache)
+    last_ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset | None = None
+    ipt_cache: ipt_render.RenderCache = field(default_factory=ipt_render.RenderCache)
+    nft_cache: nft_render.RenderCache = field(default_factory=nft_render.RenderCache)
 
 
 class _LogCheck(logging.Handler):
@@ -593,21 +597,21 @@ def _agent_sync(
         changed=changes.services,
     )
     fresh = plan(snapshot, cfg, IPFamily.V4, problems)
-    ruleset: ipt.IptablesRuleset | nft.NftRuleset
+    ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset
     if s.mode == "iptables":
-        ruleset = ipt.render(p, s.ipt_cache)
-        same = ruleset == ipt.render(fresh)
+        ruleset = ipt_render.render(p, s.ipt_cache)
+        same = ruleset == ipt_render.render(fresh)
         delta = (
-            ipt.partial_restore_text(s.last_ruleset, ruleset)
-            if isinstance(s.last_ruleset, ipt.IptablesRuleset)
+            ipt_restore.partial_restore_text(s.last_ruleset, ruleset)
+            if isinstance(s.last_ruleset, ipt_model.IptablesRuleset)
             else ""
         )
     else:
-        ruleset = nft.render(p, s.nft_cache)
-        same = ruleset == nft.render(fresh)
+        ruleset = nft_render.render(p, s.nft_cache)
+        same = ruleset == nft_render.render(fresh)
         delta = (
-            nft.incremental_text(s.last_ruleset, ruleset)
-            if isinstance(s.last_ruleset, nft.NftRuleset)
+            nft_diff.incremental_text(s.last_ruleset, ruleset)
+            if isinstance(s.last_ruleset, nft_model.NftRuleset)
             else ""
         )
     s.last_plan, s.last_ruleset = p, ruleset

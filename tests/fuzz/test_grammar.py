@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
 from proxy.model import IPFamily
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import render as nft_render
 from proxy.plan import plan
 from proxy.source.file import build_state, read_documents
 from tests.fuzz import grammar
@@ -27,9 +29,9 @@ def _texts(objects: list[Any], mode: str) -> dict[str, str]:
     for fam in IPFamily:
         p = plan(state.snapshot, ProxyConfig("node-a", ProxyMode(mode)), fam, state.problems)
         if mode == "iptables":
-            out[f"{fam}"] = ipt.restore_text(ipt.render(p))
+            out[f"{fam}"] = ipt_restore.restore_text(ipt_render.render(p))
         else:
-            out[f"{fam}"] = nft.full_sync_text(nft.render(p))
+            out[f"{fam}"] = nft_diff.full_sync_text(nft_render.render(p))
     return out
 
 
@@ -55,10 +57,10 @@ def test_incremental_texts_are_inside_the_grammar(mode: str) -> None:
     before = plan(build_state(objs, "node-a").snapshot, cfg)
     after = plan(build_state(changed, "node-a").snapshot, cfg)
     if mode == "iptables":
-        text = ipt.partial_restore_text(ipt.render(before), ipt.render(after))
+        text = ipt_restore.partial_restore_text(ipt_render.render(before), ipt_render.render(after))
         check = grammar.iptables_violations
     else:
-        text = nft.incremental_text(nft.render(before), nft.render(after))
+        text = nft_diff.incremental_text(nft_render.render(before), nft_render.render(after))
         check = grammar.nft_violations
     assert text
     assert check(text) == []

@@ -169,8 +169,10 @@ def _render(path: Path, mode: str, extra: tuple[str, ...], node: str) -> bytes:
 
 def _v6_render(data: bytes, mode: str) -> bytes:
     """The IPv6 rules (the agent renders them; `render` prints IPv4 only)."""
-    from proxy.backends import iptables as ipt
-    from proxy.backends import nftables as nft
+    from proxy.iptables import render as ipt_render
+    from proxy.iptables import restore as ipt_restore
+    from proxy.nftables import diff as nft_diff
+    from proxy.nftables import render as nft_render
     from proxy.plan import plan
 
     state = build_state(json.loads(data)["items"], "node-a")
@@ -181,8 +183,8 @@ def _v6_render(data: bytes, mode: str) -> bytes:
         state.problems,
     )
     if mode == "iptables":
-        return ipt.restore_text(ipt.render(p)).encode()
-    return nft.full_sync_text(nft.render(p)).encode()
+        return ipt_restore.restore_text(ipt_render.render(p)).encode()
+    return nft_diff.full_sync_text(nft_render.render(p)).encode()
 
 
 def _changed(seed: int) -> list[JSON]:
@@ -225,8 +227,10 @@ def _changed_keys(a: Snapshot, b: Snapshot) -> set[tuple[str, str]]:
 def _delta(seed: int, mode: str) -> bytes:
     """What the agent writes for the change ``generated(seed)`` → ``_changed(seed)``: an
     incremental plan and cached render, then the nft transaction / iptables partial restore."""
-    from proxy.backends import iptables as ipt
-    from proxy.backends import nftables as nft
+    from proxy.iptables import render as ipt_render
+    from proxy.iptables import restore as ipt_restore
+    from proxy.nftables import diff as nft_diff
+    from proxy.nftables import render as nft_render
     from proxy.plan import plan
 
     cfg = ProxyConfig(node_name="node-a", mode=ProxyMode(mode))
@@ -235,12 +239,12 @@ def _delta(seed: int, mode: str) -> bytes:
     changed = _changed_keys(a.snapshot, b.snapshot)
     after = plan(b.snapshot, cfg, previous=before, changed=changed)
     if mode == "iptables":
-        icache = ipt.RenderCache()
-        old = ipt.render(before, icache)
-        return ipt.partial_restore_text(old, ipt.render(after, icache)).encode()
-    ncache = nft.RenderCache()
-    old_nft = nft.render(before, ncache)
-    script = nft.incremental_text(old_nft, nft.render(after, ncache))
+        icache = ipt_render.RenderCache()
+        old = ipt_render.render(before, icache)
+        return ipt_restore.partial_restore_text(old, ipt_render.render(after, icache)).encode()
+    ncache = nft_render.RenderCache()
+    old_nft = nft_render.render(before, ncache)
+    script = nft_diff.incremental_text(old_nft, nft_render.render(after, ncache))
     return "\n".join(_canonical(script)).encode()
 
 

@@ -160,17 +160,18 @@ def test_apply_skips_invalid_objects_and_programs_the_rest(
 
 def test_iptables_rules_read_back_as_rendered(netns: str) -> None:
     """What iptables-save prints is rule for rule what we rendered (modulo number formats)."""
-    from proxy.backends import iptables as ipt
     from proxy.config import ProxyConfig, parse_cidrs
+    from proxy.iptables import render as ipt_render
+    from proxy.iptables import save as ipt_save
     from proxy.plan import plan
     from proxy.source.file import load_state
 
     apply(netns, "iptables", EXAMPLE)
     state = load_state(str(EXAMPLE), "node-a")
-    rs = ipt.render(
+    rs = ipt_render.render(
         plan(state.snapshot, ProxyConfig("node-a", cluster_cidrs=parse_cidrs("10.244.0.0/16", "x")))
     )
-    saved = ipt.parse_save(sh(netns, "iptables-save"))
+    saved = ipt_save.parse_save(sh(netns, "iptables-save"))
 
     def norm(rule: str) -> str:
         return re.sub(r"--probability \d\.\d+", "--probability P", rule)
@@ -184,7 +185,7 @@ def test_iptables_rules_read_back_as_rendered(netns: str) -> None:
 
 def test_legacy_backend_is_detected_and_used(netns: str) -> None:
     """A host whose kubelet left its hint chain in legacy iptables gets legacy rules."""
-    from proxy.kernel.iptables import detect_variant
+    from proxy.iptables.kernel import detect_variant
     from proxy.kernel.runner import Runner
 
     runner = Runner(netns)

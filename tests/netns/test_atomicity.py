@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.iptables import IptablesKernel
+from proxy.iptables import model as ipt_model
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.plan import plan
 from proxy.source.file import build_state
@@ -83,7 +85,7 @@ def test_apply_refused_in_filter_puts_nat_back(netns: str, tmp_path: Path, varia
     assert "10.96.0.77" in sh(netns, f"iptables-{variant}-save")  # no endpoints: filter
 
 
-def _ruleset(*services: str) -> ipt.IptablesRuleset:
+def _ruleset(*services: str) -> ipt_model.IptablesRuleset:
     """Services with one endpoint each, except ``nobody`` (no endpoints: a filter rule)."""
     objs = [m.node("node-a", "192.168.50.11")]
     for i, name in enumerate(services):
@@ -92,7 +94,7 @@ def _ruleset(*services: str) -> ipt.IptablesRuleset:
             ep = m.EP(f"10.244.1.{10 + i}", "node-a")
             objs.append(m.endpoint_slice(name, [ep], [("http", 80, "TCP")]))
     p = plan(build_state(objs, "node-a").snapshot, ProxyConfig("node-a", mode=ProxyMode.IPTABLES))
-    return ipt.render(p)
+    return ipt_render.render(p)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -107,7 +109,7 @@ def test_partial_sync_refused_in_nat_puts_filter_back(netns: str, variant: str) 
     sh(netns, f"iptables-{variant}", "-t", "nat", "-A", "FOREIGN", "-j", STALE)
     before = table(netns, variant, "filter")
     assert "10.96.0.11" in before  # nobody's REJECT rule
-    change = ipt.partial_restore(old, new)
+    change = ipt_restore.partial_restore(old, new)
     assert change.text.index("*filter") < change.text.index("*nat")
     assert f"-X {STALE}" in change.text
     with pytest.raises(KernelError) as info:

@@ -33,17 +33,18 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, FlowEntry, UdpTarget, udp_targets
 from proxy.harness import Outcome, Topology, default_spec
+from proxy.iptables import render as ipt_render
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel import ctnetlink as ct
 from proxy.kernel.addresses import local_addresses
-from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nfnetlink import NLM_F_CREATE, attr, be32, nest
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
+from proxy.model import IPFamily
+from proxy.nftables import render as nft_render
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import Plan, plan
 from proxy.source.file import build_state
 
@@ -101,9 +102,9 @@ class Lab:
             )
             p = plan(state.snapshot, config)
             if self.mode is ProxyMode.IPTABLES:
-                IptablesKernel(runner).sync(ipt.render(p))
+                IptablesKernel(runner).sync(ipt_render.render(p))
             else:
-                NftKernel(runner).sync(nft.render(p))
+                NftKernel(runner).sync(nft_render.render(p))
             plans[node] = p
         return plans
 
@@ -305,7 +306,7 @@ class Fake:
             self.dport,
             str(ipaddress.ip_address(self.reply_src or self.dst)),
             self.reply_sport or self.dport,
-            4 if self.family == V4 else 6,
+            IPFamily.V4 if self.family == V4 else IPFamily.V6,
         )
 
 
@@ -343,8 +344,8 @@ def test_the_kernel_filters_the_dump_on_udp(netns: str, monkeypatch: pytest.Monk
     dump = raw_dump(netns, V4)
     # only the UDP entries of the family crossed the socket (Linux 5.8+ filters)
     assert dump.returned == len(udp) and not dump.interrupted
-    assert {FlowEntry(*flow, 4) for flow in dump.flows} == {f.flow() for f in udp}
-    assert set(ConntrackCleaner(netns).dump_udp([4])) == {f.flow() for f in udp}
+    assert {FlowEntry(*flow, IPFamily.V4) for flow in dump.flows} == {f.flow() for f in udp}
+    assert set(ConntrackCleaner(netns).dump_udp([IPFamily.V4])) == {f.flow() for f in udp}
 
     # a kernel that refuses the filter (here: an unknown filter flag) is asked again
     # without it; the UDP check on our side keeps the answer the same
@@ -352,7 +353,7 @@ def test_the_kernel_filters_the_dump_on_udp(netns: str, monkeypatch: pytest.Monk
     monkeypatch.setattr(ct, "UDP_FILTER", ct.UDP_FILTER[:-4] + refused)
     dump = raw_dump(netns, V4)
     assert dump.returned == len(udp) + len(tcp)
-    assert {FlowEntry(*flow, 4) for flow in dump.flows} == {f.flow() for f in udp}
+    assert {FlowEntry(*flow, IPFamily.V4) for flow in dump.flows} == {f.flow() for f in udp}
 
 
 def test_ipv6_entries_are_read_deleted_and_cleaned(netns: str) -> None:
@@ -370,16 +371,16 @@ def test_ipv6_entries_are_read_deleted_and_cleaned(netns: str) -> None:
     create(netns, [*stale, *kept, *unrelated, *ipv4])
 
     cleaner = ConntrackCleaner(netns)
-    six = cleaner.dump_udp([6])
+    six = cleaner.dump_udp([IPFamily.V6])
     assert set(six) == {f.flow() for f in [*stale, *kept, *unrelated]}
-    assert all(e.family == 6 for e in six)
+    assert all(e.family is IPFamily.V6 for e in six)
     assert "fd00::99" in {e.orig_dst for e in six}  # the kernel's bytes, canonical text
 
     target = UdpTarget("default/dns6:dns", frozenset({vip}), 53, None, frozenset({(new, 5353)}))
     assert cleaner.cleanup([target]) == len(stale)
     assert set(cleaner.dump_udp()) == {f.flow() for f in [*kept, *unrelated, *ipv4]}
     assert cleaner.delete([unrelated[0].flow()]) == 1
-    assert set(cleaner.dump_udp([6])) == {f.flow() for f in kept}
+    assert set(cleaner.dump_udp([IPFamily.V6])) == {f.flow() for f in kept}
 
 
 def test_thousands_of_entries_are_deleted_at_once(
@@ -388,13 +389,13 @@ def test_thousands_of_entries_are_deleted_at_once(
     fakes = udp4(5000)
     create(netns, fakes)
     cleaner = ConntrackCleaner(netns)
-    assert len(cleaner.dump_udp([4])) == 5000
+    assert len(cleaner.dump_udp([IPFamily.V4])) == 5000
 
     doomed = [f.flow() for f in fakes[::2]] + [f.flow() for f in fakes[1:1000:2]]
     with caplog.at_level(logging.ERROR, logger="proxy.conntrack"):
         assert cleaner.delete(doomed) == len(doomed) == 3000  # 12 datagrams of requests
     assert not caplog.records
-    assert set(cleaner.dump_udp([4])) == {f.flow() for f in fakes[1001::2]}
+    assert set(cleaner.dump_udp([IPFamily.V4])) == {f.flow() for f in fakes[1001::2]}
     count = subprocess.run(
         ["ip", "netns", "exec", netns, "conntrack", "-C"], capture_output=True, text=True
     )
@@ -407,7 +408,7 @@ def test_an_entry_already_gone_is_not_an_error(
     fakes = udp4(10)
     create(netns, fakes)
     cleaner = ConntrackCleaner(netns)
-    entries = cleaner.dump_udp([4])
+    entries = cleaner.dump_udp([IPFamily.V4])
     never = Fake(V4, "198.18.200.1", "198.19.0.1", 9999, 53).flow()
     with caplog.at_level(logging.ERROR, logger="proxy.conntrack"):
         assert cleaner.delete(entries[:4]) == 4
@@ -472,7 +473,7 @@ def test_an_interrupted_dump_is_used_as_far_as_it_got(
 
     monkeypatch.setattr(ct.UdpDump, "feed", interrupted)
     with caplog.at_level(logging.WARNING, logger="proxy.conntrack"):
-        entries = ConntrackCleaner(netns).dump_udp([4])
+        entries = ConntrackCleaner(netns).dump_udp([IPFamily.V4])
     assert len(seen) > 3
     assert set(entries) == {f.flow() for f in fakes}
     assert [r.getMessage() for r in caplog.records] == [

@@ -13,12 +13,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
+from proxy.iptables import save as ipt_save
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import render as nft_render
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.conftest import netns_pair
@@ -70,7 +73,7 @@ def ipt_canonical(ns: str) -> Any:
     out = subprocess.run(
         ["ip", "netns", "exec", ns, "iptables-nft-save"], capture_output=True, text=True, check=True
     ).stdout
-    saved = ipt.parse_save(out)
+    saved = ipt_save.parse_save(out)
     return {k: [re.sub(r"--probability \S+", "P", r) for r in v] for k, v in saved.rules.items()}
 
 
@@ -86,12 +89,15 @@ def test_incremental_nftables_equals_full_sync(
     inc, ref = (NftKernel(Runner(n)) for n in two_netns)
     for k in (inc, ref):
         k.cleanup()
-    ra, rb = nft.render(_plan(a, ProxyMode.NFTABLES)), nft.render(_plan(b, ProxyMode.NFTABLES))
+    ra, rb = (
+        nft_render.render(_plan(a, ProxyMode.NFTABLES)),
+        nft_render.render(_plan(b, ProxyMode.NFTABLES)),
+    )
     inc.sync(ra)
-    inc.apply_transaction(nft.incremental(ra, rb))  # netlink when covered, else nft
+    inc.apply_transaction(nft_diff.incremental(ra, rb))  # netlink when covered, else nft
     ref.sync(rb)
     assert nft_canonical(two_netns[0]) == nft_canonical(two_netns[1])
-    assert not nft.incremental(rb, rb)
+    assert not nft_diff.incremental(rb, rb)
 
 
 @settings(
@@ -106,14 +112,17 @@ def test_partial_iptables_equals_full_sync(
     inc, ref = (IptablesKernel(Runner(n), variant="nft") for n in two_netns)
     for k in (inc, ref):
         k.cleanup()
-    ra, rb = ipt.render(_plan(a, ProxyMode.IPTABLES)), ipt.render(_plan(b, ProxyMode.IPTABLES))
+    ra, rb = (
+        ipt_render.render(_plan(a, ProxyMode.IPTABLES)),
+        ipt_render.render(_plan(b, ProxyMode.IPTABLES)),
+    )
     inc.sync(ra)
-    text = ipt.partial_restore_text(ra, rb)
+    text = ipt_restore.partial_restore_text(ra, rb)
     if text:
         inc.restore(text)
     ref.sync(rb)
     assert ipt_canonical(two_netns[0]) == ipt_canonical(two_netns[1])
-    assert ipt.partial_restore_text(rb, rb) == ""
+    assert ipt_restore.partial_restore_text(rb, rb) == ""
 
 
 @pytest.mark.parametrize("mode", list(ProxyMode), ids=str)
@@ -178,8 +187,8 @@ def test_agent_event_stream_matches_a_fresh_full_sync(
         assert proxier.sync_proxy_rules()
         ref = _plan([node, *(o for objs in live.values() for o in objs)], mode)
         if mode is ProxyMode.NFTABLES:
-            NftKernel(Runner(ref_ns)).sync(nft.render(ref))
+            NftKernel(Runner(ref_ns)).sync(nft_render.render(ref))
             assert nft_canonical(inc_ns) == nft_canonical(ref_ns), f"step {step}"
         else:
-            IptablesKernel(Runner(ref_ns), variant="nft").sync(ipt.render(ref))
+            IptablesKernel(Runner(ref_ns), variant="nft").sync(ipt_render.render(ref))
             assert ipt_canonical(inc_ns) == ipt_canonical(ref_ns), f"step {step}"

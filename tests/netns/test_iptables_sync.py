@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel import iptables as kernel_ipt
-from proxy.kernel.iptables import IptablesKernel
+from proxy.iptables import kernel as kernel_ipt
+from proxy.iptables import model as ipt_model
+from proxy.iptables import render as ipt_render
+from proxy.iptables import save as ipt_save
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.plan import plan
 from proxy.source.file import build_state
@@ -31,7 +33,7 @@ def pair() -> Iterator[tuple[str, str]]:
         yield names
 
 
-def ruleset(*names: str) -> ipt.IptablesRuleset:
+def ruleset(*names: str) -> ipt_model.IptablesRuleset:
     """Services ``names`` (two endpoints each, one a NodePort) on node-a."""
     objs: list[dict[str, Any]] = [m.node("node-a", "192.168.50.11")]
     for i, name in enumerate(names):
@@ -42,7 +44,7 @@ def ruleset(*names: str) -> ipt.IptablesRuleset:
     cfg = ProxyConfig(
         "node-a", mode=ProxyMode.IPTABLES, cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),)
     )
-    return ipt.render(plan(build_state(objs, "node-a").snapshot, cfg))
+    return ipt_render.render(plan(build_state(objs, "node-a").snapshot, cfg))
 
 
 def saved(ns: str, variant: str) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -50,7 +52,7 @@ def saved(ns: str, variant: str) -> dict[tuple[str, str], tuple[str, ...]]:
         ["ip", "netns", "exec", ns, f"iptables-{variant}-save"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    return dict(ipt.parse_save(dump).rules)
+    return dict(ipt_save.parse_save(dump).rules)
 
 
 def iptables(ns: str, variant: str, *args: str) -> None:

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
 from proxy.model import IPFamily
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import model as nft_model
+from proxy.nftables import render as nft_render
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.conftest import netns_pair
@@ -53,7 +55,7 @@ print(" ".join(sorted(seen)))
 """
 
 
-def _ruleset(pods: tuple[str, ...]) -> nft.NftRuleset:
+def _ruleset(pods: tuple[str, ...]) -> nft_model.NftRuleset:
     objs: list[dict[str, Any]] = [
         m.service("web6", CLUSTER_IP, [m.Port(80, "http", target_port=8080)]),
         m.endpoint_slice(
@@ -62,7 +64,7 @@ def _ruleset(pods: tuple[str, ...]) -> nft.NftRuleset:
         ),
     ]  # fmt: skip
     state = build_state(objs, "node-a")
-    return nft.render(
+    return nft_render.render(
         plan(state.snapshot, ProxyConfig("node-a", mode=ProxyMode.NFTABLES), IPFamily.V6)
     )
 
@@ -112,7 +114,7 @@ def test_ipv6_cluster_ip_spreads_over_the_endpoint_map(link: tuple[str, str]) ->
     kernel = NftKernel(Runner(node), IPFamily.V6)
     kernel.sync(two)  # through nft
     assert reached(node) == set(PODS[:2])
-    tx = nft.incremental(two, three)
+    tx = nft_diff.incremental(two, three)
     assert any(op.kind == "rule" for op in tx.ops)  # mod 2 became mod 3
     kernel.apply_transaction(tx)  # over netlink
     assert reached(node) == set(PODS)

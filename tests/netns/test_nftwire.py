@@ -1,7 +1,7 @@
 """Transactions sent as netlink messages leave the kernel exactly as ``nft -f`` does.
 
 Each test applies the same transaction twice, through nft in one namespace and through
-:mod:`proxy.kernel.nftwire` in another, then compares the kernel's own dumps (rule
+:mod:`proxy.nftables.wire` in another, then compares the kernel's own dumps (rule
 expressions and element attributes byte for byte, comments included) and nft's listing.
 """
 
@@ -14,14 +14,17 @@ from typing import Any
 
 import pytest
 
-from proxy.backends import nftables as nft
-from proxy.backends.nftables import NftElement, NftOp, NftTransaction
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.kernel import nfnetlink as nl
-from proxy.kernel import nftwire
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import model as nft_model
+from proxy.nftables import names as nft_names
+from proxy.nftables import render as nft_render
+from proxy.nftables import wire as nftwire
+from proxy.nftables.kernel import NftKernel
+from proxy.nftables.model import NftElement, NftOp, NftTransaction
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.conftest import netns_pair
@@ -48,7 +51,7 @@ def nft_run(ns: str, script: str) -> None:
 def listing(ns: str, family: IPFamily) -> str:
     fam = "ip" if family is IPFamily.V4 else "ip6"
     return subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "list", "table", fam, nft.TABLE],
+        ["ip", "netns", "exec", ns, "nft", "list", "table", fam, nft_names.TABLE],
         capture_output=True,
         text=True,
         check=True,
@@ -59,7 +62,7 @@ def kernel_dump(ns: str, family: IPFamily) -> dict[str, Any]:
     """Rules (expressions and user data as the kernel returns them, in chain order) and
     set elements (unordered) of our table, handles left out."""
     proto = nl.NFPROTO_IPV4 if family is IPFamily.V4 else nl.NFPROTO_IPV6
-    table = nl.strz(1, nft.TABLE)
+    table = nl.strz(1, nft_names.TABLE)
     with nl.NfTablesSocket(ns) as sock:
         rules: dict[str, list[tuple[bytes, bytes]]] = {}
         for r in sock.dump(nl.NFT_MSG_GETRULE, proto, table):
@@ -86,7 +89,7 @@ def _list(blob: bytes) -> list[bytes]:
 
 def base_script(family: IPFamily) -> str:
     fam, addr = ("ip", "ipv4_addr") if family is IPFamily.V4 else ("ip6", "ipv6_addr")
-    t = f"{fam} {nft.TABLE}"
+    t = f"{fam} {nft_names.TABLE}"
     return "\n".join(
         [
             f'add table {t} {{ comment "rules for kube-proxy" ; }}',
@@ -237,12 +240,12 @@ def test_every_covered_statement_matches_nft(pair: tuple[str, str], family: IPFa
     assert kernel_dump(by_wire, family) == kernel_dump(by_nft, family)
 
 
-def _ruleset(objs: list[dict[str, Any]]) -> nft.NftRuleset:
+def _ruleset(objs: list[dict[str, Any]]) -> nft_model.NftRuleset:
     state = build_state(objs, "node-a")
     cfg = ProxyConfig(
         "node-a", mode=ProxyMode.NFTABLES, cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),)
     )
-    return nft.render(plan(state.snapshot, cfg))
+    return nft_render.render(plan(state.snapshot, cfg))
 
 
 def _service(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -314,11 +317,12 @@ def test_agent_changes_go_over_netlink_and_match_nft(pair: tuple[str, str], chan
     by_nft, by_wire = (NftKernel(Runner(ns)) for ns in pair)
     for k in (by_nft, by_wire):
         k.sync(before)
-    tx = nft.incremental(before, after)
+    tx = nft_diff.incremental(before, after)
     assert tx, "the change writes something"
     nftwire.messages(tx)  # covered: raises Unsupported otherwise
     by_nft.apply(tx.text())
     by_wire.apply_transaction(tx)
+    assert by_wire.text_fallbacks == 0
     assert kernel_dump(pair[1], IPFamily.V4) == kernel_dump(pair[0], IPFamily.V4)
     assert listing(pair[1], IPFamily.V4) == listing(pair[0], IPFamily.V4)
 
@@ -363,7 +367,9 @@ def test_uncovered_statements_go_through_nft(pair: tuple[str, str]) -> None:
     )
     with pytest.raises(nftwire.Unsupported):
         nftwire.messages(tx)
-    NftKernel(Runner(ns)).apply_transaction(tx)
+    kernel = NftKernel(Runner(ns))
+    kernel.apply_transaction(tx)
+    assert kernel.text_fallbacks == 1  # the agent's kubeproxy_py_nft_text_fallbacks_total
     text = listing(ns, IPFamily.V4)
     assert "set new-aff" in text
     assert "ip saddr != { 192.0.2.0/24, 198.51.100.0/24 } drop" in text
@@ -372,7 +378,7 @@ def test_uncovered_statements_go_through_nft(pair: tuple[str, str]) -> None:
 def test_existing_reads_chains_hooks_sets_and_maps(pair: tuple[str, str]) -> None:
     ns = pair[0]
     kernel = NftKernel(Runner(ns))
-    assert kernel.existing() == nft.ExistingNft()
+    assert kernel.existing() == nft_model.ExistingNft()
     nft_run(ns, base_script(IPFamily.V4))
     nft_run(
         ns,
@@ -384,8 +390,8 @@ def test_existing_reads_chains_hooks_sets_and_maps(pair: tuple[str, str]) -> Non
     assert have.table_exists
     assert have.chains == {"reject-chain", "svc", "ep", "ext", "old", "nat-output", "filter-input"}
     assert have.base_chains == {
-        "nat-output": nft.BaseHook("nat", "output", -100),
-        "filter-input": nft.BaseHook("filter", "input", 0),
+        "nat-output": nft_model.BaseHook("nat", "output", -100),
+        "filter-input": nft_model.BaseHook("filter", "input", 0),
     }
     assert have.sets == {"aff": 10800, "cluster-ips": None, "hairpin": None, "gone": None}
     assert have.maps == {"service-ips", "service-nodeports", "old-endpoints", "doomed-endpoints"}

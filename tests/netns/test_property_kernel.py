@@ -9,12 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import NodePortAddresses, ProxyConfig, ProxyMode
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import render as nft_render
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.strategies import cluster_states
@@ -51,8 +53,8 @@ def test_kernel_accepts_random_valid_states(
     for mode in ProxyMode:
         p = plan(state.snapshot, ProxyConfig("node-a", mode=mode, host_addresses=hosts, **cfg))
         if mode is ProxyMode.NFTABLES:
-            NftKernel(runner).apply(nft.full_sync_text(nft.render(p)), check_only=True)
+            NftKernel(runner).apply(nft_diff.full_sync_text(nft_render.render(p)), check_only=True)
         else:
             IptablesKernel(runner, variant="nft").restore(
-                ipt.restore_text(ipt.render(p)), test=True
+                ipt_restore.restore_text(ipt_render.render(p)), test=True
             )

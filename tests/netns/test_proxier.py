@@ -16,7 +16,7 @@ from proxy import manifests as m
 from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.iptables import CANARY_CHAIN, VARIANT_ENV, IptablesKernel
+from proxy.iptables.kernel import CANARY_CHAIN, VARIANT_ENV, IptablesKernel
 from proxy.kernel.runner import Runner
 
 pytestmark = pytest.mark.netns
@@ -180,17 +180,18 @@ def test_large_cluster_rules_read_back_and_skip_the_hourly_full_sync(
     exactly as rendered, and, as upstream, only drift (not the hour) brings a full sync."""
     import re
 
-    from proxy.backends import iptables as ipt
+    from proxy.iptables import render as ipt_render
+    from proxy.iptables import save as ipt_save
 
     proxier, state, rec, clock = legacy_proxier(netns, monkeypatch, "10.128.0.0/9")
     for obj in m.synthetic_cluster(101, 10):
         state.handle(obj["kind"], "ADDED", obj)
     assert proxier.sync_proxy_rules() and rec.last().full
     last = proxier.last_plan
-    assert last is not None and ipt.large_cluster(last)
+    assert last is not None and ipt_render.large_cluster(last)
 
-    saved = ipt.parse_save(listing(netns, ProxyMode.IPTABLES, "legacy"))
-    rendered = ipt.render(last)
+    saved = ipt_save.parse_save(listing(netns, ProxyMode.IPTABLES, "legacy"))
+    rendered = ipt_render.render(last)
 
     def norm(rule: str) -> str:
         return re.sub(r"--probability \d\.\d+", "--probability P", rule)

@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.harness import Outcome, ProbeResult, Topology, default_spec
+from proxy.iptables import render as ipt_render
+from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.addresses import local_addresses
-from proxy.kernel.iptables import IptablesKernel
-from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner
+from proxy.nftables import render as nft_render
+from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
 from proxy.source.file import build_state
 
@@ -117,9 +117,9 @@ class Lab:
             p = plan(state.snapshot, config)
             k = self.kernel(node)
             if isinstance(k, IptablesKernel):
-                k.sync(ipt.render(p))
+                k.sync(ipt_render.render(p))
             else:
-                k.sync(nft.render(p))
+                k.sync(nft_render.render(p))
         for node in NODE_IP:
             self.topo.flush_conntrack(node)
 

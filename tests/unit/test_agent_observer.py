@@ -9,9 +9,14 @@ import logging
 import pytest
 
 from proxy import manifests as m
-from proxy.agent.main import health_check_addresses
+from proxy.agent.main import Observer, health_check_addresses
+from proxy.agent.proxier import SyncResult
+from proxy.agent.state import ClusterState
 from proxy.config import NodePortAddresses, ProxyConfig, ProxyMode
+from proxy.conntrack import ConntrackCleaner
+from proxy.metrics import ProxyMetrics
 from proxy.plan import Plan, plan
+from proxy.server import HealthCheckNodePorts, ProxyHealth
 from proxy.source.file import build_state
 
 NODE = "node-a"
@@ -26,6 +31,19 @@ def _plan(mode: ProxyMode, npa: str = "", host: tuple[str, ...] = ()) -> Plan:
         host_addresses=tuple(ipaddress.ip_address(h) for h in host),
     )
     return plan(state.snapshot, cfg)
+
+
+def _observer() -> Observer:
+    metrics = ProxyMetrics(mode="nftables")
+    health = ProxyHealth(60)
+    return Observer(
+        ProxyMode.NFTABLES,
+        metrics,
+        health,
+        ClusterState(NODE),
+        HealthCheckNodePorts(health),
+        ConntrackCleaner(),
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,26 +70,12 @@ def test_health_check_ports_listen_where_node_ports_are_accepted(
 def test_services_not_programmed_are_logged_once_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from proxy.agent.main import Observer
-    from proxy.agent.state import ClusterState
-    from proxy.conntrack import ConntrackCleaner
-    from proxy.metrics import ProxyMetrics
-    from proxy.server import HealthCheckNodePorts, ProxyHealth
-
     v6 = m.service("v6", "fd00::10", [m.Port(80)])
     hl = m.service("hl", "None", [m.Port(80)])
     state = build_state([m.node(NODE, "192.168.50.11"), v6, hl], NODE)
     p = plan(state.snapshot, ProxyConfig(NODE, mode=ProxyMode.NFTABLES))
-    metrics = ProxyMetrics(mode="nftables")
-    health = ProxyHealth(60)
-    obs = Observer(
-        ProxyMode.NFTABLES,
-        metrics,
-        health,
-        ClusterState(NODE),
-        HealthCheckNodePorts(health),
-        ConntrackCleaner(),
-    )
+    obs = _observer()
+    metrics = obs.metrics
     with caplog.at_level(logging.DEBUG, logger="kube-proxy-py"):
         obs._report_skipped(p)
         obs._report_skipped(p)
@@ -83,3 +87,14 @@ def test_services_not_programmed_are_logged_once_and_counted(
     text = metrics.render().decode()
     assert 'kubeproxy_py_services_not_programmed{reason="ipv6-only"} 1.0' in text
     assert 'kubeproxy_py_services_not_programmed{reason="headless"} 1.0' in text
+
+
+def test_fallbacks_to_nft_text_are_counted() -> None:
+    obs = _observer()
+    p = _plan(ProxyMode.NFTABLES)
+    for fallbacks in (2, 0, 1):
+        obs.sync_done(
+            SyncResult(p, None, False, 0.01, 0, 0, (), None, True, text_fallbacks=fallbacks)
+        )
+    text = obs.metrics.render().decode()
+    assert 'kubeproxy_py_nft_text_fallbacks_total{ip_family="IPv4"} 3.0' in text

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.bench import iptvariant
 from proxy.bench.targets import mode_label
-from proxy.kernel.iptables import VARIANT_ENV
+from proxy.iptables.kernel import VARIANT_ENV
 
 
 @pytest.mark.parametrize("variant", iptvariant.VARIANTS)

@@ -8,6 +8,7 @@ from typing import Any
 from proxy import manifests as m
 from proxy.config import ProxyConfig
 from proxy.conntrack import FlowEntry, UdpTarget, classify, stale_entries, udp_targets
+from proxy.model import IPFamily
 from proxy.plan import Plan, plan
 from proxy.source.file import build_state
 
@@ -45,7 +46,7 @@ def flow(
     src: str = CLIENT,
     sport: int = 40000,
 ) -> FlowEntry:
-    family = ipaddress.ip_address(dst).version
+    family = IPFamily.of(ipaddress.ip_address(dst))
     return FlowEntry(src, dst, sport, dport, reply[0], reply[1], family)
 
 
@@ -72,7 +73,7 @@ def test_udp_targets_take_udp_ports_with_every_service_ip_and_the_node_port() ->
     (t,) = udp_targets(make_plan(svc, sl))
     assert t.service == "kube-system/dns:dns" and t.object == "kube-system/dns"
     assert t.ips == {VIP, "203.0.113.10", "198.51.100.10"}
-    assert (t.port, t.node_port, t.family) == (53, 30053, 4)
+    assert (t.port, t.node_port, t.family) == (53, 30053, IPFamily.V4)
     assert t.serving == {A1, B1}
 
 
@@ -168,7 +169,7 @@ def test_service_ip_flow_is_judged_only_by_its_own_service() -> None:
 
 def test_families_are_separate_and_ipv6_spellings_are_canonical() -> None:
     v6 = target({("fd00:10:244:1::11", 5353)}, ips=("fd00:10:96::53",), node_port=30053)
-    assert v6.family == 6
+    assert v6.family is IPFamily.V6
     kept = flow("fd00:10:96:0::53", reply=("fd00:10:244:1:0::11", 5353), src="fd00::1", sport=1)
     gone = flow("fd00:10:96::53", reply=("fd00:10:244:1::12", 5353), src="fd00::1", sport=2)
     v4_on_v6_node_port = flow("192.168.50.11", 30053, A1, sport=3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from proxy.backends import endpointmaps as em
+from proxy.nftables import endpointmaps as em
 
 
 def runs(placed: dict[str, int], demands: dict[str, int]) -> list[tuple[int, int]]:

@@ -19,10 +19,13 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
 from proxy.model import parse_endpoint_slice, parse_service
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import model as nft_model
+from proxy.nftables import render as nft_render
 from proxy.plan import plan
 from proxy.source.file import build_state
 
@@ -41,8 +44,8 @@ def _render(mode: ProxyMode, *objs: dict[str, Any]) -> str:
     state = _state(*objs)
     p = plan(state.snapshot, ProxyConfig(NODE, mode=mode), problems=state.problems)
     if mode is ProxyMode.NFTABLES:
-        return nft.full_sync_text(nft.render(p))
-    return ipt.restore_text(ipt.render(p))
+        return nft_diff.full_sync_text(nft_render.render(p))
+    return ipt_restore.restore_text(ipt_render.render(p))
 
 
 def long_named(endpoints: bool = True) -> list[dict[str, Any]]:
@@ -75,7 +78,7 @@ def test_long_valid_names_fit_nft_comments(endpoints: bool) -> None:
     text = _render(ProxyMode.NFTABLES, *objs)
     comments = _COMMENT.findall(text)
     assert comments, "the Service's elements carry comments"
-    assert max(len(c) for c in comments) <= nft.NFT_COMMENT_MAX
+    assert max(len(c) for c in comments) <= nft_model.NFT_COMMENT_MAX
     # the truncated comment still starts with the Service's name: it stays readable
     assert any(c.startswith(f"{NS63}/{NAME63}") for c in comments)
 
@@ -83,14 +86,14 @@ def test_long_valid_names_fit_nft_comments(endpoints: bool) -> None:
 def test_long_valid_names_fit_iptables_comments() -> None:
     text = _render(ProxyMode.IPTABLES, *long_named())
     comments = re.findall(r'--comment "([^"]*)"', text)
-    assert comments and max(len(c) for c in comments) <= ipt.IPT_COMMENT_MAX
+    assert comments and max(len(c) for c in comments) <= ipt_render.IPT_COMMENT_MAX
     assert any(f"{NS63}/{NAME63}:{PORT63}" in c for c in comments)
 
 
 def test_comment_quoting_keeps_rule_syntax() -> None:
-    assert nft.safe_comment('a"b\\c\nd\x00é') == "a'b?c?d??"
-    assert len(nft.safe_comment("x" * 500)) == 128
-    assert ipt._q('say "hi"\\\n') == "\"say 'hi'??\""
+    assert nft_model.safe_comment('a"b\\c\nd\x00é') == "a'b?c?d??"
+    assert len(nft_model.safe_comment("x" * 500)) == 128
+    assert ipt_render._q('say "hi"\\\n') == "\"say 'hi'??\""
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.kernel.iptables import _counting
+from proxy.iptables.kernel import _counting
 from proxy.kernel.runner import KernelError
 
 TEXT = "*nat\n:A - [0:0]\n-A A -j RETURN\nCOMMIT\n*filter\n:B - [0:0]\n-X B\nCOMMIT\n"

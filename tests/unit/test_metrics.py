@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import ProxyMode
 from proxy.metrics import PROGRAMMING_BUCKETS, SYNC_BUCKETS, ProxyMetrics
+from proxy.model import IPFamily
 
 UPSTREAM = {
     # name: (type, label names besides le)
@@ -44,10 +45,10 @@ UPSTREAM = {
 
 def exercised() -> ProxyMetrics:
     """Every metric with at least one sample."""
-    m = ProxyMetrics(families=("IPv4", "IPv6"))
+    m = ProxyMetrics(families=tuple(IPFamily))
     m.queued(now=100.0)
     m.observe_sync(True, 0.003, now=101.0)
-    m.observe_sync(False, 0.02, family="IPv6", now=102.0)
+    m.observe_sync(False, 0.02, family=IPFamily.V6, now=102.0)
     m.observe_programming(1.5)
     m.set_pending(3, 4)
     m.changes(services=2, endpoints=5)
@@ -58,8 +59,9 @@ def exercised() -> ProxyMetrics:
     m.sync_failed("iptables")
     m.sync_failed(ProxyMode.IPTABLES, partial=True)
     m.set_rule_counts({"nat": 10, "filter": 4}, {"nat": 2, "filter": 4})
-    m.sync_failed("nftables", family="IPv6")
+    m.sync_failed("nftables", family=IPFamily.V6)
     m.cleanup_failed()
+    m.nft_text_fallbacks(2)
     m.set_invalid("Service", 2)
     m.record_invalid("Service", 3)
     return m
@@ -116,10 +118,14 @@ def test_full_and_partial_syncs_land_in_their_histograms_and_the_total() -> None
     m = exercised()
     assert value(m, "kubeproxy_sync_full_proxy_rules_duration_seconds_count", ip_family="IPv4") == 1
     assert (
-        value(m, "kubeproxy_sync_partial_proxy_rules_duration_seconds_count", ip_family="IPv6") == 1
+        value(m, "kubeproxy_sync_partial_proxy_rules_duration_seconds_count", ip_family=IPFamily.V6)
+        == 1
     )
     assert value(m, "kubeproxy_sync_proxy_rules_duration_seconds_count", ip_family="IPv4") == 1
-    assert value(m, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", ip_family="IPv6") == 102.0
+    assert (
+        value(m, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", ip_family=IPFamily.V6)
+        == 102.0
+    )
     assert (
         value(m, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", ip_family="IPv4")
         == 100.0
@@ -165,7 +171,8 @@ def test_counters_and_gauges_carry_the_values_given() -> None:
         == 1
     )
     assert (
-        value(m, "kubeproxy_sync_proxy_rules_nftables_sync_failures_total", ip_family="IPv6") == 1
+        value(m, "kubeproxy_sync_proxy_rules_nftables_sync_failures_total", ip_family=IPFamily.V6)
+        == 1
     )
     assert (
         value(m, "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total", ip_family="IPv4")
@@ -176,12 +183,13 @@ def test_counters_and_gauges_carry_the_values_given() -> None:
     )
     assert value(m, "kubeproxy_sync_proxy_rules_iptables_last", table="nat", ip_family="IPv4") == 2
     assert value(m, "kubeproxy_py_invalid_objects", kind="Service") == 2
+    assert value(m, "kubeproxy_py_nft_text_fallbacks_total", ip_family="IPv4") == 2
     assert value(m, "kubeproxy_py_invalid_objects_skipped_total", kind="Service") == 3
 
 
 def test_families_read_zero_before_any_event() -> None:
-    m = ProxyMetrics(families=("IPv4", "IPv6"))
-    for fam in ("IPv4", "IPv6"):
+    m = ProxyMetrics(families=tuple(IPFamily))
+    for fam in IPFamily:
         assert (
             value(m, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total", ip_family=fam)
             == 0
@@ -200,6 +208,9 @@ def test_mode_registers_only_its_backend_metrics() -> None:
         ProxyMetrics("iptables").sync_failed("nftables")
     with pytest.raises(ValueError, match="iptables metrics are not registered"):
         ProxyMetrics("nftables").set_rule_counts({"nat": 1})
+    assert "kubeproxy_py_nft_text_fallbacks_total" in nft
+    with pytest.raises(ValueError, match="nftables metrics are not registered"):
+        ProxyMetrics("iptables").nft_text_fallbacks(1)
 
 
 def test_instances_are_independent_and_expose_no_created_series() -> None:

@@ -6,10 +6,10 @@ import struct
 
 import pytest
 
-from proxy.backends.nftables import BaseHook, NftElement, NftOp, NftTransaction
 from proxy.kernel import nfnetlink as nl
-from proxy.kernel import nftwire
 from proxy.model import IPFamily
+from proxy.nftables import wire as nftwire
+from proxy.nftables.model import BaseHook, NftElement, NftOp, NftTransaction
 
 
 def test_concatenated_keys_pad_every_field_to_four_bytes() -> None:

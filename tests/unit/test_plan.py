@@ -325,7 +325,8 @@ def _endpoint_change(objs: list[dict[str, Any]], name: str) -> list[dict[str, An
 
 
 def test_an_endpoint_change_replans_only_its_service_in_place() -> None:
-    from proxy.backends import nftables as nft
+    from proxy.nftables import diff as nft_diff
+    from proxy.nftables import render as nft_render
 
     skipped = m.service("odd", "None", [m.Port(80, "http")], namespace="bench")
     objs = [*m.synthetic_cluster(40, 3), skipped]
@@ -344,12 +345,14 @@ def test_an_endpoint_change_replans_only_its_service_in_place() -> None:
     assert [k for k in after.by_service if after.by_service[k] is not before.by_service[k]] == [key]
     # the renderer knows which service ports it rendered again; the transaction built
     # from that equals a diff of the whole tables
-    cache = nft.RenderCache()
-    ra, rb = nft.render(before, cache), nft.render(after, cache)
+    cache = nft_render.RenderCache()
+    ra, rb = nft_render.render(before, cache), nft_render.render(after, cache)
     assert rb.delta is not None and rb.delta[0] == ra.serial
     assert {k[:2] for k in rb.delta[1]} == {key}
-    assert nft.incremental_text(ra, rb) == nft.diff_text(nft.render(before), nft.render(full))
-    assert "10.200.0.7" in nft.incremental_text(ra, rb)
+    assert nft_diff.incremental_text(ra, rb) == nft_diff.diff_text(
+        nft_render.render(before), nft_render.render(full)
+    )
+    assert "10.200.0.7" in nft_diff.incremental_text(ra, rb)
 
 
 def test_a_service_that_becomes_skipped_is_planned_over_all_services() -> None:

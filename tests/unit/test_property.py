@@ -6,9 +6,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
-from proxy.backends import iptables as ipt
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import render as nft_render
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.strategies import cluster_states, corrupted
@@ -20,8 +22,8 @@ def test_random_invalid_objects_never_crash_the_planner(obj: dict[str, Any]) -> 
     state = build_state([obj], "node-a")
     for mode in ProxyMode:
         p = plan(state.snapshot, ProxyConfig("node-a", mode=mode), problems=state.problems)
-        ipt.restore_text(ipt.render(p))
-        nft.full_sync_text(nft.render(p))
+        ipt_restore.restore_text(ipt_render.render(p))
+        nft_diff.full_sync_text(nft_render.render(p))
     for problem in state.problems:
         text = str(problem)
         assert ": " in text and problem.field and problem.message
@@ -86,20 +88,20 @@ def test_incremental_plan_equals_full_plan(
         assert incremental.service_ports == full.service_ports
         assert incremental.problems == full.problems and incremental.skipped == full.skipped
         # rendering with fragments cached from A gives what a fresh render of B gives
-        ipt_cache, nft_cache = ipt.RenderCache(), nft.RenderCache()
-        ipt.render(before, ipt_cache)
-        nft.render(before, nft_cache)
-        assert ipt.render(incremental, ipt_cache) == ipt.render(full)
-        nft_before = nft.render(before, nft.RenderCache())
-        nft_after = nft.render(incremental, nft_cache)
-        assert nft_after == nft.render(full)
+        ipt_cache, nft_cache = ipt_render.RenderCache(), nft_render.RenderCache()
+        ipt_render.render(before, ipt_cache)
+        nft_render.render(before, nft_cache)
+        assert ipt_render.render(incremental, ipt_cache) == ipt_render.render(full)
+        nft_before = nft_render.render(before, nft_render.RenderCache())
+        nft_after = nft_render.render(incremental, nft_cache)
+        assert nft_after == nft_render.render(full)
         # the diff that compares only changed fragments writes what a diff of the
         # whole tables writes
-        fast = nft.incremental_text(
-            nft.render(before, nft_cache_b := nft.RenderCache()),
-            nft.render(incremental, nft_cache_b),
+        fast = nft_diff.incremental_text(
+            nft_render.render(before, nft_cache_b := nft_render.RenderCache()),
+            nft_render.render(incremental, nft_cache_b),
         )
-        whole = nft.diff_text(nft_before, nft_after)
+        whole = nft_diff.diff_text(nft_before, nft_after)
         assert _lines(fast) == _lines(whole)
         # and reusing really happened for what did not change
         reused = [k for k in before.by_service if k not in changed and k in full.by_service]

@@ -6,16 +6,19 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy import naming
-from proxy.backends import iptables as ipt
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import model as ipt_model
+from proxy.iptables import names as ipt_names
+from proxy.iptables import render as ipt_render
+from proxy.iptables import restore as ipt_restore
+from proxy.iptables import save as ipt_save
 from tests.unit.test_plan import NODE, make_plan, web, web_slice
 
 TWO = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
 
 
-def rules(*objs: dict[str, Any], **cfg: Any) -> ipt.IptablesRuleset:
-    return ipt.render(make_plan(*objs, **cfg))
+def rules(*objs: dict[str, Any], **cfg: Any) -> ipt_model.IptablesRuleset:
+    return ipt_render.render(make_plan(*objs, **cfg))
 
 
 def sp_of(*objs: dict[str, Any], **cfg: Any):  # type: ignore[no-untyped-def]
@@ -26,7 +29,7 @@ def test_cluster_ip_dispatch_masquerade_and_uniform_cascade() -> None:
     three = (*TWO, m.EP("10.244.2.6", "node-b"))
     rs = rules(web(), web_slice(*three))
     sp = sp_of(web(), web_slice(*three))
-    svc = naming.svc_chain(sp)
+    svc = ipt_names.svc_chain(sp)
     assert (
         f'-d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http cluster IP" '
         f"-m tcp --dport 80 -j {svc}"
@@ -38,7 +41,7 @@ def test_cluster_ip_dispatch_masquerade_and_uniform_cascade() -> None:
     assert "--probability 0.3333333333" in chain[1]
     assert "--probability 0.5000000000" in chain[2]
     assert "statistic" not in chain[3]
-    sep = naming.sep_chain(sp, "10.244.1.5:8080")
+    sep = ipt_names.sep_chain(sp, "10.244.1.5:8080")
     assert rs.nat[sep] == (
         '-s 10.244.1.5/32 -m comment --comment "default/web:http" -j KUBE-MARK-MASQ',
         '-p tcp -m comment --comment "default/web:http" -m tcp -j DNAT --to-destination '
@@ -48,7 +51,7 @@ def test_cluster_ip_dispatch_masquerade_and_uniform_cascade() -> None:
 
 def test_masquerade_all_marks_every_cluster_ip_packet() -> None:
     rs = rules(web(), web_slice(*TWO), masquerade_all=True)
-    svc = naming.svc_chain(sp_of(web(), web_slice(*TWO)))
+    svc = ipt_names.svc_chain(sp_of(web(), web_slice(*TWO)))
     assert rs.nat[svc][0].startswith("-d 10.96.0.10/32 -p tcp")
 
 
@@ -70,8 +73,8 @@ def test_internal_local_without_local_endpoints_drops() -> None:
 def test_affinity_uses_recent_per_endpoint() -> None:
     rs = rules(web(affinity_seconds=300), web_slice(*TWO))
     sp = sp_of(web(affinity_seconds=300), web_slice(*TWO))
-    svc = rs.nat[naming.svc_chain(sp)]
-    sep = naming.sep_chain(sp, "10.244.1.5:8080")
+    svc = rs.nat[ipt_names.svc_chain(sp)]
+    sep = ipt_names.sep_chain(sp, "10.244.1.5:8080")
     assert f"--rcheck --seconds 300 --reap --name {sep}" in svc[1]
     assert f"-m recent --set --name {sep}" in rs.nat[sep][1]
 
@@ -84,7 +87,7 @@ def test_external_ip_and_node_port_go_through_ext_with_masquerade() -> None:
     )
     rs = rules(svc, web_slice(*TWO))
     sp = sp_of(svc, web_slice(*TWO))
-    ext = naming.ext_chain(sp)
+    ext = ipt_names.ext_chain(sp)
     assert any(
         r.startswith("-d 203.0.113.7/32") and r.endswith(f"-j {ext}")
         for r in rs.nat["KUBE-SERVICES"]
@@ -95,7 +98,7 @@ def test_external_ip_and_node_port_go_through_ext_with_masquerade() -> None:
     assert rs.nat[ext] == (
         '-m comment --comment "masquerade traffic for default/web:http external destinations" '
         "-j KUBE-MARK-MASQ",
-        f"-j {naming.svc_chain(sp)}",
+        f"-j {ipt_names.svc_chain(sp)}",
     )
     assert "nodeports" in rs.nat["KUBE-SERVICES"][-1]  # node ports are the last rule
 
@@ -107,11 +110,11 @@ def test_external_local_short_circuits_pods_and_node_and_keeps_source() -> None:
         ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
     )
     sp = sp_of(svc, web_slice(*TWO))
-    ext = ipt.render(make_plan(svc, web_slice(*TWO))).nat[naming.ext_chain(sp)]
-    assert ext[0].startswith("-s 10.244.0.0/16") and ext[0].endswith(naming.svc_chain(sp))
+    ext = ipt_render.render(make_plan(svc, web_slice(*TWO))).nat[ipt_names.ext_chain(sp)]
+    assert ext[0].startswith("-s 10.244.0.0/16") and ext[0].endswith(ipt_names.svc_chain(sp))
     assert "--src-type LOCAL" in ext[1] and ext[1].endswith("KUBE-MARK-MASQ")
-    assert "--src-type LOCAL" in ext[2] and ext[2].endswith(naming.svc_chain(sp))
-    assert ext[3] == f"-j {naming.svl_chain(sp)}"
+    assert "--src-type LOCAL" in ext[2] and ext[2].endswith(ipt_names.svc_chain(sp))
+    assert ext[3] == f"-j {ipt_names.svl_chain(sp)}"
     assert not any("KUBE-MARK-MASQ" in r and "LOCAL" not in r for r in ext)
 
 
@@ -134,7 +137,7 @@ def test_load_balancer_source_ranges() -> None:
     )
     rs = rules(svc, web_slice(*TWO))
     sp = sp_of(svc, web_slice(*TWO))
-    fw, ext = naming.fw_chain(sp), naming.ext_chain(sp)
+    fw, ext = ipt_names.fw_chain(sp), ipt_names.ext_chain(sp)
     assert any(
         r.startswith("-d 198.51.100.1/32") and r.endswith(f"-j {fw}")
         for r in rs.nat["KUBE-SERVICES"]
@@ -179,9 +182,11 @@ COMMIT
 def test_restore_text_rewrites_ours_deletes_stale_and_leaves_others(
     every_rule: bool, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ipt, "RESTORE_BATCH_LINES", batch)  # many pieces, or one per table
+    monkeypatch.setattr(ipt_restore, "RESTORE_BATCH_LINES", batch)  # many pieces, or one per table
     rs = rules(web(), web_slice(*TWO))
-    pieces = list(ipt.restore_pieces(rs, ipt.parse_save(SAVED_NAT, every_rule=every_rule)))
+    pieces = list(
+        ipt_restore.restore_pieces(rs, ipt_save.parse_save(SAVED_NAT, every_rule=every_rule))
+    )
     assert all(p.endswith("\n") for p in pieces) and len(pieces) >= (8 if batch == 1 else 4)
     text = "".join(pieces)
     nat = text.split("*nat\n", 1)[1]
@@ -200,24 +205,26 @@ def test_what_the_tables_hold_is_needed_only_after_the_nat_rules() -> None:
     written: list[str] = []
     calls: list[str] = []
 
-    def held() -> ipt.ExistingIptables:
+    def held() -> ipt_model.ExistingIptables:
         calls.append("".join(written))
-        return ipt.parse_save(SAVED_NAT, every_rule=False)
+        return ipt_save.parse_save(SAVED_NAT, every_rule=False)
 
-    written.extend(ipt.restore_pieces(rs, held))
+    written.extend(ipt_restore.restore_pieces(rs, held))
     assert len(calls) == 1
     assert calls[0].startswith("*nat\n") and "COMMIT" not in calls[0]
     nat_rules = {f"-A {chain} {r}" for chain, specs in rs.nat.items() for r in specs}
     assert nat_rules <= set(calls[0].splitlines())
-    assert "".join(written) == ipt.restore_text(rs, ipt.parse_save(SAVED_NAT, every_rule=False))
+    assert "".join(written) == ipt_restore.restore_text(
+        rs, ipt_save.parse_save(SAVED_NAT, every_rule=False)
+    )
 
 
 def test_lean_save_parse_keeps_chains_and_builtin_rules_only() -> None:
-    full = ipt.parse_save(SAVED_NAT)
-    lean = ipt.parse_save(SAVED_NAT, every_rule=False)
-    assert ipt.parse_save(SAVED_NAT.encode(), every_rule=False) == lean  # a raw dump
-    assert ipt.parse_save(SAVED_NAT.encode()) == full
-    headless = ipt.parse_save(SAVED_NAT.split("\n", 1)[1], every_rule=False)
+    full = ipt_save.parse_save(SAVED_NAT)
+    lean = ipt_save.parse_save(SAVED_NAT, every_rule=False)
+    assert ipt_save.parse_save(SAVED_NAT.encode(), every_rule=False) == lean  # a raw dump
+    assert ipt_save.parse_save(SAVED_NAT.encode()) == full
+    headless = ipt_save.parse_save(SAVED_NAT.split("\n", 1)[1], every_rule=False)
     assert headless.chains == {}  # without its first line, no table to put chains in
     assert lean.chains == full.chains
     assert lean.builtin_rules == full.builtin_rules
@@ -235,13 +242,16 @@ def test_cleanup_text_removes_only_owned() -> None:
 -A INPUT -j KUBE-KUBELET-CANARY
 COMMIT
 """
-    text = ipt.cleanup_text(ipt.parse_save(saved))
+    text = ipt_restore.cleanup_text(ipt_save.parse_save(saved))
     assert (
         "-X KUBE-SERVICES" in text
         and "-D INPUT -m conntrack --ctstate NEW -j KUBE-SERVICES" in text
     )
     assert "CANARY" not in text
-    assert ipt.cleanup_text(ipt.parse_save("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")) == ""
+    assert (
+        ipt_restore.cleanup_text(ipt_save.parse_save("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"))
+        == ""
+    )
 
 
 def test_cleanup_leaves_the_kubelets_firewall_chain() -> None:
@@ -256,19 +266,23 @@ def test_cleanup_leaves_the_kubelets_firewall_chain() -> None:
 """
     kubelets = "-A INPUT -j KUBE-FIREWALL\n-A OUTPUT -j KUBE-FIREWALL\n"
     head = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
-    with_kubelet = ipt.cleanup_text(ipt.parse_save(head + chain + kubelets + ours + "COMMIT\n"))
+    with_kubelet = ipt_restore.cleanup_text(
+        ipt_save.parse_save(head + chain + kubelets + ours + "COMMIT\n")
+    )
     assert "-X KUBE-FIREWALL" not in with_kubelet
     assert with_kubelet.count("-D ") == 2 and "kube-proxy localnet guard" in with_kubelet
     assert "-D INPUT -j KUBE-FIREWALL" not in with_kubelet
-    only_kubelet = ipt.cleanup_text(ipt.parse_save(head + chain + kubelets + "COMMIT\n"))
+    only_kubelet = ipt_restore.cleanup_text(
+        ipt_save.parse_save(head + chain + kubelets + "COMMIT\n")
+    )
     assert only_kubelet == ""
-    only_ours = ipt.cleanup_text(ipt.parse_save(head + chain + ours + "COMMIT\n"))
+    only_ours = ipt_restore.cleanup_text(ipt_save.parse_save(head + chain + ours + "COMMIT\n"))
     assert "-X KUBE-FIREWALL" in only_ours and only_ours.count("-D ") == 2
 
 
 def test_render_is_deterministic() -> None:
-    a = ipt.restore_text(rules(web(), web_slice(*TWO)))
-    b = ipt.restore_text(rules(web(), web_slice(*reversed(TWO))))
+    a = ipt_restore.restore_text(rules(web(), web_slice(*TWO)))
+    b = ipt_restore.restore_text(rules(web(), web_slice(*reversed(TWO))))
     assert a == b
 
 
@@ -287,20 +301,20 @@ def _slices(n: int) -> tuple[dict[str, Any], ...]:
 
 
 def test_large_cluster_is_more_than_a_thousand_endpoints_in_all() -> None:
-    at = make_plan(web(), web_slice(*_endpoints(ipt.LARGE_CLUSTER_ENDPOINTS)))
-    over = make_plan(web(), *_slices(ipt.LARGE_CLUSTER_ENDPOINTS + 1))
-    assert not ipt.large_cluster(at)
-    assert ipt.large_cluster(over)
+    at = make_plan(web(), web_slice(*_endpoints(ipt_render.LARGE_CLUSTER_ENDPOINTS)))
+    over = make_plan(web(), *_slices(ipt_render.LARGE_CLUSTER_ENDPOINTS + 1))
+    assert not ipt_render.large_cluster(at)
+    assert ipt_render.large_cluster(over)
 
 
 def test_large_cluster_drops_only_the_per_endpoint_comments() -> None:
-    objs = (web(), *_slices(ipt.LARGE_CLUSTER_ENDPOINTS + 1))
+    objs = (web(), *_slices(ipt_render.LARGE_CLUSTER_ENDPOINTS + 1))
     rs, sp = rules(*objs), sp_of(*objs)
-    svc = rs.nat[naming.svc_chain(sp)]
+    svc = rs.nat[ipt_names.svc_chain(sp)]
     assert 'comment "default/web:http cluster IP"' in svc[0]  # the masquerade rule keeps it
     assert all("comment" not in r for r in svc[1:])
     assert svc[1].startswith("-m statistic --mode random --probability")
-    sep = naming.sep_chain(sp, "10.244.0.1:8080")
+    sep = ipt_names.sep_chain(sp, "10.244.0.1:8080")
     assert rs.nat[sep] == (
         "-s 10.244.0.1/32 -j KUBE-MARK-MASQ",
         "-p tcp -m tcp -j DNAT --to-destination 10.244.0.1:8080",
@@ -309,10 +323,10 @@ def test_large_cluster_drops_only_the_per_endpoint_comments() -> None:
 
 
 def test_large_cluster_affinity_lookups_lose_their_comment_too() -> None:
-    objs = (web(affinity_seconds=600), *_slices(ipt.LARGE_CLUSTER_ENDPOINTS + 1))
-    svc = rules(*objs).nat[naming.svc_chain(sp_of(*objs))]
+    objs = (web(affinity_seconds=600), *_slices(ipt_render.LARGE_CLUSTER_ENDPOINTS + 1))
+    svc = rules(*objs).nat[ipt_names.svc_chain(sp_of(*objs))]
     lookups = [r for r in svc if "--rcheck" in r]
-    assert len(lookups) == ipt.LARGE_CLUSTER_ENDPOINTS + 1
+    assert len(lookups) == ipt_render.LARGE_CLUSTER_ENDPOINTS + 1
     assert not any("comment" in r for r in lookups)
 
 
@@ -326,16 +340,19 @@ def test_crossing_the_large_cluster_threshold_renders_every_port_again() -> None
     objs = [m.node(NODE, "192.168.50.11"), web(), web_slice(*_endpoints(10))]
     small = plan(build_state(objs, NODE).snapshot, cfg)
     sp = small.service_port("default", "web", "http")
-    sep = naming.sep_chain(sp, "10.244.0.1:8080")
+    sep = ipt_names.sep_chain(sp, "10.244.0.1:8080")
     crowd = (
         m.service("other", "10.96.0.11", [m.Port(80, "http", target_port=8080)]),
         m.endpoint_slice(
-            "other", _endpoints(ipt.LARGE_CLUSTER_ENDPOINTS), [("http", 8080, "TCP")], name="o-1"
+            "other",
+            _endpoints(ipt_render.LARGE_CLUSTER_ENDPOINTS),
+            [("http", 8080, "TCP")],
+            name="o-1",
         ),
     )
     snap = build_state([*objs, *crowd], NODE).snapshot
     big = plan(snap, cfg, previous=small, changed={("default", "other")})
     assert big.service_port("default", "web", "http") is sp
-    cache = ipt.RenderCache()
-    assert "comment" in ipt.render(small, cache).nat[sep][0]
-    assert "comment" not in ipt.render(big, cache).nat[sep][0]
+    cache = ipt_render.RenderCache()
+    assert "comment" in ipt_render.render(small, cache).nat[sep][0]
+    assert "comment" not in ipt_render.render(big, cache).nat[sep][0]

@@ -5,34 +5,36 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy import naming
-from proxy.backends import endpointmaps
-from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.nftables import diff as nft_diff
+from proxy.nftables import endpointmaps
+from proxy.nftables import model as nft_model
+from proxy.nftables import names as nft_names
+from proxy.nftables import render as nft_render
 from tests.unit.test_plan import NODE, make_plan, web, web_slice
 
 TWO = (m.EP("10.244.1.5", NODE), m.EP("10.244.2.5", "node-b"))
 
 
-def render(*objs: dict[str, Any], **cfg: Any) -> nft.NftRuleset:
+def render(*objs: dict[str, Any], **cfg: Any) -> nft_model.NftRuleset:
     cfg.setdefault("mode", ProxyMode.NFTABLES)
-    return nft.render(make_plan(*objs, **cfg))
+    return nft_render.render(make_plan(*objs, **cfg))
 
 
 def sp_of(*objs: dict[str, Any]):  # type: ignore[no-untyped-def]
     return make_plan(*objs, mode=ProxyMode.NFTABLES).service_port("default", "web", "http")
 
 
-def elements(rs: nft.NftRuleset, name: str) -> dict[str, str]:
+def elements(rs: nft_model.NftRuleset, name: str) -> dict[str, str]:
     return {e.key: e.value for e in rs.sets[name].elements}
 
 
 def test_cluster_ip_map_element_and_endpoint_map() -> None:
     rs = render(web(), web_slice(*TWO))
     sp = sp_of(web(), web_slice(*TWO))
-    svc = naming.nft_service_chain(sp)
-    assert elements(rs, nft.SERVICE_IPS) == {"10.96.0.10 . tcp . 80": f"goto {svc}"}
-    assert elements(rs, nft.CLUSTER_IPS) == {"10.96.0.10": ""}
+    svc = nft_names.service_chain(sp)
+    assert elements(rs, nft_names.SERVICE_IPS) == {"10.96.0.10 . tcp . 80": f"goto {svc}"}
+    assert elements(rs, nft_names.CLUSTER_IPS) == {"10.96.0.10": ""}
     emap = endpointmaps.map_name(svc, "tcp")
     base = endpointmaps.home(svc) * endpointmaps.WINDOW
     assert rs.chains[svc].rules == (
@@ -49,51 +51,55 @@ def test_cluster_ip_map_element_and_endpoint_map() -> None:
     # no per-endpoint chains without affinity
     assert not any(c.startswith("endpoint-") for c in rs.chains)
     # one masquerade rule for all cluster IPs, before the dispatch
-    assert rs.chains[nft.SERVICES].rules[0] == (
+    assert rs.chains[nft_names.SERVICES].rules[0] == (
         "ip daddr @cluster-ips ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000"
         ' comment "masquerade clusterIP traffic from outside cluster"'
     )
     # hairpin: only the local endpoint
-    assert elements(rs, nft.HAIRPIN_CONNECTIONS) == {"10.244.1.5 . 10.244.1.5 . tcp . 8080": ""}
+    assert elements(rs, nft_names.HAIRPIN_CONNECTIONS) == {
+        "10.244.1.5 . 10.244.1.5 . tcp . 8080": ""
+    }
 
 
 def test_single_endpoint_needs_no_map() -> None:
     rs = render(web(), web_slice(TWO[1]))
-    svc = naming.nft_service_chain(sp_of(web(), web_slice(TWO[1])))
+    svc = nft_names.service_chain(sp_of(web(), web_slice(TWO[1])))
     assert rs.chains[svc].rules == ("meta l4proto tcp dnat to 10.244.2.5:8080",)
 
 
 def test_no_endpoints_reject_and_local_drop() -> None:
     rs = render(web())
-    assert elements(rs, nft.NO_ENDPOINT_SERVICES) == {"10.96.0.10 . tcp . 80": "goto reject-chain"}
+    assert elements(rs, nft_names.NO_ENDPOINT_SERVICES) == {
+        "10.96.0.10 . tcp . 80": "goto reject-chain"
+    }
     rs = render(web(internal_policy="Local"), web_slice(TWO[1]))
-    assert elements(rs, nft.NO_ENDPOINT_SERVICES) == {"10.96.0.10 . tcp . 80": "drop"}
+    assert elements(rs, nft_names.NO_ENDPOINT_SERVICES) == {"10.96.0.10 . tcp . 80": "drop"}
 
 
 def test_unknown_port_on_cluster_ip_is_rejected() -> None:
     rs = render(web())
-    assert any("@cluster-ips reject" in r for r in rs.chains[nft.CLUSTER_IPS_CHECK].rules)
+    assert any("@cluster-ips reject" in r for r in rs.chains[nft_names.CLUSTER_IPS_CHECK].rules)
 
 
 def test_affinity_sets_and_updates() -> None:
     rs = render(web(affinity_seconds=60), web_slice(*TWO))
     sp = sp_of(web(affinity_seconds=60), web_slice(*TWO))
-    aff = naming.nft_affinity_set(sp, "10.244.1.5:8080")
+    aff = nft_names.affinity_set(sp, "10.244.1.5:8080")
     assert rs.sets[aff].timeout == 60 and rs.sets[aff].dynamic
-    ep = naming.nft_endpoint_chain(sp, "10.244.1.5:8080")
+    ep = nft_names.endpoint_chain(sp, "10.244.1.5:8080")
     assert rs.chains[ep].rules == (
         f"update @{aff} {{ ip saddr }}",
         "meta l4proto tcp dnat to 10.244.1.5:8080",
     )
-    assert rs.chains[naming.nft_service_chain(sp)].rules[0] == f"ip saddr @{aff} goto {ep}"
+    assert rs.chains[nft_names.service_chain(sp)].rules[0] == f"ip saddr @{aff} goto {ep}"
 
 
 def test_node_ports_default_to_primary_ip_and_never_localhost() -> None:
     svc = web(type="NodePort", ports=[m.Port(80, "http", target_port=8080, node_port=30080)])
     rs = render(svc, web_slice(*TWO))
-    assert elements(rs, nft.NODEPORT_IPS) == {"192.168.50.11": ""}
-    ext = naming.nft_external_chain(sp_of(svc, web_slice(*TWO)))
-    assert elements(rs, nft.SERVICE_NODEPORTS) == {"tcp . 30080": f"goto {ext}"}
+    assert elements(rs, nft_names.NODEPORT_IPS) == {"192.168.50.11": ""}
+    ext = nft_names.external_chain(sp_of(svc, web_slice(*TWO)))
+    assert elements(rs, nft_names.SERVICE_NODEPORTS) == {"tcp . 30080": f"goto {ext}"}
 
 
 def test_firewall_for_source_ranges() -> None:
@@ -104,22 +110,22 @@ def test_firewall_for_source_ranges() -> None:
         ports=[m.Port(80, "http", target_port=8080, node_port=30080)],
     )
     rs = render(svc, web_slice(*TWO))
-    fw = naming.nft_firewall_chain(sp_of(svc, web_slice(*TWO)))
-    assert elements(rs, nft.FIREWALL_IPS) == {"198.51.100.1 . tcp . 80": f"goto {fw}"}
+    fw = nft_names.firewall_chain(sp_of(svc, web_slice(*TWO)))
+    assert elements(rs, nft_names.FIREWALL_IPS) == {"198.51.100.1 . tcp . 80": f"goto {fw}"}
     assert rs.chains[fw].rules == ("ip saddr != { 203.0.113.0/24 } drop",)
 
 
 def test_full_sync_deletes_stale_and_keeps_affinity_entries() -> None:
     rs = render(web(affinity_seconds=60), web_slice(*TWO))
     sp = sp_of(web(affinity_seconds=60), web_slice(*TWO))
-    aff = naming.nft_affinity_set(sp, "10.244.1.5:8080")
-    existing = nft.ExistingNft(
+    aff = nft_names.affinity_set(sp, "10.244.1.5:8080")
+    existing = nft_model.ExistingNft(
         table_exists=True,
         chains=frozenset({"service-OLD-x", *rs.chains}),
-        sets={aff: 60, "affinity-OLD": 10, nft.CLUSTER_IPS: None},
-        maps=frozenset({nft.SERVICE_IPS, "old-map"}),
+        sets={aff: 60, "affinity-OLD": 10, nft_names.CLUSTER_IPS: None},
+        maps=frozenset({nft_names.SERVICE_IPS, "old-map"}),
     )
-    text = nft.full_sync_text(rs, existing)
+    text = nft_diff.full_sync_text(rs, existing)
     assert "flush chain ip kube-proxy service-OLD-x\n" in text
     assert "delete chain ip kube-proxy service-OLD-x\n" in text
     assert "delete set ip kube-proxy affinity-OLD\n" in text
@@ -136,10 +142,10 @@ def test_full_sync_deletes_stale_and_keeps_affinity_entries() -> None:
 
 def test_changed_affinity_timeout_recreates_the_set() -> None:
     rs = render(web(affinity_seconds=60), web_slice(*TWO))
-    aff = naming.nft_affinity_set(
+    aff = nft_names.affinity_set(
         sp_of(web(affinity_seconds=60), web_slice(*TWO)), "10.244.1.5:8080"
     )
-    text = nft.full_sync_text(rs, nft.ExistingNft(True, frozenset(), sets={aff: 30}))
+    text = nft_diff.full_sync_text(rs, nft_model.ExistingNft(True, frozenset(), sets={aff: 30}))
     assert f"delete set ip kube-proxy {aff}" in text
     assert text.index(f"delete set ip kube-proxy {aff}") < text.index(
         f"add set ip kube-proxy {aff}"
@@ -150,7 +156,7 @@ def test_cascade_is_uniform() -> None:
     from fractions import Fraction
 
     for n in range(1, 12):
-        conds = nft.cascade(n)
+        conds = nft_render.cascade(n)
         assert conds[-1] == "" and all(c.startswith("numgen random mod") for c in conds[:-1])
         left = Fraction(1)
         for i, c in enumerate(conds):
@@ -178,7 +184,7 @@ def test_incremental_render_moves_colliding_chains_like_a_full_render(
         return str(meta.get("labels", {}).get("kubernetes.io/service-name", meta["name"]))
 
     chains = {
-        sp.name: naming.nft_service_chain(sp)
+        sp.name: nft_names.service_chain(sp)
         for sp in plan(build_state(pool, "node-a").snapshot, cfg).service_ports
     }
     old = [f"svc-{i}" for i in range(12)]
@@ -187,12 +193,12 @@ def test_incremental_render_moves_colliding_chains_like_a_full_render(
     assert sum(chains[new] < chains[o] for o in old) >= 3
     objs = [o for o in pool if service_of(o) in old]
     before = plan(build_state(objs, "node-a").snapshot, cfg)
-    cache = nft.RenderCache()
-    ra = nft.render(before, cache)
+    cache = nft_render.RenderCache()
+    ra = nft_render.render(before, cache)
     snap = build_state([o for o in pool if service_of(o) in (*old, new)], "node-a").snapshot
     after = plan(snap, cfg, previous=before, changed={("bench", new)})
-    rb = nft.render(after, cache)
-    full = nft.render(plan(snap, cfg))
+    rb = nft_render.render(after, cache)
+    full = nft_render.render(plan(snap, cfg))
     assert rb == full
     offsets = sorted(int(e.key) for e in full.sets["endpoints-tcp-00"].elements)
     assert len(offsets) == 13 * 3 and offsets[0] == 0
@@ -206,6 +212,6 @@ def test_incremental_render_moves_colliding_chains_like_a_full_render(
             for head, _, body in (line.partition("{ ") for line in text.splitlines())
         )
 
-    inc = statements(nft.incremental_text(ra, rb))
-    assert inc == statements(nft.diff_text(nft.render(before), full))
+    inc = statements(nft_diff.incremental_text(ra, rb))
+    assert inc == statements(nft_diff.diff_text(nft_render.render(before), full))
     assert any(line.startswith("delete element ip kube-proxy endpoints-tcp-00") for line in inc)

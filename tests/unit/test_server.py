@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from proxy.metrics import ProxyMetrics
+from proxy.model import IPFamily
 from proxy.server import (
     HealthCheckNodePorts,
     HealthServer,
@@ -107,13 +108,13 @@ def test_a_synced_proxy_without_pending_changes_stays_healthy_forever() -> None:
 def test_families_are_judged_separately_and_all_must_be_healthy() -> None:
     clock = FakeClock()
     health = ProxyHealth(TIMEOUT, clock=clock)
-    health.updated(family="IPv4")
-    health.updated(family="IPv6")
-    health.queued_update(family="IPv6")
+    health.updated(family=IPFamily.V4)
+    health.updated(family=IPFamily.V6)
+    health.queued_update(family=IPFamily.V6)
     clock.now += TIMEOUT
     report = health.report()
     assert not report.healthy
-    assert report.families["IPv4"].healthy and not report.families["IPv6"].healthy
+    assert report.families[IPFamily.V4].healthy and not report.families[IPFamily.V6].healthy
 
 
 def test_explicit_now_overrides_the_clock() -> None:

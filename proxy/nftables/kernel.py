@@ -1,6 +1,6 @@
 """nftables apply layer: transactions on our table only. Full syncs run ``nft -f``;
 incremental ones go to nf_tables as netlink messages when every statement is covered
-(:mod:`proxy.kernel.nftwire`: nft itself would first load every chain in the
+(:mod:`proxy.nftables.wire`: nft itself would first load every chain in the
 namespace), else through ``nft -f`` too. What the table holds is read over netlink."""
 
 from __future__ import annotations
@@ -9,20 +9,13 @@ import errno
 import logging
 from dataclasses import dataclass, field
 
-from proxy.backends.nftables import (
-    TABLE,
-    BaseHook,
-    ExistingNft,
-    NftRuleset,
-    NftTransaction,
-    cleanup_text,
-    full_sync_lines,
-    full_sync_text,
-)
 from proxy.kernel import nfnetlink as nl
-from proxy.kernel import nftwire
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
+from proxy.nftables import wire as nftwire
+from proxy.nftables.diff import cleanup_text, full_sync_lines, full_sync_text
+from proxy.nftables.model import BaseHook, ExistingNft, NftRuleset, NftTransaction
+from proxy.nftables.names import TABLE
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +45,9 @@ class NftKernel:
     family: IPFamily = IPFamily.V4
     wire: bool = True
     """Send covered incremental transactions as netlink messages (else always nft)."""
+    text_fallbacks: int = field(default=0, init=False)
+    """Incremental transactions that went through ``nft -f`` because :mod:`wire` does not
+    cover one of their statements (the agent counts them in a metric)."""
     _sock: nl.NfTablesSocket | None = field(default=None, init=False, repr=False)
 
     @property
@@ -127,6 +123,7 @@ class NftKernel:
             try:
                 msgs = nftwire.messages(tx)
             except nftwire.Unsupported as why:
+                self.text_fallbacks += 1
                 log.debug("transaction goes through nft", extra={"reason": str(why)})
             else:
                 if sum(len(m.payload) for m in msgs) <= WIRE_LIMIT:

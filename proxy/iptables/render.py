@@ -1,4 +1,4 @@
-"""iptables backend, pure part: a :class:`Plan` becomes an ``iptables-restore`` transaction.
+"""iptables mode's renderer (pure): a :class:`Plan` becomes our chains (:class:`IptablesRuleset`).
 
 The chain layout and names are upstream kube-proxy's, so ``iptables-save`` output reads the
 same as on a node running kube-proxy: ``KUBE-SERVICES`` dispatches on destination,
@@ -13,190 +13,26 @@ can be compared rule by rule with what we rendered.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from proxy import naming
-from proxy.backends import comments
+from proxy import comments
+from proxy.iptables import names
+from proxy.iptables.model import IptablesRuleset, jump_rules
+from proxy.iptables.names import (
+    FILTER_FIXED,
+    KUBE_EXTERNAL_SERVICES,
+    KUBE_FIREWALL,
+    KUBE_FORWARD,
+    KUBE_MARK_MASQ,
+    KUBE_NODEPORTS,
+    KUBE_POSTROUTING,
+    KUBE_PROXY_FIREWALL,
+    KUBE_SERVICES,
+    NAT_FIXED,
+)
 from proxy.model import IPFamily
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
-
-# fixed chains, per table
-KUBE_SERVICES = "KUBE-SERVICES"
-KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
-KUBE_NODEPORTS = "KUBE-NODEPORTS"
-KUBE_POSTROUTING = "KUBE-POSTROUTING"
-KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
-KUBE_FORWARD = "KUBE-FORWARD"
-KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
-KUBE_FIREWALL = "KUBE-FIREWALL"
-KUBE_PROXY_CANARY = "KUBE-PROXY-CANARY"
-_OUR_GUARD_JUMP = "kube-proxy localnet guard"
-"""The comment on our jumps to KUBE-FIREWALL (the kubelet's own jumps have none)."""
-"""Legacy iptables' drift canary (declared by the kernel layer, owned like our chains)."""
-
-NAT_FIXED = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
-FILTER_FIXED = (
-    KUBE_SERVICES,
-    KUBE_EXTERNAL_SERVICES,
-    KUBE_FORWARD,
-    KUBE_NODEPORTS,
-    KUBE_PROXY_FIREWALL,
-)
-PER_SERVICE_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
-OWNED_FIXED = frozenset((*NAT_FIXED, *FILTER_FIXED, KUBE_FIREWALL, KUBE_PROXY_CANARY))
-
-
-def is_owned_chain(name: str) -> bool:
-    """Chains kube-proxy-py creates (and so may delete)."""
-    return name in OWNED_FIXED or name.startswith(PER_SERVICE_PREFIXES)
-
-
-@dataclass(frozen=True, order=True)
-class JumpRule:
-    """A rule we keep in a built-in chain, jumping to one of ours."""
-
-    table: str
-    chain: str
-    spec: str
-    """The rule after ``-A CHAIN``, exactly as iptables-save prints it."""
-
-
-def _jump(table: str, chain: str, target: str, comment: str, match: str = "") -> JumpRule:
-    pre = f"{match} " if match else ""
-    return JumpRule(table, chain, f'{pre}-m comment --comment "{comment}" -j {target}')
-
-
-_NEW = "-m conntrack --ctstate NEW"
-
-
-def jump_rules(localhost_guard: bool) -> tuple[JumpRule, ...]:
-    """Upstream's jumps from the built-in chains, in insertion order."""
-    rules = [
-        _jump("filter", "INPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", _NEW),
-        _jump("filter", "INPUT", KUBE_NODEPORTS, "kubernetes health check service ports"),
-        _jump(
-            "filter",
-            "INPUT",
-            KUBE_EXTERNAL_SERVICES,
-            "kubernetes externally-visible service portals",
-            _NEW,
-        ),
-        _jump("filter", "FORWARD", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", _NEW),
-        _jump("filter", "FORWARD", KUBE_FORWARD, "kubernetes forwarding rules"),
-        _jump("filter", "FORWARD", KUBE_SERVICES, "kubernetes service portals", _NEW),
-        _jump(
-            "filter",
-            "FORWARD",
-            KUBE_EXTERNAL_SERVICES,
-            "kubernetes externally-visible service portals",
-            _NEW,
-        ),
-        _jump("filter", "OUTPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", _NEW),
-        _jump("filter", "OUTPUT", KUBE_SERVICES, "kubernetes service portals", _NEW),
-        _jump("nat", "PREROUTING", KUBE_SERVICES, "kubernetes service portals"),
-        _jump("nat", "OUTPUT", KUBE_SERVICES, "kubernetes service portals"),
-        _jump("nat", "POSTROUTING", KUBE_POSTROUTING, "kubernetes postrouting rules"),
-    ]
-    if localhost_guard:
-        rules += [
-            _jump("filter", "INPUT", KUBE_FIREWALL, _OUR_GUARD_JUMP),
-            _jump("filter", "OUTPUT", KUBE_FIREWALL, _OUR_GUARD_JUMP),
-        ]
-    return tuple(rules)
-
-
-@dataclass(frozen=True)
-class IptablesRuleset:
-    """Our chains with their rules (rule text after ``-A CHAIN``), per table."""
-
-    family: IPFamily
-    nat: Mapping[str, tuple[str, ...]]
-    filter: Mapping[str, tuple[str, ...]]
-    jumps: tuple[JumpRule, ...]
-    route_localnet: bool = False
-    """iptables localhost NodePorts need ``net.ipv4.conf.all.route_localnet=1``."""
-
-    def tables(self) -> dict[str, Mapping[str, tuple[str, ...]]]:
-        return {"filter": self.filter, "nat": self.nat}
-
-    @property
-    def rule_count(self) -> int:
-        return sum(len(r) for t in (self.nat, self.filter) for r in t.values())
-
-
-@dataclass(frozen=True)
-class ExistingIptables:
-    """What ``iptables-save`` shows in the tables we touch (from :func:`parse_save`)."""
-
-    chains: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    """table → every chain name (built-in and user)."""
-    builtin_rules: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
-    """(table, built-in chain) → rule specs (after ``-A CHAIN``)."""
-    rules: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
-    """(table, chain) → rule specs for every chain."""
-
-    def owned_chains(self, table: str) -> frozenset[str]:
-        return frozenset(c for c in self.chains.get(table, ()) if is_owned_chain(c))
-
-
-BUILTIN_CHAINS = frozenset(("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"))
-_SYNC_LINES = re.compile(
-    rb"\n((?:[*:]|-A (?:" + "|".join(sorted(BUILTIN_CHAINS)).encode() + rb") )[^\n]*)"
-)
-"""Table, chain and built-in-chain rule lines after a newline (a regex finds them 3×
-faster than a loop over every line)."""
-
-
-def _sync_lines(dump: bytes) -> list[str]:
-    """The lines of ``dump`` a full sync needs, decoded (the rest never is)."""
-    end = dump.find(b"\n")
-    first = dump[: end if end >= 0 else len(dump)]
-    lines = [m.decode() for m in _SYNC_LINES.findall(dump)]
-    return [first.decode(), *lines] if _SYNC_LINES.match(b"\n" + first) else lines
-
-
-def parse_save(text: str | bytes, *, every_rule: bool = True) -> ExistingIptables:
-    """Parse ``iptables-save`` output (any tables) into :class:`ExistingIptables`.
-
-    A full sync needs only the chain names and the built-in chains' rules: with
-    ``every_rule=False`` the rules of other chains are skipped undecoded and unparsed (at
-    5,000 Services that is ~250,000 lines, and building them cost a third of a second).
-    """
-    chains: dict[str, set[str]] = {}
-    rules: dict[tuple[str, str], list[str]] = {}
-    if every_rule:
-        lines = (text.decode() if isinstance(text, bytes) else text).splitlines()
-    else:
-        lines = _sync_lines(text.encode() if isinstance(text, str) else text)
-    table = ""
-    for line in lines:
-        head = line[:1]
-        if head == "-":
-            if not table or not line.startswith("-A "):
-                continue
-            _, chain, *rest = line.split(" ", 2)
-            rules.setdefault((table, chain), []).append(rest[0] if rest else "")
-        elif head == ":" and table:
-            name = line[1:].split(" ", 1)[0]
-            chains[table].add(name)
-            if every_rule or name in BUILTIN_CHAINS:
-                rules.setdefault((table, name), [])
-        elif head == "*":
-            table = line[1:].strip()
-            chains.setdefault(table, set())
-    frozen_rules = {k: tuple(v) for k, v in rules.items()}
-    return ExistingIptables(
-        chains={t: frozenset(c) for t, c in chains.items()},
-        builtin_rules={k: v for k, v in frozen_rules.items() if k[1] in BUILTIN_CHAINS},
-        rules=frozen_rules if every_rule else {},
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# rendering
-
 
 IPT_COMMENT_MAX = 255
 """xt_comment holds 256 bytes with the NUL."""
@@ -403,10 +239,10 @@ def _render_port(
     spn = sp.service_port_name
     proto = f"-p {sp.protocol.lowercase}"
     dport = f"-m {sp.protocol.lowercase} --dport {sp.port}"
-    cluster_chain = naming.svc_chain(sp)
-    local_chain = naming.svl_chain(sp)
-    ext = naming.ext_chain(sp)
-    fw = naming.fw_chain(sp)
+    cluster_chain = names.svc_chain(sp)
+    local_chain = names.svl_chain(sp)
+    ext = names.ext_chain(sp)
+    fw = names.fw_chain(sp)
     internal_chain = local_chain if sp.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if sp.external_policy_local else cluster_chain
     lb_target = fw if (sp.uses_firewall and sp.has_endpoints) else ext
@@ -421,7 +257,7 @@ def _render_port(
     if sp.uses_firewall and sp.has_endpoints:
         nat.chain(fw)
     for ep in sp.reachable_endpoints:
-        nat.chain(naming.sep_chain(sp, ep.address))
+        nat.chain(names.sep_chain(sp, ep.address))
 
     cip = _host(sp.cluster_ip, fam)
     # -- cluster IP
@@ -578,7 +414,7 @@ def _render_port(
     # -- endpoint chains
     ep_comment = "" if large else _comment(spn)
     for ep in sp.reachable_endpoints:
-        sep = naming.sep_chain(sp, ep.address)
+        sep = names.sep_chain(sp, ep.address)
         nat.add(sep, f"-s {_host(ep.ip, fam)}", ep_comment, f"-j {KUBE_MARK_MASQ}")
         recent = (
             f"-m recent --set --name {sep} --mask {_full_mask(fam)} --rsource"
@@ -616,7 +452,7 @@ def _balance(
 
     if sp.affinity_seconds is not None:
         for ep in eps:
-            sep = naming.sep_chain(sp, ep.address)
+            sep = names.sep_chain(sp, ep.address)
             nat.add(
                 chain,
                 comment(ep),
@@ -626,183 +462,6 @@ def _balance(
             )
     n = len(eps)
     for i, ep in enumerate(eps):
-        sep = naming.sep_chain(sp, ep.address)
+        sep = names.sep_chain(sp, ep.address)
         stat = f"-m statistic --mode random --probability {probability(n - i)}" if i < n - 1 else ""
         nat.add(chain, comment(ep), stat, f"-j {sep}")
-
-
-# ---------------------------------------------------------------------------------------
-# transactions
-
-
-RESTORE_BATCH_LINES = 2048
-"""Lines per piece of a full-sync input: the tool parses a piece while the next is
-built, and the whole input (about 50 MB at 10,000 Services) is never held at once."""
-
-
-def restore_pieces(
-    ruleset: IptablesRuleset,
-    existing: ExistingIptables | Callable[[], ExistingIptables] | None = None,
-) -> Iterator[str]:
-    """A full-sync ``iptables-restore --noflush`` input, as newline-terminated pieces
-    built one after another.
-
-    Declaring a chain (``:NAME - [0:0]``) creates it or flushes it, so every chain of ours
-    is rewritten whole; chains of ours that the ruleset no longer has are flushed and
-    deleted; jump rules in built-in chains are inserted when missing and duplicates
-    removed. Nothing else in the tables is touched.
-
-    Only each table's tail (stale chains, jump fixes) depends on what the tables hold, and
-    the nat table, by far the larger, comes first: ``existing`` may be a function, called
-    once its rules are written, so a save of the tables runs while the tool parses them.
-    """
-    have: ExistingIptables | None = None
-    for table in ("nat", "filter"):
-        chains = ruleset.tables()[table]
-        yield "\n".join([f"*{table}", *(f":{name} - [0:0]" for name in chains)]) + "\n"
-        batch: list[str] = []
-        for name, rules in chains.items():
-            batch.extend(f"-A {name} {r}" for r in rules)
-            if len(batch) >= RESTORE_BATCH_LINES:
-                yield "\n".join(batch) + "\n"
-                batch = []
-        if batch:
-            yield "\n".join(batch) + "\n"  # every rule is out before the save is awaited
-            batch = []
-        if have is None:  # asked once, for the first table's tail
-            have = existing() if callable(existing) else existing or ExistingIptables()
-        stale = sorted(have.owned_chains(table) - set(chains))
-        batch += (f":{name} - [0:0]" for name in stale)  # flushed: no rule refers onwards
-        batch += _jump_fixes(ruleset, have, table)
-        batch += (f"-X {name}" for name in stale)
-        batch.append("COMMIT")
-        yield "\n".join(batch) + "\n"
-
-
-def restore_text(ruleset: IptablesRuleset, existing: ExistingIptables | None = None) -> str:
-    """:func:`restore_pieces` as one text."""
-    return "".join(restore_pieces(ruleset, existing))
-
-
-def _jump_fixes(ruleset: IptablesRuleset, existing: ExistingIptables, table: str) -> list[str]:
-    """Insert missing jumps (keeping upstream's order at the head of each built-in chain),
-    delete duplicates and stale jumps to our chains."""
-    lines: list[str] = []
-    wanted_by_chain: dict[str, list[str]] = {}
-    for j in ruleset.jumps:
-        if j.table == table:
-            wanted_by_chain.setdefault(j.chain, []).append(j.spec)
-    chains_in_table = set(wanted_by_chain) | {c for (t, c) in existing.builtin_rules if t == table}
-    for chain in sorted(chains_in_table):
-        wanted = wanted_by_chain.get(chain, [])
-        have = list(existing.builtin_rules.get((table, chain), ()))
-        seen: set[str] = set()
-        for spec in have:
-            target = _target(spec)
-            ours = target is not None and is_owned_chain(target)
-            if ours and (spec not in wanted or spec in seen):
-                lines.append(f"-D {chain} {spec}")
-            seen.add(spec)
-        # insert in reverse so the final order matches `wanted`
-        missing = [s for s in wanted if s not in have]
-        for spec in reversed(missing):
-            lines.append(f"-I {chain} 1 {spec}")
-    return lines
-
-
-_TARGET = re.compile(r"(?:^|\s)-j (\S+)")
-
-
-def _target(spec: str) -> str | None:
-    m = _TARGET.search(spec)
-    return m.group(1) if m else None
-
-
-KUBELET_SHARED = frozenset((KUBE_FIREWALL,))
-"""Chains the kubelet creates too (its martian-packet guard, KUBE-FIREWALL, the same rule
-as ours). Upstream never deletes them; we delete one only when nothing but our own jumps
-(marked with our comment) lead to it, so a cleanup leaves nothing of ours and never takes
-the kubelet's guard away (the kubelet does not recreate it while its canary stands)."""
-
-
-def _foreign_jump_targets(existing: ExistingIptables, table: str) -> frozenset[str]:
-    """Shared chains that a built-in chain jumps to without our comment."""
-    return frozenset(
-        tgt
-        for (t, _), specs in existing.builtin_rules.items()
-        if t == table
-        for spec in specs
-        if (tgt := _target(spec)) in KUBELET_SHARED and _OUR_GUARD_JUMP not in spec
-    )
-
-
-def cleanup_text(existing: ExistingIptables) -> str:
-    """Remove every chain and jump of ours (and nothing else: not a chain the kubelet
-    also uses, nor its jumps) in one transaction."""
-    out: list[str] = []
-    for table in ("filter", "nat"):
-        kept = _foreign_jump_targets(existing, table)
-        owned = sorted(existing.owned_chains(table) - kept)
-        jumps = [
-            f"-D {chain} {spec}"
-            for (t, chain), specs in sorted(existing.builtin_rules.items())
-            if t == table
-            for spec in specs
-            if (tgt := _target(spec)) is not None
-            and is_owned_chain(tgt)
-            and (tgt not in kept or _OUR_GUARD_JUMP in spec)
-        ]
-        if not owned and not jumps:
-            continue
-        out.append(f"*{table}")
-        out.extend(f":{name} - [0:0]" for name in owned)
-        out.extend(jumps)
-        out.extend(f"-X {name}" for name in owned)
-        out.append("COMMIT")
-    return "\n".join(out) + ("\n" if out else "")
-
-
-@dataclass(frozen=True)
-class PartialRestore:
-    """A partial sync from ``old`` to ``new``: its restore input, and the inverse change
-    (for a table committed before the transaction failed)."""
-
-    old: IptablesRuleset
-    new: IptablesRuleset
-    text: str
-
-    def __bool__(self) -> bool:
-        return bool(self.text)
-
-    def undo_text(self, tables: Collection[str]) -> str:
-        """What puts ``tables`` back from ``new`` to ``old``."""
-        return partial_restore_text(self.new, self.old, tables)
-
-
-def partial_restore(old: IptablesRuleset, new: IptablesRuleset) -> PartialRestore:
-    return PartialRestore(old, new, partial_restore_text(old, new))
-
-
-def partial_restore_text(
-    old: IptablesRuleset, new: IptablesRuleset, tables: Collection[str] | None = None
-) -> str:
-    """Like upstream's partial sync: rewrite only chains whose rules changed, delete chains
-    that are gone; jump rules in built-in chains are left to the next full sync. Empty when
-    nothing changed. ``tables``: only those."""
-    out: list[str] = []
-    old_tables = old.tables()
-    for table, chains in new.tables().items():
-        if tables is not None and table not in tables:
-            continue
-        before = old_tables[table]
-        changed = [name for name, rules in chains.items() if before.get(name) != rules]
-        removed = [name for name in before if name not in chains]
-        if not changed and not removed:
-            continue
-        out.append(f"*{table}")
-        out.extend(f":{name} - [0:0]" for name in (*changed, *removed))
-        for name in changed:
-            out.extend(f"-A {name} {r}" for r in chains[name])
-        out.extend(f"-X {name}" for name in removed)
-        out.append("COMMIT")
-    return "\n".join(out) + "\n" if out else ""

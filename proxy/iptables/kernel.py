@@ -15,21 +15,18 @@ import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from proxy.backends.iptables import (
-    KUBE_PROXY_CANARY,
-    ExistingIptables,
-    IptablesRuleset,
-    PartialRestore,
-    cleanup_text,
-    parse_save,
-    restore_pieces,
-)
+from proxy.iptables.model import ExistingIptables, IptablesRuleset
+from proxy.iptables.names import KUBE_PROXY_CANARY
+from proxy.iptables.restore import PartialRestore, cleanup_text, restore_pieces
+from proxy.iptables.save import parse_save
 from proxy.kernel.runner import KernelError, Runner, Started
 from proxy.model import IPFamily
 
 log = logging.getLogger(__name__)
 
 VARIANT_ENV = "KUBE_PROXY_PY_IPTABLES"
+VARIANTS = ("nft", "legacy")
+"""iptables' two backends (``iptables-nft``, ``iptables-legacy``), in detection order."""
 CANARY_TABLES = ("mangle", "filter", "nat")
 CANARY_CHAIN = KUBE_PROXY_CANARY
 CANARY_RULE = "-j RETURN"
@@ -94,11 +91,11 @@ def detect_variant(runner: Runner, family: IPFamily = IPFamily.V4) -> str:
     both are empty. ``KUBE_PROXY_PY_IPTABLES=nft|legacy`` overrides.
     """
     forced = os.environ.get(VARIANT_ENV)
-    if forced in ("nft", "legacy"):
+    if forced in VARIANTS:
         return forced
     counts: dict[str, int] = {}
     hints: dict[str, bool] = {}
-    for variant in ("nft", "legacy"):
+    for variant in VARIANTS:
         tool = _tool(family, variant, "save")
         if not Runner.available(tool):
             counts[variant], hints[variant] = -1, False

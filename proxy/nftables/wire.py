@@ -31,7 +31,6 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
-from proxy.backends.nftables import TABLE, NftElement, NftOp, NftTransaction, safe_comment
 from proxy.kernel.nfnetlink import (
     NFPROTO_IPV4,
     NFPROTO_IPV6,
@@ -52,6 +51,8 @@ from proxy.kernel.nfnetlink import (
     strz,
 )
 from proxy.model import IPFamily
+from proxy.nftables.model import NftElement, NftOp, NftTransaction, safe_comment
+from proxy.nftables.names import TABLE
 
 
 class Unsupported(ValueError):
@@ -88,7 +89,7 @@ NFTA_EXPR_DATA = 2
 
 def _address(text: str, family: IPFamily) -> bytes:
     ip = ipaddress.ip_address(text)
-    if (ip.version == 4) != (family is IPFamily.V4):
+    if IPFamily.of(ip) is not family:
         raise Unsupported(f"{text} is not an address of family {family}")
     return ip.packed
 
@@ -325,7 +326,7 @@ class _Rule:
             net = ipaddress.ip_network(operand, strict=True)
         except ValueError:
             raise Unsupported(f"address {operand!r}") from None
-        if (net.version == 4) != (self.family is IPFamily.V4):
+        if IPFamily.of(net) is not self.family:
             raise Unsupported(f"{operand} in a {self.family} table")
         prefix = net.prefixlen
         if prefix and prefix % 8 == 0:

@@ -1,0 +1,119 @@
+"""A proxy mode is one object behind one protocol, and :func:`mode_for` finds it.
+
+Each mode's package (:mod:`proxy.nftables`, :mod:`proxy.iptables`) holds its names,
+object model, renderer, transactions and kernel writer; its ``mode`` module puts them
+behind :class:`Mode` (pure: render, the full sync's text, the difference between two
+rulesets; and where the kernel comes in, a :class:`ModeWriter` per network namespace and
+IP family, and the cleanup). Like upstream kube-proxy's one package per mode, each a
+Provider with the same Sync; the proxier, ``render``/``apply``/``cleanup`` and the agent
+only go through this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
+
+from proxy.config import ProxyMode
+from proxy.iptables.mode import IptablesMode
+from proxy.kernel.runner import Runner
+from proxy.model import IPFamily
+from proxy.nftables.mode import NftablesMode
+from proxy.plan import Plan
+
+R = TypeVar("R")
+"""A mode's ruleset (what it renders a plan into)."""
+C = TypeVar("C")
+"""A mode's change between two rulesets (what an incremental sync writes); false when
+there is nothing to write."""
+R_in = TypeVar("R_in", contravariant=True)
+C_in = TypeVar("C_in", contravariant=True)
+
+
+class ModeWriter(Protocol[R_in, C_in]):
+    """One mode's rules in one network namespace and IP family, in the kernel."""
+
+    @property
+    def description(self) -> str:
+        """What writes the rules, e.g. ``nftables`` or ``iptables (legacy)``."""
+        ...
+
+    def sync(self, ruleset: R_in) -> None:
+        """Full sync: make our rules exactly ``ruleset`` in one transaction."""
+        ...
+
+    def apply(self, change: C_in) -> None:
+        """Incremental sync: write a change from :meth:`Mode.diff`."""
+        ...
+
+    def generation(self, now: float, period: float) -> int | None:
+        """Drift check: a value that changes when someone else changed the rules since
+        our last write (None: unknown, so every sync is full). ``now`` and the sync
+        ``period`` pace checks that cost time (legacy iptables' canaries)."""
+        ...
+
+    @property
+    def text_fallbacks(self) -> int:
+        """Incremental changes written as text (``nft -f``) because the netlink encoding
+        did not cover them, since the writer was made."""
+        ...
+
+
+class Mode(Protocol[R, C]):
+    """A proxy mode: how a plan becomes rules, and how rules reach the kernel."""
+
+    @property
+    def proxy_mode(self) -> ProxyMode: ...
+
+    def renderer(self) -> Callable[[Plan], R]:
+        """A render function (pure) with a cache of its own: a plan derived from the
+        previous one re-renders only the changed service ports."""
+        ...
+
+    def full_sync_text(self, ruleset: R) -> str:
+        """The text of a full sync onto empty tables (what ``render`` prints)."""
+        ...
+
+    def diff(self, old: R, new: R) -> C:
+        """What turns the rules from ``old`` (applied last) into ``new``."""
+        ...
+
+    def periodic_full_sync(self, last: Plan) -> bool:
+        """Whether a full sync is still made every sync period/hour at ``last``'s size
+        while drift can be seen (upstream skips them for iptables in large clusters)."""
+        ...
+
+    def writer(self, runner: Runner, family: IPFamily) -> ModeWriter[R, C]:
+        """The kernel writer for ``runner``'s network namespace and ``family``."""
+        ...
+
+    def cleanup(self, runner: Runner, family: IPFamily) -> list[str]:
+        """Remove this mode's rules, every variant whose tools are installed; returns
+        what held rules (e.g. ``["iptables (legacy)"]``)."""
+        ...
+
+
+MODES: Mapping[ProxyMode, Mode[Any, Any]] = {
+    ProxyMode.IPTABLES: IptablesMode(),
+    ProxyMode.NFTABLES: NftablesMode(),
+}
+
+
+def mode_for(mode: ProxyMode) -> Mode[Any, Any]:
+    return MODES[mode]
+
+
+def remove_rules(
+    runner: Runner, modes: Iterable[ProxyMode], family: IPFamily = IPFamily.V4
+) -> list[str]:
+    """Remove our rules of ``modes`` (used by ``kube-proxy-py cleanup``, ``run --cleanup``,
+    ``apply`` and the agent, which like upstream removes the other modes' rules when it
+    starts: a node switched from iptables to nftables must not keep DNAT rules nobody
+    updates); returns what held rules, e.g. ``["iptables (legacy)", "nftables"]``. A
+    refusal raises :class:`~proxy.kernel.runner.KernelError` (what was removed before
+    stays removed)."""
+    return [what for mode in modes for what in mode_for(mode).cleanup(runner, family)]
+
+
+def other_modes(mode: ProxyMode) -> tuple[ProxyMode, ...]:
+    return tuple(m for m in ProxyMode if m is not mode)

@@ -1,0 +1,75 @@
+"""nftables mode behind :class:`proxy.modes.Mode`: render, the full sync's nft script,
+incremental transactions, and a writer that sees drift through the nf_tables
+generation."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.config import ProxyMode
+from proxy.kernel.runner import Runner
+from proxy.model import IPFamily
+from proxy.nftables.diff import full_sync_text, incremental
+from proxy.nftables.model import NftRuleset, NftTransaction
+from proxy.nftables.render import RenderCache, render
+from proxy.plan import Plan
+
+if TYPE_CHECKING:  # the kernel side is imported when used: `render` needs none of it
+    from proxy.kernel.generation import GenerationReader
+    from proxy.nftables.kernel import NftKernel
+
+
+@dataclass
+class NftablesWriter:
+    """Our nftables table in one namespace and family (:class:`proxy.modes.ModeWriter`)."""
+
+    kernel: NftKernel
+    generations: GenerationReader
+    description: str = "nftables"
+
+    def sync(self, ruleset: NftRuleset) -> None:
+        self.kernel.sync(ruleset)
+
+    def apply(self, change: NftTransaction) -> None:
+        self.kernel.apply_transaction(change)
+
+    def generation(self, now: float, period: float) -> int | None:
+        return self.generations.read()
+
+    @property
+    def text_fallbacks(self) -> int:
+        return self.kernel.text_fallbacks
+
+
+class NftablesMode:
+    """The nftables proxy mode (:class:`proxy.modes.Mode`)."""
+
+    proxy_mode = ProxyMode.NFTABLES
+
+    def renderer(self) -> Callable[[Plan], NftRuleset]:
+        return functools.partial(render, cache=RenderCache())
+
+    def full_sync_text(self, ruleset: NftRuleset) -> str:
+        return full_sync_text(ruleset)
+
+    def diff(self, old: NftRuleset, new: NftRuleset) -> NftTransaction:
+        return incremental(old, new)
+
+    def periodic_full_sync(self, last: Plan) -> bool:
+        return True
+
+    def writer(self, runner: Runner, family: IPFamily) -> NftablesWriter:
+        from proxy.kernel.generation import GenerationReader
+        from proxy.nftables.kernel import NftKernel
+
+        return NftablesWriter(NftKernel(runner, family), GenerationReader(runner.netns))
+
+    def cleanup(self, runner: Runner, family: IPFamily) -> list[str]:
+        from proxy.nftables.kernel import NftKernel
+
+        if Runner.available("nft") and NftKernel(runner, family).cleanup():
+            return ["nftables"]
+        return []

@@ -1,0 +1,314 @@
+"""nftables mode's object model: the table as chains, sets/maps and their elements, how
+service ports' fragments make it up, and the statements of an incremental transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from proxy import comments
+from proxy.model import IPFamily, Protocol
+from proxy.nftables.names import CLUSTER_IPS, HAIRPIN_CONNECTIONS, TABLE
+
+PortKey = tuple[str, str, str, Protocol]
+"""A service port: namespace, Service name, port name, protocol."""
+
+
+@dataclass(frozen=True)
+class BaseHook:
+    type: str
+    hook: str
+    priority: int
+
+    def spec(self) -> str:
+        return f"type {self.type} hook {self.hook} priority {self.priority}"
+
+
+@dataclass(frozen=True)
+class NftChain:
+    name: str
+    rules: tuple[str, ...] = ()
+    hook: BaseHook | None = None
+
+
+@dataclass(frozen=True)
+class NftElement:
+    key: str
+    value: str = ""
+    """Verdict for maps; empty for sets."""
+    comment: str = ""
+
+    def text(self) -> str:
+        out = self.key
+        if self.comment:
+            out += f' comment "{safe_comment(self.comment)}"'
+        if self.value:
+            out += f" : {self.value}"
+        return out
+
+
+@dataclass(frozen=True)
+class NftSet:
+    """A set or verdict map. ``dynamic`` sets (affinity) keep their elements across syncs."""
+
+    name: str
+    type: str
+    is_map: bool = False
+    elements: tuple[NftElement, ...] = ()
+    flags: tuple[str, ...] = ()
+    timeout: int | None = None
+    comment: str = ""
+    typeof: str = ""
+    """Declared by expressions (``typeof numgen random mod 1 : ip daddr . tcp dport``)
+    when no type name fits; ``type`` still names the key and data types."""
+
+    @property
+    def dynamic(self) -> bool:
+        return "dynamic" in self.flags
+
+    def spec(self) -> str:
+        parts = [f"typeof {self.typeof}" if self.typeof else f"type {self.type}"]
+        if self.flags:
+            parts.append("flags " + ",".join(self.flags))
+        if self.timeout is not None:
+            parts.append(f"timeout {self.timeout}s")
+        if self.comment:
+            parts.append(f'comment "{safe_comment(self.comment)}"')
+        return " ; ".join(parts) + " ;"
+
+
+@dataclass(frozen=True, eq=False)
+class NftRuleset:
+    """Our table: plan-wide chains and sets (``core``), one fragment per service port,
+    and the elements of the sets service ports share (counted: two ports of one Service
+    share its ClusterIP). ``chains`` and ``sets`` are the table merged, built on first
+    use: an incremental sync only compares fragments, by identity."""
+
+    family: IPFamily
+    core: Fragment
+    fragments: Mapping[PortKey, Fragment]
+    shared: Mapping[str, Mapping[str, int]]
+    serial: int = 0
+    """The serial of the plan it was rendered from."""
+    delta: tuple[int, frozenset[PortKey]] | None = None
+    """(serial of the plan behind the ruleset this one was derived from, the service
+    ports whose fragments may differ from that one's)."""
+
+    @cached_property
+    def _merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
+        return self.merged()
+
+    def merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
+        """Chains and sets of the whole table, built anew (``chains``/``sets`` keep theirs;
+        a full sync uses this so the agent does not hold a second copy of the table)."""
+        b = TableBuilder(self.family)
+        b.merge(self.core)
+        for frag in self.fragments.values():
+            b.merge(frag)
+        for set_name, counts in self.shared.items():
+            for key in counts:
+                b.element(set_name, key)
+        return b.build_parts()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NftRuleset):
+            return NotImplemented
+        return (self.family, self.chains, self._set_contents) == (
+            other.family,
+            other.chains,
+            other._set_contents,
+        )
+
+    @property
+    def _set_contents(self) -> dict[str, tuple[NftSet, frozenset[NftElement]]]:
+        """Sets compared as sets: element order is not part of the table."""
+        return {
+            n: (dataclasses.replace(s, elements=()), frozenset(s.elements))
+            for n, s in self.sets.items()
+        }
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def chains(self) -> Mapping[str, NftChain]:
+        return self._merged[0]
+
+    @property
+    def sets(self) -> Mapping[str, NftSet]:
+        return self._merged[1]
+
+    @property
+    def nft_family(self) -> str:
+        return "ip" if self.family is IPFamily.V4 else "ip6"
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(c.rules) for c in self.chains.values())
+
+    @property
+    def element_count(self) -> int:
+        return sum(len(s.elements) for s in self.sets.values())
+
+
+@dataclass(frozen=True)
+class ExistingNft:
+    """What our table holds now: names of chains and sets/maps, and set timeouts."""
+
+    table_exists: bool = False
+    chains: frozenset[str] = frozenset()
+    base_chains: Mapping[str, BaseHook] = field(default_factory=dict)
+    """Existing base chains' hooks (type, hook, priority)."""
+    sets: Mapping[str, int | None] = field(default_factory=dict)
+    """set name → timeout in seconds (None when it has none)."""
+    maps: frozenset[str] = frozenset()
+
+
+NFT_COMMENT_MAX = 128
+"""nft refuses a comment longer than this many characters, and with it the whole
+transaction (upstream had the same bug: kubernetes/kubernetes#139515)."""
+
+
+def safe_comment(text: str) -> str:
+    """``text`` fit for a double-quoted nft comment (:func:`comments.quotable`)."""
+    return comments.quotable(text, NFT_COMMENT_MAX)
+
+
+class TableBuilder:
+    def __init__(self, family: IPFamily) -> None:
+        self.family = family
+        self.chains: dict[str, list[str] | tuple[str, ...]] = {}
+        self.hooks: dict[str, BaseHook] = {}
+        self.sets: dict[str, NftSet] = {}
+        self.elements: dict[str, list[NftElement]] = {}
+
+    def chain(self, name: str, hook: BaseHook | None = None) -> None:
+        self.chains.setdefault(name, [])
+        if hook is not None:
+            self.hooks[name] = hook
+
+    def rule(self, chain: str, rule: str, comment: str = "") -> None:
+        if comment:
+            rule += f' comment "{safe_comment(comment)}"'
+        rules = self.chains.setdefault(chain, [])
+        assert isinstance(rules, list), f"chain {chain} is from a cached fragment"
+        rules.append(rule)
+
+    def declare(self, s: NftSet) -> None:
+        self.sets.setdefault(s.name, s)
+        self.elements.setdefault(s.name, [])
+
+    def element(self, set_name: str, key: str, value: str = "", comment: str = "") -> None:
+        self.elements.setdefault(set_name, []).append(NftElement(key, value, comment))
+
+    def fragment(self) -> Fragment:
+        """What this builder holds, frozen (a service port's share of the ruleset)."""
+        return Fragment(
+            chains=tuple((n, tuple(r)) for n, r in self.chains.items()),
+            sets=tuple(self.sets.values()),
+            elements=tuple((n, tuple(e)) for n, e in self.elements.items() if e),
+            hooks=tuple(self.hooks.items()),
+        )
+
+    def merge(self, f: Fragment) -> None:
+        for name, rules in f.chains:
+            self.chains[name] = rules
+        self.hooks.update(f.hooks)
+        for s in f.sets:
+            self.declare(s)
+        for set_name, elements in f.elements:
+            self.elements.setdefault(set_name, []).extend(elements)
+
+    def build_parts(self) -> tuple[dict[str, NftChain], dict[str, NftSet]]:
+        chains = {
+            n: NftChain(n, tuple(rules), self.hooks.get(n)) for n, rules in self.chains.items()
+        }
+        sets = {
+            n: NftSet(
+                s.name,
+                s.type,
+                s.is_map,
+                tuple(self.elements[n]),
+                s.flags,
+                s.timeout,
+                s.comment,
+                s.typeof,
+            )
+            for n, s in self.sets.items()
+        }
+        return chains, sets
+
+
+@dataclass(frozen=True)
+class Fragment:
+    chains: tuple[tuple[str, tuple[str, ...]], ...]
+    sets: tuple[NftSet, ...]
+    elements: tuple[tuple[str, tuple[NftElement, ...]], ...]
+    hooks: tuple[tuple[str, BaseHook], ...] = ()
+    cluster_ip: str = ""
+    hairpins: tuple[str, ...] = ()
+    """Keys of its local endpoints in the hairpin-connections set."""
+
+
+def shared_keys(frag: Fragment) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The elements a fragment adds to sets that several service ports share."""
+    return ((CLUSTER_IPS, (frag.cluster_ip,)), (HAIRPIN_CONNECTIONS, frag.hairpins))
+
+
+def set_kind(s: NftSet) -> str:
+    return "map" if s.is_map else "set"
+
+
+@dataclass(frozen=True)
+class NftOp:
+    """One statement of an incremental transaction, kept structured so that the kernel
+    layer can send it as netlink messages; :meth:`text` is its nft spelling."""
+
+    verb: str
+    """``add``, ``delete`` or ``flush``."""
+    kind: str
+    """``chain``, ``rule``, ``set``, ``map`` or ``element``."""
+    name: str
+    """The chain, set or map."""
+    rule: str = ""
+    hook: BaseHook | None = None
+    spec: str = ""
+    """A new set's or map's declaration (:meth:`NftSet.spec`)."""
+    set_type: str = ""
+    """An element's set or map type (``ipv4_addr . inet_proto . inet_service``)."""
+    elements: tuple[NftElement, ...] = ()
+    """Elements added, or deleted (their keys)."""
+
+    def text(self, table: str) -> str:
+        head = f"{self.verb} {self.kind} {table} {self.name}"
+        if self.kind == "rule":
+            return f"{head} {self.rule}"
+        if self.kind == "element":
+            body = ", ".join(e.text() if self.verb == "add" else e.key for e in self.elements)
+            return f"{head} {{ {body} }}"
+        if self.verb == "add" and self.hook is not None:
+            return f"{head} {{ {self.hook.spec()} ; }}"
+        if self.verb == "add" and self.spec:
+            return f"{head} {{ {self.spec} }}"
+        return head
+
+
+@dataclass(frozen=True)
+class NftTransaction:
+    """The statements of one incremental transaction on one family's table."""
+
+    family: IPFamily
+    ops: tuple[NftOp, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    @property
+    def table(self) -> str:
+        return f"{'ip' if self.family is IPFamily.V4 else 'ip6'} {TABLE}"
+
+    def text(self) -> str:
+        """The ``nft -f`` script (empty when there is nothing to do)."""
+        t = self.table
+        return "".join(op.text(t) + "\n" for op in self.ops)

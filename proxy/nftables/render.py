@@ -1,0 +1,636 @@
+"""nftables mode's renderer (pure): a :class:`Plan` becomes our table (:class:`NftRuleset`).
+
+Layout (upstream kube-proxy's, table ``kube-proxy`` in family ``ip``/``ip6``): base chains
+hook prerouting/input/forward/output/postrouting; ``services`` dispatches through the
+``service-ips`` verdict map keyed ``daddr . l4proto . dport`` and the
+``service-nodeports`` map keyed ``l4proto . dport``; per service port ``service-*`` /
+``local-*`` chains DNAT through ``numgen random mod n offset b`` into a shared endpoint
+map (:mod:`proxy.nftables.endpointmaps`; ``endpoint-*`` chains only with session
+affinity);
+``no-endpoint-*`` maps reject or drop; ``cluster-ips-check`` rejects new traffic to a
+ClusterIP on a port no service uses.
+
+The installed nft (1.0.6) wants numeric hook priorities for ``output``, a protocol match
+before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is written so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from proxy.model import IPFamily
+from proxy.nftables import endpointmaps, names
+from proxy.nftables.endpointmaps import Slot
+from proxy.nftables.model import (
+    BaseHook,
+    Fragment,
+    NftRuleset,
+    NftSet,
+    PortKey,
+    TableBuilder,
+    shared_keys,
+)
+from proxy.nftables.names import (
+    CLUSTER_IPS,
+    CLUSTER_IPS_CHECK,
+    DSTNAT,
+    FILTER_FORWARD,
+    FILTER_INPUT,
+    FILTER_OUTPUT,
+    FILTER_OUTPUT_PRE_DNAT,
+    FILTER_PREROUTING_PRE_DNAT,
+    FIREWALL_CHECK,
+    FIREWALL_IPS,
+    HAIRPIN_CONNECTIONS,
+    MASQUERADING,
+    NAT_OUTPUT,
+    NAT_POSTROUTING,
+    NAT_PREROUTING,
+    NO_ENDPOINT_NODEPORTS,
+    NO_ENDPOINT_SERVICES,
+    NODEPORT_ENDPOINTS_CHECK,
+    NODEPORT_IPS,
+    REJECT_CHAIN,
+    SERVICE_ENDPOINTS_CHECK,
+    SERVICE_IPS,
+    SERVICE_NODEPORTS,
+    SERVICES,
+    SRCNAT,
+)
+from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
+
+FILTER = 0
+
+# Upstream v1.37.2's base chains, names and priorities, so that a node moving from
+# upstream kube-proxy's nftables mode can be taken over in place (nft cannot change an
+# existing base chain's priority; see ``full_sync_text``).
+BASE_CHAINS: Mapping[str, BaseHook] = {
+    # LoadBalancerSourceRanges look at pre-DNAT destinations
+    FILTER_PREROUTING_PRE_DNAT: BaseHook("filter", "prerouting", DSTNAT - 10),
+    FILTER_OUTPUT_PRE_DNAT: BaseHook("filter", "output", DSTNAT - 10),
+    # no-endpoint and unknown-port checks: DNATed traffic no longer has a service IP
+    FILTER_INPUT: BaseHook("filter", "input", FILTER),
+    FILTER_FORWARD: BaseHook("filter", "forward", FILTER),
+    FILTER_OUTPUT: BaseHook("filter", "output", FILTER),
+    NAT_PREROUTING: BaseHook("nat", "prerouting", DSTNAT),
+    NAT_OUTPUT: BaseHook("nat", "output", DSTNAT),
+    NAT_POSTROUTING: BaseHook("nat", "postrouting", SRCNAT),
+}
+
+
+def _addr_type(family: IPFamily) -> str:
+    return "ipv4_addr" if family is IPFamily.V4 else "ipv6_addr"
+
+
+def _ipx(family: IPFamily) -> str:
+    return "ip" if family is IPFamily.V4 else "ip6"
+
+
+Demands = dict[str, dict[str, tuple[int, PortKey]]]
+"""endpoint map → chain → (windows it needs, the service port it belongs to)."""
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    serial: int
+    fragments: dict[PortKey, Fragment]
+    shared: dict[str, dict[str, int]]
+    by_service: dict[tuple[str, str], tuple[tuple[PortKey, ServicePortPlan], ...]]
+    demands: Demands
+    slots: dict[str, Slot]
+    delta: tuple[int, frozenset[PortKey]] | None = None
+
+    @property
+    def endpoint_maps(self) -> list[str]:
+        return sorted(name for name, chains in self.demands.items() if chains)
+
+
+def _count(shared: dict[str, dict[str, int]], frag: Fragment, step: int) -> None:
+    for set_name, keys in shared_keys(frag):
+        counts = shared[set_name]
+        for key in keys:
+            n = counts.get(key, 0) + step
+            if n:
+                counts[key] = n
+            else:
+                del counts[key]
+
+
+def _port_key(sp: ServicePortPlan) -> PortKey:
+    return (sp.namespace, sp.name, sp.port_name, sp.protocol)
+
+
+@dataclass
+class RenderCache:
+    """Rendered fragments of service ports, reused while their plan objects are (the
+    incremental planner hands back the very same objects for unchanged Services)."""
+
+    params: object = None
+    fragments: dict[int, tuple[ServicePortPlan, Fragment, tuple[Slot | None, ...]]] = field(
+        default_factory=dict
+    )
+    last: _Rendered | None = None
+    """The last plan rendered: a plan derived from it re-renders only its changes."""
+
+    def fragment(
+        self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None, slots: Mapping[str, Slot]
+    ) -> Fragment:
+        mine = tuple(slots.get(chain) for chain, _ in endpoint_map_chains(sp))
+        hit = self.fragments.get(id(sp))
+        if hit is not None and hit[0] is sp and hit[2] == mine:
+            return hit[1]
+        b = TableBuilder(plan.family)
+        _render_port(plan, sp, b, local_cidr, slots)
+        proto = sp.protocol.lowercase
+        frag = dataclasses.replace(
+            b.fragment(),
+            cluster_ip=str(sp.cluster_ip),
+            hairpins=tuple(
+                f"{ep.ip} . {ep.ip} . {proto} . {ep.port}"
+                for ep in sp.reachable_endpoints
+                if ep.is_local
+            ),
+        )
+        self.fragments[id(sp)] = (sp, frag, mine)
+        return frag
+
+    def start(self, params: object) -> None:
+        """Forget everything when plan-wide settings changed."""
+        if params != self.params:
+            self.params = params
+            self.fragments.clear()
+            self.last = None
+
+    def keep_only(self, plan: Plan) -> None:
+        live = {id(sp) for sp in plan.service_ports}
+        for key in [k for k in self.fragments if k not in live]:
+            del self.fragments[key]
+
+
+def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
+    """Render a plan into our nftables table (pure; ``cache`` only saves work)."""
+    fam = plan.family
+    ipx = _ipx(fam)
+    addr = _addr_type(fam)
+    b = TableBuilder(fam)
+    for name, hook in BASE_CHAINS.items():
+        b.chain(name, hook)
+    for name in (
+        SERVICES,
+        MASQUERADING,
+        SERVICE_ENDPOINTS_CHECK,
+        NODEPORT_ENDPOINTS_CHECK,
+        CLUSTER_IPS_CHECK,
+        FIREWALL_CHECK,
+        REJECT_CHAIN,
+    ):
+        b.chain(name)
+
+    vmap_ip_key = f"{addr} . inet_proto . inet_service : verdict"
+    vmap_port_key = "inet_proto . inet_service : verdict"
+    b.declare(NftSet(CLUSTER_IPS, addr, comment="Active ClusterIPs"))
+    b.declare(
+        NftSet(
+            HAIRPIN_CONNECTIONS,
+            f"{addr} . {addr} . inet_proto . inet_service",
+            comment="service hairpin connections",
+        )
+    )
+    b.declare(
+        NftSet(
+            SERVICE_IPS,
+            vmap_ip_key,
+            is_map=True,
+            comment="ClusterIP, ExternalIP and LoadBalancer IP traffic",
+        )
+    )
+    b.declare(NftSet(SERVICE_NODEPORTS, vmap_port_key, is_map=True, comment="NodePort traffic"))
+    b.declare(
+        NftSet(
+            NO_ENDPOINT_SERVICES,
+            vmap_ip_key,
+            is_map=True,
+            comment="vmap to drop or reject packets to services with no endpoints",
+        )
+    )
+    b.declare(
+        NftSet(
+            NO_ENDPOINT_NODEPORTS,
+            vmap_port_key,
+            is_map=True,
+            comment="vmap to drop or reject packets to service nodeports with no endpoints",
+        )
+    )
+    b.declare(
+        NftSet(
+            FIREWALL_IPS,
+            vmap_ip_key,
+            is_map=True,
+            comment="destinations that are subject to LoadBalancerSourceRanges",
+        )
+    )
+
+    # -- fixed rules
+    new = "ct state new"
+    b.rule(FILTER_PREROUTING_PRE_DNAT, f"{new} jump {FIREWALL_CHECK}")
+    b.rule(FILTER_OUTPUT_PRE_DNAT, f"{new} jump {FIREWALL_CHECK}")
+    b.rule(FILTER_INPUT, f"{new} jump {NODEPORT_ENDPOINTS_CHECK}")
+    b.rule(FILTER_INPUT, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
+    b.rule(FILTER_FORWARD, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
+    b.rule(FILTER_FORWARD, f"{new} jump {CLUSTER_IPS_CHECK}")
+    b.rule(FILTER_OUTPUT, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
+    b.rule(FILTER_OUTPUT, f"{new} jump {CLUSTER_IPS_CHECK}")
+    b.rule(NAT_PREROUTING, f"jump {SERVICES}")
+    b.rule(NAT_OUTPUT, f"jump {SERVICES}")
+    b.rule(NAT_POSTROUTING, f"jump {MASQUERADING}")
+
+    mark = f"{plan.masquerade_mark:#010x}"
+    b.rule(
+        MASQUERADING,
+        f"meta mark & {mark} != 0x00000000 meta mark set meta mark ^ {mark} "
+        "masquerade fully-random",
+    )
+    # a pod reaching itself through a service: its reply would never leave the pod
+    # without SNAT (upstream's hairpin set of local endpoint ip . ip . proto . port)
+    b.rule(
+        MASQUERADING,
+        f"ct status dnat {ipx} saddr . {ipx} daddr . meta l4proto . th dport "
+        f"@{HAIRPIN_CONNECTIONS} masquerade fully-random",
+    )
+    b.rule(
+        REJECT_CHAIN, "reject", comment="helper for @no-endpoint-services / @no-endpoint-nodeports"
+    )
+
+    b.rule(
+        CLUSTER_IPS_CHECK,
+        f"{ipx} daddr @{CLUSTER_IPS} reject",
+        comment="Reject traffic to invalid ports of ClusterIPs",
+    )
+    b.rule(FIREWALL_CHECK, f"{ipx} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}")
+    b.rule(
+        SERVICE_ENDPOINTS_CHECK,
+        f"{ipx} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}",
+    )
+    masquerade = masquerade_rule(plan)
+    local_cidr = str(plan.cluster_cidr) if plan.cluster_cidr is not None else None
+    if plan.masquerade_all:
+        b.rule(SERVICES, f"{ipx} daddr @{CLUSTER_IPS} {masquerade}",
+               comment="masquerade all clusterIP traffic")  # fmt: skip
+    elif local_cidr is not None:
+        # off-cluster clients may route a service CIDR to any node, which may send it on
+        # to another node: SNAT so that replies come back the same way
+        b.rule(
+            SERVICES,
+            f"{ipx} daddr @{CLUSTER_IPS} {ipx} saddr != {local_cidr} {masquerade}",
+            comment="masquerade clusterIP traffic from outside cluster",
+        )
+    b.rule(SERVICES, f"{ipx} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}")
+
+    no_localhost = f"{ipx} daddr != 127.0.0.0/8" if fam is IPFamily.V4 else f"{ipx} daddr != ::1"
+    if plan.nodeports.match_all_local:
+        b.rule(
+            NODEPORT_ENDPOINTS_CHECK,
+            f"{no_localhost} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}",
+        )
+        b.rule(
+            SERVICES,
+            f"fib daddr type local {no_localhost} "
+            f"meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
+            comment="NodePort traffic",
+        )
+    else:
+        b.declare(NftSet(NODEPORT_IPS, addr, comment="IPs that accept NodePort traffic"))
+        for ip in plan.nodeports.addresses:
+            if not ip.is_loopback:
+                b.element(NODEPORT_IPS, str(ip))
+        b.rule(
+            NODEPORT_ENDPOINTS_CHECK,
+            f"{ipx} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}",
+        )
+        b.rule(
+            SERVICES,
+            f"{ipx} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
+            comment="NodePort traffic",
+        )
+
+    cache = cache if cache is not None else RenderCache()
+    cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr))
+    last = cache.last
+    if last is not None and plan.delta is not None and plan.delta[0] == last.serial:
+        rendered = _render_delta(plan, plan.delta[1], last, cache, local_cidr)
+    else:
+        rendered = _render_all(plan, cache, local_cidr)
+    cache.last = rendered
+    for name in rendered.endpoint_maps:
+        proto = endpointmaps.protocol_of(name)
+        b.declare(
+            NftSet(
+                name,
+                f"mark : {addr} . inet_service",
+                is_map=True,
+                typeof=f"numgen random mod 1 : {ipx} daddr . {proto} dport",
+            )
+        )
+    return NftRuleset(
+        fam, b.fragment(), rendered.fragments, rendered.shared, plan.serial, rendered.delta
+    )
+
+
+def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rendered:
+    fragments: dict[PortKey, Fragment] = {}
+    shared: dict[str, dict[str, int]] = {CLUSTER_IPS: {}, HAIRPIN_CONNECTIONS: {}}
+    by_service: dict[tuple[str, str], list[tuple[PortKey, ServicePortPlan]]] = {}
+    demands: Demands = {}
+    for sp in plan.service_ports:
+        _demand(demands, sp, 1)
+    slots: dict[str, Slot] = {}
+    for name in demands:
+        _place(demands, name, slots)
+    for sp in plan.service_ports:
+        frag = cache.fragment(plan, sp, local_cidr, slots)
+        key = _port_key(sp)
+        fragments[key] = frag
+        _count(shared, frag, 1)
+        by_service.setdefault((sp.namespace, sp.name), []).append((key, sp))
+    cache.keep_only(plan)
+    return _Rendered(
+        plan.serial,
+        fragments,
+        shared,
+        {k: tuple(v) for k, v in by_service.items()},
+        demands,
+        slots,
+    )
+
+
+def endpoint_map_chains(sp: ServicePortPlan) -> list[tuple[str, int]]:
+    """The service port's policy chains that pick from an endpoint map, with their
+    endpoint counts (two or more endpoints, no session affinity)."""
+    if sp.affinity_seconds is not None:
+        return []
+    out = []
+    if sp.uses_cluster_chain and len(sp.cluster_endpoints) > 1:
+        out.append((names.service_chain(sp), len(sp.cluster_endpoints)))
+    if sp.uses_local_chain and len(sp.local_endpoints) > 1:
+        out.append((names.local_chain(sp), len(sp.local_endpoints)))
+    return out
+
+
+def _demand(
+    demands: Demands, sp: ServicePortPlan, step: int, before: Callable[[str], None] | None = None
+) -> None:
+    """Add (step 1) or take back (step -1) a service port's endpoint map demands;
+    ``before`` is told each map's name before that map changes."""
+    for chain, n in endpoint_map_chains(sp):
+        name = endpointmaps.map_name(chain, sp.protocol.lowercase)
+        if before is not None:
+            before(name)
+        if step > 0:
+            demands.setdefault(name, {})[chain] = (endpointmaps.windows_for(n), _port_key(sp))
+        else:
+            demands[name].pop(chain, None)
+
+
+def _place(demands: Demands, name: str, slots: dict[str, Slot]) -> dict[str, Slot]:
+    """Lay out one endpoint map's chains into ``slots``; the slots of that map."""
+    chains = demands.get(name, {})
+    out = endpointmaps.map_slots(name, {chain: w for chain, (w, _) in chains.items()})
+    slots.update(out)
+    return out
+
+
+def _render_delta(
+    plan: Plan,
+    changed: frozenset[tuple[str, str]],
+    last: _Rendered,
+    cache: RenderCache,
+    local_cidr: str | None,
+) -> _Rendered:
+    """The last rendering with only ``changed`` Services rendered again (the plan says
+    nothing else differs from the plan behind ``last``)."""
+    fragments = dict(last.fragments)
+    shared = {name: dict(counts) for name, counts in last.shared.items()}
+    by_service = dict(last.by_service)
+    demands = dict(last.demands)  # the maps touched are copied before they change
+    slots = dict(last.slots)
+    touched: set[PortKey] = set()
+    maps: set[str] = set()
+
+    def own(name: str) -> None:
+        if name not in maps:
+            maps.add(name)
+            demands[name] = dict(demands.get(name, {}))
+
+    for svc in changed:
+        for _, sp in last.by_service.get(svc, ()):
+            for chain, _n in endpoint_map_chains(sp):
+                slots.pop(chain, None)
+            _demand(demands, sp, -1, own)
+        for sp in plan.by_service.get(svc, ()):
+            _demand(demands, sp, 1, own)
+    # a chain whose place moved (a colliding chain came or grew) is rendered again too
+    moved: set[PortKey] = set()
+    for name in maps:
+        for chain, slot in _place(demands, name, slots).items():
+            if last.slots.get(chain) != slot:
+                moved.add(demands[name][chain][1])
+        if not demands[name]:
+            del demands[name]
+    services = set(changed) | {(k[0], k[1]) for k in moved}
+    for svc in services:
+        for key, sp in by_service.pop(svc, ()):
+            _count(shared, fragments.pop(key), -1)
+            cache.fragments.pop(id(sp), None)
+            touched.add(key)
+        ports = []
+        for sp in plan.by_service.get(svc, ()):
+            frag = cache.fragment(plan, sp, local_cidr, slots)
+            key = _port_key(sp)
+            fragments[key] = frag
+            _count(shared, frag, 1)
+            ports.append((key, sp))
+            touched.add(key)
+        if ports:
+            by_service[svc] = tuple(ports)
+    return _Rendered(
+        plan.serial,
+        fragments,
+        shared,
+        by_service,
+        demands,
+        slots,
+        (last.serial, frozenset(touched)),
+    )
+
+
+def masquerade_rule(plan: Plan) -> str:
+    """The statement that marks a packet for masquerading in postrouting."""
+    return f"meta mark set meta mark | {plan.masquerade_mark:#010x}"
+
+
+def _verdict(f: Filter) -> str:
+    return f"goto {REJECT_CHAIN}" if f is Filter.REJECT else "drop"
+
+
+def _render_port(
+    plan: Plan,
+    sp: ServicePortPlan,
+    b: TableBuilder,
+    local_cidr: str | None,
+    slots: Mapping[str, Slot],
+) -> None:
+    fam = plan.family
+    ipx = _ipx(fam)
+    proto = sp.protocol.lowercase
+    spn = sp.service_port_name
+    cluster_chain = names.service_chain(sp)
+    local_chain = names.local_chain(sp)
+    ext = names.external_chain(sp)
+    fw = names.firewall_chain(sp)
+    internal_chain = local_chain if sp.internal_policy_local else cluster_chain
+    external_policy_chain = local_chain if sp.external_policy_local else cluster_chain
+
+    if sp.uses_cluster_chain:
+        b.chain(cluster_chain)
+    if sp.uses_local_chain:
+        b.chain(local_chain)
+    if sp.uses_external_chain:
+        b.chain(ext)
+    if sp.uses_firewall:
+        b.chain(fw)
+    # per-endpoint chains only with session affinity (they hold the affinity update);
+    # otherwise the policy chain DNATs through a map: far fewer chains at scale
+    if sp.affinity_seconds is not None:
+        for ep in sp.reachable_endpoints:
+            b.chain(names.endpoint_chain(sp, ep.address))
+            b.declare(
+                NftSet(
+                    names.affinity_set(sp, ep.address),
+                    _addr_type(fam),
+                    flags=("dynamic", "timeout"),
+                    timeout=sp.affinity_seconds,
+                )
+            )
+
+    def key(ip: object, port: int) -> str:
+        return f"{ip} . {proto} . {port}"
+
+    # -- cluster IP (its masquerading is one rule for all cluster IPs, in "services")
+    if sp.has_internal_endpoints:
+        b.element(SERVICE_IPS, key(sp.cluster_ip, sp.port), f"goto {internal_chain}", spn)
+    else:
+        f = sp.internal_filter or Filter.REJECT
+        b.element(
+            NO_ENDPOINT_SERVICES, key(sp.cluster_ip, sp.port), _verdict(f), sp.filter_reason(f)
+        )
+
+    ext_filter = sp.external_filter
+    # -- external and load balancer IPs
+    for ip in (*sp.external_ips, *sp.load_balancer_ips):
+        if sp.has_endpoints:
+            b.element(SERVICE_IPS, key(ip, sp.port), f"goto {ext}", spn)
+        if ext_filter is not None:
+            b.element(
+                NO_ENDPOINT_SERVICES,
+                key(ip, sp.port),
+                _verdict(ext_filter),
+                sp.filter_reason(ext_filter),
+            )
+    if sp.uses_firewall:
+        for ip in sp.load_balancer_ips:
+            b.element(FIREWALL_IPS, key(ip, sp.port), f"goto {fw}", spn)
+        sources = ", ".join(str(s) for s in sp.firewall_allowed_sources)
+        b.rule(fw, f"{ipx} saddr != {{ {sources} }} drop")
+    # -- node port
+    if sp.node_port:
+        np_key = f"{proto} . {sp.node_port}"
+        if sp.has_endpoints:
+            b.element(SERVICE_NODEPORTS, np_key, f"goto {ext}", spn)
+        if ext_filter is not None:
+            b.element(
+                NO_ENDPOINT_NODEPORTS, np_key, _verdict(ext_filter), sp.filter_reason(ext_filter)
+            )
+
+    # -- external chain
+    masquerade = masquerade_rule(plan)
+    if sp.uses_external_chain:
+        if not sp.external_policy_local:
+            b.rule(ext, masquerade)
+        else:
+            if local_cidr is not None and sp.uses_cluster_chain:
+                b.rule(
+                    ext,
+                    f"{ipx} saddr {local_cidr} goto {cluster_chain}",
+                    comment="short-circuit pod traffic",
+                )
+            b.rule(ext, f"fib saddr type local {masquerade}", comment="masquerade local traffic")
+            if sp.uses_cluster_chain:
+                b.rule(
+                    ext,
+                    f"fib saddr type local goto {cluster_chain}",
+                    comment="short-circuit local traffic",
+                )
+        if sp.has_external_endpoints:
+            b.rule(ext, f"goto {external_policy_chain}")
+
+    # -- policy chains
+    if sp.uses_cluster_chain:
+        _balance(b, sp, cluster_chain, sp.cluster_endpoints, slots.get(cluster_chain))
+    if sp.uses_local_chain:
+        _balance(b, sp, local_chain, sp.local_endpoints, slots.get(local_chain))
+
+    # -- endpoint chains (session affinity only)
+    if sp.affinity_seconds is not None:
+        for ep in sp.reachable_endpoints:
+            chain = names.endpoint_chain(sp, ep.address)
+            b.rule(chain, f"update @{names.affinity_set(sp, ep.address)} {{ {ipx} saddr }}")
+            b.rule(chain, f"meta l4proto {proto} dnat to {ep.address}")
+
+
+def cascade(n: int) -> list[str]:
+    """Conditions that pick one of ``n`` targets uniformly per new connection: target i is
+    taken with probability 1/(n-i) if none before it was, like iptables' statistic cascade.
+
+    Used after the affinity lookups of a session-affinity service; other services pick
+    through an endpoint map.
+    """
+    return [f"numgen random mod {n - i} == 0 " if i < n - 1 else "" for i in range(n)]
+
+
+def _balance(
+    b: TableBuilder,
+    sp: ServicePortPlan,
+    chain: str,
+    endpoints: tuple[EndpointCandidate, ...],
+    slot: Slot | None,
+) -> None:
+    """Pick an endpoint: the client's affinity entry first if configured (per-endpoint
+    chains refresh it), else a uniform random choice per new connection: ``numgen``
+    into the chain's keys of an endpoint map (see :mod:`proxy.nftables.endpointmaps`)."""
+    ipx = _ipx(sp.family)
+    proto = sp.protocol.lowercase
+    picks = cascade(len(endpoints))
+    if slot is not None:
+        spn = sp.service_port_name
+        for i, ep in enumerate(endpoints):
+            b.element(slot.map_name, str(slot.offset + i), f"{ep.ip} . {ep.port}", spn)
+        offset = f" offset {slot.offset}" if slot.offset else ""
+        b.rule(
+            chain,
+            f"meta l4proto {proto} dnat to numgen random mod {len(endpoints)}{offset} "
+            f"map @{slot.map_name}",
+        )
+    elif sp.affinity_seconds is not None:
+        for ep in endpoints:
+            b.rule(
+                chain,
+                f"{ipx} saddr @{names.affinity_set(sp, ep.address)} "
+                f"goto {names.endpoint_chain(sp, ep.address)}",
+            )
+        for pick, ep in zip(picks, endpoints, strict=True):
+            b.rule(chain, f"{pick}goto {names.endpoint_chain(sp, ep.address)}")
+    else:
+        for pick, ep in zip(picks, endpoints, strict=True):
+            b.rule(chain, f"{pick}meta l4proto {proto} dnat to {ep.address}")
