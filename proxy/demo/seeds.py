@@ -42,7 +42,7 @@ import yaml
 
 from proxy.demo import seedmanifests as manifests
 from proxy.demo.present import Presenter
-from proxy.harness import netns as hnetns
+from proxy.host import netns as hostns
 from proxy.lab import lab as labmod
 from proxy.lab import metallb
 from proxy.lab.cluster import wait_for
@@ -525,7 +525,7 @@ class Walkthrough:
         if typed.program == "kubectl":
             argv, env = self.kubectl_argv(typed.args)
         else:
-            argv, env = hnetns.exec_argv(self.netns(typed.target), typed.args), None
+            argv, env = hostns.exec_argv(self.netns(typed.target), typed.args), None
         done = subprocess.run(
             argv,
             input=stdin,

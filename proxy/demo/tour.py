@@ -23,7 +23,8 @@ from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.demo.present import Presenter
-from proxy.harness import Outcome, Topology, default_spec
+from proxy.harness import Outcome, Topology
+from proxy.host.spec import default_spec
 from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nftables import NftKernel
 from proxy.kernel.runner import Runner

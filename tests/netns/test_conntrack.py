@@ -37,7 +37,8 @@ from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, FlowEntry, UdpTarget, udp_targets
-from proxy.harness import Outcome, Topology, default_spec
+from proxy.harness import Outcome, Topology
+from proxy.host.spec import default_spec
 from proxy.kernel import ctnetlink as ct
 from proxy.kernel.addresses import local_addresses
 from proxy.kernel.iptables import IptablesKernel

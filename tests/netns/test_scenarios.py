@@ -24,7 +24,8 @@ from proxy import manifests as m
 from proxy.backends import iptables as ipt
 from proxy.backends import nftables as nft
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.harness import Outcome, ProbeResult, Topology, default_spec
+from proxy.harness import Outcome, ProbeResult, Topology
+from proxy.host.spec import default_spec
 from proxy.kernel.addresses import local_addresses
 from proxy.kernel.iptables import IptablesKernel
 from proxy.kernel.nftables import NftKernel
