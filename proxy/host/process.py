@@ -223,6 +223,15 @@ def stop_all(popens: Sequence[subprocess.Popen[Any]], grace: float = 3.0) -> Non
 # -- pids ---------------------------------------------------------------------------
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first); [] if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat.rsplit(")", 1)[1].split()
+
+
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie (a zombie is dead: its parent reaps it)."""
     try:
@@ -231,11 +240,8 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def kill_pids(
@@ -268,12 +274,8 @@ def kill_pids(
 
 def proc_starttime(pid: int) -> int | None:
     """The process's start time (clock ticks since boot), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z":
         return None
     return int(fields[19])
 
