@@ -24,6 +24,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables nftables conntrack iproute2 procps \
  && rm -rf /var/lib/apt/lists/*
 
+# The wheel without extras: the agent's dependencies only (no scapy or cryptography, which
+# the lab and the test harness use).
 COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-cache-dir /tmp/wheels/*.whl \
  && rm -rf /tmp/wheels

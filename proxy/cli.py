@@ -25,6 +25,11 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_KERNEL = 3
 
+LAB_EXTRA = ("scapy", "cryptography")
+"""What the lab, the harness (probes) and the lab benchmarks import beyond the agent's
+dependencies: the ``lab`` extra (pyproject.toml)."""
+LAB_EXTRA_HINT = "pip install 'kube-proxy-py[lab]'"
+
 
 class UsageError(Exception):
     """Bad command line input; the message says what and how to fix it."""
@@ -671,6 +676,19 @@ def _run_agent(argv: list[str]) -> int:
     return run_agent(opts)
 
 
+def _needs_lab_extra(args: argparse.Namespace) -> bool:
+    """lab and tour, and the benchmarks that run a lab cluster or probes."""
+    if args.command in ("lab", "tour"):
+        return True
+    return args.command == "bench" and args.bench_command in ("latency", "datapath", "all")
+
+
+def _missing_lab_extra() -> list[str]:
+    import importlib.util
+
+    return [name for name in LAB_EXTRA if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from proxy import logs
 
@@ -690,6 +708,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.command is None:
         parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    missing = _missing_lab_extra() if _needs_lab_extra(args) else []
+    if missing:
+        _err(
+            f"{args.command} needs {' and '.join(missing)}, which the agent does not: "
+            f"install the lab extra ({LAB_EXTRA_HINT})"
+        )
         return EXIT_USAGE
     try:
         return handlers[args.command](args)

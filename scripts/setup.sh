@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what kube-proxy-py and its tests need on a fresh Debian machine (run as root):
-# kernel tools, the Python package with its dev extras, and the pinned upstream Kubernetes
+# kernel tools, the Python package with its lab and dev extras, and the pinned upstream Kubernetes
 # binaries (built from the Go module proxy once, then cached under ~/.cache/kube-proxy-py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-say "installing kube-proxy-py and its test dependencies (pip)"
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+say "installing kube-proxy-py with the lab and its test dependencies (pip)"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev,lab]'
 
 if [ "${KUBE_PROXY_PY_SKIP_K8S_BUILD:-}" != "1" ]; then
   say "building or reusing the pinned Kubernetes binaries, the node components (containerd, runc, CNI plugins, registry), the add-ons (CoreDNS, MetalLB) and the lab's images (first time: tens of minutes on 2 cores)"

@@ -38,9 +38,10 @@ from typing import Any
 from proxy.bench import iptvariant, labobjects, machine
 from proxy.bench.latency import IMPLS, start_agent, wait_first_sync
 from proxy.bench.stats import median
-from proxy.harness import NodeSpec, Outcome, PodSpec, TopologySpec
+from proxy.harness import Outcome, Topology
+from proxy.host.spec import NodeSpec, PodSpec, TopologySpec
 from proxy.lab.build import build
-from proxy.lab.cluster import LabCluster, wait_for
+from proxy.lab.cluster import LabCluster, lab_spec, wait_for
 
 NODE = "node-a"
 SERVER = PodSpec("server", NODE, "10.244.1.11", tcp_ports=(8080,), udp_ports=())
@@ -117,7 +118,9 @@ def overhead_us(service: list[dict[str, Any]], direct: list[dict[str, Any]]) -> 
 
 
 class _Bench:
-    def __init__(self, lab: LabCluster, connections: int, rounds: int, iptables: str) -> None:
+    def __init__(
+        self, lab: LabCluster[Topology], connections: int, rounds: int, iptables: str
+    ) -> None:
         self.lab = lab
         self.iptables = iptables
         self.connections = connections
@@ -253,7 +256,9 @@ def run(
     with (
         iptvariant.using(iptables),
         tempfile.TemporaryDirectory(prefix="kpp-bench-") as tmp,
-        LabCluster(build(), spec, workdir=Path(tmp), with_controllers=False) as lab,
+        LabCluster(
+            build(), Topology(lab_spec(spec)), workdir=Path(tmp), with_controllers=False
+        ) as lab,
     ):
         bench = _Bench(lab, connections, rounds, iptables)
         bench.setup()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from proxy.host.network import Network
 from proxy.lab.cluster import LabCluster
 
 NAMESPACE = "bench"
@@ -78,11 +79,11 @@ def objects(services: Iterable[int], endpoints: int) -> list[dict[str, Any]]:
     return objs
 
 
-def create_namespace(lab: LabCluster, name: str = NAMESPACE) -> None:
+def create_namespace(lab: LabCluster[Network], name: str = NAMESPACE) -> None:
     lab.control_plane.api("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
 
 
-def create_all(lab: LabCluster, objs: Sequence[dict[str, Any]]) -> dict[str, str]:
+def create_all(lab: LabCluster[Network], objs: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Create every object (4 writers in parallel); the Services' cluster IPs by name
     (names must be unique across namespaces)."""
     cp = lab.control_plane
@@ -100,7 +101,9 @@ def create_all(lab: LabCluster, objs: Sequence[dict[str, Any]]) -> dict[str, str
         return {name: ip for name, ip in pool.map(create, objs) if ip}
 
 
-def set_endpoints(lab: LabCluster, slice_name: str, endpoints: list[dict[str, Any]]) -> None:
+def set_endpoints(
+    lab: LabCluster[Network], slice_name: str, endpoints: list[dict[str, Any]]
+) -> None:
     """Replace one EndpointSlice's endpoint list (a JSON merge patch)."""
     lab.control_plane.api(
         "PATCH",

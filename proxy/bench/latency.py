@@ -42,9 +42,10 @@ from proxy.bench import iptvariant, labobjects, machine
 from proxy.bench.churn import as_dict, run_churn
 from proxy.bench.procstats import read
 from proxy.bench.stats import percentile
-from proxy.harness import NodeSpec, Outcome, PodSpec, TopologySpec
+from proxy.harness import Outcome, Topology
+from proxy.host.spec import NodeSpec, PodSpec, TopologySpec
 from proxy.lab.build import build
-from proxy.lab.cluster import Agent, LabCluster, wait_for
+from proxy.lab.cluster import Agent, LabCluster, lab_spec, wait_for
 
 NODE = "node-a"
 POD = PodSpec("target", NODE, "10.244.1.11", tcp_ports=(8080,), udp_ports=())
@@ -85,13 +86,13 @@ class LatencyResult:
         return percentile(self.latencies_ms, q)
 
 
-def start_agent(lab: LabCluster, impl: str, mode: str, *extra: str) -> Agent:
+def start_agent(lab: LabCluster[Topology], impl: str, mode: str, *extra: str) -> Agent:
     if impl == "upstream":
         return lab.start_upstream_agent(NODE, mode, *extra)
     return lab.start_agent(NODE, mode, *extra)
 
 
-def wait_first_sync(lab: LabCluster, agent: Agent, timeout: float = 900) -> None:
+def wait_first_sync(lab: LabCluster[Topology], agent: Agent, timeout: float = 900) -> None:
     """Until the agent's metrics count a sync; RuntimeError at once if it exits."""
     deadline = time.monotonic() + timeout
     while True:
@@ -119,7 +120,7 @@ def sync_flags(min_sync_period: str) -> tuple[str, ...]:
 class _Reaches:
     """Polls whether a connection from the node to ``cip``:80 reaches the real pod."""
 
-    lab: LabCluster
+    lab: LabCluster[Topology]
     cip: str
 
     def __call__(self) -> bool:
@@ -176,7 +177,9 @@ def bench_latency(
     with (
         iptvariant.using(iptables),
         tempfile.TemporaryDirectory(prefix="kpp-bench-") as tmp,
-        LabCluster(build(), spec, workdir=Path(tmp), with_controllers=False) as lab,
+        LabCluster(
+            build(), Topology(lab_spec(spec)), workdir=Path(tmp), with_controllers=False
+        ) as lab,
     ):
         lab.topo.run(NODE, ["ip", "route", "add", "unreachable", labobjects.FAKE_ENDPOINTS])
         labobjects.create_namespace(lab)

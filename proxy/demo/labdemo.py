@@ -34,9 +34,10 @@ from typing import Any
 import yaml
 
 from proxy.demo.present import Presenter
-from proxy.harness import netns as hnetns
+from proxy.host import netns as hostns
+from proxy.host.sockets import connect_in_netns
 from proxy.lab import lab as labmod
-from proxy.lab import metallb, nsutil
+from proxy.lab import metallb
 from proxy.lab.cluster import wait_for
 
 NS = "demo"
@@ -144,7 +145,7 @@ class LabDemo:
         return self.show("exec", "-n", NS, CLIENT_POD, "--", *command, check=False)
 
     def client_argv(self, command: Sequence[str]) -> list[str]:
-        return hnetns.exec_argv(f"{self.state.lab_id}-{labmod.CLIENT}", command)
+        return hostns.exec_argv(f"{self.state.lab_id}-{labmod.CLIENT}", command)
 
     def on_client(self, *command: str) -> Ran:
         """A command on the outside client (``kube-proxy-py lab shell client -- …``)."""
@@ -242,7 +243,7 @@ class LabDemo:
     def refused(self, netns: str, ip: str, port: int) -> bool:
         """Whether a connection from a named namespace is refused, behind the scenes."""
         try:
-            nsutil.connect_in_netns(netns, ip, port, timeout=1.0).close()
+            connect_in_netns(netns, ip, port, timeout=1.0).close()
         except OSError as exc:
             return exc.errno == errno.ECONNREFUSED
         return False

@@ -20,7 +20,8 @@ from typing import Any
 from proxy import manifests as m
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.demo.present import Presenter
-from proxy.harness import Outcome, Topology, default_spec
+from proxy.harness import Outcome, Topology
+from proxy.host.spec import default_spec
 from proxy.iptables import render as ipt_render
 from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner

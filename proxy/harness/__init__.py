@@ -1,13 +1,16 @@
 """Netns test harness: a topology of nodes, pods and outside clients built from network
 namespaces, workload servers in the pods, and probes sent from any namespace.
 
-    from proxy.harness import Topology, default_spec, Outcome
+    from proxy.harness import Outcome, Topology
+    from proxy.host.spec import default_spec
 
     with Topology(default_spec()) as topo:
         result = topo.prober("a1").tcp("10.244.2.11", 80)
         assert result.outcome is Outcome.ANSWERED and result.endpoint == "b1"
 
-The names below are imported on first use, so that ``python -m proxy.harness.workload``
+The nodes, pods and clients are described with :mod:`proxy.host.spec`; the namespaces
+and links are built by :class:`proxy.host.network.Network`, which Topology extends. The
+names below are imported on first use, so that ``python -m proxy.harness.workload``
 and ``python -m proxy.harness.worker`` (started once per pod / namespace) stay light.
 """
 
@@ -17,40 +20,27 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxy.harness.errors import CommandError, HarnessError, ProbeError
+    from proxy.harness.errors import HarnessError, ProbeError
     from proxy.harness.probe import Prober
     from proxy.harness.result import Outcome, ProbeResult
-    from proxy.harness.spec import ClientSpec, NodeSpec, PodSpec, TopologySpec, default_spec
     from proxy.harness.topology import Topology
 
 _EXPORTS = {
-    "ClientSpec": "spec",
-    "CommandError": "errors",
     "HarnessError": "errors",
-    "NodeSpec": "spec",
     "Outcome": "result",
-    "PodSpec": "spec",
     "ProbeError": "errors",
     "ProbeResult": "result",
     "Prober": "probe",
     "Topology": "topology",
-    "TopologySpec": "spec",
-    "default_spec": "spec",
 }
 
 __all__ = [
-    "ClientSpec",
-    "CommandError",
     "HarnessError",
-    "NodeSpec",
     "Outcome",
-    "PodSpec",
     "ProbeError",
     "ProbeResult",
     "Prober",
     "Topology",
-    "TopologySpec",
-    "default_spec",
 ]
 
 

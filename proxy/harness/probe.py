@@ -10,10 +10,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from proxy.harness import netns
 from proxy.harness.errors import ProbeError
-from proxy.harness.process import LineReader, ManagedProcess, log_tail, python_argv
 from proxy.harness.result import Outcome, ProbeResult
+from proxy.host import netns
+from proxy.host.process import LineReader, ManagedProcess, log_tail, python_argv
 
 __all__ = ["Outcome", "ProbeResult", "Prober"]
 

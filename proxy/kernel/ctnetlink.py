@@ -25,7 +25,7 @@ request by sequence number. The kernel handles the messages of one ``sendmsg`` b
 returns, so a batch costs one system call plus one read per answer.
 
 A socket belongs to the network namespace it was created in; for another namespace it is
-created on a throwaway thread that entered it (:func:`proxy.lab.nsutil.run_in_netns`),
+created on a throwaway thread that entered it (:func:`proxy.host.netns.run_in_netns`),
 as :class:`proxy.kernel.nfnetlink.NfTablesSocket` does: the caller never moves.
 """
 

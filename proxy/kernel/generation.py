@@ -37,7 +37,7 @@ class GenerationReader:
         to periodic full syncs)."""
         try:
             if self.netns is not None:
-                from proxy.lab.nsutil import run_in_netns
+                from proxy.host.netns import run_in_netns
 
                 return run_in_netns(self.netns, self._read_once)
             if self._sock is None:

@@ -202,7 +202,7 @@ class NetfilterSocket:
             return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
 
         if netns is not None:
-            from proxy.lab.nsutil import run_in_netns
+            from proxy.host.netns import run_in_netns
 
             self._sock = run_in_netns(netns, make)
         else:

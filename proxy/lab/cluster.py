@@ -1,15 +1,16 @@
 """A cluster made of network namespaces: the lab's and the e2e tests' shared machinery.
 
-A :class:`LabCluster` is the harness topology (nodes, pods, an outside client on a LAN)
-plus a real control plane running inside a "control-plane" namespace on the same LAN,
-Node objects registered for the node namespaces, kube-proxy-py's RBAC taken from
+A :class:`LabCluster` is a network of namespaces (nodes, pods, an outside client on a LAN:
+a :class:`proxy.host.network.Network`, or the harness's Topology when pods serve and
+probes are sent) plus a real control plane running inside a "control-plane" namespace on
+the same LAN, Node objects registered for the node namespaces, kube-proxy-py's RBAC taken from
 ``daemonset.yaml``, and agents (``kube-proxy-py run``) started inside node namespaces with
 a ServiceAccount token bound only to that RBAC. Nothing is linked to the root namespace;
 the API server is reached over the lab LAN only.
 
-Pods in the API are bound to harness pods: ``create_pod`` creates a Pod with
+Pods in the API are bound to the network's pods: ``create_pod`` creates a Pod with
 ``spec.nodeName`` and writes its status (Running, Ready, podIP) the way a kubelet would,
-using the harness pod's IP, so the real EndpointSlice controller publishes it.
+using the network pod's IP, so the real EndpointSlice controller publishes it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 
-from proxy.harness import ClientSpec, Topology, TopologySpec, default_spec
+from proxy.host.network import Network
+from proxy.host.spec import ClientSpec, TopologySpec, default_spec
 from proxy.lab.controlplane import DEFAULT_CONTROLLERS, ControlPlane
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,12 @@ UPSTREAM_CLUSTER_ROLE = "system:node-proxier"
 """The bootstrap ClusterRole upstream kube-proxy runs with (the API server creates it)."""
 NODE_CAPACITY = {"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "20Gi"}
 
+N = TypeVar("N", bound=Network, covariant=True)
+
 
 def lab_spec(base: TopologySpec | None = None) -> TopologySpec:
-    """``base`` (default: the harness default) plus the control-plane namespace."""
+    """``base`` (default: :func:`~proxy.host.spec.default_spec`) plus the control-plane
+    namespace: the spec of a :class:`LabCluster`'s network."""
     spec = base or default_spec()
     return dataclasses.replace(
         spec, clients=(*spec.clients, ClientSpec(CONTROL_PLANE, CONTROL_PLANE_IP))
@@ -143,34 +148,35 @@ class Agent:
             return ""
 
 
-class LabCluster:
+class LabCluster(Generic[N]):
     def __init__(
         self,
         bin_dir: Path,
-        spec: TopologySpec | None = None,
+        topo: N,
         *,
         workdir: Path,
         zones: Mapping[str, str] | None = None,
         with_controllers: bool = True,
         with_scheduler: bool = False,
         real_nodes: bool = False,
-        topology_id: str | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
-        """``with_scheduler`` also runs kube-scheduler (Pods without ``spec.nodeName``
+        """``topo``: the namespaces (not up yet), built from a :func:`lab_spec` (its
+        control-plane client holds the API server): start() brings them up, stop() down.
+        ``with_scheduler`` also runs kube-scheduler (Pods without ``spec.nodeName``
         then get a node); ``real_nodes``: kubelets will register the Nodes (nothing is
         registered here, every controller runs, node lifecycle included, and no RBAC is
-        installed: ``daemonset.yaml`` is applied whole); ``topology_id`` names the
-        namespaces (``<id>-<name>``, default random); ``progress`` is called with a line
+        installed: ``daemonset.yaml`` is applied whole); ``progress`` is called with a line
         before each start-up step."""
+        if CONTROL_PLANE not in {c.name for c in topo.spec.clients}:
+            raise ValueError(f"the lab cluster's network has no {CONTROL_PLANE!r}: use lab_spec()")
         self.bin_dir = bin_dir
         self.with_controllers = with_controllers
         self.with_scheduler = with_scheduler
         self.real_nodes = real_nodes
-        self.spec = lab_spec(spec)
         self.workdir = workdir
         self.zones = dict(zones or {})
-        self.topo = Topology(self.spec, id=topology_id)
+        self.topo = topo
         self._progress = progress or (lambda line: None)
         self.cp: ControlPlane | None = None
         self.agents: dict[str, Agent] = {}
@@ -178,7 +184,12 @@ class LabCluster:
         self.upstream_kubeconfig: Path | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> LabCluster:
+    @property
+    def spec(self) -> TopologySpec:
+        """The network's spec (pods added at runtime included)."""
+        return self.topo.spec
+
+    def start(self) -> LabCluster[N]:
         try:
             self._progress(f"creating network namespaces ({self.topo.id}-*)")
             self.topo.up()
@@ -217,7 +228,7 @@ class LabCluster:
             self.cp = None
         self.topo.down()
 
-    def __enter__(self) -> LabCluster:
+    def __enter__(self) -> LabCluster[N]:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -381,7 +392,7 @@ class LabCluster:
         namespace: str = "default",
         ready: bool = True,
     ) -> None:
-        """A Pod bound to the harness pod ``name`` (same node and IP), Running and Ready."""
+        """A Pod bound to the network's pod ``name`` (same node and IP), Running and Ready."""
         pod = self.spec.pod(name)
         self.apply(
             {

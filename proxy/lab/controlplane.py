@@ -12,7 +12,7 @@ Used by the e2e tests and by the lab. Two placements:
   in node namespaces then reach ``https://<bind_address>:6443`` over the lab's LAN;
   nothing listens in the root namespace. The test process stays in the root namespace:
   ``kubectl()`` runs as ``ip netns exec NS kubectl``, and ``api()`` and the readiness
-  checks use sockets created inside the namespace (``proxy.lab.nsutil``).
+  checks use sockets created inside the namespace (``proxy.host.sockets``).
 
 Either way, state, keys and logs live in a per-fixture work directory that ``stop()``
 removes.
@@ -35,7 +35,6 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import ctypes
 import functools
 import http.client
 import ipaddress
@@ -57,7 +56,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from proxy.lab import nsutil
+from proxy.host import netns as hostns
+from proxy.host.process import die_with_parent
+from proxy.host.sockets import NetnsHTTPConnection, NetnsHTTPSConnection
 from proxy.lab.build import BIN_ENV, K8S_VERSION
 from proxy.lab.pki import CertificateAuthority, CertKey, SigningKey
 from proxy.lab.ports import LOOPBACK, free_port, port_is_free
@@ -98,7 +99,6 @@ _PORT_ATTEMPTS = 4
 _LOG_TAIL_LINES = 40
 _STOP_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.2
-_PR_SET_PDEATHSIG = 1
 
 
 class ControlPlaneError(RuntimeError):
@@ -205,19 +205,6 @@ class _Proc:
         return _tail(self.log_path, lines, self.log_offset)
 
 
-_libc: ctypes.CDLL | None = None
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL the child if the Python process dies without stop().
-
-    SIGKILL, not SIGTERM: etcd and the API server would get the signal together, and a
-    kube-apiserver shutting down gracefully while etcd is gone hangs (seen with v1.37).
-    """
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _child_env() -> dict[str, str]:
     # etcd reads any ETCD_* variable as a flag; KUBECONFIG must not leak into components.
     return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_") and k != "KUBECONFIG"}
@@ -284,7 +271,7 @@ class ControlPlane:
         """
         self._bin_dir = Path(bin_dir)
         if netns is not None:
-            nsutil.netns_path(netns)  # the name only; existence is checked at start()
+            hostns.netns_path(netns)  # the name only; existence is checked at start()
         self._netns = netns
         try:
             bind_ip = ipaddress.ip_address(bind_address)
@@ -590,7 +577,7 @@ class ControlPlane:
             *args,
         ]
         if self._netns is not None:
-            cmd = nsutil.exec_argv(self._netns, cmd)
+            cmd = hostns.exec_argv(self._netns, cmd)
         result = subprocess.run(
             cmd,
             input=input,
@@ -726,8 +713,8 @@ class ControlPlane:
                 "(ip netns exec, setns)"
             )
         try:
-            nsutil.netns_id(netns)
-        except nsutil.NetnsError as e:
+            hostns.netns_id(netns)
+        except hostns.NetnsError as e:
             raise ControlPlaneError(f"{e}; create it first (e.g. a Topology client)") from e
 
         def bind_probe() -> None:
@@ -736,9 +723,9 @@ class ControlPlane:
                 s.bind((self._bind_address, 0))
 
         try:
-            nsutil.run_in_netns(netns, bind_probe)
+            hostns.run_in_netns(netns, bind_probe)
         except OSError as e:
-            if isinstance(e, nsutil.NetnsError):
+            if isinstance(e, hostns.NetnsError):
                 raise ControlPlaneError(str(e)) from e
             raise ControlPlaneError(
                 f"bind_address {self._bind_address} is not usable in network namespace "
@@ -752,7 +739,7 @@ class ControlPlane:
         taken: list[str] = []
         for name, role in wanted:
             host, port = self._listen_host(name), NETNS_PORTS[name, role]
-            if not nsutil.run_in_netns(netns, functools.partial(port_is_free, port, host)):
+            if not hostns.run_in_netns(netns, functools.partial(port_is_free, port, host)):
                 taken.append(f"{name}/{role} {_host_port(host, port)}")
         if taken:
             raise ControlPlaneError(
@@ -1097,9 +1084,8 @@ class ControlPlane:
 
     def _spawn(self, name: str, argv: list[str], ports: dict[str, int]) -> _Proc:
         """Start one component (argv without netns prefix; it is added here)."""
-        global _libc
         log_path = self.log_path(name)
-        command = argv if self._netns is None else nsutil.exec_argv(self._netns, argv)
+        command = argv if self._netns is None else hostns.exec_argv(self._netns, argv)
         with open(log_path, "ab") as log_file:
             offset = log_file.tell()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -1107,10 +1093,12 @@ class ControlPlane:
             log_file.flush()
             preexec: Callable[[], None] | None = None
             if threading.current_thread() is threading.main_thread():
-                # PDEATHSIG fires when the *thread* that forked exits: main thread only.
-                if _libc is None:
-                    _libc = ctypes.CDLL(None, use_errno=True)
-                preexec = _die_with_parent
+                # SIGKILL the child if the Python process dies without stop(). SIGKILL,
+                # not SIGTERM: etcd and the API server would get the signal together, and
+                # a kube-apiserver shutting down gracefully while etcd is gone hangs (seen
+                # with v1.37). PDEATHSIG fires when the *thread* that forked exits: main
+                # thread only.
+                preexec = die_with_parent(signal.SIGKILL)
             popen = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -1187,11 +1175,11 @@ class ControlPlane:
         except OSError:
             exe = "(gone)"
         want = os.path.realpath(self._bin_dir / proc.name)
-        if exe != want or not nsutil.pid_in_netns(pid, self._netns):
+        if exe != want or not hostns.pid_in_netns(pid, self._netns):
             raise ControlPlaneError(
                 f"pid {pid} started as `ip netns exec {self._netns} {proc.name}` runs {exe} "
-                f"(expected {want}) in network namespace {nsutil.pid_netns_id(pid)} "
-                f"(expected {nsutil.netns_id(self._netns)}): the pid tracked for cleanup "
+                f"(expected {want}) in network namespace {hostns.pid_netns_id(pid)} "
+                f"(expected {hostns.netns_id(self._netns)}): the pid tracked for cleanup "
                 "would not be the component's"
             )
 
@@ -1246,11 +1234,11 @@ class ControlPlane:
         if self._netns is not None:
             # Sockets created inside the namespace; we never leave ours.
             if parts.scheme == "https":
-                conn = nsutil.NetnsHTTPSConnection(
+                conn = NetnsHTTPSConnection(
                     self._netns, host, parts.port, timeout=timeout, context=self._tls
                 )
             else:
-                conn = nsutil.NetnsHTTPConnection(self._netns, host, parts.port, timeout=timeout)
+                conn = NetnsHTTPConnection(self._netns, host, parts.port, timeout=timeout)
         elif parts.scheme == "https":
             conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=self._tls)
         else:

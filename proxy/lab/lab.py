@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
 import functools
@@ -84,7 +83,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -92,10 +91,18 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from proxy.harness import netns as hnetns
-from proxy.harness.process import child_env
-from proxy.harness.spec import ClientSpec, NodeSpec, TopologySpec
-from proxy.lab import addonbuild, addons, coredns, nsutil
+from proxy.host import netns as hostns
+from proxy.host.network import Network
+from proxy.host.process import (
+    child_env,
+    die_with_parent,
+    kill_pids,
+    proc_cmdline,
+    proc_starttime,
+)
+from proxy.host.sockets import NetnsHTTPConnection, NetnsHTTPSConnection
+from proxy.host.spec import ClientSpec, NodeSpec, TopologySpec
+from proxy.lab import addonbuild, addons, coredns
 from proxy.lab import registry as labregistry
 
 if TYPE_CHECKING:
@@ -136,8 +143,6 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
-_PR_SET_PDEATHSIG = 1
-
 
 class LabError(RuntimeError):
     """The lab could not do what was asked; the message says why and what to do."""
@@ -170,26 +175,6 @@ def _command_hint(state_dir: Path, sub: str) -> str:
 # --------------------------------------------------------------------------- processes
 
 
-def proc_starttime(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def proc_cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
 @dataclass
 class ProcRecord:
     """A process we started: killed later only if pid, start time and command line match."""
@@ -213,29 +198,11 @@ class ProcRecord:
         return any(m in cmdline for m in self.markers)
 
 
-def _set_deathsig(sig: int) -> Callable[[], None]:
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, sig)
-
-    return preexec
-
-
 def _kill_records(records: Sequence[ProcRecord], grace: float = 5.0) -> list[str]:
     """SIGTERM, then SIGKILL, the records that are still ours; the labels it stopped."""
-    ours = [r for r in records if r.is_ours()]
-    for record in ours:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(r.is_ours() for r in ours):
-        time.sleep(0.1)
-    for record in ours:
-        if record.is_ours():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record.pid, signal.SIGKILL)
-    return [f"{r.label} (pid {r.pid})" for r in ours]
+    ours = {r.pid: r for r in records if r.is_ours()}
+    kill_pids(ours, grace=grace, running=lambda pid: ours[pid].is_ours())
+    return [f"{r.label} (pid {r.pid})" for r in ours.values()]
 
 
 # --------------------------------------------------------------------------- state
@@ -387,7 +354,7 @@ def manifest_objects(path: Path | None = None) -> list[dict[str, Any]]:
 
 
 def http_get(netns: str, host: str, port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
-    conn = nsutil.NetnsHTTPConnection(netns, host, port, timeout=timeout)
+    conn = NetnsHTTPConnection(netns, host, port, timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -424,9 +391,7 @@ def api_request(
     plane's namespace: (HTTP status, body)."""
     cp = state.control_plane
     tls = _admin_tls(cp["ca"], cp["admin_cert"], cp["admin_key"])
-    conn = nsutil.NetnsHTTPSConnection(
-        cp["namespace"], cp["host"], API_PORT, timeout=timeout, context=tls
-    )
+    conn = NetnsHTTPSConnection(cp["namespace"], cp["host"], API_PORT, timeout=timeout, context=tls)
     headers = {"Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = content_type
@@ -476,13 +441,13 @@ class Supervisor:
         self.state = state
         self.dir = state.path
         self.t0 = time.monotonic()
-        self._cluster: LabCluster | None = None
+        self._cluster: LabCluster[Network] | None = None
         self.children: dict[str, _Child] = {}
         self.objects = manifest_objects()
         self._progress_file: TextIO | None = None
 
     @property
-    def cluster(self) -> LabCluster:
+    def cluster(self) -> LabCluster[Network]:
         if self._cluster is None:
             raise LabError("the lab cluster is not created yet")
         return self._cluster
@@ -542,7 +507,7 @@ class Supervisor:
     # -- start -----------------------------------------------------------------------
     def start(self) -> None:
         from proxy.lab import build as k8s_build
-        from proxy.lab.cluster import CONTROL_PLANE, CONTROL_PLANE_IP, LabCluster
+        from proxy.lab.cluster import CONTROL_PLANE, CONTROL_PLANE_IP, LabCluster, lab_spec
 
         cached = bool(os.environ.get(k8s_build.BIN_ENV)) or (
             (k8s_build.bin_dir() / "build-stamp.json").exists()
@@ -560,13 +525,12 @@ class Supervisor:
         lab_id = self.state.lab_id
         self._cluster = LabCluster(
             bin_dir,
-            spec,
+            Network(lab_spec(spec), id=lab_id),
             workdir=self.dir / "cluster",
             zones=zones,
             with_controllers=True,
             with_scheduler=True,
             real_nodes=True,
-            topology_id=lab_id,
             progress=self.progress,
         )
         topo = self.cluster.topo
@@ -715,7 +679,7 @@ class Supervisor:
             label=RESOLVER,
             node=RESOLVER,
             netns=ns,
-            argv=nsutil.exec_argv(ns, [str(binary), "-conf", str(corefile)]),
+            argv=hostns.exec_argv(ns, [str(binary), "-conf", str(corefile)]),
             log_path=root / "resolver.log",
             markers=[str(binary), str(corefile)],
             deathsig=signal.SIGTERM,
@@ -740,7 +704,7 @@ class Supervisor:
             # (docs/deploy.md): localhost NodePorts need route_localnet, and the
             # container sees /proc/sys read-only. kind runs kube-proxy privileged instead.
             for node in self.state.nodes:
-                hnetns.sysctl(node.namespace, {"net.ipv4.conf.all.route_localnet": 1})
+                hostns.sysctl(node.namespace, {"net.ipv4.conf.all.route_localnet": 1})
             note = (
                 "iptables mode: net.ipv4.conf.all.route_localnet=1 was set on every node "
                 "beforehand (localhost NodePorts; the agent's container is not privileged)"
@@ -940,7 +904,7 @@ class Supervisor:
                 env=child.env,
                 cwd="/",
                 start_new_session=True,
-                preexec_fn=_set_deathsig(child.deathsig),
+                preexec_fn=die_with_parent(child.deathsig),
             )
         child.started = time.monotonic()
         self.state.processes[child.label] = ProcRecord.of(
@@ -1060,7 +1024,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 def lab_namespaces(lab_id: str) -> list[str]:
     """Every named network namespace of this lab (``<lab id>-*``)."""
     try:
-        names = os.listdir(hnetns.NETNS_DIR)
+        names = os.listdir(hostns.NETNS_DIR)
     except FileNotFoundError:
         return []
     return sorted(n for n in names if n.startswith(f"{lab_id}-"))
@@ -1069,11 +1033,11 @@ def lab_namespaces(lab_id: str) -> list[str]:
 def sweep_namespaces(lab_id: str, recorded: Sequence[str] = ()) -> list[str]:
     """Kill what runs in the lab's namespaces and delete them; the ones deleted."""
     names = sorted(set(recorded) | set(lab_namespaces(lab_id)))
-    present = [n for n in names if hnetns.exists(n)]
+    present = [n for n in names if hostns.exists(n)]
     if not present:
         return []
-    hnetns.empty(present)
-    remaining = hnetns.delete(present)
+    hostns.empty(present)
+    remaining = hostns.delete(present)
     if remaining:
         log.error("namespaces could not be deleted: %s", remaining)
     return [n for n in present if n not in remaining]
@@ -1124,7 +1088,7 @@ def cleanup(state_dir: Path, state: LabState | None, lab_id: str | None = None) 
         removed.problems += problems
     if lab_id:
         removed.namespaces += sweep_namespaces(lab_id, state.namespaces if state else ())
-        # The harness Topology keeps its logs in a temp dir named after the id.
+        # The Network keeps its logs in a temp dir named after the id.
         for leftover in glob.glob(os.path.join(tempfile.gettempdir(), f"{lab_id}-*")):
             shutil.rmtree(leftover, ignore_errors=True)
             removed.paths.append(leftover)
@@ -1396,7 +1360,7 @@ def down(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
             print(f"no lab was running; removed {state_dir}", file=out)
             return EXIT_OK
         before_ns = [
-            n for n in set(state.namespaces) | set(lab_namespaces(state.lab_id)) if hnetns.exists(n)
+            n for n in set(state.namespaces) | set(lab_namespaces(state.lab_id)) if hostns.exists(n)
         ]
         before_procs = [r for r in state.processes.values() if r.is_ours()]
         stopped_by_supervisor = False
@@ -1616,7 +1580,7 @@ def status(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
 
 def kubectl_argv(state: LabState, args: Sequence[str]) -> list[str]:
     cp = state.control_plane
-    return hnetns.exec_argv(
+    return hostns.exec_argv(
         cp["namespace"],
         [
             cp["kubectl"],
@@ -1692,7 +1656,7 @@ def shell(state_dir: Path, target: str, command: Sequence[str]) -> int:
         print(f"{ns}: a shell in {target}'s network namespace (exit to leave)", file=sys.stderr)
     env = dict(os.environ)
     env["KPP_LAB_NETNS"] = ns
-    argv = hnetns.exec_argv(ns, cmd)
+    argv = hostns.exec_argv(ns, cmd)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(argv[0], argv, env)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -55,6 +54,7 @@ from typing import Any
 
 import yaml
 
+from proxy.host.process import die_with_parent
 from proxy.lab import cgroups
 from proxy.lab.mounts import Mount, mount_tmpfs, private_mount_namespace, setup_mounts
 
@@ -89,8 +89,6 @@ NODE_PATHS: tuple[tuple[str, str], ...] = (
     ("var/log/containers", "/var/log/containers"),
 )
 """(directory under the node's directory, the path it is bound on inside the node)."""
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -370,11 +368,6 @@ def prepare(cfg: NodeConfig) -> Path:
 # ------------------------------------------------------------------ the launcher
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class _Stop(Exception):
     pass
 
@@ -397,7 +390,7 @@ class _Daemon:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
         log.info("started %s pid=%d", self.name, self.process.pid)
 

@@ -5,7 +5,7 @@ process can take the port before our child binds it, so callers retry on a colli
 inside one Python process a port handed out recently is never handed out again.
 
 Everything here works on the network namespace of the *calling thread* (so it can be
-run inside a lab namespace with ``proxy.lab.nsutil.run_in_netns``), except where a
+run inside a lab namespace with ``proxy.host.netns.run_in_netns``), except where a
 ``pid`` says to look at that process's namespace instead.
 """
 

@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from proxy.lab import nsutil, oci
+from proxy.host.sockets import NetnsHTTPConnection
+from proxy.lab import oci
 
 MONOLITHIC_LIMIT = 32 << 20
 """Blobs up to this size go up in one PUT; bigger ones in PATCH chunks of CHUNK_SIZE."""
@@ -88,7 +89,7 @@ class RegistryClient:
         what: str,
     ) -> _Response:
         conn = (
-            nsutil.NetnsHTTPConnection(self._netns, self._host, self._port, self._timeout)
+            NetnsHTTPConnection(self._netns, self._host, self._port, self._timeout)
             if self._netns
             else http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         )

@@ -28,7 +28,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy.lab import nsutil
+from proxy.host import netns as hostns
+from proxy.host.sockets import connect_in_netns
 from proxy.lab.build import cache_root
 from proxy.lab.mounts import ContainerError, mount_overlay, private_mount_namespace
 
@@ -58,7 +59,7 @@ def registry_config(address: str, root: str) -> str:
 def ready(netns: str, host: str, port: int = PORT, timeout: float = 1.0) -> bool:
     """``GET /v2/`` answers 200 (the registry's API version check)."""
     try:
-        sock = nsutil.connect_in_netns(netns, host, port, timeout=timeout)
+        sock = connect_in_netns(netns, host, port, timeout=timeout)
     except OSError:
         return False
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -96,7 +97,7 @@ def launcher_argv(
     """How the supervisor starts the lab registry in ``netns`` on the overlay."""
     return [
         "nsenter",
-        f"--net={nsutil.netns_path(netns)}",
+        f"--net={hostns.netns_path(netns)}",
         "--",
         python,
         "-m",

@@ -27,8 +27,9 @@ from typing import Any
 import yaml
 
 from proxy.harness import Prober
-from proxy.harness import netns as hnetns
-from proxy.harness.process import SOURCE_ROOT
+from proxy.host import links
+from proxy.host import netns as hostns
+from proxy.host.process import SOURCE_ROOT, proc_cmdline, run_command
 from proxy.lab import cgroups, images
 from proxy.lab import lab as labmod
 from proxy.lab.build import BIN_ENV
@@ -125,9 +126,9 @@ class NodeLab:
             prober.close()
         self._probers.clear()
         for ns in self.extra_clients.values():
-            if hnetns.exists(ns):
-                hnetns.empty([ns])
-                hnetns.delete([ns])
+            if hostns.exists(ns):
+                hostns.empty([ns])
+                hostns.delete([ns])
         self._down(self.env, self.state_dir)
 
     def reload(self) -> None:
@@ -259,7 +260,7 @@ class NodeLab:
     def run(
         self, target: str, argv: Sequence[str], *, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        return hnetns.run_command(hnetns.exec_argv(self.ns(target), argv), check=check)
+        return run_command(hostns.exec_argv(self.ns(target), argv), check=check)
 
     def prober(self, target: str) -> Prober:
         ns = self.ns(target)
@@ -281,23 +282,12 @@ class NodeLab:
     def add_client(self, name: str, lan_ip: str) -> str:
         """Another outside client on the lab LAN (its own namespace, a veth into the LAN
         bridge); removed by :meth:`down` (and by ``lab down``: it is ``<lab id>-<name>``)."""
-        from proxy.harness.topology import BRIDGE, lan_port_name
-
         ns = f"{self.lab_id}-{name}"
         lan = f"{self.lab_id}-lan"
-        hnetns.create([ns])
+        hostns.create([ns])
         self.extra_clients[name] = ns
-        port = lan_port_name(name)
-        hnetns.ip_batch(
-            ns,
-            [
-                f"link add eth0 type veth peer name {port} netns {lan}",
-                f"addr add {lan_ip}/24 dev eth0",
-                "link set eth0 up",
-                "link set lo up",
-            ],
-        )
-        hnetns.ip_batch(lan, [f"link set {port} master {BRIDGE}", f"link set {port} up"])
+        links.ip_batch(ns, links.lan_port_commands(name, lan, f"{lan_ip}/24"))
+        links.join_bridge(lan, [name])
         for node in self.state.nodes:
             self.route(name, node.pod_cidr, node.lan_ip)
         return ns
@@ -338,7 +328,7 @@ class NodeLab:
         node_root = cgroups.node_path(self.lab_id, node)
         binary = "kube-proxy-py" if app == PROXY else "kube-proxy"
         for pid in sorted(cgroups.pods_pids(node_root, pod["metadata"]["uid"])):
-            words = labmod.proc_cmdline(pid).split()
+            words = proc_cmdline(pid).split()
             # kube-proxy-py: python3 /usr/local/bin/kube-proxy-py run …; upstream: the binary
             if any(Path(w).name == binary for w in words[:2]):
                 return pid

@@ -7,7 +7,7 @@ reach https://192.168.50.2:6443 over the LAN bridge, the test process (root name
 uses `ip netns exec` and sockets created inside that namespace, and nothing of it listens
 in the root namespace.
 
-The first tests check proxy.lab.nsutil on its own, in a bare namespace.
+The first tests check proxy.host.netns and proxy.host.sockets on their own, in a bare namespace.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from typing import Any
 
 import pytest
 
-from proxy.harness import ClientSpec, Topology, TopologySpec, default_spec
-from proxy.lab import nsutil
+from proxy.harness import Topology
+from proxy.host import netns as hostns
+from proxy.host.sockets import NetnsHTTPConnection, connect_in_netns
+from proxy.host.spec import ClientSpec, TopologySpec, default_spec
 from proxy.lab.build import K8S_VERSION
 from proxy.lab.controlplane import (
     APISERVER,
@@ -104,7 +106,7 @@ def topo(root_before: RootState) -> Iterator[Topology]:
     finally:
         names = topology.namespaces
         topology.down()  # raises HarnessError if a process or namespace is left
-        assert not [n for n in names if nsutil.netns_path(n).exists()]
+        assert not [n for n in names if hostns.netns_path(n).exists()]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,7 @@ def cp(k8s_bin: Path, topo: Topology) -> Iterator[ControlPlane]:
         yield plane
 
 
-# -- proxy.lab.nsutil on its own (a bare namespace with lo up) ------------------------
+# -- proxy.host.netns and .sockets on their own (a bare namespace with lo up) --------
 
 
 def _tcp_socket_inodes() -> set[int]:
@@ -136,40 +138,40 @@ def _listener() -> socket.socket:
 
 @pytest.mark.netns
 def test_run_in_netns_never_moves_the_caller(netns: str) -> None:
-    ours = nsutil.thread_netns_id()
-    assert nsutil.netns_id(netns) != ours
-    assert nsutil.run_in_netns(netns, nsutil.thread_netns_id) == nsutil.netns_id(netns)
-    assert nsutil.thread_netns_id() == ours
+    ours = hostns.thread_netns_id()
+    assert hostns.netns_id(netns) != ours
+    assert hostns.run_in_netns(netns, hostns.thread_netns_id) == hostns.netns_id(netns)
+    assert hostns.thread_netns_id() == ours
 
     with pytest.raises(ZeroDivisionError):
-        nsutil.run_in_netns(netns, lambda: 1 // 0)
-    assert nsutil.thread_netns_id() == ours
+        hostns.run_in_netns(netns, lambda: 1 // 0)
+    assert hostns.thread_netns_id() == ours
 
-    with pytest.raises(nsutil.NetnsError, match="no network namespace 'kpp-none-such'"):
-        nsutil.run_in_netns("kpp-none-such", nsutil.thread_netns_id)
+    with pytest.raises(hostns.NetnsError, match="no network namespace 'kpp-none-such'"):
+        hostns.run_in_netns("kpp-none-such", hostns.thread_netns_id)
     with pytest.raises(ValueError, match="not a network namespace name"):
-        nsutil.run_in_netns("../etc", nsutil.thread_netns_id)
-    assert nsutil.thread_netns_id() == ours
+        hostns.run_in_netns("../etc", hostns.thread_netns_id)
+    assert hostns.thread_netns_id() == ours
 
 
 @pytest.mark.netns
 def test_sockets_keep_the_namespace_they_were_made_in(netns: str) -> None:
-    listener = nsutil.run_in_netns(netns, _listener)
+    listener = hostns.run_in_netns(netns, _listener)
     with listener:
         port = listener.getsockname()[1]
         inode = os.fstat(listener.fileno()).st_ino
-        assert inode in {lst.inode for lst in nsutil.run_in_netns(netns, tcp_listeners)}
+        assert inode in {lst.inode for lst in hostns.run_in_netns(netns, tcp_listeners)}
         assert inode not in {lst.inode for lst in tcp_listeners()}
 
         # Created on a throwaway thread, used from this one.
-        with nsutil.connect_in_netns(netns, "127.0.0.1", port, timeout=5) as client:
+        with connect_in_netns(netns, "127.0.0.1", port, timeout=5) as client:
             server, peer = listener.accept()
             with server:
                 client.sendall(b"ping")
                 assert server.recv(4) == b"ping"
                 assert peer[0] == "127.0.0.1"
     with pytest.raises(ConnectionRefusedError, match=f"in netns {netns}"):
-        nsutil.connect_in_netns(netns, "127.0.0.1", port, timeout=5)
+        connect_in_netns(netns, "127.0.0.1", port, timeout=5)
 
 
 @pytest.mark.netns
@@ -187,17 +189,17 @@ def test_http_connection_in_netns(netns: str) -> None:
 
     httpd = http.server.HTTPServer(("127.0.0.1", 0), Hello, bind_and_activate=False)
     httpd.socket.close()
-    httpd.socket = nsutil.run_in_netns(netns, _listener)
+    httpd.socket = hostns.run_in_netns(netns, _listener)
     port = httpd.socket.getsockname()[1]
     serving = threading.Thread(target=httpd.serve_forever, daemon=True)
     serving.start()
     try:
-        conn = nsutil.NetnsHTTPConnection(netns, "127.0.0.1", port, timeout=5)
+        conn = NetnsHTTPConnection(netns, "127.0.0.1", port, timeout=5)
         try:
             conn.connect()
             assert conn.sock is not None
             client_inode = os.fstat(conn.sock.fileno()).st_ino
-            assert client_inode in nsutil.run_in_netns(netns, _tcp_socket_inodes)
+            assert client_inode in hostns.run_in_netns(netns, _tcp_socket_inodes)
             assert client_inode not in _tcp_socket_inodes()
             conn.request("GET", "/from-root")
             resp = conn.getresponse()
@@ -232,7 +234,7 @@ def test_components_run_in_the_namespace_and_listen_only_there(
     for name, pid in cp.pids.items():
         # The tracked pid is the component itself (ip netns exec execs in place) …
         assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(k8s_bin / name)
-        assert nsutil.pid_in_netns(pid, ns), f"{name} (pid {pid}) is not in {ns}"
+        assert hostns.pid_in_netns(pid, ns), f"{name} (pid {pid}) is not in {ns}"
         # … it listens in its namespace exactly where expected, and nothing in ours.
         assert _listening(pid, own_namespace=True) == expected[name], name
         assert _listening(pid, own_namespace=False) == set(), name
@@ -361,7 +363,7 @@ def test_compact_etcd_and_restart_apiserver(cp: ControlPlane, topo: Topology) ->
     assert cp.server == server
     assert new_pid != old_pid
     assert not pid_alive(old_pid, "kube-apiserver")
-    assert nsutil.pid_in_netns(new_pid, ns)
+    assert hostns.pid_in_netns(new_pid, ns)
     assert _listening(new_pid, own_namespace=True) == {(CP_IP, 6443)}
     cm = json.loads(cp.kubectl("get", "configmap", "survivor", "-o", "json").stdout)
     assert cm["data"] == {"k": "v"}
@@ -408,13 +410,13 @@ def test_stop_leaves_nothing_in_the_namespace(
     try:
         spawned, workdir = plane.spawned, plane.workdir
         assert {name for name, _ in spawned} == {ETCD, APISERVER}
-        assert set(nsutil.pids_in_netns(ns)) == {pid for _, pid in spawned}
+        assert set(hostns.pids_in([ns])[ns]) == {pid for _, pid in spawned}
         assert plane.kubectl("get", "namespace", "default").returncode == 0
     finally:
         plane.stop()
     assert [(n, p) for n, p in spawned if pid_alive(p, n)] == []
-    assert nsutil.pids_in_netns(ns) == []
-    assert nsutil.run_in_netns(ns, tcp_listeners) == []
+    assert hostns.pids_in([ns])[ns] == []
+    assert hostns.run_in_netns(ns, tcp_listeners) == []
     assert not workdir.exists()
     assert plane.pids == {}
     assert _root_state() == root_before

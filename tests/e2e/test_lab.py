@@ -27,8 +27,10 @@ from typing import Any
 import pytest
 
 from proxy.cli import build_parser
-from proxy.harness.process import SOURCE_ROOT
-from proxy.lab import cgroups, images, nsutil, oci
+from proxy.host import netns as hostns
+from proxy.host.process import SOURCE_ROOT, proc_cmdline, proc_starttime
+from proxy.host.sockets import NetnsHTTPConnection
+from proxy.lab import cgroups, images, oci
 from proxy.lab import lab as labmod
 from proxy.lab.build import BIN_ENV
 
@@ -469,7 +471,7 @@ def test_daemonset_pods_run_the_image_built_from_the_dockerfile(running_lab: Lab
     agent = [
         pid
         for pid in cgroups.pods_pids(cgroups.node_path(running_lab.lab_id, "node-1"), uid)
-        if "kube-proxy-py" in labmod.proc_cmdline(pid)
+        if "kube-proxy-py" in proc_cmdline(pid)
     ]
     assert agent, "no kube-proxy-py process in the pod's cgroup"
     pid = agent[0]
@@ -478,7 +480,7 @@ def test_daemonset_pods_run_the_image_built_from_the_dockerfile(running_lab: Lab
     sa = root / "run/secrets/kubernetes.io/serviceaccount"
     assert (sa / "token").read_text().count(".") == 2  # a JWT
     assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
-    assert nsutil.pid_in_netns(pid, f"{running_lab.lab_id}-node-1")
+    assert hostns.pid_in_netns(pid, f"{running_lab.lab_id}-node-1")
     assert tuple(Path(p).exists() for p in MOUNT_POINTS) == running_lab.before.paths
     # Starting in nftables mode removed any iptables rules of ours, but not the kubelet's
     # martian-packet guard (KUBE-FIREWALL), nor its canaries.
@@ -577,7 +579,7 @@ def test_port_forward_reaches_the_pod(running_lab: Lab) -> None:
         assert proc.stdout is not None
         assert "Forwarding from 127.0.0.1:18080" in proc.stdout.readline()
         # kubectl runs in the control-plane namespace: its 127.0.0.1:18080 is there.
-        conn = nsutil.NetnsHTTPConnection(
+        conn = NetnsHTTPConnection(
             f"{running_lab.lab_id}-control-plane", "127.0.0.1", 18080, timeout=10
         )
         try:
@@ -813,7 +815,7 @@ def agent_pids(lab: Lab, node: str) -> set[int]:
     """kube-proxy-py agent processes anywhere in the node's cgroup subtree."""
     found = set()
     for pid in cgroups.pids(cgroups.node_path(lab.lab_id, node)):
-        words = labmod.proc_cmdline(pid).split()
+        words = proc_cmdline(pid).split()
         if any(Path(w).name == "kube-proxy-py" for w in words[:2]) and "run" in words:
             found.add(pid)
     return found
@@ -921,7 +923,7 @@ def test_down_with_a_stuck_supervisor(
         assert labmod.down(lab.state_dir, out=out) == 0, out.getvalue()
         assert "did not stop" in out.getvalue()
         deadline = time.monotonic() + 10
-        while labmod.proc_starttime(supervisor.pid) is not None and time.monotonic() < deadline:
+        while proc_starttime(supervisor.pid) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert_nothing_left(lab, records)
     finally:

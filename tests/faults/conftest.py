@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.lab.cluster import LabCluster
+from proxy.harness import Topology
+from proxy.lab.cluster import LabCluster, lab_spec
 from tests.e2e.conftest import k8s_bin
 from tests.faults.infra import (
     CLIENT_POD,
@@ -70,7 +71,7 @@ def report(request: pytest.FixtureRequest) -> Report:
 @pytest.fixture(scope="package")
 def fault_lab(k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
     workdir = tmp_path_factory.mktemp("faults")
-    with LabCluster(k8s_bin, spec(), workdir=workdir / "lab") as cluster:
+    with LabCluster(k8s_bin, Topology(lab_spec(spec())), workdir=workdir / "lab") as cluster:
         lab = FaultLab(cluster, workdir)
         try:
             for pod in SERVERS:

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.harness import PodSpec, TopologySpec, default_spec
-from proxy.harness.process import child_env
-from proxy.harness.topology import Topology
+from proxy.harness import Topology
+from proxy.host.process import child_env
+from proxy.host.spec import PodSpec, TopologySpec, default_spec
 from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.runner import Runner
 from proxy.lab.cluster import CLUSTER_CIDR, Agent, LabCluster
@@ -186,7 +186,7 @@ class Window:
 class Streams:
     """The load generators (one process per source namespace) and their records."""
 
-    def __init__(self, cluster: LabCluster, workdir: Path) -> None:
+    def __init__(self, cluster: LabCluster[Topology], workdir: Path) -> None:
         self.cluster = cluster
         self.workdir = workdir
         self.processes: dict[str, subprocess.Popen[str]] = {}
@@ -313,7 +313,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 class FaultLab:
-    def __init__(self, cluster: LabCluster, workdir: Path) -> None:
+    def __init__(self, cluster: LabCluster[Topology], workdir: Path) -> None:
         self.cluster = cluster
         self.workdir = workdir
         self.lockfile = workdir / "xtables.lock"

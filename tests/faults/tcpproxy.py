@@ -1,7 +1,7 @@
 """A TCP proxy between an agent and the API server, living in the agent's namespace.
 
 The listening socket and the upstream connections are created inside the node's network
-namespace (``proxy.lab.nsutil``); the relaying threads run in the test process. The agent
+namespace (``proxy.host.sockets``); the relaying threads run in the test process. The agent
 is pointed at ``https://127.0.0.1:<port>`` (the API server's certificate names
 127.0.0.1). Three commands:
 
@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from proxy.lab import nsutil
+from proxy.host.sockets import connect_in_netns, socket_in_netns
 
 
 def _reset(sock: socket.socket) -> None:
@@ -50,7 +50,7 @@ class StallingProxy:
     def __init__(self, netns: str, upstream: tuple[str, int]) -> None:
         self.netns = netns
         self.upstream = upstream
-        self._listener = nsutil.socket_in_netns(netns)
+        self._listener = socket_in_netns(netns)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
@@ -127,7 +127,7 @@ class StallingProxy:
                 _reset(client)
                 continue
             try:
-                server = nsutil.connect_in_netns(self.netns, *self.upstream, timeout=5.0)
+                server = connect_in_netns(self.netns, *self.upstream, timeout=5.0)
             except OSError:
                 _reset(client)
                 continue

@@ -35,7 +35,8 @@ import pytest
 from proxy import manifests as m
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, FlowEntry, UdpTarget, udp_targets
-from proxy.harness import Outcome, Topology, default_spec
+from proxy.harness import Outcome, Topology
+from proxy.host.spec import default_spec
 from proxy.iptables import render as ipt_render
 from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel import ctnetlink as ct

@@ -9,16 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.harness import (
-    ClientSpec,
-    HarnessError,
-    NodeSpec,
-    Outcome,
-    PodSpec,
-    Topology,
-    TopologySpec,
-    default_spec,
-)
+from proxy.harness import Outcome, Topology
+from proxy.host.errors import HostError
+from proxy.host.spec import ClientSpec, NodeSpec, PodSpec, TopologySpec, default_spec
 
 A1, A2, B1, B2 = "10.244.1.11", "10.244.1.12", "10.244.2.11", "10.244.2.12"
 NODE_A, NODE_B, OUTSIDE = "192.168.50.11", "192.168.50.12", "192.168.50.100"
@@ -294,7 +287,7 @@ def test_flush_conntrack_only_touches_one_namespace(topo: Topology) -> None:
 
 @pytest.mark.netns
 def test_refuses_namespaces_it_does_not_own(topo: Topology) -> None:
-    with pytest.raises(HarnessError, match="already exist"):
+    with pytest.raises(HostError, match="already exist"):
         Topology(topo.spec, id=topo.id).up()
     assert topo.ns("a1") in _ns_list().split()
     assert topo.prober("a1").tcp(B1, 80).endpoint == "b1"

@@ -22,7 +22,8 @@ import pytest
 
 from proxy import manifests as m
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.harness import Outcome, ProbeResult, Topology, default_spec
+from proxy.harness import Outcome, ProbeResult, Topology
+from proxy.host.spec import default_spec
 from proxy.iptables import render as ipt_render
 from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.addresses import local_addresses

@@ -19,7 +19,8 @@ from typing import Protocol
 
 import pytest
 
-from proxy.lab import images, nsutil, oci
+from proxy.host.sockets import NetnsHTTPConnection
+from proxy.lab import images, oci
 from tests.conftest import throwaway_netns
 
 pytestmark = pytest.mark.netns
@@ -165,7 +166,7 @@ def run(netns: str, tmp_path: Path) -> Iterator[Start]:
 def _get(netns: str, host: str, path: str, port: int = 80) -> tuple[int, str]:
     deadline = time.monotonic() + 10
     while True:
-        conn = nsutil.NetnsHTTPConnection(netns, host, port, timeout=5)
+        conn = NetnsHTTPConnection(netns, host, port, timeout=5)
         try:
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -184,7 +185,7 @@ def test_nginx_answers_its_pod_name_keeps_alive_and_stops_on_sigterm(
     container = run("nginx")
     status, body = _get(netns, "127.0.0.1", "/")
     assert status == 200 and body.startswith("nginx-pod 127.0.0.1:"), body
-    conn = nsutil.NetnsHTTPConnection(netns, "127.0.0.1", 80, timeout=5)
+    conn = NetnsHTTPConnection(netns, "127.0.0.1", 80, timeout=5)
     try:
         peers = set()
         for _ in range(3):  # one connection, three requests: HTTP/1.1 keep-alive

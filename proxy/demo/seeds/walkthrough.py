@@ -27,7 +27,7 @@ from proxy.demo.seeds.parse import (
     proxy_mode,
     without_kubeconfig_flag,
 )
-from proxy.harness import netns as hnetns
+from proxy.host import netns as hostns
 from proxy.lab import lab as labmod
 from proxy.lab.cluster import wait_for
 
@@ -170,7 +170,7 @@ class Walkthrough:
         if typed.program == "kubectl":
             argv, env = self.kubectl_argv(typed.args)
         else:
-            argv, env = hnetns.exec_argv(self.netns(typed.target), typed.args), None
+            argv, env = hostns.exec_argv(self.netns(typed.target), typed.args), None
         done = subprocess.run(
             argv,
             input=stdin,

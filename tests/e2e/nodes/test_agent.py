@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from proxy.harness import Outcome
+from proxy.host.sockets import NetnsHTTPConnection
 from proxy.lab import lab as labmod
-from proxy.lab import nsutil
 from proxy.lab.cluster import wait_for
 from tests.e2e.nodelab import PROXY, NodeLab, workload_pod
 
@@ -374,7 +374,7 @@ def compact_etcd(lab: NodeLab) -> None:
     port = int(cp["etcd_url"].rsplit(":", 1)[1])
 
     def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        conn = nsutil.NetnsHTTPConnection(cp["namespace"], "127.0.0.1", port, timeout=30)
+        conn = NetnsHTTPConnection(cp["namespace"], "127.0.0.1", port, timeout=30)
         try:
             conn.request("POST", path, body=json.dumps(body).encode())
             resp = conn.getresponse()

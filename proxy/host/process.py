@@ -1,26 +1,59 @@
-"""Child processes the harness starts: environment, readiness lines, stopping by pid."""
+"""Processes: commands run to completion, children started and stopped by their own pid,
+pids killed by id, and what /proc says about a pid.
+
+Every child is stopped by its pid (SIGTERM, a grace period, SIGKILL), never by name.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from proxy.harness.errors import HarnessError
+from proxy.host.errors import CommandError, HostError
 
 #: The directory holding the `proxy` package, so children import this very code.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> subprocess.CompletedProcess[str]:
+    """Run argv, capturing text output; raise CommandError on failure when check."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise HostError(f"command not found: {argv[0]!r}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise HostError(f"command {' '.join(argv)!r} timed out after {timeout}s") from exc
+    if check and done.returncode != 0:
+        raise CommandError(argv, done.returncode, done.stdout, done.stderr)
+    return done
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for harness children: ours, with the source root on PYTHONPATH."""
+    """The environment for our Python children: ours, with the source root on PYTHONPATH."""
     env = dict(os.environ)
     paths = [str(SOURCE_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
@@ -72,8 +105,22 @@ def log_tail(path: Path | None, limit: int = 2000) -> str:
     return text[-limit:].strip()
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` giving the child a parent-death signal (``PR_SET_PDEATHSIG``).
+
+    It fires when the *thread* that forked exits: use it from the main thread, or from a
+    thread that lives as long as the child should.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return preexec
+
+
 class ManagedProcess:
-    """A child started by the harness; always stopped by its own pid."""
+    """A child whose stderr goes to a log; always stopped by its own pid."""
 
     def __init__(self, popen: subprocess.Popen[bytes], label: str, log: Path | None) -> None:
         self.popen = popen
@@ -103,7 +150,7 @@ class ManagedProcess:
                 start_new_session=True,  # our Ctrl-C must not hit it before cleanup runs
             )
         except OSError as exc:
-            raise HarnessError(f"cannot start {label}: {exc}") from exc
+            raise HostError(f"cannot start {label}: {exc}") from exc
         finally:
             if not isinstance(err, int):
                 err.close()
@@ -119,21 +166,21 @@ class ManagedProcess:
     def wait_ready(self, prefix: bytes, timeout: float) -> bytes:
         """Wait for a stdout line starting with prefix, then close our end of stdout."""
         if self.popen.stdout is None:
-            raise HarnessError(f"{self.label}: started without a stdout pipe")
+            raise HostError(f"{self.label}: started without a stdout pipe")
         reader = LineReader(self.popen.stdout.fileno())
         try:
             while True:
                 line = reader.readline(timeout)
                 if line is None:
                     code = self.popen.wait(timeout=5)
-                    raise HarnessError(
+                    raise HostError(
                         f"{self.label} exited with {code} before it was ready: "
                         f"{log_tail(self.log) or '(no stderr)'}"
                     )
                 if line.startswith(prefix):
                     return line
         except TimeoutError as exc:
-            raise HarnessError(
+            raise HostError(
                 f"{self.label} not ready after {timeout}s: {log_tail(self.log) or '(no stderr)'}"
             ) from exc
         finally:
@@ -171,3 +218,71 @@ def stop_all(popens: Sequence[subprocess.Popen[Any]], grace: float = 3.0) -> Non
     deadline = time.monotonic() + grace
     for popen in popens:
         stop(popen, max(0.0, deadline - time.monotonic()))
+
+
+# -- pids ---------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first); [] if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat.rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie is dead: its parent reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def kill_pids(
+    pids: Iterable[int], *, grace: float = 2.0, running: Callable[[int], bool] = alive
+) -> list[int]:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL. Returns pids still alive.
+
+    ``running`` says whether a pid is still the process to stop (default: alive); a pid
+    for which it is false is not signalled again.
+    """
+    pending = [p for p in pids if p != os.getpid()]
+    for pid in pending:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if running(p)]
+        if pending:
+            time.sleep(0.02)
+    for pid in pending:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if running(p)]
+        if pending:
+            time.sleep(0.02)
+    return pending
+
+
+def proc_starttime(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), None if it is gone."""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def proc_cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
