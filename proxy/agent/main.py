@@ -25,6 +25,7 @@ from proxy import logs
 from proxy.agent.options import AgentOptions
 from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
+from proxy.apiclient.client import ApiClient, ApiError
 from proxy.config import ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, UdpTarget, udp_targets
 from proxy.kernel.cleanup import remove_rules
@@ -41,7 +42,6 @@ from proxy.server import (
     node_eligible,
     raise_nofile_limit,
 )
-from proxy.source.api import ApiClient, ApiError
 from proxy.source.reflector import (
     Reflector,
     endpointslices_spec,

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from proxy.lab.controlplane import ControlPlane
-from proxy.source.api import ApiClient, ApiError
+from proxy.apiclient.client import ApiClient, ApiError
 from proxy.source.reflector import (
     LAST_APPLIED_ANNOTATION,
     EventType,

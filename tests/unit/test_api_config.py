@@ -1,4 +1,4 @@
-"""Kubeconfig / in-cluster parsing of proxy.source.api (no network, no root)."""
+"""Kubeconfig / in-cluster parsing of proxy.apiclient (no network, no root)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.apiclient.client import USER_AGENT, ApiClient, ApiError
+from proxy.apiclient.config import ClientConfig, TokenSource, load_config
+from proxy.apiclient.transport import HTTPSConnection, build_ssl_context
+from proxy.config import ConfigError
 from proxy.lab.pki import CertificateAuthority, CertKey
-from proxy.source.api import (
-    USER_AGENT,
-    ApiClient,
-    ApiError,
-    ClientConfig,
-    ConfigError,
-    TokenSource,
-    build_ssl_context,
-    load_config,
-)
 
 
 def b64(data: bytes) -> str:
@@ -152,7 +146,9 @@ def test_tls_server_name_and_path_prefix(tmp_path: Path, ca: CertificateAuthorit
     cfg = load_config(write(tmp_path / "kc", doc))
     client = ApiClient(cfg)
     assert cfg.tls_server_name == "kubernetes.default.svc"
-    assert client._server_hostname == "kubernetes.default.svc"
+    conn = client._new_connection()
+    assert isinstance(conn, HTTPSConnection)
+    assert conn.server_hostname == "kubernetes.default.svc"
     assert client._url("/api/v1/nodes", {"fieldSelector": "metadata.name=a b"}) == (
         "/k8s/clusters/c-1/api/v1/nodes?fieldSelector=metadata.name%3Da+b"
     )
@@ -267,8 +263,17 @@ def test_token_file_is_reread_periodically_and_after_401(tmp_path: Path) -> None
          "users[me].user.client-key", "cannot read"),
         (lambda d: d["users"][0]["user"].update({"tokenFile": "/no/token"}),
          "users[me].user.tokenFile", "cannot read /no/token"),
+        (lambda d: d["users"][0]["user"].update({"auth-provider": {"name": "gcp"}}),
+         "users[me].user.auth-provider", "not supported"),
         (lambda d: d["users"][0]["user"].update({"exec": {"command": "aws"}}),
-         "users[me].user.exec", "not supported"),
+         "users[me].user.exec.apiVersion", "is not one of client.authentication.k8s.io/v1"),
+        (lambda d: d["users"][0]["user"].update(
+            {"exec": {"apiVersion": "client.authentication.k8s.io/v1"}}),
+         "users[me].user.exec.command", "missing"),
+        (lambda d: d["users"][0]["user"].update(
+            {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "x",
+                      "env": [{"name": "A"}]}}),
+         "users[me].user.exec.env[0].value", "expected a string"),
         (lambda d: d["users"][0]["user"].update({"token": 5}), "users[me].user.token",
          "expected a string"),
     ],

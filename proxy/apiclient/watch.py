@@ -1,0 +1,72 @@
+"""The watch stream decoder: newline-delimited JSON events, one at a time.
+
+A watch response is a chunked body of ``{"type": ..., "object": {...}}`` lines. The
+decoder keeps the bytes received so far, hands out each complete line as a decoded event
+and refuses a line longer than :data:`MAX_EVENT_BYTES` (a broken or hostile stream).
+
+Raw ``json.loads`` into dicts, not the ``kubernetes`` package's model objects: decoding
+20,000 Service watch events (~1 KiB each) took 0.10 s here against 2.2 s for
+``kubernetes.watch.Watch.unmarshal_event`` (json.loads + deserialize into V1Service), 22×
+slower, and the model objects hold ~4× the memory (numbers from
+``python3 -m proxy.apiclient.measure``; see the package docstring).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from proxy import documents
+
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""A watch event line longer than this is treated as a broken stream (an object is at most
+etcd's 1.5 MiB request limit, a few MiB as JSON)."""
+
+
+class MalformedEvent(ValueError):
+    """A watch line is not an event (not JSON, no type/object, or too long)."""
+
+
+def decode_event(line: bytes) -> dict[str, Any]:
+    """One watch line → ``{"type": str, "object": dict, ...}``; :class:`MalformedEvent`."""
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError) as e:
+        raise MalformedEvent(f"watch event is not JSON: {documents.value_problem(e)}") from e
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("type"), str)
+        or not isinstance(event.get("object"), dict)
+    ):
+        raise MalformedEvent(f"watch event lacks type/object: {line[:200]!r}")
+    return event
+
+
+class EventDecoder:
+    """Bytes in (:meth:`feed`), events out (:meth:`next_event`, :meth:`finish`)."""
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+
+    def next_event(self) -> dict[str, Any] | None:
+        """The next complete event, None if more bytes are needed (blank lines skipped)."""
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > self._max:
+                    raise MalformedEvent(f"watch event larger than {self._max} bytes")
+                return None
+            line = bytes(self._buf[:nl])
+            del self._buf[: nl + 1]
+            if line.strip():
+                return decode_event(line)
+
+    def finish(self) -> dict[str, Any] | None:
+        """At the end of the stream: the last event if it had no newline, else None."""
+        tail = bytes(self._buf).strip()
+        self._buf.clear()
+        return decode_event(tail) if tail else None
