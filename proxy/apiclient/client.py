@@ -163,6 +163,7 @@ _STALE = (
     ConnectionResetError,
     BrokenPipeError,
     http.client.BadStatusLine,
+    ssl.SSLEOFError,
 )
 """Errors that, on a reused keep-alive connection, mean the server had closed it."""
 
@@ -279,7 +280,9 @@ class ApiSession:
             if self._closed:
                 raise ApiError(None, "Closed", "the client was closed")
             if self._conn is not None:
-                return self._conn, True
+                if not transport.closed_by_peer(self._conn):
+                    return self._conn, True
+                transport.abort(self._conn)  # the server closed it while it was idle
             self._conn = self._client._new_connection()
             return self._conn, False
 

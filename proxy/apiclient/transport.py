@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import select
 import socket
 import ssl
 import tempfile
@@ -175,3 +176,15 @@ def abort(conn: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(Exception):
         conn.close()
+
+
+def closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive connection the server closed (or wrote to unasked): readable."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)

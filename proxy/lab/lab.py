@@ -79,7 +79,6 @@ import os
 import secrets
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -92,6 +91,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
+from proxy.apiclient.client import ApiClient, ApiError
+from proxy.apiclient.config import ClientConfig
 from proxy.harness import netns as hnetns
 from proxy.harness.process import child_env
 from proxy.harness.spec import ClientSpec, NodeSpec, TopologySpec
@@ -405,41 +406,27 @@ def node_health(netns: str) -> tuple[int | None, str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _admin_tls(ca: str, cert: str, key: str) -> ssl.SSLContext:
-    tls = ssl.create_default_context(cafile=ca)
-    tls.load_cert_chain(cert, key)
-    return tls
-
-
-def api_request(
-    state: LabState,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    *,
-    content_type: str = "application/json",
-    timeout: float = 5.0,
-) -> tuple[int, bytes]:
-    """One call to the lab's API server as the lab's admin, from inside the control
-    plane's namespace: (HTTP status, body)."""
-    cp = state.control_plane
-    tls = _admin_tls(cp["ca"], cp["admin_cert"], cp["admin_key"])
-    conn = nsutil.NetnsHTTPSConnection(
-        cp["namespace"], cp["host"], API_PORT, timeout=timeout, context=tls
+def _admin_client(netns: str, host: str, ca: str, cert: str, key: str) -> ApiClient:
+    server = f"https://[{host}]:{API_PORT}" if ":" in host else f"https://{host}:{API_PORT}"
+    config = ClientConfig(
+        server=server,
+        source=f"the lab's admin ({cert})",
+        ca_pem=Path(ca).read_bytes(),
+        client_cert_pem=Path(cert).read_bytes(),
+        client_key_pem=Path(key).read_bytes(),
     )
-    headers = {"Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = content_type
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return ApiClient(config, connector=functools.partial(nsutil.connect_in_netns, netns))
+
+
+def api_client(state: LabState) -> ApiClient:
+    """The lab's API server as the lab's admin, reached from inside the control plane's
+    namespace (calls raise :class:`ApiError` when there is no answer)."""
+    cp = state.control_plane
+    return _admin_client(cp["namespace"], cp["host"], cp["ca"], cp["admin_cert"], cp["admin_key"])
 
 
 def _api_get(state: LabState, path: str, timeout: float = 5.0) -> Any:
-    status, body = api_request(state, "GET", path, timeout=timeout)
+    status, body = api_client(state).call("GET", path, timeout=timeout)
     if status != 200:
         raise LabError(f"GET {path}: HTTP {status}")
     return json.loads(body)
@@ -1486,7 +1473,7 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
             for pod in items:
                 node = (pod.get("spec") or {}).get("nodeName") or "(unscheduled)"
                 pods_per_node[node] = pods_per_node.get(node, 0) + 1
-        except (OSError, LabError, ValueError, http.client.HTTPException, ssl.SSLError) as exc:
+        except (OSError, LabError, ValueError, ApiError) as exc:
             pods_note = f" (pod count unavailable: {exc})"
     healthy = True
     rows = [("NODE", "LAN IP", "POD CIDR", "ZONE", "PROXY", "HEALTH", "KUBELET", "PODS")]
@@ -1569,7 +1556,7 @@ def _addon_lines(state: LabState) -> list[str]:
     try:
         dep = _api_get(state, "/apis/apps/v1/namespaces/kube-system/deployments/coredns")
         services = _api_get(state, "/api/v1/services")["items"]
-    except (OSError, LabError, ValueError, KeyError, http.client.HTTPException, ssl.SSLError) as e:
+    except (OSError, LabError, ValueError, KeyError, ApiError) as e:
         return [f"add-ons: status unavailable ({e})"]
     ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
     wanted = int((dep.get("spec") or {}).get("replicas") or 0)
