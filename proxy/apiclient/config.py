@@ -17,7 +17,7 @@ What is supported, as client-go does it:
   account tokens rotate (kubelet refreshes the file well before expiry).
 
 Why not the ``kubernetes`` package's loader: it imports the whole generated client
-(+24 MB RSS, +0.5 s; measured numbers in :mod:`proxy.apiclient`), writes embedded
+(measured: +0.3 s and +19 MiB max RSS over importing this package), writes embedded
 certificates to temporary files that outlive the call, and reports problems without
 naming the file and field. Parsing a kubeconfig is a few dozen lines of PyYAML; this
 module does that, with errors such as

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import ssl
 from pathlib import Path
@@ -12,7 +13,14 @@ import pytest
 import yaml
 
 from proxy.apiclient.client import USER_AGENT, ApiClient, ApiError
-from proxy.apiclient.config import ClientConfig, TokenSource, load_config
+from proxy.apiclient.config import (
+    ClientConfig,
+    CredentialError,
+    ExecCredentialSource,
+    ExecPlugin,
+    TokenSource,
+    load_config,
+)
 from proxy.apiclient.transport import HTTPSConnection, build_ssl_context
 from proxy.config import ConfigError
 from proxy.lab.pki import CertificateAuthority, CertKey
@@ -333,3 +341,91 @@ def test_api_error_from_status() -> None:
     assert down.status is None and not down.expired
     too_large = ApiError(504, "Timeout", "Too large resource version: 9, current: 5")
     assert too_large.resource_version_too_large
+
+
+# --------------------------------------------------------------------------- exec plugins
+
+V1 = "client.authentication.k8s.io/v1"
+
+
+def exec_plugin(tmp_path: Path, script: str, **extra: Any) -> ExecPlugin:
+    """A kubeconfig whose user runs ``./plugin`` (a shell script), loaded."""
+    plugin = tmp_path / "plugin"
+    plugin.write_text(f"#!/bin/sh\n{script}\n")
+    plugin.chmod(0o755)
+    user = {"exec": {"apiVersion": V1, "command": "./plugin", **extra}}
+    cfg = load_config(write(tmp_path / "kc", kubeconfig({"server": "https://10.0.0.1"}, user)))
+    assert cfg.exec_plugin is not None
+    return cfg.exec_plugin
+
+
+def credential_json(status: dict[str, Any], api_version: str = V1) -> str:
+    doc = {"apiVersion": api_version, "kind": "ExecCredential", "status": status}
+    return f"cat <<'EOF'\n{json.dumps(doc)}\nEOF"
+
+
+def test_exec_plugin_is_resolved_next_to_the_kubeconfig_and_gets_its_env(tmp_path: Path) -> None:
+    plugin = exec_plugin(
+        tmp_path,
+        'printf \'{"apiVersion": "%s", "kind": "ExecCredential", "status": {"token": "%s-%s"}}\' '
+        '"$(echo "$KUBERNETES_EXEC_INFO" | sed \'s/.*"apiVersion": "\\([^"]*\\)".*/\\1/\')" '
+        '"$GREETING" "$1"',
+        args=["arg1"],
+        env=[{"name": "GREETING", "value": "hello"}],
+    )
+    assert plugin.command == str(tmp_path / "plugin")
+    source = ExecCredentialSource(plugin)
+    assert source.get() == "hello-arg1"
+    assert source.generation == 1
+
+
+def test_exec_credential_is_cached_until_it_expires_or_a_401(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    status = {"token": "t", "expirationTimestamp": "2030-01-01T00:00:00Z"}
+    plugin = exec_plugin(tmp_path, f"echo run >> {runs}\n{credential_json(status)}")
+    now = [datetime.datetime(2029, 12, 31, 23, 59, tzinfo=datetime.UTC).timestamp()]
+    source = ExecCredentialSource(plugin, clock=lambda: now[0])
+    assert [source.get(), source.get()] == ["t", "t"]
+    assert runs.read_text().count("run") == 1
+    now[0] += 60  # at expirationTimestamp
+    assert source.get() == "t"
+    assert runs.read_text().count("run") == 2
+    source.invalidate()  # what the client does after a 401
+    assert source.get() == "t"
+    assert runs.read_text().count("run") == 3
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ("echo 'no such account' >&2; exit 3", "exit code 3: no such account"),
+        ("echo '{'", "output is not an ExecCredential"),
+        (credential_json({"token": "t"}, "client.authentication.k8s.io/v1beta1"),
+         "apiVersion 'client.authentication.k8s.io/v1beta1', expected"),
+        (credential_json({}), "neither token nor clientCertificateData"),
+        (credential_json({"clientCertificateData": "PEM"}), "go together"),
+        (credential_json({"token": "t", "expirationTimestamp": "soon"}),
+         "status.expirationTimestamp: 'soon' is not RFC 3339"),
+    ],
+)  # fmt: skip
+def test_a_failing_exec_plugin_names_the_field_and_command(
+    tmp_path: Path, script: str, message: str
+) -> None:
+    source = ExecCredentialSource(exec_plugin(tmp_path, script))
+    with pytest.raises(CredentialError) as err:
+        source.get()
+    assert str(err.value).startswith(f"{tmp_path / 'kc'}: users[me].user.exec: "), err.value
+    assert message in str(err.value)
+
+
+def test_a_missing_exec_plugin_shows_the_install_hint_and_requests_fail_cleanly(
+    tmp_path: Path,
+) -> None:
+    user = {"exec": {"apiVersion": V1, "command": "kpp-no-such-plugin",
+                     "installHint": "install it from example.org"}}  # fmt: skip
+    cfg = load_config(write(tmp_path / "kc", kubeconfig({"server": "http://127.0.0.1:1"}, user)))
+    with ApiClient(cfg) as client, pytest.raises(ApiError) as err:
+        client.get_json("/api/v1/nodes")
+    assert err.value.status is None and err.value.reason == "CredentialError"
+    assert "kpp-no-such-plugin: not found" in str(err.value)
+    assert "install it from example.org" in str(err.value)
