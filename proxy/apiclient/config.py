@@ -517,10 +517,6 @@ class ExecCredentialSource:
         self._current: ExecCredential | None = None
         self.generation = 0
 
-    @property
-    def file(self) -> str | None:
-        return None
-
     def get(self) -> str | None:
         """The bearer token to send (None when the plugin gave a client certificate only)."""
         return self.credential().token
