@@ -122,21 +122,23 @@ class ApiError(Exception):
 
 
 class Backoff:
-    """Jittered exponential backoff: ``initial`` doubling up to ``maximum``, each wait
-    drawn from [d/2, d]; :meth:`reset` after a success."""
+    """Exponential backoff: ``initial`` doubling up to ``maximum``, each wait drawn from
+    [d/2, d] (``jitter=False``: exactly d, as the kubelet's CrashLoopBackOff); :meth:`reset`
+    after a success."""
 
-    def __init__(self, initial: float, maximum: float) -> None:
+    def __init__(self, initial: float, maximum: float, *, jitter: bool = True) -> None:
         if not 0 < initial <= maximum:
             raise ValueError(f"need 0 < initial <= maximum, got {initial}, {maximum}")
         self._initial = initial
         self._max = maximum
+        self._jitter = jitter
         self._steps = 0
 
     def next(self) -> float:
         """The next wait in seconds (grows with every call until :meth:`reset`)."""
         delay = min(self._max, self._initial * (2.0**self._steps))
         self._steps = min(self._steps + 1, 32)
-        return random.uniform(delay / 2, delay)
+        return random.uniform(delay / 2, delay) if self._jitter else delay
 
     def reset(self) -> None:
         self._steps = 0

@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from proxy.apiclient.client import ApiClient, ApiError
+from proxy.apiclient.client import ApiClient, ApiError, Backoff
 from proxy.apiclient.config import ClientConfig
 from proxy.harness import netns as hnetns
 from proxy.harness.process import child_env
@@ -453,7 +453,7 @@ class _Child:
     popen: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restart_at: float = 0.0
-    backoff: float = RESTART_BACKOFF[0]
+    backoff: Backoff = field(default_factory=lambda: Backoff(*RESTART_BACKOFF, jitter=False))
 
 
 class Supervisor:
@@ -953,15 +953,15 @@ class Supervisor:
                     continue
                 if child.restart_at == 0.0:
                     if now - child.started > 600:
-                        child.backoff = RESTART_BACKOFF[0]
-                    child.restart_at = now + child.backoff
+                        child.backoff.reset()
+                    delay = child.backoff.next()
+                    child.restart_at = now + delay
                     log.warning(
                         "exited label=%s code=%s restart_in=%.0fs",
                         child.label,
                         child.popen.returncode,
-                        child.backoff,
+                        delay,
                     )
-                    child.backoff = min(child.backoff * 2, RESTART_BACKOFF[1])
                 elif now >= child.restart_at:
                     child.restart_at = 0.0
                     self.state.restarts[child.label] = self.state.restarts.get(child.label, 0) + 1

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.apiclient.client import USER_AGENT, ApiClient, ApiError
+from proxy.apiclient.client import USER_AGENT, ApiClient, ApiError, Backoff
 from proxy.apiclient.config import (
     ClientConfig,
     CredentialError,
@@ -429,3 +429,16 @@ def test_a_missing_exec_plugin_shows_the_install_hint_and_requests_fail_cleanly(
     assert err.value.status is None and err.value.reason == "CredentialError"
     assert "kpp-no-such-plugin: not found" in str(err.value)
     assert "install it from example.org" in str(err.value)
+
+
+def test_backoff_doubles_to_its_maximum_with_or_without_jitter() -> None:
+    plain = Backoff(10, 300, jitter=False)
+    assert [plain.next() for _ in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+    plain.reset()
+    assert plain.next() == 10
+    jittered = Backoff(0.8, 30)
+    waits = [jittered.next() for _ in range(8)]
+    for wait, cap in zip(waits, [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30, 30], strict=True):
+        assert cap / 2 <= wait <= cap
+    with pytest.raises(ValueError, match="need 0 < initial <= maximum"):
+        Backoff(5, 1)
