@@ -15,7 +15,8 @@ class ProxyMode(StrEnum):
 
 
 class ConfigError(ValueError):
-    """A flag or config field has a bad value; the message names it and the fix."""
+    """A flag, config field or kubeconfig field has a bad value; the message names the
+    flag or the file and field, and the fix."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from proxy.agent.boundedfrequency import BoundedFrequencyRunner
 from proxy.agent.options.settings import AgentOptions
 from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
+from proxy.apiclient.client import ApiClient, ApiError
 from proxy.config import ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, UdpTarget, udp_targets
 from proxy.kernel.runner import KernelError, Runner
@@ -42,7 +43,6 @@ from proxy.server import (
     node_eligible,
     raise_nofile_limit,
 )
-from proxy.source.api import ApiClient, ApiError
 from proxy.source.reflector import (
     Reflector,
     endpointslices_spec,

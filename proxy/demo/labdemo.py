@@ -159,16 +159,16 @@ class LabDemo:
         """GET from the API server behind the scenes (no kubectl process: fast polls)."""
         if query:
             path += "?" + urllib.parse.urlencode(query)
-        status, body = labmod.api_request(self.state, "GET", path)
+        status, body = labmod.api_client(self.state).call("GET", path, timeout=5.0)
         if status != 200:
             raise DemoError(f"GET {path}: HTTP {status}")
         return json.loads(body)
 
     def api_patch(self, path: str, patch: Mapping[str, Any]) -> None:
         """A merge patch behind the scenes (undoing a step's change)."""
-        status, body = labmod.api_request(
-            self.state, "PATCH", path, json.dumps(patch).encode(),
-            content_type="application/merge-patch+json",
+        status, body = labmod.api_client(self.state).call(
+            "PATCH", path, json.dumps(patch).encode(),
+            content_type="application/merge-patch+json", timeout=5.0,
         )  # fmt: skip
         if status != 200:
             raise DemoError(f"PATCH {path}: HTTP {status}: {body[:200]!r}")
@@ -322,12 +322,13 @@ class LabDemo:
     def prepare(self) -> None:
         """A fresh namespace ``demo`` and the client pod the steps exec into."""
         ns_path = f"/api/v1/namespaces/{NS}"
-        if labmod.api_request(self.state, "GET", ns_path)[0] == 200:
+        api = labmod.api_client(self.state)
+        if api.call("GET", ns_path, timeout=5.0)[0] == 200:
             # A previous run's: its pods get 1s to stop (the client's sleep ignores
             # SIGTERM and would hold the namespace for its 30s grace period).
-            labmod.api_request(self.state, "DELETE", ns_path)
-            labmod.api_request(self.state, "DELETE", f"{ns_path}/pods?gracePeriodSeconds=1")
-            wait_for(lambda: labmod.api_request(self.state, "GET", ns_path)[0] == 404, 180,
+            api.call("DELETE", ns_path, timeout=5.0)
+            api.call("DELETE", f"{ns_path}/pods?gracePeriodSeconds=1", timeout=5.0)
+            wait_for(lambda: api.call("GET", ns_path, timeout=5.0)[0] == 404, 180,
                      interval=0.5, what=f"the previous run's namespace {NS} to go")  # fmt: skip
         self.show("create", "namespace", NS)
         self.show("run", CLIENT_POD, "-n", NS, "--image=curlimages/curl", "--restart=Never",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import socket
-import ssl
 
 from proxy.host.netns import netns_path, run_in_netns
 
@@ -75,34 +74,3 @@ class NetnsHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         self.sock = connect_in_netns(self.netns, self.host, self.port, self.timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class NetnsHTTPSConnection(http.client.HTTPSConnection):
-    """``http.client.HTTPSConnection`` whose socket is created inside a named namespace.
-
-    The server certificate is checked against ``host`` (an IP address must be an IP SAN)
-    with the given context (default: the system's default context). No proxy tunnels.
-    """
-
-    def __init__(
-        self,
-        netns: str,
-        host: str,
-        port: int | None = None,
-        timeout: float | None = None,
-        context: ssl.SSLContext | None = None,
-    ) -> None:
-        tls = context if context is not None else ssl.create_default_context()
-        super().__init__(host, port, timeout=timeout, context=tls)
-        netns_path(netns)
-        self.netns = netns
-        self._netns_tls = tls
-
-    def connect(self) -> None:
-        sock = connect_in_netns(self.netns, self.host, self.port, self.timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = self._netns_tls.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise

@@ -56,9 +56,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from proxy.apiclient import transport
+from proxy.apiclient.client import ApiClient
+from proxy.apiclient.config import ClientConfig
 from proxy.host import netns as hostns
+from proxy.host import sockets
 from proxy.host.process import die_with_parent
-from proxy.host.sockets import NetnsHTTPConnection, NetnsHTTPSConnection
 from proxy.lab.build import BIN_ENV, K8S_VERSION
 from proxy.lab.pki import CertificateAuthority, CertKey, SigningKey
 from proxy.lab.ports import LOOPBACK, free_port, port_is_free
@@ -105,18 +108,12 @@ class ControlPlaneError(RuntimeError):
     """The control plane could not start or do what was asked; the message says why."""
 
 
-class ApiError(ControlPlaneError):
-    """The API server (or etcd's gateway) answered with an error status."""
-
-    def __init__(self, method: str, url: str, status: int, body: bytes) -> None:
-        self.method = method
-        self.url = url
-        self.status = status
-        self.body = body
-        text = body.decode(errors="replace").strip()
-        with contextlib.suppress(ValueError, AttributeError):
-            text = str(json.loads(body).get("message", text))
-        super().__init__(f"{method} {url} → HTTP {status}: {text[:2000]}")
+def _http_error(method: str, url: str, status: int, body: bytes) -> ControlPlaneError:
+    """etcd's gateway answered with an error status."""
+    text = body.decode(errors="replace").strip()
+    with contextlib.suppress(ValueError, AttributeError):
+        text = str(json.loads(body).get("message", text))
+    return ControlPlaneError(f"{method} {url} → HTTP {status}: {text[:2000]}")
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -325,6 +322,7 @@ class ControlPlane:
         self._tls: ssl.SSLContext | None = None
         self._kubeconfig: Path | None = None
         self._admin: CertKey | None = None
+        self._client: ApiClient | None = None
         self._server: str | None = None
         self._started = False
         self._stopped = False
@@ -489,6 +487,8 @@ class ControlPlane:
             if self._stopped:
                 return
             self._stopped = True
+            if self._client is not None:
+                self._client.close()
             for proc in reversed(list(self._procs.values())):
                 self._terminate(proc)
             if self._workdir is not None and self._owns_workdir:
@@ -545,14 +545,14 @@ class ControlPlane:
             json.dumps({"key": base64.b64encode(b"/").decode(), "limit": 1}).encode(),
         )
         if status != 200:
-            raise ApiError("POST", f"{self.etcd_url}/v3/kv/range", status, body)
+            raise _http_error("POST", f"{self.etcd_url}/v3/kv/range", status, body)
         revision = int(json.loads(body)["header"]["revision"])
         payload = json.dumps({"revision": str(revision), "physical": True}).encode()
         status, body = self._http(
             "POST", f"{self.etcd_url}/v3/kv/compaction", payload, timeout=30.0
         )
         if status != 200 and b"compacted" not in body:
-            raise ApiError("POST", f"{self.etcd_url}/v3/kv/compaction", status, body)
+            raise _http_error("POST", f"{self.etcd_url}/v3/kv/compaction", status, body)
         log.info("etcd compacted revision=%d", revision)
         return revision
 
@@ -619,12 +619,33 @@ class ControlPlane:
         timeout: float = 30.0,
     ) -> Any:
         """Call the API server as admin; return the decoded JSON (raise ApiError ≥ 400)."""
-        data = None if body is None else json.dumps(body).encode()
-        url = self.server + path
-        status, raw = self._http(method, url, data, content_type=content_type, timeout=timeout)
-        if status >= 400:
-            raise ApiError(method, url, status, raw)
-        return json.loads(raw) if raw else None
+        return self.client.request(method, path, body, content_type=content_type, timeout=timeout)
+
+    @property
+    def client(self) -> ApiClient:
+        """An API client as admin whose sockets are made where the API server runs."""
+        if self._client is not None:
+            return self._client
+        with self._lock:
+            if self._client is None:
+                if self._admin is None or self._server is None:
+                    raise ControlPlaneError("the control plane is not started: call start()")
+                config = ClientConfig(
+                    server=self._server,
+                    source=f"control plane {self.workdir} (admin)",
+                    ca_pem=self.ca.cert_pem,
+                    client_cert_pem=self._admin.cert_pem,
+                    client_key_pem=self._admin.key_pem,
+                )
+                self._client = ApiClient(config, connector=self._connector())
+            return self._client
+
+    def _connector(self) -> transport.Connector:
+        netns = self._netns
+        if netns is None:
+            return transport.direct_connect
+        # Sockets created inside the namespace; we never leave ours.
+        return functools.partial(sockets.connect_in_netns, netns)
 
     def write_kubeconfig(
         self,
@@ -1229,20 +1250,9 @@ class ControlPlane:
         timeout: float = 5.0,
     ) -> tuple[int, bytes]:
         parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or LOOPBACK
-        conn: http.client.HTTPConnection
-        if self._netns is not None:
-            # Sockets created inside the namespace; we never leave ours.
-            if parts.scheme == "https":
-                conn = NetnsHTTPSConnection(
-                    self._netns, host, parts.port, timeout=timeout, context=self._tls
-                )
-            else:
-                conn = NetnsHTTPConnection(self._netns, host, parts.port, timeout=timeout)
-        elif parts.scheme == "https":
-            conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=self._tls)
-        else:
-            conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+        origin = ClientConfig(server=f"{parts.scheme}://{parts.netloc}", source=url)
+        tls = self._tls if parts.scheme == "https" else None
+        conn = transport.new_connection(origin, tls, timeout=timeout, connector=self._connector())
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -1277,7 +1287,6 @@ __all__ = [
     "ETCD",
     "NETNS_PORTS",
     "SCHEDULER",
-    "ApiError",
     "CertKey",
     "ControlPlane",
     "ControlPlaneError",

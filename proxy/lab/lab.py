@@ -78,7 +78,6 @@ import os
 import secrets
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -91,7 +90,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
+from proxy.apiclient.client import ApiClient, ApiError, Backoff
+from proxy.apiclient.config import ClientConfig
 from proxy.host import netns as hostns
+from proxy.host import sockets
 from proxy.host.network import Network
 from proxy.host.process import (
     child_env,
@@ -100,7 +102,6 @@ from proxy.host.process import (
     proc_cmdline,
     proc_starttime,
 )
-from proxy.host.sockets import NetnsHTTPConnection, NetnsHTTPSConnection
 from proxy.host.spec import ClientSpec, NodeSpec, TopologySpec
 from proxy.lab import addonbuild, addons, coredns
 from proxy.lab import registry as labregistry
@@ -354,7 +355,7 @@ def manifest_objects(path: Path | None = None) -> list[dict[str, Any]]:
 
 
 def http_get(netns: str, host: str, port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
-    conn = NetnsHTTPConnection(netns, host, port, timeout=timeout)
+    conn = sockets.NetnsHTTPConnection(netns, host, port, timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -372,39 +373,27 @@ def node_health(netns: str) -> tuple[int | None, str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _admin_tls(ca: str, cert: str, key: str) -> ssl.SSLContext:
-    tls = ssl.create_default_context(cafile=ca)
-    tls.load_cert_chain(cert, key)
-    return tls
+def _admin_client(netns: str, host: str, ca: str, cert: str, key: str) -> ApiClient:
+    server = f"https://[{host}]:{API_PORT}" if ":" in host else f"https://{host}:{API_PORT}"
+    config = ClientConfig(
+        server=server,
+        source=f"the lab's admin ({cert})",
+        ca_pem=Path(ca).read_bytes(),
+        client_cert_pem=Path(cert).read_bytes(),
+        client_key_pem=Path(key).read_bytes(),
+    )
+    return ApiClient(config, connector=functools.partial(sockets.connect_in_netns, netns))
 
 
-def api_request(
-    state: LabState,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    *,
-    content_type: str = "application/json",
-    timeout: float = 5.0,
-) -> tuple[int, bytes]:
-    """One call to the lab's API server as the lab's admin, from inside the control
-    plane's namespace: (HTTP status, body)."""
+def api_client(state: LabState) -> ApiClient:
+    """The lab's API server as the lab's admin, reached from inside the control plane's
+    namespace (calls raise :class:`ApiError` when there is no answer)."""
     cp = state.control_plane
-    tls = _admin_tls(cp["ca"], cp["admin_cert"], cp["admin_key"])
-    conn = NetnsHTTPSConnection(cp["namespace"], cp["host"], API_PORT, timeout=timeout, context=tls)
-    headers = {"Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = content_type
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return _admin_client(cp["namespace"], cp["host"], cp["ca"], cp["admin_cert"], cp["admin_key"])
 
 
 def _api_get(state: LabState, path: str, timeout: float = 5.0) -> Any:
-    status, body = api_request(state, "GET", path, timeout=timeout)
+    status, body = api_client(state).call("GET", path, timeout=timeout)
     if status != 200:
         raise LabError(f"GET {path}: HTTP {status}")
     return json.loads(body)
@@ -431,7 +420,7 @@ class _Child:
     popen: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restart_at: float = 0.0
-    backoff: float = RESTART_BACKOFF[0]
+    backoff: Backoff = field(default_factory=lambda: Backoff(*RESTART_BACKOFF, jitter=False))
 
 
 class Supervisor:
@@ -930,15 +919,15 @@ class Supervisor:
                     continue
                 if child.restart_at == 0.0:
                     if now - child.started > 600:
-                        child.backoff = RESTART_BACKOFF[0]
-                    child.restart_at = now + child.backoff
+                        child.backoff.reset()
+                    delay = child.backoff.next()
+                    child.restart_at = now + delay
                     log.warning(
                         "exited label=%s code=%s restart_in=%.0fs",
                         child.label,
                         child.popen.returncode,
-                        child.backoff,
+                        delay,
                     )
-                    child.backoff = min(child.backoff * 2, RESTART_BACKOFF[1])
                 elif now >= child.restart_at:
                     child.restart_at = 0.0
                     self.state.restarts[child.label] = self.state.restarts.get(child.label, 0) + 1
@@ -1465,7 +1454,7 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
             for pod in items:
                 node = (pod.get("spec") or {}).get("nodeName") or "(unscheduled)"
                 pods_per_node[node] = pods_per_node.get(node, 0) + 1
-        except (OSError, LabError, ValueError, http.client.HTTPException, ssl.SSLError) as exc:
+        except (OSError, LabError, ValueError, ApiError) as exc:
             pods_note = f" (pod count unavailable: {exc})"
     healthy = True
     rows = [("NODE", "LAN IP", "POD CIDR", "ZONE", "PROXY", "HEALTH", "KUBELET", "PODS")]
@@ -1548,7 +1537,7 @@ def _addon_lines(state: LabState) -> list[str]:
     try:
         dep = _api_get(state, "/apis/apps/v1/namespaces/kube-system/deployments/coredns")
         services = _api_get(state, "/api/v1/services")["items"]
-    except (OSError, LabError, ValueError, KeyError, http.client.HTTPException, ssl.SSLError) as e:
+    except (OSError, LabError, ValueError, KeyError, ApiError) as e:
         return [f"add-ons: status unavailable ({e})"]
     ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
     wanted = int((dep.get("spec") or {}).get("replicas") or 0)

@@ -48,8 +48,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from proxy import apivalidation as av
+from proxy.apiclient.client import ApiClient, ApiError, ApiSession, Backoff
 from proxy.model import HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL
-from proxy.source.api import ApiClient, ApiError, ApiSession
 
 log = logging.getLogger(__name__)
 
@@ -215,21 +215,6 @@ class ReflectorStats:
     """Watches reopened because nothing (no event, no bookmark) came for the idle timeout."""
 
 
-class _Backoff:
-    def __init__(self, initial: float, maximum: float) -> None:
-        self._initial = initial
-        self._max = maximum
-        self._steps = 0
-
-    def next(self) -> float:
-        delay = min(self._max, self._initial * (2.0**self._steps))
-        self._steps = min(self._steps + 1, 32)
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self._steps = 0
-
-
 class _Stop(Exception):
     """stop() was called while a request ran."""
 
@@ -271,7 +256,7 @@ class Reflector:
             default_idle_timeout() if watch_idle_timeout is None else watch_idle_timeout
         )
         self._on_error = on_error
-        self._backoff = _Backoff(backoff_initial, backoff_max)
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self.name = name or spec.kind
         self._known: dict[str, str] = {}
         """key → resourceVersion of everything delivered and not deleted."""

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from proxy.apiclient.client import ApiError
 from proxy.harness import Prober
 from proxy.host import links
 from proxy.host import netns as hostns
@@ -41,12 +42,6 @@ READY_GATE = "kube-proxy-py.test/ready"
 PROXY = ("kube-system", "kube-proxy-py")
 UPSTREAM = ("kube-system", "kube-proxy")
 UP_TIMEOUT = 900.0
-
-
-class ApiError(RuntimeError):
-    def __init__(self, method: str, path: str, status: int, body: bytes) -> None:
-        super().__init__(f"{method} {path}: HTTP {status}: {body[:400]!r}")
-        self.status = status
 
 
 def workload_pod(
@@ -150,13 +145,9 @@ class NodeLab:
         content_type: str = "application/json",
         ok: Sequence[int] = (200, 201),
     ) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        status, raw = labmod.api_request(
-            self.state, method, path, data, content_type=content_type, timeout=30
+        return labmod.api_client(self.state).request(
+            method, path, body, content_type=content_type, timeout=30, ok=tuple(ok)
         )
-        if status not in ok:
-            raise ApiError(method, path, status, raw)
-        return json.loads(raw) if raw else None
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         done = subprocess.run(

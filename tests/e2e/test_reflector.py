@@ -11,15 +11,17 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from proxy.apiclient.client import ApiClient, ApiError
 from proxy.lab.controlplane import ControlPlane
-from proxy.source.api import ApiClient, ApiError
 from proxy.source.reflector import (
     LAST_APPLIED_ANNOTATION,
     EventType,
@@ -517,3 +519,79 @@ def test_stop_interrupts_a_blocked_watch(cp: ControlPlane, admin: ApiClient) -> 
         r.stop(timeout=10)
     assert not r.running
     assert rec.seen() == []
+
+
+# --------------------------------------------------------------------------- exec credentials
+
+EXEC_PLUGIN = """\
+import datetime, json, pathlib, sys
+here = pathlib.Path(sys.argv[0]).parent
+runs = here / "runs"
+runs.write_text(str(int(runs.read_text() or 0) + 1) if runs.exists() else "1")
+status = {}
+if (here / "token").exists():
+    status["token"] = (here / "token").read_text().strip()
+else:
+    status["clientCertificateData"] = (here / "client.crt").read_text()
+    status["clientKeyData"] = (here / "client.key").read_text()
+lifetime = float(sys.argv[1])
+if lifetime:
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=lifetime)
+    status["expirationTimestamp"] = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1",
+                  "kind": "ExecCredential", "status": status}))
+"""
+
+
+def exec_kubeconfig(cp: ControlPlane, where: Path, lifetime: float) -> Path:
+    """A kubeconfig whose user is ``./plugin.py LIFETIME`` (relative to the file)."""
+    where.mkdir()
+    plugin = where / "plugin.py"
+    plugin.write_text(f"#!{sys.executable}\n{EXEC_PLUGIN}")
+    plugin.chmod(0o755)
+    doc = json.loads(cp.kubeconfig.read_text())
+    doc["users"] = [{"name": "exec", "user": {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1", "command": "./plugin.py",
+        "args": [str(lifetime)], "interactiveMode": "Never"}}}]  # fmt: skip
+    doc["contexts"][0]["context"]["user"] = "exec"
+    path = where / "kubeconfig"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def whoami(client: ApiClient) -> str:
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    reply = client.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+    return str(reply["status"]["userInfo"]["username"])
+
+
+def test_exec_plugin_token_is_rerun_after_a_401_and_cached_until_then(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    ns = namespace(cp, "r-exec")
+    cp.kubectl("create", "serviceaccount", "plugged", "-n", ns)
+    kubeconfig = exec_kubeconfig(cp, tmp_path / "p", lifetime=0)  # no expiry
+    (tmp_path / "p" / "token").write_text("not-a-token")
+    with ApiClient.from_config(str(kubeconfig)) as client:
+        with pytest.raises(ApiError) as err:
+            whoami(client)
+        assert err.value.status == 401
+        (tmp_path / "p" / "token").write_text(cp.service_account_token(ns, "plugged"))
+        assert whoami(client) == f"system:serviceaccount:{ns}:plugged"
+        assert whoami(client) == f"system:serviceaccount:{ns}:plugged"
+    assert (tmp_path / "p" / "runs").read_text() == "2"  # once, again after the 401 only
+
+
+def test_exec_plugin_runs_again_when_its_credential_expires(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    kubeconfig = exec_kubeconfig(cp, tmp_path / "p", lifetime=0.5)
+    pair = cp.ca.issue("exec-cert-user", organizations=["exec-group"], client=True)
+    (tmp_path / "p" / "client.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "p" / "client.key").write_bytes(pair.key_pem)
+    with ApiClient.from_config(str(kubeconfig)) as client:
+        assert whoami(client) == "exec-cert-user"  # a client certificate from the plugin
+        assert (tmp_path / "p" / "runs").read_text() == "1"
+        time.sleep(0.6)  # past the credential's expirationTimestamp
+        assert whoami(client) == "exec-cert-user"
+        assert (tmp_path / "p" / "runs").read_text() == "2"

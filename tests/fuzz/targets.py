@@ -39,6 +39,7 @@ Expected errors: StateFileError (exit 2), ConfigError, ApiError (the reflector r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import http.client
 import io
@@ -57,6 +58,9 @@ from typing import Any, cast
 from proxy import cli, logs
 from proxy.agent.options.parse import parse_run_args
 from proxy.agent.state import Changes, ClusterState
+from proxy.apiclient.client import ApiClient, ApiError, ApiSession
+from proxy.apiclient.config import ClientConfig, ExecPlugin, load_kubeconfig
+from proxy.apiclient.transport import build_ssl_context
 from proxy.config import ConfigError, ProxyConfig, ProxyMode
 from proxy.iptables import model as ipt_model
 from proxy.iptables import render as ipt_render
@@ -66,15 +70,6 @@ from proxy.nftables import diff as nft_diff
 from proxy.nftables import model as nft_model
 from proxy.nftables import render as nft_render
 from proxy.plan import Plan, Snapshot, plan
-from proxy.source.api import (
-    ApiClient,
-    ApiError,
-    ApiSession,
-    ClientConfig,
-    build_ssl_context,
-    load_kubeconfig,
-)
-from proxy.source.api import ConfigError as ApiConfigError
 from proxy.source.file import StateFileError, build_state, read_documents
 from proxy.source.reflector import (
     Reflector,
@@ -431,7 +426,13 @@ class _ScriptedSession(ApiSession):
         self.chunk = chunk
 
     def _request(
-        self, path: str, params: Mapping[str, str] | None, read_timeout: float
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        read_timeout: float,
+        body: bytes | None = None,
+        content_type: str = "application/json",
     ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
         body = self.bodies.pop(0) if self.bodies else b'{"metadata": {}, "items": []}'
         resp = _FakeResponse(body, self.chunk)
@@ -644,13 +645,26 @@ def target_kubeconfig(data: bytes) -> None:
     path.write_bytes(body)
     try:
         cfg = load_kubeconfig(path, master)
-    except ApiConfigError:
+    except ConfigError:
         return
     except InputTimeout:
         raise
     except Exception as exc:
         raise _uncaught(t, exc) from exc
+    if cfg.exec_plugin is not None:
+        # A loaded plugin is only checked, never run: the input names the command.
+        _check_exec_plugin(t, cfg.exec_plugin)
+        cfg = dataclasses.replace(cfg, exec_plugin=None)
     _check_client(t, cfg)
+
+
+def _check_exec_plugin(t: str, plugin: ExecPlugin) -> None:
+    """What would reach execve and the environment must be NUL-free strings."""
+    for part in (plugin.command, *plugin.args, *(n + v for n, v in plugin.env)):
+        if not isinstance(part, str) or "\0" in part:
+            raise Finding(t, "bad-exec", "exec", f"exec plugin field {part!r}")
+    if not plugin.command:
+        raise Finding(t, "bad-exec", "command", "exec plugin with an empty command")
 
 
 def _check_client(t: str, cfg: ClientConfig) -> None:
@@ -659,7 +673,7 @@ def _check_client(t: str, cfg: ClientConfig) -> None:
     try:
         try:
             build_ssl_context(cfg)
-        except ApiConfigError:
+        except ConfigError:
             return
         client = ApiClient(cfg)
         try:

@@ -1,8 +1,9 @@
-"""Kubeconfig / in-cluster parsing of proxy.source.api (no network, no root)."""
+"""Kubeconfig / in-cluster parsing of proxy.apiclient (no network, no root)."""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import ssl
 from pathlib import Path
@@ -11,17 +12,18 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.lab.pki import CertificateAuthority, CertKey
-from proxy.source.api import (
-    USER_AGENT,
-    ApiClient,
-    ApiError,
+from proxy.apiclient.client import USER_AGENT, ApiClient, ApiError, Backoff
+from proxy.apiclient.config import (
     ClientConfig,
-    ConfigError,
+    CredentialError,
+    ExecCredentialSource,
+    ExecPlugin,
     TokenSource,
-    build_ssl_context,
     load_config,
 )
+from proxy.apiclient.transport import HTTPSConnection, build_ssl_context
+from proxy.config import ConfigError
+from proxy.lab.pki import CertificateAuthority, CertKey
 
 
 def b64(data: bytes) -> str:
@@ -152,7 +154,9 @@ def test_tls_server_name_and_path_prefix(tmp_path: Path, ca: CertificateAuthorit
     cfg = load_config(write(tmp_path / "kc", doc))
     client = ApiClient(cfg)
     assert cfg.tls_server_name == "kubernetes.default.svc"
-    assert client._server_hostname == "kubernetes.default.svc"
+    conn = client._new_connection()
+    assert isinstance(conn, HTTPSConnection)
+    assert conn.server_hostname == "kubernetes.default.svc"
     assert client._url("/api/v1/nodes", {"fieldSelector": "metadata.name=a b"}) == (
         "/k8s/clusters/c-1/api/v1/nodes?fieldSelector=metadata.name%3Da+b"
     )
@@ -267,8 +271,17 @@ def test_token_file_is_reread_periodically_and_after_401(tmp_path: Path) -> None
          "users[me].user.client-key", "cannot read"),
         (lambda d: d["users"][0]["user"].update({"tokenFile": "/no/token"}),
          "users[me].user.tokenFile", "cannot read /no/token"),
+        (lambda d: d["users"][0]["user"].update({"auth-provider": {"name": "gcp"}}),
+         "users[me].user.auth-provider", "not supported"),
         (lambda d: d["users"][0]["user"].update({"exec": {"command": "aws"}}),
-         "users[me].user.exec", "not supported"),
+         "users[me].user.exec.apiVersion", "is not one of client.authentication.k8s.io/v1"),
+        (lambda d: d["users"][0]["user"].update(
+            {"exec": {"apiVersion": "client.authentication.k8s.io/v1"}}),
+         "users[me].user.exec.command", "missing"),
+        (lambda d: d["users"][0]["user"].update(
+            {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "x",
+                      "env": [{"name": "A"}]}}),
+         "users[me].user.exec.env[0].value", "expected a string"),
         (lambda d: d["users"][0]["user"].update({"token": 5}), "users[me].user.token",
          "expected a string"),
     ],
@@ -328,3 +341,104 @@ def test_api_error_from_status() -> None:
     assert down.status is None and not down.expired
     too_large = ApiError(504, "Timeout", "Too large resource version: 9, current: 5")
     assert too_large.resource_version_too_large
+
+
+# --------------------------------------------------------------------------- exec plugins
+
+V1 = "client.authentication.k8s.io/v1"
+
+
+def exec_plugin(tmp_path: Path, script: str, **extra: Any) -> ExecPlugin:
+    """A kubeconfig whose user runs ``./plugin`` (a shell script), loaded."""
+    plugin = tmp_path / "plugin"
+    plugin.write_text(f"#!/bin/sh\n{script}\n")
+    plugin.chmod(0o755)
+    user = {"exec": {"apiVersion": V1, "command": "./plugin", **extra}}
+    cfg = load_config(write(tmp_path / "kc", kubeconfig({"server": "https://10.0.0.1"}, user)))
+    assert cfg.exec_plugin is not None
+    return cfg.exec_plugin
+
+
+def credential_json(status: dict[str, Any], api_version: str = V1) -> str:
+    doc = {"apiVersion": api_version, "kind": "ExecCredential", "status": status}
+    return f"cat <<'EOF'\n{json.dumps(doc)}\nEOF"
+
+
+def test_exec_plugin_is_resolved_next_to_the_kubeconfig_and_gets_its_env(tmp_path: Path) -> None:
+    plugin = exec_plugin(
+        tmp_path,
+        'printf \'{"apiVersion": "%s", "kind": "ExecCredential", "status": {"token": "%s-%s"}}\' '
+        '"$(echo "$KUBERNETES_EXEC_INFO" | sed \'s/.*"apiVersion": "\\([^"]*\\)".*/\\1/\')" '
+        '"$GREETING" "$1"',
+        args=["arg1"],
+        env=[{"name": "GREETING", "value": "hello"}],
+    )
+    assert plugin.command == str(tmp_path / "plugin")
+    source = ExecCredentialSource(plugin)
+    assert source.get() == "hello-arg1"
+    assert source.generation == 1
+
+
+def test_exec_credential_is_cached_until_it_expires_or_a_401(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    status = {"token": "t", "expirationTimestamp": "2030-01-01T00:00:00Z"}
+    plugin = exec_plugin(tmp_path, f"echo run >> {runs}\n{credential_json(status)}")
+    now = [datetime.datetime(2029, 12, 31, 23, 59, tzinfo=datetime.UTC).timestamp()]
+    source = ExecCredentialSource(plugin, clock=lambda: now[0])
+    assert [source.get(), source.get()] == ["t", "t"]
+    assert runs.read_text().count("run") == 1
+    now[0] += 60  # at expirationTimestamp
+    assert source.get() == "t"
+    assert runs.read_text().count("run") == 2
+    source.invalidate()  # what the client does after a 401
+    assert source.get() == "t"
+    assert runs.read_text().count("run") == 3
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ("echo 'no such account' >&2; exit 3", "exit code 3: no such account"),
+        ("echo '{'", "output is not an ExecCredential"),
+        (credential_json({"token": "t"}, "client.authentication.k8s.io/v1beta1"),
+         "apiVersion 'client.authentication.k8s.io/v1beta1', expected"),
+        (credential_json({}), "neither token nor clientCertificateData"),
+        (credential_json({"clientCertificateData": "PEM"}), "go together"),
+        (credential_json({"token": "t", "expirationTimestamp": "soon"}),
+         "status.expirationTimestamp: 'soon' is not RFC 3339"),
+    ],
+)  # fmt: skip
+def test_a_failing_exec_plugin_names_the_field_and_command(
+    tmp_path: Path, script: str, message: str
+) -> None:
+    source = ExecCredentialSource(exec_plugin(tmp_path, script))
+    with pytest.raises(CredentialError) as err:
+        source.get()
+    assert str(err.value).startswith(f"{tmp_path / 'kc'}: users[me].user.exec: "), err.value
+    assert message in str(err.value)
+
+
+def test_a_missing_exec_plugin_shows_the_install_hint_and_requests_fail_cleanly(
+    tmp_path: Path,
+) -> None:
+    user = {"exec": {"apiVersion": V1, "command": "kpp-no-such-plugin",
+                     "installHint": "install it from example.org"}}  # fmt: skip
+    cfg = load_config(write(tmp_path / "kc", kubeconfig({"server": "http://127.0.0.1:1"}, user)))
+    with ApiClient(cfg) as client, pytest.raises(ApiError) as err:
+        client.get_json("/api/v1/nodes")
+    assert err.value.status is None and err.value.reason == "CredentialError"
+    assert "kpp-no-such-plugin: not found" in str(err.value)
+    assert "install it from example.org" in str(err.value)
+
+
+def test_backoff_doubles_to_its_maximum_with_or_without_jitter() -> None:
+    plain = Backoff(10, 300, jitter=False)
+    assert [plain.next() for _ in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+    plain.reset()
+    assert plain.next() == 10
+    jittered = Backoff(0.8, 30)
+    waits = [jittered.next() for _ in range(8)]
+    for wait, cap in zip(waits, [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30, 30], strict=True):
+        assert cap / 2 <= wait <= cap
+    with pytest.raises(ValueError, match="need 0 < initial <= maximum"):
+        Backoff(5, 1)

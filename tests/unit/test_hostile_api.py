@@ -4,7 +4,7 @@ The API server itself never serves these (it validates what it stores), so the a
 here is a small local HTTP server speaking the list/watch protocol with crafted bodies:
 a list item whose metadata is a string, events that cannot be keyed, a watch that goes
 silent with its TCP connection open, and absurdly nested JSON. The real
-:class:`~proxy.source.api.ApiClient`, :class:`~proxy.source.reflector.Reflector` and
+:class:`~proxy.apiclient.client.ApiClient`, :class:`~proxy.source.reflector.Reflector` and
 :class:`~proxy.agent.state.ClusterState` handle them.
 """
 
@@ -22,7 +22,8 @@ import pytest
 
 from proxy import manifests as m
 from proxy.agent.state import ClusterState
-from proxy.source.api import ApiClient, ClientConfig
+from proxy.apiclient.client import ApiClient
+from proxy.apiclient.config import ClientConfig
 from proxy.source.reflector import Reflector, services_spec
 
 GOOD = m.service("good", "10.96.0.10", [m.Port(80)])

@@ -188,7 +188,7 @@ class Walkthrough:
     def api(self, method: str, path: str) -> dict[str, Any] | None:
         """One API call off the record (faster than kubectl for polling): the object, or
         None when there is none (404)."""
-        status, body = labmod.api_request(self.lab.state, method, path, timeout=10)
+        status, body = labmod.api_client(self.lab.state).call(method, path, timeout=10)
         if status == 404:
             return None
         if status >= 300:
