@@ -90,11 +90,9 @@ class NftRuleset:
     core: Fragment
     fragments: Mapping[PortKey, Fragment]
     shared: Mapping[str, Mapping[str, int]]
-    serial: int = 0
-    """The serial of the plan it was rendered from."""
-    delta: tuple[int, frozenset[PortKey]] | None = None
-    """(serial of the plan behind the ruleset this one was derived from, the service
-    ports whose fragments may differ from that one's)."""
+    updated: frozenset[PortKey] | None = None
+    """The service ports whose fragments may differ from those of the ruleset rendered
+    before it with the same cache (rendered again); None: any."""
 
     @cached_property
     def _merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:
