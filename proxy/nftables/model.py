@@ -84,7 +84,8 @@ class NftRuleset:
     """Our table: plan-wide chains and sets (``core``), one fragment per service port,
     and the elements of the sets service ports share (counted: two ports of one Service
     share its ClusterIP). ``chains`` and ``sets`` are the table merged, built on first
-    use: an incremental sync only compares fragments, by identity."""
+    use: an incremental sync only compares the fragments of the service ports that were
+    rendered again (``updated``)."""
 
     family: IPFamily
     core: Fragment

@@ -121,3 +121,7 @@ def test_incremental_plan_equals_full_plan(
         fast = nft_diff.incremental_text(nft_before, nft_after)
         whole = nft_diff.diff_text(nft_before, nft_after)
         assert _lines(fast) == _lines(whole)
+        # and so does the one that compares every fragment (a ruleset rendered anew)
+        fresh = nft_render.render(full)
+        assert fresh.updated is None
+        assert _lines(nft_diff.incremental_text(nft_before, fresh)) == _lines(whole)
