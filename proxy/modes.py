@@ -76,7 +76,9 @@ class Mode(Protocol[R, C]):
         ...
 
     def diff(self, old: R, new: R) -> C:
-        """What turns the rules from ``old`` (applied last) into ``new``."""
+        """What turns the rules from ``old`` (applied last) into ``new``. When ``new``
+        was rendered right after ``old`` by the same renderer (as the proxier does), a mode
+        may compare only what that render rendered again (nftables does)."""
         ...
 
     def periodic_full_sync(self, last: Plan) -> bool:
