@@ -377,7 +377,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     state = _load(args)
     p = _plan_for(args, state, from_kernel=False)
     mode = mode_for(p.mode)
-    body = mode.full_sync_text(mode.renderer()(p))
+    body = mode.full_sync_text(mode.renderer()(p, None))
     sys.stdout.write(_header(p) + body)
     return EXIT_INVALID if args.strict and state.problems else EXIT_OK
 
@@ -391,7 +391,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     runner = Runner()
     mode = mode_for(p.mode)
     writer = mode.writer(runner, IPFamily.V4)
-    writer.sync(mode.renderer()(p))
+    writer.sync(mode.renderer()(p, None))
     backend = writer.description
     # as the agent does when it starts: the other mode's rules would still DNAT
     for what in remove_rules(runner, other_modes(p.mode)):

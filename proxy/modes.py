@@ -19,7 +19,7 @@ from proxy.iptables.mode import IptablesMode
 from proxy.kernel.runner import Runner
 from proxy.model import IPFamily
 from proxy.nftables.mode import NftablesMode
-from proxy.plan import Plan
+from proxy.plan import Plan, UpdatedServicePorts
 
 R = TypeVar("R")
 """A mode's ruleset (what it renders a plan into)."""
@@ -65,9 +65,10 @@ class Mode(Protocol[R, C]):
     @property
     def proxy_mode(self) -> ProxyMode: ...
 
-    def renderer(self) -> Callable[[Plan], R]:
-        """A render function (pure) with a cache of its own: a plan derived from the
-        previous one re-renders only the changed service ports."""
+    def renderer(self) -> Callable[[Plan, UpdatedServicePorts | None], R]:
+        """A render function (pure) with a cache of its own: told which service ports
+        may differ from the plan it rendered last (:class:`proxy.tracker.PlanUpdate`), it
+        renders only those again; told None, everything."""
         ...
 
     def full_sync_text(self, ruleset: R) -> str:
@@ -75,7 +76,9 @@ class Mode(Protocol[R, C]):
         ...
 
     def diff(self, old: R, new: R) -> C:
-        """What turns the rules from ``old`` (applied last) into ``new``."""
+        """What turns the rules from ``old`` (applied last) into ``new``. When ``new``
+        was rendered right after ``old`` by the same renderer (as the proxier does), a mode
+        may compare only what that render rendered again (nftables does)."""
         ...
 
     def periodic_full_sync(self, last: Plan) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import itertools
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +90,13 @@ class EndpointCandidate:
         return self.serving and self.terminating
 
 
+ServiceKey = tuple[str, str]
+"""A Service: namespace, name."""
+ServicePortKey = tuple[str, str, str, Protocol]
+"""A service port: namespace, Service name, port name, protocol (upstream's ServicePortName,
+with the protocol)."""
+
+
 @dataclass(frozen=True)
 class ServicePortPlan:
     """Everything the backends need to program one service port in one IP family."""
@@ -125,6 +131,11 @@ class ServicePortPlan:
     here (iTP=Local with only remote endpoints): decides DROP rather than REJECT."""
 
     # -- names ---------------------------------------------------------------------------
+    @cached_property
+    def key(self) -> ServicePortKey:
+        """The service port's identity across plans (what renderers key their caches by)."""
+        return (self.namespace, self.name, self.port_name, self.protocol)
+
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef("Service", self.namespace, self.name)
@@ -218,6 +229,12 @@ class ServicePortPlan:
         return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
 
 
+UpdatedServicePorts = Mapping[ServicePortKey, ServicePortPlan | None]
+"""The service ports that may differ from the previous plan (came, went or changed), each
+with its plan in the new one (None: gone): upstream's UpdatedServices, per service port.
+:class:`proxy.tracker.PlanTracker` says so; the renderers render only these again."""
+
+
 @dataclass(frozen=True)
 class NodePortTargets:
     """Which destination addresses accept NodePort traffic, resolved for one family."""
@@ -269,7 +286,6 @@ def family_note(svc: Service, family: IPFamily) -> SkippedService | None:
 
 
 Destination = tuple[IPAddress, Protocol, int]
-_SERIALS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -328,7 +344,8 @@ def health_check_holder(sp: ServicePortPlan) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """The complete, backend-neutral plan for one IP family on one node."""
+    """The complete, backend-neutral plan for one IP family on one node: a plain value
+    (what the last plan was and what changed since is :mod:`proxy.tracker`'s business)."""
 
     family: IPFamily
     node_name: str
@@ -342,39 +359,13 @@ class Plan:
     service_ports: tuple[ServicePortPlan, ...]
     skipped: tuple[SkippedService, ...] = ()
     problems: tuple[Problem, ...] = ()
-    by_service: Mapping[tuple[str, str], tuple[ServicePortPlan, ...]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    """Each Service's port plans before conflict resolution (what the next plan reuses)."""
-    inputs: object = field(default=None, compare=False, repr=False)
-    """What every port plan depended on besides its Service and slices (config, node)."""
-    claims: Claims | None = field(default=None, compare=False, repr=False)
-    """Who owns each destination, kept when no two Services conflicted (the next plan then
-    only re-checks the Services that changed)."""
-    order: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
-    """Every Service's (namespace, name), sorted: the planning order, reused while the
-    set of Services stays the same."""
-    order_keys: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False, repr=False)
-    """The keys of ``order``, as a set."""
-    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False, repr=False)
-    delta: tuple[int, frozenset[tuple[str, str]]] | None = field(
-        default=None, compare=False, repr=False
-    )
-    """(serial of the plan this one was derived from, the Services that may differ from
-    it) when only those were planned again and no conflict arose: renderers then redo
-    only those."""
 
     @cached_property
     def cluster_ips(self) -> tuple[IPAddress, ...]:
         return tuple(sorted({sp.cluster_ip for sp in self.service_ports}))
 
-    known_endpoint_count: int | None = field(default=None, compare=False, repr=False)
-    """``endpoint_count`` when the planner derived it from the last plan's."""
-
     @cached_property
     def endpoint_count(self) -> int:
-        if self.known_endpoint_count is not None:
-            return self.known_endpoint_count
         return sum(len(sp.reachable_endpoints) for sp in self.service_ports)
 
     def service_port(self, namespace: str, name: str, port_name: str = "") -> ServicePortPlan:
@@ -589,177 +580,151 @@ def _plan_port(
     )
 
 
+@dataclass(frozen=True)
+class PlanInputs:
+    """What every port plan depends on besides its Service and its EndpointSlices: port
+    plans made from equal inputs can be reused."""
+
+    config: ProxyConfig
+    node: Node | None
+    family: IPFamily
+
+    @cached_property
+    def zone(self) -> str:
+        return self.node.zone if self.node is not None else ""
+
+    @cached_property
+    def node_ip(self) -> IPAddress | None:
+        return self.node.primary_ip(self.family) if self.node is not None else None
+
+
+def service_index(snapshot: Snapshot) -> Mapping[ServiceKey, Service]:
+    """The snapshot's Services by (namespace, name)."""
+    if snapshot.service_index is not None:
+        return snapshot.service_index
+    return {(s.namespace, s.name): s for s in snapshot.services}
+
+
+def slices_by_service(
+    snapshot: Snapshot, needed: Callable[[ServiceKey], bool] | None = None
+) -> Mapping[ServiceKey, Sequence[EndpointSlice]]:
+    """The snapshot's EndpointSlices by their Service's (namespace, name); when the
+    snapshot has no index, only those of the Services ``needed`` says yes to."""
+    if snapshot.slice_index is not None:
+        return snapshot.slice_index
+    grouped: defaultdict[ServiceKey, list[EndpointSlice]] = defaultdict(list)
+    for sl in snapshot.slices:
+        key = (sl.namespace, sl.service_name)
+        if needed is None or needed(key):
+            grouped[key].append(sl)
+    return grouped
+
+
+def service_port_plans(
+    svc: Service, slices: Iterable[EndpointSlice], inputs: PlanInputs
+) -> tuple[ServicePortPlan, ...] | None:
+    """The Service's port plans; None when it has no ClusterIP of the family."""
+    family = inputs.family
+    cluster_ip = next((ip for ip in svc.cluster_ips if IPFamily.of(ip) == family), None)
+    if cluster_ip is None:
+        return None
+    node_name = inputs.config.node_name
+    by_port = _candidates_by_port(slices, family, node_name)
+    service_ports = [
+        _plan_port(
+            svc,
+            sp,
+            cluster_ip,
+            family,
+            by_port.get((sp.name, sp.protocol), ()),
+            node_name,
+            inputs.zone,
+            inputs.node_ip,
+        )
+        for sp in svc.ports
+    ]
+    service_ports.sort(key=lambda p: (p.port_name, p.protocol))
+    return tuple(service_ports)
+
+
+PortPlans = Mapping[ServiceKey, tuple[ServicePortPlan, ...]]
+"""Each Service's port plans, before conflicts between Services are resolved."""
+
+
+def plan_services(
+    inputs: PlanInputs,
+    services: Mapping[ServiceKey, Service],
+    order: Iterable[ServiceKey],
+    slices: Mapping[ServiceKey, Sequence[EndpointSlice]],
+    reusable: PortPlans | None = None,
+    replan: Collection[ServiceKey] = (),
+) -> tuple[dict[ServiceKey, tuple[ServicePortPlan, ...]], list[SkippedService]]:
+    """The port plans of ``services`` in ``order``, and what is left out and why. Port
+    plans in ``reusable`` (made from equal inputs) are taken as they are, except those of
+    the Services in ``replan``."""
+    reusable = reusable or {}
+    family = inputs.family
+    by_service: dict[ServiceKey, tuple[ServicePortPlan, ...]] = {}
+    skipped: list[SkippedService] = []
+    for key in order:
+        svc = services[key]
+        if svc.skip_reason is not None:
+            if family is IPFamily.V4:
+                skipped.append(SkippedService(svc.ref, svc.skip_reason, svc.skip_code))
+            continue
+        if (note := family_note(svc, family)) is not None:
+            skipped.append(note)
+        if key in reusable and key not in replan:
+            by_service[key] = reusable[key]
+            continue
+        planned = service_port_plans(svc, slices.get(key, ()), inputs)
+        if planned is not None:
+            by_service[key] = planned
+    return by_service, skipped
+
+
+def assemble_plan(
+    inputs: PlanInputs,
+    ports: Iterable[ServicePortPlan],
+    skipped: Iterable[SkippedService],
+    problems: Iterable[Problem],
+) -> Plan:
+    """The plan of these (conflict-free) port plans, with the plan-wide settings."""
+    config, family = inputs.config, inputs.family
+    return Plan(
+        family=family,
+        node_name=config.node_name,
+        node_zone=inputs.zone,
+        node_ip=inputs.node_ip,
+        mode=config.mode,
+        cluster_cidr=config.cluster_cidr(family),
+        masquerade_all=config.masquerade_all,
+        masquerade_mark=config.masquerade_mark,
+        nodeports=nodeport_targets(config, inputs.node, family),
+        service_ports=tuple(ports),
+        skipped=tuple(skipped),
+        problems=tuple(problems),
+    )
+
+
 def plan(
     snapshot: Snapshot,
     config: ProxyConfig,
     family: IPFamily = IPFamily.V4,
     problems: Iterable[Problem] = (),
-    *,
-    previous: Plan | None = None,
-    changed: Collection[tuple[str, str]] | None = None,
 ) -> Plan:
     """Plan every service port of ``family`` for the node named in ``config``.
 
-    With ``previous`` (the last plan) and ``changed`` (the (namespace, name) of every
-    Service whose Service object or EndpointSlices changed since), the port plans of the
-    other Services are reused when the config and the Node are the same: the cost of a sync
-    then follows the size of the change, not of the cluster. Conflicts between Services are
-    always resolved over all of them.
-    """
-    node = snapshot.node
-    zone = node.zone if node is not None else ""
-    node_ip = node.primary_ip(family) if node is not None else None
-    inputs = (config, node, family)
-    reusable: Mapping[tuple[str, str], tuple[ServicePortPlan, ...]] = {}
-    if previous is not None and changed is not None and previous.inputs == inputs:
-        reusable = previous.by_service
-    else:
-        changed = None
-    wanted = set(changed) if changed is not None else None
-    slices_by_service: Mapping[tuple[str, str], Sequence[EndpointSlice]]
-    if snapshot.slice_index is not None:
-        slices_by_service = snapshot.slice_index
-    else:
-        grouped: defaultdict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
-        for sl in snapshot.slices:
-            key = (sl.namespace, sl.service_name)
-            if wanted is None or key in wanted or key not in reusable:
-                grouped[key].append(sl)
-        slices_by_service = grouped
-
-    by_service: dict[tuple[str, str], tuple[ServicePortPlan, ...]] = {}
-    skipped: list[SkippedService] = []
-    services = snapshot.service_index
-    if services is None:
-        services = {(s.namespace, s.name): s for s in snapshot.services}
-    order: tuple[tuple[str, str], ...] = previous.order if previous is not None else ()
-    order_keys = previous.order_keys if previous is not None else frozenset()
-    if wanted is not None:  # only these may have come or gone
-        same = len(order) == len(services) and all(
-            (k in services) == (k in order_keys) for k in wanted
-        )
-    else:
-        same = len(order) == len(services) and services.keys() >= order_keys
-    if not same:
-        order = tuple(sorted(services))
-        order_keys = frozenset(order)
-
-    def plan_service(svc: Service) -> tuple[ServicePortPlan, ...] | None:
-        """The Service's port plans; None when it has no ClusterIP of this family."""
-        cluster_ip = next((ip for ip in svc.cluster_ips if IPFamily.of(ip) == family), None)
-        if cluster_ip is None:
-            return None
-        key = (svc.namespace, svc.name)
-        by_port = _candidates_by_port(slices_by_service.get(key, ()), family, config.node_name)
-        service_ports = [
-            _plan_port(
-                svc,
-                sp,
-                cluster_ip,
-                family,
-                by_port.get((sp.name, sp.protocol), ()),
-                config.node_name,
-                zone,
-                node_ip,
-            )
-            for sp in svc.ports
-        ]
-        service_ports.sort(key=lambda p: (p.port_name, p.protocol))
-        return tuple(service_ports)
-
-    replanned = None
-    if wanted is not None and previous is not None and order is previous.order:
-        replanned = _replan(wanted, services, reusable, plan_service)
-    if replanned is not None:
-        assert wanted is not None  # only a partial replan can be done in place
-        by_service = replanned
-        kept = previous.skipped if previous is not None else ()
-        skipped = [s for s in kept if (s.ref.namespace, s.ref.name) not in wanted]
-        for key in sorted(wanted):
-            if (note := family_note(services[key], family)) is not None:
-                skipped.append(note)
-    else:
-        for svc in (services[k] for k in order):
-            key = (svc.namespace, svc.name)
-            if svc.skip_reason is not None:
-                if family is IPFamily.V4:
-                    skipped.append(SkippedService(svc.ref, svc.skip_reason, svc.skip_code))
-                continue
-            if (note := family_note(svc, family)) is not None:
-                skipped.append(note)
-            if wanted is not None and key not in wanted and key in reusable:
-                by_service[key] = reusable[key]
-                continue
-            planned = plan_service(svc)
-            if planned is not None:
-                by_service[key] = planned
-    ports = [sp for group in by_service.values() for sp in group]
-    claims = None
-    if wanted is not None and previous is not None and previous.claims is not None:
-        claims = previous.claims.updated(
-            (sp for k in wanted for sp in previous.by_service.get(k, ())),
-            (sp for k in wanted for sp in by_service.get(k, ())),
-        )
-    conflicts: list[Problem] = []
-    if claims is None:
-        ports, conflicts, claims = resolve_conflicts(ports, config.node_name, zone)
-    delta = (
-        (previous.serial, frozenset(wanted))
-        if wanted is not None and previous is not None and not conflicts
-        and previous.claims is not None
-        else None
-    )  # fmt: skip
-    known_endpoints = None
-    if delta is not None and previous is not None:
-        # no conflicts then or now: the ports are the per-Service plans, all of them
-        known_endpoints = previous.endpoint_count + sum(
-            len(sp.reachable_endpoints) * sign
-            for group, sign in ((previous.by_service, -1), (by_service, 1))
-            for k in delta[1]
-            for sp in group.get(k, ())
-        )
-    return Plan(
-        family=family,
-        node_name=config.node_name,
-        node_zone=zone,
-        node_ip=node_ip,
-        mode=config.mode,
-        cluster_cidr=config.cluster_cidr(family),
-        masquerade_all=config.masquerade_all,
-        masquerade_mark=config.masquerade_mark,
-        nodeports=nodeport_targets(config, node, family),
-        service_ports=tuple(ports),
-        skipped=tuple(skipped),
-        problems=(*problems, *conflicts),
-        by_service=by_service,
-        inputs=inputs,
-        claims=claims,
-        order=order,
-        order_keys=order_keys,
-        delta=delta,
-        known_endpoint_count=known_endpoints,
+    Every Service is planned; :class:`proxy.tracker.PlanTracker` plans only the Services
+    that changed since its last plan (and says which service ports may differ)."""
+    inputs = PlanInputs(config, snapshot.node, family)
+    services = service_index(snapshot)
+    by_service, skipped = plan_services(
+        inputs, services, sorted(services), slices_by_service(snapshot)
     )
-
-
-def _replan(
-    wanted: Collection[tuple[str, str]],
-    services: Mapping[tuple[str, str], Service],
-    reusable: Mapping[tuple[str, str], tuple[ServicePortPlan, ...]],
-    plan_service: Callable[[Service], tuple[ServicePortPlan, ...] | None],
-) -> dict[tuple[str, str], tuple[ServicePortPlan, ...]] | None:
-    """The last plan's port plans with only the ``wanted`` Services planned again, in the
-    same order; None when one of them is, or was, skipped or without a ClusterIP of the
-    family (then the caller walks all Services: the order of what is planned changes)."""
-    by_service = dict(reusable)
-    for key in wanted:
-        svc = services.get(key)
-        if key not in reusable or svc is None or svc.skip_reason is not None:
-            return None
-        planned = plan_service(svc)
-        if planned is None:
-            return None
-        by_service[key] = planned
-    return by_service
+    ports = [sp for group in by_service.values() for sp in group]
+    ports, conflicts, _ = resolve_conflicts(ports, config.node_name, inputs.zone)
+    return assemble_plan(inputs, ports, skipped, (*problems, *conflicts))
 
 
 def resolve_conflicts(

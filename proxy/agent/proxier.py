@@ -8,6 +8,10 @@ repaired within one sync period), and at least hourly as upstream does. Legacy i
 has no generation to watch, so there every sync period brings a full sync. Between full
 syncs only what changed since the last applied ruleset is written: changed chains and
 map elements in nftables mode, changed chains in iptables mode (upstream's partial sync).
+
+The plan tracker (:mod:`proxy.tracker`) plans only the Services that changed and says
+which service ports may differ from its last plan; the mode's renderer renders only those
+again. After a failure the tracker is reset: the next sync plans and renders everything.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from proxy.kernel.addresses import local_addresses
 from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
 from proxy.modes import mode_for, other_modes, remove_rules
-from proxy.plan import Plan, plan
+from proxy.plan import Plan
+from proxy.tracker import PlanTracker
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,7 @@ class Proxier:
         self._mode = mode_for(self.config.mode)
         self._writer = self._mode.writer(self.runner, self.family)
         self._render = self._mode.renderer()
+        self._tracker = PlanTracker()
         self._last_ruleset: object = None
         self._last_plan: Plan | None = None
         self._last_full: float | None = None
@@ -157,17 +163,13 @@ class Proxier:
             or (now - self._last_full >= full_every and not self._skips_periodic_full(generation))
             or (drift and generation is not None)
         )
-        p = plan(
-            snapshot,
-            self._config(),
-            self.family,
-            problems,
-            previous=self._last_plan,
-            changed=changes.services,
+        update = self._tracker.update(
+            snapshot, self._config(), self.family, problems, changes.services
         )
+        p = update.plan
         mode = self.config.mode
         try:
-            changed = self._write(self._render(p), full)
+            changed = self._write(self._render(p, update.updated), full)
         except RouteLocalnetError as exc:
             # One feature must not stop every Service: without the sysctl, program the
             # rules without localhost NodePorts (upstream would exit instead).
@@ -180,12 +182,14 @@ class Proxier:
             )
             self.config = replace(self.config, localhost_nodeports=False)
             self._need_full = True
+            self._tracker.reset()
             self.state.requeue(changes)
             if self.observer is not None:
                 self.observer.sync_failed(mode, full, str(exc))
             return False
         except (KernelError, OSError) as exc:
             self._need_full = True
+            self._tracker.reset()
             # the changes were not applied: put them back so health and metrics see them
             self.state.requeue(changes)
             log.error(

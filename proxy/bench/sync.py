@@ -56,7 +56,8 @@ from proxy.nftables import model as nft_model
 from proxy.nftables import render as nft_render
 from proxy.nftables.kernel import NftKernel
 from proxy.nftables.model import NftTransaction
-from proxy.plan import Plan, plan
+from proxy.plan import Plan, Snapshot, plan
+from proxy.tracker import PlanTracker, PlanUpdate
 
 T = TypeVar("T")
 
@@ -162,7 +163,7 @@ def _timed_fresh(mode: ProxyMode, repeat: int, fn: Callable[[_Kernel], T]) -> tu
 
 
 def _one_change(
-    kernel: NftKernel, objs: list[dict[str, Any]], before: Plan, config: ProxyConfig, repeat: int
+    kernel: NftKernel, change: _SliceChange, config: ProxyConfig, repeat: int
 ) -> dict[str, float]:
     """What one EndpointSlice change costs to write into the populated table: the
     incremental transaction sent over netlink (as the agent does) and the same statements
@@ -170,12 +171,12 @@ def _one_change(
     per transaction. Two changes: an endpoint replaced by a new address (what the latency
     benchmark writes: endpoint map elements only), and an endpoint added (the service
     chain's rule changes too, so the kernel re-validates the table; netlink only)."""
-    change = _SliceChange(objs)
 
     def both_ways(changed_slice: dict[str, Any]) -> tuple[NftTransaction, NftTransaction]:
-        after = change.plan(changed_slice, before, config)
+        before, after = change.update(changed_slice, config)
         cache = nft_render.RenderCache()
-        rs_a, rs_b = nft_render.render(before, cache), nft_render.render(after, cache)
+        rs_a = nft_render.render(before, cache)
+        rs_b = nft_render.render(after.plan, cache, after.updated)
         there, back = nft_diff.incremental(rs_a, rs_b), nft_diff.incremental(rs_b, rs_a)
         assert there and back
         return there, back
@@ -204,17 +205,15 @@ def _one_change(
 
 def _one_restore(
     kernel: IptablesKernel,
-    objs: list[dict[str, Any]],
-    before: Plan,
+    change: _SliceChange,
     rs_a: ipt_model.IptablesRuleset,
     config: ProxyConfig,
     repeat: int,
 ) -> dict[str, float]:
     """iptables mode: what the partial restore the agent writes for an endpoint replaced
-    costs in the populated table ``rs_a`` (rendered from ``before``; there and back; the
-    figure is per transaction)."""
-    change = _SliceChange(objs)
-    rs_b = ipt_render.render(change.plan(change.moved, before, config))
+    costs in the populated table ``rs_a`` (rendered from the cluster before; there and
+    back; the figure is per transaction)."""
+    rs_b = ipt_render.render(change.update(change.moved, config)[1].plan)
     there, back = (
         ipt_restore.partial_restore_text(rs_a, rs_b),
         ipt_restore.partial_restore_text(rs_b, rs_a),
@@ -231,11 +230,12 @@ def _one_restore(
 
 
 class _SliceChange:
-    """The first EndpointSlice of ``objs`` with its first endpoint moved to a new address,
-    or with one endpoint more."""
+    """The first EndpointSlice of ``objs`` (whose snapshot is ``before``) with its first
+    endpoint moved to a new address, or with one endpoint more."""
 
-    def __init__(self, objs: list[dict[str, Any]]) -> None:
+    def __init__(self, objs: list[dict[str, Any]], before: Snapshot) -> None:
         self.objs = objs
+        self.before = before
         self.slice = sl = next(o for o in objs if o["kind"] == "EndpointSlice")
         first, *rest = sl["endpoints"]
         self.moved = {**sl, "endpoints": [{**first, "addresses": ["10.255.0.1"]}, *rest]}
@@ -243,10 +243,12 @@ class _SliceChange:
         meta = sl["metadata"]
         self.key = (meta["namespace"], meta["labels"]["kubernetes.io/service-name"])
 
-    def plan(self, changed: dict[str, Any], before: Plan, config: ProxyConfig) -> Plan:
-        """The plan after the slice became ``changed``."""
+    def update(self, changed: dict[str, Any], config: ProxyConfig) -> tuple[Plan, PlanUpdate]:
+        """The plan before, and the tracker's update after the slice became ``changed``."""
+        tracker = PlanTracker()
+        before = tracker.update(self.before, config).plan
         state = synthetic.parse([changed if o is self.slice else o for o in self.objs])
-        return plan(state.snapshot, config, previous=before, changed={self.key})
+        return before, tracker.update(state.snapshot, config, changed={self.key})
 
 
 def command_for(
@@ -315,11 +317,12 @@ def _bench_sync(
         resync_text = kernel.text(ruleset)
         res.resync_text_bytes = len(resync_text)
         _, sec["raw_resync_text"] = _timed(lambda: kernel.raw(resync_text), repeat)
+        change = _SliceChange(objs, state.snapshot)
         if kernel.nft is not None:
-            sec.update(_one_change(kernel.nft, objs, p, config, repeat))
+            sec.update(_one_change(kernel.nft, change, config, repeat))
         if kernel.ipt is not None:
             assert isinstance(ruleset, ipt_model.IptablesRuleset)
-            sec.update(_one_restore(kernel.ipt, objs, p, ruleset, config, repeat))
+            sec.update(_one_restore(kernel.ipt, change, ruleset, config, repeat))
         state_file = Path(tmp) / "state.json"
         state_file.write_text(json.dumps(manifests.as_list(objs)))
         cli = [

@@ -4,7 +4,6 @@ legacy iptables, which has none, through canary chains."""
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from proxy.iptables.render import RenderCache, large_cluster, render
 from proxy.iptables.restore import PartialRestore, partial_restore, restore_text
 from proxy.kernel.runner import Runner
 from proxy.model import IPFamily
-from proxy.plan import Plan
+from proxy.plan import Plan, UpdatedServicePorts
 
 if TYPE_CHECKING:  # imported when used: `render` needs no netlink
     from proxy.kernel.generation import GenerationReader
@@ -74,8 +73,9 @@ class IptablesMode:
 
     proxy_mode = ProxyMode.IPTABLES
 
-    def renderer(self) -> Callable[[Plan], IptablesRuleset]:
-        return functools.partial(render, cache=RenderCache())
+    def renderer(self) -> Callable[[Plan, UpdatedServicePorts | None], IptablesRuleset]:
+        cache = RenderCache()
+        return lambda plan, updated: render(plan, cache, updated)
 
     def full_sync_text(self, ruleset: IptablesRuleset) -> str:
         return restore_text(ruleset)

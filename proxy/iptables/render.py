@@ -13,7 +13,7 @@ can be compared rule by rule with what we rendered.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from proxy import comments
@@ -32,7 +32,7 @@ from proxy.iptables.names import (
     NAT_FIXED,
 )
 from proxy.model import IPFamily
-from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
+from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortKey, ServicePortPlan
 
 IPT_COMMENT_MAX = 255
 """xt_comment holds 256 bytes with the NUL."""
@@ -82,37 +82,41 @@ class _Fragment:
 
 @dataclass
 class RenderCache:
-    """Rendered fragments of service ports, reused while their plan objects are."""
+    """The fragments of the service ports of the last plan rendered with it, by service
+    port: a render told which service ports changed since renders only those again."""
 
     params: object = None
-    fragments: dict[int, tuple[ServicePortPlan, _Fragment]] = field(default_factory=dict)
+    fragments: dict[ServicePortKey, _Fragment] = field(default_factory=dict)
+    renders: int = 0
+    """Fragments rendered (not reused) so far."""
 
-    def start(self, params: object) -> None:
-        if params != self.params:
+    def start(self, params: object, updated: Collection[ServicePortKey] | None) -> None:
+        """Forget the fragments of the ``updated`` service ports; all of them when
+        plan-wide settings changed or ``updated`` is None."""
+        if params != self.params or updated is None:
             self.params = params
             self.fragments.clear()
+            return
+        for key in updated:
+            self.fragments.pop(key, None)
 
     def fragment(
         self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None, large: bool
     ) -> _Fragment:
         """``sp``'s chains; ``large`` is :func:`large_cluster` of the plan (part of the
         parameters given to :meth:`start`)."""
-        hit = self.fragments.get(id(sp))
-        if hit is not None and hit[0] is sp:
-            return hit[1]
+        frag = self.fragments.get(sp.key)
+        if frag is not None:
+            return frag
         nat, flt = _Writer(), _Writer()
         _render_port(plan, sp, nat, flt, local_cidr, large)
         frag = _Fragment(
             tuple((n, tuple(r)) for n, r in nat.chains.items()),
             tuple((n, tuple(r)) for n, r in flt.chains.items()),
         )
-        self.fragments[id(sp)] = (sp, frag)
+        self.fragments[sp.key] = frag
+        self.renders += 1
         return frag
-
-    def keep_only(self, plan: Plan) -> None:
-        live = {id(sp) for sp in plan.service_ports}
-        for key in [k for k in self.fragments if k not in live]:
-            del self.fragments[key]
 
 
 def _host(ip: object, family: IPFamily) -> str:
@@ -138,8 +142,16 @@ def large_cluster(plan: Plan) -> bool:
     return plan.endpoint_count > LARGE_CLUSTER_ENDPOINTS
 
 
-def render(plan: Plan, cache: RenderCache | None = None) -> IptablesRuleset:
-    """Render a plan into our nat and filter chains (pure; ``cache`` only saves work)."""
+def render(
+    plan: Plan,
+    cache: RenderCache | None = None,
+    updated: Collection[ServicePortKey] | None = None,
+) -> IptablesRuleset:
+    """Render a plan into our nat and filter chains (pure; ``cache`` only saves work).
+
+    ``updated`` names the service ports that may differ from the last plan rendered with
+    ``cache`` (:class:`proxy.tracker.PlanUpdate`); the others' chains are taken from the
+    cache. None: render every service port."""
     fam = plan.family
     nat = _Writer()
     flt = _Writer()
@@ -175,14 +187,13 @@ def render(plan: Plan, cache: RenderCache | None = None) -> IptablesRuleset:
     local_cidr = str(plan.cluster_cidr) if plan.cluster_cidr is not None else None
     cache = cache if cache is not None else RenderCache()
     large = large_cluster(plan)
-    cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr, large))
+    cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr, large), updated)
     nat_shared = frozenset((*NAT_FIXED, KUBE_FIREWALL))
     filter_shared = frozenset((*FILTER_FIXED, KUBE_FIREWALL))
     for sp in plan.service_ports:
         frag = cache.fragment(plan, sp, local_cidr, large)
         nat.merge(frag.nat, nat_shared)
         flt.merge(frag.filter, filter_shared)
-    cache.keep_only(plan)
 
     # NodePort dispatch: must be the last rule of KUBE-SERVICES
     np_comment = _q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")

@@ -99,16 +99,17 @@ def incremental_text(old: NftRuleset, new: NftRuleset) -> str:
 
 def incremental(old: NftRuleset, new: NftRuleset) -> NftTransaction:
     """One transaction turning the table from ``old`` (what we applied last) into ``new``,
-    touching only what changed (see :func:`diff`). Unchanged service ports share
-    their fragment objects between the two, so only the changed ones and the plan-wide
-    part are compared: the cost follows the change, not the number of services."""
+    touching only what changed (see :func:`diff`). Only the service ports whose fragments
+    may differ and the plan-wide part are compared: when ``new`` was rendered right after
+    ``old`` with the same cache, those ``new.updated`` names (the cost then follows the
+    change, not the number of services); else every fragment is compared."""
     if old.family is not new.family:
         return diff(old, new)
     changed: list[PortKey]
-    if new.delta is not None and old.serial and new.delta[0] == old.serial:
-        changed = [k for k in new.delta[1] if old.fragments.get(k) is not new.fragments.get(k)]
+    if new.updated is not None:
+        changed = [k for k in new.updated if k in old.fragments or k in new.fragments]
     else:
-        changed = [k for k, f in new.fragments.items() if old.fragments.get(k) is not f]
+        changed = [k for k, f in new.fragments.items() if old.fragments.get(k) != f]
         changed.extend(k for k in old.fragments if k not in new.fragments)
     if not changed and old.core is new.core and old.shared == new.shared:
         return NftTransaction(new.family)

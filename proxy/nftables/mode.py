@@ -4,7 +4,6 @@ generation."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ from proxy.model import IPFamily
 from proxy.nftables.diff import full_sync_text, incremental
 from proxy.nftables.model import NftRuleset, NftTransaction
 from proxy.nftables.render import RenderCache, render
-from proxy.plan import Plan
+from proxy.plan import Plan, UpdatedServicePorts
 
 if TYPE_CHECKING:  # the kernel side is imported when used: `render` needs none of it
     from proxy.kernel.generation import GenerationReader
@@ -49,8 +48,9 @@ class NftablesMode:
 
     proxy_mode = ProxyMode.NFTABLES
 
-    def renderer(self) -> Callable[[Plan], NftRuleset]:
-        return functools.partial(render, cache=RenderCache())
+    def renderer(self) -> Callable[[Plan, UpdatedServicePorts | None], NftRuleset]:
+        cache = RenderCache()
+        return lambda plan, updated: render(plan, cache, updated)
 
     def full_sync_text(self, ruleset: NftRuleset) -> str:
         return full_sync_text(ruleset)

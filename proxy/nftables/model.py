@@ -84,17 +84,16 @@ class NftRuleset:
     """Our table: plan-wide chains and sets (``core``), one fragment per service port,
     and the elements of the sets service ports share (counted: two ports of one Service
     share its ClusterIP). ``chains`` and ``sets`` are the table merged, built on first
-    use: an incremental sync only compares fragments, by identity."""
+    use: an incremental sync only compares the fragments of the service ports that were
+    rendered again (``updated``)."""
 
     family: IPFamily
     core: Fragment
     fragments: Mapping[PortKey, Fragment]
     shared: Mapping[str, Mapping[str, int]]
-    serial: int = 0
-    """The serial of the plan it was rendered from."""
-    delta: tuple[int, frozenset[PortKey]] | None = None
-    """(serial of the plan behind the ruleset this one was derived from, the service
-    ports whose fragments may differ from that one's)."""
+    updated: frozenset[PortKey] | None = None
+    """The service ports whose fragments may differ from those of the ruleset rendered
+    before it with the same cache (rendered again); None: any."""
 
     @cached_property
     def _merged(self) -> tuple[Mapping[str, NftChain], Mapping[str, NftSet]]:

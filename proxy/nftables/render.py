@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from proxy.model import IPFamily
 from proxy.nftables import endpointmaps, names
@@ -59,7 +59,13 @@ from proxy.nftables.names import (
     SERVICES,
     SRCNAT,
 )
-from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
+from proxy.plan import (
+    EndpointCandidate,
+    Filter,
+    Plan,
+    ServicePortPlan,
+    UpdatedServicePorts,
+)
 
 FILTER = 0
 
@@ -94,13 +100,16 @@ Demands = dict[str, dict[str, tuple[int, PortKey]]]
 
 @dataclass(frozen=True)
 class _Rendered:
-    serial: int
+    """What the last render left for the next: its fragments, each with the port plan it
+    was rendered from, and the endpoint maps' layout."""
+
     fragments: dict[PortKey, Fragment]
     shared: dict[str, dict[str, int]]
-    by_service: dict[tuple[str, str], tuple[tuple[PortKey, ServicePortPlan], ...]]
+    ports: dict[PortKey, ServicePortPlan]
     demands: Demands
     slots: dict[str, Slot]
-    delta: tuple[int, frozenset[PortKey]] | None = None
+    updated: frozenset[PortKey] | None = None
+    """The service ports rendered again (None: all)."""
 
     @property
     def endpoint_maps(self) -> list[str]:
@@ -118,33 +127,25 @@ def _count(shared: dict[str, dict[str, int]], frag: Fragment, step: int) -> None
                 del counts[key]
 
 
-def _port_key(sp: ServicePortPlan) -> PortKey:
-    return (sp.namespace, sp.name, sp.port_name, sp.protocol)
-
-
 @dataclass
 class RenderCache:
-    """Rendered fragments of service ports, reused while their plan objects are (the
-    incremental planner hands back the very same objects for unchanged Services)."""
+    """The last render's fragments by service port: a render told which service ports
+    changed since renders only those again (and those whose endpoint map slots moved)."""
 
     params: object = None
-    fragments: dict[int, tuple[ServicePortPlan, Fragment, tuple[Slot | None, ...]]] = field(
-        default_factory=dict
-    )
     last: _Rendered | None = None
-    """The last plan rendered: a plan derived from it re-renders only its changes."""
+    renders: int = 0
+    """Fragments rendered (not reused) so far."""
 
     def fragment(
         self, plan: Plan, sp: ServicePortPlan, local_cidr: str | None, slots: Mapping[str, Slot]
     ) -> Fragment:
-        mine = tuple(slots.get(chain) for chain, _ in endpoint_map_chains(sp))
-        hit = self.fragments.get(id(sp))
-        if hit is not None and hit[0] is sp and hit[2] == mine:
-            return hit[1]
+        """``sp``'s fragment, rendered (and counted in :attr:`renders`)."""
         b = TableBuilder(plan.family)
         _render_port(plan, sp, b, local_cidr, slots)
         proto = sp.protocol.lowercase
-        frag = dataclasses.replace(
+        self.renders += 1
+        return dataclasses.replace(
             b.fragment(),
             cluster_ip=str(sp.cluster_ip),
             hairpins=tuple(
@@ -153,24 +154,27 @@ class RenderCache:
                 if ep.is_local
             ),
         )
-        self.fragments[id(sp)] = (sp, frag, mine)
-        return frag
 
-    def start(self, params: object) -> None:
-        """Forget everything when plan-wide settings changed."""
+    def start(self, params: object) -> _Rendered | None:
+        """The last render, taken out of the cache until this one is done (a render cut
+        short leaves none: the next renders everything); none when plan-wide settings
+        changed."""
+        last, self.last = self.last, None
         if params != self.params:
             self.params = params
-            self.fragments.clear()
-            self.last = None
-
-    def keep_only(self, plan: Plan) -> None:
-        live = {id(sp) for sp in plan.service_ports}
-        for key in [k for k in self.fragments if k not in live]:
-            del self.fragments[key]
+            return None
+        return last
 
 
-def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
-    """Render a plan into our nftables table (pure; ``cache`` only saves work)."""
+def render(
+    plan: Plan, cache: RenderCache | None = None, updated: UpdatedServicePorts | None = None
+) -> NftRuleset:
+    """Render a plan into our nftables table (pure; ``cache`` only saves work).
+
+    ``updated`` names the service ports that may differ from the last plan rendered with
+    ``cache``, with their plans (:class:`proxy.tracker.PlanUpdate`); the others' fragments
+    are taken from the cache. None: render every service port. The ruleset says which
+    fragments were rendered again (:attr:`NftRuleset.updated`)."""
     fam = plan.family
     ipx = _ipx(fam)
     addr = _addr_type(fam)
@@ -316,10 +320,9 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
         )
 
     cache = cache if cache is not None else RenderCache()
-    cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr))
-    last = cache.last
-    if last is not None and plan.delta is not None and plan.delta[0] == last.serial:
-        rendered = _render_delta(plan, plan.delta[1], last, cache, local_cidr)
+    last = cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr))
+    if last is not None and updated is not None:
+        rendered = _render_delta(plan, updated, last, cache, local_cidr)
     else:
         rendered = _render_all(plan, cache, local_cidr)
     cache.last = rendered
@@ -333,15 +336,13 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
                 typeof=f"numgen random mod 1 : {ipx} daddr . {proto} dport",
             )
         )
-    return NftRuleset(
-        fam, b.fragment(), rendered.fragments, rendered.shared, plan.serial, rendered.delta
-    )
+    return NftRuleset(fam, b.fragment(), rendered.fragments, rendered.shared, rendered.updated)
 
 
 def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rendered:
     fragments: dict[PortKey, Fragment] = {}
     shared: dict[str, dict[str, int]] = {CLUSTER_IPS: {}, HAIRPIN_CONNECTIONS: {}}
-    by_service: dict[tuple[str, str], list[tuple[PortKey, ServicePortPlan]]] = {}
+    ports: dict[PortKey, ServicePortPlan] = {}
     demands: Demands = {}
     for sp in plan.service_ports:
         _demand(demands, sp, 1)
@@ -350,19 +351,10 @@ def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rend
         _place(demands, name, slots)
     for sp in plan.service_ports:
         frag = cache.fragment(plan, sp, local_cidr, slots)
-        key = _port_key(sp)
-        fragments[key] = frag
+        fragments[sp.key] = frag
         _count(shared, frag, 1)
-        by_service.setdefault((sp.namespace, sp.name), []).append((key, sp))
-    cache.keep_only(plan)
-    return _Rendered(
-        plan.serial,
-        fragments,
-        shared,
-        {k: tuple(v) for k, v in by_service.items()},
-        demands,
-        slots,
-    )
+        ports[sp.key] = sp
+    return _Rendered(fragments, shared, ports, demands, slots)
 
 
 def endpoint_map_chains(sp: ServicePortPlan) -> list[tuple[str, int]]:
@@ -388,7 +380,7 @@ def _demand(
         if before is not None:
             before(name)
         if step > 0:
-            demands.setdefault(name, {})[chain] = (endpointmaps.windows_for(n), _port_key(sp))
+            demands.setdefault(name, {})[chain] = (endpointmaps.windows_for(n), sp.key)
         else:
             demands[name].pop(chain, None)
 
@@ -403,19 +395,19 @@ def _place(demands: Demands, name: str, slots: dict[str, Slot]) -> dict[str, Slo
 
 def _render_delta(
     plan: Plan,
-    changed: frozenset[tuple[str, str]],
+    updated: UpdatedServicePorts,
     last: _Rendered,
     cache: RenderCache,
     local_cidr: str | None,
 ) -> _Rendered:
-    """The last rendering with only ``changed`` Services rendered again (the plan says
-    nothing else differs from the plan behind ``last``)."""
+    """The last rendering with only the ``updated`` service ports rendered again (nothing
+    else differs from the plan behind ``last``), and those whose endpoint map slots
+    moved."""
     fragments = dict(last.fragments)
     shared = {name: dict(counts) for name, counts in last.shared.items()}
-    by_service = dict(last.by_service)
+    ports = dict(last.ports)
     demands = dict(last.demands)  # the maps touched are copied before they change
     slots = dict(last.slots)
-    touched: set[PortKey] = set()
     maps: set[str] = set()
 
     def own(name: str) -> None:
@@ -423,12 +415,12 @@ def _render_delta(
             maps.add(name)
             demands[name] = dict(demands.get(name, {}))
 
-    for svc in changed:
-        for _, sp in last.by_service.get(svc, ()):
-            for chain, _n in endpoint_map_chains(sp):
+    for key, sp in updated.items():
+        if (old := last.ports.get(key)) is not None:
+            for chain, _n in endpoint_map_chains(old):
                 slots.pop(chain, None)
-            _demand(demands, sp, -1, own)
-        for sp in plan.by_service.get(svc, ()):
+            _demand(demands, old, -1, own)
+        if sp is not None:
             _demand(demands, sp, 1, own)
     # a chain whose place moved (a colliding chain came or grew) is rendered again too
     moved: set[PortKey] = set()
@@ -438,31 +430,18 @@ def _render_delta(
                 moved.add(demands[name][chain][1])
         if not demands[name]:
             del demands[name]
-    services = set(changed) | {(k[0], k[1]) for k in moved}
-    for svc in services:
-        for key, sp in by_service.pop(svc, ()):
-            _count(shared, fragments.pop(key), -1)
-            cache.fragments.pop(id(sp), None)
-            touched.add(key)
-        ports = []
-        for sp in plan.by_service.get(svc, ()):
+    again = frozenset(updated.keys() | moved)
+    for key in again:
+        if (frag := fragments.pop(key, None)) is not None:
+            _count(shared, frag, -1)
+            del ports[key]
+        sp = updated[key] if key in updated else last.ports[key]
+        if sp is not None:
             frag = cache.fragment(plan, sp, local_cidr, slots)
-            key = _port_key(sp)
             fragments[key] = frag
             _count(shared, frag, 1)
-            ports.append((key, sp))
-            touched.add(key)
-        if ports:
-            by_service[svc] = tuple(ports)
-    return _Rendered(
-        plan.serial,
-        fragments,
-        shared,
-        by_service,
-        demands,
-        slots,
-        (last.serial, frozenset(touched)),
-    )
+            ports[key] = sp
+    return _Rendered(fragments, shared, ports, demands, slots, again)
 
 
 def masquerade_rule(plan: Plan) -> str:

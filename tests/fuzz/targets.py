@@ -78,6 +78,7 @@ from proxy.source.reflector import (
     node_spec,
     services_spec,
 )
+from proxy.tracker import PlanTracker
 from tests.fuzz import grammar
 from tests.fuzz.oracle import Finding, Findings, InputTimeout
 
@@ -470,7 +471,7 @@ class _AgentSync:
     it would write."""
 
     mode: str
-    last_plan: Plan | None = None
+    tracker: PlanTracker = field(default_factory=PlanTracker)
     last_ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset | None = None
     ipt_cache: ipt_render.RenderCache = field(default_factory=ipt_render.RenderCache)
     nft_cache: nft_render.RenderCache = field(default_factory=nft_render.RenderCache)
@@ -589,33 +590,27 @@ def _agent_sync(
     """One Proxier.sync_proxy_rules without the kernel: what it would write is inside the grammar,
     and the incremental plan and cached render equal a fresh plan and render."""
     cfg = _config(s.mode)
-    p = plan(
-        snapshot,
-        cfg,
-        IPFamily.V4,
-        problems,
-        previous=s.last_plan,
-        changed=changes.services,
-    )
+    update = s.tracker.update(snapshot, cfg, IPFamily.V4, problems, changes.services)
+    p = update.plan
     fresh = plan(snapshot, cfg, IPFamily.V4, problems)
     ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset
     if s.mode == "iptables":
-        ruleset = ipt_render.render(p, s.ipt_cache)
-        same = ruleset == ipt_render.render(fresh)
+        ruleset = ipt_render.render(p, s.ipt_cache, update.updated)
+        same = p == fresh and ruleset == ipt_render.render(fresh)
         delta = (
             ipt_restore.partial_restore_text(s.last_ruleset, ruleset)
             if isinstance(s.last_ruleset, ipt_model.IptablesRuleset)
             else ""
         )
     else:
-        ruleset = nft_render.render(p, s.nft_cache)
-        same = ruleset == nft_render.render(fresh)
+        ruleset = nft_render.render(p, s.nft_cache, update.updated)
+        same = p == fresh and ruleset == nft_render.render(fresh)
         delta = (
             nft_diff.incremental_text(s.last_ruleset, ruleset)
             if isinstance(s.last_ruleset, nft_model.NftRuleset)
             else ""
         )
-    s.last_plan, s.last_ruleset = p, ruleset
+    s.last_ruleset = ruleset
     if not same:
         c.add(
             "incremental-differs",

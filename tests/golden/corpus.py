@@ -231,20 +231,22 @@ def _delta(seed: int, mode: str) -> bytes:
     from proxy.iptables import restore as ipt_restore
     from proxy.nftables import diff as nft_diff
     from proxy.nftables import render as nft_render
-    from proxy.plan import plan
+    from proxy.tracker import PlanTracker
 
     cfg = ProxyConfig(node_name="node-a", mode=ProxyMode(mode))
     a, b = build_state(generated(seed), "node-a"), build_state(_changed(seed), "node-a")
-    before = plan(a.snapshot, cfg)
-    changed = _changed_keys(a.snapshot, b.snapshot)
-    after = plan(b.snapshot, cfg, previous=before, changed=changed)
+    tracker = PlanTracker()
+    before = tracker.update(a.snapshot, cfg).plan
+    after = tracker.update(b.snapshot, cfg, changed=_changed_keys(a.snapshot, b.snapshot))
     if mode == "iptables":
         icache = ipt_render.RenderCache()
         old = ipt_render.render(before, icache)
-        return ipt_restore.partial_restore_text(old, ipt_render.render(after, icache)).encode()
+        new = ipt_render.render(after.plan, icache, after.updated)
+        return ipt_restore.partial_restore_text(old, new).encode()
     ncache = nft_render.RenderCache()
     old_nft = nft_render.render(before, ncache)
-    script = nft_diff.incremental_text(old_nft, nft_render.render(after, ncache))
+    new_nft = nft_render.render(after.plan, ncache, after.updated)
+    script = nft_diff.incremental_text(old_nft, new_nft)
     return "\n".join(_canonical(script)).encode()
 
 

@@ -28,19 +28,23 @@ def test_the_registry_has_one_mode_object_per_proxy_mode(mode: ProxyMode) -> Non
 def test_full_sync_text_is_the_packages_own() -> None:
     p = make_plan(web(), web_slice(*TWO), mode=ProxyMode.NFTABLES)
     nft = mode_for(ProxyMode.NFTABLES)
-    assert nft.full_sync_text(nft.renderer()(p)) == nft_diff.full_sync_text(nft_render.render(p))
+    assert nft.full_sync_text(nft.renderer()(p, None)) == nft_diff.full_sync_text(
+        nft_render.render(p)
+    )
     p = make_plan(web(), web_slice(*TWO), mode=ProxyMode.IPTABLES)
     ipt = mode_for(ProxyMode.IPTABLES)
-    assert ipt.full_sync_text(ipt.renderer()(p)) == ipt_restore.restore_text(ipt_render.render(p))
+    assert ipt.full_sync_text(ipt.renderer()(p, None)) == ipt_restore.restore_text(
+        ipt_render.render(p)
+    )
 
 
 @pytest.mark.parametrize("mode", list(ProxyMode))
 def test_diff_is_empty_without_a_change_and_writes_one(mode: ProxyMode) -> None:
     impl = mode_for(mode)
     render = impl.renderer()
-    before = render(make_plan(web(), web_slice(*ONE), mode=mode))
-    same = render(make_plan(web(), web_slice(*ONE), mode=mode))
-    after = render(make_plan(web(), web_slice(*TWO), mode=mode))
+    before = render(make_plan(web(), web_slice(*ONE), mode=mode), None)
+    same = render(make_plan(web(), web_slice(*ONE), mode=mode), None)
+    after = render(make_plan(web(), web_slice(*TWO), mode=mode), None)
     assert not impl.diff(before, same)
     change = impl.diff(before, after)
     assert change and "10.244.2.5" in (change.text if mode is ProxyMode.IPTABLES else change.text())

@@ -13,6 +13,7 @@ from proxy.nftables import diff as nft_diff
 from proxy.nftables import render as nft_render
 from proxy.plan import plan
 from proxy.source.file import build_state
+from proxy.tracker import PlanTracker
 from tests.strategies import cluster_states, corrupted
 
 
@@ -81,28 +82,46 @@ def test_incremental_plan_equals_full_plan(
     for mode in ProxyMode:
         cfg = ProxyConfig("node-a", mode=mode)
         state_a, state_b = build_state(a, "node-a"), build_state(b, "node-a")
-        before = plan(state_a.snapshot, cfg)
+        tracker = PlanTracker()
+        before = tracker.update(state_a.snapshot, cfg).plan
         changed = _changed_keys(state_a.snapshot, state_b.snapshot)
-        incremental = plan(state_b.snapshot, cfg, previous=before, changed=changed)
+        update = tracker.update(state_b.snapshot, cfg, changed=changed)
+        incremental, updated = update.plan, update.updated
         full = plan(state_b.snapshot, cfg)
-        assert incremental.service_ports == full.service_ports
-        assert incremental.problems == full.problems and incremental.skipped == full.skipped
-        # rendering with fragments cached from A gives what a fresh render of B gives
+        assert incremental == full
+        # the tracker names every service port that differs, with its plan now
+        assert updated is not None
+        old_ports = {sp.key: sp for sp in before.service_ports}
+        new_ports = {sp.key: sp for sp in full.service_ports}
+        differ = {
+            k for k in old_ports.keys() | new_ports.keys() if old_ports.get(k) != new_ports.get(k)
+        }
+        assert differ <= updated.keys()
+        assert all(sp == new_ports.get(k) for k, sp in updated.items())
+        if not before.problems and not full.problems:  # no conflict: the changed Services'
+            assert {k[:2] for k in updated} <= changed  # ports only, the rest reused
+            reused = [sp for sp in incremental.service_ports if sp.key[:2] not in changed]
+            assert all(sp is old_ports[sp.key] for sp in reused)
+        # rendering with fragments cached from A gives what a fresh render of B gives,
+        # and renders again only the updated service ports (nftables: and those whose
+        # endpoint map slots moved)
         ipt_cache, nft_cache = ipt_render.RenderCache(), nft_render.RenderCache()
         ipt_render.render(before, ipt_cache)
-        nft_render.render(before, nft_cache)
-        assert ipt_render.render(incremental, ipt_cache) == ipt_render.render(full)
-        nft_before = nft_render.render(before, nft_render.RenderCache())
-        nft_after = nft_render.render(incremental, nft_cache)
+        nft_before = nft_render.render(before, nft_cache)
+        renders = ipt_cache.renders, nft_cache.renders
+        assert ipt_render.render(incremental, ipt_cache, updated) == ipt_render.render(full)
+        nft_after = nft_render.render(incremental, nft_cache, updated)
         assert nft_after == nft_render.render(full)
-        # the diff that compares only changed fragments writes what a diff of the
+        present = {k for k, sp in updated.items() if sp is not None}
+        assert ipt_cache.renders - renders[0] == len(present)
+        assert nft_after.updated is not None and nft_after.updated >= updated.keys()
+        assert nft_cache.renders - renders[1] == len(nft_after.updated & new_ports.keys())
+        # the diff that compares only the updated fragments writes what a diff of the
         # whole tables writes
-        fast = nft_diff.incremental_text(
-            nft_render.render(before, nft_cache_b := nft_render.RenderCache()),
-            nft_render.render(incremental, nft_cache_b),
-        )
+        fast = nft_diff.incremental_text(nft_before, nft_after)
         whole = nft_diff.diff_text(nft_before, nft_after)
         assert _lines(fast) == _lines(whole)
-        # and reusing really happened for what did not change
-        reused = [k for k in before.by_service if k not in changed and k in full.by_service]
-        assert all(incremental.by_service[k] is before.by_service[k] for k in reused)
+        # and so does the one that compares every fragment (a ruleset rendered anew)
+        fresh = nft_render.render(full)
+        assert fresh.updated is None
+        assert _lines(nft_diff.incremental_text(nft_before, fresh)) == _lines(whole)

@@ -333,12 +333,13 @@ def test_large_cluster_affinity_lookups_lose_their_comment_too() -> None:
 def test_crossing_the_large_cluster_threshold_renders_every_port_again() -> None:
     """The cache must not hand back a port rendered on the other side of it, even when the
     planner reuses the port's plan."""
-    from proxy.plan import plan
     from proxy.source.file import build_state
+    from proxy.tracker import PlanTracker
 
     cfg = ProxyConfig(NODE, cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
     objs = [m.node(NODE, "192.168.50.11"), web(), web_slice(*_endpoints(10))]
-    small = plan(build_state(objs, NODE).snapshot, cfg)
+    tracker = PlanTracker()
+    small = tracker.update(build_state(objs, NODE).snapshot, cfg).plan
     sp = small.service_port("default", "web", "http")
     sep = ipt_names.sep_chain(sp, "10.244.0.1:8080")
     crowd = (
@@ -351,8 +352,9 @@ def test_crossing_the_large_cluster_threshold_renders_every_port_again() -> None
         ),
     )
     snap = build_state([*objs, *crowd], NODE).snapshot
-    big = plan(snap, cfg, previous=small, changed={("default", "other")})
-    assert big.service_port("default", "web", "http") is sp
+    update = tracker.update(snap, cfg, changed={("default", "other")})
+    big = update.plan
+    assert update.updated is not None and sp.key not in update.updated
     cache = ipt_render.RenderCache()
     assert "comment" in ipt_render.render(small, cache).nat[sep][0]
-    assert "comment" not in ipt_render.render(big, cache).nat[sep][0]
+    assert "comment" not in ipt_render.render(big, cache, update.updated).nat[sep][0]

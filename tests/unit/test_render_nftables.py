@@ -173,6 +173,7 @@ def test_incremental_render_moves_colliding_chains_like_a_full_render(
     them exactly as a full rendering lays them out."""
     from proxy.plan import plan
     from proxy.source.file import build_state
+    from proxy.tracker import PlanTracker
 
     monkeypatch.setattr(endpointmaps, "BUCKETS", 1)
     monkeypatch.setattr(endpointmaps, "HOMES", 1)
@@ -192,19 +193,21 @@ def test_incremental_render_moves_colliding_chains_like_a_full_render(
     new = min((n for n in chains if n not in old), key=chains.__getitem__)
     assert sum(chains[new] < chains[o] for o in old) >= 3
     objs = [o for o in pool if service_of(o) in old]
-    before = plan(build_state(objs, "node-a").snapshot, cfg)
+    tracker = PlanTracker()
+    before = tracker.update(build_state(objs, "node-a").snapshot, cfg).plan
     cache = nft_render.RenderCache()
     ra = nft_render.render(before, cache)
     snap = build_state([o for o in pool if service_of(o) in (*old, new)], "node-a").snapshot
-    after = plan(snap, cfg, previous=before, changed={("bench", new)})
-    rb = nft_render.render(after, cache)
+    update = tracker.update(snap, cfg, changed={("bench", new)})
+    assert update.updated is not None and len(update.updated) == 1
+    rb = nft_render.render(update.plan, cache, update.updated)
     full = nft_render.render(plan(snap, cfg))
     assert rb == full
     offsets = sorted(int(e.key) for e in full.sets["endpoints-tcp-00"].elements)
     assert len(offsets) == 13 * 3 and offsets[0] == 0
-    # the chains that moved were rendered again: the delta names them too
-    assert rb.delta is not None
-    assert len(rb.delta[1]) == 1 + sum(chains[new] < chains[o] for o in old)
+    # the chains that moved were rendered again: the ruleset names them too
+    assert rb.updated is not None
+    assert len(rb.updated) == 1 + sum(chains[new] < chains[o] for o in old)
 
     def statements(text: str) -> list[str]:  # order aside: fragments come in map order
         return sorted(
