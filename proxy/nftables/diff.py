@@ -84,7 +84,7 @@ def full_sync_lines(ruleset: NftRuleset, existing: ExistingNft | None = None) ->
             yield f"add rule {t} {c.name} {r.text()}"
     for s in sets.values():
         if s.elements and not s.dynamic:
-            body = ", ".join(e.text() for e in s.elements)
+            body = ", ".join([e.text() for e in s.elements])
             yield f"add element {t} {s.name} {{ {body} }}"
 
 

@@ -52,13 +52,18 @@ class NftElement:
         return field_text(self.key)
 
     def text(self) -> str:
-        out = field_text(self.key)
-        if self.comment:
-            out += f' comment "{safe_comment(self.comment)}"'
-        value = self.value
-        if value is not None:
-            out += f" : {field_text(value) if isinstance(value, tuple) else value.text()}"
-        return out
+        # a full sync prints every element: the common shapes are spelled out
+        key, value, comment = self.key, self.value, self.comment
+        out = f"{key[0]}" if len(key) == 1 else field_text(key)
+        if comment:
+            out = f'{out} comment "{safe_comment(comment)}"'
+        if value is None:
+            return out
+        if type(value) is tuple:
+            if len(value) == 2:  # an endpoint: address . port
+                return f"{out} : {value[0]} . {value[1]}"
+            return f"{out} : {field_text(value)}"
+        return f"{out} : {value.text()}"  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ anonymous sets, ``fib daddr``) raise :class:`~proxy.nftables.exprs.Unsupported` 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Protocol
 
 from proxy import comments
@@ -27,8 +27,10 @@ NFT_COMMENT_MAX = 128
 transaction (upstream had the same bug: kubernetes/kubernetes#139515)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def safe_comment(text: str) -> str:
-    """``text`` fit for a double-quoted nft comment (:func:`comments.quotable`)."""
+    """``text`` fit for a double-quoted nft comment (:func:`comments.quotable`; cached:
+    a service port's elements all carry its name)."""
     return comments.quotable(text, NFT_COMMENT_MAX)
 
 
@@ -417,15 +419,14 @@ class Rule:
     statements: tuple[Statement, ...]
     comment: str = ""
 
-    @cached_property
-    def _text(self) -> str:
-        out = " ".join(s.text() for s in self.statements)
-        if self.comment:
-            out += f' comment "{safe_comment(self.comment)}"'
-        return out
-
     def text(self) -> str:
-        return self._text
+        cached: str | None = self.__dict__.get("_text")
+        if cached is None:
+            cached = " ".join([s.text() for s in self.statements])
+            if self.comment:
+                cached += f' comment "{safe_comment(self.comment)}"'
+            self.__dict__["_text"] = cached  # not a field: equality and hash ignore it
+        return cached
 
     def references(self, set_name: str) -> bool:
         """Whether a statement looks ``set_name`` up or updates it."""
@@ -467,9 +468,15 @@ ElementKey = tuple[Field, ...]
 
 
 def field_text(fields: ElementKey) -> str:
-    """``10.96.0.1 . tcp . 80``."""
-    if len(fields) == 1:
-        return str(fields[0])
+    """``10.96.0.1 . tcp . 80`` (the common lengths spelled out: a full sync prints
+    every element)."""
+    n = len(fields)
+    if n == 1:
+        return f"{fields[0]}"
+    if n == 2:
+        return f"{fields[0]} . {fields[1]}"
+    if n == 3:
+        return f"{fields[0]} . {fields[1]} . {fields[2]}"
     return " . ".join(map(str, fields))
 
 
