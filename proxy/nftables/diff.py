@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from proxy.model import IPFamily
 from proxy.nftables import endpointmaps
 from proxy.nftables.model import (
+    Element,
     ExistingNft,
-    NftElement,
     NftOp,
     NftRuleset,
     NftSet,
@@ -181,7 +181,7 @@ def diff(old: NftRuleset, new: NftRuleset) -> NftTransaction:
     def add_set(s: NftSet) -> NftOp:
         return NftOp("add", set_kind(s), s.name, declaration=s)
 
-    def elements(verb: str, s: NftSet, elems: tuple[NftElement, ...]) -> NftOp:
+    def elements(verb: str, s: NftSet, elems: tuple[Element, ...]) -> NftOp:
         return NftOp(verb, "element", s.name, set_type=s.type, elements=elems)
 
     for name in added_chains:

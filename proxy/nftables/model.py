@@ -41,7 +41,7 @@ class NftChain:
     hook: BaseHook | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NftElement:
     key: ElementKey
     value: ElementData | None = None
@@ -66,13 +66,45 @@ class NftElement:
         return f"{out} : {value.text()}"  # type: ignore[union-attr]
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointElement:
+    """An endpoint map's element, ``index : address . port`` (one object: a table holds
+    one per endpoint of every multi-endpoint service port)."""
+
+    index: int
+    """numgen's result that picks it (the chain's offset + the endpoint's position)."""
+    ip: str
+    port: int
+    comment: str = ""
+
+    @property
+    def key(self) -> ElementKey:
+        return (self.index,)
+
+    @property
+    def value(self) -> ElementData:
+        return (self.ip, self.port)
+
+    def key_text(self) -> str:
+        return f"{self.index}"
+
+    def text(self) -> str:
+        if self.comment:
+            head = f'{self.index} comment "{safe_comment(self.comment)}"'
+            return f"{head} : {self.ip} . {self.port}"
+        return f"{self.index} : {self.ip} . {self.port}"
+
+
+Element = NftElement | EndpointElement
+
+
 @dataclass(frozen=True)
 class NftSet:
     """A set or verdict map. ``dynamic`` sets (affinity) keep their elements across syncs."""
 
     name: str
     type: SetType
-    elements: tuple[NftElement, ...] = ()
+    elements: tuple[Element, ...] = ()
     flags: tuple[str, ...] = ()
     timeout: int | None = None
     comment: str = ""
@@ -143,7 +175,7 @@ class NftRuleset:
         )
 
     @property
-    def _set_contents(self) -> dict[str, tuple[NftSet, frozenset[NftElement]]]:
+    def _set_contents(self) -> dict[str, tuple[NftSet, frozenset[Element]]]:
         """Sets compared as sets: element order is not part of the table."""
         return {
             n: (dataclasses.replace(s, elements=()), frozenset(s.elements))
@@ -192,7 +224,7 @@ class TableBuilder:
         self.chains: dict[str, list[Rule] | tuple[Rule, ...]] = {}
         self.hooks: dict[str, BaseHook] = {}
         self.sets: dict[str, NftSet] = {}
-        self.elements: dict[str, list[NftElement]] = {}
+        self.elements: dict[str, list[Element]] = {}
 
     def chain(self, name: str, hook: BaseHook | None = None) -> None:
         self.chains.setdefault(name, [])
@@ -212,6 +244,9 @@ class TableBuilder:
         self, set_name: str, key: ElementKey, value: ElementData | None = None, comment: str = ""
     ) -> None:
         self.elements.setdefault(set_name, []).append(NftElement(key, value, comment))
+
+    def endpoint(self, map_name: str, index: int, ip: str, port: int, comment: str = "") -> None:
+        self.elements.setdefault(map_name, []).append(EndpointElement(index, ip, port, comment))
 
     def fragment(self) -> Fragment:
         """What this builder holds, frozen (a service port's share of the ruleset)."""
@@ -248,7 +283,7 @@ class TableBuilder:
 class Fragment:
     chains: tuple[tuple[str, tuple[Rule, ...]], ...]
     sets: tuple[NftSet, ...]
-    elements: tuple[tuple[str, tuple[NftElement, ...]], ...]
+    elements: tuple[tuple[str, tuple[Element, ...]], ...]
     hooks: tuple[tuple[str, BaseHook], ...] = ()
     cluster_ip: str = ""
     hairpins: tuple[ElementKey, ...] = ()
@@ -281,7 +316,7 @@ class NftOp:
     """A new set or map (its elements are added by ``element`` statements)."""
     set_type: SetType | None = None
     """An element's set or map type (``ipv4_addr . inet_proto . inet_service``)."""
-    elements: tuple[NftElement, ...] = ()
+    elements: tuple[Element, ...] = ()
     """Elements added, or deleted (their keys)."""
 
     def text(self, table: str) -> str:

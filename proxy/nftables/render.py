@@ -17,6 +17,7 @@ before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is wri
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -61,6 +62,9 @@ from proxy.nftables.names import (
 )
 from proxy.nftables.statements import (
     DROP,
+    FIB_LOCAL_SOURCE,
+    MASQUERADE,
+    REJECT,
     AddressInSet,
     AddressMatch,
     AddressNotInPrefixes,
@@ -72,11 +76,8 @@ from proxy.nftables.statements import (
     ElementKey,
     EndpointMapTypeof,
     FibLocal,
-    L4ProtoMatch,
     MarkTest,
-    Masquerade,
     NumgenMatch,
-    Reject,
     SetMark,
     SetType,
     Statement,
@@ -84,6 +85,7 @@ from proxy.nftables.statements import (
     Verdict,
     goto,
     jump,
+    l4proto,
     rule,
 )
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortPlan
@@ -105,6 +107,10 @@ BASE_CHAINS: Mapping[str, BaseHook] = {
     NAT_OUTPUT: BaseHook("nat", "output", DSTNAT),
     NAT_POSTROUTING: BaseHook("nat", "postrouting", SRCNAT),
 }
+
+
+ADDRESS_SETS = {f: SetType(("ipv4_addr" if f is IPFamily.V4 else "ipv6_addr",)) for f in IPFamily}
+"""A set of addresses of each family (the affinity sets' type)."""
 
 
 def _addr_type(family: IPFamily) -> str:
@@ -276,23 +282,23 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
     b.rule(NAT_POSTROUTING, rule(jump(MASQUERADING)))
 
     mark = plan.masquerade_mark
-    b.rule(MASQUERADING, rule(MarkTest(mark), SetMark(mark, toggle=True), Masquerade()))
+    b.rule(MASQUERADING, rule(MarkTest(mark), SetMark(mark, toggle=True), MASQUERADE))
     # a pod reaching itself through a service: its reply would never leave the pod
     # without SNAT (upstream's hairpin set of local endpoint ip . ip . proto . port)
     hairpin = (f"{ipx} saddr", f"{ipx} daddr", "meta l4proto", "th dport")
     b.rule(
         MASQUERADING,
-        rule(CtStatus("dnat"), ConcatLookup(hairpin, HAIRPIN_CONNECTIONS), Masquerade()),
+        rule(CtStatus("dnat"), ConcatLookup(hairpin, HAIRPIN_CONNECTIONS), MASQUERADE),
     )
     b.rule(
         REJECT_CHAIN,
-        rule(Reject(), comment="helper for @no-endpoint-services / @no-endpoint-nodeports"),
+        rule(REJECT, comment="helper for @no-endpoint-services / @no-endpoint-nodeports"),
     )
 
     cluster_ips = AddressInSet(fam, "daddr", CLUSTER_IPS)
     b.rule(
         CLUSTER_IPS_CHECK,
-        rule(cluster_ips, Reject(), comment="Reject traffic to invalid ports of ClusterIPs"),
+        rule(cluster_ips, REJECT, comment="Reject traffic to invalid ports of ClusterIPs"),
     )
     b.rule(FIREWALL_CHECK, rule(_dport_vmap(fam, FIREWALL_IPS)))
     b.rule(SERVICE_ENDPOINTS_CHECK, rule(_dport_vmap(fam, NO_ENDPOINT_SERVICES)))
@@ -359,15 +365,12 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
     else:
         rendered = _render_all(plan, cache, local_cidr)
     cache.last = rendered
+    emap_type = SetType(("mark",), (addr, "inet_service"))
+    typeofs: dict[str, EndpointMapTypeof] = {}
     for name in rendered.endpoint_maps:
         proto = endpointmaps.protocol_of(name)
-        b.declare(
-            NftSet(
-                name,
-                SetType(("mark",), (addr, "inet_service")),
-                typeof=EndpointMapTypeof(fam, proto),
-            )
-        )
+        typeof = typeofs.get(proto) or typeofs.setdefault(proto, EndpointMapTypeof(fam, proto))
+        b.declare(NftSet(name, emap_type, typeof=typeof))
     return NftRuleset(
         fam, b.fragment(), rendered.fragments, rendered.shared, plan.serial, rendered.delta
     )
@@ -502,7 +505,12 @@ def _render_delta(
 
 def masquerade_rule(plan: Plan) -> SetMark:
     """The statement that marks a packet for masquerading in postrouting."""
-    return SetMark(plan.masquerade_mark)
+    return _set_mark(plan.masquerade_mark)
+
+
+@functools.lru_cache(maxsize=4)
+def _set_mark(mark: int) -> SetMark:
+    return SetMark(mark)
 
 
 def _verdict(f: Filter) -> Verdict:
@@ -542,7 +550,7 @@ def _render_port(
             b.declare(
                 NftSet(
                     names.affinity_set(sp, ep.address),
-                    SetType((_addr_type(fam),)),
+                    ADDRESS_SETS[fam],
                     flags=("dynamic", "timeout"),
                     timeout=sp.affinity_seconds,
                 )
@@ -552,6 +560,7 @@ def _render_port(
         return (str(ip), proto, port)
 
     # -- cluster IP (its masquerading is one rule for all cluster IPs, in "services")
+    to_ext = goto(ext)
     if sp.has_internal_endpoints:
         b.element(SERVICE_IPS, key(sp.cluster_ip, sp.port), goto(internal_chain), spn)
     else:
@@ -564,7 +573,7 @@ def _render_port(
     # -- external and load balancer IPs
     for ip in (*sp.external_ips, *sp.load_balancer_ips):
         if sp.has_endpoints:
-            b.element(SERVICE_IPS, key(ip, sp.port), goto(ext), spn)
+            b.element(SERVICE_IPS, key(ip, sp.port), to_ext, spn)
         if ext_filter is not None:
             b.element(
                 NO_ENDPOINT_SERVICES,
@@ -581,7 +590,7 @@ def _render_port(
     if sp.node_port:
         np_key = (proto, sp.node_port)
         if sp.has_endpoints:
-            b.element(SERVICE_NODEPORTS, np_key, goto(ext), spn)
+            b.element(SERVICE_NODEPORTS, np_key, to_ext, spn)
         if ext_filter is not None:
             b.element(
                 NO_ENDPOINT_NODEPORTS, np_key, _verdict(ext_filter), sp.filter_reason(ext_filter)
@@ -602,7 +611,7 @@ def _render_port(
                         comment="short-circuit pod traffic",
                     ),
                 )
-            local = FibLocal()
+            local = FIB_LOCAL_SOURCE
             b.rule(ext, rule(local, masquerade, comment="masquerade local traffic"))
             if sp.uses_cluster_chain:
                 b.rule(ext, rule(local, goto(cluster_chain), comment="short-circuit local traffic"))
@@ -620,7 +629,7 @@ def _render_port(
         for ep in sp.reachable_endpoints:
             chain = names.endpoint_chain(sp, ep.address)
             b.rule(chain, rule(UpdateSet(fam, names.affinity_set(sp, ep.address))))
-            b.rule(chain, rule(L4ProtoMatch(proto), DnatTo(str(ep.ip), ep.port)))
+            b.rule(chain, rule(l4proto(proto), DnatTo(str(ep.ip), ep.port)))
 
 
 def cascade(n: int) -> list[tuple[Statement, ...]]:
@@ -644,12 +653,12 @@ def _balance(
     chains refresh it), else a uniform random choice per new connection: ``numgen``
     into the chain's keys of an endpoint map (see :mod:`proxy.nftables.endpointmaps`)."""
     fam = sp.family
-    proto = L4ProtoMatch(sp.protocol.lowercase)
+    proto = l4proto(sp.protocol.lowercase)
     picks = cascade(len(endpoints))
     if slot is not None:
         spn = sp.service_port_name
         for i, ep in enumerate(endpoints):
-            b.element(slot.map_name, (slot.offset + i,), (str(ep.ip), ep.port), spn)
+            b.endpoint(slot.map_name, slot.offset + i, str(ep.ip), ep.port, spn)
         b.rule(chain, rule(proto, DnatMap(len(endpoints), slot.offset, slot.map_name)))
     elif sp.affinity_seconds is not None:
         for ep in endpoints:

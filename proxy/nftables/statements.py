@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy import comments
@@ -56,7 +56,7 @@ class Statement(Protocol):
 # matches
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NumgenMatch:
     """``numgen random mod N == V``: true for one in N new connections."""
 
@@ -74,7 +74,7 @@ class NumgenMatch:
         return [ng, x.cmp(x.host32(self.value))]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class L4ProtoMatch:
     """``meta l4proto tcp``."""
 
@@ -87,7 +87,7 @@ class L4ProtoMatch:
         return [x.meta_load(x.META_L4PROTO), x.cmp(bytes([x.protocol(self.protocol)]))]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddressMatch:
     """``ip saddr 10.0.0.0/8``, ``ip6 daddr != ::1``: an address in (or not in) a prefix."""
 
@@ -124,7 +124,7 @@ class AddressMatch:
         ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddressInSet:
     """``ip saddr @set``: an address looked up in a named set."""
 
@@ -151,7 +151,7 @@ def _address_field(rule_family: IPFamily, field: str, family: IPFamily) -> tuple
     raise Unsupported(f"{_ipx(family)} {field}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddressNotInPrefixes:
     """``ip saddr != { 192.0.2.0/24, 198.51.100.0/24 }`` (an anonymous set)."""
 
@@ -166,7 +166,7 @@ class AddressNotInPrefixes:
         raise Unsupported("anonymous set")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FibLocal:
     """``fib saddr type local``: the source (or destination) is an address of this host."""
 
@@ -183,7 +183,7 @@ class FibLocal:
         return [fib, x.cmp(x.host32(2))]  # RTN_LOCAL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CtState:
     """``ct state new``."""
 
@@ -196,7 +196,7 @@ class CtState:
         raise Unsupported(self.text())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CtStatus:
     """``ct status dnat``."""
 
@@ -209,7 +209,7 @@ class CtStatus:
         raise Unsupported(self.text())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MarkTest:
     """``meta mark & 0xM != 0x00000000``: any bit of the mask set."""
 
@@ -222,7 +222,7 @@ class MarkTest:
         raise Unsupported("meta mark &")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConcatLookup:
     """``ip daddr . meta l4proto . th dport vmap @map`` (``vmap``), or ``@set`` alone: a
     concatenation of packet fields looked up in a named set or verdict map."""
@@ -244,7 +244,7 @@ class ConcatLookup:
 # actions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetMark:
     """``meta mark set meta mark | 0xM`` (``^`` when ``toggle``)."""
 
@@ -265,7 +265,7 @@ class SetMark:
         ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UpdateSet:
     """``update @set { ip saddr }``: add or refresh the source address in a dynamic set."""
 
@@ -295,7 +295,7 @@ def _nat(family: IPFamily, port_reg: int) -> bytes:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DnatTo:
     """``dnat to 10.0.0.1:80`` / ``dnat to [fd00::1]:80``."""
 
@@ -315,7 +315,7 @@ class DnatTo:
         ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DnatMap:
     """``dnat to numgen random mod N [offset B] map @m``: the key picks an
     ``address . port`` (one register pair) out of an endpoint map."""
@@ -341,7 +341,7 @@ class DnatMap:
         return [x.expr("numgen", *ng), lookup, _nat(family, port_reg)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Masquerade:
     """``masquerade fully-random``."""
 
@@ -352,7 +352,7 @@ class Masquerade:
         raise Unsupported("masquerade")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reject:
     """``reject``."""
 
@@ -369,7 +369,7 @@ class Reject:
 _VERDICT_CODES = {"drop": x.NF_DROP, "accept": x.NF_ACCEPT, "jump": x.NFT_JUMP, "goto": x.NFT_GOTO}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """``goto chain``, ``jump chain``, ``drop`` or ``accept``: a rule's last statement,
     or a verdict map element's data."""
@@ -389,6 +389,17 @@ class Verdict:
 
     def encode(self, family: IPFamily) -> list[bytes]:
         return [x.immediate(x.VERDICT_REG, self.data())]
+
+
+@functools.cache
+def l4proto(protocol: str) -> L4ProtoMatch:
+    """``meta l4proto tcp`` (one object per protocol)."""
+    return L4ProtoMatch(protocol)
+
+
+FIB_LOCAL_SOURCE = FibLocal()
+MASQUERADE = Masquerade()
+REJECT = Reject()
 
 
 def goto(chain: str) -> Verdict:
@@ -411,22 +422,23 @@ NFTA_RULE_EXPRESSIONS = 4
 NFTA_RULE_USERDATA = 7
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     """A rule: statements, then an optional comment. Equal rules are equal objects; the
     text is built once per object."""
 
     statements: tuple[Statement, ...]
     comment: str = ""
+    _text: str = field(default="", init=False, repr=False, compare=False)
 
     def text(self) -> str:
-        cached: str | None = self.__dict__.get("_text")
-        if cached is None:
-            cached = " ".join([s.text() for s in self.statements])
+        out = self._text
+        if not out:
+            out = " ".join([s.text() for s in self.statements])
             if self.comment:
-                cached += f' comment "{safe_comment(self.comment)}"'
-            self.__dict__["_text"] = cached  # not a field: equality and hash ignore it
-        return cached
+                out += f' comment "{safe_comment(self.comment)}"'
+            object.__setattr__(self, "_text", out)  # a cache: equality and hash ignore it
+        return out
 
     def references(self, set_name: str) -> bool:
         """Whether a statement looks ``set_name`` up or updates it."""
@@ -507,7 +519,7 @@ def _concat(kinds: tuple[str, ...], values: ElementKey, family: IPFamily) -> byt
     return b"".join(f + b"\0" * (-len(f) % 4) for f in fields)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetType:
     """A set's key type, and a map's data type (``ipv4_addr . inet_proto . inet_service :
     verdict``)."""
@@ -538,7 +550,7 @@ ElementData = Verdict | ElementKey
 """A map element's data: a verdict, or fields (``10.244.1.5 . 8080``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointMapTypeof:
     """``typeof numgen random mod 1 : ip daddr . tcp dport``: an endpoint map declared by
     the expressions that use it (no type name fits numgen's result)."""

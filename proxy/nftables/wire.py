@@ -49,7 +49,7 @@ from proxy.kernel.nfnetlink import (
 from proxy.model import IPFamily
 from proxy.nftables import exprs as x
 from proxy.nftables.exprs import Unsupported
-from proxy.nftables.model import NftElement, NftOp, NftSet, NftTransaction
+from proxy.nftables.model import Element, NftOp, NftSet, NftTransaction
 from proxy.nftables.names import TABLE
 from proxy.nftables.statements import NFTA_RULE_CHAIN, SetType, safe_comment
 
@@ -64,7 +64,7 @@ NFTA_SET_ELEM_DATA = 2
 NFTA_SET_ELEM_USERDATA = 6
 
 
-def _element(set_type: SetType, e: NftElement, family: IPFamily, with_data: bool) -> bytes:
+def _element(set_type: SetType, e: Element, family: IPFamily, with_data: bool) -> bytes:
     key = set_type.encode_key(e.key, family)
     parts = [nest(NFTA_SET_ELEM_KEY, attr(x.NFTA_DATA_VALUE, key))]
     if with_data:
