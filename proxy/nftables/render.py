@@ -69,8 +69,7 @@ from proxy.nftables.statements import (
     AddressMatch,
     AddressNotInPrefixes,
     ConcatLookup,
-    CtState,
-    CtStatus,
+    CtMatch,
     DnatMap,
     DnatTo,
     ElementKey,
@@ -268,7 +267,7 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
     )
 
     # -- fixed rules
-    new = CtState("new")
+    new = CtMatch("state", "new")
     b.rule(FILTER_PREROUTING_PRE_DNAT, rule(new, jump(FIREWALL_CHECK)))
     b.rule(FILTER_OUTPUT_PRE_DNAT, rule(new, jump(FIREWALL_CHECK)))
     b.rule(FILTER_INPUT, rule(new, jump(NODEPORT_ENDPOINTS_CHECK)))
@@ -288,7 +287,7 @@ def render(plan: Plan, cache: RenderCache | None = None) -> NftRuleset:
     hairpin = (f"{ipx} saddr", f"{ipx} daddr", "meta l4proto", "th dport")
     b.rule(
         MASQUERADING,
-        rule(CtStatus("dnat"), ConcatLookup(hairpin, HAIRPIN_CONNECTIONS), MASQUERADE),
+        rule(CtMatch("status", "dnat"), ConcatLookup(hairpin, HAIRPIN_CONNECTIONS), MASQUERADE),
     )
     b.rule(
         REJECT_CHAIN,

@@ -184,26 +184,14 @@ class FibLocal:
 
 
 @dataclass(frozen=True, slots=True)
-class CtState:
-    """``ct state new``."""
+class CtMatch:
+    """``ct state new``, ``ct status dnat``: a connection tracking key's value."""
 
-    state: str
-
-    def text(self) -> str:
-        return f"ct state {self.state}"
-
-    def encode(self, family: IPFamily) -> list[bytes]:
-        raise Unsupported(self.text())
-
-
-@dataclass(frozen=True, slots=True)
-class CtStatus:
-    """``ct status dnat``."""
-
-    status: str
+    key: str
+    value: str
 
     def text(self) -> str:
-        return f"ct status {self.status}"
+        return f"ct {self.key} {self.value}"
 
     def encode(self, family: IPFamily) -> list[bytes]:
         raise Unsupported(self.text())

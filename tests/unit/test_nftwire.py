@@ -17,7 +17,7 @@ from proxy.nftables.statements import (
     AddressMatch,
     AddressNotInPrefixes,
     ConcatLookup,
-    CtState,
+    CtMatch,
     DnatMap,
     DnatTo,
     ElementKey,
@@ -85,7 +85,7 @@ def test_keys_that_do_not_fit_are_left_to_nft(
         ((UpdateSet(V6, "aff"),), "update @aff { ip6 saddr }"),
         ((L4ProtoMatch("tcp"), DnatMap(3, 0, "m")), "meta l4proto tcp dnat to numgen random mod 3 map @m"),
         ((DnatMap(2, 512, "m"),), "dnat to numgen random mod 2 offset 512 map @m"),
-        ((CtState("new"), jump("firewall-check")), "ct state new jump firewall-check"),
+        ((CtMatch("state", "new"), jump("firewall-check")), "ct state new jump firewall-check"),
         ((ConcatLookup(("ip daddr", "meta l4proto", "th dport"), "service-ips", vmap=True),),
          "ip daddr . meta l4proto . th dport vmap @service-ips"),
         ((AddressNotInPrefixes(V4, "saddr", ("192.0.2.0/24", "198.51.100.0/24")), DROP),
@@ -102,7 +102,7 @@ def test_statements_print_as_nft_text(statements: tuple[Statement, ...], text: s
 @pytest.mark.parametrize(
     "r",
     [
-        rule(CtState("new"), jump("firewall-check")),
+        rule(CtMatch("state", "new"), jump("firewall-check")),
         rule(ConcatLookup(("ip daddr", "meta l4proto", "th dport"), "service-ips", vmap=True)),
         rule(AddressNotInPrefixes(V4, "saddr", ("192.0.2.0/24", "198.51.100.0/24")), DROP),
         rule(Masquerade()),
