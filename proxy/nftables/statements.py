@@ -430,8 +430,10 @@ class Rule:
 
     def references(self, set_name: str) -> bool:
         """Whether a statement looks ``set_name`` up or updates it."""
-        return any(set_name in (getattr(s, "set_name", None), getattr(s, "map_name", None))
-                   for s in self.statements)  # fmt: skip
+        for s in self.statements:
+            if set_name in (getattr(s, "set_name", None), getattr(s, "map_name", None)):
+                return True
+        return False
 
     def expressions(self, family: IPFamily) -> list[bytes]:
         out: list[bytes] = []

@@ -233,3 +233,17 @@ def test_transaction_text_is_the_nft_script() -> None:
         " { typeof numgen random mod 1 : ip6 daddr . tcp dport ; }\n"
     )
     assert not NftTransaction(IPFamily.V4)
+
+
+def test_a_rule_names_the_sets_it_uses() -> None:
+    r = rule(AddressInSet(V4, "saddr", "aff"), goto("ep"))
+    assert r.references("aff") and not r.references("ep")
+    assert rule(L4ProtoMatch("tcp"), DnatMap(2, 0, "endpoints-tcp-00")).references(
+        "endpoints-tcp-00"
+    )
+    assert rule(UpdateSet(V4, "aff")).references("aff")
+    # equal rules are equal whether or not their text was built
+    printed = rule(goto("ep"), comment="x")
+    assert printed.text() == 'goto ep comment "x"'
+    assert printed == rule(goto("ep"), comment="x")
+    assert hash(printed) == hash(rule(goto("ep"), comment="x"))
