@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from proxy.model import IPFamily
 from proxy.nftables import endpointmaps
 from proxy.nftables.model import (
+    Element,
     ExistingNft,
-    NftElement,
     NftOp,
     NftRuleset,
     NftSet,
@@ -20,6 +20,7 @@ from proxy.nftables.model import (
     shared_keys,
 )
 from proxy.nftables.names import TABLE, TABLE_COMMENT
+from proxy.nftables.statements import ElementKey
 
 
 def full_sync_text(ruleset: NftRuleset, existing: ExistingNft | None = None) -> str:
@@ -80,10 +81,10 @@ def full_sync_lines(ruleset: NftRuleset, existing: ExistingNft | None = None) ->
         yield f"add set {t} {s.name} {{ {s.spec()} }}"
     for c in chains.values():
         for r in c.rules:
-            yield f"add rule {t} {c.name} {r}"
+            yield f"add rule {t} {c.name} {r.text()}"
     for s in sets.values():
         if s.elements and not s.dynamic:
-            body = ", ".join(e.text() for e in s.elements)
+            body = ", ".join([e.text() for e in s.elements])
             yield f"add element {t} {s.name} {{ {body} }}"
 
 
@@ -113,7 +114,7 @@ def incremental(old: NftRuleset, new: NftRuleset) -> NftTransaction:
         changed.extend(k for k in old.fragments if k not in new.fragments)
     if not changed and old.core is new.core and old.shared == new.shared:
         return NftTransaction(new.family)
-    touched: dict[str, dict[str, None]] = {name: {} for name in new.shared}
+    touched: dict[str, dict[ElementKey, None]] = {name: {} for name in new.shared}
     for k in changed:
         for frag in (old.fragments.get(k), new.fragments.get(k)):
             if frag is not None:
@@ -170,7 +171,7 @@ def diff(old: NftRuleset, new: NftRuleset) -> NftTransaction:
         if name in old.chains
         and (
             old.chains[name].rules != c.rules
-            or any(f"@{s}" in r for s in recreated for r in c.rules)
+            or any(r.references(s) for s in recreated for r in c.rules)
         )
     ]
     added_chains = [name for name in new.chains if name not in old.chains]
@@ -179,9 +180,9 @@ def diff(old: NftRuleset, new: NftRuleset) -> NftTransaction:
     removed_sets = [s for name, s in old.sets.items() if name not in new.sets]
 
     def add_set(s: NftSet) -> NftOp:
-        return NftOp("add", set_kind(s), s.name, spec=s.spec())
+        return NftOp("add", set_kind(s), s.name, declaration=s)
 
-    def elements(verb: str, s: NftSet, elems: tuple[NftElement, ...]) -> NftOp:
+    def elements(verb: str, s: NftSet, elems: tuple[Element, ...]) -> NftOp:
         return NftOp(verb, "element", s.name, set_type=s.type, elements=elems)
 
     for name in added_chains:

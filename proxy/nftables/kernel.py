@@ -14,6 +14,7 @@ from proxy.kernel.runner import KernelError, Runner
 from proxy.model import IPFamily
 from proxy.nftables import wire as nftwire
 from proxy.nftables.diff import cleanup_text, full_sync_lines, full_sync_text
+from proxy.nftables.exprs import Unsupported
 from proxy.nftables.model import BaseHook, ExistingNft, NftRuleset, NftTransaction
 from proxy.nftables.names import TABLE
 
@@ -122,7 +123,7 @@ class NftKernel:
         if self.wire:
             try:
                 msgs = nftwire.messages(tx)
-            except nftwire.Unsupported as why:
+            except Unsupported as why:
                 self.text_fallbacks += 1
                 log.debug("transaction goes through nft", extra={"reason": str(why)})
             else:

@@ -8,9 +8,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from proxy import comments
 from proxy.model import IPFamily, Protocol
 from proxy.nftables.names import CLUSTER_IPS, HAIRPIN_CONNECTIONS, TABLE
+from proxy.nftables.statements import (
+    ElementData,
+    ElementKey,
+    EndpointMapTypeof,
+    Rule,
+    SetType,
+    field_text,
+    safe_comment,
+)
 
 PortKey = tuple[str, str, str, Protocol]
 """A service port: namespace, Service name, port name, protocol."""
@@ -29,24 +37,65 @@ class BaseHook:
 @dataclass(frozen=True)
 class NftChain:
     name: str
-    rules: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
     hook: BaseHook | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NftElement:
-    key: str
-    value: str = ""
-    """Verdict for maps; empty for sets."""
+    key: ElementKey
+    value: ElementData | None = None
+    """A map element's data (a verdict, or fields); None in a set."""
     comment: str = ""
 
+    def key_text(self) -> str:
+        return field_text(self.key)
+
     def text(self) -> str:
-        out = self.key
+        # a full sync prints every element: the common shapes are spelled out
+        key, value, comment = self.key, self.value, self.comment
+        out = f"{key[0]}" if len(key) == 1 else field_text(key)
+        if comment:
+            out = f'{out} comment "{safe_comment(comment)}"'
+        if value is None:
+            return out
+        if type(value) is tuple:
+            if len(value) == 2:  # an endpoint: address . port
+                return f"{out} : {value[0]} . {value[1]}"
+            return f"{out} : {field_text(value)}"
+        return f"{out} : {value.text()}"  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointElement:
+    """An endpoint map's element, ``index : address . port`` (one object: a table holds
+    one per endpoint of every multi-endpoint service port)."""
+
+    index: int
+    """numgen's result that picks it (the chain's offset + the endpoint's position)."""
+    ip: str
+    port: int
+    comment: str = ""
+
+    @property
+    def key(self) -> ElementKey:
+        return (self.index,)
+
+    @property
+    def value(self) -> ElementData:
+        return (self.ip, self.port)
+
+    def key_text(self) -> str:
+        return f"{self.index}"
+
+    def text(self) -> str:
         if self.comment:
-            out += f' comment "{safe_comment(self.comment)}"'
-        if self.value:
-            out += f" : {self.value}"
-        return out
+            head = f'{self.index} comment "{safe_comment(self.comment)}"'
+            return f"{head} : {self.ip} . {self.port}"
+        return f"{self.index} : {self.ip} . {self.port}"
+
+
+Element = NftElement | EndpointElement
 
 
 @dataclass(frozen=True)
@@ -54,22 +103,26 @@ class NftSet:
     """A set or verdict map. ``dynamic`` sets (affinity) keep their elements across syncs."""
 
     name: str
-    type: str
-    is_map: bool = False
-    elements: tuple[NftElement, ...] = ()
+    type: SetType
+    elements: tuple[Element, ...] = ()
     flags: tuple[str, ...] = ()
     timeout: int | None = None
     comment: str = ""
-    typeof: str = ""
+    typeof: EndpointMapTypeof | None = None
     """Declared by expressions (``typeof numgen random mod 1 : ip daddr . tcp dport``)
     when no type name fits; ``type`` still names the key and data types."""
+
+    @property
+    def is_map(self) -> bool:
+        return self.type.is_map
 
     @property
     def dynamic(self) -> bool:
         return "dynamic" in self.flags
 
     def spec(self) -> str:
-        parts = [f"typeof {self.typeof}" if self.typeof else f"type {self.type}"]
+        typeof = self.typeof
+        parts = [f"typeof {typeof.text()}" if typeof else f"type {self.type.text()}"]
         if self.flags:
             parts.append("flags " + ",".join(self.flags))
         if self.timeout is not None:
@@ -90,7 +143,7 @@ class NftRuleset:
     family: IPFamily
     core: Fragment
     fragments: Mapping[PortKey, Fragment]
-    shared: Mapping[str, Mapping[str, int]]
+    shared: Mapping[str, Mapping[ElementKey, int]]
     updated: frozenset[PortKey] | None = None
     """The service ports whose fragments may differ from those of the ruleset rendered
     before it with the same cache (rendered again); None: any."""
@@ -121,7 +174,7 @@ class NftRuleset:
         )
 
     @property
-    def _set_contents(self) -> dict[str, tuple[NftSet, frozenset[NftElement]]]:
+    def _set_contents(self) -> dict[str, tuple[NftSet, frozenset[Element]]]:
         """Sets compared as sets: element order is not part of the table."""
         return {
             n: (dataclasses.replace(s, elements=()), frozenset(s.elements))
@@ -164,32 +217,20 @@ class ExistingNft:
     maps: frozenset[str] = frozenset()
 
 
-NFT_COMMENT_MAX = 128
-"""nft refuses a comment longer than this many characters, and with it the whole
-transaction (upstream had the same bug: kubernetes/kubernetes#139515)."""
-
-
-def safe_comment(text: str) -> str:
-    """``text`` fit for a double-quoted nft comment (:func:`comments.quotable`)."""
-    return comments.quotable(text, NFT_COMMENT_MAX)
-
-
 class TableBuilder:
     def __init__(self, family: IPFamily) -> None:
         self.family = family
-        self.chains: dict[str, list[str] | tuple[str, ...]] = {}
+        self.chains: dict[str, list[Rule] | tuple[Rule, ...]] = {}
         self.hooks: dict[str, BaseHook] = {}
         self.sets: dict[str, NftSet] = {}
-        self.elements: dict[str, list[NftElement]] = {}
+        self.elements: dict[str, list[Element]] = {}
 
     def chain(self, name: str, hook: BaseHook | None = None) -> None:
         self.chains.setdefault(name, [])
         if hook is not None:
             self.hooks[name] = hook
 
-    def rule(self, chain: str, rule: str, comment: str = "") -> None:
-        if comment:
-            rule += f' comment "{safe_comment(comment)}"'
+    def rule(self, chain: str, rule: Rule) -> None:
         rules = self.chains.setdefault(chain, [])
         assert isinstance(rules, list), f"chain {chain} is from a cached fragment"
         rules.append(rule)
@@ -198,8 +239,13 @@ class TableBuilder:
         self.sets.setdefault(s.name, s)
         self.elements.setdefault(s.name, [])
 
-    def element(self, set_name: str, key: str, value: str = "", comment: str = "") -> None:
+    def element(
+        self, set_name: str, key: ElementKey, value: ElementData | None = None, comment: str = ""
+    ) -> None:
         self.elements.setdefault(set_name, []).append(NftElement(key, value, comment))
+
+    def endpoint(self, map_name: str, index: int, ip: str, port: int, comment: str = "") -> None:
+        self.elements.setdefault(map_name, []).append(EndpointElement(index, ip, port, comment))
 
     def fragment(self) -> Fragment:
         """What this builder holds, frozen (a service port's share of the ruleset)."""
@@ -225,14 +271,7 @@ class TableBuilder:
         }
         sets = {
             n: NftSet(
-                s.name,
-                s.type,
-                s.is_map,
-                tuple(self.elements[n]),
-                s.flags,
-                s.timeout,
-                s.comment,
-                s.typeof,
+                s.name, s.type, tuple(self.elements[n]), s.flags, s.timeout, s.comment, s.typeof
             )
             for n, s in self.sets.items()
         }
@@ -241,18 +280,18 @@ class TableBuilder:
 
 @dataclass(frozen=True)
 class Fragment:
-    chains: tuple[tuple[str, tuple[str, ...]], ...]
+    chains: tuple[tuple[str, tuple[Rule, ...]], ...]
     sets: tuple[NftSet, ...]
-    elements: tuple[tuple[str, tuple[NftElement, ...]], ...]
+    elements: tuple[tuple[str, tuple[Element, ...]], ...]
     hooks: tuple[tuple[str, BaseHook], ...] = ()
     cluster_ip: str = ""
-    hairpins: tuple[str, ...] = ()
+    hairpins: tuple[ElementKey, ...] = ()
     """Keys of its local endpoints in the hairpin-connections set."""
 
 
-def shared_keys(frag: Fragment) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def shared_keys(frag: Fragment) -> tuple[tuple[str, tuple[ElementKey, ...]], ...]:
     """The elements a fragment adds to sets that several service ports share."""
-    return ((CLUSTER_IPS, (frag.cluster_ip,)), (HAIRPIN_CONNECTIONS, frag.hairpins))
+    return ((CLUSTER_IPS, ((frag.cluster_ip,),)), (HAIRPIN_CONNECTIONS, frag.hairpins))
 
 
 def set_kind(s: NftSet) -> str:
@@ -270,26 +309,27 @@ class NftOp:
     """``chain``, ``rule``, ``set``, ``map`` or ``element``."""
     name: str
     """The chain, set or map."""
-    rule: str = ""
+    rule: Rule | None = None
     hook: BaseHook | None = None
-    spec: str = ""
-    """A new set's or map's declaration (:meth:`NftSet.spec`)."""
-    set_type: str = ""
+    declaration: NftSet | None = None
+    """A new set or map (its elements are added by ``element`` statements)."""
+    set_type: SetType | None = None
     """An element's set or map type (``ipv4_addr . inet_proto . inet_service``)."""
-    elements: tuple[NftElement, ...] = ()
+    elements: tuple[Element, ...] = ()
     """Elements added, or deleted (their keys)."""
 
     def text(self, table: str) -> str:
         head = f"{self.verb} {self.kind} {table} {self.name}"
-        if self.kind == "rule":
-            return f"{head} {self.rule}"
+        if self.rule is not None:
+            return f"{head} {self.rule.text()}"
         if self.kind == "element":
-            body = ", ".join(e.text() if self.verb == "add" else e.key for e in self.elements)
+            adding = self.verb == "add"
+            body = ", ".join(e.text() if adding else e.key_text() for e in self.elements)
             return f"{head} {{ {body} }}"
         if self.verb == "add" and self.hook is not None:
             return f"{head} {{ {self.hook.spec()} ; }}"
-        if self.verb == "add" and self.spec:
-            return f"{head} {{ {self.spec} }}"
+        if self.verb == "add" and self.declaration is not None:
+            return f"{head} {{ {self.declaration.spec()} }}"
         return head
 
 

@@ -17,6 +17,7 @@ before ``dnat to ip:port``, and ``;`` or a newline before ``}``: the text is wri
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -59,6 +60,33 @@ from proxy.nftables.names import (
     SERVICES,
     SRCNAT,
 )
+from proxy.nftables.statements import (
+    DROP,
+    FIB_LOCAL_SOURCE,
+    MASQUERADE,
+    REJECT,
+    AddressInSet,
+    AddressMatch,
+    AddressNotInPrefixes,
+    ConcatLookup,
+    CtMatch,
+    DnatMap,
+    DnatTo,
+    ElementKey,
+    EndpointMapTypeof,
+    FibLocal,
+    MarkTest,
+    NumgenMatch,
+    SetMark,
+    SetType,
+    Statement,
+    UpdateSet,
+    Verdict,
+    goto,
+    jump,
+    l4proto,
+    rule,
+)
 from proxy.plan import (
     EndpointCandidate,
     Filter,
@@ -86,12 +114,24 @@ BASE_CHAINS: Mapping[str, BaseHook] = {
 }
 
 
+ADDRESS_SETS = {f: SetType(("ipv4_addr" if f is IPFamily.V4 else "ipv6_addr",)) for f in IPFamily}
+"""A set of addresses of each family (the affinity sets' type)."""
+
+
 def _addr_type(family: IPFamily) -> str:
     return "ipv4_addr" if family is IPFamily.V4 else "ipv6_addr"
 
 
 def _ipx(family: IPFamily) -> str:
     return "ip" if family is IPFamily.V4 else "ip6"
+
+
+def _dport_vmap(fam: IPFamily, map_name: str, *, daddr: bool = True) -> ConcatLookup:
+    """``[ip daddr .] meta l4proto . th dport vmap @map``."""
+    fields: tuple[str, ...] = ("meta l4proto", "th dport")
+    if daddr:
+        fields = (f"{_ipx(fam)} daddr", *fields)
+    return ConcatLookup(fields, map_name, vmap=True)
 
 
 Demands = dict[str, dict[str, tuple[int, PortKey]]]
@@ -104,7 +144,7 @@ class _Rendered:
     was rendered from, and the endpoint maps' layout."""
 
     fragments: dict[PortKey, Fragment]
-    shared: dict[str, dict[str, int]]
+    shared: dict[str, dict[ElementKey, int]]
     ports: dict[PortKey, ServicePortPlan]
     demands: Demands
     slots: dict[str, Slot]
@@ -116,7 +156,7 @@ class _Rendered:
         return sorted(name for name, chains in self.demands.items() if chains)
 
 
-def _count(shared: dict[str, dict[str, int]], frag: Fragment, step: int) -> None:
+def _count(shared: dict[str, dict[ElementKey, int]], frag: Fragment, step: int) -> None:
     for set_name, keys in shared_keys(frag):
         counts = shared[set_name]
         for key in keys:
@@ -149,7 +189,7 @@ class RenderCache:
             b.fragment(),
             cluster_ip=str(sp.cluster_ip),
             hairpins=tuple(
-                f"{ep.ip} . {ep.ip} . {proto} . {ep.port}"
+                (str(ep.ip), str(ep.ip), proto, ep.port)
                 for ep in sp.reachable_endpoints
                 if ep.is_local
             ),
@@ -192,30 +232,26 @@ def render(
     ):
         b.chain(name)
 
-    vmap_ip_key = f"{addr} . inet_proto . inet_service : verdict"
-    vmap_port_key = "inet_proto . inet_service : verdict"
-    b.declare(NftSet(CLUSTER_IPS, addr, comment="Active ClusterIPs"))
+    vmap_ip_key = SetType((addr, "inet_proto", "inet_service"), ("verdict",))
+    vmap_port_key = SetType(("inet_proto", "inet_service"), ("verdict",))
+    b.declare(NftSet(CLUSTER_IPS, SetType((addr,)), comment="Active ClusterIPs"))
     b.declare(
         NftSet(
             HAIRPIN_CONNECTIONS,
-            f"{addr} . {addr} . inet_proto . inet_service",
+            SetType((addr, addr, "inet_proto", "inet_service")),
             comment="service hairpin connections",
         )
     )
     b.declare(
         NftSet(
-            SERVICE_IPS,
-            vmap_ip_key,
-            is_map=True,
-            comment="ClusterIP, ExternalIP and LoadBalancer IP traffic",
+            SERVICE_IPS, vmap_ip_key, comment="ClusterIP, ExternalIP and LoadBalancer IP traffic"
         )
     )
-    b.declare(NftSet(SERVICE_NODEPORTS, vmap_port_key, is_map=True, comment="NodePort traffic"))
+    b.declare(NftSet(SERVICE_NODEPORTS, vmap_port_key, comment="NodePort traffic"))
     b.declare(
         NftSet(
             NO_ENDPOINT_SERVICES,
             vmap_ip_key,
-            is_map=True,
             comment="vmap to drop or reject packets to services with no endpoints",
         )
     )
@@ -223,7 +259,6 @@ def render(
         NftSet(
             NO_ENDPOINT_NODEPORTS,
             vmap_port_key,
-            is_map=True,
             comment="vmap to drop or reject packets to service nodeports with no endpoints",
         )
     )
@@ -231,92 +266,98 @@ def render(
         NftSet(
             FIREWALL_IPS,
             vmap_ip_key,
-            is_map=True,
             comment="destinations that are subject to LoadBalancerSourceRanges",
         )
     )
 
     # -- fixed rules
-    new = "ct state new"
-    b.rule(FILTER_PREROUTING_PRE_DNAT, f"{new} jump {FIREWALL_CHECK}")
-    b.rule(FILTER_OUTPUT_PRE_DNAT, f"{new} jump {FIREWALL_CHECK}")
-    b.rule(FILTER_INPUT, f"{new} jump {NODEPORT_ENDPOINTS_CHECK}")
-    b.rule(FILTER_INPUT, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
-    b.rule(FILTER_FORWARD, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
-    b.rule(FILTER_FORWARD, f"{new} jump {CLUSTER_IPS_CHECK}")
-    b.rule(FILTER_OUTPUT, f"{new} jump {SERVICE_ENDPOINTS_CHECK}")
-    b.rule(FILTER_OUTPUT, f"{new} jump {CLUSTER_IPS_CHECK}")
-    b.rule(NAT_PREROUTING, f"jump {SERVICES}")
-    b.rule(NAT_OUTPUT, f"jump {SERVICES}")
-    b.rule(NAT_POSTROUTING, f"jump {MASQUERADING}")
+    new = CtMatch("state", "new")
+    b.rule(FILTER_PREROUTING_PRE_DNAT, rule(new, jump(FIREWALL_CHECK)))
+    b.rule(FILTER_OUTPUT_PRE_DNAT, rule(new, jump(FIREWALL_CHECK)))
+    b.rule(FILTER_INPUT, rule(new, jump(NODEPORT_ENDPOINTS_CHECK)))
+    b.rule(FILTER_INPUT, rule(new, jump(SERVICE_ENDPOINTS_CHECK)))
+    b.rule(FILTER_FORWARD, rule(new, jump(SERVICE_ENDPOINTS_CHECK)))
+    b.rule(FILTER_FORWARD, rule(new, jump(CLUSTER_IPS_CHECK)))
+    b.rule(FILTER_OUTPUT, rule(new, jump(SERVICE_ENDPOINTS_CHECK)))
+    b.rule(FILTER_OUTPUT, rule(new, jump(CLUSTER_IPS_CHECK)))
+    b.rule(NAT_PREROUTING, rule(jump(SERVICES)))
+    b.rule(NAT_OUTPUT, rule(jump(SERVICES)))
+    b.rule(NAT_POSTROUTING, rule(jump(MASQUERADING)))
 
-    mark = f"{plan.masquerade_mark:#010x}"
-    b.rule(
-        MASQUERADING,
-        f"meta mark & {mark} != 0x00000000 meta mark set meta mark ^ {mark} "
-        "masquerade fully-random",
-    )
+    mark = plan.masquerade_mark
+    b.rule(MASQUERADING, rule(MarkTest(mark), SetMark(mark, toggle=True), MASQUERADE))
     # a pod reaching itself through a service: its reply would never leave the pod
     # without SNAT (upstream's hairpin set of local endpoint ip . ip . proto . port)
+    hairpin = (f"{ipx} saddr", f"{ipx} daddr", "meta l4proto", "th dport")
     b.rule(
         MASQUERADING,
-        f"ct status dnat {ipx} saddr . {ipx} daddr . meta l4proto . th dport "
-        f"@{HAIRPIN_CONNECTIONS} masquerade fully-random",
+        rule(CtMatch("status", "dnat"), ConcatLookup(hairpin, HAIRPIN_CONNECTIONS), MASQUERADE),
     )
     b.rule(
-        REJECT_CHAIN, "reject", comment="helper for @no-endpoint-services / @no-endpoint-nodeports"
+        REJECT_CHAIN,
+        rule(REJECT, comment="helper for @no-endpoint-services / @no-endpoint-nodeports"),
     )
 
+    cluster_ips = AddressInSet(fam, "daddr", CLUSTER_IPS)
     b.rule(
         CLUSTER_IPS_CHECK,
-        f"{ipx} daddr @{CLUSTER_IPS} reject",
-        comment="Reject traffic to invalid ports of ClusterIPs",
+        rule(cluster_ips, REJECT, comment="Reject traffic to invalid ports of ClusterIPs"),
     )
-    b.rule(FIREWALL_CHECK, f"{ipx} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}")
-    b.rule(
-        SERVICE_ENDPOINTS_CHECK,
-        f"{ipx} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}",
-    )
+    b.rule(FIREWALL_CHECK, rule(_dport_vmap(fam, FIREWALL_IPS)))
+    b.rule(SERVICE_ENDPOINTS_CHECK, rule(_dport_vmap(fam, NO_ENDPOINT_SERVICES)))
     masquerade = masquerade_rule(plan)
     local_cidr = str(plan.cluster_cidr) if plan.cluster_cidr is not None else None
     if plan.masquerade_all:
-        b.rule(SERVICES, f"{ipx} daddr @{CLUSTER_IPS} {masquerade}",
-               comment="masquerade all clusterIP traffic")  # fmt: skip
+        b.rule(SERVICES, rule(cluster_ips, masquerade, comment="masquerade all clusterIP traffic"))
     elif local_cidr is not None:
         # off-cluster clients may route a service CIDR to any node, which may send it on
         # to another node: SNAT so that replies come back the same way
         b.rule(
             SERVICES,
-            f"{ipx} daddr @{CLUSTER_IPS} {ipx} saddr != {local_cidr} {masquerade}",
-            comment="masquerade clusterIP traffic from outside cluster",
+            rule(
+                cluster_ips,
+                AddressMatch(fam, "saddr", local_cidr, negate=True),
+                masquerade,
+                comment="masquerade clusterIP traffic from outside cluster",
+            ),
         )
-    b.rule(SERVICES, f"{ipx} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}")
+    b.rule(SERVICES, rule(_dport_vmap(fam, SERVICE_IPS)))
 
-    no_localhost = f"{ipx} daddr != 127.0.0.0/8" if fam is IPFamily.V4 else f"{ipx} daddr != ::1"
+    loopback = "127.0.0.0/8" if fam is IPFamily.V4 else "::1"
+    no_localhost = AddressMatch(fam, "daddr", loopback, negate=True)
     if plan.nodeports.match_all_local:
         b.rule(
             NODEPORT_ENDPOINTS_CHECK,
-            f"{no_localhost} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}",
+            rule(no_localhost, _dport_vmap(fam, NO_ENDPOINT_NODEPORTS, daddr=False)),
         )
         b.rule(
             SERVICES,
-            f"fib daddr type local {no_localhost} "
-            f"meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
-            comment="NodePort traffic",
+            rule(
+                FibLocal("daddr"),
+                no_localhost,
+                _dport_vmap(fam, SERVICE_NODEPORTS, daddr=False),
+                comment="NodePort traffic",
+            ),
         )
     else:
-        b.declare(NftSet(NODEPORT_IPS, addr, comment="IPs that accept NodePort traffic"))
+        b.declare(
+            NftSet(NODEPORT_IPS, SetType((addr,)), comment="IPs that accept NodePort traffic")
+        )
         for ip in plan.nodeports.addresses:
             if not ip.is_loopback:
-                b.element(NODEPORT_IPS, str(ip))
+                b.element(NODEPORT_IPS, (str(ip),))
+        nodeport_ips = AddressInSet(fam, "daddr", NODEPORT_IPS)
         b.rule(
             NODEPORT_ENDPOINTS_CHECK,
-            f"{ipx} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}",
+            rule(nodeport_ips, _dport_vmap(fam, NO_ENDPOINT_NODEPORTS, daddr=False)),
         )
         b.rule(
             SERVICES,
-            f"{ipx} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
-            comment="NodePort traffic",
+            rule(
+                nodeport_ips,
+                _dport_vmap(fam, SERVICE_NODEPORTS, daddr=False),
+                comment="NodePort traffic",
+            ),
         )
 
     cache = cache if cache is not None else RenderCache()
@@ -326,22 +367,18 @@ def render(
     else:
         rendered = _render_all(plan, cache, local_cidr)
     cache.last = rendered
+    emap_type = SetType(("mark",), (addr, "inet_service"))
+    typeofs: dict[str, EndpointMapTypeof] = {}
     for name in rendered.endpoint_maps:
         proto = endpointmaps.protocol_of(name)
-        b.declare(
-            NftSet(
-                name,
-                f"mark : {addr} . inet_service",
-                is_map=True,
-                typeof=f"numgen random mod 1 : {ipx} daddr . {proto} dport",
-            )
-        )
+        typeof = typeofs.get(proto) or typeofs.setdefault(proto, EndpointMapTypeof(fam, proto))
+        b.declare(NftSet(name, emap_type, typeof=typeof))
     return NftRuleset(fam, b.fragment(), rendered.fragments, rendered.shared, rendered.updated)
 
 
 def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rendered:
     fragments: dict[PortKey, Fragment] = {}
-    shared: dict[str, dict[str, int]] = {CLUSTER_IPS: {}, HAIRPIN_CONNECTIONS: {}}
+    shared: dict[str, dict[ElementKey, int]] = {CLUSTER_IPS: {}, HAIRPIN_CONNECTIONS: {}}
     ports: dict[PortKey, ServicePortPlan] = {}
     demands: Demands = {}
     for sp in plan.service_ports:
@@ -444,13 +481,18 @@ def _render_delta(
     return _Rendered(fragments, shared, ports, demands, slots, again)
 
 
-def masquerade_rule(plan: Plan) -> str:
+def masquerade_rule(plan: Plan) -> SetMark:
     """The statement that marks a packet for masquerading in postrouting."""
-    return f"meta mark set meta mark | {plan.masquerade_mark:#010x}"
+    return _set_mark(plan.masquerade_mark)
 
 
-def _verdict(f: Filter) -> str:
-    return f"goto {REJECT_CHAIN}" if f is Filter.REJECT else "drop"
+@functools.lru_cache(maxsize=4)
+def _set_mark(mark: int) -> SetMark:
+    return SetMark(mark)
+
+
+def _verdict(f: Filter) -> Verdict:
+    return goto(REJECT_CHAIN) if f is Filter.REJECT else DROP
 
 
 def _render_port(
@@ -461,7 +503,6 @@ def _render_port(
     slots: Mapping[str, Slot],
 ) -> None:
     fam = plan.family
-    ipx = _ipx(fam)
     proto = sp.protocol.lowercase
     spn = sp.service_port_name
     cluster_chain = names.service_chain(sp)
@@ -487,18 +528,19 @@ def _render_port(
             b.declare(
                 NftSet(
                     names.affinity_set(sp, ep.address),
-                    _addr_type(fam),
+                    ADDRESS_SETS[fam],
                     flags=("dynamic", "timeout"),
                     timeout=sp.affinity_seconds,
                 )
             )
 
-    def key(ip: object, port: int) -> str:
-        return f"{ip} . {proto} . {port}"
+    def key(ip: object, port: int) -> ElementKey:
+        return (str(ip), proto, port)
 
     # -- cluster IP (its masquerading is one rule for all cluster IPs, in "services")
+    to_ext = goto(ext)
     if sp.has_internal_endpoints:
-        b.element(SERVICE_IPS, key(sp.cluster_ip, sp.port), f"goto {internal_chain}", spn)
+        b.element(SERVICE_IPS, key(sp.cluster_ip, sp.port), goto(internal_chain), spn)
     else:
         f = sp.internal_filter or Filter.REJECT
         b.element(
@@ -509,7 +551,7 @@ def _render_port(
     # -- external and load balancer IPs
     for ip in (*sp.external_ips, *sp.load_balancer_ips):
         if sp.has_endpoints:
-            b.element(SERVICE_IPS, key(ip, sp.port), f"goto {ext}", spn)
+            b.element(SERVICE_IPS, key(ip, sp.port), to_ext, spn)
         if ext_filter is not None:
             b.element(
                 NO_ENDPOINT_SERVICES,
@@ -519,14 +561,14 @@ def _render_port(
             )
     if sp.uses_firewall:
         for ip in sp.load_balancer_ips:
-            b.element(FIREWALL_IPS, key(ip, sp.port), f"goto {fw}", spn)
-        sources = ", ".join(str(s) for s in sp.firewall_allowed_sources)
-        b.rule(fw, f"{ipx} saddr != {{ {sources} }} drop")
+            b.element(FIREWALL_IPS, key(ip, sp.port), goto(fw), spn)
+        sources = tuple(str(s) for s in sp.firewall_allowed_sources)
+        b.rule(fw, rule(AddressNotInPrefixes(fam, "saddr", sources), DROP))
     # -- node port
     if sp.node_port:
-        np_key = f"{proto} . {sp.node_port}"
+        np_key = (proto, sp.node_port)
         if sp.has_endpoints:
-            b.element(SERVICE_NODEPORTS, np_key, f"goto {ext}", spn)
+            b.element(SERVICE_NODEPORTS, np_key, to_ext, spn)
         if ext_filter is not None:
             b.element(
                 NO_ENDPOINT_NODEPORTS, np_key, _verdict(ext_filter), sp.filter_reason(ext_filter)
@@ -536,23 +578,23 @@ def _render_port(
     masquerade = masquerade_rule(plan)
     if sp.uses_external_chain:
         if not sp.external_policy_local:
-            b.rule(ext, masquerade)
+            b.rule(ext, rule(masquerade))
         else:
             if local_cidr is not None and sp.uses_cluster_chain:
                 b.rule(
                     ext,
-                    f"{ipx} saddr {local_cidr} goto {cluster_chain}",
-                    comment="short-circuit pod traffic",
+                    rule(
+                        AddressMatch(fam, "saddr", local_cidr),
+                        goto(cluster_chain),
+                        comment="short-circuit pod traffic",
+                    ),
                 )
-            b.rule(ext, f"fib saddr type local {masquerade}", comment="masquerade local traffic")
+            local = FIB_LOCAL_SOURCE
+            b.rule(ext, rule(local, masquerade, comment="masquerade local traffic"))
             if sp.uses_cluster_chain:
-                b.rule(
-                    ext,
-                    f"fib saddr type local goto {cluster_chain}",
-                    comment="short-circuit local traffic",
-                )
+                b.rule(ext, rule(local, goto(cluster_chain), comment="short-circuit local traffic"))
         if sp.has_external_endpoints:
-            b.rule(ext, f"goto {external_policy_chain}")
+            b.rule(ext, rule(goto(external_policy_chain)))
 
     # -- policy chains
     if sp.uses_cluster_chain:
@@ -564,18 +606,18 @@ def _render_port(
     if sp.affinity_seconds is not None:
         for ep in sp.reachable_endpoints:
             chain = names.endpoint_chain(sp, ep.address)
-            b.rule(chain, f"update @{names.affinity_set(sp, ep.address)} {{ {ipx} saddr }}")
-            b.rule(chain, f"meta l4proto {proto} dnat to {ep.address}")
+            b.rule(chain, rule(UpdateSet(fam, names.affinity_set(sp, ep.address))))
+            b.rule(chain, rule(l4proto(proto), DnatTo(str(ep.ip), ep.port)))
 
 
-def cascade(n: int) -> list[str]:
+def cascade(n: int) -> list[tuple[Statement, ...]]:
     """Conditions that pick one of ``n`` targets uniformly per new connection: target i is
     taken with probability 1/(n-i) if none before it was, like iptables' statistic cascade.
 
     Used after the affinity lookups of a session-affinity service; other services pick
     through an endpoint map.
     """
-    return [f"numgen random mod {n - i} == 0 " if i < n - 1 else "" for i in range(n)]
+    return [(NumgenMatch(n - i, 0),) if i < n - 1 else () for i in range(n)]
 
 
 def _balance(
@@ -588,28 +630,25 @@ def _balance(
     """Pick an endpoint: the client's affinity entry first if configured (per-endpoint
     chains refresh it), else a uniform random choice per new connection: ``numgen``
     into the chain's keys of an endpoint map (see :mod:`proxy.nftables.endpointmaps`)."""
-    ipx = _ipx(sp.family)
-    proto = sp.protocol.lowercase
+    fam = sp.family
+    proto = l4proto(sp.protocol.lowercase)
     picks = cascade(len(endpoints))
     if slot is not None:
         spn = sp.service_port_name
         for i, ep in enumerate(endpoints):
-            b.element(slot.map_name, str(slot.offset + i), f"{ep.ip} . {ep.port}", spn)
-        offset = f" offset {slot.offset}" if slot.offset else ""
-        b.rule(
-            chain,
-            f"meta l4proto {proto} dnat to numgen random mod {len(endpoints)}{offset} "
-            f"map @{slot.map_name}",
-        )
+            b.endpoint(slot.map_name, slot.offset + i, str(ep.ip), ep.port, spn)
+        b.rule(chain, rule(proto, DnatMap(len(endpoints), slot.offset, slot.map_name)))
     elif sp.affinity_seconds is not None:
         for ep in endpoints:
             b.rule(
                 chain,
-                f"{ipx} saddr @{names.affinity_set(sp, ep.address)} "
-                f"goto {names.endpoint_chain(sp, ep.address)}",
+                rule(
+                    AddressInSet(fam, "saddr", names.affinity_set(sp, ep.address)),
+                    goto(names.endpoint_chain(sp, ep.address)),
+                ),
             )
         for pick, ep in zip(picks, endpoints, strict=True):
-            b.rule(chain, f"{pick}goto {names.endpoint_chain(sp, ep.address)}")
+            b.rule(chain, rule(*pick, goto(names.endpoint_chain(sp, ep.address))))
     else:
         for pick, ep in zip(picks, endpoints, strict=True):
-            b.rule(chain, f"{pick}meta l4proto {proto} dnat to {ep.address}")
+            b.rule(chain, rule(*pick, proto, DnatTo(str(ep.ip), ep.port)))

@@ -23,17 +23,37 @@ from proxy.nftables import model as nft_model
 from proxy.nftables import names as nft_names
 from proxy.nftables import render as nft_render
 from proxy.nftables import wire as nftwire
+from proxy.nftables.exprs import Unsupported
 from proxy.nftables.kernel import NftKernel
-from proxy.nftables.model import NftElement, NftOp, NftTransaction
+from proxy.nftables.model import NftElement, NftOp, NftSet, NftTransaction
+from proxy.nftables.statements import (
+    DROP,
+    AddressInSet,
+    AddressMatch,
+    AddressNotInPrefixes,
+    DnatMap,
+    DnatTo,
+    EndpointMapTypeof,
+    FibLocal,
+    L4ProtoMatch,
+    NumgenMatch,
+    SetMark,
+    SetType,
+    UpdateSet,
+    Verdict,
+    goto,
+    jump,
+    rule,
+)
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.conftest import netns_pair
 
 pytestmark = pytest.mark.netns
 
-V4_PORT_MAP = "ipv4_addr . inet_proto . inet_service : verdict"
-V6_PORT_MAP = "ipv6_addr . inet_proto . inet_service : verdict"
-NODEPORT_MAP = "inet_proto . inet_service : verdict"
+V4_PORT_MAP = SetType(("ipv4_addr", "inet_proto", "inet_service"), ("verdict",))
+V6_PORT_MAP = SetType(("ipv6_addr", "inet_proto", "inet_service"), ("verdict",))
+NODEPORT_MAP = SetType(("inet_proto", "inet_service"), ("verdict",))
 
 
 @pytest.fixture
@@ -96,7 +116,7 @@ def base_script(family: IPFamily) -> str:
             *(f"add chain {t} {c}" for c in ("reject-chain", "svc", "ep", "ext", "old")),
             f"add set {t} aff {{ type {addr} ; flags dynamic,timeout ; timeout 10800s ; }}",
             f"add map {t} service-ips {{ type {addr} . inet_proto . inet_service : verdict ; }}",
-            f"add map {t} service-nodeports {{ type {NODEPORT_MAP} ; }}",
+            f"add map {t} service-nodeports {{ type {NODEPORT_MAP.text()} ; }}",
             f"add set {t} cluster-ips {{ type {addr} ; }}",
             f"add set {t} hairpin {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
             f"add set {t} gone {{ type {addr} ; }}",
@@ -113,8 +133,9 @@ def base_script(family: IPFamily) -> str:
 def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
     """Every statement shape the encoder covers."""
     v4 = family is IPFamily.V4
-    ipx = "ip" if v4 else "ip6"
-    ep1, ep2 = ("10.244.1.11:8080", "10.244.2.7:53") if v4 else ("[fd00::b]:8080", "[fd00::7]:53")
+    ep1, ep2 = (
+        (("10.244.1.11", 8080), ("10.244.2.7", 53)) if v4 else (("fd00::b", 8080), ("fd00::7", 53))
+    )
     cluster_ip = "10.96.0.10" if v4 else "fd00:96::a"
     pod = "10.244.1.11" if v4 else "fd00::b"
     nets = (
@@ -124,48 +145,57 @@ def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
     )
     port_map = V4_PORT_MAP if v4 else V6_PORT_MAP
     addr = "ipv4_addr" if v4 else "ipv6_addr"
-    emap_spec = f"typeof numgen random mod 1 : {ipx} daddr . tcp dport ;"
-    emap_type = f"mark : {addr} . inet_service"
+    emap_type = SetType(("mark",), (addr, "inet_service"))
+
+    def emap(name: str, proto: str) -> NftOp:
+        decl = NftSet(name, emap_type, typeof=EndpointMapTypeof(family, proto))
+        return NftOp("add", "map", name, declaration=decl)
+
+    tcp, udp, sctp = L4ProtoMatch("tcp"), L4ProtoMatch("udp"), L4ProtoMatch("sctp")
+    mark = SetMark(0x4000)
     map_rules = [
-        "meta l4proto tcp dnat to numgen random mod 2 map @endpoints-0a",
-        "meta l4proto tcp dnat to numgen random mod 1 offset 4194304 map @endpoints-0a",
-        "meta l4proto udp dnat to numgen random mod 1 offset 3 map @endpoints-udp",
-        "meta l4proto sctp dnat to numgen random mod 4 map @endpoints-sctp",
+        rule(tcp, DnatMap(2, 0, "endpoints-0a")),
+        rule(tcp, DnatMap(1, 4194304, "endpoints-0a")),
+        rule(udp, DnatMap(1, 3, "endpoints-udp")),
+        rule(sctp, DnatMap(4, 0, "endpoints-sctp")),
     ]
     rules = [
-        "numgen random mod 3 == 0 meta l4proto tcp dnat to " + ep1,
-        "numgen random mod 2 == 0 meta l4proto udp dnat to " + ep2,
-        "meta l4proto sctp dnat to " + ep1,
-        f"{ipx} saddr @aff goto ep",
-        "numgen random mod 2 == 0 goto ep",
-        "meta mark set meta mark | 0x00004000",
-        f'{ipx} saddr {nets[0]} goto ep comment "short-circuit pod traffic"',
-        *(f"{ipx} saddr {n} goto ep" for n in nets[1:]),
-        f"{ipx} saddr != {nets[0]} goto ep",
-        f"{ipx} daddr {nets[3]} jump ep",
-        'fib saddr type local meta mark set meta mark | 0x00004000 comment "masquerade local"',
-        'fib saddr type local goto ep comment "short-circuit local traffic"',
-        "drop",
-        "goto ep",
+        rule(NumgenMatch(3, 0), tcp, DnatTo(*ep1)),
+        rule(NumgenMatch(2, 0), udp, DnatTo(*ep2)),
+        rule(sctp, DnatTo(*ep1)),
+        rule(AddressInSet(family, "saddr", "aff"), goto("ep")),
+        rule(NumgenMatch(2, 0), goto("ep")),
+        rule(mark),
+        rule(
+            AddressMatch(family, "saddr", nets[0]), goto("ep"), comment="short-circuit pod traffic"
+        ),
+        *(rule(AddressMatch(family, "saddr", n), goto("ep")) for n in nets[1:]),
+        rule(AddressMatch(family, "saddr", nets[0], negate=True), goto("ep")),
+        rule(AddressMatch(family, "daddr", nets[3]), jump("ep")),
+        rule(FibLocal(), mark, comment="masquerade local"),
+        rule(FibLocal(), goto("ep"), comment="short-circuit local traffic"),
+        rule(DROP),
+        rule(goto("ep")),
     ]
+    aff2 = NftSet("aff2", SetType((addr,)), flags=("dynamic", "timeout"), timeout=60)
     return (
         NftOp("add", "chain", "fresh"),
         NftOp("flush", "chain", "svc"),
         *(NftOp("add", "rule", "svc", rule=r) for r in rules),
-        NftOp("add", "rule", "ep", rule=f"update @aff {{ {ipx} saddr }}"),
-        NftOp("add", "set", "aff2", spec=f"type {addr} ; flags dynamic,timeout ; timeout 60s ;"),
-        NftOp("add", "rule", "ep", rule=f"{ipx} saddr @aff2 goto svc"),
-        NftOp("add", "rule", "ep", rule=f"update @aff2 {{ {ipx} saddr }}"),
-        NftOp("add", "rule", "fresh", rule="accept"),
+        NftOp("add", "rule", "ep", rule=rule(UpdateSet(family, "aff"))),
+        NftOp("add", "set", "aff2", declaration=aff2),
+        NftOp("add", "rule", "ep", rule=rule(AddressInSet(family, "saddr", "aff2"), goto("svc"))),
+        NftOp("add", "rule", "ep", rule=rule(UpdateSet(family, "aff2"))),
+        NftOp("add", "rule", "fresh", rule=rule(Verdict("accept"))),
         NftOp(
             "add",
             "element",
             "service-ips",
             set_type=port_map,
             elements=(
-                NftElement(f"{cluster_ip} . tcp . 53", "goto svc", 'kube-system/dns:"tcp"'),
-                NftElement(f"{cluster_ip} . udp . 53", "drop"),
-                NftElement(f"{cluster_ip} . sctp . 9", "goto reject-chain", "a, b"),
+                NftElement((cluster_ip, "tcp", 53), goto("svc"), 'kube-system/dns:"tcp"'),
+                NftElement((cluster_ip, "udp", 53), DROP),
+                NftElement((cluster_ip, "sctp", 9), goto("reject-chain"), "a, b"),
             ),
         ),
         NftOp(
@@ -173,41 +203,47 @@ def covered_ops(family: IPFamily) -> tuple[NftOp, ...]:
             "element",
             "service-nodeports",
             set_type=NODEPORT_MAP,
-            elements=(NftElement("tcp . 30080", "goto ext", "ns/x"),),
+            elements=(NftElement(("tcp", 30080), goto("ext"), "ns/x"),),
         ),
-        NftOp("add", "element", "cluster-ips", set_type=addr, elements=(NftElement(cluster_ip),)),
+        NftOp(
+            "add",
+            "element",
+            "cluster-ips",
+            set_type=SetType((addr,)),
+            elements=(NftElement((cluster_ip,)),),
+        ),
         NftOp(
             "add",
             "element",
             "hairpin",
-            set_type=f"{addr} . {addr} . inet_proto . inet_service",
-            elements=(NftElement(f"{pod} . {pod} . tcp . 8080"),),
+            set_type=SetType((addr, addr, "inet_proto", "inet_service")),
+            elements=(NftElement((pod, pod, "tcp", 8080)),),
         ),
         # endpoint maps: created, filled (comments too), used by DNAT with and without an
         # offset (the rules come last, once every map they use exists), TCP, UDP and SCTP
-        NftOp("add", "map", "endpoints-0a", spec=emap_spec),
+        emap("endpoints-0a", "tcp"),
         NftOp(
             "add",
             "element",
             "endpoints-0a",
             set_type=emap_type,
             elements=(
-                NftElement("0", f"{pod} . 8080", "ns/web:http"),
-                NftElement("1", f"{cluster_ip} . 80"),
-                NftElement("4194304", f"{pod} . 53", "ns/dns:dns"),
+                NftElement((0,), (pod, 8080), "ns/web:http"),
+                NftElement((1,), (cluster_ip, 80)),
+                NftElement((4194304,), (pod, 53), "ns/dns:dns"),
             ),
         ),
         NftOp("flush", "chain", "old"),
         NftOp("delete", "chain", "old"),
         NftOp("delete", "set", "gone"),
         NftOp("delete", "map", "doomed-endpoints"),
-        NftOp("add", "map", "endpoints-udp", spec=emap_spec.replace("tcp", "udp")),
-        NftOp("add", "map", "endpoints-sctp", spec=emap_spec.replace("tcp", "sctp")),
+        emap("endpoints-udp", "udp"),
+        emap("endpoints-sctp", "sctp"),
         *(
             NftOp("add", "element", name, set_type=emap_type, elements=(NftElement(key, data),))
             for name, key, data in (
-                ("old-endpoints", "7", f"{pod} . 80"),
-                ("endpoints-udp", "3", f"{pod} . 53"),
+                ("old-endpoints", (7,), (pod, 80)),
+                ("endpoints-udp", (3,), (pod, 53)),
             )
         ),
         *(NftOp("add", "rule", "svc", rule=r) for r in map_rules),
@@ -337,8 +373,8 @@ def test_refused_batch_changes_nothing_and_names_the_statement(
         IPFamily.V4,
         (
             NftOp("flush", "chain", "svc"),
-            NftOp("add", "rule", "svc", rule="goto ep"),
-            NftOp("add", "rule", "no-such-chain", rule="goto ep"),
+            NftOp("add", "rule", "svc", rule=rule(goto("ep"))),
+            NftOp("add", "rule", "no-such-chain", rule=rule(goto("ep"))),
         ),
     )
     kernel = NftKernel(Runner(ns))
@@ -358,14 +394,21 @@ def test_refused_batch_changes_nothing_and_names_the_statement(
 def test_uncovered_statements_go_through_nft(pair: tuple[str, str]) -> None:
     ns = pair[1]
     nft_run(ns, base_script(IPFamily.V4))
+    aff = NftSet("new-aff", SetType(("ipv4_addr",)), flags=("dynamic", "timeout"))
+    nets = ("192.0.2.0/24", "198.51.100.0/24")
     tx = NftTransaction(
         IPFamily.V4,
         (
-            NftOp("add", "set", "new-aff", spec="type ipv4_addr ; flags dynamic,timeout ;"),
-            NftOp("add", "rule", "svc", rule="ip saddr != { 192.0.2.0/24, 198.51.100.0/24 } drop"),
+            NftOp("add", "set", "new-aff", declaration=aff),
+            NftOp(
+                "add",
+                "rule",
+                "svc",
+                rule=rule(AddressNotInPrefixes(IPFamily.V4, "saddr", nets), DROP),
+            ),
         ),
     )
-    with pytest.raises(nftwire.Unsupported):
+    with pytest.raises(Unsupported):
         nftwire.messages(tx)
     kernel = NftKernel(Runner(ns))
     kernel.apply_transaction(tx)

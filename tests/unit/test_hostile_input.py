@@ -24,8 +24,8 @@ from proxy.iptables import render as ipt_render
 from proxy.iptables import restore as ipt_restore
 from proxy.model import parse_endpoint_slice, parse_service
 from proxy.nftables import diff as nft_diff
-from proxy.nftables import model as nft_model
 from proxy.nftables import render as nft_render
+from proxy.nftables import statements as nft_statements
 from proxy.plan import plan
 from proxy.source.file import build_state
 
@@ -78,7 +78,7 @@ def test_long_valid_names_fit_nft_comments(endpoints: bool) -> None:
     text = _render(ProxyMode.NFTABLES, *objs)
     comments = _COMMENT.findall(text)
     assert comments, "the Service's elements carry comments"
-    assert max(len(c) for c in comments) <= nft_model.NFT_COMMENT_MAX
+    assert max(len(c) for c in comments) <= nft_statements.NFT_COMMENT_MAX
     # the truncated comment still starts with the Service's name: it stays readable
     assert any(c.startswith(f"{NS63}/{NAME63}") for c in comments)
 
@@ -91,8 +91,8 @@ def test_long_valid_names_fit_iptables_comments() -> None:
 
 
 def test_comment_quoting_keeps_rule_syntax() -> None:
-    assert nft_model.safe_comment('a"b\\c\nd\x00é') == "a'b?c?d??"
-    assert len(nft_model.safe_comment("x" * 500)) == 128
+    assert nft_statements.safe_comment('a"b\\c\nd\x00é') == "a'b?c?d??"
+    assert len(nft_statements.safe_comment("x" * 500)) == 128
     assert ipt_render._q('say "hi"\\\n') == "\"say 'hi'??\""
 
 
