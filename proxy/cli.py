@@ -698,6 +698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_agent(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
+    from proxy.agent.options.parse import option_without_value
+
+    if (option := option_without_value(parser, args)) is not None:
+        _err(f"{option}: no value given ('--' is not one); e.g. {option}=VALUE")
+        return EXIT_USAGE
     handlers = {
         "render": cmd_render,
         "apply": cmd_apply,

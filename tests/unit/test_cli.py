@@ -145,3 +145,10 @@ def test_help_and_no_command() -> None:
     assert run("--help").returncode == 0
     proc = run()
     assert proc.returncode == 2 and "COMMAND" in proc.stderr
+
+
+def test_an_option_given_dashdash_as_its_value_is_a_usage_error() -> None:
+    r = render("iptables", str(EXAMPLE), "--hostname-override=--")
+    assert r.returncode == 2
+    assert "--hostname-override: no value given" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""

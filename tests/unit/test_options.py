@@ -880,3 +880,14 @@ def test_deploy_doc_tables_match_the_code() -> None:
         "docs/deploy.md is out of date: replace the generated section with the output of "
         "`python -m proxy.agent.options.docs`"
     )
+
+
+@pytest.mark.parametrize(
+    "flag", ["--hostname-override", "--kubeconfig", "--cluster-cidr", "--nodeport-addresses"]
+)
+def test_a_flag_given_dashdash_as_its_value_is_refused_not_dropped(flag: str) -> None:
+    # argparse reads `--flag=--` as "no value" (an empty list); taken silently, the agent
+    # would run with the default (e.g. the wrong node name)
+    with pytest.raises(ConfigError, match=f"{flag}: no value given"):
+        parse_run_args([f"{flag}=--"], env={})
+    assert parse_run_args([f"{flag}=-x"] if flag == "--kubeconfig" else [], env={})

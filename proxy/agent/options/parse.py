@@ -163,6 +163,32 @@ def _build_parser() -> _RunParser:
     return parser
 
 
+def _no_value(value: object, append: bool) -> bool:
+    if append and isinstance(value, list):
+        return any(isinstance(v, list) for v in value)
+    return isinstance(value, list)
+
+
+def option_without_value(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The option, among those of the chosen (sub)commands, that takes one value but got
+    none: argparse reads ``--opt=--`` as an empty list instead of refusing it (pflag takes
+    ``--`` as the value)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None and (found := option_without_value(chosen, args)):
+                return found
+        elif (
+            action.option_strings
+            and action.nargs is None
+            and _no_value(
+                getattr(args, action.dest, None), isinstance(action, argparse._AppendAction)
+            )
+        ):
+            return max(action.option_strings, key=len)
+    return None
+
+
 def _verbosity(flag: str | None, from_file: int) -> int:
     if flag is None:
         return from_file
@@ -177,7 +203,11 @@ def parse_run_args(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
 
     env defaults to os.environ (only ``NODE_NAME`` is read).
     """
-    given = vars(_build_parser().parse_args(list(argv)))
+    parser = _build_parser()
+    parsed = parser.parse_args(list(argv))
+    if (option := option_without_value(parser, parsed)) is not None:
+        raise ConfigError(f"kube-proxy-py run: {option}: no value given ('--' is not one)")
+    given = vars(parsed)
     environ: Mapping[str, str] = os.environ if env is None else env
     warnings: list[str] = []
     warn_ignored_flags(given, warnings)
