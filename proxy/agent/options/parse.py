@@ -179,7 +179,7 @@ def option_without_value(parser: argparse.ArgumentParser, args: argparse.Namespa
             if chosen is not None and (found := option_without_value(chosen, args)):
                 return found
         elif (
-            action.option_strings
+            isinstance(action, argparse._StoreAction | argparse._AppendAction)
             and action.nargs is None
             and _no_value(
                 getattr(args, action.dest, None), isinstance(action, argparse._AppendAction)
