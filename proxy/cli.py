@@ -391,7 +391,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     runner = Runner()
     mode = mode_for(p.mode)
     writer = mode.writer(runner, IPFamily.V4)
-    writer.sync(mode.renderer()(p, None))
+    writer.full_sync(mode.renderer()(p, None))
     backend = writer.description
     # as the agent does when it starts: the other mode's rules would still DNAT
     for what in remove_rules(runner, other_modes(p.mode)):

@@ -38,7 +38,7 @@ class ModeWriter(Protocol[R_in, C_in]):
         """What writes the rules, e.g. ``nftables`` or ``iptables (legacy)``."""
         ...
 
-    def sync(self, ruleset: R_in) -> None:
+    def full_sync(self, ruleset: R_in) -> None:
         """Full sync: make our rules exactly ``ruleset`` in one transaction."""
         ...
 

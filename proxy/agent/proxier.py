@@ -130,7 +130,7 @@ class Proxier:
         Returns whether anything was written."""
         last = self._last_ruleset
         if full or last is None:
-            self._writer.sync(ruleset)
+            self._writer.full_sync(ruleset)
             written = True
         else:
             change = self._mode.diff(last, ruleset)

@@ -125,15 +125,15 @@ class _Kernel:
             if self.ipt.variant == "legacy":
                 self.raw_argv += ["-w", "5"]
 
-    def sync(self, ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset) -> bool:
+    def full_sync(self, ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset) -> bool:
         """Our full sync; True. (Both stream their input to the tool without building it
         as one text: :meth:`text` rebuilds it, untimed.)"""
         if self.nft is not None:
             assert isinstance(ruleset, nft_model.NftRuleset)
-            self.nft.sync(ruleset)
+            self.nft.full_sync(ruleset)
         else:
             assert self.ipt is not None and isinstance(ruleset, ipt_model.IptablesRuleset)
-            self.ipt.sync(ruleset)
+            self.ipt.full_sync(ruleset)
         return True
 
     def text(self, ruleset: ipt_model.IptablesRuleset | nft_model.NftRuleset) -> str:
@@ -305,15 +305,15 @@ def _bench_sync(
     del rendered
     res.memory = measure_in_subprocess(services, endpoints, mode)
 
-    _, sec["first_sync"] = _timed_fresh(mode, repeat, lambda k: k.sync(ruleset))
+    _, sec["first_sync"] = _timed_fresh(mode, repeat, lambda k: k.full_sync(ruleset))
     with owned_netns() as ns:
         first_text = _Kernel(ns, mode).text(ruleset)  # what a sync into an empty table writes
     res.text_bytes = len(first_text)
     _, sec["raw_first_sync_text"] = _timed_fresh(mode, repeat, lambda k: k.raw(first_text))
     with owned_netns() as ns, tempfile.TemporaryDirectory() as tmp:
         kernel = _Kernel(ns, mode)
-        kernel.sync(ruleset)
-        _, sec["resync"] = _timed(lambda: kernel.sync(ruleset), repeat)
+        kernel.full_sync(ruleset)
+        _, sec["resync"] = _timed(lambda: kernel.full_sync(ruleset), repeat)
         resync_text = kernel.text(ruleset)
         res.resync_text_bytes = len(resync_text)
         _, sec["raw_resync_text"] = _timed(lambda: kernel.raw(resync_text), repeat)

@@ -88,9 +88,9 @@ class Tour:
             pl = plan(state.snapshot, config)
             runner = Runner(self.topo.ns(node))
             if self.mode is ProxyMode.IPTABLES:
-                IptablesKernel(runner).sync(ipt_render.render(pl))
+                IptablesKernel(runner).full_sync(ipt_render.render(pl))
             else:
-                NftKernel(runner).sync(nft_render.render(pl))
+                NftKernel(runner).full_sync(nft_render.render(pl))
             summary = f"{len(pl.service_ports)} service ports, {pl.endpoint_count} endpoints"
         return summary
 

@@ -262,7 +262,7 @@ class IptablesKernel:
         yield from restore_pieces(with_canaries, existing)
         yield _CANARY_MANGLE
 
-    def sync(self, ruleset: IptablesRuleset, existing: ExistingIptables | None = None) -> None:
+    def full_sync(self, ruleset: IptablesRuleset, existing: ExistingIptables | None = None) -> None:
         """Full sync: one restore transaction replacing exactly our chains.
 
         The input is built piece by piece while the tool parses what it has (at 10,000

@@ -41,8 +41,8 @@ class IptablesWriter:
     def description(self) -> str:
         return f"iptables ({self.kernel.variant})"
 
-    def sync(self, ruleset: IptablesRuleset) -> None:
-        self.kernel.sync(ruleset)
+    def full_sync(self, ruleset: IptablesRuleset) -> None:
+        self.kernel.full_sync(ruleset)
         self._canary = dict.fromkeys(CANARY_TABLES, True)  # a legacy full sync declared them
 
     def apply(self, change: PartialRestore) -> None:

@@ -151,7 +151,7 @@ class NftKernel:
             _log_refused(exc)
             raise
 
-    def sync(self, ruleset: NftRuleset, existing: ExistingNft | None = None) -> None:
+    def full_sync(self, ruleset: NftRuleset, existing: ExistingNft | None = None) -> None:
         """Full sync in one transaction, its script streamed to ``nft -f -``."""
         have = existing if existing is not None else self.existing()
         try:

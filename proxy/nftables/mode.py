@@ -29,8 +29,8 @@ class NftablesWriter:
     generations: GenerationReader
     description: str = "nftables"
 
-    def sync(self, ruleset: NftRuleset) -> None:
-        self.kernel.sync(ruleset)
+    def full_sync(self, ruleset: NftRuleset) -> None:
+        self.kernel.full_sync(ruleset)
 
     def apply(self, change: NftTransaction) -> None:
         self.kernel.apply_transaction(change)

@@ -103,9 +103,9 @@ class Lab:
             )
             p = plan(state.snapshot, config)
             if self.mode is ProxyMode.IPTABLES:
-                IptablesKernel(runner).sync(ipt_render.render(p))
+                IptablesKernel(runner).full_sync(ipt_render.render(p))
             else:
-                NftKernel(runner).sync(nft_render.render(p))
+                NftKernel(runner).full_sync(nft_render.render(p))
             plans[node] = p
         return plans
 

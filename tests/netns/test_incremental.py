@@ -93,9 +93,9 @@ def test_incremental_nftables_equals_full_sync(
         nft_render.render(_plan(a, ProxyMode.NFTABLES)),
         nft_render.render(_plan(b, ProxyMode.NFTABLES)),
     )
-    inc.sync(ra)
+    inc.full_sync(ra)
     inc.apply_transaction(nft_diff.incremental(ra, rb))  # netlink when covered, else nft
-    ref.sync(rb)
+    ref.full_sync(rb)
     assert nft_canonical(two_netns[0]) == nft_canonical(two_netns[1])
     assert not nft_diff.incremental(rb, rb)
 
@@ -116,11 +116,11 @@ def test_partial_iptables_equals_full_sync(
         ipt_render.render(_plan(a, ProxyMode.IPTABLES)),
         ipt_render.render(_plan(b, ProxyMode.IPTABLES)),
     )
-    inc.sync(ra)
+    inc.full_sync(ra)
     text = ipt_restore.partial_restore_text(ra, rb)
     if text:
         inc.restore(text)
-    ref.sync(rb)
+    ref.full_sync(rb)
     assert ipt_canonical(two_netns[0]) == ipt_canonical(two_netns[1])
     assert ipt_restore.partial_restore_text(rb, rb) == ""
 
@@ -187,8 +187,8 @@ def test_agent_event_stream_matches_a_fresh_full_sync(
         assert proxier.sync_proxy_rules()
         ref = _plan([node, *(o for objs in live.values() for o in objs)], mode)
         if mode is ProxyMode.NFTABLES:
-            NftKernel(Runner(ref_ns)).sync(nft_render.render(ref))
+            NftKernel(Runner(ref_ns)).full_sync(nft_render.render(ref))
             assert nft_canonical(inc_ns) == nft_canonical(ref_ns), f"step {step}"
         else:
-            IptablesKernel(Runner(ref_ns), variant="nft").sync(ipt_render.render(ref))
+            IptablesKernel(Runner(ref_ns), variant="nft").full_sync(ipt_render.render(ref))
             assert ipt_canonical(inc_ns) == ipt_canonical(ref_ns), f"step {step}"

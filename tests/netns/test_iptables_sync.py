@@ -66,7 +66,7 @@ def test_sync_over_an_older_ruleset_equals_a_fresh_sync(
     """Stale chains go, a duplicated and a stale jump are mended, other rules stay."""
     old, new = ruleset("web", "gone"), ruleset("web", "db")
     over, fresh = (IptablesKernel(Runner(ns), variant=variant) for ns in pair)
-    over.sync(old)
+    over.full_sync(old)
     stale = {c for t in old.tables().values() for c in t} - {
         c for t in new.tables().values() for c in t
     }
@@ -75,8 +75,8 @@ def test_sync_over_an_older_ruleset_equals_a_fresh_sync(
     iptables(pair[0], variant, "-t", "nat", "-A", "OUTPUT", "-j", sorted(stale)[0])
     for k in (over, fresh):
         iptables(k.runner.netns or "", variant, "-t", "nat", "-A", "POSTROUTING", "-j", "ACCEPT")
-    over.sync(new)
-    fresh.sync(new)
+    over.full_sync(new)
+    fresh.full_sync(new)
     after = saved(pair[0], variant)
     assert after == saved(pair[1], variant)
     assert not stale & {c for (_, c) in after}
@@ -89,16 +89,16 @@ def test_a_failed_save_commits_nothing(
 ) -> None:
     ns = pair[0]
     k = IptablesKernel(Runner(ns), variant=variant)
-    k.sync(ruleset("web", "gone"))
+    k.full_sync(ruleset("web", "gone"))
     before = saved(ns, variant)
     real = kernel_ipt._tool
     monkeypatch.setattr(
         kernel_ipt, "_tool", lambda f, v, verb: "false" if verb == "save" else real(f, v, verb)
     )
     with pytest.raises(KernelError) as err:
-        k.sync(ruleset("web", "db"))
+        k.full_sync(ruleset("web", "db"))
     assert err.value.argv[0] == "false"  # the save's failure, not the restore's
     assert saved(ns, variant) == before
     monkeypatch.undo()
-    k.sync(ruleset("web", "db"))
+    k.full_sync(ruleset("web", "db"))
     assert saved(ns, variant) != before

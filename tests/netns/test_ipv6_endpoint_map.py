@@ -112,7 +112,7 @@ def test_ipv6_cluster_ip_spreads_over_the_endpoint_map(link: tuple[str, str]) ->
     chains = [c for c in two.chains.values() if c.name.startswith("service-") and "/" in c.name]
     assert len(chains) == 1 and "map @endpoints-tcp-" in chains[0].rules[0].text()
     kernel = NftKernel(Runner(node), IPFamily.V6)
-    kernel.sync(two)  # through nft
+    kernel.full_sync(two)  # through nft
     assert reached(node) == set(PODS[:2])
     tx = nft_diff.incremental(two, three)
     assert any(op.kind == "rule" for op in tx.ops)  # mod 2 became mod 3

@@ -352,7 +352,7 @@ def test_agent_changes_go_over_netlink_and_match_nft(pair: tuple[str, str], chan
     before, after = (_ruleset(objs) for objs in CHANGES[change])
     by_nft, by_wire = (NftKernel(Runner(ns)) for ns in pair)
     for k in (by_nft, by_wire):
-        k.sync(before)
+        k.full_sync(before)
     tx = nft_diff.incremental(before, after)
     assert tx, "the change writes something"
     nftwire.messages(tx)  # covered: raises Unsupported otherwise

@@ -118,9 +118,9 @@ class Lab:
             p = plan(state.snapshot, config)
             k = self.kernel(node)
             if isinstance(k, IptablesKernel):
-                k.sync(ipt_render.render(p))
+                k.full_sync(ipt_render.render(p))
             else:
-                k.sync(nft_render.render(p))
+                k.full_sync(nft_render.render(p))
         for node in NODE_IP:
             self.topo.flush_conntrack(node)
 
