@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 from proxy.model import IPFamily, Protocol
 from proxy.nftables.names import CLUSTER_IPS, HAIRPIN_CONNECTIONS, TABLE
@@ -66,12 +67,12 @@ class NftElement:
         return f"{out} : {value.text()}"  # type: ignore[union-attr]
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointElement:
-    """An endpoint map's element, ``index : address . port`` (one object: a table holds
-    one per endpoint of every multi-endpoint service port)."""
+class EndpointElement(NamedTuple):
+    """An endpoint map's element, ``number : address . port``. A table holds one per
+    endpoint of every multi-endpoint service port: a named tuple of plain values is the
+    cheapest immutable object to build, and the garbage collector stops tracking it."""
 
-    index: int
+    number: int
     """numgen's result that picks it (the chain's offset + the endpoint's position)."""
     ip: str
     port: int
@@ -79,20 +80,20 @@ class EndpointElement:
 
     @property
     def key(self) -> ElementKey:
-        return (self.index,)
+        return (self.number,)
 
     @property
     def value(self) -> ElementData:
         return (self.ip, self.port)
 
     def key_text(self) -> str:
-        return f"{self.index}"
+        return f"{self.number}"
 
     def text(self) -> str:
         if self.comment:
-            head = f'{self.index} comment "{safe_comment(self.comment)}"'
+            head = f'{self.number} comment "{safe_comment(self.comment)}"'
             return f"{head} : {self.ip} . {self.port}"
-        return f"{self.index} : {self.ip} . {self.port}"
+        return f"{self.number} : {self.ip} . {self.port}"
 
 
 Element = NftElement | EndpointElement
@@ -244,8 +245,8 @@ class TableBuilder:
     ) -> None:
         self.elements.setdefault(set_name, []).append(NftElement(key, value, comment))
 
-    def endpoint(self, map_name: str, index: int, ip: str, port: int, comment: str = "") -> None:
-        self.elements.setdefault(map_name, []).append(EndpointElement(index, ip, port, comment))
+    def endpoint(self, map_name: str, number: int, ip: str, port: int, comment: str = "") -> None:
+        self.elements.setdefault(map_name, []).append(EndpointElement(number, ip, port, comment))
 
     def fragment(self) -> Fragment:
         """What this builder holds, frozen (a service port's share of the ruleset)."""

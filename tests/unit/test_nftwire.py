@@ -10,7 +10,15 @@ from proxy.kernel import nfnetlink as nl
 from proxy.model import IPFamily
 from proxy.nftables import wire as nftwire
 from proxy.nftables.exprs import Unsupported
-from proxy.nftables.model import BaseHook, NftElement, NftOp, NftSet, NftTransaction
+from proxy.nftables.model import (
+    BaseHook,
+    Element,
+    EndpointElement,
+    NftElement,
+    NftOp,
+    NftSet,
+    NftTransaction,
+)
 from proxy.nftables.statements import (
     DROP,
     AddressInSet,
@@ -247,3 +255,18 @@ def test_a_rule_names_the_sets_it_uses() -> None:
     assert printed.text() == 'goto ep comment "x"'
     assert printed == rule(goto("ep"), comment="x")
     assert hash(printed) == hash(rule(goto("ep"), comment="x"))
+
+
+def test_an_endpoint_element_prints_and_encodes_as_the_generic_element() -> None:
+    emap = SetType(("mark",), ("ipv4_addr", "inet_service"))
+    endpoint = EndpointElement(5, "10.0.0.1", 80, "ns/web:http")
+    generic = NftElement((5,), ("10.0.0.1", 80), "ns/web:http")
+    assert endpoint.text() == generic.text() == '5 comment "ns/web:http" : 10.0.0.1 . 80'
+    assert endpoint.key_text() == generic.key_text() == "5"
+
+    def payloads(e: Element, verb: str) -> list[bytes]:
+        op = NftOp(verb, "element", "m", set_type=emap, elements=(e,))
+        return [m.payload for m in nftwire.messages(NftTransaction(V4, (op,)))]
+
+    for verb in ("add", "delete"):
+        assert payloads(endpoint, verb) == payloads(generic, verb)
