@@ -562,7 +562,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
         from proxy.demo.seeds.parse import seed_numbers
         from proxy.demo.seeds.run import main as seeds_main
         from proxy.demo.seeds.run import write_manifests
-        from proxy.lab import lab
+        from proxy.lab.errors import LabError
+        from proxy.lab.state import resolve_state_dir
 
         try:
             if args.manifests:
@@ -570,18 +571,20 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     print(path)
                 return EXIT_OK
             return seeds_main(
-                lab.resolve_state_dir(args.state_dir),
+                resolve_state_dir(args.state_dir),
                 seed_numbers(args.numbers),
                 color=False if args.no_color else None,
                 parallel=args.parallel,
             )
-        except (SeedsError, lab.LabError) as exc:
+        except (SeedsError, LabError) as exc:
             _err(f"lab seeds: {exc}")
             return EXIT_INVALID
     if args.lab_command in ("up", "down", "status", "kubectl", "shell", "load-image", "demo"):
-        from proxy.lab import lab
+        from proxy.lab.commands import down, kubectl, loadimage, shell, status, up
+        from proxy.lab.errors import LabError
+        from proxy.lab.state import resolve_state_dir
 
-        state_dir = lab.resolve_state_dir(args.state_dir)
+        state_dir = resolve_state_dir(args.state_dir)
         try:
             if args.lab_command == "demo":
                 from proxy.demo.labdemo import DemoError
@@ -595,7 +598,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     _err(f"lab demo: {exc}")
                     return EXIT_INVALID
             if args.lab_command == "up":
-                return lab.up(
+                return up.up(
                     state_dir,
                     nodes=args.nodes,
                     mode=args.mode,
@@ -603,15 +606,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     with_addons=args.addons,
                 )
             if args.lab_command == "down":
-                return lab.down(state_dir)
+                return down.down(state_dir)
             if args.lab_command == "status":
-                return lab.status(state_dir)
+                return status.status(state_dir)
             if args.lab_command == "kubectl":
-                return lab.kubectl(state_dir, args.args)
+                return kubectl.kubectl(state_dir, args.args)
             if args.lab_command == "load-image":
-                return lab.load_image(state_dir, Path(args.archive))
-            return lab.shell(state_dir, args.target, args.shell_command)
-        except lab.LabError as exc:
+                return loadimage.load_image(state_dir, Path(args.archive))
+            return shell.shell(state_dir, args.target, args.shell_command)
+        except LabError as exc:
             _err(f"lab {args.lab_command}: {exc}")
             return EXIT_INVALID
     _err("lab: give a command: build, up, down, status, kubectl, shell, load-image, demo or seeds")

@@ -105,6 +105,17 @@ def log_tail(path: Path | None, limit: int = 2000) -> str:
     return text[-limit:].strip()
 
 
+def log_tail_lines(path: Path, lines: int = 30, offset: int = 0) -> str:
+    """The last lines of a child's log file from byte offset on ("(no log at …)" if none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A ``preexec_fn`` giving the child a parent-death signal (``PR_SET_PDEATHSIG``).
 

@@ -1,6 +1,6 @@
 """The lab's lifecycle: ``kube-proxy-py lab up|down|status|kubectl|shell``.
 
-``lab up`` starts a detached *supervisor* (``python -m proxy.lab.lab supervise``, a
+``lab up`` starts a detached *supervisor* (``python -m proxy.lab.supervisor supervise``, a
 session of its own) that builds the lab and then stays, so the lab outlives the
 command. The lab is a real cluster built the way kind builds one, with namespaces where
 kind uses Docker containers. The supervisor:
@@ -67,22 +67,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import fcntl
-import functools
-import glob
-import http.client
 import json
 import logging
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -90,258 +82,58 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from proxy.apiclient.client import ApiClient, ApiError, Backoff
-from proxy.apiclient.config import ClientConfig
+from proxy.apiclient.client import Backoff
 from proxy.host import netns as hostns
-from proxy.host import sockets
 from proxy.host.network import Network
-from proxy.host.process import (
-    child_env,
-    die_with_parent,
-    kill_pids,
-    proc_cmdline,
-    proc_starttime,
-)
-from proxy.host.spec import ClientSpec, NodeSpec, TopologySpec
+from proxy.host.process import child_env, die_with_parent, log_tail_lines
 from proxy.lab import addonbuild, addons, coredns
 from proxy.lab import registry as labregistry
+from proxy.lab.cleanup import sweep_namespaces
+from proxy.lab.clients import node_health
+from proxy.lab.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, LabError
+from proxy.lab.state import PROGRESS_FILE, LabState, NodeRecord, ProcRecord, save_state
+from proxy.lab.topology import (
+    API_PORT,
+    CLIENT,
+    CLIENT_IP,
+    DEFAULT_MODE,
+    DEFAULT_NODES,
+    EXTERNAL_IP_CIDR,
+    HEALTHZ_PORT,
+    MODES,
+    REGISTRY,
+    REGISTRY_IP,
+    RESOLVER,
+    RESOLVER_IP,
+    UPSTREAM_NODE,
+    lab_topology,
+)
 
 if TYPE_CHECKING:
     from proxy.lab.cluster import LabCluster
     from proxy.lab.nodebuild import NodeBinaries
 
-log = logging.getLogger("proxy.lab.lab")  # also when run as __main__ (the supervisor)
+log = logging.getLogger("proxy.lab.supervisor")  # also when run as __main__
 
-STATE_ENV = "KUBE_PROXY_PY_LAB_DIR"
-STATE_FILE = "state.json"
-PROGRESS_FILE = "progress.log"
-SUPERVISOR_LOG = "supervisor.log"
-STATE_VERSION = 1
-
-DEFAULT_NODES = 2
-MAX_NODES = 6
-MODES = ("nftables", "iptables")
-DEFAULT_MODE = "nftables"
-LAN_CIDR = "192.168.50.0/24"
-CLIENT = "client"
-CLIENT_IP = "192.168.50.100"
-REGISTRY = "registry"
-REGISTRY_IP = "192.168.50.3"
-EXTERNAL_IP_CIDR = "203.0.113.0/24"
-RESOLVER = coredns.RESOLVER
-RESOLVER_IP = coredns.RESOLVER_IP
-UPSTREAM_NODE = "node-upstream"
-UPSTREAM_NODE_IP = "192.168.50.30"
-UPSTREAM_POD_CIDR = "10.244.30.0/24"
-API_PORT = 6443
-HEALTHZ_PORT = 10256
-ZONES = ("zone-a", "zone-b")
-STOP_TIMEOUT = 90.0
 READY_TIMEOUT = 120.0
 RESTART_BACKOFF = (10.0, 300.0)
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_USAGE = 2
+SUPERVISOR_MARKER = "proxy.lab.supervisor supervise"
+"""In the supervisor's command line (its ProcRecord's marker)."""
 
 
-class LabError(RuntimeError):
-    """The lab could not do what was asked; the message says why and what to do."""
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def default_state_dir() -> Path:
-    """``$KUBE_PROXY_PY_LAB_DIR``, else ``<kube-proxy-py cache>/lab``."""
-    env = os.environ.get(STATE_ENV)
-    if env:
-        return Path(env)
-    from proxy.lab.build import cache_root
-
-    return cache_root() / "lab"
-
-
-def resolve_state_dir(given: str | os.PathLike[str] | None) -> Path:
-    return Path(given).expanduser().absolute() if given else default_state_dir().absolute()
-
-
-def _command_hint(state_dir: Path, sub: str) -> str:
-    """``kube-proxy-py lab SUB`` plus ``--state-dir`` when it is not the default one."""
-    if state_dir.absolute() == default_state_dir().absolute():
-        return f"kube-proxy-py lab {sub}"
-    return f"kube-proxy-py lab {sub} --state-dir {state_dir}"
-
-
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class ProcRecord:
-    """A process we started: killed later only if pid, start time and command line match."""
-
-    label: str
-    pid: int
-    starttime: int
-    markers: list[str]
-    """Substrings one of which its command line holds (it execs: ``ip netns exec`` →
-    launcher → command, so it has had several)."""
-
-    @classmethod
-    def of(cls, label: str, pid: int, markers: Sequence[str]) -> ProcRecord:
-        return cls(label, pid, proc_starttime(pid) or 0, list(markers))
-
-    def is_ours(self) -> bool:
-        """Alive, not reused: same start time, and a command line we expect."""
-        if self.starttime == 0 or proc_starttime(self.pid) != self.starttime:
-            return False
-        cmdline = proc_cmdline(self.pid)
-        return any(m in cmdline for m in self.markers)
-
-
-def _kill_records(records: Sequence[ProcRecord], grace: float = 5.0) -> list[str]:
-    """SIGTERM, then SIGKILL, the records that are still ours; the labels it stopped."""
-    ours = {r.pid: r for r in records if r.is_ours()}
-    kill_pids(ours, grace=grace, running=lambda pid: ours[pid].is_ours())
-    return [f"{r.label} (pid {r.pid})" for r in ours.values()]
-
-
-# --------------------------------------------------------------------------- state
-
-
-@dataclass
-class NodeRecord:
-    name: str
-    lan_ip: str
-    pod_cidr: str
-    zone: str
-    namespace: str
-    proxy: str
-    """``kube-proxy-py`` or ``kube-proxy`` (upstream, on the --compare node)."""
-
-
-@dataclass
-class LabState:
-    lab_id: str
-    state_dir: str
-    mode: str
-    node_count: int
-    compare: bool
-    addons: bool = True
-    """CoreDNS and MetalLB installed (``--no-addons``: a bare cluster)."""
-    phase: str = "starting"
-    error: str = ""
-    created: float = field(default_factory=time.time)
-    ready_at: float = 0.0
-    supervisor: ProcRecord | None = None
-    nodes: list[NodeRecord] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    control_plane: dict[str, str] = field(default_factory=dict)
-    client: dict[str, Any] = field(default_factory=dict)
-    processes: dict[str, ProcRecord] = field(default_factory=dict)
-    restarts: dict[str, int] = field(default_factory=dict)
-    env_overrides: dict[str, list[str]] = field(default_factory=dict)
-    """Container env the lab sets differently from daemonset.yaml: name -> [file, lab]."""
-    config_overrides: dict[str, list[str]] = field(default_factory=dict)
-    """config.conf fields the lab sets differently: field -> [file, lab]."""
-    notes: list[str] = field(default_factory=list)
-    created_paths: list[str] = field(default_factory=list)
-    """Host paths the lab had to create outside the state dir (removed by down)."""
-    registry: dict[str, str] = field(default_factory=dict)
-    """The lab registry: its namespace and ``host:port``."""
-    node_bins: dict[str, str] = field(default_factory=dict)
-    """Where the node components are: ``bin`` (containerd, runc, registry) and ``cni``."""
-    version: int = STATE_VERSION
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> LabState:
-        raw = dict(data)
-        sup = raw.pop("supervisor", None)
-        nodes = raw.pop("nodes", [])
-        procs = raw.pop("processes", {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        state = cls(**{k: v for k, v in raw.items() if k in known})
-        state.supervisor = ProcRecord(**sup) if sup else None
-        state.nodes = [NodeRecord(**n) for n in nodes]
-        state.processes = {k: ProcRecord(**v) for k, v in procs.items()}
-        return state
-
-    @property
-    def path(self) -> Path:
-        return Path(self.state_dir)
-
-    def node(self, name: str) -> NodeRecord | None:
-        return next((n for n in self.nodes if n.name == name), None)
-
-    def supervisor_alive(self) -> bool:
-        return self.supervisor is not None and self.supervisor.is_ours()
-
-
-def load_state(state_dir: Path) -> LabState | None:
-    path = state_dir / STATE_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise LabError(
-            f"{path} is unreadable ({exc}); remove {state_dir} by hand after checking "
-            f"`ip netns list` for leftover kpp-lab-* namespaces"
-        ) from exc
-    return LabState.from_json(data)
-
-
-def save_state(state: LabState) -> None:
-    path = state.path / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    """An exclusive lock on the state directory (concurrent up/down wait for each other)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------- topology
-
-
-def node_names(count: int) -> list[str]:
-    return [f"node-{i}" for i in range(1, count + 1)]
-
-
-def lab_topology(count: int, compare: bool) -> tuple[TopologySpec, dict[str, str]]:
-    """The lab's nodes and client (LabCluster adds the control plane), and node zones."""
-    if not 1 <= count <= MAX_NODES:
-        raise LabError(f"--nodes {count}: the lab runs 1 to {MAX_NODES} nodes")
-    nodes = [
-        NodeSpec(f"node-{i}", f"192.168.50.{10 + i}", f"10.244.{i}.0/24")
-        for i in range(1, count + 1)
-    ]
-    zones = {n.name: ZONES[i % 2] for i, n in enumerate(nodes)}
-    if compare:
-        nodes.append(NodeSpec(UPSTREAM_NODE, UPSTREAM_NODE_IP, UPSTREAM_POD_CIDR))
-        zones[UPSTREAM_NODE] = ZONES[0]
-    clients = (
-        ClientSpec(CLIENT, CLIENT_IP),
-        ClientSpec(REGISTRY, REGISTRY_IP),
-        ClientSpec(RESOLVER, RESOLVER_IP),
-    )
-    spec = TopologySpec(nodes=tuple(nodes), pods=(), clients=clients, lan_cidr=LAN_CIDR)
-    return spec, zones
-
-
-# --------------------------------------------------------------------------- the DaemonSet
+def supervisor_argv(
+    state_dir: Path, lab_id: str, nodes: int, mode: str, compare: bool, with_addons: bool
+) -> list[str]:
+    """The command ``lab up`` starts the supervisor with (a session of its own)."""
+    return [
+        sys.executable, "-m", "proxy.lab.supervisor", "supervise",
+        "--state-dir", str(state_dir),
+        "--lab-id", lab_id,
+        "--nodes", str(nodes),
+        "--mode", mode,
+        *(["--compare"] if compare else []),
+        *([] if with_addons else ["--no-addons"]),
+    ]  # fmt: skip
 
 
 def manifest_objects(path: Path | None = None) -> list[dict[str, Any]]:
@@ -349,57 +141,6 @@ def manifest_objects(path: Path | None = None) -> list[dict[str, Any]]:
 
     text = (path or MANIFEST).read_text()
     return [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
-
-
-# --------------------------------------------------------------------------- HTTP helpers
-
-
-def http_get(netns: str, host: str, port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
-    conn = sockets.NetnsHTTPConnection(netns, host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
-def node_health(netns: str) -> tuple[int | None, str]:
-    """``GET /healthz`` on the node's kube-proxy (status, body); (None, error) if none."""
-    try:
-        return http_get(netns, "127.0.0.1", HEALTHZ_PORT, "/healthz")
-    except (OSError, http.client.HTTPException) as exc:
-        return None, str(exc)
-
-
-@functools.lru_cache(maxsize=4)
-def _admin_client(netns: str, host: str, ca: str, cert: str, key: str) -> ApiClient:
-    server = f"https://[{host}]:{API_PORT}" if ":" in host else f"https://{host}:{API_PORT}"
-    config = ClientConfig(
-        server=server,
-        source=f"the lab's admin ({cert})",
-        ca_pem=Path(ca).read_bytes(),
-        client_cert_pem=Path(cert).read_bytes(),
-        client_key_pem=Path(key).read_bytes(),
-    )
-    return ApiClient(config, connector=functools.partial(sockets.connect_in_netns, netns))
-
-
-def api_client(state: LabState) -> ApiClient:
-    """The lab's API server as the lab's admin, reached from inside the control plane's
-    namespace (calls raise :class:`ApiError` when there is no answer)."""
-    cp = state.control_plane
-    return _admin_client(cp["namespace"], cp["host"], cp["ca"], cp["admin_cert"], cp["admin_key"])
-
-
-def _api_get(state: LabState, path: str, timeout: float = 5.0) -> Any:
-    status, body = api_client(state).call("GET", path, timeout=timeout)
-    if status != 200:
-        raise LabError(f"GET {path}: HTTP {status}")
-    return json.loads(body)
-
-
-# --------------------------------------------------------------------------- supervisor
 
 
 class _Stop(BaseException):
@@ -461,9 +202,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        self.state.supervisor = ProcRecord.of(
-            "supervisor", os.getpid(), ["proxy.lab.lab supervise"]
-        )
+        self.state.supervisor = ProcRecord.of("supervisor", os.getpid(), [SUPERVISOR_MARKER])
         self.save()
         status = EXIT_OK
         try:
@@ -794,7 +533,7 @@ class Supervisor:
             ):
                 raise LabError(
                     f"{label} exited with {child.popen.returncode}; last lines of "
-                    f"{child.log_path}:\n{_tail(child.log_path)}"
+                    f"{child.log_path}:\n{log_tail_lines(child.log_path)}"
                 )
 
     def deploy_kube_proxy_py(self) -> None:
@@ -999,689 +738,8 @@ class Supervisor:
         self.progress("stopped")
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-# --------------------------------------------------------------------------- cleanup
-
-
-def lab_namespaces(lab_id: str) -> list[str]:
-    """Every named network namespace of this lab (``<lab id>-*``)."""
-    try:
-        names = os.listdir(hostns.NETNS_DIR)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if n.startswith(f"{lab_id}-"))
-
-
-def sweep_namespaces(lab_id: str, recorded: Sequence[str] = ()) -> list[str]:
-    """Kill what runs in the lab's namespaces and delete them; the ones deleted."""
-    names = sorted(set(recorded) | set(lab_namespaces(lab_id)))
-    present = [n for n in names if hostns.exists(n)]
-    if not present:
-        return []
-    hostns.empty(present)
-    remaining = hostns.delete(present)
-    if remaining:
-        log.error("namespaces could not be deleted: %s", remaining)
-    return [n for n in present if n not in remaining]
-
-
-@dataclass
-class Removed:
-    processes: list[str] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = []
-        if self.processes:
-            out.append(f"stopped {len(self.processes)} process(es): {', '.join(self.processes)}")
-        if self.problems:
-            out.append("could not remove: " + "; ".join(self.problems))
-        if self.namespaces:
-            out.append(
-                f"deleted {len(self.namespaces)} network namespace(s): {', '.join(self.namespaces)}"
-            )
-        if self.paths:
-            out.append(f"removed {', '.join(self.paths)}")
-        return out
-
-
-def cleanup(state_dir: Path, state: LabState | None, lab_id: str | None = None) -> Removed:
-    """Remove everything a lab left (after its supervisor is gone or would not stop)."""
-    removed = Removed()
-    lab_id = state.lab_id if state is not None else lab_id
-    if state is not None:
-        children = [r for r in state.processes.values()]
-        removed.processes += _kill_records(children)
-        if state.supervisor is not None and state.supervisor.is_ours():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(state.supervisor.pid, signal.SIGKILL)
-            removed.processes.append(f"supervisor (pid {state.supervisor.pid})")
-    if lab_id:
-        # Whatever the nodes still run (containers, shims, a kubelet whose launcher was
-        # killed) is in the lab's cgroups: kill it there, then remove the cgroups.
-        from proxy.lab import cgroups
-
-        in_cgroups = cgroups.pids(cgroups.lab_path(lab_id))
-        problems = cgroups.remove(cgroups.lab_path(lab_id))
-        if in_cgroups:
-            removed.processes.append(f"{len(in_cgroups)} node process(es) in the lab's cgroups")
-        removed.problems += problems
-    if lab_id:
-        removed.namespaces += sweep_namespaces(lab_id, state.namespaces if state else ())
-        # The Network keeps its logs in a temp dir named after the id.
-        for leftover in glob.glob(os.path.join(tempfile.gettempdir(), f"{lab_id}-*")):
-            shutil.rmtree(leftover, ignore_errors=True)
-            removed.paths.append(leftover)
-    if state is not None:
-        for created in reversed(state.created_paths):
-            path = Path(created)
-            with contextlib.suppress(OSError):
-                if path.is_dir():
-                    path.rmdir()
-                else:
-                    path.unlink()
-                removed.paths.append(created)
-    if state_dir.exists():
-        shutil.rmtree(state_dir, ignore_errors=True)
-        removed.paths.append(str(state_dir))
-    return removed
-
-
-# --------------------------------------------------------------------------- client commands
-
-
-def _require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise LabError(f"lab {what} needs root (it uses network namespaces)")
-
-
-def _no_lab(state_dir: Path) -> LabError:
-    return LabError(f"no lab is running: start one with `{_command_hint(state_dir, 'up')}`")
-
-
-def _up_flags(
-    nodes: int | None, mode: str | None, compare: bool | None, with_addons: bool = True
-) -> str:
-    flags = "" if nodes is None else f" --nodes {nodes}"
-    flags += "" if mode is None else f" --mode {mode}"
-    return flags + (" --compare" if compare else "") + ("" if with_addons else " --no-addons")
-
-
-def up(
-    state_dir: Path,
-    *,
-    nodes: int | None,
-    mode: str | None,
-    compare: bool | None,
-    with_addons: bool | None = None,
-    out: TextIO = sys.stdout,
-) -> int:
-    _require_root("up")
-    want_nodes = DEFAULT_NODES if nodes is None else nodes
-    want_addons = with_addons is not False
-    want_mode = DEFAULT_MODE if mode is None else mode
-    lab_topology(want_nodes, bool(compare))  # validates --nodes
-    if want_mode not in MODES:
-        raise LabError(f"--mode {want_mode}: choose one of {', '.join(MODES)}")
-    with _locked(state_dir):
-        state = load_state(state_dir)
-        if state is not None and state.supervisor_alive():
-            if state.phase == "ready":
-                differs = []
-                if nodes is not None and nodes != state.node_count:
-                    differs.append(f"--nodes {nodes} (it has {state.node_count})")
-                if mode is not None and mode != state.mode:
-                    differs.append(f"--mode {mode} (it runs {state.mode})")
-                if compare is not None and compare != state.compare:
-                    differs.append("--compare" if compare else "no --compare")
-                if with_addons is not None and with_addons != state.addons:
-                    differs.append("add-ons" if with_addons else "--no-addons")
-                print(f"a lab is already running ({state.lab_id}, state in {state_dir})", file=out)
-                print_status(state, out)
-                if differs:
-                    print(
-                        f"\nit differs from what you asked for: {'; '.join(differs)}. "
-                        f"Run `{_command_hint(state_dir, 'down')}` first, then "
-                        f"`{_command_hint(state_dir, 'up')}"
-                        f"{_up_flags(nodes, mode, compare, want_addons)}`.",
-                        file=out,
-                    )
-                    return EXIT_FAIL
-                return EXIT_OK
-            attach_to = state.lab_id
-        else:
-            attach_to = None
-    if attach_to is not None:
-        print(f"a lab is already starting ({attach_to}); following its progress", file=out)
-        return _follow(state_dir, None, attach_to, out)
-    with _locked(state_dir):
-        state = load_state(state_dir)
-        if state is not None and state.supervisor_alive():
-            raise LabError(
-                f"lab {state.lab_id} was started meanwhile; "
-                f"see `{_command_hint(state_dir, 'status')}`"
-            )
-        if state is not None:
-            print(
-                f"found lab {state.lab_id} whose supervisor is gone (crashed or killed): "
-                "cleaning up first",
-                file=out,
-            )
-            for line in cleanup(state_dir, state).lines():
-                print(f"  {line}", file=out)
-        elif state_dir.exists():
-            stray = [
-                p.name for p in state_dir.iterdir() if p.name not in (PROGRESS_FILE, SUPERVISOR_LOG)
-            ]
-            if stray:
-                raise LabError(
-                    f"{state_dir} is not empty and holds no lab state "
-                    f"({', '.join(sorted(stray)[:5])}); give an empty or new --state-dir"
-                )
-            for name in (PROGRESS_FILE, SUPERVISOR_LOG):
-                (state_dir / name).unlink(missing_ok=True)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        lab_id = f"kpp-lab-{secrets.token_hex(3)}"
-        argv = [
-            sys.executable, "-m", "proxy.lab.lab", "supervise",
-            "--state-dir", str(state_dir),
-            "--lab-id", lab_id,
-            "--nodes", str(want_nodes),
-            "--mode", want_mode,
-            *(["--compare"] if compare else []),
-            *([] if want_addons else ["--no-addons"]),
-        ]  # fmt: skip
-        print(
-            f"starting lab {lab_id}: {want_nodes} node(s), {want_mode} mode"
-            + (", upstream kube-proxy on node-upstream" if compare else "")
-            + ("" if want_addons else ", no add-ons")
-            + f" (state in {state_dir})",
-            file=out,
-        )
-        with open(state_dir / SUPERVISOR_LOG, "ab") as logf:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                env=child_env(),
-                start_new_session=True,
-            )
-        # Until the supervisor writes its own, this state already names it (another
-        # `lab up` waiting for the lock then follows it instead of starting a second one).
-        save_state(
-            LabState(
-                lab_id=lab_id,
-                state_dir=str(state_dir),
-                mode=want_mode,
-                node_count=want_nodes,
-                compare=bool(compare),
-                addons=want_addons,
-                supervisor=ProcRecord.of("supervisor", popen.pid, ["proxy.lab.lab supervise"]),
-            )
-        )
-    try:
-        return _follow(state_dir, popen, lab_id, out)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping the lab", file=out)
-        return down(state_dir, out=out) or EXIT_FAIL
-
-
-def _follow(
-    state_dir: Path, popen: subprocess.Popen[bytes] | None, lab_id: str, out: TextIO
-) -> int:
-    """Print the supervisor's progress until the lab is ready (0) or failed (1)."""
-
-    def hint(sub: str) -> str:
-        return _command_hint(state_dir, sub)
-
-    progress_path = state_dir / PROGRESS_FILE
-    offset = 0
-
-    def pump() -> None:
-        nonlocal offset
-        try:
-            with open(progress_path) as f:
-                f.seek(offset)
-                while True:
-                    line = f.readline()
-                    if not line.endswith("\n"):
-                        break
-                    offset = f.tell()
-                    with contextlib.suppress(ValueError, KeyError):
-                        item = json.loads(line)
-                        print(f"[{item['t']:6.1f}s] {item['msg']}", file=out, flush=True)
-        except FileNotFoundError:
-            pass
-
-    while True:
-        pump()
-        state = load_state(state_dir)
-        exited = (
-            popen.poll() is not None
-            if popen is not None
-            else not (state and state.supervisor_alive())
-        )
-        if state is not None and state.phase == "ready" and not exited:
-            pump()
-            print("", file=out)
-            print_status(state, out)
-            print(
-                "\nnext:\n"
-                f"  {hint('kubectl')} get nodes -o wide\n"
-                f"  {hint('kubectl')} create deployment web --image=nginx --replicas=3 --port=80\n"
-                f"  {hint('kubectl')} expose deployment web --port=80 --type=LoadBalancer\n"
-                f"  {hint('kubectl')} get svc web   (EXTERNAL-IP: an address from MetalLB)\n"
-                f"  {hint('kubectl')} run curl --image=curlimages/curl -i --rm --restart=Never "
-                "-- curl -s web   (cluster DNS)\n"
-                f"  {hint('shell')} node-1      (a shell in node-1's network namespace)\n"
-                f"  {hint('shell')} client      (the outside client)\n"
-                f"  {hint('demo')}      (a guided tour)\n"
-                f"  {hint('seeds')}     (the learners' notes, replayed)\n"
-                f"  {hint('down')}",
-                file=out,
-            )
-            return EXIT_OK
-        if exited or (state is not None and state.phase in ("failed", "stopped")):
-            # Let the supervisor finish its own teardown first.
-            if popen is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    popen.wait(timeout=STOP_TIMEOUT)
-            elif state is not None and state.supervisor is not None:
-                deadline = time.monotonic() + STOP_TIMEOUT
-                while state.supervisor.is_ours() and time.monotonic() < deadline:
-                    time.sleep(0.2)
-            pump()
-            print(
-                f"\nthe lab failed to start; last lines of {state_dir / SUPERVISOR_LOG}:", file=out
-            )
-            print(_tail(state_dir / SUPERVISOR_LOG, 25), file=out)
-            print("\ncleaning up", file=out)
-            with _locked(state_dir):
-                for line in cleanup(state_dir, state, lab_id).lines():
-                    print(f"  {line}", file=out)
-            return EXIT_FAIL
-        time.sleep(0.2)
-
-
-def running_or_started(state_dir: Path, *, out: TextIO = sys.stdout) -> LabState | None:
-    """The running lab; when none runs (or it is not ready), one is started as `lab up`
-    with its defaults would. None when starting failed: `up` has printed why."""
-    state = load_state(state_dir)
-    if state is not None and state.supervisor_alive() and state.phase == "ready":
-        return state
-    print("no lab is running: starting one (`kube-proxy-py lab up`)\n", file=out, flush=True)
-    if up(state_dir, nodes=None, mode=None, compare=None, out=out) != 0:
-        return None
-    state = load_state(state_dir)
-    if state is None:
-        raise LabError(f"the lab did not record its state in {state_dir}")
-    return state
-
-
-def down(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
-    _require_root("down")
-    if not state_dir.exists():
-        print(f"no lab is running (no {state_dir}); nothing to clean up", file=out)
-        return EXIT_OK
-    with _locked(state_dir):
-        state = load_state(state_dir)
-        if state is None:
-            stray = [
-                p.name for p in state_dir.iterdir() if p.name not in (PROGRESS_FILE, SUPERVISOR_LOG)
-            ]
-            if stray:
-                raise LabError(
-                    f"{state_dir} holds no lab state "
-                    f"({', '.join(sorted(stray)[:5])}); left untouched"
-                )
-            shutil.rmtree(state_dir, ignore_errors=True)
-            print(f"no lab was running; removed {state_dir}", file=out)
-            return EXIT_OK
-        before_ns = [
-            n for n in set(state.namespaces) | set(lab_namespaces(state.lab_id)) if hostns.exists(n)
-        ]
-        before_procs = [r for r in state.processes.values() if r.is_ours()]
-        stopped_by_supervisor = False
-        sup = state.supervisor
-        if sup is not None and sup.is_ours():
-            print(f"stopping lab {state.lab_id} (supervisor pid {sup.pid})", file=out, flush=True)
-            os.kill(sup.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while sup.is_ours() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if sup.is_ours():
-                print(
-                    f"the supervisor did not stop within {STOP_TIMEOUT:.0f}s: "
-                    "cleaning up from the state",
-                    file=out,
-                )
-            else:
-                stopped_by_supervisor = True
-        else:
-            print(
-                f"lab {state.lab_id}: its supervisor is not running; cleaning up from the state",
-                file=out,
-            )
-        removed = cleanup(state_dir, state)
-        # What the supervisor stopped itself, plus what cleanup found left over.
-        removed.namespaces = sorted(set(before_ns) | set(removed.namespaces))
-        removed.processes = list(
-            dict.fromkeys(
-                ([f"supervisor (pid {sup.pid})"] if stopped_by_supervisor and sup else [])
-                + [f"{r.label} (pid {r.pid})" for r in before_procs]
-                + removed.processes
-            )
-        )
-        for line in removed.lines():
-            print(f"  {line}", file=out)
-        left = lab_namespaces(state.lab_id)
-        alive = [r.label for r in state.processes.values() if r.is_ours()]
-        if left or alive:
-            print(f"could not remove: namespaces {left}, processes {alive}", file=out)
-            return EXIT_FAIL
-        print(f"lab {state.lab_id} is down", file=out)
-    return EXIT_OK
-
-
-def _running_state(state_dir: Path) -> LabState:
-    state = load_state(state_dir)
-    if state is None or not state.supervisor_alive() or state.phase != "ready":
-        if state is not None and not state.supervisor_alive():
-            raise LabError(
-                f"lab {state.lab_id} is not running (its supervisor is gone): "
-                f"`{_command_hint(state_dir, 'down')}` cleans up, "
-                f"`{_command_hint(state_dir, 'up')}` starts a new one"
-            )
-        if state is not None and state.phase == "starting":
-            raise LabError(f"lab {state.lab_id} is still starting: wait for `lab up` to finish")
-        raise _no_lab(state_dir)
-    return state
-
-
-def _fmt_age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
-def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
-    """Print the lab's status; True when every node's proxy is healthy."""
-    alive = state.supervisor_alive()
-    age = _fmt_age(time.time() - (state.ready_at or state.created))
-    running = (
-        "running" if alive and state.phase == "ready" else ("starting" if alive else "NOT running")
-    )
-    sup_pid = state.supervisor.pid if state.supervisor else "?"
-    print(
-        f"lab {state.lab_id}: {running} for {age} (supervisor pid {sup_pid}), "
-        f"state in {state.state_dir}",
-        file=out,
-    )
-    cp = state.control_plane
-    if cp.get("server"):
-        print(
-            f"API server: {cp['server']} (inside the lab only; "
-            f"`{_command_hint(state.path, 'kubectl')} ...` uses it)",
-            file=out,
-        )
-    apiserver_restarts = state.restarts.get("kube-apiserver", 0)
-    if apiserver_restarts:
-        print(
-            f"kube-apiserver exited and was started again {apiserver_restarts} time(s) "
-            f"(log: {Path(state.state_dir) / SUPERVISOR_LOG})",
-            file=out,
-        )
-    print(f"mode: {state.mode}", file=out)
-    pods_per_node: dict[str, int] = {}
-    pods_note = ""
-    if alive and cp.get("server"):
-        try:
-            items = _api_get(state, "/api/v1/pods")["items"]
-            for pod in items:
-                node = (pod.get("spec") or {}).get("nodeName") or "(unscheduled)"
-                pods_per_node[node] = pods_per_node.get(node, 0) + 1
-        except (OSError, LabError, ValueError, ApiError) as exc:
-            pods_note = f" (pod count unavailable: {exc})"
-    healthy = True
-    rows = [("NODE", "LAN IP", "POD CIDR", "ZONE", "PROXY", "HEALTH", "KUBELET", "PODS")]
-    for node in state.nodes:
-        health = "-"
-        if alive:
-            status, _ = node_health(node.namespace)
-            if status == 200:
-                health = "healthy"
-            else:
-                health = f"unhealthy ({status})" if status else "not answering"
-                healthy = False
-        proxy = node.proxy + " (DaemonSet pod)"
-        agent = "-"
-        rec = state.processes.get(f"node/{node.name}")
-        if rec is not None:
-            agent = "running" if rec.is_ours() else "DEAD"
-            restarts = state.restarts.get(f"node/{node.name}", 0)
-            if restarts:
-                agent += f" ({restarts} restarts)"
-        rows.append(
-            (
-                node.name,
-                node.lan_ip,
-                node.pod_cidr,
-                node.zone,
-                proxy,
-                health,
-                agent,
-                str(pods_per_node.get(node.name, 0)),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
-            file=out,
-        )
-    unscheduled = pods_per_node.get("(unscheduled)", 0)
-    if unscheduled or pods_note:
-        print(f"  unscheduled pods: {unscheduled}{pods_note}", file=out)
-    if state.registry:
-        print(
-            f"image registry: {state.registry['address']} (mirrors docker.io, registry.k8s.io, "
-            "quay.io, ghcr.io for every node)",
-            file=out,
-        )
-    if not state.addons:
-        print("add-ons: none (--no-addons: no cluster DNS, no LoadBalancer addresses)", file=out)
-    elif alive and cp.get("server"):
-        for line in _addon_lines(state):
-            print(line, file=out)
-    if state.client:
-        routes = ", ".join(f"{p} via {v}" for p, v in state.client.get("routes", {}).items())
-        print(
-            f"outside client: `{state.client['name']}` {state.client['lan_ip']} (routes {routes})",
-            file=out,
-        )
-    changes = [
-        f"config.conf {k}: {v[1]} (daemonset.yaml: {v[0]})"
-        for k, v in state.config_overrides.items()
-    ]
-    changes += [f"env {k}={v[1]} (daemonset.yaml: {v[0]})" for k, v in state.env_overrides.items()]
-    if changes:
-        print(
-            "kube-proxy-py is daemonset.yaml applied as written, except: " + "; ".join(changes),
-            file=out,
-        )
-    for note in state.notes:
-        print(f"note: {note}", file=out)
-    if state.phase == "failed":
-        print(f"error: {state.error}", file=out)
-    return alive and healthy and state.phase == "ready"
-
-
-def _addon_lines(state: LabState) -> list[str]:
-    """What the add-ons serve, read from the API (a line saying why if it cannot)."""
-    from proxy.lab import metallb
-
-    try:
-        dep = _api_get(state, "/apis/apps/v1/namespaces/kube-system/deployments/coredns")
-        services = _api_get(state, "/api/v1/services")["items"]
-    except (OSError, LabError, ValueError, KeyError, ApiError) as e:
-        return [f"add-ons: status unavailable ({e})"]
-    ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
-    wanted = int((dep.get("spec") or {}).get("replicas") or 0)
-    in_use = sum(
-        1
-        for svc in services
-        if (svc.get("status") or {}).get("loadBalancer", {}).get("ingress")
-        and not (svc.get("spec") or {}).get("loadBalancerClass")
-    )
-    return [
-        f"cluster DNS: kube-dns {coredns.DNS_SERVICE_IP} (CoreDNS {addonbuild.COREDNS_VERSION}, "
-        f"{ready}/{wanted} ready); outside resolver {RESOLVER_IP} knows "
-        + ", ".join(sorted(coredns.OUTSIDE_NAMES)),
-        f"load balancers: MetalLB {addonbuild.METALLB_VERSION} (L2), pool {metallb.POOL_RANGE} "
-        f"on the LAN, {in_use} address(es) in use",
-    ]
-
-
-def status(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
-    _require_root("status")
-    state = load_state(state_dir)
-    if state is None:
-        raise _no_lab(state_dir)
-    ok = print_status(state, out)
-    if not state.supervisor_alive():
-        print(f"\n`{_command_hint(state_dir, 'down')}` cleans up what it left", file=out)
-    return EXIT_OK if ok else EXIT_FAIL
-
-
-def kubectl_argv(state: LabState, args: Sequence[str]) -> list[str]:
-    cp = state.control_plane
-    return hostns.exec_argv(
-        cp["namespace"],
-        [
-            cp["kubectl"],
-            f"--kubeconfig={cp['kubeconfig']}",
-            f"--cache-dir={cp['kubectl_cache']}",
-            *args,
-        ],
-    )
-
-
-def kubectl(state_dir: Path, args: Sequence[str]) -> int:
-    """Exec kubectl inside the control-plane namespace (stdio and exit code pass through)."""
-    _require_root("kubectl")
-    state = _running_state(state_dir)
-    argv = kubectl_argv(state, list(args))
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvpe(argv[0], argv, env)
-
-
-def _pod_namespace(state: LabState, target: str) -> str:
-    """The network namespace of a Pod (``name`` or ``namespace/name``) as a path,
-    ``/proc/<pid>/ns/net`` of one of its processes (found in the pod's cgroup, which the
-    kubelet names ``pod<uid>``)."""
-    from proxy.lab import cgroups
-
-    namespace, _, name = target.rpartition("/")
-    namespace = namespace or "default"
-    try:
-        pod = _api_get(state, f"/api/v1/namespaces/{namespace}/pods/{name}")
-    except LabError as exc:
-        raise LabError(
-            f"`{target}` is no node, `client`, `control-plane`, `lan` nor a pod ({exc}); "
-            f"nodes: {', '.join(n.name for n in state.nodes)}"
-        ) from exc
-    spec = pod.get("spec") or {}
-    if spec.get("hostNetwork"):
-        return f"{state.lab_id}-{spec.get('nodeName')}"
-    node = spec.get("nodeName")
-    uid = pod["metadata"]["uid"]
-    if not node or not (pod.get("status") or {}).get("podIP"):
-        raise LabError(
-            f"pod {namespace}/{name} is not running yet "
-            f"(phase {(pod.get('status') or {}).get('phase')})"
-        )
-    for pid in sorted(cgroups.pods_pids(cgroups.node_path(state.lab_id, node), uid)):
-        path = f"/proc/{pid}/ns/net"
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino != os.stat(f"/proc/{os.getpid()}/ns/net").st_ino:
-                return path
-    raise LabError(f"pod {namespace}/{name} has no running process on {node}")
-
-
-def shell_target(state: LabState, target: str) -> str:
-    """The namespace for a node name, ``client``, ``control-plane``, ``lan`` or a pod."""
-    from proxy.lab.cluster import CONTROL_PLANE
-
-    if target in {n.name for n in state.nodes} | {CLIENT, CONTROL_PLANE, "lan"}:
-        return f"{state.lab_id}-{target}"
-    return _pod_namespace(state, target)
-
-
-def shell(state_dir: Path, target: str, command: Sequence[str]) -> int:
-    _require_root("shell")
-    state = _running_state(state_dir)
-    ns = shell_target(state, target)
-    cmd = list(command)
-    if cmd[:1] == ["--"]:
-        cmd = cmd[1:]
-    if not cmd:
-        cmd = [os.environ.get("SHELL") or shutil.which("bash") or "/bin/sh"]
-        print(f"{ns}: a shell in {target}'s network namespace (exit to leave)", file=sys.stderr)
-    env = dict(os.environ)
-    env["KPP_LAB_NETNS"] = ns
-    argv = hostns.exec_argv(ns, cmd)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvpe(argv[0], argv, env)
-
-
-def load_image(state_dir: Path, archive: Path, *, out: TextIO = sys.stdout) -> int:
-    """``lab load-image FILE.tar``: push its images into the running lab's registry."""
-    from proxy.lab import images
-    from proxy.lab.node import MIRRORED_REGISTRIES
-    from proxy.lab.oci import OciError
-    from proxy.lab.regclient import RegistryError
-    from proxy.lab.rootfs import ImageBuildError
-
-    _require_root("load-image")
-    state = _running_state(state_dir)
-    if not state.registry:
-        raise LabError(f"lab {state.lab_id} has no registry (started by an older version)")
-    url = f"http://{state.registry['address']}"
-    try:
-        added = images.load_image_archive(
-            archive, url, netns=state.registry["namespace"], registries=MIRRORED_REGISTRIES
-        )
-    except (OSError, ImageBuildError, OciError, RegistryError) as exc:
-        raise LabError(f"{archive}: {exc}") from exc
-    if not added:
-        raise LabError(f"{archive} holds no tagged image (a `docker save NAME:TAG` archive has)")
-    for ref in added:
-        print(f"loaded {ref} into the lab registry ({state.registry['address']})", file=out)
-    return EXIT_OK
-
-
-# --------------------------------------------------------------------------- supervisor entry
-
-
 def supervise(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m proxy.lab.lab supervise")
+    parser = argparse.ArgumentParser(prog="python -m proxy.lab.supervisor supervise")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--lab-id", required=True)
     parser.add_argument("--nodes", type=int, default=DEFAULT_NODES)
@@ -1709,7 +767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["supervise"]:
         return supervise(args[1:])
     print(
-        "usage: python -m proxy.lab.lab supervise --state-dir DIR --lab-id ID ...", file=sys.stderr
+        "usage: python -m proxy.lab.supervisor supervise --state-dir DIR --lab-id ID ...",
+        file=sys.stderr,
     )
     return EXIT_USAGE
 
