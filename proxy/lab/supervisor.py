@@ -1,9 +1,10 @@
-"""The lab's lifecycle: ``kube-proxy-py lab up|down|status|kubectl|shell``.
+"""The lab supervisor: builds the lab, keeps its children running, tears it down.
 
-``lab up`` starts a detached *supervisor* (``python -m proxy.lab.supervisor supervise``, a
-session of its own) that builds the lab and then stays, so the lab outlives the
-command. The lab is a real cluster built the way kind builds one, with namespaces where
-kind uses Docker containers. The supervisor:
+The commands that drive it are in :mod:`proxy.lab.commands`; the state file they share
+is :mod:`proxy.lab.state`. ``lab up`` starts a detached *supervisor* (``python -m
+proxy.lab.supervisor supervise``, a session of its own) that builds the lab and then
+stays, so the lab outlives the command. The lab is a real cluster built the way kind
+builds one, with namespaces where kind uses Docker containers. The supervisor:
 
 1. gets the binaries and images (``lab build``; instant when cached): Kubernetes
    v1.37.2 (control plane, kubelet, kube-proxy), containerd, runc, the CNI plugins, the
@@ -50,12 +51,13 @@ State lives in one directory (``--state-dir``, ``$KUBE_PROXY_PY_LAB_DIR``, defau
                         var/log/{pods,containers}) and logs/{node,containerd,kubelet}.log
     kubectl-cache/      ``lab kubectl``'s discovery cache (not ~/.kube)
 
-``lab down`` asks the supervisor to stop (SIGTERM) and then, whatever happened,
-cleans up from the state: it kills every recorded process that is still the one we
-started (pid *and* start time match), kills whatever is left in the lab's cgroups
-(containers, shims, kubelets: :func:`proxy.lab.cgroups.remove`) and removes them,
-empties and deletes every namespace recorded or named ``<lab id>-*``, and removes the
-state directory. It works after a crash and is idempotent.
+``lab down`` (:mod:`proxy.lab.commands.down`) asks the supervisor to stop (SIGTERM) and
+then, whatever happened, cleans up from the state (:mod:`proxy.lab.cleanup`): it kills
+every recorded process that is still the one we started (pid *and* start time match),
+kills whatever is left in the lab's cgroups (containers, shims, kubelets:
+:func:`proxy.lab.cgroups.remove`) and removes them, empties and deletes every namespace
+recorded or named ``<lab id>-*``, and removes the state directory. It works after a
+crash and is idempotent.
 
 Safety: nothing is linked to the root namespace (the LAN is a bridge in its own
 namespace, whose "router" does not forward), no namespace has a route out, and the API
@@ -85,7 +87,7 @@ import yaml
 from proxy.apiclient.client import Backoff
 from proxy.host import netns as hostns
 from proxy.host.network import Network
-from proxy.host.process import child_env, die_with_parent, log_tail_lines
+from proxy.host.process import child_env, log_tail_lines, spawn_logged
 from proxy.lab import addonbuild, addons, coredns
 from proxy.lab import registry as labregistry
 from proxy.lab.cleanup import sweep_namespaces
@@ -420,7 +422,7 @@ class Supervisor:
     def start_nodes(self) -> None:
         from proxy.lab import node as labnode
         from proxy.lab.cluster import CONTROL_PLANE_IP
-        from proxy.lab.controlplane import KubeconfigUser
+        from proxy.lab.controlplane.kubeconfig import KubeconfigUser
         from proxy.lab.images import PAUSE_IMAGE
 
         cp = self.cluster.control_plane
@@ -620,20 +622,15 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         child.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(child.log_path, "ab") as out:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            out.write(f"--- {stamp} starting: {' '.join(child.argv)}\n".encode())
-            out.flush()
-            child.popen = subprocess.Popen(
-                child.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child.env,
-                cwd="/",
-                start_new_session=True,
-                preexec_fn=die_with_parent(child.deathsig),
-            )
+        child.popen, _ = spawn_logged(
+            child.argv,
+            child.log_path,
+            env=child.env,
+            deathsig=child.deathsig,
+            new_session=True,
+            cwd="/",
+            banner="starting",
+        )
         child.started = time.monotonic()
         self.state.processes[child.label] = ProcRecord.of(
             child.label, child.popen.pid, child.markers
@@ -676,7 +673,8 @@ class Supervisor:
         """Start kube-apiserver again when it exited (killed, crashed, or stopped to test
         a control-plane restart), as the kubelet of a kind control-plane node restarts its
         static pod; etcd's data is kept, so clients see an API server restart."""
-        from proxy.lab.controlplane import APISERVER, ControlPlaneError
+        from proxy.lab.controlplane.components import APISERVER
+        from proxy.lab.controlplane.errors import ControlPlaneError
 
         cp = self.cluster.control_plane
         if APISERVER not in cp.exited():
