@@ -158,6 +158,12 @@ class LabState:
         return self.supervisor is not None and self.supervisor.is_ours()
 
 
+def foreign_entries(state_dir: Path) -> str:
+    """What the directory holds besides a lab's logs (a few names; "" if nothing)."""
+    stray = [p.name for p in state_dir.iterdir() if p.name not in (PROGRESS_FILE, SUPERVISOR_LOG)]
+    return ", ".join(sorted(stray)[:5])
+
+
 def load_state(state_dir: Path) -> LabState | None:
     path = state_dir / STATE_FILE
     try:

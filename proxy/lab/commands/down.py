@@ -14,7 +14,7 @@ from proxy.host import netns as hostns
 from proxy.lab.cleanup import cleanup, lab_namespaces
 from proxy.lab.commands.preconditions import require_root
 from proxy.lab.errors import EXIT_FAIL, EXIT_OK, LabError
-from proxy.lab.state import PROGRESS_FILE, SUPERVISOR_LOG, load_state, locked
+from proxy.lab.state import foreign_entries, load_state, locked
 
 STOP_TIMEOUT = 90.0
 """How long ``lab down`` (and ``lab up`` after a failure) waits for the supervisor."""
@@ -28,14 +28,9 @@ def down(state_dir: Path, *, out: TextIO = sys.stdout) -> int:
     with locked(state_dir):
         state = load_state(state_dir)
         if state is None:
-            stray = [
-                p.name for p in state_dir.iterdir() if p.name not in (PROGRESS_FILE, SUPERVISOR_LOG)
-            ]
+            stray = foreign_entries(state_dir)
             if stray:
-                raise LabError(
-                    f"{state_dir} holds no lab state "
-                    f"({', '.join(sorted(stray)[:5])}); left untouched"
-                )
+                raise LabError(f"{state_dir} holds no lab state ({stray}); left untouched")
             shutil.rmtree(state_dir, ignore_errors=True)
             print(f"no lab was running; removed {state_dir}", file=out)
             return EXIT_OK

@@ -24,6 +24,7 @@ from proxy.lab.state import (
     LabState,
     ProcRecord,
     command_hint,
+    foreign_entries,
     load_state,
     locked,
     save_state,
@@ -103,13 +104,11 @@ def up(
             for line in cleanup(state_dir, state).lines():
                 print(f"  {line}", file=out)
         elif state_dir.exists():
-            stray = [
-                p.name for p in state_dir.iterdir() if p.name not in (PROGRESS_FILE, SUPERVISOR_LOG)
-            ]
+            stray = foreign_entries(state_dir)
             if stray:
                 raise LabError(
                     f"{state_dir} is not empty and holds no lab state "
-                    f"({', '.join(sorted(stray)[:5])}); give an empty or new --state-dir"
+                    f"({stray}); give an empty or new --state-dir"
                 )
             for name in (PROGRESS_FILE, SUPERVISOR_LOG):
                 (state_dir / name).unlink(missing_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy.lab.ports import LOOPBACK
+from proxy.lab.controlplane.components import CONTROLLER_MANAGER, secure_serving_flags
 
 DEFAULT_CONTROLLERS: tuple[str, ...] = ("*", "-node-lifecycle-controller")
 """Every default controller except node lifecycle.
@@ -34,15 +34,13 @@ def controller_manager_argv(
     ca_file = pki / "ca.crt"
     return [
         str(binary),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        f"--bind-address={LOOPBACK}",
-        f"--secure-port={secure_port}",
-        f"--cert-dir={workdir / 'kcm-certs'}",
-        f"--tls-cert-file={pki / 'kube-controller-manager-serving.crt'}",
-        f"--tls-private-key-file={pki / 'kube-controller-manager-serving.key'}",
-        "--leader-elect=false",
+        *secure_serving_flags(
+            CONTROLLER_MANAGER,
+            kubeconfig=kubeconfig,
+            secure_port=secure_port,
+            cert_dir=workdir / "kcm-certs",
+            pki=pki,
+        ),
         "--use-service-account-credentials=true",
         f"--service-account-private-key-file={pki / 'sa.key'}",
         f"--root-ca-file={ca_file}",

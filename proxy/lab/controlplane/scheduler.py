@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy.lab.ports import LOOPBACK
+from proxy.lab.controlplane.components import SCHEDULER, secure_serving_flags
 
 
 def scheduler_argv(
@@ -20,14 +20,12 @@ def scheduler_argv(
     """kube-scheduler on loopback, no leader election."""
     return [
         str(binary),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        f"--bind-address={LOOPBACK}",
-        f"--secure-port={secure_port}",
-        f"--cert-dir={workdir / 'scheduler-certs'}",
-        f"--tls-cert-file={pki / 'kube-scheduler-serving.crt'}",
-        f"--tls-private-key-file={pki / 'kube-scheduler-serving.key'}",
-        "--leader-elect=false",
+        *secure_serving_flags(
+            SCHEDULER,
+            kubeconfig=kubeconfig,
+            secure_port=secure_port,
+            cert_dir=workdir / "scheduler-certs",
+            pki=pki,
+        ),
         *extra,
     ]
