@@ -537,8 +537,10 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
 
 def cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_command == "build":
-        from proxy.lab import addonbuild, images, nodebuild
+        from proxy.lab import addonbuild, nodebuild
         from proxy.lab.build import BuildError, build
+        from proxy.lab.imagecache import images_dir
+        from proxy.lab.imagepush import ensure_cached_registry
         from proxy.lab.oci import OciError
         from proxy.lab.regclient import RegistryError
         from proxy.lab.rootfs import ImageBuildError
@@ -547,7 +549,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             directory = build(force=args.force)
             node = nodebuild.build(force=args.force)
             extra = addonbuild.build(force=args.force)
-            images.ensure_cached_registry(force=args.force)
+            ensure_cached_registry(force=args.force)
         except (BuildError, ImageBuildError, OciError, RegistryError) as exc:
             _err(str(exc))
             return EXIT_USAGE
@@ -555,7 +557,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(node.bin_dir)
         print(node.cni_dir)
         print(extra.bin_dir)
-        print(images.images_dir())
+        print(images_dir())
         return EXIT_OK
     if args.lab_command == "seeds":
         from proxy.demo.seeds.notes import SeedsError

@@ -344,8 +344,8 @@ class Supervisor:
 
     def build_node_side(self) -> NodeBinaries:
         """The node components and the images, built once and cached (``lab build``)."""
-        from proxy.lab import images as labimages
         from proxy.lab import nodebuild
+        from proxy.lab.imagepush import ensure_cached_registry
 
         bins = nodebuild.build(out=self.progress)
         extra = addonbuild.build(out=self.progress)
@@ -354,7 +354,7 @@ class Supervisor:
             "cni": str(bins.cni_dir),
             "addons": str(extra.bin_dir),
         }
-        labimages.ensure_cached_registry(out=self.progress)
+        ensure_cached_registry(out=self.progress)
         return bins
 
     def start_registry(self) -> None:

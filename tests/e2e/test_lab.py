@@ -30,7 +30,7 @@ from proxy.cli import build_parser
 from proxy.host import netns as hostns
 from proxy.host.process import SOURCE_ROOT, proc_cmdline, proc_starttime
 from proxy.host.sockets import NetnsHTTPConnection
-from proxy.lab import cgroups, images, oci
+from proxy.lab import cgroups, imagecache, oci
 from proxy.lab import clients as labclients
 from proxy.lab import state as labstate
 from proxy.lab import topology as labtopology
@@ -455,7 +455,7 @@ def test_daemonset_pods_run_the_image_built_from_the_dockerfile(running_lab: Lab
     pods = get_json(running_lab, "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy-py")
     by_node = {p["spec"]["nodeName"]: p for p in pods["items"]}
     assert sorted(by_node) == ["node-1", "node-2"]
-    built = json.loads((images.images_dir() / "kube-proxy-py.json").read_text())
+    built = json.loads((imagecache.images_dir() / "kube-proxy-py.json").read_text())
     for name, item in by_node.items():
         assert item["status"]["phase"] == "Running"
         status = item["status"]["containerStatuses"][0]
@@ -757,7 +757,7 @@ def test_load_image_adds_an_image_pods_can_run(running_lab: Lab, tmp_path: Path)
     """``lab load-image`` (like ``kind load image-archive``): an image built elsewhere
     runs in a Pod; one named under a registry the nodes do not mirror is refused."""
     store = oci.BlobStore(tmp_path / "store")
-    with oci.OciArchive(images.images_dir() / "busybox.tar") as busybox:
+    with oci.OciArchive(imagecache.images_dir() / "busybox.tar") as busybox:
         base = busybox.images()[0].view
         for blob in base.layers:
             with busybox.open_blob(blob.digest) as src, store.writer() as dst:

@@ -12,7 +12,7 @@ from proxy.lab.errors import EXIT_OK, LabError
 
 def load_image(state_dir: Path, archive: Path, *, out: TextIO = sys.stdout) -> int:
     """``lab load-image FILE.tar``: push its images into the running lab's registry."""
-    from proxy.lab import images
+    from proxy.lab.imagepush import load_image_archive
     from proxy.lab.node import MIRRORED_REGISTRIES
     from proxy.lab.oci import OciError
     from proxy.lab.regclient import RegistryError
@@ -24,7 +24,7 @@ def load_image(state_dir: Path, archive: Path, *, out: TextIO = sys.stdout) -> i
         raise LabError(f"lab {state.lab_id} has no registry (started by an older version)")
     url = f"http://{state.registry['address']}"
     try:
-        added = images.load_image_archive(
+        added = load_image_archive(
             archive, url, netns=state.registry["namespace"], registries=MIRRORED_REGISTRIES
         )
     except (OSError, ImageBuildError, OciError, RegistryError) as exc:
