@@ -537,8 +537,10 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
 
 def cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_command == "build":
-        from proxy.lab import addonbuild, images, nodebuild
+        from proxy.lab import addonbuild, nodebuild
         from proxy.lab.build import BuildError, build
+        from proxy.lab.imagecache import images_dir
+        from proxy.lab.imagepush import ensure_cached_registry
         from proxy.lab.oci import OciError
         from proxy.lab.regclient import RegistryError
         from proxy.lab.rootfs import ImageBuildError
@@ -547,7 +549,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             directory = build(force=args.force)
             node = nodebuild.build(force=args.force)
             extra = addonbuild.build(force=args.force)
-            images.ensure_cached_registry(force=args.force)
+            ensure_cached_registry(force=args.force)
         except (BuildError, ImageBuildError, OciError, RegistryError) as exc:
             _err(str(exc))
             return EXIT_USAGE
@@ -555,14 +557,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(node.bin_dir)
         print(node.cni_dir)
         print(extra.bin_dir)
-        print(images.images_dir())
+        print(images_dir())
         return EXIT_OK
     if args.lab_command == "seeds":
         from proxy.demo.seeds.notes import SeedsError
         from proxy.demo.seeds.parse import seed_numbers
         from proxy.demo.seeds.run import main as seeds_main
         from proxy.demo.seeds.run import write_manifests
-        from proxy.lab import lab
+        from proxy.lab.errors import LabError
+        from proxy.lab.state import resolve_state_dir
 
         try:
             if args.manifests:
@@ -570,18 +573,20 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     print(path)
                 return EXIT_OK
             return seeds_main(
-                lab.resolve_state_dir(args.state_dir),
+                resolve_state_dir(args.state_dir),
                 seed_numbers(args.numbers),
                 color=False if args.no_color else None,
                 parallel=args.parallel,
             )
-        except (SeedsError, lab.LabError) as exc:
+        except (SeedsError, LabError) as exc:
             _err(f"lab seeds: {exc}")
             return EXIT_INVALID
     if args.lab_command in ("up", "down", "status", "kubectl", "shell", "load-image", "demo"):
-        from proxy.lab import lab
+        from proxy.lab.commands import down, kubectl, loadimage, shell, status, up
+        from proxy.lab.errors import LabError
+        from proxy.lab.state import resolve_state_dir
 
-        state_dir = lab.resolve_state_dir(args.state_dir)
+        state_dir = resolve_state_dir(args.state_dir)
         try:
             if args.lab_command == "demo":
                 from proxy.demo.labdemo import DemoError
@@ -595,7 +600,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     _err(f"lab demo: {exc}")
                     return EXIT_INVALID
             if args.lab_command == "up":
-                return lab.up(
+                return up.up(
                     state_dir,
                     nodes=args.nodes,
                     mode=args.mode,
@@ -603,15 +608,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     with_addons=args.addons,
                 )
             if args.lab_command == "down":
-                return lab.down(state_dir)
+                return down.down(state_dir)
             if args.lab_command == "status":
-                return lab.status(state_dir)
+                return status.status(state_dir)
             if args.lab_command == "kubectl":
-                return lab.kubectl(state_dir, args.args)
+                return kubectl.kubectl(state_dir, args.args)
             if args.lab_command == "load-image":
-                return lab.load_image(state_dir, Path(args.archive))
-            return lab.shell(state_dir, args.target, args.shell_command)
-        except lab.LabError as exc:
+                return loadimage.load_image(state_dir, Path(args.archive))
+            return shell.shell(state_dir, args.target, args.shell_command)
+        except LabError as exc:
             _err(f"lab {args.lab_command}: {exc}")
             return EXIT_INVALID
     _err("lab: give a command: build, up, down, status, kubectl, shell, load-image, demo or seeds")

@@ -36,12 +36,16 @@ import yaml
 from proxy.demo.present import Presenter
 from proxy.host import netns as hostns
 from proxy.host.sockets import connect_in_netns
-from proxy.lab import lab as labmod
+from proxy.lab import clients as labclients
 from proxy.lab import metallb
+from proxy.lab import state as labstate
+from proxy.lab import topology as labtopology
 from proxy.lab.cluster import wait_for
+from proxy.lab.commands.kubectl import kubectl_argv
+from proxy.lab.commands.up import running_or_started
 
 NS = "demo"
-CLIENT_IP = labmod.CLIENT_IP
+CLIENT_IP = labtopology.CLIENT_IP
 CLIENT_POD = "client"
 EXTERNAL_NAME = "db.example.com"
 LB_PATCH = '{"spec":{"type":"LoadBalancer"}}'
@@ -100,7 +104,7 @@ class Ran:
 
 
 class LabDemo:
-    def __init__(self, state: labmod.LabState, out: Presenter) -> None:
+    def __init__(self, state: labstate.LabState, out: Presenter) -> None:
         self.state = state
         self.p = out
         self.node_names = [n.name for n in state.nodes if n.proxy == "kube-proxy-py"]
@@ -133,7 +137,7 @@ class LabDemo:
         if heredoc is not None:
             text += " <<EOF\n" + heredoc.rstrip("\n") + "\nEOF"
         self.p.command(text)
-        ran = self._run(labmod.kubectl_argv(self.state, list(args)), input=heredoc)
+        ran = self._run(kubectl_argv(self.state, list(args)), input=heredoc)
         if ran.out.strip():
             self.p.result(ran.out)
         if check and ran.rc != 0:
@@ -145,7 +149,7 @@ class LabDemo:
         return self.show("exec", "-n", NS, CLIENT_POD, "--", *command, check=False)
 
     def client_argv(self, command: Sequence[str]) -> list[str]:
-        return hostns.exec_argv(f"{self.state.lab_id}-{labmod.CLIENT}", command)
+        return hostns.exec_argv(f"{self.state.lab_id}-{labtopology.CLIENT}", command)
 
     def on_client(self, *command: str) -> Ran:
         """A command on the outside client (``kube-proxy-py lab shell client -- …``)."""
@@ -159,14 +163,14 @@ class LabDemo:
         """GET from the API server behind the scenes (no kubectl process: fast polls)."""
         if query:
             path += "?" + urllib.parse.urlencode(query)
-        status, body = labmod.api_client(self.state).call("GET", path, timeout=5.0)
+        status, body = labclients.api_client(self.state).call("GET", path, timeout=5.0)
         if status != 200:
             raise DemoError(f"GET {path}: HTTP {status}")
         return json.loads(body)
 
     def api_patch(self, path: str, patch: Mapping[str, Any]) -> None:
         """A merge patch behind the scenes (undoing a step's change)."""
-        status, body = labmod.api_client(self.state).call(
+        status, body = labclients.api_client(self.state).call(
             "PATCH", path, json.dumps(patch).encode(),
             content_type="application/merge-patch+json", timeout=5.0,
         )  # fmt: skip
@@ -234,7 +238,7 @@ class LabDemo:
         """One GET on a new connection from a named namespace, behind the scenes: the
         answering pod and the client address it saw, or None."""
         try:
-            _, body = labmod.http_get(netns, ip, port, "/", timeout=timeout)
+            _, body = labclients.http_get(netns, ip, port, "/", timeout=timeout)
         except (OSError, http.client.HTTPException):
             return None
         found = ANSWER.match(body.strip())
@@ -263,7 +267,7 @@ class LabDemo:
 
     def wait_outside(self, ip: str, port: int, ok: Callable[[tuple[str, str]], bool]) -> None:
         """Until a GET from the outside client gets an answer ``ok`` accepts."""
-        ns = f"{self.state.lab_id}-{labmod.CLIENT}"
+        ns = f"{self.state.lab_id}-{labtopology.CLIENT}"
         wait_for(
             lambda: (a := self.peek(ns, ip, port, timeout=0.5)) is not None and ok(a),
             30,
@@ -322,7 +326,7 @@ class LabDemo:
     def prepare(self) -> None:
         """A fresh namespace ``demo`` and the client pod the steps exec into."""
         ns_path = f"/api/v1/namespaces/{NS}"
-        api = labmod.api_client(self.state)
+        api = labclients.api_client(self.state)
         if api.call("GET", ns_path, timeout=5.0)[0] == 200:
             # A previous run's: its pods get 1s to stop (the client's sleep ignores
             # SIGTERM and would hold the namespace for its 30s grace period).
@@ -547,7 +551,7 @@ class LabDemo:
         """``kubectl ARGS &`` (a watch), then ``then()``, showing the watch's lines until
         ``done(line)``; then ``kill %1``. The lines the watch printed."""
         self.p.command("kubectl " + shlex.join(args) + " &")
-        proc = subprocess.Popen(labmod.kubectl_argv(self.state, list(args)),
+        proc = subprocess.Popen(kubectl_argv(self.state, list(args)),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 stdin=subprocess.DEVNULL)  # fmt: skip
         lines: queue.Queue[str | None] = queue.Queue()
@@ -717,7 +721,7 @@ class LabDemo:
         p.explain(
             f"neither has a ClusterIP: CoreDNS answers db.{NS}.svc.cluster.local with a "
             f"CNAME to {EXTERNAL_NAME}, which the network's own DNS resolves (here the lab's "
-            f"outside resolver, {labmod.RESOLVER_IP}), and the headless name with the ready "
+            f"outside resolver, {labtopology.RESOLVER_IP}), and the headless name with the ready "
             "pods' IPs; clients connect to those directly, so kube-proxy-py writes no rule"
         )
         cname = f"db.{NS}.svc.cluster.local\tcanonical name = {EXTERNAL_NAME}"
@@ -728,7 +732,7 @@ class LabDemo:
             "a CNAME to the external name and its address; the pod IPs; no rules",
             lambda: (
                 cname in ran.out
-                and f"Name:\t{EXTERNAL_NAME}\nAddress: {labmod.RESOLVER_IP}" in ran.out
+                and f"Name:\t{EXTERNAL_NAME}\nAddress: {labtopology.RESOLVER_IP}" in ran.out
                 and headless == pod_ips
                 and found == "(none)"
             ),
@@ -738,7 +742,7 @@ class LabDemo:
 def main(state_dir: Path, *, color: bool | None, pause: bool) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     out = Presenter(color=sys.stdout.isatty() if color is None else color, pause=pause)
-    state = labmod.running_or_started(state_dir)
+    state = running_or_started(state_dir)
     if state is None:
         return 1
     out.title(f"kube-proxy-py lab demo ({state.mode} mode, lab {state.lab_id})")

@@ -105,6 +105,53 @@ def log_tail(path: Path | None, limit: int = 2000) -> str:
     return text[-limit:].strip()
 
 
+def spawn_logged(
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    env: dict[str, str],
+    deathsig: int | None,
+    new_session: bool,
+    cwd: str | os.PathLike[str] | None = None,
+    banner: str | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a long-running child whose stdout and stderr are appended to its log file.
+
+    stdin is /dev/null; with ``banner`` a line ``--- <time> <banner>: <argv>`` comes
+    first; with ``deathsig`` the child gets that signal when the thread that forked it
+    exits (:func:`die_with_parent`). Returns the child and the offset in the log file
+    where this run's output starts.
+    """
+    with open(log_path, "ab") as log_file:
+        offset = log_file.tell()
+        if banner is not None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            log_file.write(f"--- {stamp} {banner}: {' '.join(argv)}\n".encode())
+            log_file.flush()
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=new_session,
+            preexec_fn=None if deathsig is None else die_with_parent(deathsig),
+        )
+    return popen, offset
+
+
+def log_tail_lines(path: Path, lines: int = 30, offset: int = 0) -> str:
+    """The last lines of a child's log file from byte offset on ("(no log at …)" if none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A ``preexec_fn`` giving the child a parent-death signal (``PR_SET_PDEATHSIG``).
 

@@ -33,7 +33,8 @@ import yaml
 
 from proxy.host.network import Network
 from proxy.host.spec import ClientSpec, TopologySpec, default_spec
-from proxy.lab.controlplane import DEFAULT_CONTROLLERS, ControlPlane
+from proxy.lab.controlplane.controllermanager import DEFAULT_CONTROLLERS
+from proxy.lab.controlplane.controlplane import ControlPlane
 
 log = logging.getLogger(__name__)
 

@@ -13,30 +13,33 @@ registry.k8s.io, quay.io and ghcr.io to one local registry, and this module fill
   :mod:`proxy.lab.addonbuild` built, laid out as their upstream Dockerfiles lay them out
   (a static binary on a distroless-like base).
 
-Archives are cached under ``cache_root()/images/`` and rebuilt only when an input
-changes (see :func:`build_images`). ``kube-proxy-py lab load-image FILE.tar`` pushes
-a user's own ``docker save`` or OCI archive (:func:`load_image_archive`).
+Archives are cached under ``cache_root()/images/`` (:mod:`proxy.lab.imagecache`) and
+rebuilt only when an input changes (see :func:`build_images`); :mod:`proxy.lab.imagepush`
+pushes them into the registry cache, and ``kube-proxy-py lab load-image FILE.tar`` a
+user's own ``docker save`` or OCI archive into a running lab's registry.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import hashlib
-import json
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from proxy.lab import addonbuild, build, dockersave, imageref, oci, rootfs
+from proxy.lab import addonbuild, build, imageref, oci, rootfs
 from proxy.lab.buildah import HOST_CA_BUNDLE, Buildah
-from proxy.lab.regclient import RegistryClient
-from proxy.lab.rootfs import ImageBuildError
+from proxy.lab.imagecache import (
+    BuiltImage,
+    ImageSet,
+    cache_key,
+    cached,
+    images_dir,
+    one_at_a_time,
+    tree_digest,
+)
 
 RECIPE = "2"
 """Bump to rebuild every cached archive (the recipes below changed)."""
@@ -67,7 +70,6 @@ METALLB_SPEAKER_REF = f"quay.io/metallb/speaker:{addonbuild.METALLB_VERSION}"
 CAP_NET_BIND_SERVICE = 10
 NONROOT = 65532
 """distroless's ``nonroot`` user and group, which CoreDNS's image runs as."""
-PUSHED_STAMP = "kube-proxy-py-pushed.json"
 KUBE_PROXY_PACKAGES = ("iptables", "nftables", "conntrack", "iproute2", "ipset", "kmod")
 SLEEP_FOREVER = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"
 """Sleeps until SIGTERM and then exits at once (as PID 1 a bare sleep ignores it)."""
@@ -184,125 +186,9 @@ def available(ref: str) -> Available:
     raise KeyError(f"{ref} is not an image the lab provides")
 
 
-@dataclass(frozen=True)
-class BuiltImage:
-    """An image archive in the cache and the references it is pushed as."""
-
-    slug: str
-    refs: tuple[str, ...]
-    archive: Path
-    digest: str
-    size: int
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    images: tuple[BuiltImage, ...]
-    skipped: tuple[tuple[str, str], ...] = ()
-    """(image, why it was not built) — e.g. upstream kube-proxy before the k8s build."""
-
-    def find(self, ref: str) -> BuiltImage | None:
-        want = imageref.normalize(ref)
-        return next((i for i in self.images if want in i.refs), None)
-
-
-def images_dir() -> Path:
-    return build.cache_root() / "images"
-
-
 def _labels(stands_in_for: str, made_of: str) -> dict[str, str]:
     text = f"kube-proxy-py stand-in for {stands_in_for}; made of {made_of}"
     return {STAND_IN_LABEL: text, DESCRIPTION_LABEL: text}
-
-
-def _hash(*parts: str | bytes) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode() if isinstance(part, str) else part)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def tree_digest(root: Path, names: Sequence[str]) -> str:
-    """A digest of the named files and of every file under the named directories."""
-    h = hashlib.sha256()
-    for name in names:
-        path = root / name
-        files = (
-            sorted(p for p in path.rglob("*") if p.is_file())
-            if path.is_dir()
-            else [path]
-            if path.is_file()
-            else []
-        )
-        for f in files:
-            if "__pycache__" in f.parts or f.suffix == ".pyc":
-                continue
-            h.update(f"{f.relative_to(root).as_posix()}\0{rootfs.file_digest(f)}\n".encode())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- cache
-
-
-def _archive_digest(archive: Path) -> str:
-    with oci.OciArchive(archive) as a:
-        return a.index_entries()[0].digest
-
-
-def _cached(
-    slug: str,
-    refs: Sequence[str],
-    key: str,
-    make: Callable[[Path], None],
-    progress: build.Progress,
-    what: str,
-    *,
-    force: bool = False,
-) -> BuiltImage:
-    """The cached archive ``<slug>.tar`` if its stamp has ``key``; else ``make`` it."""
-    directory = images_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    archive, stamp = directory / f"{slug}.tar", directory / f"{slug}.json"
-    if not force and archive.is_file() and stamp.is_file():
-        try:
-            recorded = json.loads(stamp.read_text())
-        except json.JSONDecodeError:
-            recorded = {}
-        if recorded.get("key") == key and recorded.get("refs") == list(refs):
-            return BuiltImage(
-                slug, tuple(refs), archive, str(recorded["digest"]), archive.stat().st_size
-            )
-    started = time.monotonic()
-    progress.step(f"building {what}")
-    make(archive)
-    digest = _archive_digest(archive)
-    size = archive.stat().st_size
-    stamp.write_text(
-        json.dumps(
-            {
-                "key": key,
-                "refs": list(refs),
-                "digest": digest,
-                "size": size,
-                "seconds": round(time.monotonic() - started, 1),
-                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    progress.step(f"built {what}: {size / 1e6:.1f} MB in {time.monotonic() - started:.0f} s")
-    return BuiltImage(slug, tuple(refs), archive, digest, size)
-
-
-def cached_seconds(image: BuiltImage) -> float | None:
-    """How long the cached archive took to build (from its stamp), if known."""
-    try:
-        value = json.loads(image.archive.with_suffix(".json").read_text()).get("seconds")
-    except (OSError, json.JSONDecodeError):
-        return None
-    return float(value) if isinstance(value, int | float) else None
 
 
 # --------------------------------------------------------------------------- recipes
@@ -321,7 +207,7 @@ class _Builder:
     def cached(
         self, slug: str, refs: Sequence[str], key: str, make: Callable[[Path], None], what: str
     ) -> BuiltImage:
-        return _cached(slug, refs, key, make, self.progress, what, force=self.force)
+        return cached(slug, refs, key, make, self.progress, what, force=self.force)
 
     def archive(
         self, out: Path, layers: Sequence[oci.Layer], config: oci.ImageConfig, refs: Sequence[str]
@@ -353,7 +239,7 @@ class _Builder:
         )
 
     def busybox_key(self) -> str:
-        return _hash(RECIPE, rootfs.file_digest(self.busybox_deb()))
+        return cache_key(RECIPE, rootfs.file_digest(self.busybox_deb()))
 
     def scripts_layer(self, what: str, entries: Sequence[oci.Entry]) -> oci.Layer:
         return oci.write_layer(self.store, entries, f"kube-proxy-py stand-in scripts: {what}")
@@ -370,7 +256,7 @@ class _Builder:
         return oci.write_layer(self.store, entries, "curl and its libraries from Debian")
 
     def curl_key(self) -> str:
-        return _hash(self.busybox_key(), rootfs.closure_digest(Path("/usr/bin/curl")))
+        return cache_key(self.busybox_key(), rootfs.closure_digest(Path("/usr/bin/curl")))
 
     # -- images ---------------------------------------------------------------
 
@@ -378,7 +264,7 @@ class _Builder:
         module = Path.home() / "go" / "pkg" / "mod" / "k8s.io" / f"kubernetes@{build.K8S_VERSION}"
         source = rootfs.pause_source(module)
         gcc = rootfs.run(["gcc", "--version"], "gcc --version").splitlines()[0]
-        key = _hash(RECIPE, source.read_bytes(), gcc, PAUSE_VERSION)
+        key = cache_key(RECIPE, source.read_bytes(), gcc, PAUSE_VERSION)
 
         def make(out: Path) -> None:
             binary = rootfs.compile_pause(source, self.work / "pause", PAUSE_VERSION)
@@ -412,7 +298,7 @@ class _Builder:
         a distroless-like base (``/etc/passwd`` with root, nobody and nonroot; ``/tmp``)."""
         item = available(ref)
         name = binary.name
-        key = _hash(RECIPE, rootfs.file_digest(binary), ref, user or "", repr(xattrs))
+        key = cache_key(RECIPE, rootfs.file_digest(binary), ref, user or "", repr(xattrs))
 
         def make(out: Path) -> None:
             base = oci.write_layer(
@@ -464,7 +350,7 @@ class _Builder:
         entrypoint = oci.file(
             "usr/local/bin/curl-entrypoint", rootfs.script("curl-entrypoint.sh"), 0o755
         )
-        key = _hash(self.curl_key(), slug, entrypoint.data or b"")
+        key = cache_key(self.curl_key(), slug, entrypoint.data or b"")
 
         def make(out: Path) -> None:
             layers = [self.busybox_layer(), self.curl_layer()]
@@ -507,7 +393,7 @@ class _Builder:
             oci.file("usr/local/bin/run-until-term", rootfs.script("run-until-term.sh"), 0o755),
             *(oci.file(path, rootfs.script(name), 0o755) for path, name in scripts.items()),
         ]
-        key = _hash(self.busybox_key(), *(e.data or b"" for e in entries))
+        key = cache_key(self.busybox_key(), *(e.data or b"" for e in entries))
 
         def make(out: Path) -> None:
             config = oci.ImageConfig(
@@ -549,7 +435,7 @@ class _Builder:
 
     def python(self) -> BuiltImage:
         item = available(PYTHON_REF)
-        key = _hash(
+        key = cache_key(
             RECIPE,
             PYTHON_SUITE,
             *PYTHON_PACKAGES,
@@ -618,7 +504,7 @@ class _Builder:
     def workload(self, python: BuiltImage) -> BuiltImage:
         item = available(WORKLOAD_REF)
         source = _workload_source()
-        key = _hash(RECIPE, python.digest, source.read_bytes())
+        key = cache_key(RECIPE, python.digest, source.read_bytes())
 
         def make(out: Path) -> None:
             base_layers, env = self._python_layers(python)
@@ -647,7 +533,7 @@ class _Builder:
         item = available("docker.io/library/nginx:latest")
         source = _workload_source()
         start = oci.file("usr/sbin/nginx", rootfs.script("nginx.sh"), 0o755)
-        key = _hash(RECIPE, python.digest, source.read_bytes(), start.data or b"")
+        key = cache_key(RECIPE, python.digest, source.read_bytes(), start.data or b"")
 
         def make(out: Path) -> None:
             base_layers, env = self._python_layers(python)
@@ -781,23 +667,8 @@ def build_images(
     progress = build.Progress(out)
     directory = images_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory / ".build.lock", progress, "another image build"):
+    with one_at_a_time(directory / ".build.lock", progress, "another image build"):
         return _build_images(directory, progress, force, with_buildah)
-
-
-@contextlib.contextmanager
-def _locked(path: Path, progress: build.Progress, what: str) -> Iterator[None]:
-    """One process at a time (two buildah builds on one storage corrupt each other)."""
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress.step(f"waiting for {what} to finish ({path})")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build_images(
@@ -860,9 +731,9 @@ def _buildah_images(
     out: list[BuiltImage] = []
     try:
         if (REPO_ROOT / "Dockerfile").is_file():
-            key = _hash(RECIPE, python.digest, _repo_inputs_digest())
+            key = cache_key(RECIPE, python.digest, _repo_inputs_digest())
             out.append(
-                _cached(
+                cached(
                     "kube-proxy-py",
                     (KUBE_PROXY_PY_REF,),
                     key,
@@ -876,9 +747,11 @@ def _buildah_images(
             skipped.append((KUBE_PROXY_PY_REF, f"no Dockerfile in {REPO_ROOT} (not a checkout)"))
         binary = build.bin_dir() / "kube-proxy"
         if binary.is_file():
-            key = _hash(RECIPE, python.digest, rootfs.file_digest(binary), KUBE_PROXY_CONTAINERFILE)
+            key = cache_key(
+                RECIPE, python.digest, rootfs.file_digest(binary), KUBE_PROXY_CONTAINERFILE
+            )
             out.append(
-                _cached(
+                cached(
                     "kube-proxy",
                     (KUBE_PROXY_REF,),
                     key,
@@ -893,120 +766,6 @@ def _buildah_images(
     finally:
         jobs.close()
     return out
-
-
-def _group_by_repo(refs: Sequence[str]) -> dict[str, list[str]]:
-    repos: dict[str, list[str]] = {}
-    for text in refs:
-        ref = imageref.parse(text)
-        if ref.tag:
-            repos.setdefault(ref.repository, []).append(ref.tag)
-    return repos
-
-
-def _push(
-    client: RegistryClient, source: oci.BlobSource, view: oci.ImageView, refs: Sequence[str]
-) -> None:
-    for repo, tags in _group_by_repo(refs).items():
-        client.push_image(source, view, repo, tags)
-
-
-def push_all(
-    registry_url: str, images: ImageSet, out: Out | None = None, *, netns: str | None = None
-) -> dict[str, str]:
-    """Push every image under each of its references; return {reference: digest}.
-
-    ``netns`` names the network namespace the registry address is reached in.
-    """
-    progress = build.Progress(out)
-    client = RegistryClient(registry_url, netns=netns)
-    client.ping()
-    pushed: dict[str, str] = {}
-    for image in images.images:
-        progress.step(f"pushing {image.refs[0]} ({image.size / 1e6:.1f} MB)")
-        with oci.OciArchive(image.archive) as archive:
-            view = oci.resolve_manifest(archive, archive.index_entries()[0])
-            _push(client, archive, view, image.refs)
-        pushed.update({ref: view.descriptor.digest for ref in image.refs})
-    return pushed
-
-
-def ensure_cached_registry(out: Out | None = None, *, force: bool = False) -> ImageSet:
-    """Build the images (cached) and make the registry's storage cache hold them all.
-
-    The storage is :func:`proxy.lab.registry.storage_cache`, the read-only lower layer
-    of every lab's registry; a registry is run on it in a throwaway namespace only when
-    an image changed since the last push (recorded beside it). Call it before any lab
-    registry is started on that storage (``lab build`` / ``lab up`` do).
-    """
-    from proxy.lab import nodebuild
-    from proxy.lab import registry as labregistry
-    from proxy.lab.regserve import serve_registry
-
-    built = build_images(out, force=force)
-    storage = labregistry.storage_cache()
-    stamp = storage / PUSHED_STAMP
-    want = {ref: image.digest for image in built.images for ref in image.refs}
-    try:
-        have = json.loads(stamp.read_text())
-    except (OSError, json.JSONDecodeError):
-        have = None
-    progress = build.Progress(out)
-    if have == want and not force:
-        progress.step(f"registry cache {storage} holds all {len(want)} image references")
-        return built
-    progress.step(f"pushing {len(built.images)} images into the registry cache {storage}")
-    storage.mkdir(parents=True, exist_ok=True)
-    with (
-        _locked(storage.parent / "registry.lock", progress, "another push to the cache"),
-        serve_registry(nodebuild.node_bin_dir() / "registry", storage) as client,
-    ):
-        if client.netns is None:
-            raise ImageBuildError("the throwaway registry has no namespace")
-        push_all(client.url, built, out, netns=client.netns)
-    stamp.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
-    return built
-
-
-def load_image_archive(
-    path: Path,
-    registry_url: str,
-    *,
-    netns: str | None = None,
-    registries: Sequence[str] | None = None,
-) -> list[str]:
-    """Push the images of a ``docker save`` or OCI archive; return the references added.
-
-    ``registries``: the registries the lab's nodes resolve through the lab registry; an
-    image named under any other is refused before anything is pushed (its Pods could
-    never pull it)."""
-    if not path.is_file():
-        raise ImageBuildError(f"{path} does not exist or is not a file")
-    client = RegistryClient(registry_url, netns=netns)
-    client.ping()
-    directory = images_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    added: list[str] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="load-", dir=directory) as tmp,
-        oci.OciArchive(path) as archive,
-    ):
-        loaded = dockersave.read_images(archive, oci.BlobStore(Path(tmp)))
-        if registries is not None:
-            elsewhere = [
-                ref for image in loaded for ref in image.refs
-                if imageref.parse(ref).domain not in registries
-            ]  # fmt: skip
-            if elsewhere:
-                raise ImageBuildError(
-                    f"{', '.join(elsewhere)}: the lab's nodes pull only "
-                    f"{', '.join(registries)} names (through the lab registry); tag the "
-                    "image under one of them, e.g. docker.io/library/NAME:TAG"
-                )
-        for image in loaded:
-            _push(client, image.source, image.view, image.refs)
-            added.extend(image.refs)
-    return added
 
 
 def describe_available() -> Iterator[str]:

@@ -54,7 +54,7 @@ from typing import Any
 
 import yaml
 
-from proxy.host.process import die_with_parent
+from proxy.host.process import spawn_logged
 from proxy.lab import cgroups
 from proxy.lab.mounts import Mount, mount_tmpfs, private_mount_namespace, setup_mounts
 
@@ -383,15 +383,9 @@ class _Daemon:
     next_start: float = 0.0
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                preexec_fn=die_with_parent(signal.SIGKILL),
-            )
+        self.process, _ = spawn_logged(
+            self.argv, self.log_path, env=self.env, deathsig=signal.SIGKILL, new_session=False
+        )
         log.info("started %s pid=%d", self.name, self.process.pid)
 
     def stop(self, timeout: float) -> None:

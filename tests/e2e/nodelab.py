@@ -32,9 +32,12 @@ from proxy.host import links
 from proxy.host import netns as hostns
 from proxy.host.process import SOURCE_ROOT, proc_cmdline, run_command
 from proxy.lab import cgroups, images
-from proxy.lab import lab as labmod
+from proxy.lab import clients as labclients
+from proxy.lab import state as labstate
 from proxy.lab.build import BIN_ENV
 from proxy.lab.cluster import wait_for
+from proxy.lab.commands.kubectl import kubectl_argv
+from proxy.lab.commands.shell import shell_target
 
 JSON = dict[str, Any]
 READY_GATE = "kube-proxy-py.test/ready"
@@ -80,14 +83,14 @@ def workload_pod(
 class NodeLab:
     state_dir: Path
     env: dict[str, str]
-    state: labmod.LabState
+    state: labstate.LabState
     extra_clients: dict[str, str] = field(default_factory=dict)
     _probers: dict[str, Prober] = field(default_factory=dict)
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
     def up(cls, k8s_bin: Path, state_dir: Path, *args: str) -> NodeLab:
-        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", labmod.STATE_ENV)}
+        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", labstate.STATE_ENV)}
         env[BIN_ENV] = str(k8s_bin)
         env["PYTHONPATH"] = str(SOURCE_ROOT)
         done = subprocess.run(
@@ -101,7 +104,7 @@ class NodeLab:
         if done.returncode != 0:
             cls._down(env, state_dir)
             raise AssertionError(f"lab up failed:\n{done.stdout}{done.stderr}")
-        state = labmod.load_state(state_dir)
+        state = labstate.load_state(state_dir)
         assert state is not None
         return cls(state_dir, env, state)
 
@@ -127,7 +130,7 @@ class NodeLab:
         self._down(self.env, self.state_dir)
 
     def reload(self) -> None:
-        state = labmod.load_state(self.state_dir)
+        state = labstate.load_state(self.state_dir)
         assert state is not None
         self.state = state
 
@@ -145,13 +148,13 @@ class NodeLab:
         content_type: str = "application/json",
         ok: Sequence[int] = (200, 201),
     ) -> Any:
-        return labmod.api_client(self.state).request(
+        return labclients.api_client(self.state).request(
             method, path, body, content_type=content_type, timeout=30, ok=tuple(ok)
         )
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         done = subprocess.run(
-            labmod.kubectl_argv(self.state, list(args)),
+            kubectl_argv(self.state, list(args)),
             input=input,
             capture_output=True,
             text=True,
@@ -246,7 +249,7 @@ class NodeLab:
         (``name`` or ``namespace/name``; a ``/proc/PID/ns/net`` path)."""
         if target in self.extra_clients:
             return self.extra_clients[target]
-        return labmod.shell_target(self.state, target)
+        return shell_target(self.state, target)
 
     def run(
         self, target: str, argv: Sequence[str], *, check: bool = True
@@ -288,7 +291,7 @@ class NodeLab:
 
     def node_http(self, node: str, url: str, timeout: float = 5.0) -> tuple[int, str]:
         parts = urllib.parse.urlsplit(url)
-        return labmod.http_get(
+        return labclients.http_get(
             self.ns(node), parts.hostname or "", parts.port or 80, parts.path or "/", timeout
         )
 

@@ -16,12 +16,9 @@ from typing import Any, TypeVar
 import pytest
 
 from proxy.lab.build import K8S_VERSION
-from proxy.lab.controlplane import (
-    APISERVER,
-    ControlPlane,
-    ControlPlaneError,
-    KubectlError,
-)
+from proxy.lab.controlplane.components import APISERVER
+from proxy.lab.controlplane.controlplane import ControlPlane
+from proxy.lab.controlplane.errors import ControlPlaneError, KubectlError
 from proxy.lab.ports import listeners_of, port_is_free, tcp_listeners
 
 pytestmark = pytest.mark.e2e

@@ -31,14 +31,9 @@ from proxy.host import netns as hostns
 from proxy.host.sockets import NetnsHTTPConnection, connect_in_netns
 from proxy.host.spec import ClientSpec, TopologySpec, default_spec
 from proxy.lab.build import K8S_VERSION
-from proxy.lab.controlplane import (
-    APISERVER,
-    CONTROLLER_MANAGER,
-    ETCD,
-    ControlPlane,
-    ControlPlaneError,
-    KubectlError,
-)
+from proxy.lab.controlplane.components import APISERVER, CONTROLLER_MANAGER, ETCD
+from proxy.lab.controlplane.controlplane import ControlPlane
+from proxy.lab.controlplane.errors import ControlPlaneError, KubectlError
 from proxy.lab.ports import listeners_of, tcp_listeners
 from tests.e2e.test_controlplane import NotYet, pid_alive, wait_for
 

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 
 from proxy.harness.probe import Prober
-from proxy.lab import lab as labmod
+from proxy.lab import state as labstate
 from proxy.lab.cluster import wait_for
+from proxy.lab.commands.kubectl import kubectl_argv
+from proxy.lab.commands.shell import shell_target
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -59,12 +61,12 @@ def kpp(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 class Lab:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        state = labmod.load_state(state_dir)
+        state = labstate.load_state(state_dir)
         assert state is not None
         self.state = state
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        proc = subprocess.run(labmod.kubectl_argv(self.state, list(args)), capture_output=True,
+        proc = subprocess.run(kubectl_argv(self.state, list(args)), capture_output=True,
                               text=True, input=input, timeout=180)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
@@ -172,7 +174,7 @@ def test_rolling_update_under_load_loses_no_connection(lab: Lab) -> None:
     cip = json.loads(lab.kubectl("get", "svc", "web", "-n", "rollout", "-o", "json"))["spec"][
         "clusterIP"
     ]
-    load_ns = wait_for(lambda: labmod.shell_target(lab.state, "rollout/load"), 60,
+    load_ns = wait_for(lambda: shell_target(lab.state, "rollout/load"), 60,
                        what="the load pod's namespace")  # fmt: skip
     before = set(lab.ready_endpoints("web", "rollout").values())
     with Prober(load_ns) as prober:

@@ -30,9 +30,13 @@ from proxy.cli import build_parser
 from proxy.host import netns as hostns
 from proxy.host.process import SOURCE_ROOT, proc_cmdline, proc_starttime
 from proxy.host.sockets import NetnsHTTPConnection
-from proxy.lab import cgroups, images, oci
-from proxy.lab import lab as labmod
+from proxy.lab import cgroups, imagecache, oci
+from proxy.lab import clients as labclients
+from proxy.lab import state as labstate
+from proxy.lab import topology as labtopology
 from proxy.lab.build import BIN_ENV
+from proxy.lab.commands import down as labdown
+from proxy.lab.errors import LabError
 
 ROOT_ONLY = pytest.mark.netns
 LAB_PORTS = {2379, 2380, 6443, 10249, 10256, 10257, 10259}
@@ -68,7 +72,7 @@ def test_lab_kubectl_passes_options_through() -> None:
 
 
 def test_topology_nodes_zones_and_compare_node() -> None:
-    spec, zones = labmod.lab_topology(3, compare=True)
+    spec, zones = labtopology.lab_topology(3, compare=True)
     assert [(n.name, n.lan_ip, n.pod_cidr) for n in spec.nodes] == [
         ("node-1", "192.168.50.11", "10.244.1.0/24"),
         ("node-2", "192.168.50.12", "10.244.2.0/24"),
@@ -81,9 +85,9 @@ def test_topology_nodes_zones_and_compare_node() -> None:
         ("registry", "192.168.50.3"),
         ("resolver", "192.168.50.4"),
     ]
-    for bad in (0, labmod.MAX_NODES + 1):
-        with pytest.raises(labmod.LabError, match="1 to"):
-            labmod.lab_topology(bad, compare=False)
+    for bad in (0, labtopology.MAX_NODES + 1):
+        with pytest.raises(LabError, match="1 to"):
+            labtopology.lab_topology(bad, compare=False)
 
 
 def mountinfo() -> list[str]:
@@ -258,7 +262,7 @@ def lab_cli(
 
 
 def lab_env(k8s_bin: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", labmod.STATE_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", labstate.STATE_ENV)}
     env[BIN_ENV] = str(k8s_bin)
     env["PYTHONPATH"] = str(SOURCE_ROOT)
     return env
@@ -273,7 +277,7 @@ def start_lab(k8s_bin: Path, state_dir: Path, *args: str) -> Lab:
     return Lab(state_dir, env, before, done.stdout, state)
 
 
-def assert_nothing_left(lab: Lab, records: list[labmod.ProcRecord]) -> None:
+def assert_nothing_left(lab: Lab, records: list[labstate.ProcRecord]) -> None:
     after = host_view()
     assert not [n for n in after.netns if n.startswith(lab.lab_id)]
     assert not [r.label for r in records if r.is_ours()]
@@ -288,8 +292,8 @@ def assert_nothing_left(lab: Lab, records: list[labmod.ProcRecord]) -> None:
     assert not [h for h in cgroups.hierarchies() if (h / cgroups.LAB_ROOT / lab.lab_id).exists()]
 
 
-def records_of(lab: Lab) -> list[labmod.ProcRecord]:
-    state = labmod.load_state(lab.state_dir)
+def records_of(lab: Lab) -> list[labstate.ProcRecord]:
+    state = labstate.load_state(lab.state_dir)
     assert state is not None and state.supervisor is not None
     return [state.supervisor, *state.processes.values()]
 
@@ -451,7 +455,7 @@ def test_daemonset_pods_run_the_image_built_from_the_dockerfile(running_lab: Lab
     pods = get_json(running_lab, "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy-py")
     by_node = {p["spec"]["nodeName"]: p for p in pods["items"]}
     assert sorted(by_node) == ["node-1", "node-2"]
-    built = json.loads((images.images_dir() / "kube-proxy-py.json").read_text())
+    built = json.loads((imagecache.images_dir() / "kube-proxy-py.json").read_text())
     for name, item in by_node.items():
         assert item["status"]["phase"] == "Running"
         status = item["status"]["containerStatuses"][0]
@@ -465,7 +469,7 @@ def test_daemonset_pods_run_the_image_built_from_the_dockerfile(running_lab: Lab
         assert f"node={name} mode=nftables" in logs and "msg=synced" in logs, logs
     # Inside the container: its own mount namespace with the ConfigMap, in the node's
     # network namespace (hostNetwork), the ServiceAccount token projected by the kubelet.
-    state = labmod.load_state(running_lab.state_dir)
+    state = labstate.load_state(running_lab.state_dir)
     assert state is not None
     uid = by_node["node-1"]["metadata"]["uid"]
     agent = [
@@ -753,7 +757,7 @@ def test_load_image_adds_an_image_pods_can_run(running_lab: Lab, tmp_path: Path)
     """``lab load-image`` (like ``kind load image-archive``): an image built elsewhere
     runs in a Pod; one named under a registry the nodes do not mirror is refused."""
     store = oci.BlobStore(tmp_path / "store")
-    with oci.OciArchive(images.images_dir() / "busybox.tar") as busybox:
+    with oci.OciArchive(imagecache.images_dir() / "busybox.tar") as busybox:
         base = busybox.images()[0].view
         for blob in base.layers:
             with busybox.open_blob(blob.digest) as src, store.writer() as dst:
@@ -792,10 +796,10 @@ def test_rollout_restart_replaces_every_proxy_pod(running_lab: Lab) -> None:
     after = get_json(running_lab, "pods", *selector)["items"]
     running = {p["metadata"]["name"] for p in after if not p["metadata"].get("deletionTimestamp")}
     assert len(running) == 2 and not running & before
-    state = labmod.load_state(running_lab.state_dir)
+    state = labstate.load_state(running_lab.state_dir)
     assert state is not None
     for node in state.nodes:
-        status, _ = labmod.node_health(node.namespace)
+        status, _ = labclients.node_health(node.namespace)
         assert status == 200
 
 
@@ -828,17 +832,17 @@ def test_a_killed_node_comes_back_with_one_agent(running_lab: Lab) -> None:
     containers would not): the supervisor starts the node again, which first kills what
     the old one left, so the node runs one kube-proxy-py agent again, not two."""
     (old,) = agent_pids(running_lab, "node-2")
-    state = labmod.load_state(running_lab.state_dir)
+    state = labstate.load_state(running_lab.state_dir)
     assert state is not None
     launcher = state.processes["node/node-2"]
     restarts = state.restarts.get("node/node-2", 0)
     os.kill(launcher.pid, signal.SIGKILL)
     deadline = time.monotonic() + 180
     while True:
-        state = labmod.load_state(running_lab.state_dir)
+        state = labstate.load_state(running_lab.state_dir)
         assert state is not None
         pids = agent_pids(running_lab, "node-2")
-        healthy = labmod.node_health(f"{running_lab.lab_id}-node-2")[0] == 200
+        healthy = labclients.node_health(f"{running_lab.lab_id}-node-2")[0] == 200
         if state.restarts.get("node/node-2", 0) > restarts and healthy and old not in pids:
             break
         assert time.monotonic() < deadline, f"node-2 not back: agents {pids}, healthy {healthy}"
@@ -873,7 +877,7 @@ def test_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
         assert "deploying upstream kube-proxy as a DaemonSet on node-upstream" in lab.up_output
         assert "installing CoreDNS" not in lab.up_output  # a bare cluster
         upstream = f"{lab.lab_id}-node-upstream"
-        status, body = labmod.node_health(upstream)
+        status, body = labclients.node_health(upstream)
         assert status == 200 and "lastUpdated" in body
         pods = get_json(lab, "pods", "-n", "kube-system", "-o", "wide")["items"]
         placed = {(p["metadata"]["labels"]["k8s-app"], p["spec"]["nodeName"]) for p in pods}
@@ -890,7 +894,7 @@ def test_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
         assert "node affinity: not on node-upstream" in shown.stdout
 
         records = records_of(lab)
-        state = labmod.load_state(lab.state_dir)
+        state = labstate.load_state(lab.state_dir)
         assert state is not None and state.supervisor is not None
         os.kill(state.supervisor.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -918,16 +922,16 @@ def test_down_with_a_stuck_supervisor(
         records = records_of(lab)
         supervisor = records[0]
         os.kill(supervisor.pid, signal.SIGSTOP)  # alive, but will never act on SIGTERM
-        monkeypatch.setattr(labmod, "STOP_TIMEOUT", 2.0)
+        monkeypatch.setattr(labdown, "STOP_TIMEOUT", 2.0)
         out = io.StringIO()
-        assert labmod.down(lab.state_dir, out=out) == 0, out.getvalue()
+        assert labdown.down(lab.state_dir, out=out) == 0, out.getvalue()
         assert "did not stop" in out.getvalue()
         deadline = time.monotonic() + 10
         while proc_starttime(supervisor.pid) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert_nothing_left(lab, records)
     finally:
-        with_supervisor = labmod.load_state(lab.state_dir) if lab.state_dir.exists() else None
+        with_supervisor = labstate.load_state(lab.state_dir) if lab.state_dir.exists() else None
         sup = with_supervisor.supervisor if with_supervisor is not None else None
         if sup is not None and sup.is_ours():
             os.kill(sup.pid, signal.SIGCONT)

@@ -25,7 +25,7 @@ from proxy.agent.options.govalues import parse_go_duration
 from proxy.agent.options.parse import parse_run_args
 from proxy.agent.options.settings import AgentOptions
 from proxy.config import NodePortAddresses, ProxyMode
-from proxy.lab.controlplane import ControlPlane
+from proxy.lab.controlplane.controlplane import ControlPlane
 from tests.unit.test_options import KUBEADM_CONFIG_CONF
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from proxy.apiclient.client import ApiClient, ApiError
-from proxy.lab.controlplane import ControlPlane
+from proxy.lab.controlplane.controlplane import ControlPlane
 from proxy.source.reflector import (
     LAST_APPLIED_ANNOTATION,
     EventType,

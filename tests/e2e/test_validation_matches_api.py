@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
-from proxy.lab.controlplane import ControlPlane
+from proxy.lab.controlplane.controlplane import ControlPlane
 from proxy.model import parse_endpoint_slice, parse_service
 from proxy.source.file import build_state
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.lab import images, oci
+from proxy.lab import imagepush, images, oci
+from proxy.lab.imagecache import BuiltImage, ImageSet, images_dir
 from proxy.lab.regclient import RegistryClient
 from proxy.lab.regserve import serve_registry
 
@@ -52,7 +53,7 @@ def registry(tmp_path: Path) -> Iterator[RegistryClient]:
     assert client.netns not in namespaces
 
 
-def _small_image(tmp_path: Path, refs: tuple[str, ...]) -> images.BuiltImage:
+def _small_image(tmp_path: Path, refs: tuple[str, ...]) -> BuiltImage:
     store = oci.BlobStore(tmp_path / "store")
     layer = oci.write_layer(
         store,
@@ -68,14 +69,14 @@ def _small_image(tmp_path: Path, refs: tuple[str, ...]) -> images.BuiltImage:
     )
     archive = tmp_path / "small.tar"
     oci.write_oci_archive(archive, store, manifest, refs)
-    return images.BuiltImage("small", refs, archive, manifest.digest, archive.stat().st_size)
+    return BuiltImage("small", refs, archive, manifest.digest, archive.stat().st_size)
 
 
 def test_push_small_image_and_read_back(registry: RegistryClient, tmp_path: Path) -> None:
     refs = ("docker.io/library/busybox:latest", "docker.io/library/busybox:1.36")
     image = _small_image(tmp_path, refs)
-    pushed = images.push_all(
-        registry.url, images.ImageSet((image,)), lambda _: None, netns=registry.netns
+    pushed = imagepush.push_all(
+        registry.url, ImageSet((image,)), lambda _: None, netns=registry.netns
     )
 
     assert pushed == {ref: image.digest for ref in refs}
@@ -86,8 +87,8 @@ def test_push_small_image_and_read_back(registry: RegistryClient, tmp_path: Path
     assert media == oci.MEDIA_MANIFEST
     assert oci.sha256_digest(raw) == image.digest
     # A second push sends no blob again and keeps the digest.
-    again = images.push_all(
-        registry.url, images.ImageSet((image,)), lambda _: None, netns=registry.netns
+    again = imagepush.push_all(
+        registry.url, ImageSet((image,)), lambda _: None, netns=registry.netns
     )
     assert again == pushed
 
@@ -147,7 +148,7 @@ def test_load_image_archive_from_docker_save(registry: RegistryClient, tmp_path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
-    added = images.load_image_archive(saved, registry.url, netns=registry.netns)
+    added = imagepush.load_image_archive(saved, registry.url, netns=registry.netns)
 
     assert added == ["docker.io/library/myapp:dev"]
     assert registry.tags("library/myapp") == ["dev"]
@@ -160,25 +161,23 @@ def test_load_image_archive_from_docker_save(registry: RegistryClient, tmp_path:
 
 def test_every_cached_image_pushes(registry: RegistryClient, tmp_path: Path) -> None:
     """The full set from ``lab build`` (skipped until the cache holds every archive)."""
-    directory = images.images_dir()
-    built: list[images.BuiltImage] = []
+    directory = images_dir()
+    built: list[BuiltImage] = []
     for stamp in sorted(directory.glob("*.json")):
         archive = stamp.with_suffix(".tar")
         record = json.loads(stamp.read_text())
         if archive.is_file():
             refs = tuple(record["refs"])
             built.append(
-                images.BuiltImage(
-                    stamp.stem, refs, archive, record["digest"], archive.stat().st_size
-                )
+                BuiltImage(stamp.stem, refs, archive, record["digest"], archive.stat().st_size)
             )
     wanted = {ref for item in images.AVAILABLE for ref in item.refs}
     have = {ref for b in built for ref in b.refs}
     if not wanted <= have:
         pytest.skip(f"the image cache {directory} lacks {len(wanted - have)} images: run lab build")
 
-    pushed = images.push_all(
-        registry.url, images.ImageSet(tuple(built)), lambda _: None, netns=registry.netns
+    pushed = imagepush.push_all(
+        registry.url, ImageSet(tuple(built)), lambda _: None, netns=registry.netns
     )
 
     catalog = registry.catalog()
@@ -200,11 +199,11 @@ def test_ensure_cached_registry_pushes_only_when_images_change(
     monkeypatch.setenv("KUBE_PROXY_PY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(nodebuild, "node_bin_dir", lambda: binary.parent)
     small = _small_image(tmp_path, ("registry.k8s.io/pause:3.10.2",))
-    monkeypatch.setattr(images, "build_images", lambda out, force=False: images.ImageSet((small,)))
+    monkeypatch.setattr(images, "build_images", lambda out, force=False: ImageSet((small,)))
     lines: list[str] = []
 
-    images.ensure_cached_registry(lines.append)
-    images.ensure_cached_registry(lines.append)
+    imagepush.ensure_cached_registry(lines.append)
+    imagepush.ensure_cached_registry(lines.append)
 
     assert any("pushing 1 images" in line for line in lines)
     assert "holds all 1 image references" in lines[-1]

@@ -20,7 +20,7 @@ from typing import Protocol
 import pytest
 
 from proxy.host.sockets import NetnsHTTPConnection
-from proxy.lab import images, oci
+from proxy.lab import imagecache, oci
 from tests.conftest import throwaway_netns
 
 pytestmark = pytest.mark.netns
@@ -31,7 +31,7 @@ out kubelet's grace period); this is only how long we wait for that."""
 
 
 def _archive(slug: str) -> Path:
-    path = images.images_dir() / f"{slug}.tar"
+    path = imagecache.images_dir() / f"{slug}.tar"
     if not path.is_file():
         pytest.skip(f"{path} is not built yet: run lab build (proxy.lab.images.build_images)")
     return path

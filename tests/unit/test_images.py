@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.lab import build, dockersave, imageref, images, oci, rootfs
+from proxy.lab import build, dockersave, imagecache, imageref, images, oci, rootfs
 from proxy.lab.regclient import RegistryClient, RegistryError
 from tests.unit.test_oci import tar_with
 
@@ -206,9 +206,9 @@ def test_cache_reuses_an_archive_until_its_key_changes(
 
     progress = build.Progress(lambda _: None)
     refs = ("docker.io/library/x:1",)
-    first = images._cached("x", refs, "k1", make, progress, "x")
-    second = images._cached("x", refs, "k1", make, progress, "x")
-    third = images._cached("x", refs, "k2", make, progress, "x")
+    first = imagecache.cached("x", refs, "k1", make, progress, "x")
+    second = imagecache.cached("x", refs, "k1", make, progress, "x")
+    third = imagecache.cached("x", refs, "k2", make, progress, "x")
 
     assert len(calls) == 2
     assert first == second and third.digest == first.digest
@@ -220,11 +220,11 @@ def test_tree_digest_follows_content_not_bytecode(tmp_path: Path) -> None:
     (tmp_path / "proxy/__pycache__").mkdir(parents=True)
     (tmp_path / "proxy/a.py").write_text("x = 1\n")
     (tmp_path / "Dockerfile").write_text("FROM x\n")
-    before = images.tree_digest(tmp_path, ("Dockerfile", "proxy", "missing"))
+    before = imagecache.tree_digest(tmp_path, ("Dockerfile", "proxy", "missing"))
     (tmp_path / "proxy/__pycache__/a.cpython-311.pyc").write_bytes(b"junk")
-    assert images.tree_digest(tmp_path, ("Dockerfile", "proxy", "missing")) == before
+    assert imagecache.tree_digest(tmp_path, ("Dockerfile", "proxy", "missing")) == before
     (tmp_path / "proxy/a.py").write_text("x = 2\n")
-    assert images.tree_digest(tmp_path, ("Dockerfile", "proxy", "missing")) != before
+    assert imagecache.tree_digest(tmp_path, ("Dockerfile", "proxy", "missing")) != before
 
 
 # --------------------------------------------------------------------------- parts

@@ -40,7 +40,7 @@ from proxy.demo.seeds.parse import (
 from proxy.demo.seeds.run import WALKTHROUGHS, summarize, write_manifests
 from proxy.demo.seeds.seed0 import ping_reason
 from proxy.demo.seeds.walkthrough import LabView, Ran, SeedPresenter, SeedResult, Walkthrough
-from proxy.lab import lab as labmod
+from proxy.lab import state as labstate
 
 # Outputs captured on the lab (busybox 1.35 in the stand-in images).
 NSLOOKUP_SEARCH = """\
@@ -375,7 +375,7 @@ def test_presenter_counts_checks_and_records_deviations() -> None:
 
 def test_summary_lists_counts_failures_and_deviations() -> None:
     lab = LabView(
-        labmod.LabState("kpp-lab-x", "/tmp/x", "iptables", 2, False), "iptables", {}, "/dev/null"
+        labstate.LabState("kpp-lab-x", "/tmp/x", "iptables", 2, False), "iptables", {}, "/dev/null"
     )
     results = [
         SeedResult(
@@ -415,7 +415,7 @@ class FakeRun(Walkthrough):
 
 def fake_walkthrough(tmp_path: Path, out: io.StringIO) -> FakeRun:
     lab = LabView(
-        labmod.LabState("kpp-lab-x", "/tmp/x", "nftables", 2, False),
+        labstate.LabState("kpp-lab-x", "/tmp/x", "nftables", 2, False),
         "nftables",
         {"node-1": "192.168.50.11"},
         "/dev/null",

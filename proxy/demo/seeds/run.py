@@ -29,7 +29,7 @@ from proxy.demo.seeds.walkthrough import (
     SeedResult,
     Walkthrough,
 )
-from proxy.lab import lab as labmod
+from proxy.lab.commands.up import running_or_started
 
 WALKTHROUGHS: Mapping[int, type[Walkthrough]] = {
     0: Seed0,
@@ -136,7 +136,7 @@ def main(
 ) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     chosen = seed_numbers(numbers)
-    state = labmod.running_or_started(state_dir, out=out)
+    state = running_or_started(state_dir, out=out)
     if state is None:
         return 1
     lab = LabView.of(state)

@@ -28,8 +28,11 @@ from proxy.demo.seeds.parse import (
     without_kubeconfig_flag,
 )
 from proxy.host import netns as hostns
-from proxy.lab import lab as labmod
+from proxy.lab import clients as labclients
+from proxy.lab import state as labstate
 from proxy.lab.cluster import wait_for
+from proxy.lab.commands.kubectl import kubectl_argv
+from proxy.lab.commands.shell import shell_target
 
 
 @dataclass
@@ -85,17 +88,17 @@ class SeedResult:
 class LabView:
     """What every walkthrough needs to know about the running lab."""
 
-    state: labmod.LabState
+    state: labstate.LabState
     mode: str
     nodes: dict[str, str]
     """Node name -> LAN address, kube-proxy-py's nodes only."""
     kubeconfig: str
 
     @classmethod
-    def of(cls, state: labmod.LabState) -> LabView:
+    def of(cls, state: labstate.LabState) -> LabView:
         nodes = {n.name: n.lan_ip for n in state.nodes if n.proxy == "kube-proxy-py"}
         view = cls(state, state.mode, nodes, state.control_plane["kubeconfig"])
-        argv = labmod.kubectl_argv(
+        argv = kubectl_argv(
             state, ["get", "configmap", "kube-proxy-py", "-n", "kube-system", "-o", "json"]
         )
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
@@ -105,7 +108,7 @@ class LabView:
         return view
 
     def netns(self, target: str) -> str:
-        return labmod.shell_target(self.state, target)
+        return shell_target(self.state, target)
 
 
 # --------------------------------------------------------------------------- walkthroughs
@@ -145,7 +148,7 @@ class Walkthrough:
         return f"{self._kubeconfigs[namespace]}{os.pathsep}{self.lab.kubeconfig}"
 
     def kubectl_argv(self, args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-        argv = without_kubeconfig_flag(labmod.kubectl_argv(self.lab.state, list(args)))
+        argv = without_kubeconfig_flag(kubectl_argv(self.lab.state, list(args)))
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env["KUBECONFIG"] = self.kubeconfig(self.namespace)
         return argv, env
@@ -188,7 +191,7 @@ class Walkthrough:
     def api(self, method: str, path: str) -> dict[str, Any] | None:
         """One API call off the record (faster than kubectl for polling): the object, or
         None when there is none (404)."""
-        status, body = labmod.api_client(self.lab.state).call(method, path, timeout=10)
+        status, body = labclients.api_client(self.lab.state).call(method, path, timeout=10)
         if status == 404:
             return None
         if status >= 300:

@@ -26,8 +26,8 @@ import pytest
 
 from proxy.harness import Outcome
 from proxy.host.sockets import NetnsHTTPConnection
-from proxy.lab import lab as labmod
 from proxy.lab.cluster import wait_for
+from proxy.lab.commands.status import print_status
 from tests.e2e.nodelab import PROXY, NodeLab, workload_pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -411,7 +411,7 @@ def wait_apiserver_restarted(lab: NodeLab, before: int) -> None:
     wait_for(restarted, 90, what="the lab to start kube-apiserver again")
     wait_for(lambda: lab.api("GET", "/api/v1/namespaces/default"), 60, what="the API back")
     status = io.StringIO()
-    labmod.print_status(lab.state, status)
+    print_status(lab.state, status)
     assert "kube-apiserver exited and was started again" in status.getvalue(), status.getvalue()
 
 

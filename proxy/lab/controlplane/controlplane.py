@@ -33,16 +33,12 @@ real controllers (EndpointSlice, garbage collector, …) then do their part.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import functools
-import http.client
 import ipaddress
-import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -50,8 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -61,160 +56,36 @@ from proxy.apiclient.client import ApiClient
 from proxy.apiclient.config import ClientConfig
 from proxy.host import netns as hostns
 from proxy.host import sockets
-from proxy.host.process import die_with_parent
 from proxy.lab.build import BIN_ENV, K8S_VERSION
-from proxy.lab.pki import CertificateAuthority, CertKey, SigningKey
-from proxy.lab.ports import LOOPBACK, free_port, port_is_free
+from proxy.lab.controlplane import etcd
+from proxy.lab.controlplane.apiserver import advertise_args, apiserver_argv
+from proxy.lab.controlplane.certs import write_pki
+from proxy.lab.controlplane.components import (
+    APISERVER,
+    CONTROLLER_MANAGER,
+    ETCD,
+    KUBECTL,
+    NETNS_PORTS,
+    SCHEDULER,
+    host_port,
+)
+from proxy.lab.controlplane.controllermanager import (
+    DEFAULT_CONTROLLERS,
+    controller_manager_argv,
+    runs_serviceaccount_controller,
+)
+from proxy.lab.controlplane.errors import ControlPlaneError, KubectlError
+from proxy.lab.controlplane.kubeconfig import KubeconfigUser, write_kubeconfig
+from proxy.lab.controlplane.processes import (
+    ComponentProcesses,
+    PortCollision,
+    component_env,
+)
+from proxy.lab.controlplane.scheduler import scheduler_argv
+from proxy.lab.pki import CertificateAuthority, CertKey
+from proxy.lab.ports import LOOPBACK, port_is_free
 
 log = logging.getLogger(__name__)
-
-ETCD = "etcd"
-APISERVER = "kube-apiserver"
-CONTROLLER_MANAGER = "kube-controller-manager"
-SCHEDULER = "kube-scheduler"
-KUBECTL = "kubectl"
-
-SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
-
-DEFAULT_CONTROLLERS: tuple[str, ...] = ("*", "-node-lifecycle-controller")
-"""Every default controller except node lifecycle.
-
-No kubelet ever renews a Node's lease here, so the node lifecycle controller would mark
-every Node NotReady after the grace period, flip its Pods to Ready=False (emptying the
-EndpointSlices) and, five minutes later, evict them. Pass ``controllers=("*",)`` to
-keep it.
-"""
-
-NETNS_PORTS: dict[tuple[str, str], int] = {
-    (ETCD, "client"): 2379,
-    (ETCD, "peer"): 2380,
-    (APISERVER, "secure"): 6443,
-    (CONTROLLER_MANAGER, "secure"): 10257,
-    (SCHEDULER, "secure"): 10259,
-}
-"""The ports every component uses inside a lab namespace (the upstream defaults).
-
-The namespace is the control plane's alone, so there is nobody to collide with, and
-node agents get the familiar ``https://<address>:6443``.
-"""
-
-_PORT_ATTEMPTS = 4
-_LOG_TAIL_LINES = 40
-_STOP_GRACE_SECONDS = 5.0
-_POLL_SECONDS = 0.2
-
-
-class ControlPlaneError(RuntimeError):
-    """The control plane could not start or do what was asked; the message says why."""
-
-
-def _http_error(method: str, url: str, status: int, body: bytes) -> ControlPlaneError:
-    """etcd's gateway answered with an error status."""
-    text = body.decode(errors="replace").strip()
-    with contextlib.suppress(ValueError, AttributeError):
-        text = str(json.loads(body).get("message", text))
-    return ControlPlaneError(f"{method} {url} → HTTP {status}: {text[:2000]}")
-
-
-class KubectlError(subprocess.CalledProcessError):
-    """kubectl exited non-zero; str() includes its stderr."""
-
-    def __str__(self) -> str:
-        err = self.stderr.strip() if isinstance(self.stderr, str) else ""
-        cmd = [str(c) for c in self.cmd]
-        where = ""
-        if cmd[:3] == ["ip", "netns", "exec"] and len(cmd) > 4:
-            where, cmd = f" (in netns {cmd[3]})", cmd[4:]
-        return f"kubectl {' '.join(cmd[1:])}{where} failed (exit {self.returncode}): {err}"
-
-
-class _PortCollision(Exception):
-    """A component exited because one of its ports was taken meanwhile."""
-
-
-@dataclass(frozen=True)
-class KubeconfigUser:
-    """Credentials for a kubeconfig: a bearer token, or a client certificate and key."""
-
-    name: str
-    token: str | None = None
-    client_cert_pem: bytes | None = None
-    client_key_pem: bytes | None = None
-
-    def __post_init__(self) -> None:
-        has_cert = self.client_cert_pem is not None and self.client_key_pem is not None
-        if (self.token is None) == (not has_cert):
-            raise ValueError(
-                f"kubeconfig user {self.name!r}: give either a token or a client cert and key"
-            )
-
-
-def render_kubeconfig(
-    server: str, ca_pem: bytes, user: KubeconfigUser, *, namespace: str | None = None
-) -> dict[str, Any]:
-    """A self-contained kubeconfig (CA and client credentials embedded)."""
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    creds: dict[str, str] = {}
-    if user.token is not None:
-        creds["token"] = user.token
-    if user.client_cert_pem is not None and user.client_key_pem is not None:
-        creds["client-certificate-data"] = b64(user.client_cert_pem)
-        creds["client-key-data"] = b64(user.client_key_pem)
-    context: dict[str, str] = {"cluster": "kpp-lab", "user": user.name}
-    if namespace is not None:
-        context["namespace"] = namespace
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "kpp-lab",
-                "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)},
-            }
-        ],
-        "users": [{"name": user.name, "user": creds}],
-        "contexts": [{"name": "kpp-lab", "context": context}],
-        "current-context": "kpp-lab",
-        "preferences": {},
-    }
-
-
-def _host_port(host: str, port: int) -> str:
-    """host:port for a URL (IPv6 literals in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-@dataclass
-class _Proc:
-    name: str
-    argv: list[str]
-    """The component's own argv (without any ``ip netns exec`` prefix)."""
-    log_path: Path
-    popen: subprocess.Popen[bytes]
-    ports: dict[str, int] = field(default_factory=dict)
-    log_offset: int = 0
-    """Where this run's output starts in the (appended) log file."""
-
-    def tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        return _tail(self.log_path, lines, self.log_offset)
-
-
-def _child_env() -> dict[str, str]:
-    # etcd reads any ETCD_* variable as a flag; KUBECONFIG must not leak into components.
-    return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_") and k != "KUBECONFIG"}
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES, offset: int = 0) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 _live_lock = threading.Lock()
@@ -316,8 +187,9 @@ class ControlPlane:
 
         self._workdir: Path | None = None
         self._owns_workdir = False
-        self._procs: dict[str, _Proc] = {}
-        self._spawned: list[tuple[str, int]] = []
+        self._components = ComponentProcesses(
+            self._bin_dir, netns, lambda: self.workdir, self._fix_hint
+        )
         self._ca: CertificateAuthority | None = None
         self._tls: ssl.SSLContext | None = None
         self._kubeconfig: Path | None = None
@@ -393,7 +265,7 @@ class ControlPlane:
 
     def exited(self) -> list[str]:
         """The components whose process has exited (checked now)."""
-        return [n for n, p in self._procs.items() if p.popen.poll() is not None]
+        return [n for n, p in self._components.running.items() if p.popen.poll() is not None]
 
     @property
     def pids(self) -> dict[str, int]:
@@ -401,18 +273,24 @@ class ControlPlane:
 
         With ``netns`` too these are the components' own pids (``ip netns exec`` execs in
         place; checked once each component is ready)."""
-        return {n: p.popen.pid for n, p in self._procs.items() if p.popen.returncode is None}
+        return {
+            n: p.popen.pid
+            for n, p in self._components.running.items()
+            if p.popen.returncode is None
+        }
 
     @property
     def spawned(self) -> list[tuple[str, int]]:
         """(component, pid) of every process ever started, incl. restarts and retries."""
-        return list(self._spawned)
+        return list(self._components.spawned)
 
     @property
     def ports(self) -> dict[str, int]:
         """Every port in use, keyed ``component/role`` (e.g. ``etcd/client``)."""
         return {
-            f"{n}/{role}": port for n, p in self._procs.items() for role, port in p.ports.items()
+            f"{n}/{role}": port
+            for n, p in self._components.running.items()
+            for role, port in p.ports.items()
         }
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -422,10 +300,10 @@ class ControlPlane:
         return self._tls
 
     def log_path(self, component: str) -> Path:
-        return self.workdir / "logs" / f"{component}.log"
+        return self._components.log_path(component)
 
     def _port(self, component: str, role: str) -> int:
-        proc = self._procs.get(component)
+        proc = self._components.running.get(component)
         if proc is None or role not in proc.ports:
             raise ControlPlaneError(f"{component} is not running (no {role} port)")
         return proc.ports[role]
@@ -475,7 +353,7 @@ class ControlPlane:
             "control plane ready server=%s netns=%s components=%s elapsed=%.1fs workdir=%s",
             self._server,
             self._netns or "-",
-            ",".join(self._procs),
+            ",".join(self._components.running),
             time.monotonic() - t0,
             self._workdir,
         )
@@ -489,8 +367,8 @@ class ControlPlane:
             self._stopped = True
             if self._client is not None:
                 self._client.close()
-            for proc in reversed(list(self._procs.values())):
-                self._terminate(proc)
+            for proc in reversed(list(self._components.running.values())):
+                self._components.terminate(proc)
             if self._workdir is not None and self._owns_workdir:
                 if self._keep_workdir:
                     log.info("control plane stopped; workdir kept at %s", self._workdir)
@@ -503,21 +381,21 @@ class ControlPlane:
     def restart_apiserver(self, timeout: float = 60.0) -> None:
         """Stop kube-apiserver and start it again: same port, same etcd data, same flags."""
         with self._lock:
-            old = self._procs.get(APISERVER)
+            old = self._components.running.get(APISERVER)
             if old is None or self._stopped:
                 raise ControlPlaneError("kube-apiserver is not running: start() first")
-            self._terminate(old)
+            self._components.terminate(old)
             t0 = time.monotonic()
-            proc = self._spawn(APISERVER, old.argv, old.ports)
+            proc = self._components.spawn(APISERVER, old.argv, old.ports)
             try:
-                self._wait_ready(
+                self._components.wait_ready(
                     proc,
                     self._apiserver_ready,
                     time.monotonic() + timeout,
                     timeout,
                     "GET /readyz = ok",
                 )
-            except _PortCollision as e:
+            except PortCollision as e:
                 raise ControlPlaneError(
                     f"kube-apiserver could not bind its port {old.ports['secure']} again: "
                     "another process took it while the API server was down. Stop that "
@@ -539,22 +417,7 @@ class ControlPlane:
         (the new cache starts at the current revision), or at once when the API server
         runs with ``--watch-cache=false``.
         """
-        status, body = self._http(
-            "POST",
-            f"{self.etcd_url}/v3/kv/range",
-            json.dumps({"key": base64.b64encode(b"/").decode(), "limit": 1}).encode(),
-        )
-        if status != 200:
-            raise _http_error("POST", f"{self.etcd_url}/v3/kv/range", status, body)
-        revision = int(json.loads(body)["header"]["revision"])
-        payload = json.dumps({"revision": str(revision), "physical": True}).encode()
-        status, body = self._http(
-            "POST", f"{self.etcd_url}/v3/kv/compaction", payload, timeout=30.0
-        )
-        if status != 200 and b"compacted" not in body:
-            raise _http_error("POST", f"{self.etcd_url}/v3/kv/compaction", status, body)
-        log.info("etcd compacted revision=%d", revision)
-        return revision
+        return etcd.compact(self._http, self.etcd_url)
 
     # ------------------------------------------------------------------ clients
 
@@ -584,7 +447,7 @@ class ControlPlane:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=_child_env(),
+            env=component_env(),
             check=False,
         )
         log.debug("kubectl %s rc=%d", " ".join(args), result.returncode)
@@ -656,15 +519,9 @@ class ControlPlane:
         namespace: str | None = None,
     ) -> Path:
         """Write a self-contained kubeconfig for user (mode 0600); return its path."""
-        config = render_kubeconfig(
-            server or self.server, self.ca.cert_pem, user, namespace=namespace
+        return write_kubeconfig(
+            path, server or self.server, self.ca.cert_pem, user, namespace=namespace
         )
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent=2)
-        return path
 
     def token_kubeconfig(self, name: str, token: str, *, namespace: str | None = None) -> Path:
         """A kubeconfig in the workdir authenticating with a bearer token (e.g. a SA's)."""
@@ -761,7 +618,7 @@ class ControlPlane:
         for name, role in wanted:
             host, port = self._listen_host(name), NETNS_PORTS[name, role]
             if not hostns.run_in_netns(netns, functools.partial(port_is_free, port, host)):
-                taken.append(f"{name}/{role} {_host_port(host, port)}")
+                taken.append(f"{name}/{role} {host_port(host, port)}")
         if taken:
             raise ControlPlaneError(
                 f"ports already in use in network namespace {netns}: {', '.join(taken)}. "
@@ -806,127 +663,46 @@ class ControlPlane:
         )
 
     def _write_pki(self) -> None:
-        pki = self.pki_dir
-        ca = CertificateAuthority.create()
-        self._ca = ca
-        ca.pair.write(pki, "ca")
-        ips = ["127.0.0.1", *(str(n[1]) for n in self._service_nets)]
-        dns = [
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ]
-        for san in self._extra_sans:
-            try:
-                ipaddress.ip_address(san)
-                ips.append(san)
-            except ValueError:
-                dns.append(san)
-        ca.issue("kube-apiserver", dns_names=dns, ip_addresses=ips, server=True).write(
-            pki, "apiserver"
-        )
-        admin = ca.issue("kubernetes-admin", organizations=["system:masters"], client=True)
-        admin.write(pki, "admin")
-        # How the API server authenticates to kubelets (exec, logs, port-forward), as
-        # kubeadm's apiserver-kubelet-client certificate does.
-        ca.issue(
-            "kube-apiserver-kubelet-client", organizations=["system:masters"], client=True
-        ).write(pki, "apiserver-kubelet-client")
-        for component in (CONTROLLER_MANAGER, SCHEDULER):
-            ca.issue(
-                component, dns_names=["localhost"], ip_addresses=["127.0.0.1"], server=True
-            ).write(pki, f"{component}-serving")
-        SigningKey.create().write(pki, "sa")
-        # The aggregation layer's front proxy: without a requestheader CA the controller
-        # manager and scheduler log an error every few seconds about the missing bundle.
-        front = CertificateAuthority.create("kube-proxy-py-lab-front-proxy-ca")
-        front.pair.write(pki, "front-proxy-ca")
-        front.issue("front-proxy-client", client=True).write(pki, "front-proxy-client")
-        tls = ssl.create_default_context(cafile=str(self.ca_file))
-        tls.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        self._tls = tls
-        self._admin = admin
+        certs = write_pki(self.pki_dir, self._service_nets, self._extra_sans)
+        self._ca = certs.ca
+        self._tls = certs.admin_tls
+        self._admin = certs.admin
 
     # ------------------------------------------------------------------ components
 
     def _start_etcd(self, deadline: float, timeout: float) -> None:
         data = self.workdir / "etcd-data"
 
-        def argv(ports: dict[str, int]) -> list[str]:
-            client = f"http://{LOOPBACK}:{ports['client']}"
-            peer = f"http://{LOOPBACK}:{ports['peer']}"
-            return [
-                str(self._bin_dir / ETCD),
-                "--name=kpp",
-                f"--data-dir={data}",
-                f"--listen-client-urls={client}",
-                f"--advertise-client-urls={client}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=kpp={peer}",
-                "--initial-cluster-state=new",
-                f"--initial-cluster-token=kpp-{os.getpid()}-{ports['peer']}",
-                "--unsafe-no-fsync",
-                "--log-level=warn",
-            ]
-
-        def ready() -> bool:
-            status, body = self._http("GET", f"{self.etcd_url}/health", timeout=2.0)
-            return status == 200 and json.loads(body).get("health") == "true"
-
         def reset() -> None:
             shutil.rmtree(data, ignore_errors=True)
 
-        self._launch(
+        self._components.launch(
             ETCD,
             ("client", "peer"),
-            argv,
-            ready,
+            functools.partial(etcd.etcd_argv, self._bin_dir / ETCD, data),
+            lambda: etcd.is_healthy(self._http, self.etcd_url),
             deadline,
             timeout,
             "GET /health = true",
+            host=self._listen_host(ETCD),
             before_retry=reset,
         )
 
     def _start_apiserver(self, deadline: float, timeout: float) -> None:
-        pki = self.pki_dir
-
         def argv(ports: dict[str, int]) -> list[str]:
-            return [
-                str(self._bin_dir / APISERVER),
-                f"--etcd-servers={self.etcd_url}",
-                f"--bind-address={self._bind_address}",
-                f"--secure-port={ports['secure']}",
-                f"--cert-dir={self.workdir / 'apiserver-certs'}",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--client-ca-file={self.ca_file}",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-cluster-ip-range={self._service_cidr}",
-                "--authorization-mode=Node,RBAC",
-                "--allow-privileged=true",
-                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
-                "--requestheader-allowed-names=front-proxy-client",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-                # Kubelets are reached by their InternalIP (no DNS for node names here)
-                # and must present a serving certificate from the lab CA.
-                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
-                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
-                f"--kubelet-certificate-authority={self.ca_file}",
-                "--kubelet-preferred-address-types=InternalIP,Hostname",
-                *self._advertise_args(),
-                *self._extra_apiserver_args,
-            ]
+            return apiserver_argv(
+                self._bin_dir / APISERVER,
+                etcd_url=self.etcd_url,
+                bind_address=self._bind_address,
+                secure_port=ports["secure"],
+                workdir=self.workdir,
+                pki=self.pki_dir,
+                service_cidr=self._service_cidr,
+                advertise=advertise_args(self._bind_address, self._advertise_address),
+                extra=self._extra_apiserver_args,
+            )
 
-        self._launch(
+        self._components.launch(
             APISERVER,
             ("secure",),
             argv,
@@ -934,9 +710,10 @@ class ControlPlane:
             deadline,
             timeout,
             "GET /readyz = ok",
+            host=self._listen_host(APISERVER),
         )
         secure_port = self._port(APISERVER, "secure")
-        self._server = f"https://{_host_port(self._bind_address, secure_port)}"
+        self._server = f"https://{host_port(self._bind_address, secure_port)}"
         assert self._admin is not None
         self._kubeconfig = self.write_kubeconfig(
             self.workdir / "kubeconfigs" / "admin.kubeconfig",
@@ -949,55 +726,30 @@ class ControlPlane:
         # /readyz can be ok a moment before the bootstrap controller has created the
         # default namespace and the `kubernetes` Service (which also proves that the
         # default ServiceCIDR allocates): wait for both so callers can create Services.
-        self._wait_ready(
-            self._procs[APISERVER],
+        self._components.wait_ready(
+            self._components.running[APISERVER],
             lambda: self._get_ok("/api/v1/namespaces/default/services/kubernetes"),
             deadline,
             timeout,
             "the default/kubernetes Service exists",
         )
 
-    def _advertise_args(self) -> list[str]:
-        if self._advertise_address is not None:
-            return [f"--advertise-address={self._advertise_address}"]
-        if not ipaddress.ip_address(self._bind_address).is_loopback:
-            # A lab namespace's LAN address: the default (lease) endpoint reconciler
-            # publishes it as the `kubernetes` Service's endpoint, as on a real cluster.
-            return [f"--advertise-address={self._bind_address}"]
-        # Without an address the API server advertises the host's default interface IP
-        # (bind-address is loopback), and the `kubernetes` Service's endpoints would send
-        # lab traffic to the host. Loopback cannot be an endpoint, so: no endpoints.
-        return [f"--advertise-address={LOOPBACK}", "--endpoint-reconciler-type=none"]
-
     def _start_controller_manager(self, deadline: float, timeout: float) -> None:
-        pki = self.pki_dir
         kcfg = self.client_cert_kubeconfig(CONTROLLER_MANAGER, "system:kube-controller-manager")
 
         def argv(ports: dict[str, int]) -> list[str]:
-            return [
-                str(self._bin_dir / CONTROLLER_MANAGER),
-                f"--kubeconfig={kcfg}",
-                f"--authentication-kubeconfig={kcfg}",
-                f"--authorization-kubeconfig={kcfg}",
-                f"--bind-address={LOOPBACK}",
-                f"--secure-port={ports['secure']}",
-                f"--cert-dir={self.workdir / 'kcm-certs'}",
-                f"--tls-cert-file={pki / 'kube-controller-manager-serving.crt'}",
-                f"--tls-private-key-file={pki / 'kube-controller-manager-serving.key'}",
-                "--leader-elect=false",
-                "--use-service-account-credentials=true",
-                f"--service-account-private-key-file={pki / 'sa.key'}",
-                f"--root-ca-file={self.ca_file}",
-                f"--cluster-signing-cert-file={self.ca_file}",
-                f"--cluster-signing-key-file={pki / 'ca.key'}",
-                f"--service-cluster-ip-range={self._service_cidr}",
-                f"--controllers={','.join(self._controllers)}",
-                # Its default is under /usr/libexec, which it would create on the host.
-                f"--flex-volume-plugin-dir={self.workdir / 'flexvolume'}",
-                *self._extra_kcm_args,
-            ]
+            return controller_manager_argv(
+                self._bin_dir / CONTROLLER_MANAGER,
+                kubeconfig=kcfg,
+                secure_port=ports["secure"],
+                workdir=self.workdir,
+                pki=self.pki_dir,
+                service_cidr=self._service_cidr,
+                controllers=self._controllers,
+                extra=self._extra_kcm_args,
+            )
 
-        self._launch(
+        self._components.launch(
             CONTROLLER_MANAGER,
             ("secure",),
             argv,
@@ -1005,15 +757,13 @@ class ControlPlane:
             deadline,
             timeout,
             "GET /healthz = ok",
+            host=self._listen_host(CONTROLLER_MANAGER),
         )
-        sa_controller = "serviceaccount-controller"
-        if (
-            "*" in self._controllers or sa_controller in self._controllers
-        ) and f"-{sa_controller}" not in self._controllers:
+        if runs_serviceaccount_controller(self._controllers):
             # A real effect of the controllers: the ServiceAccount admission plugin
             # rejects Pods until the serviceaccount controller made `default`.
-            self._wait_ready(
-                self._procs[CONTROLLER_MANAGER],
+            self._components.wait_ready(
+                self._components.running[CONTROLLER_MANAGER],
                 lambda: self._get_ok("/api/v1/namespaces/default/serviceaccounts/default"),
                 deadline,
                 timeout,
@@ -1021,25 +771,19 @@ class ControlPlane:
             )
 
     def _start_scheduler(self, deadline: float, timeout: float) -> None:
-        pki = self.pki_dir
         kcfg = self.client_cert_kubeconfig(SCHEDULER, "system:kube-scheduler")
 
         def argv(ports: dict[str, int]) -> list[str]:
-            return [
-                str(self._bin_dir / SCHEDULER),
-                f"--kubeconfig={kcfg}",
-                f"--authentication-kubeconfig={kcfg}",
-                f"--authorization-kubeconfig={kcfg}",
-                f"--bind-address={LOOPBACK}",
-                f"--secure-port={ports['secure']}",
-                f"--cert-dir={self.workdir / 'scheduler-certs'}",
-                f"--tls-cert-file={pki / 'kube-scheduler-serving.crt'}",
-                f"--tls-private-key-file={pki / 'kube-scheduler-serving.key'}",
-                "--leader-elect=false",
-                *self._extra_scheduler_args,
-            ]
+            return scheduler_argv(
+                self._bin_dir / SCHEDULER,
+                kubeconfig=kcfg,
+                secure_port=ports["secure"],
+                workdir=self.workdir,
+                pki=self.pki_dir,
+                extra=self._extra_scheduler_args,
+            )
 
-        self._launch(
+        self._components.launch(
             SCHEDULER,
             ("secure",),
             argv,
@@ -1047,162 +791,8 @@ class ControlPlane:
             deadline,
             timeout,
             "GET /healthz = ok",
+            host=self._listen_host(SCHEDULER),
         )
-
-    # ------------------------------------------------------------------ process plumbing
-
-    def _launch(
-        self,
-        name: str,
-        roles: Sequence[str],
-        argv: Callable[[dict[str, int]], list[str]],
-        ready: Callable[[], bool],
-        deadline: float,
-        timeout: float,
-        what: str,
-        before_retry: Callable[[], None] | None = None,
-    ) -> None:
-        """Start name on fresh free ports; retry with new ports if one was taken.
-
-        Inside a lab namespace the ports are fixed (NETNS_PORTS): one attempt.
-        """
-        host = self._listen_host(name)
-        if self._netns is not None:
-            ports = {role: NETNS_PORTS[name, role] for role in roles}
-            proc = self._spawn(name, argv(ports), ports)
-            try:
-                self._wait_ready(proc, ready, deadline, timeout, what)
-            except _PortCollision as e:
-                raise ControlPlaneError(
-                    f"{name} could not listen on its port(s) {ports} in network namespace "
-                    f"{self._netns}: already in use (another control plane in that "
-                    f"namespace?). Last log lines:\n{proc.tail()}"
-                ) from e
-            return
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
-            ports = {role: free_port(host) for role in roles}
-            proc = self._spawn(name, argv(ports), ports)
-            try:
-                self._wait_ready(proc, ready, deadline, timeout, what)
-                return
-            except _PortCollision:
-                log.warning(
-                    "port collision component=%s ports=%s attempt=%d/%d; retrying with new ports",
-                    name,
-                    ports,
-                    attempt,
-                    _PORT_ATTEMPTS,
-                )
-                self._terminate(proc)
-                del self._procs[name]
-                if before_retry is not None:
-                    before_retry()
-        raise ControlPlaneError(
-            f"{name} hit a port already in use {_PORT_ATTEMPTS} times in a row; something on "
-            f"this machine keeps taking 127.0.0.1 ports. Last log lines:\n"
-            f"{_tail(self.log_path(name))}"
-        )
-
-    def _spawn(self, name: str, argv: list[str], ports: dict[str, int]) -> _Proc:
-        """Start one component (argv without netns prefix; it is added here)."""
-        log_path = self.log_path(name)
-        command = argv if self._netns is None else hostns.exec_argv(self._netns, argv)
-        with open(log_path, "ab") as log_file:
-            offset = log_file.tell()
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            log_file.write(f"--- {stamp} kpp starting: {' '.join(command)}\n".encode())
-            log_file.flush()
-            preexec: Callable[[], None] | None = None
-            if threading.current_thread() is threading.main_thread():
-                # SIGKILL the child if the Python process dies without stop(). SIGKILL,
-                # not SIGTERM: etcd and the API server would get the signal together, and
-                # a kube-apiserver shutting down gracefully while etcd is gone hangs (seen
-                # with v1.37). PDEATHSIG fires when the *thread* that forked exits: main
-                # thread only.
-                preexec = die_with_parent(signal.SIGKILL)
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=_child_env(),
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
-        proc = _Proc(name, argv, log_path, popen, dict(ports), offset)
-        self._procs[name] = proc
-        self._spawned.append((name, popen.pid))
-        log.info(
-            "component started name=%s pid=%d ports=%s netns=%s log=%s",
-            name,
-            popen.pid,
-            ports,
-            self._netns or "-",
-            log_path,
-        )
-        return proc
-
-    def _wait_ready(
-        self, proc: _Proc, ready: Callable[[], bool], deadline: float, timeout: float, what: str
-    ) -> None:
-        t0 = time.monotonic()
-        last_error = "not tried yet"
-        while True:
-            rc = proc.popen.poll()
-            if rc is not None:
-                tail = proc.tail()
-                if "address already in use" in tail:
-                    raise _PortCollision(proc.name)
-                raise ControlPlaneError(
-                    f"{proc.name} exited with code {rc} before it was ready ({what}).\n"
-                    f"Last lines of {proc.log_path}:\n{tail}\n"
-                    f"{self._fix_hint(proc.name)}"
-                )
-            try:
-                if ready():
-                    self._check_pid(proc)
-                    log.info(
-                        "component ready name=%s check=%r after=%.1fs",
-                        proc.name,
-                        what,
-                        time.monotonic() - t0,
-                    )
-                    return
-                last_error = "check returned not ready"
-            except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
-                last_error = f"{type(e).__name__}: {e}"
-            if time.monotonic() >= deadline:
-                raise ControlPlaneError(
-                    f"{proc.name} (pid {proc.popen.pid}) was not ready ({what}) within the "
-                    f"{timeout:.0f}s start timeout; last check: {last_error}.\n"
-                    f"Last lines of {proc.log_path}:\n{proc.tail()}\n"
-                    f"{self._fix_hint(proc.name)} On a slow or busy machine pass a larger "
-                    "timeout to start()."
-                )
-            time.sleep(_POLL_SECONDS)
-
-    def _check_pid(self, proc: _Proc) -> None:
-        """In netns mode: our pid is the component itself, and it runs in the namespace.
-
-        ``ip netns exec`` execs in place (iproute2 forks only in ``-batch`` mode); if a
-        future version forked, stop() would signal ``ip`` and leave the component behind.
-        """
-        if self._netns is None:
-            return
-        pid = proc.popen.pid
-        try:
-            exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
-        except OSError:
-            exe = "(gone)"
-        want = os.path.realpath(self._bin_dir / proc.name)
-        if exe != want or not hostns.pid_in_netns(pid, self._netns):
-            raise ControlPlaneError(
-                f"pid {pid} started as `ip netns exec {self._netns} {proc.name}` runs {exe} "
-                f"(expected {want}) in network namespace {hostns.pid_netns_id(pid)} "
-                f"(expected {hostns.netns_id(self._netns)}): the pid tracked for cleanup "
-                "would not be the component's"
-            )
 
     def _fix_hint(self, name: str) -> str:
         extra = {
@@ -1217,26 +807,6 @@ class ControlPlane:
         if extra:
             hint += f", in particular the extra args {extra}"
         return hint + "; pass keep_workdir=True to keep the logs after stop()."
-
-    def _terminate(self, proc: _Proc) -> None:
-        popen = proc.popen
-        if popen.poll() is None:
-            log.info("stopping component name=%s pid=%d", proc.name, popen.pid)
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(_STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "component did not exit after SIGTERM name=%s pid=%d; SIGKILL",
-                    proc.name,
-                    popen.pid,
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    popen.kill()
-                popen.wait()
-        else:
-            popen.wait()
 
     # ------------------------------------------------------------------ HTTP
 
@@ -1266,7 +836,7 @@ class ControlPlane:
 
     def _apiserver_ready(self) -> bool:
         secure_port = self._port(APISERVER, "secure")
-        url = f"https://{_host_port(self._bind_address, secure_port)}/readyz"
+        url = f"https://{host_port(self._bind_address, secure_port)}/readyz"
         status, body = self._http("GET", url, timeout=5.0)
         return status == 200 and body.strip() == b"ok"
 
@@ -1278,19 +848,3 @@ class ControlPlane:
         url = f"https://{LOOPBACK}:{self._port(component, 'secure')}/healthz"
         status, body = self._http("GET", url, timeout=5.0)
         return status == 200 and body.strip() == b"ok"
-
-
-__all__ = [
-    "APISERVER",
-    "CONTROLLER_MANAGER",
-    "DEFAULT_CONTROLLERS",
-    "ETCD",
-    "NETNS_PORTS",
-    "SCHEDULER",
-    "CertKey",
-    "ControlPlane",
-    "ControlPlaneError",
-    "KubeconfigUser",
-    "KubectlError",
-    "render_kubeconfig",
-]
