@@ -12,12 +12,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pyroute2.netlink.nfnetlink import nftsocket
-
 log = logging.getLogger(__name__)
 
 
+def _nftsocket() -> Any:
+    """pyroute2's nf_tables socket module, imported at the first read: it takes a third
+    of a second, which a one-shot ``apply`` (which makes no reads) should not pay."""
+    from pyroute2.netlink.nfnetlink import nftsocket
+
+    return nftsocket
+
+
 def _query(sock: Any) -> int:
+    nftsocket = _nftsocket()
     msg = nftsocket.nft_gen_msg()
     msg["nfgen_family"] = 0
     reply = sock.request_get(msg, nftsocket.NFT_MSG_GETGEN)
@@ -41,7 +48,7 @@ class GenerationReader:
 
                 return run_in_netns(self.netns, self._read_once)
             if self._sock is None:
-                self._sock = nftsocket.NFTSocket()
+                self._sock = _nftsocket().NFTSocket()
             return _query(self._sock)
         except Exception as exc:  # no nf_tables, no permission: degrade, don't fail syncs
             log.debug("cannot read the nf_tables generation", extra={"error": str(exc)})
@@ -50,7 +57,7 @@ class GenerationReader:
 
     @staticmethod
     def _read_once() -> int:
-        sock = nftsocket.NFTSocket()
+        sock = _nftsocket().NFTSocket()
         try:
             return _query(sock)
         finally:
