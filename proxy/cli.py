@@ -13,7 +13,7 @@ from typing import Any
 from proxy import __version__
 from proxy import apivalidation as av
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
-from proxy.kernel.runner import KernelError
+from proxy.kernel.executor import KernelError
 from proxy.model import IPAddress, IPFamily
 from proxy.plan import Plan, plan
 from proxy.source.file import LoadedState, StateFileError, load_state
@@ -292,9 +292,9 @@ def _config(args: argparse.Namespace, from_kernel: bool) -> ProxyConfig:
     host_addrs: tuple[IPAddress, ...] = ()
     if from_kernel and npa.cidrs:
         from proxy.kernel.addresses import local_addresses
-        from proxy.kernel.runner import Runner
+        from proxy.kernel.executor import Executor
 
-        host_addrs = local_addresses(Runner())
+        host_addrs = local_addresses(Executor())
     return ProxyConfig(
         node_name=args.hostname_override,
         mode=ProxyMode(args.mode),
@@ -383,18 +383,18 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from proxy.kernel.runner import Runner
+    from proxy.kernel.executor import Executor
     from proxy.modes import mode_for, other_modes, remove_rules
 
     state = _load(args)
     p = _plan_for(args, state, from_kernel=True)
-    runner = Runner()
+    executor = Executor()
     mode = mode_for(p.mode)
-    writer = mode.writer(runner, IPFamily.V4)
+    writer = mode.writer(executor, IPFamily.V4)
     writer.full_sync(mode.renderer()(p, None))
     backend = writer.description
     # as the agent does when it starts: the other mode's rules would still DNAT
-    for what in remove_rules(runner, other_modes(p.mode)):
+    for what in remove_rules(executor, other_modes(p.mode)):
         _err(f"removed the {what} rules of the other mode")
     for s in p.skipped:
         log.info("service skipped", extra={"object": str(s.ref), "reason": s.reason})
@@ -408,11 +408,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from proxy.kernel.runner import Runner
+    from proxy.kernel.executor import Executor
     from proxy.modes import remove_rules
 
     modes = list(ProxyMode) if args.mode == "all" else [ProxyMode(args.mode)]
-    removed = remove_rules(Runner(), modes)
+    removed = remove_rules(Executor(), modes)
     print("removed rules: " + (", ".join(removed) if removed else "none found"), file=sys.stderr)
     return EXIT_OK
 

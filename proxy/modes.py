@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from proxy.config import ProxyMode
 from proxy.iptables.mode import IptablesMode
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.model import IPFamily
 from proxy.nftables.mode import NftablesMode
 from proxy.plan import Plan, UpdatedServicePorts
@@ -86,11 +86,11 @@ class Mode(Protocol[R, C]):
         while drift can be seen (upstream skips them for iptables in large clusters)."""
         ...
 
-    def writer(self, runner: Runner, family: IPFamily) -> ModeWriter[R, C]:
-        """The kernel writer for ``runner``'s network namespace and ``family``."""
+    def writer(self, executor: Executor, family: IPFamily) -> ModeWriter[R, C]:
+        """The kernel writer for ``executor``'s network namespace and ``family``."""
         ...
 
-    def cleanup(self, runner: Runner, family: IPFamily) -> list[str]:
+    def cleanup(self, executor: Executor, family: IPFamily) -> list[str]:
         """Remove this mode's rules, every variant whose tools are installed; returns
         what held rules (e.g. ``["iptables (legacy)"]``)."""
         ...
@@ -107,15 +107,15 @@ def mode_for(mode: ProxyMode) -> Mode[Any, Any]:
 
 
 def remove_rules(
-    runner: Runner, modes: Iterable[ProxyMode], family: IPFamily = IPFamily.V4
+    executor: Executor, modes: Iterable[ProxyMode], family: IPFamily = IPFamily.V4
 ) -> list[str]:
     """Remove our rules of ``modes`` (used by ``kube-proxy-py cleanup``, ``run --cleanup``,
     ``apply`` and the agent, which like upstream removes the other modes' rules when it
     starts: a node switched from iptables to nftables must not keep DNAT rules nobody
     updates); returns what held rules, e.g. ``["iptables (legacy)", "nftables"]``. A
-    refusal raises :class:`~proxy.kernel.runner.KernelError` (what was removed before
+    refusal raises :class:`~proxy.kernel.executor.KernelError` (what was removed before
     stays removed)."""
-    return [what for mode in modes for what in mode_for(mode).cleanup(runner, family)]
+    return [what for mode in modes for what in mode_for(mode).cleanup(executor, family)]
 
 
 def other_modes(mode: ProxyMode) -> tuple[ProxyMode, ...]:

@@ -4,7 +4,7 @@ A sync runs when asked (``request()``), but never more often than ``min_interval
 also runs at least every ``max_interval`` (the periodic resync); after a failure it is
 retried after ``retry_interval``. This is upstream's BoundedFrequencyRunner, in our words;
 the agent runs the proxier's ``sync_proxy_rules`` with it. (Not to be confused with
-:class:`proxy.kernel.runner.Runner`, which runs the kernel tools.)
+:class:`proxy.kernel.executor.Executor`, which runs the kernel tools.)
 """
 
 from __future__ import annotations

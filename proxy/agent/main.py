@@ -29,7 +29,7 @@ from proxy.agent.state import ClusterState
 from proxy.apiclient.client import ApiClient, ApiError
 from proxy.config import ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, UdpTarget, udp_targets
-from proxy.kernel.runner import KernelError, Runner
+from proxy.kernel.executor import Executor, KernelError
 from proxy.metrics import ProxyMetrics
 from proxy.model import IPFamily
 from proxy.modes import remove_rules
@@ -302,7 +302,7 @@ def run(opts: AgentOptions) -> int:
     for warning in opts.warnings:
         log.warning(warning)
     if opts.cleanup:
-        removed = remove_rules(Runner(), ProxyMode)
+        removed = remove_rules(Executor(), ProxyMode)
         log.info("cleanup done", extra={"removed": ", ".join(removed) or "nothing"})
         return 0
     return Agent(opts).run()

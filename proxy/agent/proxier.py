@@ -26,7 +26,7 @@ from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.iptables.kernel import RouteLocalnetError
 from proxy.kernel.addresses import local_addresses
-from proxy.kernel.runner import KernelError, Runner
+from proxy.kernel.executor import Executor, KernelError
 from proxy.model import IPFamily
 from proxy.modes import mode_for, other_modes, remove_rules
 from proxy.plan import Plan
@@ -71,13 +71,13 @@ class Proxier:
     state: ClusterState
     sync_period: float
     observer: SyncObserver | None = None
-    runner: Runner = field(default_factory=Runner)
+    executor: Executor = field(default_factory=Executor)
     family: IPFamily = IPFamily.V4
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self._mode = mode_for(self.config.mode)
-        self._writer = self._mode.writer(self.runner, self.family)
+        self._writer = self._mode.writer(self.executor, self.family)
         self._render = self._mode.renderer()
         self._tracker = PlanTracker()
         self._last_ruleset: object = None
@@ -111,7 +111,7 @@ class Proxier:
 
     def cleanup_other_mode(self) -> None:
         """Switching modes: remove the rules the other modes left behind."""
-        for what in remove_rules(self.runner, other_modes(self.config.mode), self.family):
+        for what in remove_rules(self.executor, other_modes(self.config.mode), self.family):
             log.info("removed rules of a previous run in the other mode", extra={"rules": what})
 
     def _text_fallbacks(self) -> int:
@@ -123,7 +123,7 @@ class Proxier:
     def _config(self) -> ProxyConfig:
         if not self.config.nodeport_addresses.cidrs:
             return self.config
-        return replace(self.config, host_addresses=local_addresses(self.runner))
+        return replace(self.config, host_addresses=local_addresses(self.executor))
 
     def _write(self, ruleset: object, full: bool) -> bool:
         """Write ``ruleset``: whole, or only its difference from the last one applied.

@@ -50,7 +50,7 @@ from proxy.iptables import model as ipt_model
 from proxy.iptables import render as ipt_render
 from proxy.iptables import restore as ipt_restore
 from proxy.iptables.kernel import IptablesKernel
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.nftables import diff as nft_diff
 from proxy.nftables import model as nft_model
 from proxy.nftables import render as nft_render
@@ -113,14 +113,14 @@ class _Kernel:
     """One namespace's kernel layer for ``mode``, and the raw tool it drives."""
 
     def __init__(self, ns: str, mode: ProxyMode) -> None:
-        self.runner = Runner(ns)
+        self.executor = Executor(ns)
         self.nft: NftKernel | None = None
         self.ipt: IptablesKernel | None = None
         if mode is ProxyMode.NFTABLES:
-            self.nft = NftKernel(self.runner)
+            self.nft = NftKernel(self.executor)
             self.raw_argv = ["nft", "-f", "-"]
         else:
-            self.ipt = IptablesKernel(self.runner)  # detects the variant (not timed)
+            self.ipt = IptablesKernel(self.executor)  # detects the variant (not timed)
             self.raw_argv = [f"iptables-{self.ipt.variant}-restore", "--noflush"]
             if self.ipt.variant == "legacy":
                 self.raw_argv += ["-w", "5"]
@@ -145,7 +145,7 @@ class _Kernel:
         return "".join(self.ipt.full_sync_pieces(ruleset, self.ipt.save()))
 
     def raw(self, text: str) -> subprocess.CompletedProcess[str]:
-        return self.runner.run(self.raw_argv, stdin=text)
+        return self.executor.run(self.raw_argv, stdin=text)
 
 
 def _timed_fresh(mode: ProxyMode, repeat: int, fn: Callable[[_Kernel], T]) -> tuple[T, float]:

@@ -24,7 +24,7 @@ from proxy.harness import Outcome, Topology
 from proxy.host.spec import default_spec
 from proxy.iptables import render as ipt_render
 from proxy.iptables.kernel import IptablesKernel
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.model import Protocol
 from proxy.nftables import names as nft_names
 from proxy.nftables import render as nft_render
@@ -86,11 +86,11 @@ class Tour:
                 node, mode=self.mode, cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),)
             )
             pl = plan(state.snapshot, config)
-            runner = Runner(self.topo.ns(node))
+            executor = Executor(self.topo.ns(node))
             if self.mode is ProxyMode.IPTABLES:
-                IptablesKernel(runner).full_sync(ipt_render.render(pl))
+                IptablesKernel(executor).full_sync(ipt_render.render(pl))
             else:
-                NftKernel(runner).full_sync(nft_render.render(pl))
+                NftKernel(executor).full_sync(nft_render.render(pl))
             summary = f"{len(pl.service_ports)} service ports, {pl.endpoint_count} endpoints"
         return summary
 

@@ -19,7 +19,7 @@ from proxy.iptables.model import ExistingIptables, IptablesRuleset
 from proxy.iptables.names import KUBE_PROXY_CANARY
 from proxy.iptables.restore import PartialRestore, cleanup_text, restore_pieces
 from proxy.iptables.save import parse_save
-from proxy.kernel.runner import KernelError, Runner, Started
+from proxy.kernel.executor import Executor, KernelError, Started
 from proxy.model import IPFamily
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _tool(family: IPFamily, variant: str, verb: str) -> str:
     return f"{base}-{variant}-{verb}"
 
 
-def detect_variant(runner: Runner, family: IPFamily = IPFamily.V4) -> str:
+def detect_variant(executor: Executor, family: IPFamily = IPFamily.V4) -> str:
     """Which iptables backend this host uses: ``nft`` or ``legacy``.
 
     Like upstream's iptables-wrapper: a hint chain (left by kubelet or an earlier
@@ -97,10 +97,10 @@ def detect_variant(runner: Runner, family: IPFamily = IPFamily.V4) -> str:
     hints: dict[str, bool] = {}
     for variant in VARIANTS:
         tool = _tool(family, variant, "save")
-        if not Runner.available(tool):
+        if not Executor.available(tool):
             counts[variant], hints[variant] = -1, False
             continue
-        out = runner.run([tool], check=False).stdout
+        out = executor.run([tool], check=False).stdout
         counts[variant] = sum(1 for line in out.splitlines() if line.startswith("-A "))
         hints[variant] = any(f":{h} " in out for h in _HINT_CHAINS)
     if hints["legacy"] and not hints["nft"]:
@@ -158,13 +158,13 @@ class PendingSave:
 class IptablesKernel:
     """Programs one IP family's iptables rules in one network namespace."""
 
-    runner: Runner
+    executor: Executor
     family: IPFamily = IPFamily.V4
     variant: str = ""
 
     def __post_init__(self) -> None:
         if not self.variant:
-            self.variant = detect_variant(self.runner, self.family)
+            self.variant = detect_variant(self.executor, self.family)
 
     def save(self) -> ExistingIptables:
         """What the filter and nat tables hold: chain names and the built-in chains'
@@ -178,7 +178,7 @@ class IptablesKernel:
             if saved is None or any(t not in saved.dumps for t in tables):
                 raise KernelError(self._restore_argv(), -1, "no saved copy of the table")
             text = "".join(saved.dumps[t].decode() for t in tables)
-            self.runner.run(self._restore_argv(flush=True), stdin=text)
+            self.executor.run(self._restore_argv(flush=True), stdin=text)
 
         return undo
 
@@ -190,7 +190,7 @@ class IptablesKernel:
         the error says so (:meth:`KernelError.outcome`): the kernel is left as it was."""
         commits: list[tuple[str, int]] = []
         try:
-            self.runner.feed(self._restore_argv(), _counting(pieces, commits))
+            self.executor.feed(self._restore_argv(), _counting(pieces, commits))
         except KernelError as exc:
             failed_at = exc.failing_line_number()
             exc.committed = tuple(
@@ -217,7 +217,9 @@ class IptablesKernel:
     def start_save(self) -> PendingSave:
         """Start saving the filter and nat tables, side by side (see :class:`PendingSave`)."""
         tool = _tool(self.family, self.variant, "save")
-        return PendingSave([self.runner.start([tool, "-t", table]) for table in ("filter", "nat")])
+        return PendingSave(
+            [self.executor.start([tool, "-t", table]) for table in ("filter", "nat")]
+        )
 
     def _restore_argv(self, test: bool = False, flush: bool = False) -> list[str]:
         cmd = [_tool(self.family, self.variant, "restore")]
@@ -229,14 +231,14 @@ class IptablesKernel:
 
     def restore(self, text: str, *, test: bool = False) -> None:
         """Run ``text`` as it is (no rollback: for tests and benchmarks)."""
-        self.runner.run(self._restore_argv(test), stdin=text)
+        self.executor.run(self._restore_argv(test), stdin=text)
 
     def apply_partial(self, change: PartialRestore) -> None:
         """A partial sync; a table committed before a failure is put back by the inverse
         change (the old rules of the chains it rewrote)."""
 
         def undo(tables: tuple[str, ...]) -> None:
-            self.runner.run(self._restore_argv(), stdin=change.undo_text(tables))
+            self.executor.run(self._restore_argv(), stdin=change.undo_text(tables))
 
         try:
             self._transaction([change.text], undo)
@@ -272,10 +274,10 @@ class IptablesKernel:
         before the input's first ``COMMIT``, and the save takes no lock)."""
         localnet_before = None
         if ruleset.route_localnet:
-            localnet_before = self.runner.read_sysctl(ROUTE_LOCALNET)
+            localnet_before = self.executor.read_sysctl(ROUTE_LOCALNET)
             if localnet_before != "1":
                 try:
-                    self.runner.write_sysctl(ROUTE_LOCALNET, "1")
+                    self.executor.write_sysctl(ROUTE_LOCALNET, "1")
                 except KernelError as exc:
                     raise RouteLocalnetError(exc.argv, exc.returncode, exc.stderr) from exc
         pending: PendingSave | None = None
@@ -289,7 +291,7 @@ class IptablesKernel:
         except KernelError as exc:
             if localnet_before not in (None, "1"):
                 with contextlib.suppress(KernelError):
-                    self.runner.write_sysctl(ROUTE_LOCALNET, str(localnet_before))
+                    self.executor.write_sysctl(ROUTE_LOCALNET, str(localnet_before))
             if pending is not None and exc is pending.error:
                 raise  # the save failed: the input stopped before its first COMMIT
             with contextlib.suppress(KernelError):  # rebuilt to name the refused line
@@ -311,7 +313,7 @@ class IptablesKernel:
         """``iptables -S KUBE-PROXY-CANARY`` in ``table`` (status 0: the chain exists)."""
         tool = "iptables" if self.family is IPFamily.V4 else "ip6tables"
         argv = [f"{tool}-{self.variant}", "-w", LOCK_WAIT_SECONDS, "-t", table, "-S"]
-        return self.runner.run([*argv, CANARY_CHAIN], check=False)
+        return self.executor.run([*argv, CANARY_CHAIN], check=False)
 
     def canary_present(self, table: str = "mangle") -> bool | None:
         """Whether the canary a legacy full sync declares in ``table`` still stands with

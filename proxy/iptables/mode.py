@@ -14,7 +14,7 @@ from proxy.iptables.kernel import CANARY_TABLES, VARIANTS, IptablesKernel
 from proxy.iptables.model import IptablesRuleset
 from proxy.iptables.render import RenderCache, large_cluster, render
 from proxy.iptables.restore import PartialRestore, partial_restore, restore_text
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.model import IPFamily
 from proxy.plan import Plan, UpdatedServicePorts
 
@@ -88,16 +88,16 @@ class IptablesMode:
         one takes over ten seconds)."""
         return not large_cluster(last)
 
-    def writer(self, runner: Runner, family: IPFamily) -> IptablesWriter:
+    def writer(self, executor: Executor, family: IPFamily) -> IptablesWriter:
         from proxy.kernel.generation import GenerationReader
 
-        return IptablesWriter(IptablesKernel(runner, family), GenerationReader(runner.netns))
+        return IptablesWriter(IptablesKernel(executor, family), GenerationReader(executor.netns))
 
-    def cleanup(self, runner: Runner, family: IPFamily) -> list[str]:
+    def cleanup(self, executor: Executor, family: IPFamily) -> list[str]:
         removed: list[str] = []
         for variant in VARIANTS:
-            if not Runner.available(f"iptables-{variant}-restore"):
+            if not Executor.available(f"iptables-{variant}-restore"):
                 continue
-            if IptablesKernel(runner, family, variant).cleanup():
+            if IptablesKernel(executor, family, variant).cleanup():
                 removed.append(f"iptables ({variant})")
         return removed

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.model import IPAddress
 
 
-def local_addresses(runner: Runner) -> tuple[IPAddress, ...]:
-    proc = runner.run(["ip", "-j", "addr", "show"])
+def local_addresses(executor: Executor) -> tuple[IPAddress, ...]:
+    proc = executor.run(["ip", "-j", "addr", "show"])
     out: list[IPAddress] = []
     for link in json.loads(proc.stdout or "[]"):
         for info in link.get("addr_info", []):

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 from proxy.kernel import nfnetlink as nl
-from proxy.kernel.runner import KernelError, Runner
+from proxy.kernel.executor import Executor, KernelError
 from proxy.model import IPFamily
 from proxy.nftables import wire as nftwire
 from proxy.nftables.diff import cleanup_text, full_sync_lines, full_sync_text
@@ -42,7 +42,7 @@ NFT_SET_MAP = 0x8
 class NftKernel:
     """Programs one IP family's ``kube-proxy`` table in one network namespace."""
 
-    runner: Runner
+    executor: Executor
     family: IPFamily = IPFamily.V4
     wire: bool = True
     """Send covered incremental transactions as netlink messages (else always nft)."""
@@ -57,7 +57,7 @@ class NftKernel:
 
     def _socket(self) -> nl.NfTablesSocket:
         if self._sock is None:
-            self._sock = nl.NfTablesSocket(self.runner.netns)
+            self._sock = nl.NfTablesSocket(self.executor.netns)
         return self._sock
 
     def close(self) -> None:
@@ -146,7 +146,7 @@ class NftKernel:
     def apply(self, script: str, *, check_only: bool = False) -> None:
         cmd = ["nft", "-c", "-f", "-"] if check_only else ["nft", "-f", "-"]
         try:
-            self.runner.run(cmd, stdin=script)
+            self.executor.run(cmd, stdin=script)
         except KernelError as exc:
             _log_refused(exc)
             raise
@@ -155,7 +155,7 @@ class NftKernel:
         """Full sync in one transaction, its script streamed to ``nft -f -``."""
         have = existing if existing is not None else self.existing()
         try:
-            self.runner.run_lines(["nft", "-f", "-"], full_sync_lines(ruleset, have))
+            self.executor.run_lines(["nft", "-f", "-"], full_sync_lines(ruleset, have))
         except KernelError as exc:
             exc.stdin = full_sync_text(ruleset, have)  # for failing_line()
             _log_refused(exc)

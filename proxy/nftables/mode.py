@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxy.config import ProxyMode
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.model import IPFamily
 from proxy.nftables.diff import full_sync_text, incremental
 from proxy.nftables.model import NftRuleset, NftTransaction
@@ -61,15 +61,15 @@ class NftablesMode:
     def periodic_full_sync(self, last: Plan) -> bool:
         return True
 
-    def writer(self, runner: Runner, family: IPFamily) -> NftablesWriter:
+    def writer(self, executor: Executor, family: IPFamily) -> NftablesWriter:
         from proxy.kernel.generation import GenerationReader
         from proxy.nftables.kernel import NftKernel
 
-        return NftablesWriter(NftKernel(runner, family), GenerationReader(runner.netns))
+        return NftablesWriter(NftKernel(executor, family), GenerationReader(executor.netns))
 
-    def cleanup(self, runner: Runner, family: IPFamily) -> list[str]:
+    def cleanup(self, executor: Executor, family: IPFamily) -> list[str]:
         from proxy.nftables.kernel import NftKernel
 
-        if Runner.available("nft") and NftKernel(runner, family).cleanup():
+        if Executor.available("nft") and NftKernel(executor, family).cleanup():
             return ["nftables"]
         return []

@@ -45,7 +45,7 @@ from proxy.harness import Topology
 from proxy.host.process import child_env
 from proxy.host.spec import PodSpec, TopologySpec, default_spec
 from proxy.iptables.kernel import IptablesKernel
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.lab.cluster import CLUSTER_CIDR, Agent, LabCluster
 from tests.faults.shim import Shim
 
@@ -486,7 +486,7 @@ class FaultLab:
         self.start_agent(node)
         if old != variant:
             with self.lock_env():
-                IptablesKernel(Runner(self.topo.ns(node)), variant=old).cleanup()
+                IptablesKernel(Executor(self.topo.ns(node)), variant=old).cleanup()
 
     # -- rules ----------------------------------------------------------------------------
     def rules(self, node: str) -> str:

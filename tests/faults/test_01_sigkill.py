@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.netns, pytest.mark.faults]
 
 RESTORE_TOOL = {"iptables": "iptables-nft-restore", "nftables": "nft"}
 BATCH = 1 << 18
-"""proxy.kernel.runner._BATCH_BYTES: the agent writes a large input in batches of this."""
+"""proxy.kernel.executor._BATCH_BYTES: the agent writes a large input in batches of this."""
 
 
 def kill_at_next_transaction(lab: FaultLab, node: str, action: str, arg: int = 0) -> float:

@@ -186,12 +186,12 @@ def test_iptables_rules_read_back_as_rendered(netns: str) -> None:
 def test_legacy_backend_is_detected_and_used(netns: str) -> None:
     """A host whose kubelet left its hint chain in legacy iptables gets legacy rules."""
     from proxy.iptables.kernel import detect_variant
-    from proxy.kernel.runner import Runner
+    from proxy.kernel.executor import Executor
 
-    runner = Runner(netns)
-    assert detect_variant(runner) == "nft"  # empty host: nft
+    executor = Executor(netns)
+    assert detect_variant(executor) == "nft"  # empty host: nft
     sh(netns, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT")
-    assert detect_variant(runner) == "legacy"
+    assert detect_variant(executor) == "legacy"
     apply(netns, "iptables", EXAMPLE)
     assert "KUBE-SVC-" in sh(netns, "iptables-legacy-save", "-t", "nat")
     assert "KUBE-SVC-" not in sh(netns, "iptables-nft-save", "-t", "nat")

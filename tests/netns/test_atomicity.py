@@ -22,7 +22,7 @@ from proxy.iptables import model as ipt_model
 from proxy.iptables import render as ipt_render
 from proxy.iptables import restore as ipt_restore
 from proxy.iptables.kernel import IptablesKernel
-from proxy.kernel.runner import KernelError, Runner
+from proxy.kernel.executor import Executor, KernelError
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.netns.test_apply import EXAMPLE, apply, kpp, sh, write_state
@@ -30,7 +30,7 @@ from tests.netns.test_apply import EXAMPLE, apply, kpp, sh, write_state
 pytestmark = pytest.mark.netns
 
 STALE = "KUBE-SVC-STALESTALESTALE"
-VARIANTS = [v for v in ("legacy", "nft") if Runner.available(f"iptables-{v}-restore")]
+VARIANTS = [v for v in ("legacy", "nft") if Executor.available(f"iptables-{v}-restore")]
 
 
 def table(ns: str, variant: str, name: str) -> str:
@@ -100,7 +100,7 @@ def _ruleset(*services: str) -> ipt_model.IptablesRuleset:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_partial_sync_refused_in_nat_puts_filter_back(netns: str, variant: str) -> None:
     """A partial restore writes filter, then nat: nat refused, filter must be put back."""
-    kernel = IptablesKernel(Runner(netns), variant=variant)
+    kernel = IptablesKernel(Executor(netns), variant=variant)
     old = _ruleset("a", "nobody")
     old = dataclasses.replace(old, nat={**old.nat, STALE: ()})
     new = _ruleset("a")

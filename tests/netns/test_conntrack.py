@@ -41,8 +41,8 @@ from proxy.iptables import render as ipt_render
 from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel import ctnetlink as ct
 from proxy.kernel.addresses import local_addresses
+from proxy.kernel.executor import Executor
 from proxy.kernel.nfnetlink import NLM_F_CREATE, attr, be32, nest
-from proxy.kernel.runner import Runner
 from proxy.model import IPFamily
 from proxy.nftables import render as nft_render
 from proxy.nftables.kernel import NftKernel
@@ -94,26 +94,26 @@ class Lab:
         for node in NODE_IP:
             state = build_state([*NODES, *objs], node)
             assert state.problems == (), state.problems
-            runner = Runner(self.topo.ns(node))
+            executor = Executor(self.topo.ns(node))
             config = ProxyConfig(
                 node,
                 mode=self.mode,
                 cluster_cidrs=(CLUSTER_CIDR,),
-                host_addresses=local_addresses(runner),
+                host_addresses=local_addresses(executor),
             )
             p = plan(state.snapshot, config)
             if self.mode is ProxyMode.IPTABLES:
-                IptablesKernel(runner).full_sync(ipt_render.render(p))
+                IptablesKernel(executor).full_sync(ipt_render.render(p))
             else:
-                NftKernel(runner).full_sync(nft_render.render(p))
+                NftKernel(executor).full_sync(nft_render.render(p))
             plans[node] = p
         return plans
 
     def cleanup_rules(self) -> None:
         for node in NODE_IP:
-            runner = Runner(self.topo.ns(node))
-            NftKernel(runner).cleanup()
-            IptablesKernel(runner, variant="nft").cleanup()
+            executor = Executor(self.topo.ns(node))
+            NftKernel(executor).cleanup()
+            IptablesKernel(executor, variant="nft").cleanup()
 
     def cleaner(self, node: str = "node-a") -> ConntrackCleaner:
         return ConntrackCleaner(self.topo.ns(node))

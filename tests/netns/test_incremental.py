@@ -18,7 +18,7 @@ from proxy.iptables import render as ipt_render
 from proxy.iptables import restore as ipt_restore
 from proxy.iptables import save as ipt_save
 from proxy.iptables.kernel import IptablesKernel
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.nftables import diff as nft_diff
 from proxy.nftables import render as nft_render
 from proxy.nftables.kernel import NftKernel
@@ -86,7 +86,7 @@ def ipt_canonical(ns: str) -> Any:
 def test_incremental_nftables_equals_full_sync(
     two_netns: tuple[str, str], a: list[dict[str, Any]], b: list[dict[str, Any]]
 ) -> None:
-    inc, ref = (NftKernel(Runner(n)) for n in two_netns)
+    inc, ref = (NftKernel(Executor(n)) for n in two_netns)
     for k in (inc, ref):
         k.cleanup()
     ra, rb = (
@@ -109,7 +109,7 @@ def test_incremental_nftables_equals_full_sync(
 def test_partial_iptables_equals_full_sync(
     two_netns: tuple[str, str], a: list[dict[str, Any]], b: list[dict[str, Any]]
 ) -> None:
-    inc, ref = (IptablesKernel(Runner(n), variant="nft") for n in two_netns)
+    inc, ref = (IptablesKernel(Executor(n), variant="nft") for n in two_netns)
     for k in (inc, ref):
         k.cleanup()
     ra, rb = (
@@ -140,11 +140,11 @@ def test_agent_event_stream_matches_a_fresh_full_sync(
 
     inc_ns, ref_ns = two_netns
     for ns in two_netns:
-        NftKernel(Runner(ns)).cleanup()
-        IptablesKernel(Runner(ns), variant="nft").cleanup()
+        NftKernel(Executor(ns)).cleanup()
+        IptablesKernel(Executor(ns), variant="nft").cleanup()
     cfg = ProxyConfig("node-a", mode=mode, cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
     state = ClusterState("node-a")
-    proxier = Proxier(cfg, state, sync_period=3600, runner=Runner(inc_ns))
+    proxier = Proxier(cfg, state, sync_period=3600, executor=Executor(inc_ns))
     node = m.node("node-a", "192.168.50.11", zone="z1")
     state.handle("Node", "ADDED", node)
     rng = random.Random(6)
@@ -187,8 +187,8 @@ def test_agent_event_stream_matches_a_fresh_full_sync(
         assert proxier.sync_proxy_rules()
         ref = _plan([node, *(o for objs in live.values() for o in objs)], mode)
         if mode is ProxyMode.NFTABLES:
-            NftKernel(Runner(ref_ns)).full_sync(nft_render.render(ref))
+            NftKernel(Executor(ref_ns)).full_sync(nft_render.render(ref))
             assert nft_canonical(inc_ns) == nft_canonical(ref_ns), f"step {step}"
         else:
-            IptablesKernel(Runner(ref_ns), variant="nft").full_sync(ipt_render.render(ref))
+            IptablesKernel(Executor(ref_ns), variant="nft").full_sync(ipt_render.render(ref))
             assert ipt_canonical(inc_ns) == ipt_canonical(ref_ns), f"step {step}"

@@ -17,7 +17,7 @@ from proxy.iptables import model as ipt_model
 from proxy.iptables import render as ipt_render
 from proxy.iptables import save as ipt_save
 from proxy.iptables.kernel import IptablesKernel
-from proxy.kernel.runner import KernelError, Runner
+from proxy.kernel.executor import Executor, KernelError
 from proxy.plan import plan
 from proxy.source.file import build_state
 from tests.conftest import netns_pair
@@ -65,7 +65,7 @@ def test_sync_over_an_older_ruleset_equals_a_fresh_sync(
 ) -> None:
     """Stale chains go, a duplicated and a stale jump are mended, other rules stay."""
     old, new = ruleset("web", "gone"), ruleset("web", "db")
-    over, fresh = (IptablesKernel(Runner(ns), variant=variant) for ns in pair)
+    over, fresh = (IptablesKernel(Executor(ns), variant=variant) for ns in pair)
     over.full_sync(old)
     stale = {c for t in old.tables().values() for c in t} - {
         c for t in new.tables().values() for c in t
@@ -74,7 +74,7 @@ def test_sync_over_an_older_ruleset_equals_a_fresh_sync(
     iptables(pair[0], variant, "-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES")  # a dup
     iptables(pair[0], variant, "-t", "nat", "-A", "OUTPUT", "-j", sorted(stale)[0])
     for k in (over, fresh):
-        iptables(k.runner.netns or "", variant, "-t", "nat", "-A", "POSTROUTING", "-j", "ACCEPT")
+        iptables(k.executor.netns or "", variant, "-t", "nat", "-A", "POSTROUTING", "-j", "ACCEPT")
     over.full_sync(new)
     fresh.full_sync(new)
     after = saved(pair[0], variant)
@@ -88,7 +88,7 @@ def test_a_failed_save_commits_nothing(
     pair: tuple[str, str], variant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ns = pair[0]
-    k = IptablesKernel(Runner(ns), variant=variant)
+    k = IptablesKernel(Executor(ns), variant=variant)
     k.full_sync(ruleset("web", "gone"))
     before = saved(ns, variant)
     real = kernel_ipt._tool

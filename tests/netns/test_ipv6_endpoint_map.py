@@ -17,7 +17,7 @@ import pytest
 
 from proxy import manifests as m
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.model import IPFamily
 from proxy.nftables import diff as nft_diff
 from proxy.nftables import model as nft_model
@@ -111,7 +111,7 @@ def test_ipv6_cluster_ip_spreads_over_the_endpoint_map(link: tuple[str, str]) ->
     two, three = _ruleset(PODS[:2]), _ruleset(PODS)
     chains = [c for c in two.chains.values() if c.name.startswith("service-") and "/" in c.name]
     assert len(chains) == 1 and "map @endpoints-tcp-" in chains[0].rules[0].text()
-    kernel = NftKernel(Runner(node), IPFamily.V6)
+    kernel = NftKernel(Executor(node), IPFamily.V6)
     kernel.full_sync(two)  # through nft
     assert reached(node) == set(PODS[:2])
     tx = nft_diff.incremental(two, three)

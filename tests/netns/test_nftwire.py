@@ -16,7 +16,7 @@ import pytest
 
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.kernel import nfnetlink as nl
-from proxy.kernel.runner import KernelError, Runner
+from proxy.kernel.executor import Executor, KernelError
 from proxy.model import IPFamily
 from proxy.nftables import diff as nft_diff
 from proxy.nftables import model as nft_model
@@ -350,7 +350,7 @@ CHANGES = {
 def test_agent_changes_go_over_netlink_and_match_nft(pair: tuple[str, str], change: str) -> None:
     """Changes an agent writes between full syncs: all covered, all equal to nft's."""
     before, after = (_ruleset(objs) for objs in CHANGES[change])
-    by_nft, by_wire = (NftKernel(Runner(ns)) for ns in pair)
+    by_nft, by_wire = (NftKernel(Executor(ns)) for ns in pair)
     for k in (by_nft, by_wire):
         k.full_sync(before)
     tx = nft_diff.incremental(before, after)
@@ -377,7 +377,7 @@ def test_refused_batch_changes_nothing_and_names_the_statement(
             NftOp("add", "rule", "no-such-chain", rule=rule(goto("ep"))),
         ),
     )
-    kernel = NftKernel(Runner(ns))
+    kernel = NftKernel(Executor(ns))
     with pytest.raises(KernelError) as err:
         kernel.apply_transaction(tx)
     assert "message 2" in str(err.value)
@@ -410,7 +410,7 @@ def test_uncovered_statements_go_through_nft(pair: tuple[str, str]) -> None:
     )
     with pytest.raises(Unsupported):
         nftwire.messages(tx)
-    kernel = NftKernel(Runner(ns))
+    kernel = NftKernel(Executor(ns))
     kernel.apply_transaction(tx)
     assert kernel.text_fallbacks == 1  # the agent's kubeproxy_py_nft_text_fallbacks_total
     text = listing(ns, IPFamily.V4)
@@ -420,7 +420,7 @@ def test_uncovered_statements_go_through_nft(pair: tuple[str, str]) -> None:
 
 def test_existing_reads_chains_hooks_sets_and_maps(pair: tuple[str, str]) -> None:
     ns = pair[0]
-    kernel = NftKernel(Runner(ns))
+    kernel = NftKernel(Executor(ns))
     assert kernel.existing() == nft_model.ExistingNft()
     nft_run(ns, base_script(IPFamily.V4))
     nft_run(

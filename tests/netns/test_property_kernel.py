@@ -13,7 +13,7 @@ from proxy.config import NodePortAddresses, ProxyConfig, ProxyMode
 from proxy.iptables import render as ipt_render
 from proxy.iptables import restore as ipt_restore
 from proxy.iptables.kernel import IptablesKernel
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.nftables import diff as nft_diff
 from proxy.nftables import render as nft_render
 from proxy.nftables.kernel import NftKernel
@@ -48,13 +48,15 @@ def test_kernel_accepts_random_valid_states(
     netns: str, objs: list[dict[str, Any]], cfg: dict[str, Any]
 ) -> None:
     state = build_state(objs, "node-a")
-    runner = Runner(netns)
+    executor = Executor(netns)
     hosts = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("192.168.50.11"))
     for mode in ProxyMode:
         p = plan(state.snapshot, ProxyConfig("node-a", mode=mode, host_addresses=hosts, **cfg))
         if mode is ProxyMode.NFTABLES:
-            NftKernel(runner).apply(nft_diff.full_sync_text(nft_render.render(p)), check_only=True)
+            NftKernel(executor).apply(
+                nft_diff.full_sync_text(nft_render.render(p)), check_only=True
+            )
         else:
-            IptablesKernel(runner, variant="nft").restore(
+            IptablesKernel(executor, variant="nft").restore(
                 ipt_restore.restore_text(ipt_render.render(p)), test=True
             )

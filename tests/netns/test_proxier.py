@@ -17,7 +17,7 @@ from proxy.agent.proxier import Proxier, SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.iptables.kernel import CANARY_CHAIN, VARIANT_ENV, IptablesKernel
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 
 pytestmark = pytest.mark.netns
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -69,7 +69,9 @@ def legacy_proxier(
         "node-a", mode=ProxyMode.IPTABLES,
         cluster_cidrs=(ipaddress.ip_network(cluster_cidr),),
     )  # fmt: skip
-    proxier = Proxier(cfg, state, sync_period=30, observer=rec, runner=Runner(netns), clock=clock)
+    proxier = Proxier(
+        cfg, state, sync_period=30, observer=rec, executor=Executor(netns), clock=clock
+    )
     return proxier, state, rec, clock
 
 
@@ -79,7 +81,9 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
     state = ClusterState("node-a")
     rec = Recorder()
     cfg = ProxyConfig("node-a", mode=mode, cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
-    proxier = Proxier(cfg, state, sync_period=30, observer=rec, runner=Runner(netns), clock=clock)
+    proxier = Proxier(
+        cfg, state, sync_period=30, observer=rec, executor=Executor(netns), clock=clock
+    )
     state.handle("Node", "ADDED", m.node("node-a", "192.168.50.11", zone="z1"))
     state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80)]))
     sl = m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")])
@@ -167,7 +171,7 @@ def test_legacy_iptables_canary_brings_a_full_sync(
     clock.now += 31
     assert proxier.sync_proxy_rules() and not rec.last().full
 
-    assert IptablesKernel(Runner(netns)).cleanup()
+    assert IptablesKernel(Executor(netns)).cleanup()
     text = listing(netns, ProxyMode.IPTABLES, "legacy")
     assert "KUBE-" not in text
     assert rec.failures == []
@@ -218,11 +222,11 @@ from proxy import manifests as m
 from proxy.agent.proxier import Proxier
 from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 state = ClusterState("node-a")
 cfg = ProxyConfig("node-a", mode=ProxyMode.IPTABLES,
                   cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
-proxier = Proxier(cfg, state, sync_period=30, runner=Runner(sys.argv[1]))
+proxier = Proxier(cfg, state, sync_period=30, executor=Executor(sys.argv[1]))
 state.handle("Node", "ADDED", m.node("node-a", "192.168.50.11"))
 state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80, node_port=30080)],
                                           type="NodePort"))

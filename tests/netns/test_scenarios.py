@@ -27,7 +27,7 @@ from proxy.host.spec import default_spec
 from proxy.iptables import render as ipt_render
 from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.addresses import local_addresses
-from proxy.kernel.runner import Runner
+from proxy.kernel.executor import Executor
 from proxy.nftables import render as nft_render
 from proxy.nftables.kernel import NftKernel
 from proxy.plan import plan
@@ -96,9 +96,9 @@ class Lab:
 
     def kernel(self, node: str) -> IptablesKernel | NftKernel:
         if node not in self._kernels:
-            runner = Runner(self.topo.ns(node))
+            executor = Executor(self.topo.ns(node))
             self._kernels[node] = (
-                IptablesKernel(runner) if self.mode is ProxyMode.IPTABLES else NftKernel(runner)
+                IptablesKernel(executor) if self.mode is ProxyMode.IPTABLES else NftKernel(executor)
             )
         return self._kernels[node]
 
@@ -107,12 +107,12 @@ class Lab:
         for node in NODE_IP:
             state = build_state([*NODE_OBJS, *objs], node)
             assert state.problems == (), state.problems
-            runner = Runner(self.topo.ns(node))
+            executor = Executor(self.topo.ns(node))
             config = ProxyConfig(
                 node,
                 mode=self.mode,
                 cluster_cidrs=(CLUSTER_CIDR,),
-                host_addresses=local_addresses(runner),
+                host_addresses=local_addresses(executor),
                 **cfg,
             )
             p = plan(state.snapshot, config)
@@ -126,9 +126,9 @@ class Lab:
 
     def cleanup(self) -> None:
         for node in NODE_IP:
-            runner = Runner(self.topo.ns(node))
-            NftKernel(runner).cleanup()
-            IptablesKernel(runner, variant="nft").cleanup()
+            executor = Executor(self.topo.ns(node))
+            NftKernel(executor).cleanup()
+            IptablesKernel(executor, variant="nft").cleanup()
 
     # -- probes ------------------------------------------------------------------------
     def tcp(self, src: str, dst: str, port: int = 80, **kw: Any) -> ProbeResult:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.iptables.kernel import _counting
-from proxy.kernel.runner import KernelError
+from proxy.kernel.executor import KernelError
 
 TEXT = "*nat\n:A - [0:0]\n-A A -j RETURN\nCOMMIT\n*filter\n:B - [0:0]\n-X B\nCOMMIT\n"
 

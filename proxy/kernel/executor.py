@@ -110,7 +110,7 @@ def _memory_file(name: str) -> IO[bytes]:
 
 
 FEED_SLICE = 1 << 20
-"""Characters encoded and written at a time by :meth:`Runner.feed`."""
+"""Characters encoded and written at a time by :meth:`Executor.feed`."""
 _BATCH_BYTES = 1 << 18
 
 
@@ -130,7 +130,7 @@ def _batches(lines: Iterable[str]) -> Iterator[str]:
 
 @dataclass
 class Started:
-    """A tool started by :meth:`Runner.start`, still running or done."""
+    """A tool started by :meth:`Executor.start`, still running or done."""
 
     cmd: list[str]
     proc: subprocess.Popen[bytes]
@@ -158,7 +158,7 @@ class Started:
 
 
 @dataclass(frozen=True)
-class Runner:
+class Executor:
     """Runs a tool in the current network namespace, or in ``netns`` via ``ip netns exec``."""
 
     netns: str | None = None
