@@ -47,15 +47,23 @@ def service(
     health_check_node_port: int | None = None,
     labels: dict[str, str] | None = None,
     selector: dict[str, str] | None = None,
+    secondary_cluster_ip: str | None = None,
 ) -> JSON:
+    """A Service. An IPv6 ``cluster_ip`` makes it ``ipFamilies: [IPv6]``; a
+    ``secondary_cluster_ip`` (of the other family) makes it dual-stack
+    (``PreferDualStack``, ``clusterIPs`` primary first), as the API server would."""
+    cluster_ips = [cluster_ip, *([secondary_cluster_ip] if secondary_cluster_ip else [])]
     spec: JSON = {
         "type": type,
         "clusterIP": cluster_ip,
-        "clusterIPs": [cluster_ip],
+        "clusterIPs": cluster_ips,
         "ports": [p.service_port() for p in ports],
     }
     if cluster_ip == "":
         del spec["clusterIP"], spec["clusterIPs"]
+    elif secondary_cluster_ip or ":" in cluster_ip:
+        spec["ipFamilies"] = ["IPv6" if ":" in ip else "IPv4" for ip in cluster_ips]
+        spec["ipFamilyPolicy"] = "PreferDualStack" if secondary_cluster_ip else "SingleStack"
     if selector is not None:
         spec["selector"] = selector
     if external_ips:
@@ -154,11 +162,12 @@ def endpoint_slice(
 def node(
     name: str,
     internal_ip: str,
-    *,
+    *more_internal_ips: str,
     zone: str | None = None,
     pod_cidr: str | None = None,
     labels: dict[str, str] | None = None,
 ) -> JSON:
+    """A Node; a dual-stack one has an InternalIP of each family, primary first."""
     meta_labels = dict(labels or {})
     if zone is not None:
         meta_labels["topology.kubernetes.io/zone"] = zone
@@ -172,7 +181,10 @@ def node(
         "spec": spec,
         "status": {
             "addresses": [
-                {"type": "InternalIP", "address": internal_ip},
+                *(
+                    {"type": "InternalIP", "address": ip}
+                    for ip in (internal_ip, *more_internal_ips)
+                ),
                 {"type": "Hostname", "address": name},
             ]
         },
