@@ -23,6 +23,7 @@ from typing import Any
 
 from proxy import logs
 from proxy.agent.boundedfrequency import BoundedFrequencyRunner
+from proxy.agent.families import FamilyError, choose_families, primary_family
 from proxy.agent.metaproxier import MetaProxier
 from proxy.agent.options.settings import AgentOptions
 from proxy.agent.proxier import Proxier, SyncResult
@@ -32,7 +33,7 @@ from proxy.config import ProxyMode
 from proxy.conntrack import ConntrackCleaner, ConntrackError, UdpTarget, udp_targets
 from proxy.kernel.executor import Executor, KernelError
 from proxy.metrics import ProxyMetrics
-from proxy.model import IPFamily, Node
+from proxy.model import IPFamily
 from proxy.modes import ALL_FAMILIES, remove_rules, supported_families
 from proxy.plan import Filter, Plan, SkippedService, unserved_family_notes
 from proxy.server import (
@@ -177,36 +178,6 @@ class Observer:
         self.metrics.conntrack_reconciled(time.monotonic() - start, deleted, p.family)
 
 
-def primary_family(node: Node | None) -> IPFamily:
-    """The node's primary IP family: that of its first InternalIP (upstream's
-    detectNodeIPs), IPv4 when the Node or its addresses are unknown."""
-    if node is not None and node.addresses:
-        return IPFamily.of(node.addresses[0])
-    return IPFamily.V4
-
-
-def choose_families(
-    primary: IPFamily, support: Mapping[IPFamily, str | None]
-) -> tuple[tuple[IPFamily, ...], str]:
-    """The families to program, primary first, and why the others are not (empty
-    when both are). Like upstream: dual-stack whenever the node can program both IP
-    families, whatever the Node's addresses; otherwise the primary family alone, which
-    must be supported."""
-    ok = [f for f in (primary, *(f for f in support if f is not primary)) if not support[f]]
-    if primary not in ok:
-        raise AgentError(
-            f"cannot program the node's primary IP family {primary}: {support[primary]}"
-        )
-    if len(ok) == len(support):
-        return tuple(ok), ""
-    why = "; ".join(f"{f}: {reason}" for f, reason in support.items() if reason)
-    return (primary,), why
-
-
-class AgentError(RuntimeError):
-    """The agent cannot start (the message says why and what to do)."""
-
-
 class Agent:
     def __init__(self, opts: AgentOptions, executor: Executor | None = None) -> None:
         self.opts = opts
@@ -349,7 +320,7 @@ class Agent:
                 )
             try:
                 proxier = self.build_proxier()
-            except AgentError as exc:
+            except FamilyError as exc:
                 log.error("cannot start", extra={"error": str(exc)})
                 return 1
             try:

@@ -9,13 +9,8 @@ import logging
 import pytest
 
 from proxy import manifests as m
-from proxy.agent.main import (
-    AgentError,
-    Observer,
-    choose_families,
-    health_check_addresses,
-    primary_family,
-)
+from proxy.agent.families import FamilyError, choose_families, primary_family
+from proxy.agent.main import Observer, health_check_addresses
 from proxy.agent.proxier import SyncResult
 from proxy.agent.state import ClusterState
 from proxy.config import NodePortAddresses, ProxyConfig, ProxyMode
@@ -147,7 +142,7 @@ def test_families_are_both_when_the_node_can_program_both() -> None:
     no_v6: dict[IPFamily, str | None] = {IPFamily.V4: None, IPFamily.V6: "IPv6 is disabled"}
     families, why = choose_families(IPFamily.V4, no_v6)
     assert families == (IPFamily.V4,) and "IPv6 is disabled" in why
-    with pytest.raises(AgentError, match="primary IP family IPv6: IPv6 is disabled"):
+    with pytest.raises(FamilyError, match="primary IP family IPv6: IPv6 is disabled"):
         choose_families(IPFamily.V6, no_v6)
 
 
