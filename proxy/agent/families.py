@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from proxy.model import IPFamily, Node
+from proxy.model import IPFamily, IPNetwork, Node
 
 
 def primary_family(node: Node | None) -> IPFamily:
@@ -41,3 +41,47 @@ def choose_families(
 
 class FamilyError(RuntimeError):
     """The node cannot program its primary IP family (the message says why)."""
+
+
+def config_warnings(
+    primary: IPFamily,
+    families: tuple[IPFamily, ...],
+    cluster_cidrs: tuple[IPNetwork, ...],
+    nodeport_cidrs: tuple[IPNetwork, ...],
+    pod_cidrs: tuple[IPNetwork, ...],
+) -> list[str]:
+    """Settings of the wrong IP family for this node, said once at start (upstream's
+    checkBadIPConfig and checkBadConfig): they are not fatal, but traffic of a family
+    is then not treated as the operator probably meant."""
+    other = IPFamily.V6 if primary is IPFamily.V4 else IPFamily.V4
+    stack = f"{primary}-primary" if len(families) > 1 else f"{primary}-only"
+    out: list[str] = []
+
+    def only_other(cidrs: tuple[IPNetwork, ...]) -> bool:
+        return bool(cidrs) and all(IPFamily.of(c) is other for c in cidrs)
+
+    if only_other(cluster_cidrs):
+        out.append(
+            f"this node is {stack} but --cluster-cidr has only {other} CIDRs: {primary} "
+            f"traffic from outside the pod network is not told apart (give one CIDR per "
+            "family, comma-separated)"
+        )
+    if only_other(pod_cidrs):
+        out.append(f"this node is {stack} but its Node's spec.podCIDRs are only {other}")
+    if nodeport_cidrs:
+        mine = [c for c in nodeport_cidrs if IPFamily.of(c) is primary]
+        dual = any(
+            len({IPFamily.of(c) for c in cidrs}) > 1
+            for cidrs in (cluster_cidrs, nodeport_cidrs, pod_cidrs)
+        )
+        if not mine:
+            out.append(
+                f"this node is {primary}-primary but --nodeport-addresses has only {other} "
+                f"CIDRs: NodePort connections are accepted on every local {primary} address"
+            )
+        elif dual and len(mine) == len(nodeport_cidrs):
+            out.append(
+                f"the cluster looks dual-stack but --nodeport-addresses has only {primary} "
+                f"CIDRs: NodePort connections are accepted on every local {other} address"
+            )
+    return out

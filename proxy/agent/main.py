@@ -23,7 +23,12 @@ from typing import Any
 
 from proxy import logs
 from proxy.agent.boundedfrequency import BoundedFrequencyRunner
-from proxy.agent.families import FamilyError, choose_families, primary_family
+from proxy.agent.families import (
+    FamilyError,
+    choose_families,
+    config_warnings,
+    primary_family,
+)
 from proxy.agent.metaproxier import MetaProxier
 from proxy.agent.options.settings import AgentOptions
 from proxy.agent.proxier import Proxier, SyncResult
@@ -211,7 +216,17 @@ class Agent:
         """One proxier per IP family this node can program (primary first), once the
         Node is known (its first address gives the primary family)."""
         support = supported_families(self.executor, self.opts.mode)
-        families, why = choose_families(primary_family(self.state.node), support)
+        node = self.state.node
+        primary = primary_family(node)
+        families, why = choose_families(primary, support)
+        for warning in config_warnings(
+            primary,
+            families,
+            self.config.cluster_cidrs,
+            self.config.nodeport_addresses.cidrs,
+            node.pod_cidrs if node is not None else (),
+        ):
+            log.warning(warning, extra={"node": self.opts.node_name})
         self.observer.families, self.observer.unserved_why = families, why
         log.info(
             "programming IP families",

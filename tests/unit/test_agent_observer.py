@@ -9,7 +9,12 @@ import logging
 import pytest
 
 from proxy import manifests as m
-from proxy.agent.families import FamilyError, choose_families, primary_family
+from proxy.agent.families import (
+    FamilyError,
+    choose_families,
+    config_warnings,
+    primary_family,
+)
 from proxy.agent.main import Observer, health_check_addresses
 from proxy.agent.proxier import SyncResult
 from proxy.agent.state import ClusterState
@@ -163,3 +168,21 @@ def test_fallbacks_to_nft_text_are_counted() -> None:
         )
     text = obs.metrics.render().decode()
     assert 'kubeproxy_py_nft_text_fallbacks_total{ip_family="IPv4"} 3.0' in text
+
+
+def test_settings_of_the_wrong_family_are_warned_about_as_upstream() -> None:
+    def nets(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(c) for c in cidrs)
+
+    v4, dual = (IPFamily.V4,), (IPFamily.V4, IPFamily.V6)
+    assert config_warnings(IPFamily.V4, dual, nets("10.244.0.0/16"), (), ()) == []
+    [w] = config_warnings(IPFamily.V4, v4, nets("fd00:10:244::/48"), (), ())
+    assert "IPv4-only but --cluster-cidr has only IPv6 CIDRs" in w
+    [w] = config_warnings(IPFamily.V6, dual, (), nets("192.168.0.0/16"), ())
+    assert "accepted on every local IPv6 address" in w
+    [w] = config_warnings(
+        IPFamily.V4, dual, nets("10.244.0.0/16", "fd00:10:244::/48"), nets("192.168.0.0/16"), ()
+    )
+    assert "looks dual-stack" in w and "every local IPv6 address" in w
+    [w] = config_warnings(IPFamily.V6, dual, (), (), nets("10.244.1.0/24"))
+    assert "spec.podCIDRs are only IPv4" in w
