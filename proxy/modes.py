@@ -12,6 +12,7 @@ only go through this protocol.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from proxy.config import ProxyMode
@@ -146,8 +147,19 @@ def supported_families(executor: Executor, mode: ProxyMode) -> dict[IPFamily, st
 
 
 def ipv6_unavailable(executor: Executor) -> str | None:
-    """Why the kernel has no IPv6 in ``executor``'s network namespace (None: it has)."""
-    value = executor.read_sysctl("net.ipv6.conf.all.disable_ipv6")
+    """Why the kernel has no IPv6 in ``executor``'s network namespace (None: it has).
+    Read from /proc (in the namespace when it is another), not with the sysctl tool,
+    which a minimal image may lack."""
+    path = "/proc/sys/net/ipv6/conf/all/disable_ipv6"
+    value: str | None
+    if executor.netns is None:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError:
+            value = None
+    else:
+        proc = executor.run(["cat", path], check=False)
+        value = proc.stdout.strip() if proc.returncode == 0 else None
     if value is None:
         return "the kernel has no IPv6 (no net.ipv6 sysctls)"
     if value == "1":

@@ -17,6 +17,7 @@ from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.kernel.executor import Executor
 from proxy.model import IPFamily
+from proxy.modes import supported_families
 
 pytestmark = pytest.mark.netns
 CIDRS = (ipaddress.ip_network("10.244.0.0/16"), ipaddress.ip_network("fd00:10:244::/48"))
@@ -111,3 +112,13 @@ def test_dual_stack_node_programs_both_families_from_one_sync(netns: str, mode: 
     assert meta.sync_proxy_rules()
     fourth = rec.take()
     assert all(r.full and r.drift for r in fourth.values())
+
+
+@pytest.mark.parametrize("mode", list(ProxyMode), ids=str)
+def test_a_node_without_ipv6_programs_ipv4_only(netns: str, mode: ProxyMode) -> None:
+    executor = Executor(netns)
+    assert supported_families(executor, mode) == {IPFamily.V4: None, IPFamily.V6: None}
+    run(netns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+    support = supported_families(executor, mode)
+    assert support[IPFamily.V4] is None
+    assert support[IPFamily.V6] == "IPv6 is disabled (net.ipv6.conf.all.disable_ipv6=1)"
