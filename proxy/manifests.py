@@ -47,15 +47,27 @@ def service(
     health_check_node_port: int | None = None,
     labels: dict[str, str] | None = None,
     selector: dict[str, str] | None = None,
+    cluster_ips: Sequence[str] = (),
+    ip_families: Sequence[str] = (),
+    ip_family_policy: str | None = None,
 ) -> JSON:
+    """A Service. ``cluster_ips`` (dual-stack: one per family, ``cluster_ip`` first)
+    defaults to ``[cluster_ip]``; ``ip_families`` and ``ip_family_policy`` are written
+    only when given."""
+    if cluster_ips and cluster_ips[0] != cluster_ip:
+        raise ValueError(f"cluster_ips {list(cluster_ips)} must start with {cluster_ip!r}")
     spec: JSON = {
         "type": type,
         "clusterIP": cluster_ip,
-        "clusterIPs": [cluster_ip],
+        "clusterIPs": list(cluster_ips) or [cluster_ip],
         "ports": [p.service_port() for p in ports],
     }
     if cluster_ip == "":
         del spec["clusterIP"], spec["clusterIPs"]
+    if ip_families:
+        spec["ipFamilies"] = list(ip_families)
+    if ip_family_policy is not None:
+        spec["ipFamilyPolicy"] = ip_family_policy
     if selector is not None:
         spec["selector"] = selector
     if external_ips:
@@ -153,18 +165,22 @@ def endpoint_slice(
 
 def node(
     name: str,
-    internal_ip: str,
+    internal_ip: str | Sequence[str],
     *,
     zone: str | None = None,
-    pod_cidr: str | None = None,
+    pod_cidr: str | Sequence[str] | None = None,
     labels: dict[str, str] | None = None,
 ) -> JSON:
+    """A Node; a dual-stack node takes a sequence of InternalIPs and of pod CIDRs (one per
+    family, primary first)."""
     meta_labels = dict(labels or {})
     if zone is not None:
         meta_labels["topology.kubernetes.io/zone"] = zone
     spec: JSON = {}
     if pod_cidr is not None:
-        spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+        cidrs = [pod_cidr] if isinstance(pod_cidr, str) else list(pod_cidr)
+        spec = {"podCIDR": cidrs[0], "podCIDRs": cidrs}
+    ips = [internal_ip] if isinstance(internal_ip, str) else list(internal_ip)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -172,7 +188,7 @@ def node(
         "spec": spec,
         "status": {
             "addresses": [
-                {"type": "InternalIP", "address": internal_ip},
+                *({"type": "InternalIP", "address": ip} for ip in ips),
                 {"type": "Hostname", "address": name},
             ]
         },

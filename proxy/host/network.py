@@ -6,7 +6,8 @@ namespace, and no interface ever exists there). A topology is IPv4, IPv6 or dual
 of the topology (IPv6 addresses with ``nodad``, so they are usable at once):
 
     <id>-lan: bridge br0 with the router_ips, forwarding off (the upstream router:
-              answers for itself, silently drops everything else)
+              answers for itself, silently drops everything else; IPv6 needs a
+              blackhole default route for that)
        |  veth per node/client: eth0 on the node/client side, a bridge port in lan
     <id>-<node>: eth0 lan_ips, default routes via the router_ips, other nodes' pod
                  CIDRs via them, forwarding on (IPv4: rp_filter=0, send_redirects=0)
@@ -226,7 +227,12 @@ class Network:
             if 6 in versions:
                 settings[self.ns(node.name)].update(_NODE_SYSCTLS6)
         netns.sysctls(settings)
-        links.ip_batch(lan, links.bridge_commands(*on_lan(spec.router_ips)))
+        lan_commands = links.bridge_commands(*on_lan(spec.router_ips))
+        if 6 in versions:
+            # With forwarding off, IPv4 drops what is not for the router without a word;
+            # IPv6 would first look for a route and answer "no route" (ICMPv6 1/0).
+            lan_commands.append("route add blackhole ::/0")
+        links.ip_batch(lan, lan_commands)
         for host in hosts:
             commands = links.lan_port_commands(host.name, lan, *on_lan(host.lan_ips))
             if isinstance(host, NodeSpec):
