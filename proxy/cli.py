@@ -158,6 +158,7 @@ def _add_bench_parsers(sub: Any) -> None:
     lat.add_argument(
         "--sample-every", type=float, default=5.0, help="seconds between RSS/CPU samples"
     )
+    _bench_family_option(lat)
     lat.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
     dp = bench_sub.add_parser(
@@ -173,6 +174,7 @@ def _add_bench_parsers(sub: Any) -> None:
     _iptables_option(dp)
     dp.add_argument("--connections", type=int, default=3000, help="connections per round")
     dp.add_argument("--rounds", type=int, default=5, help="rounds per target (median reported)")
+    _bench_family_option(dp)
     dp.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
     rep = bench_sub.add_parser(
@@ -200,6 +202,16 @@ def _add_bench_parsers(sub: Any) -> None:
     every.add_argument("--only", default="", help="comma-separated subset: sync,latency,datapath")
     every.add_argument("--force", action="store_true", help="rerun steps that have results")
     every.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+
+def _bench_family_option(parser: Any) -> None:
+    parser.add_argument(
+        "--ip-family",
+        default="ipv4",
+        choices=["ipv4", "ipv6"],
+        help="run the lab as an IPv4 or an IPv6-only cluster (Services, endpoints, "
+        "addresses of that family)",
+    )
 
 
 def _iptables_option(parser: Any) -> None:
