@@ -14,6 +14,11 @@ namespace, and no interface ever exists there):
                 harness's Topology also starts a workload server on the pod's ports)
     <id>-<client>: eth0 lan_ip, routes to the pod CIDRs via their nodes, no default
 
+IPv6 and dual-stack specs (what the lab needs, until the harness builds pods of every
+family): the LAN, nodes and clients get an address of each family, nodes a default route
+and routes to the other nodes' pod CIDRs per family and IPv6 forwarding, and duplicate
+address detection is off in every namespace. Pods are wired with their IPv4 address only.
+
 ICMP error rate limits are off in every namespace unless spec.icmp_rate_limit: with
 them, a client that sees more than ~6 REJECTs from one node within a second gets
 silence instead, which makes probe outcomes depend on timing.
@@ -38,7 +43,16 @@ from proxy.host import links, netns
 from proxy.host.errors import HostError
 from proxy.host.links import veth_name
 from proxy.host.process import DEFAULT_TIMEOUT, child_env, run_command, stop_all
-from proxy.host.spec import LAN, ClientSpec, NodeSpec, PodSpec, TopologySpec, default_spec
+from proxy.host.spec import (
+    LAN,
+    ClientSpec,
+    NodeSpec,
+    PodSpec,
+    TopologySpec,
+    default_spec,
+    pick,
+    version_of,
+)
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 POD_GATEWAY = "169.254.1.1"
@@ -199,21 +213,37 @@ class Network:
         lan = self.ns(LAN)
         plen = spec.lan_prefixlen
 
+        versions = spec.versions
         settings = {ns: self._base_sysctls() for ns in self._created}
         settings[lan]["net.ipv4.ip_forward"] = 0
         for node in spec.nodes:
             settings[self.ns(node.name)].update(_NODE_SYSCTLS)
+        if 6 in versions:
+            # No duplicate address detection: every address is usable at once (the
+            # LAN's addresses are unique by construction).
+            for ns in self._created:
+                settings[ns].update(_NO_DAD_SYSCTLS)
+            for node in spec.nodes:
+                settings[self.ns(node.name)]["net.ipv6.conf.all.forwarding"] = 1
         netns.sysctls(settings)
-        links.ip_batch(lan, links.bridge_commands(f"{spec.router_ip}/{plen}"))
+        bridge = links.bridge_commands(f"{spec.router_ip}/{plen}")
+        if spec.router_ip_secondary is not None:
+            second = spec.router_ip_secondary
+            bridge.append(f"addr add {second}/{_plen(spec, second)} dev {links.BRIDGE}")
+        links.ip_batch(lan, bridge)
         for host in hosts:
             commands = links.lan_port_commands(host.name, lan, f"{host.lan_ip}/{plen}")
+            if host.lan_ip_secondary is not None:
+                second = host.lan_ip_secondary
+                commands.append(f"addr add {second}/{_plen(spec, second)} dev eth0")
             if isinstance(host, NodeSpec):
-                commands.append(f"route add default via {spec.router_ip}")
+                commands += [f"route add default via {router}" for router in spec.router_ips]
             if isinstance(host, NodeSpec) or host.routes_to_pods:
                 commands += [
-                    f"route add {other.pod_cidr} via {other.lan_ip}"
+                    f"route add {pick(other.pod_cidrs, v)} via {pick(other.lan_ips, v)}"
                     for other in spec.nodes
                     if other.name != host.name
+                    for v in versions
                 ]
             links.ip_batch(self.ns(host.name), commands)
         links.join_bridge(lan, [h.name for h in hosts])
@@ -369,6 +399,17 @@ _NODE_SYSCTLS: dict[str, str | int] = {
     "net.ipv4.conf.all.send_redirects": 0,
     "net.ipv4.conf.default.send_redirects": 0,
 }
+
+
+_NO_DAD_SYSCTLS: dict[str, str | int] = {
+    "net.ipv6.conf.all.accept_dad": 0,
+    "net.ipv6.conf.default.accept_dad": 0,
+}
+
+
+def _plen(spec: TopologySpec, address: str) -> int:
+    """The LAN prefix length for an address of either family."""
+    return spec.lan_prefixlen_of(version_of(address))
 
 
 def _node_side_commands(pods: Sequence[PodSpec]) -> list[str]:
