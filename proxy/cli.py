@@ -29,6 +29,8 @@ LAB_EXTRA = ("scapy", "cryptography")
 """What the lab, the harness (probes) and the lab benchmarks import beyond the agent's
 dependencies: the ``lab`` extra (pyproject.toml)."""
 LAB_EXTRA_HINT = "pip install 'kube-proxy-py[lab]'"
+LAB_IP_FAMILIES = ("ipv4", "ipv6", "dual")
+"""``lab up --ip-family`` (proxy.lab.topology.IP_FAMILIES, not imported by the parser)."""
 
 
 class UsageError(Exception):
@@ -465,6 +467,14 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         help="also run upstream kube-proxy on an extra node, node-upstream",
     )
     up.add_argument(
+        "--ip-family",
+        default=None,
+        choices=LAB_IP_FAMILIES,
+        help="the cluster's IP families: ipv4 (default), ipv6 (IPv6-only) or dual "
+        "(dual-stack, IPv4 primary): nodes, pods, Services, the outside client, cluster "
+        "DNS and LoadBalancer addresses of each",
+    )
+    up.add_argument(
         "--no-addons",
         dest="addons",
         action="store_const",
@@ -606,6 +616,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     mode=args.mode,
                     compare=args.compare,
                     with_addons=args.addons,
+                    ip_family=args.ip_family,
                 )
             if args.lab_command == "down":
                 return down.down(state_dir)
