@@ -69,10 +69,10 @@ def _zone_of(name: str) -> str:
     return ".".join(name.split(".")[-2:])
 
 
-def _records(name: str, ipv4: str, versions: Sequence[int]) -> list[str]:
+def _records(name: str, ipv4: str, versions: Sequence[int], ttl: int = 60) -> list[str]:
     """``name``'s A and/or AAAA records (the AAAA record: the address's IPv6 twin)."""
     return [
-        f"{name}. 60 IN A {ipv4}" if v == 4 else f"{name}. 60 IN AAAA {v6_twin(ipv4)}"
+        f"{name}. {ttl} IN A {ipv4}" if v == 4 else f"{name}. {ttl} IN AAAA {v6_twin(ipv4)}"
         for v in versions
     ]
 
@@ -90,7 +90,7 @@ def resolver_zones(versions: Sequence[int] = (4,)) -> dict[str, str]:
                 f"$ORIGIN {zone}.",
                 f"@ 3600 IN SOA ns.{zone}. hostmaster.{zone}. 1 7200 3600 1209600 60",
                 f"@ 3600 IN NS ns.{zone}.",
-                *_records(f"ns.{zone}", RESOLVER_IP, versions),
+                *_records(f"ns.{zone}", RESOLVER_IP, versions, ttl=3600),
                 *records,
             ]
         )

@@ -54,7 +54,10 @@ def _set_config_field(text: str, key: str, value: str) -> tuple[str, str]:
     """``config.conf`` with the top-level ``key`` set (comments kept); the old value."""
     old = str((yaml.safe_load(text) or {}).get(key, "(unset)"))
     # A value YAML would read as something else ("[::]:10256": a list) is quoted.
-    plain = yaml.safe_load(f"k: {value}") == {"k": value}
+    try:
+        plain = yaml.safe_load(f"k: {value}") == {"k": value}
+    except yaml.YAMLError:
+        plain = False
     rendered = value if plain else json.dumps(value)
     pattern = rf"(?m)^{re.escape(key)}:.*$"
     text, count = re.subn(pattern, lambda _: f"{key}: {rendered}", text)
