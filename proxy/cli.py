@@ -519,6 +519,13 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
     )
     demo.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
     demo.add_argument("--step", action="store_true", help="pause between steps")
+    demo.add_argument(
+        "--ip-family",
+        default=None,
+        choices=LAB_IP_FAMILIES,
+        help="the IP families of the lab it starts when none runs (as `lab up --ip-family`; "
+        "a running lab of other families is refused); the tour uses the primary family",
+    )
     seeds = lab_sub.add_parser(
         "seeds",
         help="replay the learners' notes (seeds/) on the lab, command by command, checking "
@@ -604,7 +611,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
                 try:
                     return demo_main(
-                        state_dir, color=False if args.no_color else None, pause=args.step
+                        state_dir,
+                        color=False if args.no_color else None,
+                        pause=args.step,
+                        ip_family=args.ip_family,
                     )
                 except DemoError as exc:
                     _err(f"lab demo: {exc}")

@@ -250,14 +250,26 @@ def _follow(
         time.sleep(0.2)
 
 
-def running_or_started(state_dir: Path, *, out: TextIO = sys.stdout) -> LabState | None:
+def running_or_started(
+    state_dir: Path, *, out: TextIO = sys.stdout, ip_family: str | None = None
+) -> LabState | None:
     """The running lab; when none runs (or it is not ready), one is started as `lab up`
-    with its defaults would. None when starting failed: `up` has printed why."""
+    with its defaults (and ``ip_family``) would. None when starting failed: `up` has
+    printed why. A running lab of other IP families than ``ip_family`` is refused."""
     state = load_state(state_dir)
     if state is not None and state.supervisor_alive() and state.phase == "ready":
+        if ip_family is not None and ip_family != state.ip_family:
+            raise LabError(
+                f"the running lab {state.lab_id} is --ip-family {state.ip_family}, not "
+                f"{ip_family}: run `{command_hint(state_dir, 'down')}` first, or leave out "
+                "--ip-family to use it"
+            )
         return state
-    print("no lab is running: starting one (`kube-proxy-py lab up`)\n", file=out, flush=True)
-    if up(state_dir, nodes=None, mode=None, compare=None, out=out) != 0:
+    flags = "" if ip_family is None else f" --ip-family {ip_family}"
+    print(
+        f"no lab is running: starting one (`kube-proxy-py lab up{flags}`)\n", file=out, flush=True
+    )
+    if up(state_dir, nodes=None, mode=None, compare=None, ip_family=ip_family, out=out) != 0:
         return None
     state = load_state(state_dir)
     if state is None:
