@@ -16,7 +16,10 @@ builds one, with namespaces where kind uses Docker containers. The supervisor:
    them, ``control-plane`` at 192.168.50.2, ``registry`` at 192.168.50.3, the outside
    ``client`` at .100 with routes for ExternalIPs 203.0.113.0/24 and LB IPs
    198.51.100.0/24 via node-1) and runs etcd, kube-apiserver, kube-controller-manager
-   (every default controller) and kube-scheduler in the control-plane namespace;
+   (every default controller) and kube-scheduler in the control-plane namespace. With
+   ``--ip-family ipv6`` every address is its IPv6 twin (``fd00:192:168:50::11``,
+   ``fd00:10:244:1::/64``, Services from ``fd00:10:96::/112``); with ``dual`` the
+   namespaces, nodes, pods and Service CIDRs have both, IPv4 primary (docs/lab-node.md);
 3. starts the registry (:mod:`proxy.lab.registry`) on the LAN, over the cached storage;
 4. starts every node (:mod:`proxy.lab.node`): a containerd and a kubelet in the node's
    network namespace, a mount namespace and cgroups of its own; each kubelet registers
