@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,22 @@ def test_lab_up_takes_ip_family_and_hands_it_to_the_supervisor() -> None:
     assert build_parser().parse_args(["lab", "up"]).ip_family is None  # default: ipv4
     argv = supervisor_argv(Path("/s"), "kpp-lab-x", 1, "nftables", False, True, "ipv6")
     assert argv[argv.index("--ip-family") + 1] == "ipv6"
+
+
+def test_a_running_lab_of_other_families_is_refused_by_lab_demo(tmp_path: Path) -> None:
+    from proxy.host.process import proc_cmdline
+    from proxy.lab.commands.up import running_or_started
+    from proxy.lab.state import LabState, ProcRecord, save_state
+
+    state = LabState("kpp-lab-abc123", str(tmp_path), "nftables", 1, False, ip_family="dual")
+    state.phase = "ready"
+    # This process stands in for the lab's supervisor (alive, start time and marker match).
+    state.supervisor = ProcRecord.of("supervisor", os.getpid(), [proc_cmdline(os.getpid())])
+    save_state(state)
+    for wanted in (None, "dual"):
+        found = running_or_started(tmp_path, ip_family=wanted)
+        assert found is not None and found.lab_id == "kpp-lab-abc123"
+    with pytest.raises(
+        LabError, match="is --ip-family dual, not ipv6: run `kube-proxy-py lab down"
+    ):
+        running_or_started(tmp_path, ip_family="ipv6")
