@@ -109,3 +109,20 @@ def test_a_running_lab_of_other_families_is_refused_by_lab_demo(tmp_path: Path) 
         LabError, match="is --ip-family dual, not ipv6: run `kube-proxy-py lab down"
     ):
         running_or_started(tmp_path, ip_family="ipv6")
+
+
+def test_a_dual_stack_api_servers_certificate_names_both_families(tmp_path: Path) -> None:
+    import ipaddress
+
+    from cryptography import x509
+
+    from proxy.lab.controlplane.certs import write_pki
+
+    nets = [ipaddress.ip_network(c) for c in topology.service_cidrs((4, 6))]
+    lan = topology.addresses("192.168.50.2", (4, 6))
+    write_pki(tmp_path, nets, list(lan))
+    cert = x509.load_pem_x509_certificate((tmp_path / "apiserver.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    # the `kubernetes` Service's ClusterIP of each family, and the LAN address of each
+    assert {"10.96.0.1", "fd00:10:96::1", "192.168.50.2", "fd00:192:168:50::2"} <= ips
