@@ -261,9 +261,10 @@ class LabDemo:
         return (found[1], found[2]) if found else None
 
     def refused(self, netns: str, ip: str, port: int) -> bool:
-        """Whether a connection from a named namespace is refused, behind the scenes."""
+        """Whether a connection from a named namespace is refused, behind the scenes
+        (IPv6: the refusal has been seen to come with the SYN retransmitted after 1 s)."""
         try:
-            connect_in_netns(netns, ip, port, timeout=1.0).close()
+            connect_in_netns(netns, ip, port, timeout=3.0).close()
         except OSError as exc:
             return exc.errno == errno.ECONNREFUSED
         return False
