@@ -29,6 +29,8 @@ LAB_EXTRA = ("scapy", "cryptography")
 """What the lab, the harness (probes) and the lab benchmarks import beyond the agent's
 dependencies: the ``lab`` extra (pyproject.toml)."""
 LAB_EXTRA_HINT = "pip install 'kube-proxy-py[lab]'"
+LAB_IP_FAMILIES = ("ipv4", "ipv6", "dual")
+"""``lab up --ip-family`` (proxy.lab.topology.IP_FAMILIES, not imported by the parser)."""
 
 
 class UsageError(Exception):
@@ -559,6 +561,14 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         help="also run upstream kube-proxy on an extra node, node-upstream",
     )
     up.add_argument(
+        "--ip-family",
+        default=None,
+        choices=LAB_IP_FAMILIES,
+        help="the cluster's IP families: ipv4 (default), ipv6 (IPv6-only) or dual "
+        "(dual-stack, IPv4 primary): nodes, pods, Services, the outside client, cluster "
+        "DNS and LoadBalancer addresses of each",
+    )
+    up.add_argument(
         "--no-addons",
         dest="addons",
         action="store_const",
@@ -603,6 +613,13 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
     )
     demo.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
     demo.add_argument("--step", action="store_true", help="pause between steps")
+    demo.add_argument(
+        "--ip-family",
+        default=None,
+        choices=LAB_IP_FAMILIES,
+        help="the IP families of the lab it starts when none runs (as `lab up --ip-family`; "
+        "a running lab of other families is refused); the tour uses the primary family",
+    )
     seeds = lab_sub.add_parser(
         "seeds",
         help="replay the learners' notes (seeds/) on the lab, command by command, checking "
@@ -688,7 +705,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
                 try:
                     return demo_main(
-                        state_dir, color=False if args.no_color else None, pause=args.step
+                        state_dir,
+                        color=False if args.no_color else None,
+                        pause=args.step,
+                        ip_family=args.ip_family,
                     )
                 except DemoError as exc:
                     _err(f"lab demo: {exc}")
@@ -700,6 +720,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
                     mode=args.mode,
                     compare=args.compare,
                     with_addons=args.addons,
+                    ip_family=args.ip_family,
                 )
             if args.lab_command == "down":
                 return down.down(state_dir)

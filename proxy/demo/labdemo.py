@@ -45,19 +45,29 @@ from proxy.lab.commands.kubectl import kubectl_argv
 from proxy.lab.commands.up import running_or_started
 
 NS = "demo"
-CLIENT_IP = labtopology.CLIENT_IP
 CLIENT_POD = "client"
 EXTERNAL_NAME = "db.example.com"
 LB_PATCH = '{"spec":{"type":"LoadBalancer"}}'
-ANSWER = re.compile(r"^(\S+) (\d+\.\d+\.\d+\.\d+):(\d+)$", re.MULTILINE)
-"""The nginx stand-in's answer: ``<pod name> <client ip>:<port>``."""
+ANSWER = re.compile(r"^(\S+) ([0-9a-f.:]+):(\d+)$", re.MULTILINE)
+"""The nginx stand-in's answer: ``<pod name> <client ip>:<port>`` (an IPv6 client address
+is written without brackets: the port is after the last colon)."""
+ADDRESS = r"(?:\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]+)"
+"""An IPv4 or IPv6 address in kubectl's output."""
 COUNT = re.compile(r"^\s*(\d+) (\S+)$", re.MULTILINE)
 """A line of ``uniq -c``."""
 
 
-def _pool() -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
-    first, _, last = metallb.POOL_RANGE.partition("-")
-    return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+def _in_pool(address: str) -> bool:
+    """Whether ``address`` is in the MetalLB pool's range of its family."""
+    ip = ipaddress.ip_address(address)
+    first, _, last = metallb.POOL_RANGES[ip.version].partition("-")
+    return ipaddress.ip_address(first) <= ip <= ipaddress.ip_address(last)  # type: ignore[operator]
+
+
+def url(host: str, port: int | None = None) -> str:
+    """``http://host[:port]/``, an IPv6 address in brackets."""
+    where = labtopology.url_host(host) + ("" if port is None else f":{port}")
+    return f"http://{where}/"
 
 
 def curl_loop(url: str, n: int) -> str:
@@ -72,9 +82,11 @@ def routed(routes: str, ip: str) -> bool:
         words = line.split()
         if not words or words[0] == "default":
             continue
-        if ipaddress.IPv4Address(ip) in ipaddress.ip_network(words[0], strict=False) and (
-            "via" in words or words[0] == ip
-        ):
+        try:
+            network = ipaddress.ip_network(words[0], strict=False)
+        except ValueError:  # "unreachable", "multicast": not a destination
+            continue
+        if ipaddress.ip_address(ip) in network and ("via" in words or words[0] == ip):
             return True
     return False
 
@@ -108,12 +120,16 @@ class LabDemo:
         self.state = state
         self.p = out
         self.node_names = [n.name for n in state.nodes if n.proxy == "kube-proxy-py"]
+        # The primary family's: Services are single-stack in it unless they ask for more.
         self.node_ips = {n.name: n.lan_ip for n in state.nodes}
         self.node_addresses = {
             # the LAN address, and the pod bridge's (the CNI gateway, .1 of the podCIDR)
             n.name: {n.lan_ip, str(ipaddress.ip_network(n.pod_cidr)[1])}
             for n in state.nodes
         }
+        self.client_ip = str(state.client.get("lan_ip") or labtopology.CLIENT_IP)
+        self.family = ipaddress.ip_address(self.client_ip).version
+        self.resolver_ip = labtopology.twin(labtopology.RESOLVER_IP, self.family)
         self._client_node = ""
         self._macs: dict[str, str] = {}
 
@@ -245,9 +261,10 @@ class LabDemo:
         return (found[1], found[2]) if found else None
 
     def refused(self, netns: str, ip: str, port: int) -> bool:
-        """Whether a connection from a named namespace is refused, behind the scenes."""
+        """Whether a connection from a named namespace is refused, behind the scenes
+        (IPv6: the refusal has been seen to come with the SYN retransmitted after 1 s)."""
         try:
-            connect_in_netns(netns, ip, port, timeout=1.0).close()
+            connect_in_netns(netns, ip, port, timeout=3.0).close()
         except OSError as exc:
             return exc.errno == errno.ECONNREFUSED
         return False
@@ -282,9 +299,9 @@ class LabDemo:
         service chains those lines jump to (their DNAT rules name no service)."""
         in_node = ["ip", "netns", "exec", self.node_ns(node)]
         if self.state.mode == "iptables":
-            argv = ["iptables-save"]
+            argv = ["iptables-save" if self.family == 4 else "ip6tables-save"]
         else:
-            argv = ["nft", "list", "table", "ip", "kube-proxy"]
+            argv = ["nft", "list", "table", self.nft_family, "kube-proxy"]
         out = subprocess.run([*in_node, *argv], capture_output=True, text=True,
                              check=False).stdout  # fmt: skip
         lines = [ln.strip() for ln in out.splitlines() if any(p in ln for p in patterns)][:10]
@@ -292,7 +309,8 @@ class LabDemo:
             chains = sorted({m for ln in lines for m in re.findall(r"goto (service-\S+)", ln)})
             for chain in chains[:2]:
                 listing = subprocess.run(
-                    [*in_node, "nft", "list", "chain", "ip", "kube-proxy", chain.rstrip(",")],
+                    [*in_node, "nft", "list", "chain", self.nft_family, "kube-proxy",
+                     chain.rstrip(",")],
                     capture_output=True, text=True, check=False,
                 ).stdout  # fmt: skip
                 lines += [
@@ -301,6 +319,11 @@ class LabDemo:
                     if ln.strip() and not ln.strip().startswith(("table", "}"))
                 ]
         return "\n".join(dict.fromkeys(lines)) or "(none)"
+
+    @property
+    def nft_family(self) -> str:
+        """The nftables family of the primary IP family's table (``ip`` or ``ip6``)."""
+        return "ip" if self.family == 4 else "ip6"
 
     def check(self, what: str, fn: Callable[[], bool]) -> None:
         self.p.run_checked(what, fn)
@@ -311,7 +334,7 @@ class LabDemo:
         self.p.explain(
             "commands appear as you would type them on any cluster: here `kubectl …` runs "
             "as `kube-proxy-py lab kubectl -- …`, and `client$ …` on the lab's outside "
-            f"client ({CLIENT_IP}) as `kube-proxy-py lab shell client -- …`"
+            f"client ({self.client_ip}) as `kube-proxy-py lab shell client -- …`"
         )
         self.show("get", "nodes", "-o", "wide")
         self.show("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy-py", "-o", "wide")
@@ -486,8 +509,9 @@ class LabDemo:
         results: dict[str, Ran] = {}
         for node in self.node_names:
             self.wait_outside(self.node_ips[node], port, lambda a: True)
-            url = f"http://{self.node_ips[node]}:{port}/"
-            results[node] = self.on_client("curl", "-s", "--max-time", "2", url)
+            results[node] = self.on_client(
+                "curl", "-s", "--max-time", "2", url(self.node_ips[node], port)
+            )
         p.rules(f"NodePort rules on {self.node_names[0]}",
                 self.rules(self.node_names[0], [str(port)]))  # fmt: skip
         p.explain(
@@ -506,20 +530,19 @@ class LabDemo:
         watch = self.show_watch(
             ("get", "service", "my-nginx", "-n", NS, "--watch"),
             lambda: self.show("patch", "service", "my-nginx", "-n", NS, "-p", LB_PATCH),
-            lambda line: bool(re.search(r"LoadBalancer\s+\S+\s+\d+\.\d+\.\d+\.\d+\s", line)),
+            lambda line: bool(re.search(rf"LoadBalancer\s+\S+\s+{ADDRESS}\s", line)),
         )
         ingress = wait_for(
             lambda: (self.service("my-nginx").get("status") or {}).get("loadBalancer", {})
             .get("ingress"), 30, what="MetalLB's address")  # fmt: skip
         lb = str(ingress[0]["ip"])
-        first, last = _pool()
         pending = next((i for i, ln in enumerate(watch) if "<pending>" in ln), None)
         assigned = next((i for i, ln in enumerate(watch) if re.search(rf"\s{re.escape(lb)}\s",
                                                                       ln + " ")), None)  # fmt: skip
-        routes = self.on_client("ip", "route")
+        routes = self.on_client("ip", *(["-6"] if self.family == 6 else []), "route")
         wait_for(lambda: self.announcers("my-nginx"), 30, what="MetalLB's announcement")
         self.wait_outside(lb, 80, lambda a: True)
-        web = self.on_client("curl", "-s", "--max-time", "2", f"http://{lb}/")
+        web = self.on_client("curl", "-s", "--max-time", "2", url(lb))
         self.on_client("ip", "neigh")
         self.show("events", "-n", NS, "--for", "service/my-nginx")
         mac = self.neighbour(lb)
@@ -528,9 +551,11 @@ class LabDemo:
         p.rules(f"the rules on {self.node_names[0]} for {lb}",
                 self.rules(self.node_names[0], [lb]))  # fmt: skip
         p.explain(
-            f"MetalLB's controller took {lb} from its pool ({metallb.POOL_RANGE}) and wrote "
-            "it into the Service's status; kube-proxy-py DNATs it like the ClusterIP. The "
-            f"client has no route for it: {lb} is on its own LAN, so it asked by ARP, and "
+            f"MetalLB's controller took {lb} from its pool "
+            f"({metallb.POOL_RANGES[self.family]}) and wrote it into the Service's status; "
+            "kube-proxy-py DNATs it like the ClusterIP. The client has no route for it: "
+            f"{lb} is on its own LAN, so it asked by "
+            f"{'ARP' if self.family == 4 else 'neighbour solicitation'}, and "
             f"MetalLB's speaker on {node or '(no node)'} answered with that node's MAC (the "
             f"same as {self.node_ips.get(node or '', '?')}'s above)"
         )
@@ -538,7 +563,7 @@ class LabDemo:
             "<pending>, then an address from the pool that the client reaches through the "
             "node announcing it",
             lambda: pending is not None and assigned is not None and pending < assigned
-            and first <= ipaddress.IPv4Address(lb) <= last
+            and _in_pool(lb)
             and not routed(routes.out, lb)
             and len(web.answers()) == 1
             and node is not None and node in self.announcers("my-nginx"),
@@ -624,9 +649,9 @@ class LabDemo:
         name, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
         self.show("get", "pods", "-n", NS, "-l", "run=my-nginx", "-o", "wide")
         # until the announcement has moved to the pod's node (if it had to)
-        self.wait_outside(lb, 80, lambda a: a == (name, CLIENT_IP)
+        self.wait_outside(lb, 80, lambda a: a == (name, self.client_ip)
                           and self.neighbour(lb) == self.mac(node))  # fmt: skip
-        web = self.on_client("curl", "-s", "--max-time", "2", f"http://{lb}/")
+        web = self.on_client("curl", "-s", "--max-time", "2", url(lb))
         self.on_client("ip", "neigh", "show", lb)
         self.show("events", "-n", NS, "--for", "service/my-nginx")
         mac = self.neighbour(lb)
@@ -634,11 +659,11 @@ class LabDemo:
             f"with Local, a node sends external traffic only to its own pods, so MetalLB "
             f"announces {lb} only from a node with a ready local endpoint: {node} "
             f"({self.mac(node)}), where {name} runs. No masquerade is needed, and the pod "
-            f"sees the real client {CLIENT_IP}"
+            f"sees the real client {self.client_ip}"
         )
         self.check(
             f"{node}, the pod's node, announces {lb}, and the pod saw the client's own IP",
-            lambda: web.answers() == [(name, CLIENT_IP)] and mac == self.mac(node),
+            lambda: web.answers() == [(name, self.client_ip)] and mac == self.mac(node),
         )
         self.api_patch(f"/api/v1/namespaces/{NS}/services/my-nginx",
                        {"spec": {"externalTrafficPolicy": "Cluster"}})  # fmt: skip
@@ -682,7 +707,7 @@ class LabDemo:
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "legacy-db-1", "namespace": NS,
                          "labels": {"kubernetes.io/service-name": "legacy-db"}},
-            "addressType": "IPv4",
+            "addressType": f"IPv{ipaddress.ip_address(target_ip).version}",
             "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
             "endpoints": [{"addresses": [target_ip]}],
         }  # fmt: skip
@@ -721,7 +746,7 @@ class LabDemo:
         p.explain(
             f"neither has a ClusterIP: CoreDNS answers db.{NS}.svc.cluster.local with a "
             f"CNAME to {EXTERNAL_NAME}, which the network's own DNS resolves (here the lab's "
-            f"outside resolver, {labtopology.RESOLVER_IP}), and the headless name with the ready "
+            f"outside resolver, {self.resolver_ip}), and the headless name with the ready "
             "pods' IPs; clients connect to those directly, so kube-proxy-py writes no rule"
         )
         cname = f"db.{NS}.svc.cluster.local\tcanonical name = {EXTERNAL_NAME}"
@@ -732,20 +757,24 @@ class LabDemo:
             "a CNAME to the external name and its address; the pod IPs; no rules",
             lambda: (
                 cname in ran.out
-                and f"Name:\t{EXTERNAL_NAME}\nAddress: {labtopology.RESOLVER_IP}" in ran.out
+                and f"Name:\t{EXTERNAL_NAME}\nAddress: {self.resolver_ip}" in ran.out
                 and headless == pod_ips
                 and found == "(none)"
             ),
         )
 
 
-def main(state_dir: Path, *, color: bool | None, pause: bool) -> int:
+def main(state_dir: Path, *, color: bool | None, pause: bool, ip_family: str | None = None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     out = Presenter(color=sys.stdout.isatty() if color is None else color, pause=pause)
-    state = running_or_started(state_dir)
+    state = running_or_started(state_dir, ip_family=ip_family)
     if state is None:
         return 1
-    out.title(f"kube-proxy-py lab demo ({state.mode} mode, lab {state.lab_id})")
+    versions = labtopology.versions_of(state.ip_family)
+    out.title(
+        f"kube-proxy-py lab demo ({state.mode} mode, "
+        f"{labtopology.family_name(versions)}, lab {state.lab_id})"
+    )
     demo = LabDemo(state, out)
     demo.introduce()
     demo.prepare()

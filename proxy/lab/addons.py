@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from proxy.lab import addonbuild, coredns, metallb
 from proxy.lab.images import COREDNS_REF
+from proxy.lab.topology import service_ip
 
 READY_TIMEOUT = 180.0
 
@@ -30,20 +31,28 @@ class AddonError(RuntimeError):
     """An add-on did not come up; the message says which and what it last saw."""
 
 
-def objects() -> list[dict[str, Any]]:
+def dns_service_ips(versions: Sequence[int]) -> tuple[str, ...]:
+    """``kube-dns``'s ClusterIP in each family (``10.96.0.10``, ``fd00:10:96::10``)."""
+    return tuple(service_ip(coredns.DNS_SERVICE_IP, v) for v in versions)
+
+
+def objects(versions: Sequence[int] = (4,)) -> list[dict[str, Any]]:
     """CoreDNS (kubeadm's objects) and MetalLB (its native manifest), in apply order."""
     return [
-        *coredns.cluster_dns_objects(COREDNS_REF),
+        *coredns.cluster_dns_objects(COREDNS_REF, dns_service_ips(versions)),
         *metallb.install_objects(addonbuild.metallb_manifest()),
     ]
 
 
-def deploy(cluster: Cluster, progress: Callable[[str], None]) -> None:
+def deploy(
+    cluster: Cluster, progress: Callable[[str], None], versions: Sequence[int] = (4,)
+) -> None:
     progress(
-        f"installing CoreDNS {addonbuild.COREDNS_VERSION} (kube-dns {coredns.DNS_SERVICE_IP}, "
-        f"as kubeadm does) and MetalLB {addonbuild.METALLB_VERSION} (metallb-native.yaml)"
+        f"installing CoreDNS {addonbuild.COREDNS_VERSION} (kube-dns "
+        f"{', '.join(dns_service_ips(versions))}, as kubeadm does) and MetalLB "
+        f"{addonbuild.METALLB_VERSION} (metallb-native.yaml)"
     )
-    cluster.apply(*objects())
+    cluster.apply(*objects(versions))
 
 
 def _ready_counts(cluster: Cluster) -> dict[str, tuple[int, int]]:
@@ -68,9 +77,14 @@ def _ready_counts(cluster: Cluster) -> dict[str, tuple[int, int]]:
 
 
 def wait_ready(
-    cluster: Cluster, progress: Callable[[str], None], timeout: float = READY_TIMEOUT
+    cluster: Cluster,
+    progress: Callable[[str], None],
+    versions: Sequence[int] = (4,),
+    timeout: float = READY_TIMEOUT,
 ) -> None:
-    """Every add-on Ready and the address pool in place, else AddonError."""
+    """Every add-on Ready and the address pool (a range per family) in place, else
+    AddonError."""
+    ranges = metallb.pool_ranges(versions)
     t0 = time.monotonic()
     deadline = t0 + timeout
     pending: Sequence[str] = ()
@@ -81,10 +95,10 @@ def wait_ready(
         pending = [f"{n} {r}/{w}" for n, (r, w) in counts.items() if r < w]
         if not pool_done:  # refused until the controller's webhook serves
             try:
-                cluster.apply(*metallb.pool_objects())
+                cluster.apply(*metallb.pool_objects(ranges))
                 pool_done = True
                 progress(
-                    f"MetalLB address pool {metallb.POOL} {metallb.POOL_RANGE} (L2) after "
+                    f"MetalLB address pool {metallb.POOL} {', '.join(ranges)} (L2) after "
                     f"{time.monotonic() - t0:.1f}s"
                 )
             except Exception as exc:  # the webhook is not serving yet

@@ -35,12 +35,14 @@ from proxy.host.network import Network
 from proxy.host.spec import ClientSpec, TopologySpec, default_spec
 from proxy.lab.controlplane.controllermanager import DEFAULT_CONTROLLERS
 from proxy.lab.controlplane.controlplane import ControlPlane
+from proxy.lab.topology import NODE_CIDR_MASK_SIZES, addresses, service_cidrs
 
 log = logging.getLogger(__name__)
 
 CONTROL_PLANE = "control-plane"
 CONTROL_PLANE_IP = "192.168.50.2"
 CLUSTER_CIDR = "10.244.0.0/16"
+"""The IPv4 pod network; an IPv6 lab's is its twin, ``fd00:10:244::/48``."""
 MANIFEST = Path(__file__).resolve().parents[2] / "daemonset.yaml"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
 SERVICE_ACCOUNT = ("kube-system", "kube-proxy-py")
@@ -54,11 +56,30 @@ N = TypeVar("N", bound=Network, covariant=True)
 
 def lab_spec(base: TopologySpec | None = None) -> TopologySpec:
     """``base`` (default: :func:`~proxy.host.spec.default_spec`) plus the control-plane
-    namespace: the spec of a :class:`LabCluster`'s network."""
+    namespace (an address of each of ``base``'s families): the spec of a
+    :class:`LabCluster`'s network."""
     spec = base or default_spec()
-    return dataclasses.replace(
-        spec, clients=(*spec.clients, ClientSpec(CONTROL_PLANE, CONTROL_PLANE_IP))
+    ips = addresses(CONTROL_PLANE_IP, spec.versions)
+    control_plane = ClientSpec(
+        CONTROL_PLANE, ips[0], lan_ip_secondary=ips[1] if len(ips) > 1 else None
     )
+    return dataclasses.replace(spec, clients=(*spec.clients, control_plane))
+
+
+def cluster_cidrs(versions: tuple[int, ...]) -> tuple[str, ...]:
+    """The pod network of each family (``--cluster-cidr``), primary first."""
+    return addresses(CLUSTER_CIDR, versions)
+
+
+def controller_manager_network_args(versions: tuple[int, ...]) -> list[str]:
+    """kube-controller-manager's view of the pod network, as kind gives it: the cluster
+    CIDR of each family and the node CIDR size per family. The lab is its own node IPAM
+    (node-N's podCIDRs are the ones its CNI config was written with), so no
+    ``--allocate-node-cidrs``."""
+    return [
+        f"--cluster-cidr={','.join(cluster_cidrs(versions))}",
+        *(f"--node-cidr-mask-size-ipv{v}={NODE_CIDR_MASK_SIZES[v]}" for v in versions),
+    ]
 
 
 def upstream_rbac_objects() -> list[dict[str, Any]]:
@@ -80,13 +101,15 @@ def upstream_rbac_objects() -> list[dict[str, Any]]:
     ]
 
 
-def upstream_args(kubeconfig: Path, node: str, mode: str) -> list[str]:
+def upstream_args(
+    kubeconfig: Path, node: str, mode: str, versions: tuple[int, ...] = (4,)
+) -> list[str]:
     """Upstream kube-proxy's flags on a namespace node (those kube-proxy-py also gets)."""
     return [
         f"--kubeconfig={kubeconfig}",
         f"--hostname-override={node}",
         f"--proxy-mode={mode}",
-        f"--cluster-cidr={CLUSTER_CIDR}",
+        f"--cluster-cidr={','.join(cluster_cidrs(versions))}",
         # The conntrack table size is host-wide (hashsize in /sys): leave it alone.
         "--conntrack-max-per-core=0",
         "--v=2",
@@ -200,13 +223,19 @@ class LabCluster(Generic[N]):
             if self.with_scheduler:
                 components.append("kube-scheduler")
             self._progress(f"starting {', '.join(components)} in {self.topo.ns(CONTROL_PLANE)}")
+            versions = self.spec.versions
+            own_ips = self.spec.client(CONTROL_PLANE).lan_ips
             self.cp = ControlPlane(
                 self.bin_dir,
                 controllers=("*",) if self.real_nodes else DEFAULT_CONTROLLERS,
                 with_controllers=self.with_controllers,
                 with_scheduler=self.with_scheduler,
+                service_cidr=",".join(service_cidrs(versions)),
                 netns=self.topo.ns(CONTROL_PLANE),
-                bind_address=CONTROL_PLANE_IP,
+                # The primary family's address; the other one is in the certificate too.
+                bind_address=own_ips[0],
+                extra_sans=own_ips[1:],
+                extra_controller_manager_args=controller_manager_network_args(versions),
                 workdir=self.workdir / "control-plane",
             ).start()
             if not self.real_nodes:
@@ -258,7 +287,7 @@ class LabCluster(Generic[N]):
                     "apiVersion": "v1",
                     "kind": "Node",
                     "metadata": {"name": node.name, "labels": labels},
-                    "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+                    "spec": {"podCIDR": node.pod_cidr, "podCIDRs": list(node.pod_cidrs)},
                 }
             )
             self.set_node_status(node.name)
@@ -278,7 +307,7 @@ class LabCluster(Generic[N]):
         status = {
             "status": {
                 "addresses": [
-                    {"type": "InternalIP", "address": node.lan_ip},
+                    *({"type": "InternalIP", "address": ip} for ip in node.lan_ips),
                     {"type": "Hostname", "address": node.name},
                 ],
                 # What the scheduler fits Pods against (a kubelet reports the machine's).
@@ -322,7 +351,7 @@ class LabCluster(Generic[N]):
             f"--kubeconfig={self.agent_kubeconfig}",
             f"--hostname-override={node}",
             f"--proxy-mode={mode}",
-            f"--cluster-cidr={CLUSTER_CIDR}",
+            f"--cluster-cidr={','.join(cluster_cidrs(self.spec.versions))}",
             *extra,
         )
         return self._spawn_agent(node, mode, "agent", argv)
@@ -338,7 +367,7 @@ class LabCluster(Generic[N]):
             self.upstream_kubeconfig = self.control_plane.token_kubeconfig(sa, token)
         argv = (
             str(self.bin_dir / "kube-proxy"),
-            *upstream_args(self.upstream_kubeconfig, node, mode),
+            *upstream_args(self.upstream_kubeconfig, node, mode, self.spec.versions),
             *extra,
         )
         return self._spawn_agent(node, f"upstream-{mode}", "upstream", argv)
@@ -427,9 +456,9 @@ class LabCluster(Generic[N]):
             "status": {
                 "phase": "Running",
                 "hostIP": node.lan_ip,
-                "hostIPs": [{"ip": node.lan_ip}],
+                "hostIPs": [{"ip": ip} for ip in node.lan_ips],
                 "podIP": pod.ip,
-                "podIPs": [{"ip": pod.ip}],
+                "podIPs": [{"ip": ip} for ip in pod.ips],
                 "startTime": now,
                 "conditions": [
                     {"type": t, "status": flag, "lastTransitionTime": now}

@@ -4,7 +4,8 @@
 phase (kubeadm v1.37.2, ``cmd/kubeadm/app/phases/addons/dns``): the ServiceAccount
 ``coredns``, the ClusterRole and ClusterRoleBinding ``system:coredns``, the ConfigMap
 ``coredns`` with kubeadm's Corefile, the Deployment ``coredns`` (2 replicas) and the
-Service ``kube-dns`` at ``10.96.0.10`` (53/UDP, 53/TCP, 9153/TCP). The pods run with
+Service ``kube-dns`` at ``10.96.0.10`` (53/UDP, 53/TCP, 9153/TCP; ``fd00:10:96::10`` in an
+IPv6 lab, both in a dual-stack one). The pods run with
 ``dnsPolicy: Default``, so CoreDNS's ``forward . /etc/resolv.conf`` goes to the node's
 resolver: every lab node's ``resolv.conf`` names :data:`RESOLVER_IP`.
 
@@ -16,8 +17,11 @@ answering NXDOMAIN for everything else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from proxy.host.spec import v6_twin
 
 DNS_DOMAIN = "cluster.local"
 DNS_SERVICE_IP = "10.96.0.10"
@@ -65,19 +69,28 @@ def _zone_of(name: str) -> str:
     return ".".join(name.split(".")[-2:])
 
 
-def resolver_zones() -> dict[str, str]:
-    """Zone name -> zone file text for every zone :data:`OUTSIDE_NAMES` lives in."""
+def _records(name: str, ipv4: str, versions: Sequence[int], ttl: int = 60) -> list[str]:
+    """``name``'s A and/or AAAA records (the AAAA record: the address's IPv6 twin)."""
+    return [
+        f"{name}. {ttl} IN A {ipv4}" if v == 4 else f"{name}. {ttl} IN AAAA {v6_twin(ipv4)}"
+        for v in versions
+    ]
+
+
+def resolver_zones(versions: Sequence[int] = (4,)) -> dict[str, str]:
+    """Zone name -> zone file text for every zone :data:`OUTSIDE_NAMES` lives in, with A
+    records in an IPv4 lab, AAAA records in an IPv6 one, both in a dual-stack one."""
     zones: dict[str, list[str]] = {}
     for name, ip in sorted(OUTSIDE_NAMES.items()):
         zone = _zone_of(name)
-        zones.setdefault(zone, []).append(f"{name}. 60 IN A {ip}")
+        zones.setdefault(zone, []).extend(_records(name, ip, versions))
     return {
         zone: "\n".join(
             [
                 f"$ORIGIN {zone}.",
                 f"@ 3600 IN SOA ns.{zone}. hostmaster.{zone}. 1 7200 3600 1209600 60",
                 f"@ 3600 IN NS ns.{zone}.",
-                f"ns.{zone}. 3600 IN A {RESOLVER_IP}",
+                *_records(f"ns.{zone}", RESOLVER_IP, versions, ttl=3600),
                 *records,
             ]
         )
@@ -92,7 +105,7 @@ def resolver_corefile(zone_dir: str) -> str:
     name: it is the whole "internet" the lab has."""
     blocks = [
         f"{zone}:53 {{\n    errors\n    log\n    file {zone_dir}/{zone}.zone\n}}\n"
-        for zone in sorted(resolver_zones())
+        for zone in sorted(resolver_zones((4,)))
     ]
     blocks.append(
         ".:53 {\n    errors\n    log\n    template ANY ANY {\n        rcode NXDOMAIN\n    }\n}\n"
@@ -101,7 +114,7 @@ def resolver_corefile(zone_dir: str) -> str:
 
 
 def node_resolv_conf() -> str:
-    """A lab node's ``/etc/resolv.conf`` (kubelet's ``resolvConf``)."""
+    """An IPv4 lab node's ``/etc/resolv.conf`` (kubelet's ``resolvConf``)."""
     return f"# the lab's outside resolver ({RESOLVER})\nnameserver {RESOLVER_IP}\n"
 
 
@@ -114,8 +127,25 @@ def _meta(name: str, namespace: str | None = "kube-system", **labels: str) -> di
     return meta
 
 
-def cluster_dns_objects(image: str) -> list[dict[str, Any]]:
-    """What kubeadm's CoreDNS add-on phase creates, with ``image`` for the Deployment."""
+def dns_service_spec(cluster_ips: Sequence[str]) -> dict[str, Any]:
+    """The addressing part of the ``kube-dns`` Service: one ClusterIP per family of the
+    lab (primary first); both families are ``PreferDualStack``, as kubeadm makes it on a
+    dual-stack cluster."""
+    if len(cluster_ips) == 1:
+        return {"clusterIP": cluster_ips[0]}
+    return {
+        "clusterIP": cluster_ips[0],
+        "clusterIPs": list(cluster_ips),
+        "ipFamilyPolicy": "PreferDualStack",
+        "ipFamilies": [f"IPv{ipaddress.ip_address(ip).version}" for ip in cluster_ips],
+    }
+
+
+def cluster_dns_objects(
+    image: str, cluster_ips: Sequence[str] = (DNS_SERVICE_IP,)
+) -> list[dict[str, Any]]:
+    """What kubeadm's CoreDNS add-on phase creates, with ``image`` for the Deployment and
+    ``cluster_ips`` (one per family of the lab) for the ``kube-dns`` Service."""
     k8s_app = {"k8s-app": "kube-dns"}
     rbac = "rbac.authorization.k8s.io/v1"
     container = {
@@ -242,7 +272,7 @@ def cluster_dns_objects(image: str) -> list[dict[str, Any]]:
                 "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"},
             },
             "spec": {
-                "clusterIP": DNS_SERVICE_IP,
+                **dns_service_spec(cluster_ips),
                 "ports": [
                     {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                     {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},

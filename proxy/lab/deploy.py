@@ -5,7 +5,9 @@ what the file marks CHANGE and what the lab's flags ask for, and it records ever
 so ``lab status`` can show it:
 
 - ``KUBERNETES_SERVICE_HOST``/``_PORT``: the lab's API server (``192.168.50.2:6443``);
-- the ConfigMap's ``mode`` (``--mode``) and ``clusterCIDR`` (the lab's pod CIDR);
+- the ConfigMap's ``mode`` (``--mode``) and ``clusterCIDR`` (the lab's pod CIDR of each
+  IP family), and in an IPv6-only lab its ``healthzBindAddress`` (``[::]:10256``: the
+  kubelet probes the pod at the node's IPv6 address);
 - with ``--compare``, a node affinity keeping kube-proxy-py off ``node-upstream``, where
   upstream kube-proxy runs as a DaemonSet of its own (:func:`upstream_objects`).
 
@@ -15,6 +17,7 @@ Plain functions over parsed YAML; nothing here talks to the API.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,10 +53,16 @@ def find(objects: Sequence[Mapping[str, Any]], kind: str) -> dict[str, Any]:
 def _set_config_field(text: str, key: str, value: str) -> tuple[str, str]:
     """``config.conf`` with the top-level ``key`` set (comments kept); the old value."""
     old = str((yaml.safe_load(text) or {}).get(key, "(unset)"))
+    # A value YAML would read as something else ("[::]:10256": a list) is quoted.
+    try:
+        plain = yaml.safe_load(f"k: {value}") == {"k": value}
+    except yaml.YAMLError:
+        plain = False
+    rendered = value if plain else json.dumps(value)
     pattern = rf"(?m)^{re.escape(key)}:.*$"
-    text, count = re.subn(pattern, f"{key}: {value}", text)
+    text, count = re.subn(pattern, lambda _: f"{key}: {rendered}", text)
     if count == 0:
-        text = text.rstrip("\n") + f"\n{key}: {value}\n"
+        text = text.rstrip("\n") + f"\n{key}: {rendered}\n"
     return text, old
 
 
@@ -65,8 +74,13 @@ def lab_objects(
     api_host: str,
     api_port: int,
     exclude_nodes: Sequence[str] = (),
+    healthz_bind_address: str | None = None,
 ) -> tuple[list[dict[str, Any]], Changes]:
-    """The manifest's objects as the lab applies them, and what was changed."""
+    """The manifest's objects as the lab applies them, and what was changed.
+
+    ``cluster_cidr``: one CIDR per family, comma-separated (primary first);
+    ``healthz_bind_address``: set when the file's does not serve the node's primary
+    family (an IPv6-only lab: the kubelet probes the pod at the node's IPv6 address)."""
     changes = Changes()
     result: list[dict[str, Any]] = []
     found = {"ConfigMap": False, "DaemonSet": False}
@@ -76,7 +90,10 @@ def lab_objects(
         if kind == "ConfigMap" and "config.conf" in (obj.get("data") or {}):
             found["ConfigMap"] = True
             text = obj["data"]["config.conf"]
-            for key, value in (("mode", mode), ("clusterCIDR", cluster_cidr)):
+            fields = [("mode", mode), ("clusterCIDR", cluster_cidr)]
+            if healthz_bind_address is not None:
+                fields.append(("healthzBindAddress", healthz_bind_address))
+            for key, value in fields:
                 text, old = _set_config_field(text, key, value)
                 if old != value:
                     changes.config[key] = (old, value)

@@ -31,6 +31,17 @@ NAMESPACE = "metallb-system"
 POOL = "lab-lan"
 POOL_RANGE = "192.168.50.200-192.168.50.250"
 """Free addresses of the lab LAN (192.168.50.0/24) handed to LoadBalancer Services."""
+POOL_RANGE_IPV6 = "fd00:192:168:50::200-fd00:192:168:50::250"
+"""The IPv6 twin of :data:`POOL_RANGE` (on the LAN's fd00:192:168:50::/64)."""
+POOL_RANGES: dict[int, str] = {4: POOL_RANGE, 6: POOL_RANGE_IPV6}
+
+
+def pool_ranges(versions: Sequence[int]) -> list[str]:
+    """The pool's ranges in an IPv4, IPv6 or dual-stack lab (a dual-stack Service gets
+    one address of each)."""
+    return [POOL_RANGES[v] for v in versions]
+
+
 STATIC_CLASS = "kube-proxy-py.io/static"
 """A ``loadBalancerClass`` no controller in the lab implements: the load balancer's
 status is whatever its writer put there."""
@@ -65,15 +76,16 @@ def images(objects: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def pool_objects(addresses: str = POOL_RANGE) -> list[dict[str, Any]]:
-    """An address pool on the lab LAN and its L2 advertisement."""
+def pool_objects(addresses: Sequence[str] = (POOL_RANGE,)) -> list[dict[str, Any]]:
+    """An address pool of ``addresses`` (ranges) on the lab LAN and its L2
+    advertisement."""
     meta = {"name": POOL, "namespace": NAMESPACE}
     return [
         {
             "apiVersion": "metallb.io/v1beta1",
             "kind": "IPAddressPool",
             "metadata": meta,
-            "spec": {"addresses": [addresses]},
+            "spec": {"addresses": list(addresses)},
         },
         {
             "apiVersion": "metallb.io/v1beta1",

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -117,6 +118,21 @@ class NodeConfig:
     max_pods: int = 110
     labels: Mapping[str, str] = field(default_factory=dict)
     verbosity: int = 2
+    internal_ip_secondary: str | None = None
+    """A dual-stack node's address of the other family (``internal_ip`` is primary)."""
+    pod_cidr_secondary: str | None = None
+
+    @property
+    def internal_ips(self) -> tuple[str, ...]:
+        """Primary first (kubelet's ``--node-ip``)."""
+        second = self.internal_ip_secondary
+        return (self.internal_ip,) if second is None else (self.internal_ip, second)
+
+    @property
+    def pod_cidrs(self) -> tuple[str, ...]:
+        """Primary first (the Node's ``spec.podCIDRs``)."""
+        second = self.pod_cidr_secondary
+        return (self.pod_cidr,) if second is None else (self.pod_cidr, second)
 
     @property
     def cgroup_root(self) -> str:
@@ -128,8 +144,8 @@ class NodeConfig:
 
     @property
     def gateway(self) -> str:
-        base = self.pod_cidr.split("/")[0].rsplit(".", 1)[0]
-        return f"{base}.1"
+        """The primary pod CIDR's gateway (``cni0``'s address)."""
+        return gateway_of(self.pod_cidr)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -147,6 +163,11 @@ class NodeConfig:
 
 
 # ------------------------------------------------------------------ rendered files
+
+
+def gateway_of(pod_cidr: str) -> str:
+    """The first address of a pod CIDR: ``10.244.1.1``, ``fd00:10:244:1::1``."""
+    return str(ipaddress.ip_network(pod_cidr)[1])
 
 
 def _toml_str(value: str) -> str:
@@ -236,8 +257,13 @@ def cni_config(cfg: NodeConfig) -> dict[str, Any]:
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": cfg.pod_cidr, "gateway": cfg.gateway}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
+                    # One range set per family: a pod gets an address of each.
+                    "ranges": [
+                        [{"subnet": cidr, "gateway": gateway_of(cidr)}] for cidr in cfg.pod_cidrs
+                    ],
+                    "routes": [
+                        {"dst": "::/0" if ":" in cidr else "0.0.0.0/0"} for cidr in cfg.pod_cidrs
+                    ],
                     "dataDir": "/var/lib/cni/networks",
                 },
             },
@@ -306,7 +332,7 @@ def kubelet_argv(cfg: NodeConfig) -> list[str]:
         "--root-dir=/var/lib/kubelet",
         "--cert-dir=/var/lib/kubelet/pki",
         f"--hostname-override={cfg.name}",
-        f"--node-ip={cfg.internal_ip}",
+        f"--node-ip={','.join(cfg.internal_ips)}",
         "--node-labels=" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
         f"--v={cfg.verbosity}",
     ]

@@ -96,6 +96,27 @@ class NodeRecord:
     namespace: str
     proxy: str
     """``kube-proxy-py`` or ``kube-proxy`` (upstream, on the --compare node)."""
+    lan_ip_secondary: str | None = None
+    """The other family's LAN address of a dual-stack lab (``lan_ip`` is the primary)."""
+    pod_cidr_secondary: str | None = None
+
+    @property
+    def lan_ips(self) -> tuple[str, ...]:
+        """Primary first, as the Node's ``InternalIP`` addresses."""
+        return (
+            (self.lan_ip,)
+            if self.lan_ip_secondary is None
+            else (self.lan_ip, self.lan_ip_secondary)
+        )
+
+    @property
+    def pod_cidrs(self) -> tuple[str, ...]:
+        """Primary first, as the Node's ``spec.podCIDRs``."""
+        return (
+            (self.pod_cidr,)
+            if self.pod_cidr_secondary is None
+            else (self.pod_cidr, self.pod_cidr_secondary)
+        )
 
 
 @dataclass
@@ -107,6 +128,8 @@ class LabState:
     compare: bool
     addons: bool = True
     """CoreDNS and MetalLB installed (``--no-addons``: a bare cluster)."""
+    ip_family: str = "ipv4"
+    """``--ip-family``: ``ipv4``, ``ipv6`` or ``dual`` (a lab of an older version: ipv4)."""
     phase: str = "starting"
     error: str = ""
     created: float = field(default_factory=time.time)

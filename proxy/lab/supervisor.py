@@ -16,7 +16,10 @@ builds one, with namespaces where kind uses Docker containers. The supervisor:
    them, ``control-plane`` at 192.168.50.2, ``registry`` at 192.168.50.3, the outside
    ``client`` at .100 with routes for ExternalIPs 203.0.113.0/24 and LB IPs
    198.51.100.0/24 via node-1) and runs etcd, kube-apiserver, kube-controller-manager
-   (every default controller) and kube-scheduler in the control-plane namespace;
+   (every default controller) and kube-scheduler in the control-plane namespace. With
+   ``--ip-family ipv6`` every address is its IPv6 twin (``fd00:192:168:50::11``,
+   ``fd00:10:244:1::/64``, Services from ``fd00:10:96::/112``); with ``dual`` the
+   namespaces, nodes, pods and Service CIDRs have both, IPv4 primary (docs/lab-node.md);
 3. starts the registry (:mod:`proxy.lab.registry`) on the LAN, over the cached storage;
 4. starts every node (:mod:`proxy.lab.node`): a containerd and a kubelet in the node's
    network namespace, a mount namespace and cgroups of its own; each kubelet registers
@@ -88,6 +91,7 @@ from proxy.apiclient.client import Backoff
 from proxy.host import netns as hostns
 from proxy.host.network import Network
 from proxy.host.process import child_env, log_tail_lines, spawn_logged
+from proxy.host.spec import pick, version_of
 from proxy.lab import addonbuild, addons, coredns
 from proxy.lab import registry as labregistry
 from proxy.lab.cleanup import sweep_namespaces
@@ -97,18 +101,21 @@ from proxy.lab.state import PROGRESS_FILE, LabState, NodeRecord, ProcRecord, sav
 from proxy.lab.topology import (
     API_PORT,
     CLIENT,
-    CLIENT_IP,
+    DEFAULT_IP_FAMILY,
     DEFAULT_MODE,
     DEFAULT_NODES,
     EXTERNAL_IP_CIDR,
     HEALTHZ_PORT,
+    IP_FAMILIES,
     MODES,
     REGISTRY,
-    REGISTRY_IP,
     RESOLVER,
     RESOLVER_IP,
     UPSTREAM_NODE,
+    addresses,
+    host_port,
     lab_topology,
+    service_ips,
 )
 
 if TYPE_CHECKING:
@@ -124,7 +131,13 @@ SUPERVISOR_MARKER = "proxy.lab.supervisor supervise"
 
 
 def supervisor_argv(
-    state_dir: Path, lab_id: str, nodes: int, mode: str, compare: bool, with_addons: bool
+    state_dir: Path,
+    lab_id: str,
+    nodes: int,
+    mode: str,
+    compare: bool,
+    with_addons: bool,
+    ip_family: str = DEFAULT_IP_FAMILY,
 ) -> list[str]:
     """The command ``lab up`` starts the supervisor with (a session of its own)."""
     return [
@@ -133,6 +146,7 @@ def supervisor_argv(
         "--lab-id", lab_id,
         "--nodes", str(nodes),
         "--mode", mode,
+        "--ip-family", ip_family,
         *(["--compare"] if compare else []),
         *([] if with_addons else ["--no-addons"]),
     ]  # fmt: skip
@@ -237,7 +251,7 @@ class Supervisor:
     # -- start -----------------------------------------------------------------------
     def start(self) -> None:
         from proxy.lab import build as k8s_build
-        from proxy.lab.cluster import CONTROL_PLANE, CONTROL_PLANE_IP, LabCluster, lab_spec
+        from proxy.lab.cluster import CONTROL_PLANE, LabCluster, lab_spec
 
         cached = bool(os.environ.get(k8s_build.BIN_ENV)) or (
             (k8s_build.bin_dir() / "build-stamp.json").exists()
@@ -251,7 +265,8 @@ class Supervisor:
         self.state.control_plane["bin_dir"] = str(bin_dir)
         self.node_bins = self.build_node_side()
 
-        spec, zones = lab_topology(self.state.node_count, self.state.compare)
+        spec, zones = lab_topology(self.state.node_count, self.state.compare, self.state.ip_family)
+        versions = spec.versions
         lab_id = self.state.lab_id
         self._cluster = LabCluster(
             bin_dir,
@@ -279,19 +294,30 @@ class Supervisor:
                 zones[n.name],
                 f"{lab_id}-{n.name}",
                 "kube-proxy" if n.name == UPSTREAM_NODE else "kube-proxy-py",
+                n.lan_ip_secondary,
+                n.pod_cidr_secondary,
             )
             for n in spec.nodes
         ]
+        client_ips = spec.client(CLIENT).lan_ips
         self.state.client = {
             "name": CLIENT,
-            "lan_ip": CLIENT_IP,
+            "lan_ip": client_ips[0],
+            "lan_ips": list(client_ips),
             "namespace": f"{lab_id}-{CLIENT}",
-            # LoadBalancer addresses need no route: MetalLB answers ARP for them.
-            "routes": {EXTERNAL_IP_CIDR: spec.nodes[0].lan_ip},
+            # LoadBalancer addresses need no route: MetalLB answers ARP (IPv6: neighbour
+            # solicitations) for them.
+            "routes": dict(
+                zip(
+                    addresses(EXTERNAL_IP_CIDR, versions),
+                    spec.nodes[0].lan_ips,
+                    strict=True,
+                )
+            ),
         }
         self.state.registry = {
             "namespace": f"{lab_id}-{REGISTRY}",
-            "address": f"{REGISTRY_IP}:{labregistry.PORT}",
+            "address": host_port(spec.client(REGISTRY).lan_ip, labregistry.PORT),
         }
         self.save()
         self.cluster.start()
@@ -300,7 +326,7 @@ class Supervisor:
         self.state.control_plane.update(
             {
                 "namespace": topo.ns(CONTROL_PLANE),
-                "host": CONTROL_PLANE_IP,
+                "host": cp.bind_address,
                 "server": cp.server,
                 "kubeconfig": str(cp.kubeconfig),
                 "ca": str(cp.ca_file),
@@ -320,12 +346,14 @@ class Supervisor:
         for prefix, via in self.state.client["routes"].items():
             topo.add_route(CLIENT, prefix, via)
         self.progress(
-            f"client {CLIENT_IP}: routes {EXTERNAL_IP_CIDR} (ExternalIPs) via "
+            f"client {', '.join(client_ips)}: routes "
+            f"{', '.join(self.state.client['routes'])} (ExternalIPs) via "
             f"{spec.nodes[0].name}; LoadBalancer addresses come from MetalLB on the LAN"
         )
         # Admission webhooks (MetalLB's) are called at their Service's ClusterIP; the
         # control plane is no node and runs no proxy, so a node's proxy serves it.
-        topo.add_route(CONTROL_PLANE, cp.service_cidr, spec.nodes[0].lan_ip)
+        for cidr in cp.service_cidr.split(","):
+            topo.add_route(CONTROL_PLANE, cidr, pick(spec.nodes[0].lan_ips, version_of(cidr)))
         self.save()
 
         self.start_registry()
@@ -339,8 +367,8 @@ class Supervisor:
         if self.state.addons:
             # After the proxies: the add-ons reach the API server through the
             # `kubernetes` Service, which a node's proxy must have programmed first.
-            addons.deploy(self.cluster, self.progress)
-            addons.wait_ready(self.cluster, self.progress)
+            addons.deploy(self.cluster, self.progress, versions)
+            addons.wait_ready(self.cluster, self.progress, versions)
 
     def build_node_side(self) -> NodeBinaries:
         """The node components and the images, built once and cached (``lab build``)."""
@@ -388,22 +416,22 @@ class Supervisor:
         )
         self.children[child.label] = child
         self._spawn(child)
-        labregistry.wait_ready(ns, REGISTRY_IP)
+        labregistry.wait_ready(ns, self.cluster.spec.client(REGISTRY).lan_ip)
 
     def start_resolver(self) -> None:
         """The DNS of the network outside the cluster: CoreDNS on a hosts file."""
         ns = f"{self.state.lab_id}-{RESOLVER}"
         root = self.dir / RESOLVER
         root.mkdir(parents=True, exist_ok=True)
-        for zone, text in coredns.resolver_zones().items():
+        versions = self.cluster.spec.versions
+        for zone, text in coredns.resolver_zones(versions).items():
             (root / f"{zone}.zone").write_text(text)
         corefile = root / "Corefile"
         corefile.write_text(coredns.resolver_corefile(str(root)))
         binary = Path(self.state.node_bins["addons"]) / "coredns"
         self.progress(
-            f"starting the outside resolver on {RESOLVER_IP}:53 (CoreDNS; knows "
-            + ", ".join(sorted(coredns.OUTSIDE_NAMES))
-            + ")"
+            f"starting the outside resolver on {', '.join(addresses(RESOLVER_IP, versions))} "
+            "port 53 (CoreDNS; knows " + ", ".join(sorted(coredns.OUTSIDE_NAMES)) + ")"
         )
         child = _Child(
             label=RESOLVER,
@@ -421,11 +449,11 @@ class Supervisor:
 
     def start_nodes(self) -> None:
         from proxy.lab import node as labnode
-        from proxy.lab.cluster import CONTROL_PLANE_IP
         from proxy.lab.controlplane.kubeconfig import KubeconfigUser
         from proxy.lab.images import PAUSE_IMAGE
 
         cp = self.cluster.control_plane
+        versions = self.cluster.spec.versions
         self.progress(
             "starting kubelet + containerd on " + ", ".join(n.name for n in self.state.nodes)
         )
@@ -447,22 +475,25 @@ class Supervisor:
                 lab_id=self.state.lab_id,
                 internal_ip=node.lan_ip,
                 pod_cidr=node.pod_cidr,
+                internal_ip_secondary=node.lan_ip_secondary,
+                pod_cidr_secondary=node.pod_cidr_secondary,
                 zone=node.zone,
                 directory=str(self.node_dir(node.name)),
-                api_server=f"https://{CONTROL_PLANE_IP}:{API_PORT}",
+                api_server=f"https://{host_port(cp.bind_address, API_PORT)}",
                 registry=self.state.registry["address"],
                 pause_image=PAUSE_IMAGE,
                 k8s_bin=self.state.control_plane["bin_dir"],
                 node_bin=self.state.node_bins["bin"],
                 cni_bin=self.state.node_bins["cni"],
-                nameservers=(RESOLVER_IP,),
+                nameservers=addresses(RESOLVER_IP, versions),
+                cluster_dns=service_ips(coredns.DNS_SERVICE_IP, versions),
             )
             config = labnode.prepare(cfg)
             pki = Path(cfg.directory) / "etc" / "kubernetes" / "pki"
             pki.mkdir(parents=True, exist_ok=True)
             (pki / "ca.crt").write_bytes(cp.ca_file.read_bytes())
             cp.ca.issue(
-                node.name, dns_names=[node.name], ip_addresses=[node.lan_ip], server=True
+                node.name, dns_names=[node.name], ip_addresses=list(node.lan_ips), server=True
             ).write(pki, "kubelet")
             user = f"system:node:{node.name}"
             client = cp.ca.issue(user, organizations=["system:nodes"], client=True)
@@ -506,7 +537,7 @@ class Supervisor:
                     cp.api(
                         "PATCH",
                         f"/api/v1/nodes/{name}",
-                        {"spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}},
+                        {"spec": {"podCIDR": node.pod_cidr, "podCIDRs": list(node.pod_cidrs)}},
                         content_type="application/merge-patch+json",
                     )
                 cidr_set.add(name)
@@ -540,13 +571,17 @@ class Supervisor:
 
     def deploy_kube_proxy_py(self) -> None:
         from proxy.lab import deploy
-        from proxy.lab.cluster import CLUSTER_CIDR, CONTROL_PLANE_IP
+        from proxy.lab.cluster import cluster_cidrs
 
+        api_host = self.cluster.control_plane.bind_address
         objects, changes = deploy.lab_objects(
             self.objects,
             mode=self.state.mode,
-            cluster_cidr=CLUSTER_CIDR,
-            api_host=CONTROL_PLANE_IP,
+            cluster_cidr=",".join(cluster_cidrs(self.cluster.spec.versions)),
+            api_host=api_host,
+            healthz_bind_address=(
+                f"[::]:{HEALTHZ_PORT}" if self.cluster.spec.versions[0] == 6 else None
+            ),
             api_port=API_PORT,
             exclude_nodes=[UPSTREAM_NODE] if self.state.compare else [],
         )
@@ -556,13 +591,13 @@ class Supervisor:
         self.save()
         self.progress(
             f"kubectl apply -f daemonset.yaml (mode {self.state.mode}; API server "
-            f"{CONTROL_PLANE_IP}:{API_PORT})"
+            f"{host_port(api_host, API_PORT)})"
         )
         self.cluster.apply(*objects)
 
     def deploy_upstream(self) -> None:
         from proxy.lab import deploy
-        from proxy.lab.cluster import CLUSTER_CIDR, CONTROL_PLANE_IP
+        from proxy.lab.cluster import cluster_cidrs
         from proxy.lab.images import UPSTREAM_KUBE_PROXY_IMAGE
 
         self.progress(f"deploying upstream kube-proxy as a DaemonSet on {UPSTREAM_NODE}")
@@ -571,8 +606,8 @@ class Supervisor:
                 image=UPSTREAM_KUBE_PROXY_IMAGE,
                 node=UPSTREAM_NODE,
                 mode=self.state.mode,
-                cluster_cidr=CLUSTER_CIDR,
-                api_host=CONTROL_PLANE_IP,
+                cluster_cidr=",".join(cluster_cidrs(self.cluster.spec.versions)),
+                api_host=self.cluster.control_plane.bind_address,
                 api_port=API_PORT,
                 healthz_port=HEALTHZ_PORT,
             )
@@ -744,6 +779,7 @@ def supervise(argv: Sequence[str]) -> int:
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--no-addons", dest="addons", action="store_false")
+    parser.add_argument("--ip-family", choices=IP_FAMILIES, default=DEFAULT_IP_FAMILY)
     args = parser.parse_args(list(argv))
     from proxy import logs
 
@@ -756,6 +792,7 @@ def supervise(argv: Sequence[str]) -> int:
         node_count=args.nodes,
         compare=args.compare,
         addons=args.addons,
+        ip_family=args.ip_family,
     )
     return Supervisor(state).run()
 

@@ -12,6 +12,7 @@ cgroup, root-namespace rule, listener, mount, mount-point directory or state fil
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import re
@@ -869,12 +870,104 @@ def test_down_leaves_nothing(running_lab: Lab) -> None:
     assert status.returncode == 1 and "no lab is running" in status.stderr
 
 
+def _version(address: str) -> int:
+    return ipaddress.ip_network(address, strict=False).version
+
+
+def check_ip_families(lab: Lab, versions: tuple[int, ...], server_node: str, client_node: str,
+                      *, through_proxy: bool) -> None:  # fmt: skip
+    """A lab of IP ``versions`` (primary first): every Node's InternalIPs and podCIDRs,
+    pods' podIPs, a PreferDualStack Service's ClusterIPs and its EndpointSlices are of
+    those families; a pod on ``client_node`` reaches the server pod on ``server_node``
+    and the outside client over each family, and the outside resolver answers it AAAA
+    records (IPv6). ``through_proxy``: the client pod's node runs a proxy of every
+    family (upstream kube-proxy), so it reaches the Service on each ClusterIP."""
+    for item in get_json(lab, "nodes")["items"]:
+        name = item["metadata"]["name"]
+        internal = [a["address"] for a in item["status"]["addresses"] if a["type"] == "InternalIP"]
+        assert [_version(a) for a in internal] == list(versions), (name, internal)
+        assert [_version(c) for c in item["spec"]["podCIDRs"]] == list(versions), name
+    server = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "fam-server", "labels": {"test": "fam-server"}},
+        "spec": {
+            "nodeName": server_node,
+            "containers": [{"name": "main", "image": "nginx", "ports": [{"containerPort": 80}]}],
+        },
+    }
+    asker = pod("fam-client", ["sleep", "3600"], nodeName=client_node)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "fam-server"},
+        "spec": {
+            "ipFamilyPolicy": "PreferDualStack",
+            "selector": {"test": "fam-server"},
+            "ports": [{"port": 80, "targetPort": 80}],
+        },
+    }
+    apply(lab, server, asker, service)
+    wait_ready(lab, "fam-server", "fam-client")
+    got_pod, got_svc = get_json(lab, "pod/fam-server", "svc/fam-server")["items"]
+    server_ips = [p["ip"] for p in got_pod["status"]["podIPs"]]
+    assert [_version(ip) for ip in server_ips] == list(versions), server_ips
+    cluster_ips = got_svc["spec"]["clusterIPs"]
+    assert [_version(ip) for ip in cluster_ips] == list(versions), cluster_ips
+    want_types = {f"IPv{v}" for v in versions}
+
+    def slices() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        items = get_json(lab, "endpointslices", "-l", "kubernetes.io/service-name=fam-server")
+        for sl in items["items"]:
+            for ep in sl.get("endpoints") or []:
+                found.setdefault(sl["addressType"], set()).update(ep["addresses"])
+        return found
+
+    deadline = time.monotonic() + 30
+    while set(slices()) != want_types and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert slices() == {f"IPv{_version(ip)}": {ip} for ip in server_ips}
+
+    # Every probe in one exec (each `lab kubectl` costs a second): one line per probe,
+    # "<probe> <exit code> <output>".
+    def url(ip: str) -> str:
+        return f"http://[{ip}]/" if ":" in ip else f"http://{ip}/"
+
+    probes = {f"pod {ip}": f"wget -qO- {url(ip)}" for ip in server_ips}
+    if through_proxy:
+        probes |= {f"service {ip}": f"wget -qO- {url(ip)}" for ip in cluster_ips}
+    probes |= {f"client {ip}": f"ping -c 1 -W 5 {ip}" for ip in lab.state["client"]["lan_ips"]}
+    resolver = labtopology.addresses(labtopology.RESOLVER_IP, versions)[0]
+    if 6 in versions:
+        probes["AAAA"] = f"nslookup -type=AAAA db.example.com {resolver}"
+    script = "".join(
+        f'out=$({command} 2>&1); echo "{name}|$?|$(echo $out)"\n'
+        for name, command in probes.items()
+    )
+    lines = kubectl(lab, "exec", "fam-client", "--", "sh", "-c", script).splitlines()
+    results = {name: (int(rc), out) for name, rc, out in (line.split("|", 2) for line in lines)}
+    assert set(results) == set(probes), lines
+    failed = {name: r for name, r in results.items() if r[0] != 0}
+    assert not failed, failed
+    for name, (_, out) in results.items():
+        if name.startswith(("pod", "service")):  # the nginx stand-in names its pod
+            assert out.split()[0] == "fam-server", (name, out)
+    if 6 in versions:
+        assert labtopology.twin(labtopology.RESOLVER_IP, 6) in results["AAAA"][1]
+
+
 @pytest.mark.e2e
 @pytest.mark.netns
-def test_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
-    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--compare", "--no-addons")
+def test_dual_stack_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
+    """A dual-stack lab with upstream kube-proxy beside kube-proxy-py (IPv4 on node-1
+    until kube-proxy-py programs both families); its supervisor is killed, then down."""
+    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--compare", "--no-addons",
+                    "--ip-family", "dual")  # fmt: skip
     try:
         assert "deploying upstream kube-proxy as a DaemonSet on node-upstream" in lab.up_output
+        assert lab.state["ip_family"] == "dual"
+        check_ip_families(lab, (4, 6), "node-1", labtopology.UPSTREAM_NODE, through_proxy=True)
         assert "installing CoreDNS" not in lab.up_output  # a bare cluster
         upstream = f"{lab.lab_id}-node-upstream"
         status, body = labclients.node_health(upstream)
@@ -887,10 +980,12 @@ def test_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
         assert image == "registry.k8s.io/kube-proxy:v1.37.2"
         shown = lab.cli("status")
         assert re.search(
-            r"node-upstream\s+192\.168\.50\.30\s+10\.244\.30\.0/24\s+\S+\s+kube-proxy "
+            r"node-upstream\s+192\.168\.50\.30,fd00:192:168:50::30\s+"
+            r"10\.244\.30\.0/24,fd00:10:244:30::/64\s+\S+\s+kube-proxy "
             r"\(DaemonSet pod\)\s+healthy",
             shown.stdout,
         ), shown.stdout
+        assert "IP family: dual (IPv4/IPv6)" in shown.stdout
         assert "node affinity: not on node-upstream" in shown.stdout
 
         records = records_of(lab)
@@ -914,11 +1009,17 @@ def test_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.netns
-def test_down_with_a_stuck_supervisor(
+def test_ipv6_only_then_down_with_a_stuck_supervisor(
     k8s_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--no-addons")
+    """An IPv6-only lab (no IPv4 address anywhere but loopback); its supervisor stops
+    answering signals, and down still removes everything."""
+    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--no-addons",
+                    "--ip-family", "ipv6")  # fmt: skip
     try:
+        assert lab.state["ip_family"] == "ipv6"
+        assert "API server: https://[fd00:192:168:50::2]:6443" in lab.up_output
+        check_ip_families(lab, (6,), "node-1", "node-1", through_proxy=False)
         records = records_of(lab)
         supervisor = records[0]
         os.kill(supervisor.pid, signal.SIGSTOP)  # alive, but will never act on SIGTERM

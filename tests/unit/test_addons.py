@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.lab import addonbuild, coredns, metallb, nodebuild, oci
+from proxy.host.spec import v6_twin
+from proxy.lab import addonbuild, addons, coredns, metallb, nodebuild, oci
 from proxy.lab.node import NodeConfig, render_files
 
 # ------------------------------------------------------------------ CoreDNS
@@ -77,6 +78,27 @@ def test_objects_are_valid_yaml_documents_kubectl_accepts() -> None:
         "Deployment",
         "Service",
     ]
+
+
+def test_kube_dns_has_a_cluster_ip_per_family() -> None:
+    dual = _by_kind(coredns.cluster_dns_objects("x", addons.dns_service_ips((4, 6))))
+    spec = dual["Service"]["spec"]
+    assert spec["clusterIP"] == "10.96.0.10"
+    assert spec["clusterIPs"] == ["10.96.0.10", "fd00:10:96::10"]
+    assert spec["ipFamilyPolicy"] == "PreferDualStack"
+    assert spec["ipFamilies"] == ["IPv4", "IPv6"]
+    ipv6 = _by_kind(coredns.cluster_dns_objects("x", addons.dns_service_ips((6,))))["Service"]
+    assert ipv6["spec"]["clusterIP"] == "fd00:10:96::10" and "clusterIPs" not in ipv6["spec"]
+
+
+def test_outside_names_have_aaaa_records_in_an_ipv6_lab() -> None:
+    dual = coredns.resolver_zones((4, 6))["example.com"]
+    assert "db.example.com. 60 IN A 192.168.50.4" in dual
+    assert "db.example.com. 60 IN AAAA fd00:192:168:50::4" in dual
+    assert "ns.example.com. 3600 IN AAAA fd00:192:168:50::4" in dual
+    ipv6 = coredns.resolver_zones((6,))["example.com"]
+    assert " IN A " not in ipv6 and "ns.example.com. 3600 IN AAAA fd00:192:168:50::4" in ipv6
+    assert coredns.resolver_zones() == coredns.resolver_zones((4,))  # IPv4: as before
 
 
 def test_outside_resolver_serves_one_zone_per_name_and_nxdomain_otherwise() -> None:
@@ -163,6 +185,18 @@ def test_pool_is_on_the_lab_lan_and_advertised_in_l2() -> None:
     assert pool["spec"]["addresses"] == ["192.168.50.200-192.168.50.250"]
     assert adv["spec"]["ipAddressPools"] == [pool["metadata"]["name"]]
     assert {pool["metadata"]["namespace"], adv["metadata"]["namespace"]} == {"metallb-system"}
+
+
+def test_an_ipv6_pool_is_the_twin_of_the_ipv4_one() -> None:
+    assert metallb.pool_ranges((6,)) == ["fd00:192:168:50::200-fd00:192:168:50::250"]
+    pool, _ = metallb.pool_objects(metallb.pool_ranges((4, 6)))
+    assert pool["spec"]["addresses"] == [
+        "192.168.50.200-192.168.50.250",
+        "fd00:192:168:50::200-fd00:192:168:50::250",
+    ]
+    first, _, last = metallb.POOL_RANGE_IPV6.partition("-")
+    assert v6_twin(metallb.POOL_RANGE.split("-")[0]) == first
+    assert v6_twin(metallb.POOL_RANGE.split("-")[1]) == last
 
 
 def test_the_shipped_manifest_when_built() -> None:

@@ -102,3 +102,39 @@ def test_upstream_daemonset_runs_the_built_image_on_one_node() -> None:
     assert container["image"] == "registry.k8s.io/kube-proxy:v1.37.2"
     assert "--proxy-mode=nftables" in container["command"]
     assert "--hostname-override=$(NODE_NAME)" in container["command"]
+
+
+def test_a_dual_stack_lab_gives_one_cluster_cidr_per_family() -> None:
+    changed, changes = lab(cluster_cidr="10.244.0.0/16,fd00:10:244::/48")
+    config = yaml.safe_load(deploy.find(changed, "ConfigMap")["data"]["config.conf"])
+    assert config["clusterCIDR"] == "10.244.0.0/16,fd00:10:244::/48"
+    assert changes.config["clusterCIDR"] == ("10.244.0.0/16", "10.244.0.0/16,fd00:10:244::/48")
+    assert "healthzBindAddress" not in changes.config  # IPv4 primary: the file's serves it
+
+
+def test_an_ipv6_lab_names_the_api_server_and_serves_healthz_on_ipv6() -> None:
+    changed, changes = lab(
+        cluster_cidr="fd00:10:244::/48",
+        api_host="fd00:192:168:50::2",
+        healthz_bind_address="[::]:10256",
+    )
+    assert env_of(changed)["KUBERNETES_SERVICE_HOST"] == "fd00:192:168:50::2"
+    text = deploy.find(changed, "ConfigMap")["data"]["config.conf"]
+    config = yaml.safe_load(text)  # "[::]:10256" quoted: unquoted YAML reads a list
+    assert config["healthzBindAddress"] == "[::]:10256"
+    assert config["clusterCIDR"] == "fd00:10:244::/48"
+    assert changes.config["healthzBindAddress"] == ("0.0.0.0:10256", "[::]:10256")
+
+
+def test_upstream_gets_the_cluster_cidr_of_each_family() -> None:
+    objs = deploy.upstream_objects(
+        image="registry.k8s.io/kube-proxy:v1.37.2",
+        node="node-upstream",
+        mode="iptables",
+        cluster_cidr="10.244.0.0/16,fd00:10:244::/48",
+        api_host="192.168.50.2",
+        api_port=6443,
+        healthz_port=10256,
+    )
+    command = objs[2]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--cluster-cidr=10.244.0.0/16,fd00:10:244::/48" in command

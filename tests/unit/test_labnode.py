@@ -64,6 +64,40 @@ def test_cni_config_uses_the_node_pod_cidr(tmp_path: Path) -> None:
     assert [p["type"] for p in cni["plugins"]] == ["bridge", "portmap"]
 
 
+def test_a_dual_stack_node_gets_a_range_and_a_default_route_per_family(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        internal_ip_secondary="fd00:192:168:50::12",
+        pod_cidr_secondary="fd00:10:244:2::/64",
+        cluster_dns=("10.96.0.10", "fd00:10:96::10"),
+    )
+    ipam = labnode.cni_config(cfg)["plugins"][0]["ipam"]
+    assert ipam["ranges"] == [
+        [{"subnet": "10.244.2.0/24", "gateway": "10.244.2.1"}],
+        [{"subnet": "fd00:10:244:2::/64", "gateway": "fd00:10:244:2::1"}],
+    ]
+    assert ipam["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    assert "--node-ip=192.168.50.12,fd00:192:168:50::12" in labnode.kubelet_argv(cfg)
+    assert labnode.kubelet_config(cfg)["clusterDNS"] == ["10.96.0.10", "fd00:10:96::10"]
+    assert labnode.NodeConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_an_ipv6_node_has_ipv6_only(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        internal_ip="fd00:192:168:50::12",
+        pod_cidr="fd00:10:244:2::/64",
+        registry="[fd00:192:168:50::3]:5000",
+    )
+    ipam = labnode.cni_config(cfg)["plugins"][0]["ipam"]
+    assert ipam["ranges"] == [[{"subnet": "fd00:10:244:2::/64", "gateway": "fd00:10:244:2::1"}]]
+    assert ipam["routes"] == [{"dst": "::/0"}]
+    assert labnode.kubelet_config(cfg)["address"] == "fd00:192:168:50::12"
+    assert "--node-ip=fd00:192:168:50::12" in labnode.kubelet_argv(cfg)
+    hosts = tomllib.loads(labnode.registry_hosts(cfg)["docker.io/hosts.toml"])
+    assert hosts["server"] == "http://[fd00:192:168:50::3]:5000"
+
+
 def test_kubelet_config_for_a_cgroup_v1_host(tmp_path: Path) -> None:
     kc = labnode.kubelet_config(config(tmp_path))
     assert kc["failCgroupV1"] is False

@@ -14,7 +14,7 @@ from proxy.lab.clients import api_get, node_health
 from proxy.lab.commands.preconditions import no_lab, require_root
 from proxy.lab.errors import EXIT_FAIL, EXIT_OK, LabError
 from proxy.lab.state import SUPERVISOR_LOG, LabState, command_hint, load_state
-from proxy.lab.topology import RESOLVER_IP
+from proxy.lab.topology import RESOLVER_IP, addresses, family_name, versions_of
 
 
 def _fmt_age(seconds: float) -> str:
@@ -53,7 +53,8 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
             f"(log: {Path(state.state_dir) / SUPERVISOR_LOG})",
             file=out,
         )
-    print(f"mode: {state.mode}", file=out)
+    versions = versions_of(state.ip_family)
+    print(f"mode: {state.mode}; IP family: {state.ip_family} ({family_name(versions)})", file=out)
     pods_per_node: dict[str, int] = {}
     pods_note = ""
     if alive and cp.get("server"):
@@ -86,8 +87,8 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
         rows.append(
             (
                 node.name,
-                node.lan_ip,
-                node.pod_cidr,
+                ",".join(node.lan_ips),
+                ",".join(node.pod_cidrs),
                 node.zone,
                 proxy,
                 health,
@@ -113,12 +114,13 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
     if not state.addons:
         print("add-ons: none (--no-addons: no cluster DNS, no LoadBalancer addresses)", file=out)
     elif alive and cp.get("server"):
-        for line in _addon_lines(state):
+        for line in _addon_lines(state, versions):
             print(line, file=out)
     if state.client:
         routes = ", ".join(f"{p} via {v}" for p, v in state.client.get("routes", {}).items())
+        client_ips = state.client.get("lan_ips") or [state.client["lan_ip"]]
         print(
-            f"outside client: `{state.client['name']}` {state.client['lan_ip']} (routes {routes})",
+            f"outside client: `{state.client['name']}` {', '.join(client_ips)} (routes {routes})",
             file=out,
         )
     changes = [
@@ -138,9 +140,9 @@ def print_status(state: LabState, out: TextIO = sys.stdout) -> bool:
     return alive and healthy and state.phase == "ready"
 
 
-def _addon_lines(state: LabState) -> list[str]:
+def _addon_lines(state: LabState, versions: tuple[int, ...]) -> list[str]:
     """What the add-ons serve, read from the API (a line saying why if it cannot)."""
-    from proxy.lab import metallb
+    from proxy.lab import addons, metallb
 
     try:
         dep = api_get(state, "/apis/apps/v1/namespaces/kube-system/deployments/coredns")
@@ -156,11 +158,12 @@ def _addon_lines(state: LabState) -> list[str]:
         and not (svc.get("spec") or {}).get("loadBalancerClass")
     )
     return [
-        f"cluster DNS: kube-dns {coredns.DNS_SERVICE_IP} (CoreDNS {addonbuild.COREDNS_VERSION}, "
-        f"{ready}/{wanted} ready); outside resolver {RESOLVER_IP} knows "
+        f"cluster DNS: kube-dns {', '.join(addons.dns_service_ips(versions))} (CoreDNS "
+        f"{addonbuild.COREDNS_VERSION}, {ready}/{wanted} ready); outside resolver "
+        f"{', '.join(addresses(RESOLVER_IP, versions))} knows "
         + ", ".join(sorted(coredns.OUTSIDE_NAMES)),
-        f"load balancers: MetalLB {addonbuild.METALLB_VERSION} (L2), pool {metallb.POOL_RANGE} "
-        f"on the LAN, {in_use} address(es) in use",
+        f"load balancers: MetalLB {addonbuild.METALLB_VERSION} (L2), pool "
+        f"{', '.join(metallb.pool_ranges(versions))} on the LAN, {in_use} address(es) in use",
     ]
 
 

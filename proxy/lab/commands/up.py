@@ -30,14 +30,27 @@ from proxy.lab.state import (
     save_state,
 )
 from proxy.lab.supervisor import SUPERVISOR_MARKER, supervisor_argv
-from proxy.lab.topology import DEFAULT_MODE, DEFAULT_NODES, MODES, lab_topology
+from proxy.lab.topology import (
+    DEFAULT_IP_FAMILY,
+    DEFAULT_MODE,
+    DEFAULT_NODES,
+    MODES,
+    family_name,
+    lab_topology,
+    versions_of,
+)
 
 
 def _up_flags(
-    nodes: int | None, mode: str | None, compare: bool | None, with_addons: bool = True
+    nodes: int | None,
+    mode: str | None,
+    compare: bool | None,
+    with_addons: bool = True,
+    ip_family: str | None = None,
 ) -> str:
     flags = "" if nodes is None else f" --nodes {nodes}"
     flags += "" if mode is None else f" --mode {mode}"
+    flags += "" if ip_family is None else f" --ip-family {ip_family}"
     return flags + (" --compare" if compare else "") + ("" if with_addons else " --no-addons")
 
 
@@ -48,13 +61,15 @@ def up(
     mode: str | None,
     compare: bool | None,
     with_addons: bool | None = None,
+    ip_family: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     require_root("up")
     want_nodes = DEFAULT_NODES if nodes is None else nodes
     want_addons = with_addons is not False
     want_mode = DEFAULT_MODE if mode is None else mode
-    lab_topology(want_nodes, bool(compare))  # validates --nodes
+    want_family = DEFAULT_IP_FAMILY if ip_family is None else ip_family
+    lab_topology(want_nodes, bool(compare), want_family)  # validates --nodes, --ip-family
     if want_mode not in MODES:
         raise LabError(f"--mode {want_mode}: choose one of {', '.join(MODES)}")
     with locked(state_dir):
@@ -70,6 +85,8 @@ def up(
                     differs.append("--compare" if compare else "no --compare")
                 if with_addons is not None and with_addons != state.addons:
                     differs.append("add-ons" if with_addons else "--no-addons")
+                if ip_family is not None and ip_family != state.ip_family:
+                    differs.append(f"--ip-family {ip_family} (it is {state.ip_family})")
                 print(f"a lab is already running ({state.lab_id}, state in {state_dir})", file=out)
                 print_status(state, out)
                 if differs:
@@ -77,7 +94,7 @@ def up(
                         f"\nit differs from what you asked for: {'; '.join(differs)}. "
                         f"Run `{command_hint(state_dir, 'down')}` first, then "
                         f"`{command_hint(state_dir, 'up')}"
-                        f"{_up_flags(nodes, mode, compare, want_addons)}`.",
+                        f"{_up_flags(nodes, mode, compare, want_addons, ip_family)}`.",
                         file=out,
                     )
                     return EXIT_FAIL
@@ -114,9 +131,12 @@ def up(
                 (state_dir / name).unlink(missing_ok=True)
         state_dir.mkdir(parents=True, exist_ok=True)
         lab_id = f"kpp-lab-{secrets.token_hex(3)}"
-        argv = supervisor_argv(state_dir, lab_id, want_nodes, want_mode, bool(compare), want_addons)
+        argv = supervisor_argv(
+            state_dir, lab_id, want_nodes, want_mode, bool(compare), want_addons, want_family
+        )
         print(
-            f"starting lab {lab_id}: {want_nodes} node(s), {want_mode} mode"
+            f"starting lab {lab_id}: {want_nodes} node(s), {want_mode} mode, "
+            f"{family_name(versions_of(want_family))}"
             + (", upstream kube-proxy on node-upstream" if compare else "")
             + ("" if want_addons else ", no add-ons")
             + f" (state in {state_dir})",
@@ -142,6 +162,7 @@ def up(
                 node_count=want_nodes,
                 compare=bool(compare),
                 addons=want_addons,
+                ip_family=want_family,
                 supervisor=ProcRecord.of("supervisor", popen.pid, [SUPERVISOR_MARKER]),
             )
         )
@@ -229,14 +250,26 @@ def _follow(
         time.sleep(0.2)
 
 
-def running_or_started(state_dir: Path, *, out: TextIO = sys.stdout) -> LabState | None:
+def running_or_started(
+    state_dir: Path, *, out: TextIO = sys.stdout, ip_family: str | None = None
+) -> LabState | None:
     """The running lab; when none runs (or it is not ready), one is started as `lab up`
-    with its defaults would. None when starting failed: `up` has printed why."""
+    with its defaults (and ``ip_family``) would. None when starting failed: `up` has
+    printed why. A running lab of other IP families than ``ip_family`` is refused."""
     state = load_state(state_dir)
     if state is not None and state.supervisor_alive() and state.phase == "ready":
+        if ip_family is not None and ip_family != state.ip_family:
+            raise LabError(
+                f"the running lab {state.lab_id} is --ip-family {state.ip_family}, not "
+                f"{ip_family}: run `{command_hint(state_dir, 'down')}` first, or leave out "
+                "--ip-family to use it"
+            )
         return state
-    print("no lab is running: starting one (`kube-proxy-py lab up`)\n", file=out, flush=True)
-    if up(state_dir, nodes=None, mode=None, compare=None, out=out) != 0:
+    flags = "" if ip_family is None else f" --ip-family {ip_family}"
+    print(
+        f"no lab is running: starting one (`kube-proxy-py lab up{flags}`)\n", file=out, flush=True
+    )
+    if up(state_dir, nodes=None, mode=None, compare=None, ip_family=ip_family, out=out) != 0:
         return None
     state = load_state(state_dir)
     if state is None:
