@@ -1019,7 +1019,7 @@ def test_ipv6_only_then_down_with_a_stuck_supervisor(
     try:
         assert lab.state["ip_family"] == "ipv6"
         assert "API server: https://[fd00:192:168:50::2]:6443" in lab.up_output
-        check_ip_families(lab, (6,), "node-1", "node-1", through_proxy=False)
+        check_ip_families(lab, (6,), "node-1", "node-1", through_proxy=True)
         records = records_of(lab)
         supervisor = records[0]
         os.kill(supervisor.pid, signal.SIGSTOP)  # alive, but will never act on SIGTERM
