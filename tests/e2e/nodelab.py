@@ -13,6 +13,7 @@ cgroups.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -344,11 +345,16 @@ class NodeLab:
     def configure_agents(self, mode: str, min_sync_period: str) -> None:
         """Change kube-proxy-py's ConfigMap (``mode``, both modes' ``minSyncPeriod``) and
         restart its DaemonSet, as an operator would; return once every pod is Ready on
-        the new configuration."""
-        config = self.agent_config()
+        the new configuration. If the ConfigMap has that configuration already, the
+        agents run it (every change went through here): no restart, only the wait."""
+        current = self.agent_config()
+        config = copy.deepcopy(current)
         config["mode"] = mode
         for section in ("iptables", "nftables"):
             config.setdefault(section, {})["minSyncPeriod"] = min_sync_period
+        if config == current:
+            self.kubectl("rollout", "status", "-n", PROXY[0], f"ds/{PROXY[1]}", "--timeout=180s")
+            return
         self.api(
             "PATCH",
             f"/api/v1/namespaces/{PROXY[0]}/configmaps/{PROXY[1]}",
