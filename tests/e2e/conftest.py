@@ -66,8 +66,9 @@ def default_lab(k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 @pytest.fixture(scope="package")
 def bare_control_plane(k8s_bin: Path) -> Iterator[ControlPlane]:
     """etcd and kube-apiserver only (no controllers, no scheduler), shared by
+    test_manifest.py (dry runs; the manifest's RBAC objects, deleted again),
     test_reflector.py (namespaces ``r-*``) and test_validation_matches_api.py (it
-    creates and at once deletes in ``default`` and a namespace of its own): one API
-    server start less. Stopped after the package's last test."""
+    creates and at once deletes in ``default`` and a namespace of its own): two API
+    server starts less. Stopped after the package's last test."""
     with ControlPlane(k8s_bin) as plane:
         yield plane
