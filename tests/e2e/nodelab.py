@@ -395,26 +395,6 @@ class NodeLab:
         self.kubectl("rollout", "status", "-n", UPSTREAM[0], f"ds/{UPSTREAM[1]}", "--timeout=180s")
 
     def restart_daemonset(self, app: tuple[str, str] = PROXY) -> None:
-        """``kubectl rollout restart`` and wait until it is through. The pods of every node
-        are replaced at once (``maxUnavailable: 100%`` for this rollout, the manifest's
-        strategy again afterwards): these restarts prepare tests, they are not under test,
-        and one node at a time (daemonset.yaml's ``maxUnavailable: 1``) waits for each
-        new pod's readiness probe (period 10 s) in turn."""
         namespace, name = app
-        path = f"/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}"
-        strategy = self.api("GET", path)["spec"]["updateStrategy"]
-        all_at_once = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%"}}
-        self._patch_update_strategy(path, all_at_once)
-        try:
-            self.kubectl("rollout", "restart", "-n", namespace, f"ds/{name}")
-            self.kubectl("rollout", "status", "-n", namespace, f"ds/{name}", "--timeout=180s")
-        finally:
-            self._patch_update_strategy(path, strategy)
-
-    def _patch_update_strategy(self, path: str, strategy: JSON) -> None:
-        self.api(
-            "PATCH",
-            path,
-            {"spec": {"updateStrategy": strategy}},
-            content_type="application/strategic-merge-patch+json",
-        )
+        self.kubectl("rollout", "restart", "-n", namespace, f"ds/{name}")
+        self.kubectl("rollout", "status", "-n", namespace, f"ds/{name}", "--timeout=180s")
