@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from proxy.lab import build as k8s_build
+from proxy.lab.controlplane.controlplane import ControlPlane
 
 if TYPE_CHECKING:
     from tests.e2e.test_lab import Lab
@@ -60,3 +61,14 @@ def default_lab(k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield lab
     finally:
         lab.cli("down")  # idempotent: a no-op after test_lab's test_down_leaves_nothing
+
+
+@pytest.fixture(scope="package")
+def bare_control_plane(k8s_bin: Path) -> Iterator[ControlPlane]:
+    """etcd and kube-apiserver only (no controllers, no scheduler), shared by
+    test_manifest.py (dry runs; the manifest's RBAC objects, deleted again),
+    test_reflector.py (namespaces ``r-*``) and test_validation_matches_api.py (it
+    creates and at once deletes in ``default`` and a namespace of its own): two API
+    server starts less. Stopped after the package's last test."""
+    with ControlPlane(k8s_bin) as plane:
+        yield plane

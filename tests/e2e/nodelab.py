@@ -13,6 +13,7 @@ cgroups.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -85,6 +86,8 @@ class NodeLab:
     env: dict[str, str]
     state: labstate.LabState
     extra_clients: dict[str, str] = field(default_factory=dict)
+    deployed_config: str = ""
+    """kube-proxy-py's ``config.conf`` as ``lab up`` deployed it (see :meth:`restore_agents`)."""
     _probers: dict[str, Prober] = field(default_factory=dict)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -106,7 +109,9 @@ class NodeLab:
             raise AssertionError(f"lab up failed:\n{done.stdout}{done.stderr}")
         state = labstate.load_state(state_dir)
         assert state is not None
-        return cls(state_dir, env, state)
+        lab = cls(state_dir, env, state)
+        lab.deployed_config = lab.get("configmap", PROXY[1], PROXY[0])["data"]["config.conf"]
+        return lab
 
     @staticmethod
     def _down(env: dict[str, str], state_dir: Path) -> None:
@@ -340,15 +345,34 @@ class NodeLab:
     def configure_agents(self, mode: str, min_sync_period: str) -> None:
         """Change kube-proxy-py's ConfigMap (``mode``, both modes' ``minSyncPeriod``) and
         restart its DaemonSet, as an operator would; return once every pod is Ready on
-        the new configuration."""
-        config = self.agent_config()
+        the new configuration. If the ConfigMap has that configuration already, the
+        agents run it (every change went through here): no restart, only the wait."""
+        current = self.agent_config()
+        config = copy.deepcopy(current)
         config["mode"] = mode
         for section in ("iptables", "nftables"):
             config.setdefault(section, {})["minSyncPeriod"] = min_sync_period
+        if config == current:
+            self.kubectl("rollout", "status", "-n", PROXY[0], f"ds/{PROXY[1]}", "--timeout=180s")
+            return
         self.api(
             "PATCH",
             f"/api/v1/namespaces/{PROXY[0]}/configmaps/{PROXY[1]}",
             {"data": {"config.conf": yaml.safe_dump(config, sort_keys=False)}},
+            content_type="application/merge-patch+json",
+        )
+        self.restart_daemonset(PROXY)
+
+    def restore_agents(self) -> None:
+        """kube-proxy-py's ConfigMap back to what ``lab up`` deployed, and (if it had been
+        changed) a rolling restart: the agents as a fresh lab of this mode runs them."""
+        current = self.get("configmap", PROXY[1], PROXY[0])["data"]["config.conf"]
+        if current == self.deployed_config:
+            return
+        self.api(
+            "PATCH",
+            f"/api/v1/namespaces/{PROXY[0]}/configmaps/{PROXY[1]}",
+            {"data": {"config.conf": self.deployed_config}},
             content_type="application/merge-patch+json",
         )
         self.restart_daemonset(PROXY)

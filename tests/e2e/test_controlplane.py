@@ -68,6 +68,8 @@ def pid_alive(pid: int, argv0: str) -> bool:
 
 @pytest.fixture(scope="module")
 def cp(k8s_bin: Path) -> Iterator[ControlPlane]:
+    """Every component; test_stop_leaves_no_process_port_or_directory stops it (stop() is
+    idempotent), so the tests that use it come before that one."""
     with ControlPlane(k8s_bin, with_controllers=True, with_scheduler=True) as plane:
         yield plane
 
@@ -307,9 +309,9 @@ def _assert_cleaned_up(spawned: list[tuple[str, int]], ports: list[int], workdir
     assert not workdir.exists()
 
 
-def test_stop_leaves_no_process_port_or_directory(k8s_bin: Path) -> None:
-    plane = ControlPlane(k8s_bin, with_controllers=True, with_scheduler=True)
-    plane.start()
+def test_stop_leaves_no_process_port_or_directory(cp: ControlPlane) -> None:
+    """Stops the module's control plane (every component): the last test that uses it."""
+    plane = cp
     try:
         spawned, ports, workdir = plane.spawned, list(plane.ports.values()), plane.workdir
         assert {name for name, _ in spawned} == {

@@ -1,10 +1,13 @@
-"""The lab's guided demo and the learners'-note walkthroughs (``lab seeds``) run end to
-end, and a rolling update under load loses nothing.
+"""The lab's guided demo and the learners'-note walkthroughs (``lab seeds``) run end
+to end, and a rolling update under load loses nothing.
 
-One lab per mode, started through the CLI as a user would (`lab up`): in nftables mode
-the session's default lab, which test_lab.py goes on using and finally takes down
-(checking that nothing is left behind); in iptables mode a lab of this module's own. Every walkthrough passes
-in both modes; ``--parallel`` runs the five at once (each works in its own namespace).
+Here in nftables mode, on the session's default lab (``lab up --nodes 2`` through the CLI
+as a user starts it), which test_lab.py goes on using and finally takes down (checking
+that nothing is left behind). The walkthroughs and the rolling update also run in
+iptables mode, on the lab of real nodes of tests/e2e/nodes (tests/e2e/nodes/
+test_01_walkthroughs.py): a lab start less than a lab of their own. Every walkthrough
+passes in both modes; ``--parallel`` runs the five at once (each works in its own
+namespace).
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,6 +27,9 @@ from proxy.lab import state as labstate
 from proxy.lab.cluster import wait_for
 from proxy.lab.commands.kubectl import kubectl_argv
 from proxy.lab.commands.shell import shell_target
+
+if TYPE_CHECKING:
+    from tests.e2e import test_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -83,25 +88,14 @@ class Lab:
         }
 
 
-@pytest.fixture(scope="module", params=["nftables", "iptables"])
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-        k8s_bin: Path) -> Iterator[Lab]:  # fmt: skip
-    if request.param == "nftables":
-        yield Lab(request.getfixturevalue("default_lab").state_dir)
-        return
-    state_dir = tmp_path_factory.mktemp(f"lab-{request.param}")
-    up = kpp("lab", "up", "--nodes", "2", "--mode", request.param, "--state-dir", str(state_dir))
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield Lab(state_dir)
-    finally:
-        down = kpp("lab", "down", "--state-dir", str(state_dir))
-        assert down.returncode == 0, down.stdout + down.stderr
+@pytest.fixture(scope="module")
+def lab(default_lab: test_lab.Lab) -> Lab:
+    """The session's default lab (nftables; tests/e2e/conftest.py)."""
+    return Lab(default_lab.state_dir)
 
 
 def test_demo_runs_end_to_end(lab: Lab) -> None:
-    if lab.state.mode != "nftables":
-        pytest.skip("the demo is the embedded default (nftables); the rollout covers iptables")
+    assert lab.state.mode == "nftables"  # the demo is the embedded default; not in iptables
     proc = kpp("lab", "demo", "--no-color", "--state-dir", str(lab.state_dir))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.stdout.count("[ok]") == 10, proc.stdout[-4000:]
@@ -251,7 +245,7 @@ def test_every_walkthrough_passes(lab: Lab) -> None:
     differences = out.split("Where the notes and the lab differ", 1)[1]
     missing = [d for d in DIFFERENCES if d not in differences]
     assert missing == [], differences
-    if mode == "iptables":  # checked once, after the second run
+    if mode == "iptables":  # checked once, on the nodes' lab (whose other tests come next)
         # Each walkthrough starts its namespace's deletion; once the namespace controller
         # is through, nothing of theirs is left.
         wait_for(lambda: not leftovers(lab), 120, interval=1.0, what="the cleanup")

@@ -11,7 +11,6 @@ import copy
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +180,9 @@ def test_image_and_dockerfile_agree() -> None:
 
 
 @pytest.fixture(scope="module")
-def cp(k8s_bin: Path) -> Iterator[ControlPlane]:
-    with ControlPlane(k8s_bin) as plane:
-        yield plane
+def cp(bare_control_plane: ControlPlane) -> ControlPlane:
+    """The e2e package's etcd + kube-apiserver (tests/e2e/conftest.py)."""
+    return bare_control_plane
 
 
 def _dry_run(cp: ControlPlane, manifest: str) -> subprocess.CompletedProcess[str]:

@@ -218,9 +218,9 @@ def rv_int(rv: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def cp(k8s_bin: Path) -> Iterator[ControlPlane]:
-    with ControlPlane(k8s_bin) as plane:
-        yield plane
+def cp(bare_control_plane: ControlPlane) -> ControlPlane:
+    """The e2e package's etcd + kube-apiserver (tests/e2e/conftest.py)."""
+    return bare_control_plane
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -178,10 +177,12 @@ SLICES += [
 
 
 @pytest.fixture(scope="module")
-def cp(k8s_bin: Path) -> Iterator[ControlPlane]:
-    with ControlPlane(k8s_bin, with_controllers=False, with_scheduler=False) as plane:
-        plane.api("POST", "/api/v1/namespaces", {"metadata": {"name": NS63}})
-        yield plane
+def cp(bare_control_plane: ControlPlane) -> ControlPlane:
+    """The e2e package's etcd + kube-apiserver (tests/e2e/conftest.py), with a namespace
+    of a 63-character name (no namespace controller runs to delete it: it stays until
+    the API server stops, after the package)."""
+    bare_control_plane.api("POST", "/api/v1/namespaces", {"metadata": {"name": NS63}})
+    return bare_control_plane
 
 
 def api_accepts(cp: ControlPlane, obj: dict[str, Any]) -> tuple[bool, str]:

@@ -1,4 +1,5 @@
-"""The lab of real nodes the agent and differential tests share (one per package run)."""
+"""The lab of real nodes the walkthrough, add-on, agent and differential tests share (one
+per package run)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tests.e2e.nodelab import NodeLab
 
 @pytest.fixture(scope="package")
 def node_lab(k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
-    """One lab of real nodes for the agent and differential tests: node-1 and node-2 run
+    """One lab of real nodes for the package's tests: node-1 and node-2 run
     kube-proxy-py's DaemonSet, node-upstream upstream kube-proxy's (``--compare``).
     Started in iptables mode (which sets route_localnet on the nodes beforehand, so both
     modes can be tested on it); each test module configures the agents it needs."""

@@ -70,7 +70,9 @@ def cluster(node_lab: NodeLab) -> Iterator[NodeLab]:
         node_lab.delete_pod(pod, force=True)
 
 
-@pytest.fixture(scope="module", params=["iptables", "nftables"])
+# nftables first: test_addons.py ends in nftables mode with the same minSyncPeriod, so
+# the agents need no restart (each order switches modes once in this module).
+@pytest.fixture(scope="module", params=["nftables", "iptables"])
 def mode(cluster: NodeLab, request: pytest.FixtureRequest) -> str:
     cluster.configure_agents(request.param, MIN_SYNC)
     for node in NODES:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ SERVING = (1, 2)
 """Pods n=1, 2 of each side serve TCP and UDP port 80; pod 3 is a client."""
 CLIENT = 3
 SERVICE_CIDR = "10.96.0.0/16"
+ZONE_LABEL = "topology.kubernetes.io/zone"
 ROUTED_TO_NODE = (SERVICE_CIDR, "203.0.113.0/24", "198.51.100.0/24")
 """What each outside client routes via its own node: ClusterIPs, ExternalIPs, LB IPs."""
 POD_SIDE = {s.pod(n): s for s in SIDES for n in (*SERVING, CLIENT)}
@@ -1072,12 +1074,17 @@ def mirror_lab(node_lab: NodeLab) -> Iterator[NodeLab]:
     """The lab's node-1 and node-upstream as the two sides: zones, a second outside
     client, routes to Service addresses, the pods (their addresses learned)."""
     lab = node_lab
-    lab.kubectl("label", "node", B.node, f"topology.kubernetes.io/zone={B.zone}", "--overwrite")
+    zone = lab.api("GET", f"/api/v1/nodes/{B.node}")["metadata"]["labels"].get(ZONE_LABEL)
+    lab.kubectl("label", "node", B.node, f"{ZONE_LABEL}={B.zone}", "--overwrite")
     if B.outside not in lab.extra_clients:
         lab.add_client(B.outside, B.outside_ip)
+    added: list[tuple[str, str]] = []
     for side in SIDES:
+        routed = {r["dst"] for r in json.loads(lab.run(side.outside, ["ip", "-j", "route"]).stdout)}
         for prefix in ROUTED_TO_NODE:
             lab.route(side.outside, prefix, side.node_ip)
+            if prefix not in routed:
+                added.append((side.outside, prefix))
     pods = [pod for side in SIDES for pod in side_pods(side)]
     for pod in pods:  # names another module may have used
         lab.wait_pod_gone(pod["metadata"]["name"])
@@ -1086,6 +1093,12 @@ def mirror_lab(node_lab: NodeLab) -> Iterator[NodeLab]:
     yield lab
     for pod in pods:
         lab.delete_pod(pod["metadata"]["name"], force=True)
+    # what a lab of the package's other modules has: the outside clients' own routes,
+    # node-upstream's own zone
+    for outside, prefix in added:
+        lab.run(outside, ["ip", "route", "del", prefix])
+    lab.kubectl("label", "node", B.node, f"{ZONE_LABEL}={zone}" if zone else f"{ZONE_LABEL}-",
+                "--overwrite")  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=MODES)
