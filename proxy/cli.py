@@ -15,7 +15,7 @@ from proxy import apivalidation as av
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
 from proxy.kernel.executor import KernelError
 from proxy.model import IPAddress, IPFamily
-from proxy.plan import Plan, plan
+from proxy.plan import Plan, plan, unserved_family_notes
 from proxy.source.file import LoadedState, StateFileError, load_state
 
 log = logging.getLogger("kube-proxy-py")
@@ -88,10 +88,25 @@ def _add_state_flags(p: argparse.ArgumentParser) -> None:
         "30000-32767, kube-apiserver's)",
     )
     p.add_argument(
+        "--ip-family",
+        default="auto",
+        choices=[*IP_FAMILY_CHOICES, "auto"],
+        help="which IP families' rules: ipv4, ipv6 or dual (default auto: render the "
+        "families the Services' ClusterIPs have, IPv4 when none; apply as the agent "
+        "does, every family the node can program)",
+    )
+    p.add_argument(
         "--strict",
         action="store_true",
         help="exit with status 1 if any object is invalid (default: skip it)",
     )
+
+
+IP_FAMILY_CHOICES: dict[str, tuple[IPFamily, ...]] = {
+    "ipv4": (IPFamily.V4,),
+    "ipv6": (IPFamily.V6,),
+    "dual": (IPFamily.V4, IPFamily.V6),
+}
 
 
 def _add_bench_parsers(sub: Any) -> None:
@@ -145,6 +160,7 @@ def _add_bench_parsers(sub: Any) -> None:
     lat.add_argument(
         "--sample-every", type=float, default=5.0, help="seconds between RSS/CPU samples"
     )
+    _bench_family_option(lat)
     lat.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
     dp = bench_sub.add_parser(
@@ -160,6 +176,7 @@ def _add_bench_parsers(sub: Any) -> None:
     _iptables_option(dp)
     dp.add_argument("--connections", type=int, default=3000, help="connections per round")
     dp.add_argument("--rounds", type=int, default=5, help="rounds per target (median reported)")
+    _bench_family_option(dp)
     dp.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
     rep = bench_sub.add_parser(
@@ -187,6 +204,16 @@ def _add_bench_parsers(sub: Any) -> None:
     every.add_argument("--only", default="", help="comma-separated subset: sync,latency,datapath")
     every.add_argument("--force", action="store_true", help="rerun steps that have results")
     every.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+
+def _bench_family_option(parser: Any) -> None:
+    parser.add_argument(
+        "--ip-family",
+        default="ipv4",
+        choices=["ipv4", "ipv6"],
+        help="run the lab as an IPv4 or an IPv6-only cluster (Services, endpoints, "
+        "addresses of that family)",
+    )
 
 
 def _iptables_option(parser: Any) -> None:
@@ -352,36 +379,96 @@ def _load(args: argparse.Namespace) -> LoadedState:
     return state
 
 
-def _plan_for(args: argparse.Namespace, state: LoadedState, from_kernel: bool) -> Plan:
+def _families_in(state: LoadedState) -> tuple[IPFamily, ...]:
+    """The IP families of the state's Services (their ClusterIPs), IPv4 first; IPv4
+    when there are none."""
+    seen = {IPFamily.of(ip) for svc in state.snapshot.services for ip in svc.cluster_ips}
+    return tuple(f for f in (IPFamily.V4, IPFamily.V6) if f in seen) or (IPFamily.V4,)
+
+
+def _plans_for(
+    args: argparse.Namespace,
+    state: LoadedState,
+    families: tuple[IPFamily, ...],
+    from_kernel: bool,
+) -> list[Plan]:
     cfg = _config(args, from_kernel)
-    return plan(state.snapshot, cfg, IPFamily.V4, state.problems)
+    return [plan(state.snapshot, cfg, family, state.problems) for family in families]
+
+
+def _unserved(state: LoadedState, families: tuple[IPFamily, ...], why: str) -> list[str]:
+    if len(families) == 2:
+        return []
+    return [str(s) for s in unserved_family_notes(state.snapshot.services, families, why)]
 
 
 HEADER_LINE_MAX = 1000
 
 
-def _header(p: Plan) -> str:
+def _header(plans: list[Plan], notes: list[str]) -> str:
     """The ``#`` lines above rendered rules. Whatever they quote from the input is escaped
     (:func:`proxy.apivalidation.printable`): piped into ``nft -f`` or
     ``iptables-restore``, no header line can become a rule."""
+    first = plans[0]
     lines = [
         f"kube-proxy-py {__version__} {p.mode} rules for node {p.node_name} ({p.family}): "
-        f"{len(p.service_ports)} service ports, {p.endpoint_count} endpoints",
-        *(str(s) for s in p.skipped),
-        *(f"invalid, skipped: {pr}" for pr in p.problems),
+        f"{len(p.service_ports)} service ports, {p.endpoint_count} endpoints"
+        for p in plans
     ]
+    lines += [str(s) for s in first.skipped]  # every family's plan says the same
+    lines += notes
+    lines += [f"invalid, skipped: {pr}" for pr in first.problems]
     return "".join(f"# {av.printable(line, HEADER_LINE_MAX)}\n" for line in lines)
+
+
+def _family_banner(p: Plan) -> str:
+    """The comment before one family's rules when several are printed: which tool takes
+    them (iptables-restore cannot read IPv6 rules, nor ip6tables-restore IPv4 ones)."""
+    if p.mode is ProxyMode.NFTABLES:
+        table = "ip" if p.family is IPFamily.V4 else "ip6"
+        return f"# ---- {p.family}: table {table} kube-proxy (nft -f)\n"
+    tool = "iptables-restore" if p.family is IPFamily.V4 else "ip6tables-restore"
+    return f"# ---- {p.family}: input for {tool} (pick one family with --ip-family to pipe it)\n"
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from proxy.modes import mode_for
 
     state = _load(args)
-    p = _plan_for(args, state, from_kernel=False)
-    mode = mode_for(p.mode)
-    body = mode.full_sync_text(mode.renderer()(p, None))
-    sys.stdout.write(_header(p) + body)
+    families = IP_FAMILY_CHOICES.get(args.ip_family) or _families_in(state)
+    why = f"--ip-family {args.ip_family}" if args.ip_family != "auto" else "auto"
+    plans = _plans_for(args, state, families, from_kernel=False)
+    mode = mode_for(plans[0].mode)
+    out = [_header(plans, _unserved(state, families, why))]
+    for p in plans:
+        if len(plans) > 1:
+            out.append(_family_banner(p))
+        out.append(mode.full_sync_text(mode.renderer()(p, None)))
+    sys.stdout.write("".join(out))
     return EXIT_INVALID if args.strict and state.problems else EXIT_OK
+
+
+def _apply_families(args: argparse.Namespace, executor: Any, state: LoadedState) -> Any:
+    """The families ``apply`` programs, and why the others are not: as the agent, every
+    family the node can program (primary first), unless ``--ip-family`` says."""
+    from proxy.agent.families import FamilyError, choose_families, primary_family
+    from proxy.modes import supported_families
+
+    support = supported_families(executor, ProxyMode(args.mode))
+    wanted = IP_FAMILY_CHOICES.get(args.ip_family)
+    if wanted is None:
+        try:
+            return choose_families(primary_family(state.snapshot.node), support)
+        except FamilyError as exc:
+            raise UsageError(str(exc)) from exc
+    missing = [f"{f}: {support[f]}" for f in wanted if support[f]]
+    if missing:
+        raise UsageError(
+            f"--ip-family {args.ip_family}: this node cannot program "
+            + "; ".join(missing)
+            + " (choose another --ip-family)"
+        )
+    return wanted, f"--ip-family {args.ip_family}"
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -389,23 +476,30 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from proxy.modes import mode_for, other_modes, remove_rules
 
     state = _load(args)
-    p = _plan_for(args, state, from_kernel=True)
     executor = Executor()
-    mode = mode_for(p.mode)
-    writer = mode.writer(executor, IPFamily.V4)
-    writer.full_sync(mode.renderer()(p, None))
-    backend = writer.description
+    families, why = _apply_families(args, executor, state)
+    plans = _plans_for(args, state, families, from_kernel=True)
+    mode = mode_for(plans[0].mode)
+    done = []
+    for p in plans:
+        writer = mode.writer(executor, p.family)
+        writer.full_sync(mode.renderer()(p, None))
+        done.append(
+            f"{p.family}: {len(p.service_ports)} service ports, {p.endpoint_count} endpoints "
+            f"with {writer.description}"
+        )
     # as the agent does when it starts: the other mode's rules would still DNAT
-    for what in remove_rules(executor, other_modes(p.mode)):
+    for what in remove_rules(executor, other_modes(plans[0].mode), families):
         _err(f"removed the {what} rules of the other mode")
-    for s in p.skipped:
+    for s in plans[0].skipped:
         log.info("service skipped", extra={"object": str(s.ref), "reason": s.reason})
+    for note in _unserved(state, families, why):
+        _err(f"not programmed: {note}")
     print(
-        f"applied {len(p.service_ports)} service ports, {p.endpoint_count} endpoints "
-        f"with {backend}"
+        "applied " + "; ".join(done)
         + (f"; skipped {len(state.problems)} invalid objects" if state.problems else ""),
         file=sys.stderr,
-    )
+    )  # fmt: skip
     return EXIT_INVALID if args.strict and state.problems else EXIT_OK
 
 

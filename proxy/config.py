@@ -55,11 +55,16 @@ class NodePortAddresses:
         return NodePortAddresses(cidrs=tuple(cidrs))
 
     def for_family(self, family: IPFamily) -> NodePortAddresses:
+        """The setting for one family. CIDRs of which none is of ``family`` leave that
+        family unrestricted, as upstream (every local address: ``0.0.0.0/0`` or
+        ``::/0``), not the mode's default."""
         if self.primary or not self.cidrs:
             return self
-        return NodePortAddresses(
-            cidrs=tuple(c for c in self.cidrs if IPFamily.of(c) == family), primary=False
-        )
+        mine = tuple(c for c in self.cidrs if IPFamily.of(c) == family)
+        if not mine:
+            everything = "0.0.0.0/0" if family is IPFamily.V4 else "::/0"
+            mine = (ipaddress.ip_network(everything),)
+        return NodePortAddresses(cidrs=mine, primary=False)
 
     def __str__(self) -> str:
         if self.primary:

@@ -930,7 +930,9 @@ def open_connections() -> int:
     return _LOOP.open_connections()
 
 
-def _listen(address: tuple[str, int], name: str, flag: str) -> socket.socket:
+def _listen(address: tuple[str, int], name: str, flag: str, v6only: bool = False) -> socket.socket:
+    """A listening socket; ``v6only``: an IPv6 wildcard takes IPv6 connections only
+    (one listener per family, as upstream's health check node ports)."""
     host, port = address
     shown = _show(host, port)
     try:
@@ -939,6 +941,8 @@ def _listen(address: tuple[str, int], name: str, flag: str) -> socket.socket:
         raise ServerError(f"cannot listen on {shown} for {name}: {exc.strerror or exc}") from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if v6only and sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
@@ -958,8 +962,11 @@ class HTTPService:
     """One listener on the shared loop thread, started and stopped explicitly (from any
     thread)."""
 
-    def __init__(self, name: str, address: tuple[str, int], app: App, flag: str) -> None:
+    def __init__(
+        self, name: str, address: tuple[str, int], app: App, flag: str, v6only: bool = False
+    ) -> None:
         self.name = name
+        self._v6only = v6only
         self._address = address
         self._app = app
         self._flag = flag
@@ -986,7 +993,7 @@ class HTTPService:
         with self._lock:
             if self._listener is not None:
                 return
-            sock = _listen(self._address, self.name, self._flag)
+            sock = _listen(self._address, self.name, self._flag, self._v6only)
             listener = _Listener(self.name, sock, self._app)
             try:
                 _LOOP.call(lambda reactor: reactor.add(listener))

@@ -47,15 +47,40 @@ def service(
     health_check_node_port: int | None = None,
     labels: dict[str, str] | None = None,
     selector: dict[str, str] | None = None,
+    cluster_ips: Sequence[str] = (),
+    ip_families: Sequence[str] = (),
+    ip_family_policy: str | None = None,
+    secondary_cluster_ip: str | None = None,
 ) -> JSON:
+    """A Service. ``cluster_ips`` (dual-stack: one per family, ``cluster_ip`` first)
+    defaults to ``[cluster_ip]``, or to ``[cluster_ip, secondary_cluster_ip]``. Unless
+    ``ip_families``/``ip_family_policy`` are given, a dual-stack or IPv6 Service gets
+    them as the API server would write them (``PreferDualStack``/``SingleStack``)."""
+    if cluster_ips and cluster_ips[0] != cluster_ip:
+        raise ValueError(f"cluster_ips {list(cluster_ips)} must start with {cluster_ip!r}")
+    if cluster_ips and secondary_cluster_ip:
+        raise ValueError("give cluster_ips or secondary_cluster_ip, not both")
+    ips = list(cluster_ips) or [
+        cluster_ip,
+        *([secondary_cluster_ip] if secondary_cluster_ip else []),
+    ]
+    if not ip_families and cluster_ip not in ("", "None") and (len(ips) > 1 or ":" in cluster_ip):
+        ip_families = ["IPv6" if ":" in ip else "IPv4" for ip in ips]
+        ip_family_policy = ip_family_policy or (
+            "PreferDualStack" if len(ips) > 1 else "SingleStack"
+        )
     spec: JSON = {
         "type": type,
         "clusterIP": cluster_ip,
-        "clusterIPs": [cluster_ip],
+        "clusterIPs": ips,
         "ports": [p.service_port() for p in ports],
     }
     if cluster_ip == "":
         del spec["clusterIP"], spec["clusterIPs"]
+    if ip_families:
+        spec["ipFamilies"] = list(ip_families)
+    if ip_family_policy is not None:
+        spec["ipFamilyPolicy"] = ip_family_policy
     if selector is not None:
         spec["selector"] = selector
     if external_ips:
@@ -153,18 +178,23 @@ def endpoint_slice(
 
 def node(
     name: str,
-    internal_ip: str,
-    *,
+    internal_ip: str | Sequence[str],
+    *more_internal_ips: str,
     zone: str | None = None,
-    pod_cidr: str | None = None,
+    pod_cidr: str | Sequence[str] | None = None,
     labels: dict[str, str] | None = None,
 ) -> JSON:
+    """A Node; a dual-stack node has an InternalIP of each family (a sequence, or more
+    arguments) and may have a pod CIDR of each (primary first)."""
     meta_labels = dict(labels or {})
     if zone is not None:
         meta_labels["topology.kubernetes.io/zone"] = zone
     spec: JSON = {}
     if pod_cidr is not None:
-        spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+        cidrs = [pod_cidr] if isinstance(pod_cidr, str) else list(pod_cidr)
+        spec = {"podCIDR": cidrs[0], "podCIDRs": cidrs}
+    ips = [internal_ip] if isinstance(internal_ip, str) else list(internal_ip)
+    ips += more_internal_ips
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -172,7 +202,7 @@ def node(
         "spec": spec,
         "status": {
             "addresses": [
-                {"type": "InternalIP", "address": internal_ip},
+                *({"type": "InternalIP", "address": ip} for ip in ips),
                 {"type": "Hostname", "address": name},
             ]
         },

@@ -261,7 +261,8 @@ class ProxyMetrics:
         self.skipped_services = Gauge(
             "kubeproxy_py_services_not_programmed",
             "Services left out (or partly out) of the rules, by reason (headless, "
-            "external-name, other-proxy, ipv6-only, dual-stack)",
+            "external-name, other-proxy; ipv4-only, ipv6-only and dual-stack when the node "
+            "cannot program an IP family)",
             ["reason"],
             registry=r,
         )
@@ -276,6 +277,11 @@ class ProxyMetrics:
 
         for family in families:
             self._init_family(family)
+
+    def add_family(self, family: IPFamily) -> None:
+        """Pre-create ``family``'s series (the agent knows its families once the Node is
+        known; IPv4's exist from the start)."""
+        self._init_family(family)
 
     def _init_family(self, family: IPFamily) -> None:
         for counter in (
@@ -409,7 +415,14 @@ class ProxyMetrics:
 
     def set_skipped_services(self, counts: dict[str, int]) -> None:
         """Services not (fully) programmed now, by reason; reasons not given are 0."""
-        for reason in ("headless", "external-name", "other-proxy", "ipv6-only", "dual-stack"):
+        for reason in (
+            "headless",
+            "external-name",
+            "other-proxy",
+            "ipv4-only",
+            "ipv6-only",
+            "dual-stack",
+        ):
             self.skipped_services.labels(reason).set(counts.get(reason, 0))
 
     def nft_text_fallbacks(self, n: int, family: IPFamily = IPFamily.V4) -> None:

@@ -12,6 +12,7 @@ only go through this protocol.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from proxy.config import ProxyMode
@@ -95,6 +96,12 @@ class Mode(Protocol[R, C]):
         what held rules (e.g. ``["iptables (legacy)"]``)."""
         ...
 
+    def unsupported(self, executor: Executor, family: IPFamily) -> str | None:
+        """Why this mode cannot program ``family`` here (None: it can). Upstream's
+        check: iptables needs a working ``ip6tables`` for IPv6; the nft tool always
+        handles both families."""
+        ...
+
 
 MODES: Mapping[ProxyMode, Mode[Any, Any]] = {
     ProxyMode.IPTABLES: IptablesMode(),
@@ -106,8 +113,11 @@ def mode_for(mode: ProxyMode) -> Mode[Any, Any]:
     return MODES[mode]
 
 
+ALL_FAMILIES = (IPFamily.V4, IPFamily.V6)
+
+
 def remove_rules(
-    executor: Executor, modes: Iterable[ProxyMode], family: IPFamily = IPFamily.V4
+    executor: Executor, modes: Iterable[ProxyMode], families: Iterable[IPFamily] = ALL_FAMILIES
 ) -> list[str]:
     """Remove our rules of ``modes`` (used by ``kube-proxy-py cleanup``, ``run --cleanup``,
     ``apply`` and the agent, which like upstream removes the other modes' rules when it
@@ -115,7 +125,46 @@ def remove_rules(
     updates); returns what held rules, e.g. ``["iptables (legacy)", "nftables"]``. A
     refusal raises :class:`~proxy.kernel.executor.KernelError` (what was removed before
     stays removed)."""
-    return [what for mode in modes for what in mode_for(mode).cleanup(executor, family)]
+    return [
+        what
+        for mode in modes
+        for family in families
+        for what in mode_for(mode).cleanup(executor, family)
+    ]
+
+
+def supported_families(executor: Executor, mode: ProxyMode) -> dict[IPFamily, str | None]:
+    """Each IP family, and why ``mode`` cannot program it on this node (None: it can).
+    As upstream: IPv6 also needs the kernel's IPv6 (``/proc/net/if_inet6``) not
+    disabled (``net.ipv6.conf.all.disable_ipv6=1``)."""
+    out: dict[IPFamily, str | None] = {}
+    for family in ALL_FAMILIES:
+        why = mode_for(mode).unsupported(executor, family)
+        if why is None and family is IPFamily.V6:
+            why = ipv6_unavailable(executor)
+        out[family] = why
+    return out
+
+
+def ipv6_unavailable(executor: Executor) -> str | None:
+    """Why the kernel has no IPv6 in ``executor``'s network namespace (None: it has).
+    Read from /proc (in the namespace when it is another), not with the sysctl tool,
+    which a minimal image may lack."""
+    path = "/proc/sys/net/ipv6/conf/all/disable_ipv6"
+    value: str | None
+    if executor.netns is None:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError:
+            value = None
+    else:
+        proc = executor.run(["cat", path], check=False)
+        value = proc.stdout.strip() if proc.returncode == 0 else None
+    if value is None:
+        return "the kernel has no IPv6 (no net.ipv6 sysctls)"
+    if value == "1":
+        return "IPv6 is disabled (net.ipv6.conf.all.disable_ipv6=1)"
+    return None
 
 
 def other_modes(mode: ProxyMode) -> tuple[ProxyMode, ...]:

@@ -259,30 +259,46 @@ class SkippedService:
         return f"{self.ref}: {'partly programmed' if self.partial else 'skipped'}: {self.reason}"
 
 
-def family_note(svc: Service, family: IPFamily) -> SkippedService | None:
-    """What of ``svc`` a plan for ``family`` leaves out because kube-proxy-py programs IPv4
-    only (dual-stack has not landed): an IPv6-only Service, or a dual-stack one's IPv6 half.
-    Said per object instead of dropped silently."""
-    if family is not IPFamily.V4:
-        return None
-    other = [str(ip) for ip in svc.cluster_ips if IPFamily.of(ip) is not family]
-    if not other:
-        return None
-    mine = [str(ip) for ip in svc.cluster_ips if IPFamily.of(ip) is family]
-    if not mine:
-        return SkippedService(
-            svc.ref,
-            f"IPv6 only (ClusterIP {', '.join(other)}): kube-proxy-py programs IPv4 until "
-            "dual-stack support lands",
-            "ipv6-only",
+FAMILY_NAMES = {IPFamily.V4: "IPv4", IPFamily.V6: "IPv6"}
+
+
+def unserved_family_notes(
+    services: Iterable[Service], served: Collection[IPFamily], why: str
+) -> list[SkippedService]:
+    """What of ``services`` no plan covers because this node programs only the
+    ``served`` families (``why`` says why the other is not: no ip6tables, IPv6 disabled
+    in the kernel, …): a Service of the other family only, whole, or a dual-stack one's
+    other half. Said per object rather than dropped silently."""
+    notes: list[SkippedService] = []
+    served_names = "/".join(FAMILY_NAMES[f] for f in sorted(served))
+    for svc in services:
+        if svc.skip_reason is not None:
+            continue
+        other = [ip for ip in svc.cluster_ips if IPFamily.of(ip) not in served]
+        if not other:
+            continue
+        fam = FAMILY_NAMES[IPFamily.of(other[0])]
+        mine = [ip for ip in svc.cluster_ips if IPFamily.of(ip) in served]
+        if not mine:
+            notes.append(
+                SkippedService(
+                    svc.ref,
+                    f"{fam} only (ClusterIP {other[0]}): this node programs {served_names} "
+                    f"only ({why})",
+                    f"{fam.lower()}-only",
+                )
+            )
+            continue
+        notes.append(
+            SkippedService(
+                svc.ref,
+                f"dual-stack: its ClusterIP {mine[0]} is programmed, its {fam} ClusterIP "
+                f"{other[0]} is not: this node programs {served_names} only ({why})",
+                "dual-stack",
+                partial=True,
+            )
         )
-    return SkippedService(
-        svc.ref,
-        f"dual-stack: its IPv4 ClusterIP {mine[0]} is programmed, its IPv6 ClusterIP "
-        f"{other[0]} is not (kube-proxy-py programs IPv4 until dual-stack support lands)",
-        "dual-stack",
-        partial=True,
-    )
+    return sorted(notes, key=lambda s: (s.ref.namespace, s.ref.name))
 
 
 Destination = tuple[IPAddress, Protocol, int]
@@ -663,17 +679,14 @@ def plan_services(
     plans in ``reusable`` (made from equal inputs) are taken as they are, except those of
     the Services in ``replan``."""
     reusable = reusable or {}
-    family = inputs.family
     by_service: dict[ServiceKey, tuple[ServicePortPlan, ...]] = {}
     skipped: list[SkippedService] = []
     for key in order:
         svc = services[key]
         if svc.skip_reason is not None:
-            if family is IPFamily.V4:
-                skipped.append(SkippedService(svc.ref, svc.skip_reason, svc.skip_code))
+            # every family's plan says so: an agent may program either one alone
+            skipped.append(SkippedService(svc.ref, svc.skip_reason, svc.skip_code))
             continue
-        if (note := family_note(svc, family)) is not None:
-            skipped.append(note)
         if key in reusable and key not in replan:
             by_service[key] = reusable[key]
             continue

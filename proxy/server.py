@@ -416,7 +416,11 @@ class HealthCheckNodePorts:
         try:
             for host in self.addresses:
                 service = HTTPService(
-                    f"healthcheck {svc}", (host, port), app, "the Service's healthCheckNodePort"
+                    f"healthcheck {svc}",
+                    (host, port),
+                    app,
+                    "the Service's healthCheckNodePort",
+                    v6only=True,  # the IPv4 proxier's listener serves IPv4
                 )
                 service.start()
                 hc.services.append(service)

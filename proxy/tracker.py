@@ -11,7 +11,6 @@ any state.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -29,7 +28,6 @@ from proxy.plan import (
     Snapshot,
     UpdatedServicePorts,
     assemble_plan,
-    family_note,
     plan_services,
     resolve_conflicts,
     service_index,
@@ -110,9 +108,6 @@ class PlanTracker:
         if last is not None and replanned is not None:
             by_service = replanned
             skipped = [s for s in last.plan.skipped if _service_of(s) not in wanted]
-            for key in wanted:  # in the planning order, as a full plan has them
-                if (note := family_note(services[key], family)) is not None:
-                    bisect.insort(skipped, note, key=_service_of)
         else:
             by_service, skipped = plan_services(inputs, services, order, slices, reusable, wanted)
 

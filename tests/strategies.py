@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from hypothesis import strategies as st
@@ -15,9 +16,35 @@ port_names = st.from_regex(r"[a-z]([a-z0-9]{0,5})?", fullmatch=True)
 protocols = st.sampled_from(["TCP", "UDP", "SCTP"])
 
 
+FAMILIES = ("IPv4", "IPv6")
+STACKS = st.sampled_from(["IPv4", "IPv6", "IPv4,IPv6", "IPv6,IPv4"])
+"""A Service's ``ipFamilies``: single-stack of either family, or dual-stack primary first."""
+V6_PREFIX = {"10.244.0.0": "fd00:10:244", "203.0.0.0": "fd00:203", "198.51.0.0": "fd00:198:51"}
+
+
 def ipv4_in(prefix: str) -> st.SearchStrategy[str]:
     a, b = prefix.split(".")[:2]
     return st.builds(lambda c, d: f"{a}.{b}.{c}.{d}", st.integers(0, 255), st.integers(1, 254))
+
+
+def ipv6_in(prefix: str) -> st.SearchStrategy[str]:
+    """Canonical IPv6 addresses in the IPv6 twin of an IPv4 ``prefix``."""
+    base = V6_PREFIX[prefix]
+    return st.builds(
+        lambda c, d: str(ipaddress.ip_address(f"{base}:{c:x}::{d:x}")),
+        st.integers(0, 255),
+        st.integers(1, 254),
+    )
+
+
+def address_in(prefix: str, family: str) -> st.SearchStrategy[str]:
+    return ipv4_in(prefix) if family == "IPv4" else ipv6_in(prefix)
+
+
+def _cluster_ip(index: int, family: str) -> str:
+    if family == "IPv4":
+        return f"10.96.{index // 250}.{index % 250 + 1}"
+    return f"fd00:10:96::{index + 1:x}"
 
 
 @st.composite
@@ -42,21 +69,41 @@ def service_and_slices(draw: st.DrawFn, index: int) -> list[dict[str, Any]]:
             )
         )
     ext_policy = draw(st.sampled_from([None, "Cluster", "Local"]))
+    families = draw(STACKS).split(",")
+    any_family = st.sampled_from(families)
     svc = m.service(
         f"svc{index}-{draw(names)}"[:63],
-        f"10.96.{index // 250}.{index % 250 + 1}",
+        _cluster_ip(index, families[0]),
         ports,
+        secondary_cluster_ip=_cluster_ip(index, families[1]) if len(families) > 1 else None,
         namespace=draw(st.sampled_from(["default", "kube-system", "team-a"])),
         type=svc_type,
-        external_ips=draw(st.lists(ipv4_in("203.0.0.0"), max_size=2, unique=True)),
-        lb_ips=draw(st.lists(ipv4_in("198.51.0.0"), max_size=2, unique=True))
+        external_ips=draw(
+            st.lists(any_family.flatmap(lambda f: address_in("203.0.0.0", f)), max_size=2).map(
+                lambda ips: list(dict.fromkeys(ips))
+            )
+        ),
+        lb_ips=draw(
+            st.lists(any_family.flatmap(lambda f: address_in("198.51.0.0", f)), max_size=2).map(
+                lambda ips: list(dict.fromkeys(ips))
+            )
+        )
         if svc_type == "LoadBalancer"
         else (),
         lb_ip_mode=draw(st.sampled_from([None, "VIP", "Proxy"])),
         source_ranges=draw(
             st.lists(
                 st.sampled_from(
-                    ["10.0.0.0/8", "10.1.0.0/16", "192.168.50.0/24", "203.0.113.0/24", "0.0.0.0/0"]
+                    [
+                        "10.0.0.0/8",
+                        "10.1.0.0/16",
+                        "192.168.50.0/24",
+                        "203.0.113.0/24",
+                        "0.0.0.0/0",
+                        "fd00::/8",
+                        "fd00:192:168:50::/64",
+                        "::/0",
+                    ]
                 ),
                 max_size=3,
             )
@@ -74,12 +121,13 @@ def service_and_slices(draw: st.DrawFn, index: int) -> list[dict[str, Any]]:
     ns = svc["metadata"]["namespace"]
     objs: list[dict[str, Any]] = [svc]
     for s in range(draw(st.integers(0, 2))):
+        family = draw(any_family)  # a slice holds one family's endpoints (addressType)
         eps = []
         for _ in range(draw(st.integers(0, 5))):
             ready = draw(st.booleans())
             eps.append(
                 m.EP(
-                    draw(ipv4_in("10.244.0.0")),
+                    draw(address_in("10.244.0.0", family)),
                     node=draw(st.sampled_from([*NODES, None])),
                     ready=ready,
                     serving=draw(st.booleans()),
@@ -95,15 +143,32 @@ def service_and_slices(draw: st.DrawFn, index: int) -> list[dict[str, Any]]:
             )
         slice_ports = [(p.name, draw(st.integers(1, 65535)), p.protocol) for p in ports]
         objs.append(
-            m.endpoint_slice(svc_name, eps, slice_ports, name=f"{svc_name}-{s}", namespace=ns)
+            m.endpoint_slice(
+                svc_name,
+                eps,
+                slice_ports,
+                name=f"{svc_name}-{s}",
+                namespace=ns,
+                address_type=family,
+            )
         )
     return objs
 
 
 @st.composite
 def cluster_states(draw: st.DrawFn, max_services: int = 6) -> list[dict[str, Any]]:
+    addresses = draw(
+        st.sampled_from(
+            [
+                ("192.168.50.11",),
+                ("fd00:192:168:50::11",),
+                ("192.168.50.11", "fd00:192:168:50::11"),
+                ("fd00:192:168:50::11", "192.168.50.11"),
+            ]
+        )
+    )
     objs: list[dict[str, Any]] = [
-        m.node("node-a", "192.168.50.11", zone=draw(st.sampled_from([*ZONES, None])))
+        m.node("node-a", *addresses, zone=draw(st.sampled_from([*ZONES, None])))
     ]
     for i in range(draw(st.integers(0, max_services))):
         objs.extend(draw(service_and_slices(i)))

@@ -22,14 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from proxy.agent.state import ClusterState
+from proxy.agent.state import Changes, ClusterState
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.iptables.kernel import RouteLocalnetError
 from proxy.kernel.addresses import local_addresses
 from proxy.kernel.executor import Executor, KernelError
-from proxy.model import IPFamily
+from proxy.model import IPFamily, Problem
 from proxy.modes import mode_for, other_modes, remove_rules
-from proxy.plan import Plan
+from proxy.plan import Plan, Snapshot
 from proxy.tracker import PlanTracker
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class SyncObserver(Protocol):
 
     def sync_done(self, result: SyncResult) -> None: ...
 
-    def sync_failed(self, mode: ProxyMode, full: bool, error: str) -> None: ...
+    def sync_failed(self, mode: ProxyMode, full: bool, error: str, family: IPFamily) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,10 @@ class Proxier:
     executor: Executor = field(default_factory=Executor)
     family: IPFamily = IPFamily.V4
     clock: Callable[[], float] = time.monotonic
+    on_wrote: Callable[[int | None, int | None], None] | None = None
+    """Told (generation before, generation after) when this proxier wrote the kernel:
+    the meta-proxier passes it on to the other families' proxiers, which share the
+    network namespace's nf_tables generation (:meth:`ours_moved_generation`)."""
 
     def __post_init__(self) -> None:
         self._mode = mode_for(self.config.mode)
@@ -93,6 +97,15 @@ class Proxier:
         drift check)."""
         return self._writer.generation(self.clock(), self.sync_period)
 
+    def ours_moved_generation(self, before: int | None, after: int | None) -> None:
+        """Another of our proxiers (the other IP family's) moved the generation from
+        ``before`` to ``after``: if this one had seen ``before`` as its own, it was not
+        someone else's change. nf_tables has one generation counter per network
+        namespace for every table of every family, so without this each family would
+        take the other's commits for drift and make every sync a full one."""
+        if self._last_gen is not None and self._last_gen == before:
+            self._last_gen = after
+
     def _skips_periodic_full(self, generation: int | None) -> bool:
         """Like upstream, iptables mode in a large cluster makes no periodic full sync
         (at 10,000 Services one takes over ten seconds) while drift can still be seen."""
@@ -111,8 +124,11 @@ class Proxier:
 
     def cleanup_other_mode(self) -> None:
         """Switching modes: remove the rules the other modes left behind."""
-        for what in remove_rules(self.executor, other_modes(self.config.mode), self.family):
-            log.info("removed rules of a previous run in the other mode", extra={"rules": what})
+        for what in remove_rules(self.executor, other_modes(self.config.mode), (self.family,)):
+            log.info(
+                "removed rules of a previous run in the other mode",
+                extra={"rules": what, "ip_family": str(self.family)},
+            )
 
     def _text_fallbacks(self) -> int:
         """Fallbacks to ``nft -f`` not reported yet."""
@@ -141,10 +157,19 @@ class Proxier:
         return written
 
     def sync_proxy_rules(self) -> bool:
-        """One sync (upstream's syncProxyRules); True on success (the bounded-frequency
-        runner retries on False)."""
-        start = self.clock()
+        """One sync (upstream's syncProxyRules) of what changed since the last; True on
+        success (the bounded-frequency runner retries on False). After a failure the
+        changes are put back, so health and metrics still see them pending."""
         snapshot, changes, problems = self.state.take()
+        if self.sync(snapshot, changes.for_family(self.family), problems):
+            return True
+        self.state.requeue(changes)
+        return False
+
+    def sync(self, snapshot: Snapshot, changes: Changes, problems: tuple[Problem, ...]) -> bool:
+        """Sync this family's rules to ``snapshot``; ``changes`` are those of this family
+        since the last successful sync. The caller puts them back after a failure."""
+        start = self.clock()
         now = self.clock()
         generation = self._generation()
         drift = generation is None or generation != self._last_gen
@@ -152,7 +177,7 @@ class Proxier:
         if repaired:
             log.warning(
                 "the ruleset was changed by someone else; full sync to repair ours",
-                extra={"mode": str(self.config.mode)},
+                extra={"mode": str(self.config.mode), "ip_family": str(self.family)},
             )
         full_every = FULL_SYNC_PERIOD if generation is not None else self.sync_period
         full = (
@@ -183,23 +208,27 @@ class Proxier:
             self.config = replace(self.config, localhost_nodeports=False)
             self._need_full = True
             self._tracker.reset()
-            self.state.requeue(changes)
             if self.observer is not None:
-                self.observer.sync_failed(mode, full, str(exc))
+                self.observer.sync_failed(mode, full, str(exc), self.family)
             return False
         except (KernelError, OSError) as exc:
             self._need_full = True
             self._tracker.reset()
-            # the changes were not applied: put them back so health and metrics see them
-            self.state.requeue(changes)
             log.error(
                 "sync failed; the next attempt is a full sync",
-                extra={"mode": str(mode), "full": full, "error": str(exc)[:500]},
+                extra={
+                    "mode": str(mode),
+                    "ip_family": str(self.family),
+                    "full": full,
+                    "error": str(exc)[:500],
+                },
             )
             if self.observer is not None:
-                self.observer.sync_failed(mode, full, str(exc))
+                self.observer.sync_failed(mode, full, str(exc), self.family)
             return False
         self._last_gen = self._generation()
+        if changed and self.on_wrote is not None:
+            self.on_wrote(generation, self._last_gen)
         elapsed = self.clock() - start
         if full:
             self._last_full = now
@@ -211,6 +240,7 @@ class Proxier:
             "synced",
             extra={
                 "mode": str(mode),
+                "ip_family": str(self.family),
                 "full": full,
                 "service_ports": len(p.service_ports),
                 "endpoints": p.endpoint_count,

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.model import (
+    AddressType,
     EndpointSlice,
+    IPFamily,
     Node,
     Problem,
     Service,
@@ -37,9 +39,17 @@ dropped beyond this: memory stays bounded however long the kernel refuses)."""
 Key = tuple[str, str]
 
 
+_FAMILY_OF_SLICE = {AddressType.IPV4: IPFamily.V4, AddressType.IPV6: IPFamily.V6}
+
+
 @dataclass
 class Changes:
-    """What happened since the previous sync."""
+    """What happened since the previous sync.
+
+    Like upstream's meta-proxier, which hands each EndpointSlice to the proxier of its
+    ``addressType`` only, a change remembers which IP family it concerns: a Service
+    change concerns every family, an EndpointSlice change only its own (an FQDN slice
+    none). :meth:`for_family` is what one family's proxier has to sync."""
 
     services: set[Key] = field(default_factory=set)
     """(namespace, service name) whose Service or EndpointSlices changed."""
@@ -51,15 +61,67 @@ class Changes:
     node_changed: bool = False
     first_queued: float | None = None
     """Monotonic time of the oldest change not yet synced."""
+    service_objects: set[Key] = field(default_factory=set)
+    """The keys of ``services`` whose Service object changed (every family's concern)."""
+    slice_families: dict[IPFamily, set[Key]] = field(default_factory=dict)
+    """The keys of ``services`` whose EndpointSlices of a family changed."""
+    trigger_families: list[IPFamily | None] = field(default_factory=list)
+    """The family of each of ``trigger_times``."""
 
     @property
     def empty(self) -> bool:
         return not (self.services or self.node_changed)
 
-    def add_trigger_time(self, t: float) -> None:
+    def service_changed(self, key: Key) -> None:
+        self.services.add(key)
+        self.service_objects.add(key)
+
+    def slice_changed(self, key: Key, family: IPFamily | None) -> None:
+        self.services.add(key)
+        if family is not None:
+            self.slice_families.setdefault(family, set()).add(key)
+
+    def add_trigger_time(self, t: float, family: IPFamily | None = None) -> None:
         self.trigger_times.append(t)
+        self.trigger_families.append(family)
         if len(self.trigger_times) > MAX_TRIGGER_TIMES:
             del self.trigger_times[: len(self.trigger_times) - MAX_TRIGGER_TIMES]
+            del self.trigger_families[: len(self.trigger_families) - MAX_TRIGGER_TIMES]
+
+    def for_family(self, family: IPFamily) -> Changes:
+        """The part of these changes one family's proxier syncs: every changed Service
+        object, the Services whose slices of ``family`` changed, their trigger times."""
+        mine = self.slice_families.get(family, set())
+        times = [
+            t for t, f in zip(self.trigger_times, self.trigger_families, strict=True) if f is family
+        ]
+        return Changes(
+            services=self.service_objects | mine,
+            service_events=self.service_events,
+            endpoint_events=self.endpoint_events,
+            trigger_times=times,
+            node_changed=self.node_changed,
+            first_queued=self.first_queued,
+            service_objects=set(self.service_objects),
+            slice_families={family: set(mine)} if mine else {},
+            trigger_families=[family] * len(times),
+        )
+
+    def merge(self, other: Changes) -> None:
+        """Add ``other`` (changes a failed sync took back) to these."""
+        self.services |= other.services
+        self.service_objects |= other.service_objects
+        for family, keys in other.slice_families.items():
+            self.slice_families.setdefault(family, set()).update(keys)
+        self.service_events += other.service_events
+        self.endpoint_events += other.endpoint_events
+        for t, f in zip(other.trigger_times, other.trigger_families, strict=True):
+            self.add_trigger_time(t, f)
+        self.node_changed |= other.node_changed
+        if other.first_queued is not None and (
+            self.first_queued is None or other.first_queued < self.first_queued
+        ):
+            self.first_queued = other.first_queued
 
 
 def _text(meta: Any, key: str, default: str) -> str:
@@ -186,7 +248,7 @@ class ClusterState:
             self._valid("Service", key)
             if self._services.pop(key, None) is None:
                 return False
-            self._changes.services.add(key)
+            self._changes.service_changed(key)
             return True
         svc, probs = parse_service(obj)
         if svc is None:
@@ -196,7 +258,7 @@ class ClusterState:
         if self._services.get(key) == svc:
             return False
         self._services[key] = svc
-        self._changes.services.add(key)
+        self._changes.service_changed(key)
         return True
 
     def _index_slice(self, key: Key, old: EndpointSlice | None, new: EndpointSlice | None) -> None:
@@ -225,7 +287,9 @@ class ClusterState:
                 return False
             del self._slices[key]
             self._index_slice(key, old, None)
-            self._changes.services.add((old.namespace, old.service_name))
+            self._changes.slice_changed(
+                (old.namespace, old.service_name), _FAMILY_OF_SLICE.get(old.address_type)
+            )
             return True
         sl, probs = parse_endpoint_slice(obj)
         if sl is None:
@@ -236,15 +300,16 @@ class ClusterState:
             return False
         self._slices[key] = sl
         self._index_slice(key, old, sl)
-        self._changes.services.add((sl.namespace, sl.service_name))
+        family = _FAMILY_OF_SLICE.get(sl.address_type)
+        self._changes.slice_changed((sl.namespace, sl.service_name), family)
         if old is not None and old.service_name != sl.service_name:
-            self._changes.services.add((old.namespace, old.service_name))
+            self._changes.slice_changed((old.namespace, old.service_name), family)
         meta = obj.get("metadata")
         annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
         if isinstance(annotations, Mapping):
             t = parse_trigger_time(annotations.get(TRIGGER_TIME_ANNOTATION))
             if t is not None:
-                self._changes.add_trigger_time(t)
+                self._changes.add_trigger_time(t, family)
         return True
 
     def _handle_node(self, event: str, obj: Mapping[str, Any]) -> bool:
@@ -272,16 +337,24 @@ class ClusterState:
         return changed
 
     # -- reading ------------------------------------------------------------------------
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(
+            tuple(self._services.values()),
+            tuple(self._slices.values()),
+            self._node,
+            service_index=dict(self._services),
+            slice_index=dict(self._slice_index),
+        )
+
+    def services(self) -> tuple[Service, ...]:
+        """The Services now (the pending changes stay pending)."""
+        with self._lock:
+            return tuple(self._services.values())
+
     def take(self) -> tuple[Snapshot, Changes, tuple[Problem, ...]]:
         """The current snapshot and problems, and the changes since the last take()."""
         with self._lock:
-            snapshot = Snapshot(
-                tuple(self._services.values()),
-                tuple(self._slices.values()),
-                self._node,
-                service_index=dict(self._services),
-                slice_index=dict(self._slice_index),
-            )
+            snapshot = self._snapshot()
             changes, self._changes = self._changes, Changes()
             problems = tuple(p for probs in self._problems.values() for p in probs)
         return snapshot, changes, problems
@@ -289,17 +362,7 @@ class ClusterState:
     def requeue(self, changes: Changes) -> None:
         """Put back changes a failed sync took, so they count as pending again."""
         with self._lock:
-            pending = self._changes
-            pending.services |= changes.services
-            pending.service_events += changes.service_events
-            pending.endpoint_events += changes.endpoint_events
-            for t in changes.trigger_times:
-                pending.add_trigger_time(t)
-            pending.node_changed |= changes.node_changed
-            if changes.first_queued is not None and (
-                pending.first_queued is None or changes.first_queued < pending.first_queued
-            ):
-                pending.first_queued = changes.first_queued
+            self._changes.merge(changes)
 
     def pending_counts(self) -> tuple[int, int]:
         """(service events, endpoint events) not yet synced."""

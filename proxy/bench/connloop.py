@@ -29,18 +29,19 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 
 
 def parse_target(text: str) -> tuple[str, tuple[str, int]]:
-    """``name=ip:port`` → (name, (ip, port))."""
+    """``name=ip:port`` or ``name=[ipv6]:port`` → (name, (ip, port))."""
     name, sep, addr = text.partition("=")
     ip, colon, port = addr.rpartition(":")
+    ip = ip.removeprefix("[").removesuffix("]")
     if not (sep and colon and name and ip and port.isdigit()):
-        raise ValueError(f"target {text!r} is not name=ip:port")
+        raise ValueError(f"target {text!r} is not name=ip:port (IPv6: name=[ip]:port)")
     return name, (ip, int(port))
 
 
 def one(addr: tuple[str, int], expect: str, timeout: float) -> float | None:
     """One connection; its connect() time in µs, or None if it failed or reached a pod
     other than ``expect``."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         s.settimeout(timeout)

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from proxy.bench import iptvariant, labobjects, machine
-from proxy.bench.latency import IMPLS, start_agent, wait_first_sync
+from proxy.bench.latency import IMPLS, bench_spec, start_agent, wait_first_sync
 from proxy.bench.stats import median
 from proxy.harness import Outcome, Topology
-from proxy.host.spec import NodeSpec, PodSpec, TopologySpec
+from proxy.host.spec import PodSpec
 from proxy.lab.build import build
 from proxy.lab.cluster import LabCluster, lab_spec, wait_for
 
@@ -79,6 +79,8 @@ class DatapathResult:
     compare it with the number of cores before trusting µs"""
     rounds_raw: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
+    ip_family: str = "ipv4"
+    """the cluster's IP family (an IPv4 or an IPv6-only lab)"""
 
 
 def command_for(
@@ -88,12 +90,14 @@ def command_for(
     connections: int,
     rounds: int,
     iptables: str = iptvariant.DEFAULT,
+    ip_family: str = "ipv4",
 ) -> str:
     command = (
         f"kube-proxy-py bench datapath --services {services} --mode {mode} --impl {impl} "
         f"--connections {connections} --rounds {rounds}"
     )
-    return command + iptvariant.option(mode, iptables)
+    command += iptvariant.option(mode, iptables)
+    return command + (f" --ip-family {ip_family}" if ip_family != "ipv4" else "")
 
 
 def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,10 +123,17 @@ def overhead_us(service: list[dict[str, Any]], direct: list[dict[str, Any]]) -> 
 
 class _Bench:
     def __init__(
-        self, lab: LabCluster[Topology], connections: int, rounds: int, iptables: str
+        self,
+        lab: LabCluster[Topology],
+        connections: int,
+        rounds: int,
+        iptables: str,
+        ip_family: str = "ipv4",
     ) -> None:
         self.lab = lab
         self.iptables = iptables
+        self.ip_family = ip_family
+        self.server_ip = lab.spec.pod(SERVER.name).ip
         self.connections = connections
         self.rounds = rounds
         self.cluster_ip = ""
@@ -132,13 +143,17 @@ class _Bench:
 
     def setup(self) -> None:
         lab = self.lab
-        lab.topo.run(NODE, ["ip", "route", "add", "unreachable", labobjects.FAKE_ENDPOINTS])
+        fake = labobjects.fake_endpoints(self.ip_family)
+        lab.topo.run(NODE, ["ip", "route", "add", "unreachable", fake])
         labobjects.create_namespace(lab)
         labobjects.create_namespace(lab, MEASURED_NS)
         measured = [
-            labobjects.service(MEASURED, namespace=MEASURED_NS),
+            labobjects.service(MEASURED, namespace=MEASURED_NS, family=self.ip_family),
             labobjects.endpoint_slice(
-                MEASURED, [{"addresses": [SERVER.ip], "nodeName": NODE}], namespace=MEASURED_NS
+                MEASURED,
+                [{"addresses": [self.server_ip], "nodeName": NODE}],
+                namespace=MEASURED_NS,
+                family=self.ip_family,
             ),
         ]
         self.cluster_ip = labobjects.create_all(lab, measured)[MEASURED]
@@ -148,7 +163,8 @@ class _Bench:
         """Add fake Services until there are ``services`` in all (the measured one too)."""
         if services > self.created:
             fake = range(self.created - 1, services - 1)
-            labobjects.create_all(self.lab, labobjects.objects(fake, ENDPOINTS_PER_FAKE_SERVICE))
+            objs = labobjects.objects(fake, ENDPOINTS_PER_FAKE_SERVICE, self.ip_family)
+            labobjects.create_all(self.lab, objs)
             self.created = services
 
     def reset_node(self) -> None:
@@ -156,18 +172,22 @@ class _Bench:
         this run's own; both agents' rules live in nftables, or legacy iptables)."""
         run = self.lab.topo.run
         run(NODE, ["nft", "flush", "ruleset"], check=False)
-        for table in ("nat", "filter", "mangle"):
-            for verb in ("-F", "-X"):
-                run(NODE, ["iptables-legacy", "-t", table, verb], check=False)
-        run(NODE, ["conntrack", "-F"], check=False)
+        for tool in ("iptables-legacy", "ip6tables-legacy"):
+            for table in ("nat", "filter", "mangle"):
+                for verb in ("-F", "-X"):
+                    run(NODE, [tool, "-t", table, verb], check=False)
+        for family in ("ipv4", "ipv6"):
+            run(NODE, ["conntrack", "-F", "-f", family], check=False)
 
     def kube_services_position(self) -> list[int]:
         """[1-based position of the measured Service's rule, rules in KUBE-SERVICES]."""
-        for tool in ("iptables-nft-save", "iptables-legacy-save"):
+        v6 = self.ip_family == "ipv6"
+        base = "ip6tables" if v6 else "iptables"
+        for tool in (f"{base}-nft-save", f"{base}-legacy-save"):
             out = self.lab.topo.run(NODE, [tool, "-t", "nat"], check=False).stdout
             rules = [line for line in out.splitlines() if line.startswith("-A KUBE-SERVICES ")]
             for i, line in enumerate(rules, 1):
-                if f"-d {self.cluster_ip}/32" in line:
+                if f"-d {self.cluster_ip}/{128 if v6 else 32}" in line:
                     return [i, len(rules)]
         return []
 
@@ -176,9 +196,12 @@ class _Bench:
         return r.outcome is Outcome.ANSWERED and r.endpoint == SERVER.name
 
     def loop(self, with_service: bool) -> dict[str, list[dict[str, Any]]]:
-        targets = [f"direct={SERVER.ip}:8080"]
+        def at(ip: str, port: int) -> str:
+            return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+        targets = [f"direct={at(self.server_ip, 8080)}"]
         if with_service:
-            targets.insert(0, f"service={self.cluster_ip}:80")
+            targets.insert(0, f"service={at(self.cluster_ip, 80)}")
         argv = [sys.executable, "-m", "proxy.bench.connloop", "--expect", SERVER.name,
                 "--count", str(self.connections), "--rounds", str(self.rounds)]  # fmt: skip
         for t in targets:
@@ -192,8 +215,10 @@ class _Bench:
     def bare(self) -> DatapathResult:
         """No agent, no rules: connections straight to the pod."""
         self.reset_node()
+        flag = f" --ip-family {self.ip_family}" if self.ip_family != "ipv4" else ""
         res = DatapathResult("none", "none", 0, self.connections, self.rounds,
-                             "(baseline of every `kube-proxy-py bench datapath` run)")  # fmt: skip
+                             f"(baseline of every `kube-proxy-py bench datapath{flag}` run)",
+                             ip_family=self.ip_family)  # fmt: skip
         res.machine = self.machine
         rounds = self.loop(with_service=False)
         res.rounds_raw = rounds
@@ -207,8 +232,10 @@ class _Bench:
         self.reset_node()
         res = DatapathResult(
             impl, mode, services, self.connections, self.rounds,
-            command_for(services, mode, impl, self.connections, self.rounds, self.iptables),
+            command_for(services, mode, impl, self.connections, self.rounds, self.iptables,
+                        self.ip_family),
             iptables=iptvariant.recorded(mode, self.iptables),
+            ip_family=self.ip_family,
         )  # fmt: skip
         res.machine = self.machine
         start = time.monotonic()
@@ -243,9 +270,9 @@ def run(
     rounds: int,
     on_result: Any = None,
     iptables: str = iptvariant.DEFAULT,
+    ip_family: str = "ipv4",
 ) -> list[DatapathResult]:
-    spec = TopologySpec(nodes=(NodeSpec(NODE, "192.168.50.11", "10.244.1.0/24"),),
-                        pods=(SERVER, CLIENT), clients=())  # fmt: skip
+    spec = bench_spec((SERVER, CLIENT), ip_family)
     results: list[DatapathResult] = []
 
     def keep(r: DatapathResult) -> None:
@@ -260,7 +287,7 @@ def run(
             build(), Topology(lab_spec(spec)), workdir=Path(tmp), with_controllers=False
         ) as lab,
     ):
-        bench = _Bench(lab, connections, rounds, iptables)
+        bench = _Bench(lab, connections, rounds, iptables, ip_family)
         bench.setup()
         keep(bench.bare())
         for size in sorted(sizes):
@@ -325,5 +352,6 @@ def main_datapath(args: Any) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps([asdict(x) for x in results], indent=2) + "\n")
 
-    run(sizes, modes, impls, args.connections, args.rounds, on_result, args.iptables)
+    run(sizes, modes, impls, args.connections, args.rounds, on_result, args.iptables,
+        args.ip_family)  # fmt: skip
     return 0

@@ -1,13 +1,15 @@
 """Services with fake endpoints, for the benchmarks that run a lab cluster.
 
 N selectorless Services (one TCP port 80 → 8080) in namespace ``bench``, each with a
-hand-written EndpointSlice of M endpoints from 10.128.0.0/10. The benchmarks put an
-``unreachable`` route to that range in the node namespace, so a connection DNATed to a
-fake endpoint fails at once and nothing leaves the lab.
+hand-written EndpointSlice of M endpoints from 10.128.0.0/10 (IPv6: fd00:10:128::/104,
+the Services ``ipFamilies: [IPv6]``). The benchmarks put an ``unreachable`` route to that
+range in the node namespace, so a connection DNATed to a fake endpoint fails at once and
+nothing leaves the lab.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,30 +20,48 @@ from proxy.lab.cluster import LabCluster
 
 NAMESPACE = "bench"
 FAKE_ENDPOINTS = "10.128.0.0/10"
+FAKE_ENDPOINTS_V6 = "fd00:10:128::/104"
 _FAKE_SIZE = 1 << 22
+_FAKE_V6_BASE = int(ipaddress.IPv6Address("fd00:10:128::"))
 SLICES = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+FAMILIES = ("ipv4", "ipv6")
+"""What ``bench latency``/``datapath --ip-family`` take."""
 
 
-def endpoint_ip(i: int) -> str:
-    """The ``i``-th fake endpoint address (wraps around inside 10.128.0.0/10)."""
+def fake_endpoints(family: str = "ipv4") -> str:
+    """The fake endpoints' range (the node routes it ``unreachable``)."""
+    return FAKE_ENDPOINTS if family == "ipv4" else FAKE_ENDPOINTS_V6
+
+
+def endpoint_ip(i: int, family: str = "ipv4") -> str:
+    """The ``i``-th fake endpoint address (wraps around inside the family's range)."""
     i %= _FAKE_SIZE
+    if family == "ipv6":
+        return str(ipaddress.IPv6Address(_FAKE_V6_BASE + i))
     return f"10.{128 + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}"
 
 
-def ip_counter(start: int) -> Callable[[], str]:
+def ip_counter(start: int, family: str = "ipv4") -> Callable[[], str]:
     """Fresh fake addresses from ``start`` on."""
     counter = itertools.count(start)
-    return lambda: endpoint_ip(next(counter))
+    return lambda: endpoint_ip(next(counter), family)
 
 
 def service(
-    name: str, port: int = 80, target_port: int = 8080, namespace: str = NAMESPACE
+    name: str,
+    port: int = 80,
+    target_port: int = 8080,
+    namespace: str = NAMESPACE,
+    family: str = "ipv4",
 ) -> dict[str, Any]:
+    spec: dict[str, Any] = {"ports": [{"name": "http", "port": port, "targetPort": target_port}]}
+    if family == "ipv6":
+        spec |= {"ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"ports": [{"name": "http", "port": port, "targetPort": target_port}]},
+        "spec": spec,
     }
 
 
@@ -50,6 +70,7 @@ def endpoint_slice(
     endpoints: Sequence[dict[str, Any]],
     port: int = 8080,
     namespace: str = NAMESPACE,
+    family: str = "ipv4",
 ) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
@@ -59,23 +80,23 @@ def endpoint_slice(
             "namespace": namespace,
             "labels": {"kubernetes.io/service-name": service_name},
         },
-        "addressType": "IPv4",
+        "addressType": "IPv6" if family == "ipv6" else "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         "endpoints": list(endpoints),
     }
 
 
-def objects(services: Iterable[int], endpoints: int) -> list[dict[str, Any]]:
+def objects(services: Iterable[int], endpoints: int, family: str = "ipv4") -> list[dict[str, Any]]:
     """Services ``svc-<i>`` for each i, each with ``endpoints`` fake endpoints spread over
     seven (absent) nodes; endpoint addresses are numbered from i × endpoints."""
     objs: list[dict[str, Any]] = []
     for i in services:
         name = f"svc-{i}"
         eps = [
-            {"addresses": [endpoint_ip(c)], "nodeName": f"node-{c % 7}"}
+            {"addresses": [endpoint_ip(c, family)], "nodeName": f"node-{c % 7}"}
             for c in range(i * endpoints, (i + 1) * endpoints)
         ]
-        objs += [service(name), endpoint_slice(name, eps)]
+        objs += [service(name, family=family), endpoint_slice(name, eps, family=family)]
     return objs
 
 

@@ -43,7 +43,7 @@ from proxy.bench.churn import as_dict, run_churn
 from proxy.bench.procstats import read
 from proxy.bench.stats import percentile
 from proxy.harness import Outcome, Topology
-from proxy.host.spec import NodeSpec, PodSpec, TopologySpec
+from proxy.host.spec import NodeSpec, PodSpec, TopologySpec, with_versions
 from proxy.lab.build import build
 from proxy.lab.cluster import Agent, LabCluster, lab_spec, wait_for
 
@@ -81,6 +81,9 @@ class LatencyResult:
     """Median cost of one kernel check; latencies include up to one of these."""
     churn: dict[str, Any] | None = None
     machine: dict[str, Any] = field(default_factory=dict)
+    ip_family: str = "ipv4"
+    """the cluster's IP family: an IPv4 or an IPv6-only lab (either agent still programs
+    both families' tables, as on any node whose kernel has IPv6)"""
 
     def percentile(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -116,6 +119,15 @@ def sync_flags(min_sync_period: str) -> tuple[str, ...]:
     return (f"--iptables-min-sync-period={min_sync_period}",)
 
 
+def bench_spec(pods: tuple[PodSpec, ...], family: str) -> TopologySpec:
+    """One node holding ``pods``, in an IPv4 or an IPv6-only lab (the IPv6 addresses are
+    the IPv4 ones' twins)."""
+    spec = TopologySpec(
+        nodes=(NodeSpec(NODE, "192.168.50.11", "10.244.1.0/24"),), pods=pods, clients=()
+    )
+    return with_versions(spec, (6,) if family == "ipv6" else (4,))
+
+
 @dataclass(frozen=True)
 class _Reaches:
     """Polls whether a connection from the node to ``cip``:80 reaches the real pod."""
@@ -138,12 +150,15 @@ def command_for(
     churn_minutes: float = 0,
     churn_rate: float = 2.0,
     iptables: str = iptvariant.DEFAULT,
+    ip_family: str = "ipv4",
 ) -> str:
     command = (
         f"kube-proxy-py bench latency --services {services} --endpoints {endpoints} "
         f"--changes {changes} --mode {mode} --min-sync-period {min_sync_period} --impl {impl}"
     )
     command += iptvariant.option(mode, iptables)
+    if ip_family != "ipv4":
+        command += f" --ip-family {ip_family}"
     if churn_minutes:
         command += f" --churn-minutes {churn_minutes:g} --churn-rate {churn_rate:g}"
     return command
@@ -160,19 +175,21 @@ def bench_latency(
     churn_rate: float = 2.0,
     sample_every: float = 5.0,
     iptables: str = iptvariant.DEFAULT,
+    ip_family: str = "ipv4",
 ) -> LatencyResult:
     is_default = min_sync_period == "default"
     res = LatencyResult(
         impl, mode, services, endpoints, changes,
         DEFAULT_MIN_SYNC_PERIODS[impl] if is_default else min_sync_period, is_default,
         command_for(services, endpoints, changes, mode, min_sync_period, impl,
-                    churn_minutes, churn_rate, iptables),
+                    churn_minutes, churn_rate, iptables, ip_family),
         iptables=iptvariant.recorded(mode, iptables),
+        ip_family=ip_family,
     )  # fmt: skip
     res.machine = machine.describe()
-    spec = TopologySpec(nodes=(NodeSpec(NODE, "192.168.50.11", "10.244.1.0/24"),), pods=(POD,),
-                        clients=())  # fmt: skip
-    objs = labobjects.objects(range(services), endpoints)
+    spec = bench_spec((POD,), ip_family)
+    pod_ip = spec.pod(POD.name).ip
+    objs = labobjects.objects(range(services), endpoints, ip_family)
     slices = [o for o in objs if o["kind"] == "EndpointSlice"]
     with (
         iptvariant.using(iptables),
@@ -181,7 +198,8 @@ def bench_latency(
             build(), Topology(lab_spec(spec)), workdir=Path(tmp), with_controllers=False
         ) as lab,
     ):
-        lab.topo.run(NODE, ["ip", "route", "add", "unreachable", labobjects.FAKE_ENDPOINTS])
+        fake = labobjects.fake_endpoints(ip_family)
+        lab.topo.run(NODE, ["ip", "route", "add", "unreachable", fake])
         labobjects.create_namespace(lab)
         cluster_ips = labobjects.create_all(lab, objs)
         start = time.monotonic()
@@ -197,7 +215,7 @@ def bench_latency(
             reaches = _Reaches(lab, cluster_ips[svc])
             if reaches():
                 raise RuntimeError(f"{svc} reaches the pod before the change")
-            sl["endpoints"] = [{"addresses": [POD.ip], "nodeName": NODE}]
+            sl["endpoints"] = [{"addresses": [pod_ip], "nodeName": NODE}]
             t0 = time.monotonic()
             labobjects.set_endpoints(lab, sl["metadata"]["name"], sl["endpoints"])
             res.write_ms.append((time.monotonic() - t0) * 1000)
@@ -219,7 +237,7 @@ def bench_latency(
                 pid=agent.pid,
                 slices=slices,
                 write=lambda name, eps: labobjects.set_endpoints(lab, name, eps),
-                next_ip=labobjects.ip_counter(services * endpoints),
+                next_ip=labobjects.ip_counter(services * endpoints, ip_family),
                 syncs=lambda: lab.syncs(NODE),
                 minutes=churn_minutes,
                 rate=churn_rate,
@@ -282,6 +300,7 @@ def main_latency(args: Any) -> int:
             r = bench_latency(
                 args.services, args.endpoints, args.changes, mode, args.min_sync_period, impl,
                 args.churn_minutes, args.churn_rate, args.sample_every, args.iptables,
+                args.ip_family,
             )  # fmt: skip
             results.append(asdict(r))
             print(format_result(r), flush=True)

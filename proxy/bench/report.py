@@ -303,14 +303,17 @@ def section_datapath(records: Sequence[Record]) -> list[str]:
         "it stayed well below the number of cores.",
         "",
     ]
-    bare = [r for r in dp if r["impl"] == "none"]
-    if bare:
-        d = bare[-1]["direct"]
-        lines += [
-            f"No agent and no rules at all: connect p50 {_n(d.get('connect_p50_us'))} µs, "
-            f"p99 {_n(d.get('connect_p99_us'))} µs, {_n(d.get('rate_per_s'))} conn/s.",
-            "",
-        ]
+    for family in ("ipv4", "ipv6"):
+        bare = [r for r in dp if r["impl"] == "none" and r.get("ip_family", "ipv4") == family]
+        if bare:
+            d = bare[-1]["direct"]
+            lab = " (IPv6-only lab)" if family == "ipv6" else ""
+            lines += [
+                f"No agent and no rules at all{lab}: connect p50 "
+                f"{_n(d.get('connect_p50_us'))} µs, p99 {_n(d.get('connect_p99_us'))} µs, "
+                f"{_n(d.get('rate_per_s'))} conn/s.",
+                "",
+            ]
     rows = []
     for r in _by_size([r for r in dp if r["impl"] != "none"]):
         s, d = r.get("service") or {}, r.get("direct") or {}

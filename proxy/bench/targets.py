@@ -48,8 +48,10 @@ def of_kind(records: Sequence[Record], kind: str) -> list[Record]:
 
 
 def mode_label(record: Record) -> str:
-    """``nftables``, ``iptables-legacy`` / ``iptables-nft`` (the backend, when recorded)."""
-    return label(str(record["mode"]), record.get("iptables"))
+    """``nftables``, ``iptables-legacy`` / ``iptables-nft`` (the backend, when recorded);
+    `` IPv6`` after it for a run in an IPv6-only lab."""
+    text = label(str(record["mode"]), record.get("iptables"))
+    return text + (" IPv6" if record.get("ip_family") == "ipv6" else "")
 
 
 def p(record: Record, q: float) -> float:

@@ -102,7 +102,8 @@ class Prober:
         )
 
     def tcp_syn(self, dst: str, port: int, *, timeout: float = 1.0) -> ProbeResult:
-        """scapy SYN: SYN-ACK answered, RST or ICMP 3/3 refused, other ICMP unreachable."""
+        """scapy SYN: SYN-ACK answered, RST or port unreachable (ICMP 3/3, ICMPv6 1/4)
+        refused, other ICMP(v6) errors unreachable."""
         return self._one("tcp_syn", timeout, dst=dst, port=port, timeout=timeout)
 
     def udp_scapy(

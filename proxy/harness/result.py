@@ -13,9 +13,11 @@ class Outcome(StrEnum):
     ANSWERED = "answered"
     """The destination (or whoever it was translated to) answered."""
     REFUSED = "refused"
-    """TCP RST / ECONNREFUSED / ICMP port unreachable (type 3 code 3): a REJECT."""
+    """TCP RST / ECONNREFUSED / ICMP port unreachable (type 3 code 3, ICMPv6 type 1 code
+    4): a REJECT."""
     UNREACHABLE = "unreachable"
-    """Any other ICMP destination-unreachable (host, net, admin-prohibited, ...)."""
+    """Any other ICMP or ICMPv6 destination-unreachable (host, net, admin-prohibited, ...);
+    the detail names type and code ("icmp6 1/1 from ...")."""
     SILENT = "silent"
     """Nothing before the timeout: a DROP (or a black hole)."""
 
@@ -26,7 +28,8 @@ class ProbeResult:
 
     endpoint: the pod name that answered (from the workload's line), if any.
     seen_source / seen_port: the client address and port that endpoint saw.
-    detail: human readable, e.g. "SYN-ACK from 10.96.0.10:80", "icmp 3/3 from 10.96.0.10".
+    detail: human readable, e.g. "SYN-ACK from 10.96.0.10:80", "icmp 3/3 from 10.96.0.10",
+    "icmp6 1/4 from fd00:10:96::10".
     """
 
     outcome: Outcome

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import ipaddress
 import selectors
 import signal
 import socket
@@ -35,8 +36,12 @@ _TRANSIENT = {errno.ECONNABORTED, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.
 
 
 def banner(name: str, peer: tuple[Any, ...]) -> bytes:
-    """The line every protocol answers with: pod name and the peer as the pod sees it."""
-    return f"{name} {peer[0]}:{peer[1]}\n".encode()
+    """The line every protocol answers with: pod name and the peer as the pod sees it
+    (an IPv6 address in canonical form, without a zone)."""
+    host = str(peer[0]).partition("%")[0]
+    with contextlib.suppress(ValueError):
+        host = str(ipaddress.ip_address(host))
+    return f"{name} {host}:{peer[1]}\n".encode()
 
 
 def _listen_socket(

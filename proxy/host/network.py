@@ -1,27 +1,28 @@
 """A network of namespaces built from a TopologySpec, and torn down by id.
 
 Layout (every box is a namespace named ``<id>-<name>``; nothing is linked to the root
-namespace, and no interface ever exists there):
+namespace, and no interface ever exists there). A topology is IPv4, IPv6 or dual-stack
+(:mod:`proxy.host.spec`); every address, route and setting below exists once per family
+of the topology (IPv6 addresses with ``nodad``, so they are usable at once):
 
-    <id>-lan: bridge br0 with router_ip, ip_forward=0 (the upstream router: answers
-              for itself, silently drops everything else)
+    <id>-lan: bridge br0 with the router_ips, forwarding off (the upstream router:
+              answers for itself, silently drops everything else; IPv6 needs a
+              blackhole default route for that)
        |  veth per node/client: eth0 on the node/client side, a bridge port in lan
-    <id>-<node>: eth0 lan_ip, default via router_ip, other nodes' pod CIDRs via them,
-                 ip_forward=1, rp_filter=0, send_redirects=0
-       |  veth per pod (Calico style): node side has no address, proxy_arp=1,
-       |  proxy_delay=0 and a /32 route to the pod
-    <id>-<pod>: eth0 ip/32, default via 169.254.1.1 dev eth0 onlink src ip (the
-                harness's Topology also starts a workload server on the pod's ports)
-    <id>-<client>: eth0 lan_ip, routes to the pod CIDRs via their nodes, no default
+    <id>-<node>: eth0 lan_ips, default routes via the router_ips, other nodes' pod
+                 CIDRs via them, forwarding on (IPv4: rp_filter=0, send_redirects=0)
+       |  veth per pod (Calico style): node side has no address but IPv6's fe80::1,
+       |  IPv4 proxy_arp=1 and proxy_delay=0, and a /32 or /128 route to the pod
+    <id>-<pod>: eth0 ips as /32 and /128, default via 169.254.1.1 (IPv4) and via
+                fe80::1 (IPv6) dev eth0 onlink src ip (the harness's Topology also
+                starts a workload server on the pod's ports)
+    <id>-<client>: eth0 lan_ips, routes to the pod CIDRs via their nodes, no default
 
-IPv6 and dual-stack specs (what the lab needs, until the harness builds pods of every
-family): the LAN, nodes and clients get an address of each family, nodes a default route
-and routes to the other nodes' pod CIDRs per family and IPv6 forwarding, and duplicate
-address detection is off in every namespace. Pods are wired with their IPv4 address only.
-
-ICMP error rate limits are off in every namespace unless spec.icmp_rate_limit: with
-them, a client that sees more than ~6 REJECTs from one node within a second gets
-silence instead, which makes probe outcomes depend on timing.
+ICMP and ICMPv6 error rate limits are off in every namespace unless
+spec.icmp_rate_limit: with them, a client that sees more than ~6 REJECTs from one node
+within a second gets silence instead, which makes probe outcomes depend on timing.
+ICMPv6 redirects are ignored (IPv4 nodes send none), so a node that forwards back out of
+eth0 never changes a neighbour's routes.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ from proxy.host.spec import (
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 POD_GATEWAY = "169.254.1.1"
+"""The pods' IPv4 gateway: link-local, answered by the node with proxy ARP."""
+POD_GATEWAY6 = "fe80::1"
+"""The pods' IPv6 gateway: a link-local address of the node side of every pod link."""
 
 _FileArg = int | IO[str] | None
 
@@ -211,33 +215,30 @@ class Network:
         hosts: list[NodeSpec | ClientSpec] = [*spec.nodes, *spec.clients]
         self._create([LAN, *(h.name for h in hosts), *(p.name for p in spec.pods)])
         lan = self.ns(LAN)
-        plen = spec.lan_prefixlen
-
         versions = spec.versions
+
+        def on_lan(ips: tuple[str, ...]) -> list[str]:
+            return [f"{ip}/{spec.lan_prefixlen_of(version_of(ip))}" for ip in ips]
+
         settings = {ns: self._base_sysctls() for ns in self._created}
         settings[lan]["net.ipv4.ip_forward"] = 0
         for node in spec.nodes:
             settings[self.ns(node.name)].update(_NODE_SYSCTLS)
-        if 6 in versions:
-            # No duplicate address detection: every address is usable at once (the
-            # LAN's addresses are unique by construction).
-            for ns in self._created:
-                settings[ns].update(_NO_DAD_SYSCTLS)
-            for node in spec.nodes:
-                settings[self.ns(node.name)]["net.ipv6.conf.all.forwarding"] = 1
+            if 6 in versions:
+                settings[self.ns(node.name)].update(_NODE_SYSCTLS6)
         netns.sysctls(settings)
-        bridge = links.bridge_commands(f"{spec.router_ip}/{plen}")
-        if spec.router_ip_secondary is not None:
-            second = spec.router_ip_secondary
-            bridge.append(f"addr add {second}/{_plen(spec, second)} dev {links.BRIDGE}")
-        links.ip_batch(lan, bridge)
+        lan_commands = links.bridge_commands(*on_lan(spec.router_ips))
+        if 6 in versions:
+            # With forwarding off, IPv4 drops what is not for the router without a word;
+            # IPv6 would first look for a route and answer "no route" (ICMPv6 1/0).
+            lan_commands.append("route add blackhole ::/0")
+        links.ip_batch(lan, lan_commands)
         for host in hosts:
-            commands = links.lan_port_commands(host.name, lan, f"{host.lan_ip}/{plen}")
-            if host.lan_ip_secondary is not None:
-                second = host.lan_ip_secondary
-                commands.append(f"addr add {second}/{_plen(spec, second)} dev eth0")
+            commands = links.lan_port_commands(host.name, lan, *on_lan(host.lan_ips))
             if isinstance(host, NodeSpec):
-                commands += [f"route add default via {router}" for router in spec.router_ips]
+                commands += [
+                    f"route add {_DEFAULT[version_of(ip)]} via {ip}" for ip in spec.router_ips
+                ]
             if isinstance(host, NodeSpec) or host.routes_to_pods:
                 commands += [
                     f"route add {pick(other.pod_cidrs, v)} via {pick(other.lan_ips, v)}"
@@ -260,9 +261,9 @@ class Network:
     def _wire_pod(self, pod: PodSpec) -> None:
         """The pod's namespace side of its veth pair (the node side is configured by
         _node_side_commands)."""
+        routes = [(ip, _POD_GATEWAYS[version_of(ip)]) for ip in pod.ips]
         links.ip_batch(
-            self.ns(pod.name),
-            links.pod_link_commands(pod.name, self.ns(pod.node), pod.ip, POD_GATEWAY),
+            self.ns(pod.name), links.pod_link_commands(pod.name, self.ns(pod.node), routes)
         )
 
     # -- pods at runtime ------------------------------------------------------------
@@ -274,15 +275,12 @@ class Network:
         self._spec = new_spec
         try:
             self._create([pod.name])
+            # Before the pod's link exists: IPv6 settings apply to links made afterwards.
+            netns.sysctls({self.ns(pod.name): self._base_sysctls()})
             self._wire_pod(pod)
             node = self.ns(pod.node)
             links.ip_batch(node, _node_side_commands([pod]))
-            netns.sysctls(
-                {
-                    node: _node_iface_sysctls([pod], with_eth0=False),
-                    self.ns(pod.name): self._base_sysctls(),
-                }
-            )
+            netns.sysctls({node: _node_iface_sysctls([pod], with_eth0=False)})
             self._pod_added(pod)
         except BaseException:
             self._discard_pod(pod)
@@ -376,11 +374,17 @@ class Network:
 
     def _base_sysctls(self) -> dict[str, str | int]:
         """Settings for every namespace."""
+        settings: dict[str, str | int] = {}
+        if 6 in self._spec.versions:
+            settings.update(_IPV6_SYSCTLS)
         if self._spec.icmp_rate_limit:
-            return {}
-        settings: dict[str, str | int] = {"net.ipv4.icmp_ratemask": 0}
+            return settings
+        settings["net.ipv4.icmp_ratemask"] = 0
         if _HAS_IPV6:
             settings["net.ipv6.icmp.ratelimit"] = 0
+        if 6 in self._spec.versions and _HAS_IPV6_RATEMASK:
+            # No ICMPv6 type is limited: not even by the host-wide token bucket.
+            settings["net.ipv6.icmp.ratemask"] = ""
         return settings
 
     def _require_up(self) -> None:
@@ -392,6 +396,18 @@ class Network:
 
 
 _HAS_IPV6 = Path("/proc/sys/net/ipv6").is_dir()
+_HAS_IPV6_RATEMASK = Path("/proc/sys/net/ipv6/icmp/ratemask").is_file()
+_DEFAULT = {4: "default", 6: "::/0"}
+_POD_GATEWAYS = {4: POD_GATEWAY, 6: POD_GATEWAY6}
+_IPV6_SYSCTLS: dict[str, str | int] = {
+    # Links made after this (all of ours) skip duplicate address detection, so their
+    # link-local addresses are usable at once, as our nodad addresses are.
+    "net.ipv6.conf.all.accept_dad": 0,
+    "net.ipv6.conf.default.accept_dad": 0,
+    "net.ipv6.conf.all.accept_redirects": 0,
+    "net.ipv6.conf.default.accept_redirects": 0,
+}
+_NODE_SYSCTLS6: dict[str, str | int] = {"net.ipv6.conf.all.forwarding": 1}
 _NODE_SYSCTLS: dict[str, str | int] = {
     "net.ipv4.ip_forward": 1,
     "net.ipv4.conf.all.rp_filter": 0,
@@ -401,20 +417,18 @@ _NODE_SYSCTLS: dict[str, str | int] = {
 }
 
 
-_NO_DAD_SYSCTLS: dict[str, str | int] = {
-    "net.ipv6.conf.all.accept_dad": 0,
-    "net.ipv6.conf.default.accept_dad": 0,
-}
-
-
-def _plen(spec: TopologySpec, address: str) -> int:
-    """The LAN prefix length for an address of either family."""
-    return spec.lan_prefixlen_of(version_of(address))
-
-
 def _node_side_commands(pods: Sequence[PodSpec]) -> list[str]:
-    commands = [f"link set {veth_name(p.name)} up" for p in pods]
-    commands += [f"route add {p.ip}/32 dev {veth_name(p.name)}" for p in pods]
+    commands = [
+        links.addr_add(f"{POD_GATEWAY6}/64", veth_name(p.name))
+        for p in pods
+        if any(version_of(ip) == 6 for ip in p.ips)
+    ]
+    commands += [f"link set {veth_name(p.name)} up" for p in pods]
+    commands += [
+        f"route add {ip}/{32 if version_of(ip) == 4 else 128} dev {veth_name(p.name)}"
+        for p in pods
+        for ip in p.ips
+    ]
     return commands
 
 

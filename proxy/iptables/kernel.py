@@ -78,9 +78,13 @@ def _counting(pieces: Iterable[str], commits: list[tuple[str, int]]) -> Iterator
 _HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY", "KUBE-SERVICES")
 
 
+def tool_name(family: IPFamily) -> str:
+    """``iptables`` or ``ip6tables``."""
+    return "iptables" if family is IPFamily.V4 else "ip6tables"
+
+
 def _tool(family: IPFamily, variant: str, verb: str) -> str:
-    base = "iptables" if family is IPFamily.V4 else "ip6tables"
-    return f"{base}-{variant}-{verb}"
+    return f"{tool_name(family)}-{variant}-{verb}"
 
 
 def detect_variant(executor: Executor, family: IPFamily = IPFamily.V4) -> str:

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from proxy.config import ProxyMode
-from proxy.iptables.kernel import CANARY_TABLES, VARIANTS, IptablesKernel
+from proxy.iptables.kernel import (
+    CANARY_TABLES,
+    VARIANTS,
+    IptablesKernel,
+    detect_variant,
+    tool_name,
+)
 from proxy.iptables.model import IptablesRuleset
 from proxy.iptables.render import RenderCache, large_cluster, render
 from proxy.iptables.restore import PartialRestore, partial_restore, restore_text
@@ -93,11 +99,27 @@ class IptablesMode:
 
         return IptablesWriter(IptablesKernel(executor, family), GenerationReader(executor.netns))
 
+    def unsupported(self, executor: Executor, family: IPFamily) -> str | None:
+        base = tool_name(family)
+        installed = [v for v in VARIANTS if Executor.available(f"{base}-{v}-restore")]
+        if not installed:
+            return f"{base}-restore is not installed ({' or '.join(VARIANTS)})"
+        variant = detect_variant(executor, family)
+        if variant not in installed:
+            variant = installed[0]
+        proc = executor.run(
+            [f"{base}-{variant}", "-w", "5", "-t", "nat", "-S", "POSTROUTING"], check=False
+        )
+        if proc.returncode != 0:
+            return f"{base}-{variant} cannot read the nat table: {proc.stderr.strip()[:200]}"
+        return None
+
     def cleanup(self, executor: Executor, family: IPFamily) -> list[str]:
         removed: list[str] = []
+        base = tool_name(family)
         for variant in VARIANTS:
-            if not Executor.available(f"iptables-{variant}-restore"):
+            if not Executor.available(f"{base}-{variant}-restore"):
                 continue
             if IptablesKernel(executor, family, variant).cleanup():
-                removed.append(f"iptables ({variant})")
+                removed.append(f"{base} ({variant})")
         return removed

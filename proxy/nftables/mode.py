@@ -67,9 +67,12 @@ class NftablesMode:
 
         return NftablesWriter(NftKernel(executor, family), GenerationReader(executor.netns))
 
+    def unsupported(self, executor: Executor, family: IPFamily) -> str | None:
+        return None if Executor.available("nft") else "the nft tool is not installed"
+
     def cleanup(self, executor: Executor, family: IPFamily) -> list[str]:
         from proxy.nftables.kernel import NftKernel
 
         if Executor.available("nft") and NftKernel(executor, family).cleanup():
-            return ["nftables"]
+            return ["nftables" if family is IPFamily.V4 else "nftables (ip6 table)"]
         return []

@@ -168,7 +168,8 @@ def _render(path: Path, mode: str, extra: tuple[str, ...], node: str) -> bytes:
 
 
 def _v6_render(data: bytes, mode: str) -> bytes:
-    """The IPv6 rules (the agent renders them; `render` prints IPv4 only)."""
+    """The IPv6 rules alone, as the agent writes them (`render` prints them after the
+    IPv4 ones when a state has both)."""
     from proxy.iptables import render as ipt_render
     from proxy.iptables import restore as ipt_restore
     from proxy.nftables import diff as nft_diff

@@ -240,3 +240,40 @@ def test_nftables_takes_over_a_table_with_other_base_chain_priorities(netns: str
     )
     assert "filter-output-post-dnat" not in listing
     assert "10.244.2.11" in listing
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_apply_programs_both_families_of_a_dual_stack_state(
+    netns: str, mode: str, tmp_path: Path
+) -> None:
+    state = write_state(
+        tmp_path,
+        [
+            m.node("node-a", "192.168.50.11", "fd00:192:168:50::11"),
+            m.service("web", "10.96.0.20", [m.Port(80)], secondary_cluster_ip="fd00:10:96::20"),
+            m.service("v6", "fd00:10:96::30", [m.Port(80)]),
+            m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")]),
+            m.endpoint_slice(
+                "web",
+                [m.EP("fd00:10:244:1::5", "node-a")],
+                [("", 80, "TCP")],
+                name="web-v6",
+                address_type="IPv6",
+            ),
+        ],
+    )
+    proc = apply(netns, mode, state, "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/48")
+    assert "IPv4: 1 service ports" in proc.stderr and "IPv6: 2 service ports" in proc.stderr
+    v6 = sh(netns, "nft", "list", "ruleset") if mode == "nftables" else sh(netns, "ip6tables-save")
+    assert "fd00:10:96::20" in v6 and "fd00:10:96::30" in v6 and "fd00:10:244:1::5" in v6
+    assert "fd00" not in snapshot(netns, "iptables")
+
+    # one family only, as asked: the other half of each Service is said to be left out
+    proc = apply(netns, mode, state, "--ip-family", "ipv4")
+    assert "not programmed: default/v6: skipped: IPv6 only" in proc.stderr
+    assert "default/web: partly programmed" in proc.stderr
+
+    proc = kpp(netns, "cleanup", "--mode", mode)
+    assert proc.returncode == 0, proc.stderr
+    left = sh(netns, "nft", "list", "ruleset") + sh(netns, "ip6tables-save")
+    assert "kube-proxy" not in left and "KUBE-" not in left

@@ -11,7 +11,15 @@ import pytest
 
 from proxy.harness import Outcome, Topology
 from proxy.host.errors import HostError
-from proxy.host.spec import ClientSpec, NodeSpec, PodSpec, TopologySpec, default_spec
+from proxy.host.spec import (
+    ClientSpec,
+    NodeSpec,
+    PodSpec,
+    TopologySpec,
+    default_spec,
+    v6_twin,
+    with_versions,
+)
 
 A1, A2, B1, B2 = "10.244.1.11", "10.244.1.12", "10.244.2.11", "10.244.2.12"
 NODE_A, NODE_B, OUTSIDE = "192.168.50.11", "192.168.50.12", "192.168.50.100"
@@ -314,3 +322,113 @@ def test_down_removes_namespaces_and_processes_even_on_failure() -> None:
     assert topology.namespaces == ()
     assert not [p for p in pids if _alive(p)]
     assert not topology.is_up
+
+
+# -- IPv6 ------------------------------------------------------------------------------
+
+A1_6, B1_6, B2_6 = (v6_twin(ip) for ip in (A1, B1, B2))
+NODE_A6, NODE_B6, OUTSIDE6 = (v6_twin(ip) for ip in (NODE_A, NODE_B, OUTSIDE))
+ROUTER6, UNOWNED6 = v6_twin("192.168.50.1"), v6_twin(UNOWNED)
+
+
+@pytest.fixture(scope="module")
+def topo6() -> Iterator[Topology]:
+    """An IPv6-only topology: two nodes with one pod each, and the outside client."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: builds network namespaces")
+    spec = TopologySpec(
+        nodes=(
+            NodeSpec("node-a", NODE_A, "10.244.1.0/24"),
+            NodeSpec("node-b", NODE_B, "10.244.2.0/24"),
+        ),
+        pods=(PodSpec("a1", "node-a", A1), PodSpec("b1", "node-b", B1)),
+        clients=(ClientSpec("outside", OUTSIDE),),
+    )
+    with Topology(with_versions(spec, (6,))) as topology:
+        yield topology
+
+
+@pytest.mark.netns
+def test_ipv6_pod_to_pod_across_nodes(topo6: Topology) -> None:
+    assert "inet " not in topo6.run("a1", ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    probe = topo6.prober("a1")
+    tcp = probe.tcp(B1_6, 80)
+    assert (tcp.outcome, tcp.endpoint, tcp.seen_source) == (Outcome.ANSWERED, "b1", A1_6), tcp
+    udp = probe.udp(B1_6, 80)
+    assert (udp.outcome, udp.endpoint, udp.seen_source) == (Outcome.ANSWERED, "b1", A1_6), udp
+    scapy_udp = probe.udp_scapy(B1_6, 80)
+    assert (scapy_udp.endpoint, scapy_udp.seen_source) == ("b1", A1_6), scapy_udp
+    syn = probe.tcp_syn(B1_6, 80)
+    assert (syn.outcome, syn.detail) == (Outcome.ANSWERED, f"SYN-ACK from {B1_6}:80"), syn
+    for target in (NODE_A6, NODE_B6, OUTSIDE6):
+        echo = probe.icmp_echo(target)
+        assert (echo.outcome, echo.detail) == (Outcome.ANSWERED, f"echo-reply from {target}")
+    outside = topo6.prober("outside")
+    back = outside.tcp(A1_6, 80)
+    assert (back.endpoint, back.seen_source) == ("a1", OUTSIDE6), back
+    # the LAN router answers for itself (it has no route to the pods)
+    assert outside.icmp_echo(ROUTER6).detail == f"echo-reply from {ROUTER6}"
+
+
+REJECTS6 = f"""table ip6 kpp_harness_reject {{
+ chain forward {{
+  type filter hook forward priority 0;
+  ip6 daddr {UNOWNED6} tcp dport 80 reject with icmpv6 type port-unreachable
+  ip6 daddr {UNOWNED6} tcp dport 81 reject with icmpv6 type admin-prohibited
+  ip6 daddr {UNOWNED6} tcp dport 82 reject with tcp reset
+  ip6 daddr {UNOWNED6} udp dport 80 reject
+  ip6 daddr {UNOWNED6} udp dport 81 reject with icmpv6 type no-route
+  ip6 daddr {UNOWNED6} icmpv6 type echo-request reject with icmpv6 type admin-prohibited
+ }}
+}}
+"""
+
+
+@pytest.mark.netns
+def test_ipv6_rejections_are_classified(topo6: Topology) -> None:
+    """ICMPv6 port unreachable (1/4) and RST are REFUSED, other ICMPv6 errors (1/1
+    admin-prohibited, 1/0 no route) UNREACHABLE, the type and code in the detail; many
+    in a row; and what the LAN router does not own is dropped silently."""
+    topo6.run("node-a", ["nft", "-f", "-"], input=REJECTS6)
+    topo6.add_route("outside", v6_twin("10.96.0.0/16"), NODE_A6)
+    try:
+        probe = topo6.prober("outside")
+        refused, unreachable = Outcome.REFUSED, Outcome.UNREACHABLE
+        port_unreachable = f"icmp6 1/4 from {NODE_A6}"
+        for _ in range(3):
+            seen = [
+                probe.tcp(UNOWNED6, 80),
+                probe.tcp_syn(UNOWNED6, 80),
+                probe.udp(UNOWNED6, 80),
+                probe.udp_scapy(UNOWNED6, 80),
+            ]
+            assert {(r.outcome, r.detail) for r in seen} == {(refused, port_unreachable)}, seen
+        prohibited = [probe.tcp(UNOWNED6, 81), probe.tcp_syn(UNOWNED6, 81)]
+        prohibited.append(probe.icmp_echo(UNOWNED6))
+        assert {(r.outcome, r.detail) for r in prohibited} == {
+            (unreachable, f"icmp6 1/1 from {NODE_A6}")
+        }, prohibited
+        no_route = [probe.udp(UNOWNED6, 81), probe.udp_scapy(UNOWNED6, 81)]
+        assert {(r.outcome, r.detail) for r in no_route} == {
+            (unreachable, f"icmp6 1/0 from {NODE_A6}")
+        }, no_route
+        rst = probe.tcp(UNOWNED6, 82)
+        assert (rst.outcome, rst.detail) == (refused, "connection refused (RST)")
+        assert probe.tcp_syn(UNOWNED6, 82).detail == f"RST from {UNOWNED6}:82"
+        # not rejected: node-a routes it to the LAN router, which drops it without a word
+        assert probe.tcp_syn(UNOWNED6, 83, timeout=QUICK).outcome is Outcome.SILENT
+    finally:
+        topo6.del_route("outside", v6_twin("10.96.0.0/16"))
+        topo6.run("node-a", ["nft", "delete", "table", "ip6", "kpp_harness_reject"], check=False)
+
+
+@pytest.mark.netns
+def test_ipv6_add_pod(topo6: Topology) -> None:
+    pod = PodSpec("b2", "node-b", B2_6, tcp_ports=(80,), udp_ports=())
+    topo6.add_pod(pod)
+    try:
+        result = topo6.prober("a1").tcp(B2_6, 80)
+        assert (result.endpoint, result.seen_source) == ("b2", A1_6), result
+    finally:
+        topo6.remove_pod("b2")
+    assert topo6.prober("a1").tcp(B2_6, 80, timeout=QUICK).outcome is Outcome.SILENT

@@ -18,6 +18,7 @@ from proxy.agent.state import ClusterState
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.iptables.kernel import CANARY_CHAIN, VARIANT_ENV, IptablesKernel
 from proxy.kernel.executor import Executor
+from proxy.model import IPFamily
 
 pytestmark = pytest.mark.netns
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -35,7 +36,7 @@ class Recorder:
         """The newest sync's result (a call: each assert reads the sync it just made)."""
         return self.results[-1]
 
-    def sync_failed(self, mode: ProxyMode, full: bool, error: str) -> None:
+    def sync_failed(self, mode: ProxyMode, full: bool, error: str, family: IPFamily) -> None:
         self.failures.append(error)
 
 

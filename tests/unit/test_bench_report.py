@@ -389,3 +389,22 @@ def test_datapath_flat_discounts_drift_that_hits_the_direct_path_too() -> None:
     assert targets.datapath_flat(records).status == targets.MET
     slow["direct"]["connect_p50_us"] = 50.0  # only the Service path got slower
     assert targets.datapath_flat(records).status == targets.MISSED
+
+
+def test_ipv6_runs_are_kept_apart_from_ipv4_ones() -> None:
+    from proxy.bench import labobjects
+    from proxy.bench.connloop import parse_target
+    from proxy.bench.targets import mode_label
+
+    v4 = {"mode": "nftables", "ip_family": "ipv4"}
+    assert mode_label(v4) == "nftables" and mode_label({**v4, "ip_family": "ipv6"}).endswith(
+        " IPv6"
+    )
+    assert labobjects.endpoint_ip(5, "ipv6") == "fd00:10:128::5"
+    assert labobjects.endpoint_ip((1 << 22) + 5, "ipv6") == "fd00:10:128::5"  # wraps
+    svc = labobjects.service("s", family="ipv6")
+    assert svc["spec"]["ipFamilies"] == ["IPv6"]
+    sl = labobjects.endpoint_slice("s", [], family="ipv6")
+    assert sl["addressType"] == "IPv6"
+    assert parse_target("service=[fd00:10:96::a]:80") == ("service", ("fd00:10:96::a", 80))
+    assert parse_target("direct=10.244.1.11:8080") == ("direct", ("10.244.1.11", 8080))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy import __version__
 from proxy import manifests as m
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my-nginx.yaml"
@@ -152,3 +153,45 @@ def test_an_option_given_dashdash_as_its_value_is_a_usage_error() -> None:
     assert r.returncode == 2
     assert "--hostname-override: no value given" in r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def _dual_state(tmp_path: Path) -> str:
+    path = tmp_path / "dual.json"
+    objs = [
+        m.node("node-a", "192.168.50.11", "fd00:192:168:50::11"),
+        m.service("web", "10.96.0.20", [m.Port(80)], secondary_cluster_ip="fd00:10:96::20"),
+        m.service("v6", "fd00:10:96::30", [m.Port(53, "dns", "UDP")]),
+        m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")]),
+        m.endpoint_slice(
+            "web", [m.EP("fd00:10:244:1::5", "node-a")], [("", 80, "TCP")],
+            name="web-v6", address_type="IPv6",
+        ),
+    ]  # fmt: skip
+    path.write_text(json.dumps(m.as_list(objs)))
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_render_prints_every_family_of_the_state_or_the_one_asked(
+    tmp_path: Path, mode: str
+) -> None:
+    state = _dual_state(tmp_path)
+    both = render(mode, state)
+    assert both.returncode == 0, both.stderr
+    header = [line for line in both.stdout.splitlines() if line.startswith("#")]
+    assert header[:2] == [
+        f"# kube-proxy-py {__version__} {mode} rules for node node-a (IPv4): "
+        "1 service ports, 1 endpoints",
+        f"# kube-proxy-py {__version__} {mode} rules for node node-a (IPv6): "
+        "2 service ports, 1 endpoints",
+    ]
+    v4, _, v6 = both.stdout.partition("# ---- IPv6")
+    assert "10.96.0.20" in v4 and "fd00" not in v4.split("# ---- IPv4")[1]
+    assert "fd00:10:96::20" in v6 and "fd00:10:96::30" in v6 and "10.96.0.20" not in v6
+    only4 = render(mode, state, "--ip-family", "ipv4")
+    rules = [line for line in only4.stdout.splitlines() if not line.startswith("#")]
+    assert not [line for line in rules if "fd00" in line]
+    assert "# default/v6: skipped: IPv6 only (ClusterIP fd00:10:96::30)" in only4.stdout
+    assert "# ---- " not in only4.stdout  # one family: no banners, pipe it as it is
+    only6 = render(mode, state, "--ip-family", "ipv6").stdout.splitlines()
+    assert not [line for line in only6 if "10.96.0.20" in line and not line.startswith("#")]

@@ -22,11 +22,11 @@ from proxy import manifests as m
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.iptables import render as ipt_render
 from proxy.iptables import restore as ipt_restore
-from proxy.model import parse_endpoint_slice, parse_service
+from proxy.model import IPFamily, parse_endpoint_slice, parse_service
 from proxy.nftables import diff as nft_diff
 from proxy.nftables import render as nft_render
 from proxy.nftables import statements as nft_statements
-from proxy.plan import plan
+from proxy.plan import plan, unserved_family_notes
 from proxy.source.file import build_state
 
 NODE = "node-a"
@@ -199,18 +199,28 @@ def test_health_check_port_held_by_another_services_node_port() -> None:
     assert p.service_port("default", "a").node_port == 30100  # the first keeps it
 
 
-def test_ipv6_only_and_dual_stack_services_are_said_per_object() -> None:
+def test_each_family_plans_its_half_and_an_unserved_family_is_said_per_object() -> None:
     v6 = m.service("v6", "fd00::10", [m.Port(80)])
-    dual = m.service("dual", "10.96.0.11", [m.Port(80)])
-    dual["spec"]["clusterIPs"] = ["10.96.0.11", "fd00::11"]
+    dual = m.service("dual", "10.96.0.11", [m.Port(80)], secondary_cluster_ip="fd00::11")
     state = _state(v6, dual)
     assert state.problems == ()
-    p = plan(state.snapshot, ProxyConfig(NODE, mode=ProxyMode.NFTABLES))
-    notes = {s.ref.name: s for s in p.skipped}
+    cfg = ProxyConfig(NODE, mode=ProxyMode.NFTABLES)
+    p4, p6 = plan(state.snapshot, cfg, IPFamily.V4), plan(state.snapshot, cfg, IPFamily.V6)
+    assert p4.skipped == p6.skipped == ()
+    assert [(sp.name, str(sp.cluster_ip)) for sp in p4.service_ports] == [("dual", "10.96.0.11")]
+    assert [(sp.name, str(sp.cluster_ip)) for sp in p6.service_ports] == [
+        ("dual", "fd00::11"),
+        ("v6", "fd00::10"),
+    ]
+    # a node that cannot program IPv6 says what it leaves out, per object
+    services = state.snapshot.services
+    notes = {s.ref.name: s for s in unserved_family_notes(services, (IPFamily.V4,), "no ip6")}
     assert notes["v6"].code == "ipv6-only" and not notes["v6"].partial
     assert notes["dual"].code == "dual-stack" and notes["dual"].partial
-    assert "fd00::11 is not" in notes["dual"].reason
-    assert [sp.name for sp in p.service_ports] == ["dual"]
+    assert "fd00::11 is not" in notes["dual"].reason and "(no ip6)" in notes["dual"].reason
+    # and an IPv6-only node the IPv4 ones
+    notes = {s.ref.name: s for s in unserved_family_notes(services, (IPFamily.V6,), "no ip")}
+    assert set(notes) == {"dual"} and "10.96.0.11 is not" in notes["dual"].reason
 
 
 # -- render output --------------------------------------------------------------------

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+import pytest
+
 from proxy import manifests as m
 from proxy.config import NodePortAddresses, ProxyConfig, ProxyMode
 from proxy.model import IPFamily
-from proxy.plan import Filter, Plan, TopologyMode, plan
+from proxy.plan import Filter, NodePortTargets, Plan, TopologyMode, plan
 from proxy.source.file import build_state
 
 NODE = "node-a"
@@ -239,6 +241,30 @@ def test_nodeport_addresses_cidrs_pick_host_addresses() -> None:
     assert [str(a) for a in t.addresses] == ["192.168.50.11"]
     t = make_plan(web(), nodeport_addresses=NodePortAddresses.parse("0.0.0.0/0")).nodeports
     assert t.match_all_local
+
+
+@pytest.mark.parametrize("mode", list(ProxyMode))
+def test_nodeport_addresses_per_family(mode: ProxyMode) -> None:
+    """CIDRs of one family leave the other unrestricted (upstream); 'primary' picks the
+    node's primary address of each family."""
+    node = m.node(NODE, "192.168.50.11", "fd00:192:168:50::11")
+    state = build_state([node, web()], NODE)
+    hosts = tuple(ipaddress.ip_address(a) for a in ("192.168.50.11", "fd00:192:168:50::11"))
+
+    def targets(npa: str, family: IPFamily) -> NodePortTargets:
+        cfg = ProxyConfig(
+            NODE, mode=mode, nodeport_addresses=NodePortAddresses.parse(npa), host_addresses=hosts
+        )
+        return plan(state.snapshot, cfg, family).nodeports
+
+    assert [str(a) for a in targets("192.168.0.0/16", IPFamily.V4).addresses] == ["192.168.50.11"]
+    assert targets("192.168.0.0/16", IPFamily.V6).match_all_local
+    only6 = targets("fd00::/8", IPFamily.V6)
+    assert [str(a) for a in only6.addresses] == ["fd00:192:168:50::11"]
+    assert targets("fd00::/8", IPFamily.V4).match_all_local
+    primary6 = targets("primary", IPFamily.V6)
+    assert [str(a) for a in primary6.addresses] == ["fd00:192:168:50::11"]
+    assert not primary6.include_localhost  # no route_localnet for IPv6
 
 
 def test_plan_is_family_aware() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.iptables import render as ipt_render
 from proxy.iptables import restore as ipt_restore
+from proxy.model import IPFamily
 from proxy.nftables import diff as nft_diff
 from proxy.nftables import render as nft_render
 from proxy.plan import plan
@@ -66,9 +68,9 @@ def _lines(script: str) -> list[str]:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cluster_states(), cluster_states())
+@given(cluster_states(), cluster_states(), st.sampled_from(list(IPFamily)))
 def test_incremental_plan_equals_full_plan(
-    a: list[dict[str, Any]], b: list[dict[str, Any]]
+    a: list[dict[str, Any]], b: list[dict[str, Any]], family: IPFamily
 ) -> None:
     b = [a[0], *b[1:]]  # the same Node (a Node change means a full plan anyway)
     # B keeps some of A's objects unchanged, so reuse has something to reuse
@@ -83,11 +85,11 @@ def test_incremental_plan_equals_full_plan(
         cfg = ProxyConfig("node-a", mode=mode)
         state_a, state_b = build_state(a, "node-a"), build_state(b, "node-a")
         tracker = PlanTracker()
-        before = tracker.update(state_a.snapshot, cfg).plan
+        before = tracker.update(state_a.snapshot, cfg, family).plan
         changed = _changed_keys(state_a.snapshot, state_b.snapshot)
-        update = tracker.update(state_b.snapshot, cfg, changed=changed)
+        update = tracker.update(state_b.snapshot, cfg, family, changed=changed)
         incremental, updated = update.plan, update.updated
-        full = plan(state_b.snapshot, cfg)
+        full = plan(state_b.snapshot, cfg, family)
         assert incremental == full
         # the tracker names every service port that differs, with its plan now
         assert updated is not None

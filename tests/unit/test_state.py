@@ -7,6 +7,7 @@ import pytest
 
 from proxy import manifests as m
 from proxy.agent.state import TRIGGER_TIME_ANNOTATION, ClusterState, parse_trigger_time
+from proxy.model import IPFamily
 
 
 def svc(port: int = 80, rv: str = "1") -> dict:  # type: ignore[type-arg]
@@ -142,3 +143,32 @@ def test_slice_index_follows_adds_moves_and_deletes() -> None:
     st.handle("EndpointSlice", "DELETED", moved)
     snap = st.take()[0]
     assert snap.slice_index == {} and snap.service_index == {}
+
+
+def test_changes_are_split_by_ip_family_as_upstream_splits_slices_by_address_type() -> None:
+    st = ClusterState("node-a")
+    st.handle("Service", "ADDED", m.service("db", "10.96.0.11", [m.Port(80)]))
+    v4 = m.endpoint_slice("web", [m.EP("10.244.1.5", "node-a")], [("", 80, "TCP")])
+    v6 = m.endpoint_slice("web", [m.EP("fd00:10:244:1::5", "node-a")], [("", 80, "TCP")])
+    v6["metadata"]["name"] = "web-v6"
+    v6["addressType"] = "IPv6"
+    v6["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: "2026-11-23T03:00:00Z"}
+    st.handle("EndpointSlice", "ADDED", v4)
+    st.handle("EndpointSlice", "ADDED", v6)
+    _, changes, _ = st.take()
+    assert changes.services == {("default", "db"), ("default", "web")}
+    ipv4, ipv6 = changes.for_family(IPFamily.V4), changes.for_family(IPFamily.V6)
+    # the Service change concerns both families, each slice only its own
+    assert ipv4.services == ipv6.services == {("default", "db"), ("default", "web")}
+    assert ipv4.trigger_times == [] and ipv6.trigger_times == changes.trigger_times
+    st.handle("EndpointSlice", "DELETED", v6)
+    _, changes, _ = st.take()
+    assert changes.for_family(IPFamily.V4).services == set()
+    assert changes.for_family(IPFamily.V6).services == {("default", "web")}
+    # a failed sync's changes go back whole, family by family
+    st.requeue(changes)
+    st.handle("Service", "ADDED", m.service("api", "10.96.0.12", [m.Port(80)]))
+    _, again, _ = st.take()
+    assert again.for_family(IPFamily.V4).services == {("default", "api")}
+    assert again.for_family(IPFamily.V6).services == {("default", "api"), ("default", "web")}
+    assert again.endpoint_events == changes.endpoint_events

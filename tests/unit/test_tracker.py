@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from proxy import manifests as m
 from proxy.config import ProxyConfig, ProxyMode
 from proxy.iptables import render as ipt_render
+from proxy.model import IPFamily
 from proxy.nftables import diff as nft_diff
 from proxy.nftables import render as nft_render
 from proxy.plan import plan
@@ -136,26 +139,25 @@ def test_a_node_change_unknown_changes_or_a_reset_plan_everything() -> None:
     assert tracker.last is None and tracker.update(snap, NFT, changed=set()).updated is None
 
 
-def test_what_is_left_out_keeps_the_order_of_a_full_plan() -> None:
-    """A dual-stack Service planned again in place: its note keeps its place among the
-    others (the plan equals a full one, not only its service ports)."""
+@pytest.mark.parametrize("family", list(IPFamily))
+def test_dual_stack_services_are_planned_in_place_in_each_family(family: IPFamily) -> None:
+    """Each family's tracker replans a changed dual-stack Service in place, and its plan
+    equals a full plan of that family (nothing of the other family leaks in)."""
 
     def dual(name: str, n: int, port: int) -> dict[str, Any]:
-        svc = m.service(name, f"10.96.0.{n}", [m.Port(port, "http")])
-        svc["spec"]["clusterIPs"] = [f"10.96.0.{n}", f"fd00:96::{n}"]
-        svc["spec"]["ipFamilies"] = ["IPv4", "IPv6"]
-        return svc
+        return m.service(
+            name, f"10.96.0.{n}", [m.Port(port, "http")], secondary_cluster_ip=f"fd00:96::{n}"
+        )
 
-    node = m.node(NODE, "192.168.50.11")
+    node = m.node(NODE, "192.168.50.11", "fd00::11")
     tracker = PlanTracker()
     before = tracker.update(
-        build_state([node, dual("a", 1, 80), dual("c", 3, 80)], NODE).snapshot, NFT
+        build_state([node, dual("a", 1, 80), dual("c", 3, 80)], NODE).snapshot, NFT, family
     )
-    assert [s.ref.name for s in before.plan.skipped] == ["a", "c"]
+    assert {sp.cluster_ip.version for sp in before.plan.service_ports} == {
+        4 if family is IPFamily.V4 else 6
+    }
     snap = build_state([node, dual("a", 1, 81), dual("c", 3, 80)], NODE).snapshot
-    update = tracker.update(snap, NFT, changed={("default", "a")})
-    assert update.plan == plan(snap, NFT) and [s.ref.name for s in update.plan.skipped] == [
-        "a",
-        "c",
-    ]
+    update = tracker.update(snap, NFT, family, changed={("default", "a")})
+    assert update.plan == plan(snap, NFT, family)
     assert update.updated is not None and {k[1] for k in update.updated} == {"a"}
