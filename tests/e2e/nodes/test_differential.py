@@ -997,6 +997,11 @@ class Observation:
     def silent(self) -> bool:
         return any(f.startswith("silent") for f in self.outcomes)
 
+    @property
+    def heard(self) -> bool:
+        """Something answered: an endpoint, an ICMP error, a RST, an HTTP status."""
+        return bool(self.endpoints) or any(not f.startswith("silent") for f in self.outcomes)
+
     def render(self) -> str:
         parts = sorted(self.outcomes)
         if self.endpoints:
@@ -1353,8 +1358,20 @@ def test_same_outcomes_as_upstream(diff: Differential, scen: Scenario) -> None:
     comparisons = diff.compare(scen)
     report = _report(diff.mode, scen, comparisons)
     print(report)  # shown with -s or -rP: every probe and what both implementations did
-    problems = check(diff.mode, scen.id, comparisons)
+    problems = check(diff.mode, scen.id, comparisons) + unheard(comparisons)
     assert not problems, "\n".join(problems) + "\n\n" + report
+
+
+def unheard(comparisons: Sequence[Comparison]) -> list[str]:
+    """The families in which neither implementation got any answer (an endpoint's, an
+    ICMP error, a RST): equal, but a sign of a broken lab (routes, addresses), not of
+    equal behaviour. Every scenario has probes that are answered."""
+    problems = []
+    for family in sorted({c.probe.family for c in comparisons}):
+        mine = [c for c in comparisons if c.probe.family == family]
+        if not any(c.ours.heard for c in mine) or not any(c.upstream.heard for c in mine):
+            problems.append(f"{family}: no probe got any answer on one side")
+    return problems
 
 
 def test_intended_differences_are_documented() -> None:
@@ -1421,6 +1438,12 @@ def test_check_flags_unlisted_and_vanished_differences() -> None:
     assert check("nftables", "cluster-ip", [different6], (listed,)) == []  # "both"
     assert check("nftables", "cluster-ip", [different], (only6,)) != []  # other family
     assert "D0" in check("nftables", "cluster-ip", [different6, same], (listed,))[0]
+    timeout = Observation(outcomes=frozenset({"silent: timeout"}))
+    assert unheard([different, different6]) == []
+    assert unheard([different, Comparison(v6, timeout, timeout)]) == [
+        "IPv6: no probe got any answer on one side"
+    ]
+    assert unheard([Comparison(v6, timeout, a1)]) != []
     pinned = Probe("pod tcp", "a3", "tcp", "10.96.1.10", count=10, pinned=True)
     one = Observation(endpoints=frozenset({"a1"}), pinned=True)
     other = Observation(endpoints=frozenset({"b1"}), pinned=True)
