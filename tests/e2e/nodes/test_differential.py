@@ -1017,8 +1017,7 @@ class Observation:
 # the differential lab
 
 
-def _one(lab: NodeLab, probe: Probe, timeout: float) -> ProbeResult:
-    prober = lab.prober(probe.src)
+def _one(prober: Prober, probe: Probe, timeout: float) -> ProbeResult:
     if probe.kind == "tcp":
         return prober.tcp(probe.dst, probe.port, timeout=timeout)
     if probe.kind == "udp":
@@ -1030,21 +1029,21 @@ def _one(lab: NodeLab, probe: Probe, timeout: float) -> ProbeResult:
     raise ValueError(f"unknown probe kind {probe.kind!r}")
 
 
-def run_probe(lab: NodeLab, probe: Probe, count: int | None = None) -> list[ProbeResult]:
-    """One probe (retried once with a longer timeout when unanswered); unless that one
-    got no answer at all (a DROP: the repetitions would only add timeouts), the
-    remaining repetitions."""
-    first = _one(lab, probe, QUICK)
+def run_probe(prober: Prober, probe: Probe, count: int | None = None) -> list[ProbeResult]:
+    """One probe from ``prober``'s namespace (retried once with a longer timeout when
+    unanswered); unless that one got no answer at all (a DROP: the repetitions would only
+    add timeouts), the remaining repetitions."""
+    first = _one(prober, probe, QUICK)
     if first.outcome is Outcome.SILENT:
-        first = _one(lab, probe, CONFIRM)
+        first = _one(prober, probe, CONFIRM)
     total = probe.count if count is None else count
     if first.outcome is Outcome.SILENT or total <= 1:
         return [first]
     rest = total - 1
     if probe.kind == "tcp":
-        more = lab.prober(probe.src).tcp_many(probe.dst, probe.port, rest, timeout=ANSWER)
+        more = prober.tcp_many(probe.dst, probe.port, rest, timeout=ANSWER)
     else:
-        more = [_one(lab, probe, ANSWER) for _ in range(rest)]
+        more = [_one(prober, probe, ANSWER) for _ in range(rest)]
     return [first, *more]
 
 
@@ -1101,7 +1100,10 @@ class Differential:
         self.mode = mode
         self.round = 0
         self.written: list[str] = []
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(VERSIONS))
+        self.family_probers: dict[tuple[str, str], Prober] = {}
+        """The probers of the families after the first: a namespace's prober serialises
+        its calls, and each family's probes run at the same time as the other's."""
 
     # -- API writes ------------------------------------------------------------------------
     @staticmethod
@@ -1173,18 +1175,34 @@ class Differential:
                     raise AssertionError(f"{exc}\n{self.log_tail(side)}") from exc
 
     # -- probing ---------------------------------------------------------------------------
+    def prober(self, probe: Probe) -> Prober:
+        if probe.family == FAMILY[VERSIONS[0]]:
+            return self.cluster.prober(probe.src)
+        key = (probe.src, probe.family)
+        if key not in self.family_probers:
+            self.family_probers[key] = Prober(self.cluster.ns(probe.src))
+        return self.family_probers[key]
+
     def probe_both(
         self, pairs: Sequence[tuple[Probe, Probe]], count: int | None = None
     ) -> list[tuple[list[ProbeResult], list[ProbeResult]]]:
-        """Each pair's a-side probe through node-a and b-side probe through node-b, the
-        two sides at the same time."""
+        """Each pair's a-side probe through node-a and b-side probe through node-b: the
+        two sides, and each side's families, at the same time."""
+        families = sorted({pair[0].family for pair in pairs})
+        for probe in (p for pair in pairs for p in pair):  # a new prober starts a worker:
+            self.prober(probe)  # not in the threads
 
-        def side(i: int) -> list[list[ProbeResult]]:
-            return [run_probe(self.cluster, pair[i], count) for pair in pairs]
+        def side(i: int, family: str) -> list[list[ProbeResult]]:
+            return [run_probe(self.prober(pair[i]), pair[i], count)
+                    for pair in pairs if pair[i].family == family]  # fmt: skip
 
-        ours = self.pool.submit(side, 0)
-        upstream = self.pool.submit(side, 1)
-        return list(zip(ours.result(), upstream.result(), strict=True))
+        futures = {(i, f): self.pool.submit(side, i, f) for i in (0, 1) for f in families}
+        results: dict[tuple[int, str], Iterator[list[ProbeResult]]] = {
+            key: iter(future.result()) for key, future in futures.items()
+        }
+        return [
+            (next(results[0, pair[0].family]), next(results[1, pair[1].family])) for pair in pairs
+        ]
 
     def compare(self, scen: Scenario) -> list[Comparison]:
         a, b = built(scen, A), built(scen, B)
@@ -1217,6 +1235,8 @@ class Differential:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        for prober in self.family_probers.values():
+            prober.close()
 
     # -- the agents ------------------------------------------------------------------------
     def restarts(self) -> dict[str, int]:
