@@ -30,8 +30,8 @@ fd00:203:0:113::N, LB IPs fd00:198:51:100::N, ClusterIPs in fd00:10:96::/112). I
 dual-stack run the two builds are written at once, as PreferDualStack Services with both
 families' ClusterIPs, ExternalIPs, LB IPs and source ranges and an EndpointSlice per
 family (the IPv6 one named ``…-v6``), so one write and one sentinel wait serve both
-families' probes; an IPv6-only run writes SingleStack IPv6 Services. Every probe is
-compared within its family.
+families' probes (sent at the same time, a prober per namespace and family); an
+IPv6-only run writes SingleStack IPv6 Services. Every probe is compared within its family.
 
 A difference is a failure unless it is one of the INTENDED_DIFFERENCES below, each
 documented with its reason in docs/differences.md; a listed difference that no longer
