@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.nodelab import NodeLab
+from tests.e2e.nodelab import NodeLab, ip_family
 
 
 @pytest.fixture(scope="package")
@@ -16,9 +16,11 @@ def node_lab(k8s_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """One lab of real nodes for the package's tests: node-1 and node-2 run
     kube-proxy-py's DaemonSet, node-upstream upstream kube-proxy's (``--compare``).
     Started in iptables mode (which sets route_localnet on the nodes beforehand, so both
-    modes can be tested on it); each test module configures the agents it needs."""
+    modes can be tested on it), IPv4 unless ``KPP_DIFF_IP_FAMILY`` says otherwise
+    (``tests.e2e.nodelab.ip_family``); each test module configures the agents it needs."""
     state_dir = tmp_path_factory.mktemp("node-lab") / "state"
-    lab = NodeLab.up(k8s_bin, state_dir, "--nodes", "2", "--compare", "--mode", "iptables")
+    args = ("--nodes", "2", "--compare", "--mode", "iptables", "--ip-family", ip_family())
+    lab = NodeLab.up(k8s_bin, state_dir, *args)
     try:
         yield lab
     finally:

@@ -22,14 +22,26 @@ not), and for unanswered probes how they failed (ICMP type/code and sender, RST,
 or EPERM). Pod addresses come from the nodes' CNI, so the mirror learns them when the
 pods run.
 
+IP families: ``KPP_DIFF_IP_FAMILY=dual`` makes the lab dual-stack, ``ipv6`` IPv6-only
+(the default, ``ipv4``, is what CI runs: see ``tests.e2e.nodelab.ip_family``); both
+implementations run a proxier per family. Each scenario is built once per family: IPv4 addresses or their IPv6
+twins (``v6_twin``: node and pod addresses as the lab gives them, ExternalIPs
+fd00:203:0:113::N, LB IPs fd00:198:51:100::N, ClusterIPs in fd00:10:96::/112). In a
+dual-stack run the two builds are written at once, as PreferDualStack Services with both
+families' ClusterIPs, ExternalIPs, LB IPs and source ranges and an EndpointSlice per
+family (the IPv6 one named ``…-v6``), so one write and one sentinel wait serve both
+families' probes (sent at the same time, a prober per namespace and family); an
+IPv6-only run writes SingleStack IPv6 Services. Every probe is compared within its family.
+
 A difference is a failure unless it is one of the INTENDED_DIFFERENCES below, each
 documented with its reason in docs/differences.md; a listed difference that no longer
 shows up fails too, so the list stays true.
 
 No sleeps: after a scenario's objects are written, a sentinel Service and EndpointSlice
-are written last and both nodes are probed until they serve the sentinel's new port with
-its new endpoint. Watches are ordered per resource type, so both agents have then
-programmed everything written before it.
+(one per family) are written last and both nodes are probed on each family's ClusterIP
+until they serve the sentinel's new port with its new endpoint. Watches are ordered per
+resource type, so both agents (each family's proxier: upstream syncs them apart) have
+then programmed everything written before it.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import dataclasses
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,9 +61,11 @@ import pytest
 
 from proxy import manifests as m
 from proxy.harness import Outcome, Prober, ProbeResult
+from proxy.host.spec import v6_twin
 from proxy.lab.cluster import wait_for
 from proxy.lab.metallb import STATIC_CLASS
-from tests.e2e.nodelab import PROXY, UPSTREAM, NodeLab, workload_pod
+from proxy.lab.topology import host_port, versions_of
+from tests.e2e.nodelab import PROXY, UPSTREAM, NodeLab, ip_family, workload_pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -74,17 +89,27 @@ DIFFERENCES_DOC = REPO / "docs" / "differences.md"
 # ---------------------------------------------------------------------------------------
 # the mirror topology
 
+VERSIONS: tuple[int, ...] = versions_of(ip_family())
+"""The IP families of this run, primary first (``KPP_DIFF_IP_FAMILY``; CI: IPv4)."""
+FAMILY = {4: "IPv4", 6: "IPv6"}
+
+
+def in_family(ipv4: str, version: int) -> str:
+    """An IPv4 address or CIDR of the scenarios, or its IPv6 twin (``v6_twin``)."""
+    return ipv4 if version == 4 else v6_twin(ipv4)
+
 
 @dataclass(frozen=True)
 class Side:
-    """One half of the mirror: a node, its pods and its outside client."""
+    """One half of the mirror: a node, its pods and its outside client; addresses are
+    written in IPv4, each with its IPv6 twin (the lab's addressing)."""
 
     key: str
     node: str
-    node_ip: str
+    node_ipv4: str
     pod_cidr_prefix: str
     outside: str
-    outside_ip: str
+    outside_ipv4: str
     zone: str
     implementation: str
     agent: tuple[str, str]
@@ -93,15 +118,25 @@ class Side:
     def pod(self, n: int) -> str:
         return f"{self.key}{n}"
 
-    def pod_ip(self, n: int) -> str:
-        """The pod's address: the one its node's CNI gave it once the pods run (a
-        placeholder in the pod CIDR until then, for the tests without a cluster)."""
-        return POD_IPS.get(self.pod(n), f"{self.pod_cidr_prefix}.{10 + n}")
+    def node_ip(self, version: int = 4) -> str:
+        """The node's InternalIP of that family."""
+        return in_family(self.node_ipv4, version)
 
-    @property
-    def gateway(self) -> str:
+    def outside_ip(self, version: int = 4) -> str:
+        return in_family(self.outside_ipv4, version)
+
+    def pod_cidr(self, version: int = 4) -> str:
+        return in_family(f"{self.pod_cidr_prefix}.0/24", version)
+
+    def pod_ip(self, n: int, version: int = 4) -> str:
+        """The pod's address of that family: the one its node's CNI gave it once the pods
+        run (a placeholder in the pod CIDR until then, for the tests without a cluster)."""
+        placeholder = in_family(f"{self.pod_cidr_prefix}.{10 + n}", version)
+        return POD_IPS.get((self.pod(n), version), placeholder)
+
+    def gateway(self, version: int = 4) -> str:
         """The node's bridge address: masqueraded traffic to a local pod comes from it."""
-        return f"{self.pod_cidr_prefix}.1"
+        return in_family(f"{self.pod_cidr_prefix}.1", version)
 
 
 A = Side("a", "node-1", "192.168.50.11", "10.244.1", "client", "192.168.50.100", "zone-a",
@@ -111,28 +146,35 @@ B = Side("b", "node-upstream", "192.168.50.30", "10.244.30", "outside-b", "192.1
 SIDES = (A, B)
 OTHER = {A.key: B, B.key: A}
 SERVING = (1, 2)
-"""Pods n=1, 2 of each side serve TCP and UDP port 80; pod 3 is a client."""
+"""Pods n=1, 2 of each side serve TCP and UDP port 80 (both families); pod 3 is a client."""
 CLIENT = 3
-SERVICE_CIDR = "10.96.0.0/16"
 ZONE_LABEL = "topology.kubernetes.io/zone"
-ROUTED_TO_NODE = (SERVICE_CIDR, "203.0.113.0/24", "198.51.100.0/24")
-"""What each outside client routes via its own node: ClusterIPs, ExternalIPs, LB IPs."""
+SERVICE_CIDRS = {4: "10.96.0.0/16", 6: "fd00:10:96::/112"}
+ROUTED_TO_NODE = {
+    v: (SERVICE_CIDRS[v], in_family("203.0.113.0/24", v), in_family("198.51.100.0/24", v))
+    for v in (4, 6)
+}
+"""What each outside client routes via its own node, per family: ClusterIPs, ExternalIPs,
+LB IPs."""
 POD_SIDE = {s.pod(n): s for s in SIDES for n in (*SERVING, CLIENT)}
-POD_IPS: dict[str, str] = {}
-"""Pod name -> address, filled in when the lab's pods run."""
+POD_IPS: dict[tuple[str, int], str] = {}
+"""(pod name, IP version) -> address, filled in when the lab's pods run."""
 
 
 def _mirror_pairs() -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = [
         (A.node, B.node),
-        (A.node_ip, B.node_ip),
-        (A.gateway, B.gateway),
         (A.outside, B.outside),
-        (A.outside_ip, B.outside_ip),
         (A.zone, B.zone),
+        *((A.pod(n), B.pod(n)) for n in (*SERVING, CLIENT)),
     ]
-    for n in (*SERVING, CLIENT):
-        pairs += [(A.pod(n), B.pod(n)), (A.pod_ip(n), B.pod_ip(n))]
+    for v in (4, 6):
+        pairs += [
+            (A.node_ip(v), B.node_ip(v)),
+            (A.gateway(v), B.gateway(v)),
+            (A.outside_ip(v), B.outside_ip(v)),
+            *((A.pod_ip(n, v), B.pod_ip(n, v)) for n in (*SERVING, CLIENT)),
+        ]
     return pairs
 
 
@@ -143,28 +185,41 @@ def _add_pairs(table: dict[str, str], pairs: Sequence[tuple[str, str]]) -> dict[
 
 
 MIRROR = _add_pairs({}, _mirror_pairs())
-"""a-side word ↔ b-side word (an involution); scenario addresses are added as built."""
-_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
+"""a-side word ↔ b-side word (an involution); scenario addresses are added as built.
+IPv6 addresses in canonical form."""
+_ADDRESS = re.compile(
+    r"\b\d{1,3}(?:\.\d{1,3}){3}\b"  # IPv4
+    r"|(?<![\w:])[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}(?![\w:])"  # IPv6
+)
 
 
-def learn_pod_ips(ips: Mapping[str, str]) -> None:
+def learn_pod_ips(ips: Mapping[tuple[str, int], str]) -> None:
     """The pods' real addresses replace the placeholders, in the mirror too."""
     for n in (*SERVING, CLIENT):
-        for old in (A.pod_ip(n), B.pod_ip(n)):
-            MIRROR.pop(old, None)
+        for v in (4, 6):
+            for old in (A.pod_ip(n, v), B.pod_ip(n, v)):
+                MIRROR.pop(old, None)
     POD_IPS.update(ips)
     _add_pairs(MIRROR, _mirror_pairs())
+
+
+def _mirror_address(word: str) -> str:
+    try:
+        canonical = str(ipaddress.ip_address(word))
+    except ValueError:
+        return word
+    return MIRROR.get(canonical, word)
 
 
 def mirror(text: str) -> str:
     """``text`` with every known name or address replaced by its mirror image."""
     if text in MIRROR:
         return MIRROR[text]
-    return _IPV4.sub(lambda match: MIRROR.get(match.group(0), match.group(0)), text)
+    return _ADDRESS.sub(lambda match: _mirror_address(match.group(0)), text)
 
 
 # ---------------------------------------------------------------------------------------
-# scenarios: objects and probes as seen from one side
+# scenarios: objects and probes as seen from one side, in one IP family
 
 
 @dataclass(frozen=True)
@@ -179,14 +234,19 @@ class Probe:
     port: int = 80
     count: int = 1
     pinned: bool = False
+    family: str = "IPv4"
 
 
 @dataclass
 class Ctx:
-    """Names and addresses of scenario number ``number`` for one side of the mirror."""
+    """Names and addresses of scenario number ``number`` for one side of the mirror, in
+    IP ``version``: its Services have ClusterIPs, ExternalIPs, LB IPs and source ranges of
+    that family, its EndpointSlices that addressType, its probes that family's addresses.
+    :func:`built` merges a scenario's two families into dual-stack objects."""
 
     number: int
     side: Side
+    version: int = 4
     objects: list[JSON] = field(default_factory=list)
     """What is written first (created or replaced)."""
     later: list[list[JSON]] = field(default_factory=list)
@@ -196,6 +256,10 @@ class Ctx:
     @property
     def stages(self) -> list[list[JSON]]:
         return [self.objects, *self.later]
+
+    @property
+    def family(self) -> str:
+        return FAMILY[self.version]
 
     # -- who -------------------------------------------------------------------------------
     @property
@@ -208,7 +272,7 @@ class Ctx:
 
     @property
     def node_ip(self) -> str:
-        return self.side.node_ip
+        return self.side.node_ip(self.version)
 
     @property
     def outside(self) -> str:
@@ -216,7 +280,11 @@ class Ctx:
 
     @property
     def outside_ip(self) -> str:
-        return self.side.outside_ip
+        return self.side.outside_ip(self.version)
+
+    @property
+    def localhost(self) -> str:
+        return "127.0.0.1" if self.version == 4 else "::1"
 
     def near(self, n: int) -> str:
         return self.side.pod(n)
@@ -233,8 +301,20 @@ class Ctx:
         MIRROR[a], MIRROR[b] = b, a
         return (a, b)[SIDES.index(self.side)]
 
+    def v(self, ipv4: str) -> str:
+        """An address or CIDR written in IPv4, in this family."""
+        return in_family(ipv4, self.version)
+
+    def host_range(self, ip: str) -> str:
+        """A source range of one address."""
+        return f"{ip}/{32 if self.version == 4 else 128}"
+
     def cip(self, j: int = 0) -> str:
-        return self._pair(f"10.96.{self.number}.{10 + 2 * j}", f"10.96.{self.number}.{11 + 2 * j}")
+        a, b = (10 + 2 * j, 11 + 2 * j)
+        if self.version == 4:
+            return self._pair(f"10.96.{self.number}.{a}", f"10.96.{self.number}.{b}")
+        # fd00:10:96::/112 has one group left: the scenario's number, then two digits
+        return self._pair(f"fd00:10:96::{self.number}{a:02d}", f"fd00:10:96::{self.number}{b:02d}")
 
     def _last_octet(self, j: int) -> int:
         assert 0 <= j < 6 and self.number < 21, "out of ExternalIP / LB IP addresses"
@@ -242,18 +322,19 @@ class Ctx:
 
     def eip(self, j: int = 0) -> str:
         last = self._last_octet(j)
-        return self._pair(f"203.0.113.{last}", f"203.0.113.{last + 1}")
+        return self._pair(self.v(f"203.0.113.{last}"), self.v(f"203.0.113.{last + 1}"))
 
     def lb_ip(self, j: int = 0) -> str:
         last = self._last_octet(j)
-        return self._pair(f"198.51.100.{last}", f"198.51.100.{last + 1}")
+        return self._pair(self.v(f"198.51.100.{last}"), self.v(f"198.51.100.{last + 1}"))
 
     def _port(self, base: int) -> int:
         assert self.number < 24, "node ports would run into health check node ports"
         return int(self._pair(str(base), str(base + 1)))
 
     def node_port(self, j: int = 0, protocol: str = "TCP") -> int:
-        """Unique per scenario, service (j < 10), protocol and side (30040-30999)."""
+        """Unique per scenario, service (j < 10), protocol and side (30040-30999); the
+        same in both families (a dual-stack Service has one node port per port)."""
         return self._port(30000 + 40 * self.number + 2 * j + (20 if protocol == "UDP" else 0))
 
     def hc_port(self, j: int = 0) -> int:
@@ -261,16 +342,18 @@ class Ctx:
         return self._port(31000 + 40 * self.number + 2 * j)
 
     def name(self, base: str) -> str:
-        """A Service's name; its EndpointSlice is named ``<name>-abc12``."""
+        """A Service's name; its EndpointSlice is named ``<name>-abc12`` (the IPv6 one
+        of a dual-stack Service ``…-v6``)."""
         a, b = f"{base}-{self.number}-a", f"{base}-{self.number}-b"
-        self._pair(f"{a}-abc12", f"{b}-abc12")
+        for suffix in ("-abc12", "-abc12-v6", "-v6"):
+            self._pair(f"{a}{suffix}", f"{b}{suffix}")
         return self._pair(a, b)
 
     # -- objects ---------------------------------------------------------------------------
     def ep(self, pod: str, **kw: Any) -> m.EP:
         side = POD_SIDE[pod]
         kw.setdefault("zone", side.zone)
-        return m.EP(side.pod_ip(int(pod[1:])), node=side.node, **kw)
+        return m.EP(side.pod_ip(int(pod[1:]), self.version), node=side.node, **kw)
 
     def web(
         self,
@@ -316,7 +399,15 @@ class Ctx:
         *,
         pinned: bool = False,
     ) -> None:
-        self.probes.append(Probe(label, src, kind, dst, port, count, pinned))
+        self.probes.append(Probe(label, src, kind, dst, port, count, pinned, self.family))
+
+    def finish(self) -> None:
+        """Slices of an IPv6 build hold IPv6 addresses (the scenarios write them as
+        ``m.endpoint_slice``'s default addressType)."""
+        if self.version == 6:
+            for obj in (o for stage in self.stages for o in stage):
+                if obj["kind"] == "EndpointSlice" and obj["addressType"] == "IPv4":
+                    obj["addressType"] = "IPv6"
 
 
 @dataclass(frozen=True)
@@ -341,10 +432,82 @@ def number_of(scen: Scenario) -> int:
     return SCENARIOS.index(scen) + 1
 
 
-def built(scen: Scenario, side: Side) -> Ctx:
-    ctx = Ctx(number_of(scen), side)
-    scen.build(ctx)
-    return ctx
+@dataclass(frozen=True)
+class Built:
+    """A scenario for one side in the run's families: the objects of each stage and
+    every family's probes."""
+
+    stages: list[list[JSON]]
+    probes: list[Probe]
+
+
+PER_FAMILY = {"clusterIPs", "externalIPs", "loadBalancerSourceRanges", "ipFamilies"}
+"""Service spec fields a dual-stack merge joins (the rest must be equal in both builds)."""
+
+
+def _dual_service(v4: JSON, v6: JSON) -> JSON:
+    """One PreferDualStack Service from the IPv4 and IPv6 builds of the same Service."""
+    if v4["spec"].get("clusterIP", "") in ("", "None"):  # ExternalName, headless: no family
+        assert v4 == v6, f"{v4['metadata']['name']}: the builds differ"
+        return v4
+    s4, s6 = v4["spec"], v6["spec"]
+    skip = {"clusterIP", "ipFamilyPolicy", *PER_FAMILY}
+    same4 = {k: v for k, v in s4.items() if k not in skip}
+    same6 = {k: v for k, v in s6.items() if k not in skip}
+    assert same4 == same6, f"{v4['metadata']['name']}: {same4} != {same6}"
+    assert v4["metadata"] == v6["metadata"], v4["metadata"]
+    spec = dict(s4)
+    spec["clusterIPs"] = [s4["clusterIP"], s6["clusterIP"]]
+    spec["ipFamilies"] = ["IPv4", "IPv6"]
+    spec["ipFamilyPolicy"] = "PreferDualStack"
+    for key in ("externalIPs", "loadBalancerSourceRanges"):
+        if key in s4 or key in s6:
+            spec[key] = [*s4.get(key, []), *s6.get(key, [])]
+    merged = {**v4, "spec": spec}
+    if "status" in v4 or "status" in v6:
+        ingress = [
+            *v4.get("status", {}).get("loadBalancer", {}).get("ingress", []),
+            *v6.get("status", {}).get("loadBalancer", {}).get("ingress", []),
+        ]
+        merged["status"] = {"loadBalancer": {"ingress": ingress}}
+    return merged
+
+
+def _dual_stage(v4: Sequence[JSON], v6: Sequence[JSON]) -> list[JSON]:
+    """A stage of both builds: each Service dual-stack, each EndpointSlice in its family
+    (the IPv6 ones renamed ``…-v6``; an FQDN slice once)."""
+    services6 = {o["metadata"]["name"]: o for o in v6 if o["kind"] == "Service"}
+    assert len(services6) == sum(o["kind"] == "Service" for o in v4), "the builds differ"
+    merged = [_dual_service(o, services6[o["metadata"]["name"]]) if o["kind"] == "Service"
+              else o for o in v4]  # fmt: skip
+    for obj in v6:
+        if obj["kind"] != "EndpointSlice":
+            continue
+        if obj["addressType"] == "FQDN":
+            assert obj in v4, obj["metadata"]["name"]
+            continue
+        renamed = copy.deepcopy(obj)
+        renamed["metadata"]["name"] += "-v6"
+        merged.append(renamed)
+    return merged
+
+
+def built(scen: Scenario, side: Side, versions: Sequence[int] = VERSIONS) -> Built:
+    """``scen`` for ``side``: one build per family; two are merged into dual-stack
+    Services (PreferDualStack, both ClusterIPs, ExternalIPs, LB IPs and source ranges of
+    both families) with an EndpointSlice per family, and the probes of both."""
+    ctxs = []
+    for version in versions:
+        ctx = Ctx(number_of(scen), side, version)
+        scen.build(ctx)
+        ctx.finish()
+        ctxs.append(ctx)
+    probes = [p for ctx in ctxs for p in ctx.probes]
+    if len(ctxs) == 1:
+        return Built(ctxs[0].stages, probes)
+    v4, v6 = ctxs
+    stages = [_dual_stage(s4, s6) for s4, s6 in zip(v4.stages, v6.stages, strict=True)]
+    return Built(stages, probes)
 
 
 @scenario("cluster-ip", "ClusterIP from a pod, the node and outside; unknown port; ping")
@@ -481,7 +644,7 @@ def _slice_edge_cases(c: Ctx) -> None:
         m.endpoint_slice(ports, [c.ep(c.far(1))], [("tcp", 81, "TCP")], name=c.name("ports-2")),
     ]
     fqdn = c.name("fqdn")
-    c.objects += [  # an FQDN slice next to an IPv4 one
+    c.objects += [  # an FQDN slice next to an IPv4 (IPv6) one
         m.service(fqdn, c.cip(2), [m.Port(80, "tcp", "TCP")]),
         m.endpoint_slice(fqdn, [c.ep(c.far(1))], tcp),
         m.endpoint_slice(fqdn, [m.EP("db.example.com")], tcp, name=c.name("fqdn-2"),
@@ -517,7 +680,7 @@ def _policy_combinations(c: Ctx) -> None:
     c.web("etp-hints", hinted, j=1, node_port=True, external_policy="Local")
     c.web("etp-ranges", [c.ep(c.near(1)), c.ep(c.far(1))], j=2, node_port=True,
           type="LoadBalancer", external_policy="Local", lb_ips=[c.lb_ip(2)],
-          source_ranges=[f"{c.outside_ip}/32"], health_check_node_port=c.hc_port(2))  # fmt: skip
+          source_ranges=[c.host_range(c.outside_ip)], health_check_node_port=c.hc_port(2))  # fmt: skip
     c.web("affinity-local", [c.ep(c.near(1)), c.ep(c.near(2)), c.ep(c.far(1))], j=3,
           node_port=True, external_policy="Local", affinity_seconds=300)  # fmt: skip
     c.probe("iTP Local: local terminating endpoint", c.client, "tcp", c.cip(0), count=10)
@@ -613,8 +776,8 @@ def _node_port(c: Ctx) -> None:
     c.probe("pod tcp", c.client, "tcp", c.node_ip, port, count=20)
     c.probe("node tcp", c.node, "tcp", c.node_ip, port, count=20)
     c.probe("node udp", c.node, "udp", c.node_ip, c.node_port(0, "UDP"), count=8)
-    c.probe("node localhost tcp", c.node, "tcp", "127.0.0.1", port, count=10)
-    c.probe("node localhost udp", c.node, "udp", "127.0.0.1", c.node_port(0, "UDP"), count=4)
+    c.probe("node localhost tcp", c.node, "tcp", c.localhost, port, count=10)
+    c.probe("node localhost udp", c.node, "udp", c.localhost, c.node_port(0, "UDP"), count=4)
     c.probe("outside tcp unused node port", c.outside, "tcp", c.node_ip, 32700)
     c.probe("outside udp unused node port", c.outside, "udp", c.node_ip, 32700)
 
@@ -644,7 +807,7 @@ def _node_port_local(c: Ctx) -> None:
     c.probe("outside udp", c.outside, "udp", c.node_ip, c.node_port(0, "UDP"), count=12)
     c.probe("pod tcp (short-circuit to all)", c.client, "tcp", c.node_ip, local, count=40)
     c.probe("node tcp", c.node, "tcp", c.node_ip, local, count=30)
-    c.probe("node localhost tcp", c.node, "tcp", "127.0.0.1", local, count=10)
+    c.probe("node localhost tcp", c.node, "tcp", c.localhost, local, count=10)
     c.probe("health check port", c.outside, "http", c.node_ip, c.hc_port(0))
     c.probe("no local endpoint outside tcp", c.outside, "tcp", c.node_ip, remote)
     c.probe("no local endpoint outside udp", c.outside, "udp", c.node_ip, c.node_port(1, "UDP"))
@@ -703,9 +866,9 @@ def _load_balancer(c: Ctx) -> None:
               lb_ips=[c.lb_ip(j)], source_ranges=ranges, external_ips=[c.eip(j)], **kw)  # fmt: skip
 
     lb("open", 0, [])
-    lb("allowed", 1, [f"{c.outside_ip}/32"])
-    lb("blocked", 2, ["10.0.0.0/8"])
-    lb("node-range", 3, ["192.168.50.0/24"])
+    lb("allowed", 1, [c.host_range(c.outside_ip)])
+    lb("blocked", 2, [c.v("10.0.0.0/8")])
+    lb("node-range", 3, [c.v("192.168.50.0/24")])
     lb("proxy-mode", 4, [], lb_ip_mode="Proxy", endpoints=[c.ep(c.near(1))])
     lb("local", 5, [], external_policy="Local",
        endpoints=[c.ep(c.near(2)), c.ep(c.far(1)), c.ep(c.far(2))])  # fmt: skip
@@ -765,8 +928,9 @@ def _skipped(c: Ctx) -> None:
 @dataclass(frozen=True)
 class Difference:
     """A difference kube-proxy-py means to have: in ``scenario``'s probe labelled
-    ``probe``, in ``mode`` (or "both"), the two observations as Observation.render()
-    prints them (upstream's translated to the a-side's names)."""
+    ``probe``, in ``mode`` (or "both") and IP ``family`` ("IPv4", "IPv6" or "both"), the
+    two observations as Observation.render() prints them (upstream's translated to the
+    a-side's names)."""
 
     id: str
     scenario: str
@@ -775,6 +939,7 @@ class Difference:
     ours: str
     upstream: str
     reason: str
+    family: str = "both"
 
 
 INTENDED_DIFFERENCES: tuple[Difference, ...] = ()
@@ -834,6 +999,11 @@ class Observation:
     def silent(self) -> bool:
         return any(f.startswith("silent") for f in self.outcomes)
 
+    @property
+    def heard(self) -> bool:
+        """Something answered: an endpoint, an ICMP error, a RST, an HTTP status."""
+        return bool(self.endpoints) or any(not f.startswith("silent") for f in self.outcomes)
+
     def render(self) -> str:
         parts = sorted(self.outcomes)
         if self.endpoints:
@@ -849,8 +1019,7 @@ class Observation:
 # the differential lab
 
 
-def _one(lab: NodeLab, probe: Probe, timeout: float) -> ProbeResult:
-    prober = lab.prober(probe.src)
+def _one(prober: Prober, probe: Probe, timeout: float) -> ProbeResult:
     if probe.kind == "tcp":
         return prober.tcp(probe.dst, probe.port, timeout=timeout)
     if probe.kind == "udp":
@@ -862,21 +1031,21 @@ def _one(lab: NodeLab, probe: Probe, timeout: float) -> ProbeResult:
     raise ValueError(f"unknown probe kind {probe.kind!r}")
 
 
-def run_probe(lab: NodeLab, probe: Probe, count: int | None = None) -> list[ProbeResult]:
-    """One probe (retried once with a longer timeout when unanswered); unless that one
-    got no answer at all (a DROP: the repetitions would only add timeouts), the
-    remaining repetitions."""
-    first = _one(lab, probe, QUICK)
+def run_probe(prober: Prober, probe: Probe, count: int | None = None) -> list[ProbeResult]:
+    """One probe from ``prober``'s namespace (retried once with a longer timeout when
+    unanswered); unless that one got no answer at all (a DROP: the repetitions would only
+    add timeouts), the remaining repetitions."""
+    first = _one(prober, probe, QUICK)
     if first.outcome is Outcome.SILENT:
-        first = _one(lab, probe, CONFIRM)
+        first = _one(prober, probe, CONFIRM)
     total = probe.count if count is None else count
     if first.outcome is Outcome.SILENT or total <= 1:
         return [first]
     rest = total - 1
     if probe.kind == "tcp":
-        more = lab.prober(probe.src).tcp_many(probe.dst, probe.port, rest, timeout=ANSWER)
+        more = prober.tcp_many(probe.dst, probe.port, rest, timeout=ANSWER)
     else:
-        more = [_one(lab, probe, ANSWER) for _ in range(rest)]
+        more = [_one(prober, probe, ANSWER) for _ in range(rest)]
     return [first, *more]
 
 
@@ -902,7 +1071,8 @@ def _node(sources: frozenset[str]) -> frozenset[str]:
     """Sources with the node's two addresses as one: a masqueraded packet leaves with the
     bridge's address towards a local pod and with the LAN one towards a remote pod, and
     session affinity picks one of them at random."""
-    return frozenset(A.node_ip if s == A.gateway else s for s in sources)
+    bridge = {A.gateway(v): A.node_ip(v) for v in (4, 6)}
+    return frozenset(bridge.get(s, s) for s in sources)
 
 
 def _random_ports(obj: JSON) -> list[str]:
@@ -918,10 +1088,13 @@ def _random_ports(obj: JSON) -> list[str]:
     return missing
 
 
+SENTINEL_IPS = {4: "10.96.0.200", 6: "fd00:10:96::200"}
+"""The sentinel's ClusterIPs: outside every scenario's (``Ctx.cip``)."""
+
+
 class Differential:
     """The cluster of one mode and the scenario loader."""
 
-    SENTINEL_IP = "10.96.0.200"
     FIELD_MANAGER = "kpp-differential"
 
     def __init__(self, cluster: NodeLab, mode: str) -> None:
@@ -929,7 +1102,10 @@ class Differential:
         self.mode = mode
         self.round = 0
         self.written: list[str] = []
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(VERSIONS))
+        self.family_probers: dict[tuple[str, str], Prober] = {}
+        """The probers of the families after the first: a namespace's prober serialises
+        its calls, and each family's probes run at the same time as the other's."""
 
     # -- API writes ------------------------------------------------------------------------
     @staticmethod
@@ -974,41 +1150,65 @@ class Differential:
             self.cluster.flush_conntrack(side.node)
 
     def barrier(self) -> None:
-        """Write the sentinel last; wait until both nodes serve its new state."""
+        """Write the sentinel last; wait until both nodes serve its new state in every
+        family (upstream syncs each family's proxier on its own)."""
         self.round += 1
         port = 20000 + self.round
         target = (A, B)[self.round % 2].pod(1)
-        self.write(m.service("sentinel", self.SENTINEL_IP, [m.Port(port, "tcp", target_port=80)]))
-        self.write(m.endpoint_slice("sentinel", [Ctx(0, A).ep(target)], [("tcp", 80, "TCP")]))
+        ips = [SENTINEL_IPS[v] for v in VERSIONS]
+        ports = [m.Port(port, "tcp", target_port=80)]
+        self.write(m.service("sentinel", ips[0], ports, cluster_ips=ips))
+        for v in VERSIONS:
+            name = "sentinel" if v == VERSIONS[0] else "sentinel-v6"
+            self.write(m.endpoint_slice("sentinel", [Ctx(0, A, v).ep(target)],
+                                        [("tcp", 80, "TCP")], name=name,
+                                        address_type=FAMILY[v]))  # fmt: skip
         for side in SIDES:
             prober = self.cluster.prober(side.node)
+            for ip in ips:
 
-            def served(prober: Prober = prober) -> bool:
-                return prober.tcp(self.SENTINEL_IP, port, timeout=0.3).endpoint == target
+                def served(prober: Prober = prober, ip: str = ip) -> bool:
+                    return prober.tcp(ip, port, timeout=0.3).endpoint == target
 
-            what = f"{side.implementation} on {side.node} to serve {self.SENTINEL_IP}:{port}"
-            try:
-                wait_for(served, 60, what=f"{what} with {target}")
-            except TimeoutError as exc:
-                raise AssertionError(f"{exc}\n{self.log_tail(side)}") from exc
+                what = f"{side.implementation} on {side.node} to serve {host_port(ip, port)}"
+                try:
+                    wait_for(served, 60, what=f"{what} with {target}")
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}\n{self.log_tail(side)}") from exc
 
     # -- probing ---------------------------------------------------------------------------
+    def prober(self, probe: Probe) -> Prober:
+        if probe.family == FAMILY[VERSIONS[0]]:
+            return self.cluster.prober(probe.src)
+        key = (probe.src, probe.family)
+        if key not in self.family_probers:
+            self.family_probers[key] = Prober(self.cluster.ns(probe.src))
+        return self.family_probers[key]
+
     def probe_both(
         self, pairs: Sequence[tuple[Probe, Probe]], count: int | None = None
     ) -> list[tuple[list[ProbeResult], list[ProbeResult]]]:
-        """Each pair's a-side probe through node-a and b-side probe through node-b, the
-        two sides at the same time."""
+        """Each pair's a-side probe through node-a and b-side probe through node-b: the
+        two sides, and each side's families, at the same time."""
+        families = sorted({pair[0].family for pair in pairs})
+        for probe in (p for pair in pairs for p in pair):  # a new prober starts a worker:
+            self.prober(probe)  # not in the threads
 
-        def side(i: int) -> list[list[ProbeResult]]:
-            return [run_probe(self.cluster, pair[i], count) for pair in pairs]
+        def side(i: int, family: str) -> list[list[ProbeResult]]:
+            return [run_probe(self.prober(pair[i]), pair[i], count)
+                    for pair in pairs if pair[i].family == family]  # fmt: skip
 
-        ours = self.pool.submit(side, 0)
-        upstream = self.pool.submit(side, 1)
-        return list(zip(ours.result(), upstream.result(), strict=True))
+        futures = {(i, f): self.pool.submit(side, i, f) for i in (0, 1) for f in families}
+        results: dict[tuple[int, str], Iterator[list[ProbeResult]]] = {
+            key: iter(future.result()) for key, future in futures.items()
+        }
+        return [
+            (next(results[0, pair[0].family]), next(results[1, pair[1].family])) for pair in pairs
+        ]
 
     def compare(self, scen: Scenario) -> list[Comparison]:
         a, b = built(scen, A), built(scen, B)
-        assert [p.label for p in a.probes] == [p.label for p in b.probes]
+        assert [(p.family, p.label) for p in a.probes] == [(p.family, p.label) for p in b.probes]
         stages = [[*sa, *sb] for sa, sb in zip(a.stages, b.stages, strict=True)]
         self.load(stages)
         pairs = list(zip(a.probes, b.probes, strict=True))
@@ -1037,6 +1237,8 @@ class Differential:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        for prober in self.family_probers.values():
+            prober.close()
 
     # -- the agents ------------------------------------------------------------------------
     def restarts(self) -> dict[str, int]:
@@ -1074,22 +1276,41 @@ def mirror_lab(node_lab: NodeLab) -> Iterator[NodeLab]:
     """The lab's node-1 and node-upstream as the two sides: zones, a second outside
     client, routes to Service addresses, the pods (their addresses learned)."""
     lab = node_lab
+    assert versions_of(lab.state.ip_family) == VERSIONS, (lab.state.ip_family, VERSIONS)
+    for side in SIDES:  # the addresses the mirror is written with
+        record = lab.state.node(side.node)
+        assert record is not None, side.node
+        assert record.lan_ips == tuple(side.node_ip(v) for v in VERSIONS), record
+        assert record.pod_cidrs == tuple(side.pod_cidr(v) for v in VERSIONS), record
     zone = lab.api("GET", f"/api/v1/nodes/{B.node}")["metadata"]["labels"].get(ZONE_LABEL)
     lab.kubectl("label", "node", B.node, f"{ZONE_LABEL}={B.zone}", "--overwrite")
     if B.outside not in lab.extra_clients:
-        lab.add_client(B.outside, B.outside_ip)
+        lab.add_client(B.outside, *(B.outside_ip(v) for v in VERSIONS))
     added: list[tuple[str, str]] = []
     for side in SIDES:
-        routed = {r["dst"] for r in json.loads(lab.run(side.outside, ["ip", "-j", "route"]).stdout)}
-        for prefix in ROUTED_TO_NODE:
-            lab.route(side.outside, prefix, side.node_ip)
-            if prefix not in routed:
-                added.append((side.outside, prefix))
+        routed = {
+            str(ipaddress.ip_network(r["dst"]))
+            for v in VERSIONS
+            for r in json.loads(lab.run(side.outside, ["ip", f"-{v}", "-j", "route"]).stdout)
+            if r["dst"] != "default"
+        }
+        for v in VERSIONS:
+            for prefix in ROUTED_TO_NODE[v]:
+                lab.route(side.outside, prefix, side.node_ip(v))
+                if prefix not in routed:
+                    added.append((side.outside, prefix))
     pods = [pod for side in SIDES for pod in side_pods(side)]
     for pod in pods:  # names another module may have used
         lab.wait_pod_gone(pod["metadata"]["name"])
     lab.create_pods(pods)
-    learn_pod_ips({pod["metadata"]["name"]: lab.pod_ip(pod["metadata"]["name"]) for pod in pods})
+    learned: dict[tuple[str, int], str] = {}
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        for entry in lab.get("pod", name)["status"]["podIPs"]:
+            ip = ipaddress.ip_address(entry["ip"])
+            learned[name, ip.version] = str(ip)
+        assert {v for n, v in learned if n == name} == set(VERSIONS), (name, learned)
+    learn_pod_ips(learned)
     yield lab
     for pod in pods:
         lab.delete_pod(pod["metadata"]["name"], force=True)
@@ -1111,8 +1332,9 @@ def diff(mirror_lab: NodeLab, request: pytest.FixtureRequest) -> Iterator[Differ
         yield lab
     finally:
         lab.close()
-        sentinel = [lab.path({"kind": kind, "metadata": {"name": "sentinel"}})
-                    for kind in ("Service", "EndpointSlice")]  # fmt: skip
+        sentinel = [lab.path({"kind": kind, "metadata": {"name": name}})
+                    for kind, name in (("Service", "sentinel"), ("EndpointSlice", "sentinel"),
+                                       ("EndpointSlice", "sentinel-v6"))]  # fmt: skip
         for path in [*lab.written, *sentinel]:
             lab.cluster.api("DELETE", path, ok=(200, 202, 404))
         assert lab.restarts() == before, "\n".join(lab.log_tail(side) for side in SIDES)
@@ -1127,7 +1349,8 @@ def _report(mode: str, scen: Scenario, comparisons: Sequence[Comparison]) -> str
     for c in comparisons:
         p = c.probe
         mark = "same" if c.same else "DIFFERENT"
-        lines.append(f"  [{mark}] {p.label}: {p.src} -> {p.kind} {p.dst}:{p.port} x{p.count}")
+        target = f"{p.kind} {host_port(p.dst, p.port)} x{p.count}"
+        lines.append(f"  [{mark}] {p.family} {p.label}: {p.src} -> {target}")
         lines.append(f"      kube-proxy-py: {c.ours.render()}")
         if not c.same:
             lines.append(f"      upstream:      {c.upstream.render()}")
@@ -1141,14 +1364,22 @@ def check(
     table: Sequence[Difference] = INTENDED_DIFFERENCES,
 ) -> list[str]:
     """What is wrong with a scenario's comparisons: a difference the table does not
-    list, or a listed one that did not show up exactly as listed."""
-    expected = {d.probe: d for d in table if d.scenario == scenario_id and d.mode in (mode, "both")}
+    list, or a listed one that did not show up exactly as listed (in each family it lists
+    that the run probes)."""
+    families = {c.probe.family for c in comparisons}
+    expected = {
+        (family, d.probe): d
+        for d in table
+        if d.scenario == scenario_id and d.mode in (mode, "both")
+        for family in (FAMILY.values() if d.family == "both" else [d.family])
+        if family in families or not comparisons
+    }
     problems = []
     for c in comparisons:
-        listed = expected.pop(c.probe.label, None)
+        listed = expected.pop((c.probe.family, c.probe.label), None)
         if listed is None:
             if not c.same:
-                problems.append(f"unlisted difference in {c.probe.label!r}")
+                problems.append(f"unlisted difference in {c.probe.family} {c.probe.label!r}")
             continue
         seen = (c.ours.render(), c.upstream.render())
         if c.same or seen != (listed.ours, listed.upstream):
@@ -1156,7 +1387,7 @@ def check(
                 f"{listed.id} ({c.probe.label!r}) listed as ours={listed.ours!r} "
                 f"upstream={listed.upstream!r}, observed ours={seen[0]!r} upstream={seen[1]!r}"
             )
-    problems += [f"{d.id}: no probe labelled {d.probe!r}" for d in expected.values()]
+    problems += [f"{d.id}: no {f} probe labelled {d.probe!r}" for (f, _), d in expected.items()]
     return problems
 
 
@@ -1165,8 +1396,20 @@ def test_same_outcomes_as_upstream(diff: Differential, scen: Scenario) -> None:
     comparisons = diff.compare(scen)
     report = _report(diff.mode, scen, comparisons)
     print(report)  # shown with -s or -rP: every probe and what both implementations did
-    problems = check(diff.mode, scen.id, comparisons)
+    problems = check(diff.mode, scen.id, comparisons) + unheard(comparisons)
     assert not problems, "\n".join(problems) + "\n\n" + report
+
+
+def unheard(comparisons: Sequence[Comparison]) -> list[str]:
+    """The families in which neither implementation got any answer (an endpoint's, an
+    ICMP error, a RST): equal, but a sign of a broken lab (routes, addresses), not of
+    equal behaviour. Every scenario has probes that are answered."""
+    problems = []
+    for family in sorted({c.probe.family for c in comparisons}):
+        mine = [c for c in comparisons if c.probe.family == family]
+        if not any(c.ours.heard for c in mine) or not any(c.upstream.heard for c in mine):
+            problems.append(f"{family}: no probe got any answer on one side")
+    return problems
 
 
 def test_intended_differences_are_documented() -> None:
@@ -1174,10 +1417,11 @@ def test_intended_differences_are_documented() -> None:
     ids = {s.id for s in SCENARIOS}
     for d in INTENDED_DIFFERENCES:
         assert d.scenario in ids and d.mode in (*MODES, "both"), d
+        assert d.family in (*FAMILY.values(), "both"), d
         assert d.reason and d.ours != d.upstream, d
         row = [line for line in doc.splitlines() if f"`{d.id}`" in line]
         assert row, f"{d.id} is not in {DIFFERENCES_DOC}"
-        for text in (d.scenario, d.probe, d.mode):
+        for text in (d.scenario, d.probe, d.mode, d.family):
             assert text in row[0], f"{d.id}: {text!r} missing from its row in the doc"
     documented = set(re.findall(r"^\| `(D\d+)` \|", doc, re.MULTILINE))
     assert documented == {d.id for d in INTENDED_DIFFERENCES}, documented
@@ -1199,12 +1443,14 @@ def _mirrored(value: Any) -> Any:
 def test_scenarios_are_mirror_images() -> None:
     """Each b-side scenario is the a-side one translated across the mirror, so that the
     two sides' outcomes are comparable at all."""
-    for scen in SCENARIOS:
-        a, b = built(scen, A), built(scen, B)
-        assert a.objects != b.objects, scen.id
-        assert _mirrored(b.stages) == a.stages, scen.id
-        b_probes = [_mirrored(dataclasses.asdict(p)) for p in b.probes]
-        assert b_probes == [dataclasses.asdict(p) for p in a.probes], scen.id
+    for versions in ((4,), (6,), (4, 6)):
+        for scen in SCENARIOS:
+            a, b = built(scen, A, versions), built(scen, B, versions)
+            assert a.stages != b.stages, scen.id
+            assert _mirrored(b.stages) == a.stages, (scen.id, versions)
+            b_probes = [_mirrored(dataclasses.asdict(p)) for p in b.probes]
+            assert b_probes == [dataclasses.asdict(p) for p in a.probes], (scen.id, versions)
+            assert {p.family for p in a.probes} == {FAMILY[v] for v in versions}, scen.id
 
 
 def test_check_flags_unlisted_and_vanished_differences() -> None:
@@ -1216,11 +1462,26 @@ def test_check_flags_unlisted_and_vanished_differences() -> None:
     listed = Difference("D0", "cluster-ip", "pod tcp", "nftables", a1.render(),
                         refused.render(), "made up")  # fmt: skip
     assert check("iptables", "cluster-ip", [same], ()) == []
-    assert check("iptables", "cluster-ip", [different], ()) == ["unlisted difference in 'pod tcp'"]
+    assert check("iptables", "cluster-ip", [different], ()) == [
+        "unlisted difference in IPv4 'pod tcp'"
+    ]
     assert check("nftables", "cluster-ip", [different], (listed,)) == []
     assert check("iptables", "cluster-ip", [different], (listed,)) != []  # other mode
     assert "D0" in check("nftables", "cluster-ip", [same], (listed,))[0]  # no longer differs
     assert "D0" in check("nftables", "cluster-ip", [], (listed,))[0]  # probe gone
+    v6 = dataclasses.replace(probe, dst="fd00:10:96::110", family="IPv6")
+    different6 = Comparison(v6, a1, refused)
+    only6 = dataclasses.replace(listed, family="IPv6")
+    assert check("nftables", "cluster-ip", [different6], (only6,)) == []
+    assert check("nftables", "cluster-ip", [different6], (listed,)) == []  # "both"
+    assert check("nftables", "cluster-ip", [different], (only6,)) != []  # other family
+    assert "D0" in check("nftables", "cluster-ip", [different6, same], (listed,))[0]
+    timeout = Observation(outcomes=frozenset({"silent: timeout"}))
+    assert unheard([different, different6]) == []
+    assert unheard([different, Comparison(v6, timeout, timeout)]) == [
+        "IPv6: no probe got any answer on one side"
+    ]
+    assert unheard([Comparison(v6, timeout, a1)]) != []
     pinned = Probe("pod tcp", "a3", "tcp", "10.96.1.10", count=10, pinned=True)
     one = Observation(endpoints=frozenset({"a1"}), pinned=True)
     other = Observation(endpoints=frozenset({"b1"}), pinned=True)
@@ -1234,6 +1495,10 @@ def test_mirror_translates_names_and_addresses() -> None:
     assert mirror("icmp 3/3 from 192.168.50.30") == "icmp 3/3 from 192.168.50.11"
     assert mirror("192.168.50.101/32") == "192.168.50.100/32"
     assert mirror("zone-a") == "zone-b" and mirror("10.244.30.1") == "10.244.1.1"
+    assert mirror("icmp6 1/4 from fd00:192:168:50::30") == "icmp6 1/4 from fd00:192:168:50::11"
+    assert mirror("fd00:10:244:30::1") == "fd00:10:244:1::1"
+    assert mirror("fd00:192:168:50::101/128") == "fd00:192:168:50::100/128"
+    assert mirror("echo-reply from fd00:10:96::1") == "echo-reply from fd00:10:96::1"  # unknown
     a3, b3 = A.pod_ip(CLIENT), B.pod_ip(CLIENT)
     observed = Observation(frozenset(), frozenset({"b1", "a2"}), frozenset({b3}))
     assert observed.mirrored() == Observation(frozenset(), frozenset({"a1", "b2"}), frozenset({a3}))
