@@ -68,7 +68,10 @@ class NftablesMode:
         return NftablesWriter(NftKernel(executor, family), GenerationReader(executor.netns))
 
     def unsupported(self, executor: Executor, family: IPFamily) -> str | None:
-        return None if Executor.available("nft") else "the nft tool is not installed"
+        """Never: nf_tables has both families (upstream: "the nft CLI always supports
+        both"). A missing nft tool is no reason to program one family less: the syncs
+        that need it fail, are logged and counted, and succeed once it is back."""
+        return None
 
     def cleanup(self, executor: Executor, family: IPFamily) -> list[str]:
         from proxy.nftables.kernel import NftKernel
