@@ -352,7 +352,7 @@ def test_up_shows_progress_and_status(running_lab: Lab) -> None:
         "(kubelet v1.37.2, containerd://2.3.7)",
         "kubectl apply -f daemonset.yaml (mode nftables",
         "Ready on node-2, /healthz 200",
-        "starting the outside resolver on 192.168.50.4:53",
+        "starting the outside resolver on 192.168.50.4 port 53",
         "installing CoreDNS v1.14.6 (kube-dns 10.96.0.10",
         "MetalLB address pool lab-lan 192.168.50.200-192.168.50.250 (L2)",
         "add-ons ready after",
