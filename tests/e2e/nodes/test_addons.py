@@ -93,9 +93,29 @@ def cluster(node_lab: NodeLab) -> Iterator[NodeLab]:
         node_lab.delete_pod(pod, force=True)
 
 
+def kube_dns_programmed(lab: NodeLab, mode: str) -> bool:
+    """Both kube-proxy-py nodes hold kube-dns's rules in ``mode``'s syntax. A pod turns
+    Ready at its agent's start, before its first sync (upstream's /healthz does the same),
+    and a new agent removes the other mode's rules before it writes its own."""
+    for node in ("node-1", "node-2"):
+        text = lab.rules(node)
+        if mode == "nftables":
+            nft = text[text.find("table ip kube-proxy") :] if "table ip kube-proxy" in text else ""
+            if "kube-system/kube-dns:dns" not in nft:
+                return False
+        elif not any(
+            line.startswith("-A KUBE-SERVICES") and "kube-system/kube-dns:dns" in line
+            for line in text.splitlines()
+        ):
+            return False
+    return True
+
+
 @pytest.fixture(scope="module", params=["iptables", "nftables"])
 def lab(cluster: NodeLab, request: pytest.FixtureRequest) -> NodeLab:
-    cluster.configure_agents(request.param, "100ms")
+    mode: str = request.param
+    cluster.configure_agents(mode, "100ms")
+    wait_for(lambda: kube_dns_programmed(cluster, mode), 60, what=f"kube-dns's {mode} rules")
     return cluster
 
 
