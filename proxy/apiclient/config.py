@@ -109,6 +109,8 @@ def _read_file(path: Path, where: str) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{where}: cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:  # a NUL byte in the path: no file can have that name
+        raise ConfigError(f"{where}: {str(path)!r} is not a usable file name ({e})") from e
 
 
 def _str_field(section: Mapping[str, Any], key: str, where: str) -> str | None:
