@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 
 from proxy.agent.proxier import Proxier
 from proxy.agent.state import ClusterState
-from proxy.model import IPFamily
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +39,6 @@ class MetaProxier:
         for p in self.proxiers:
             p.on_wrote = self._wrote_by(p)
 
-    @property
-    def families(self) -> tuple[IPFamily, ...]:
-        """Primary first."""
-        return tuple(p.family for p in self.proxiers)
-
-    def proxier(self, family: IPFamily) -> Proxier:
-        for p in self.proxiers:
-            if p.family is family:
-                return p
-        raise KeyError(f"no {family} proxier (this node runs {'/'.join(self.families)})")
-
     def _wrote_by(self, writer: Proxier) -> Callable[[int | None, int | None], None]:
         def wrote(before: int | None, after: int | None) -> None:
             for other in self.proxiers:
@@ -63,10 +51,6 @@ class MetaProxier:
         """Switching modes: remove the rules the other modes left, in every family."""
         for p in self.proxiers:
             p.cleanup_other_mode()
-
-    def request_full_sync(self) -> None:
-        for p in self.proxiers:
-            p.request_full_sync()
 
     def sync_proxy_rules(self) -> bool:
         """One sync of every family; True when all succeeded (the bounded-frequency
