@@ -346,7 +346,9 @@ def markdown(records: Sequence[Record], plot_name: str | None) -> str:
         "iptables rows name the backend both agents used (`--iptables`): `iptables-legacy` "
         "(the benchmarks' default) or `iptables-nft`; `iptables-nft-restore` of 10,000 "
         "Services ran for more than 14 minutes on the bench machine, so the nft backend is "
-        "measured at small sizes only.",
+        "measured at small sizes only. Rows marked `IPv6` ran in an IPv6-only lab "
+        "(`--ip-family ipv6`: Services, pods and nodes of IPv6 only; the agents' tables "
+        "`ip6 kube-proxy` / ip6tables), the rows beside them in an IPv4 one.",
         "",
     ]
     if plot_name:

@@ -7,6 +7,7 @@ compare.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,14 +144,17 @@ def datapath_flat(records: Sequence[Record]) -> Verdict:
     v = Verdict(f"nftables data-path latency flat (±{FLAT_TOLERANCE:.0%}) from the smallest "
                 "to the largest service count (connect p50 through the ClusterIP, relative "
                 "to the same run's direct-to-pod p50)")  # fmt: skip
-    for impl in ("ours", "upstream"):
+    for impl, family in itertools.product(("ours", "upstream"), ("ipv4", "ipv6")):
+        # an IPv6 run is compared with the IPv6 runs only: another lab, other addresses
         runs = sorted(
             (r for r in of_kind(records, "datapath")
-             if r["impl"] == impl and r["mode"] == "nftables" and r.get("service")),
+             if r["impl"] == impl and r["mode"] == "nftables" and r.get("service")
+             and r.get("ip_family", "ipv4") == family),
             key=lambda r: r["services"],
         )  # fmt: skip
         if len(runs) < 2:
             continue
+        who = impl + (" IPv6" if family == "ipv6" else "")
 
         def relative(r: Record) -> tuple[float, float, float]:
             x = float(r["service"]["connect_p50_us"])
@@ -162,7 +166,7 @@ def datapath_flat(records: Sequence[Record]) -> Verdict:
             x, direct, ratio = relative(r)
             change = ratio / ratio0 - 1 if ratio0 else math.nan
             detail = (
-                f"{impl}: {r['services']} vs {runs[0]['services']} services: ClusterIP/direct "
+                f"{who}: {r['services']} vs {runs[0]['services']} services: ClusterIP/direct "
                 f"{ratio:.2f} vs {ratio0:.2f} ({change:+.0%}; ClusterIP {x:.0f} vs {base:.0f} µs, "
                 f"direct {direct:.0f} vs {direct0:.0f} µs)"
             )

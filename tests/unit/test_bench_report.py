@@ -408,3 +408,16 @@ def test_ipv6_runs_are_kept_apart_from_ipv4_ones() -> None:
     assert sl["addressType"] == "IPv6"
     assert parse_target("service=[fd00:10:96::a]:80") == ("service", ("fd00:10:96::a", 80))
     assert parse_target("direct=10.244.1.11:8080") == ("direct", ("10.244.1.11", 8080))
+
+
+def test_datapath_flat_compares_ipv6_runs_only_with_ipv6_runs() -> None:
+    # an IPv6 run at 1000 Services, 60% slower than IPv4's 10: another lab, not a slope
+    v6 = {**datapath_record("ours", "nftables", 1000, 160.0), "ip_family": "ipv6"}
+    records = [*all_met(), v6]
+    verdict = targets.datapath_flat(records)
+    assert verdict.status == targets.MET
+    assert not any("IPv6" in d for d in verdict.details)
+    records.append({**datapath_record("ours", "nftables", 10, 100.0), "ip_family": "ipv6"})
+    verdict = targets.datapath_flat(records)
+    assert verdict.status == targets.MISSED  # +60% within IPv6
+    assert any(d.startswith("✗ ours IPv6: 1000 vs 10 services") for d in verdict.details)
