@@ -17,6 +17,7 @@ from proxy.demo.seeds.parse import (
 from proxy.demo.seeds.walkthrough import (
     Walkthrough,
 )
+from proxy.lab import coredns
 
 
 class Seed1(Walkthrough):
@@ -176,11 +177,15 @@ class Seed1(Walkthrough):
         )
         answers = nslookup_answers(ran.output)
         missing = nslookup_not_found(ran.output)
-        via_curl = "10.96.0.10" in [ln.strip() for ln in ran.output.splitlines()]
+        # kube-dns's ClusterIPs: 10.96.0.10, and fd00:10:96::10 too on a dual-stack lab;
+        # the pod's first nameserver is the primary family's
+        dns = self.lab.both(coredns.DNS_SERVICE_IP, service=True)
+        lines = [ln.strip() for ln in ran.output.splitlines()]
+        via_curl = any(ip in lines for ip in dns)
         self.check(
-            f"{fqdn} is 10.96.0.10, and the server that answered is 10.96.0.10",
-            answers.get(fqdn) == ["10.96.0.10"]
-            and re.search(r"^Server:\s+10\.96\.0\.10$", ran.output, re.M) is not None,
+            f"{fqdn} is {' and '.join(dns)}, and the server that answered is {dns[0]}",
+            sorted(answers.get(fqdn, [])) == sorted(dns)
+            and re.search(rf"^Server:\s+{re.escape(dns[0])}$", ran.output, re.M) is not None,
         )
         self.check(
             f"the bare name kube-dns is not found from namespace {self.namespace}",
@@ -201,7 +206,9 @@ class Seed1(Walkthrough):
                 "note's account its image's older busybox 1.22 nslookup) try the search list "
                 "first and find it, as the curl line shows",
             )
-        self.check("curl resolves kube-dns.kube-system to 10.96.0.10 (the search list)", via_curl)
+        self.check(
+            f"curl resolves kube-dns.kube-system to {' or '.join(dns)} (the search list)", via_curl
+        )
         self.p.explain(
             "the output's format differs from the note's (`Address 1: ...`): the note's "
             "image had busybox 1.22, the lab's stand-in has Debian's busybox 1.35"

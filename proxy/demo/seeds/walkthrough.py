@@ -30,6 +30,7 @@ from proxy.demo.seeds.parse import (
 from proxy.host import netns as hostns
 from proxy.lab import clients as labclients
 from proxy.lab import state as labstate
+from proxy.lab import topology as labtopology
 from proxy.lab.cluster import wait_for
 from proxy.lab.commands.kubectl import kubectl_argv
 from proxy.lab.commands.shell import shell_target
@@ -109,6 +110,18 @@ class LabView:
 
     def netns(self, target: str) -> str:
         return shell_target(self.state, target)
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The lab's IP versions, primary first (``(4, 6)`` on a dual-stack lab)."""
+        return labtopology.versions_of(self.state.ip_family)
+
+    def both(self, ipv4: str, *, service: bool = False) -> tuple[str, ...]:
+        """A well-known address (``ipv4``) in each of the lab's families, primary first:
+        on a dual-stack lab a name resolves to both, and a Service has both ClusterIPs."""
+        if service:
+            return labtopology.service_ips(ipv4, self.versions)
+        return labtopology.addresses(ipv4, self.versions)
 
 
 # --------------------------------------------------------------------------- walkthroughs
