@@ -170,7 +170,8 @@ def test_pods_get_the_cluster_resolver_and_search_paths(lab: NodeLab) -> None:
         assert "Name:\tkubernetes.default.svc.cluster.local\nAddress: 10.96.0.1" in out, out
         # the C library's resolver (ping's) walks the whole list with ndots:5:
         # "kube-dns.kube-system" + "svc.cluster.local"; the ClusterIP then does not answer
-        out = lab.kubectl("exec", "dns-shell", "--", "ping", "-c", "1", "-W", "1",
+        # (-4: on a dual-stack lab the name also has an AAAA record, which ping prefers)
+        out = lab.kubectl("exec", "dns-shell", "--", "ping", "-4", "-c", "1", "-W", "1",
                           "kube-dns.kube-system", check=False)  # fmt: skip
         assert f"PING kube-dns.kube-system ({DNS})" in out, out
     finally:
@@ -215,10 +216,14 @@ def test_external_name_is_a_cname_the_outside_resolver_completes(lab: NodeLab) -
 
 
 def test_srv_records_name_each_named_port(lab: NodeLab) -> None:
+    # CoreDNS writes one SRV record per ClusterIP, splitting the weight 100 between them:
+    # a dual-stack kube-dns gets two identical "0 50 ..." records (one rdata once answered)
+    weight = 100 // len(lab.get("service", "kube-dns", "kube-system")["spec"]["clusterIPs"])
+    want = [f"0 {weight} 53 kube-dns.kube-system.svc.cluster.local."]
     result = dig(lab, "_dns._udp.kube-dns.kube-system.svc.cluster.local", "SRV")
-    assert values(result, "SRV") == ["0 100 53 kube-dns.kube-system.svc.cluster.local."]
+    assert values(result, "SRV") == want
     result = dig(lab, "_dns-tcp._tcp.kube-dns.kube-system.svc.cluster.local", "SRV")
-    assert values(result, "SRV") == ["0 100 53 kube-dns.kube-system.svc.cluster.local."]
+    assert values(result, "SRV") == want
 
 
 def _backend_of(lab: NodeLab, port: int) -> str:

@@ -22,8 +22,8 @@ not), and for unanswered probes how they failed (ICMP type/code and sender, RST,
 or EPERM). Pod addresses come from the nodes' CNI, so the mirror learns them when the
 pods run.
 
-IP families: ``KPP_DIFF_IP_FAMILY=dual`` makes the lab dual-stack, ``ipv6`` IPv6-only
-(the default, ``ipv4``, is what CI runs: see ``tests.e2e.nodelab.ip_family``); both
+IP families: the lab is dual-stack (what CI runs), ``KPP_DIFF_IP_FAMILY=ipv6`` makes it
+IPv6-only and ``ipv4`` IPv4-only (see ``tests.e2e.nodelab.ip_family``); both
 implementations run a proxier per family. Each scenario is built once per family: IPv4 addresses or their IPv6
 twins (``v6_twin``: node and pod addresses as the lab gives them, ExternalIPs
 fd00:203:0:113::N, LB IPs fd00:198:51:100::N, ClusterIPs in fd00:10:96::/112). In a
