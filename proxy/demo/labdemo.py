@@ -546,7 +546,8 @@ class LabDemo:
         self.on_client("ip", "neigh")
         self.show("events", "-n", NS, "--for", "service/my-nginx")
         mac = self.neighbour(lb)
-        by_mac = {self.mac(n): n for n in self.node_names}
+        # every node (a --compare lab's node-upstream runs MetalLB's speaker too)
+        by_mac = {self.mac(n): n for n in self.node_ips}
         node = by_mac.get(mac or "")
         p.rules(f"the rules on {self.node_names[0]} for {lb}",
                 self.rules(self.node_names[0], [lb]))  # fmt: skip
