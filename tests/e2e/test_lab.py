@@ -960,22 +960,32 @@ def check_ip_families(lab: Lab, versions: tuple[int, ...], server_node: str, cli
 @pytest.mark.e2e
 @pytest.mark.netns
 def test_dual_stack_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) -> None:
-    """A dual-stack lab with upstream kube-proxy beside kube-proxy-py (IPv4 on node-1
-    until kube-proxy-py programs both families); its supervisor is killed, then down."""
-    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--compare", "--no-addons",
-                    "--ip-family", "dual")  # fmt: skip
+    """A dual-stack lab with upstream kube-proxy beside kube-proxy-py runs the guided demo
+    (in the primary family, IPv4; both agents program both families); its supervisor is
+    killed, then down."""
+    lab = start_lab(k8s_bin, tmp_path / "state", "--compare", "--ip-family", "dual")
     try:
         assert "deploying upstream kube-proxy as a DaemonSet on node-upstream" in lab.up_output
         assert lab.state["ip_family"] == "dual"
         check_ip_families(lab, (4, 6), "node-1", labtopology.UPSTREAM_NODE, through_proxy=True)
-        assert "installing CoreDNS" not in lab.up_output  # a bare cluster
         upstream = f"{lab.lab_id}-node-upstream"
         status, body = labclients.node_health(upstream)
         assert status == 200 and "lastUpdated" in body
         pods = get_json(lab, "pods", "-n", "kube-system", "-o", "wide")["items"]
-        placed = {(p["metadata"]["labels"]["k8s-app"], p["spec"]["nodeName"]) for p in pods}
-        assert placed == {("kube-proxy-py", "node-1"), ("kube-proxy", "node-upstream")}
-        upstream_pod = next(p for p in pods if p["spec"]["nodeName"] == "node-upstream")
+        placed = {
+            (p["metadata"]["labels"]["k8s-app"], p["spec"]["nodeName"])
+            for p in pods
+            if p["metadata"]["labels"].get("k8s-app") in ("kube-proxy-py", "kube-proxy")
+        }
+        assert placed == {("kube-proxy-py", "node-1"), ("kube-proxy-py", "node-2"),
+                          ("kube-proxy", "node-upstream")}  # fmt: skip
+        demo = lab.cli("demo", "--no-color", timeout=600)
+        assert demo.returncode == 0, demo.stdout[-6000:] + demo.stderr[-2000:]
+        assert "(nftables mode, IPv4/IPv6, lab " in demo.stdout
+        assert "lab demo: all 10 steps behaved as expected." in demo.stdout
+        upstream_pod = next(
+            p for p in pods if p["metadata"]["labels"].get("k8s-app") == "kube-proxy"
+        )
         image = upstream_pod["status"]["containerStatuses"][0]["image"]
         assert image == "registry.k8s.io/kube-proxy:v1.37.2"
         shown = lab.cli("status")
@@ -1012,14 +1022,19 @@ def test_dual_stack_compare_then_crash_then_down(k8s_bin: Path, tmp_path: Path) 
 def test_ipv6_only_then_down_with_a_stuck_supervisor(
     k8s_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An IPv6-only lab (no IPv4 address anywhere but loopback); its supervisor stops
-    answering signals, and down still removes everything."""
-    lab = start_lab(k8s_bin, tmp_path / "state", "--nodes", "1", "--no-addons",
-                    "--ip-family", "ipv6")  # fmt: skip
+    """An IPv6-only lab (no IPv4 address anywhere but loopback) runs the guided demo: all
+    ten steps, in IPv6 (CoreDNS's AAAA records, MetalLB's neighbour advertisements); its
+    supervisor then stops answering signals, and down still removes everything."""
+    lab = start_lab(k8s_bin, tmp_path / "state", "--ip-family", "ipv6")
     try:
         assert lab.state["ip_family"] == "ipv6"
         assert "API server: https://[fd00:192:168:50::2]:6443" in lab.up_output
-        check_ip_families(lab, (6,), "node-1", "node-1", through_proxy=True)
+        check_ip_families(lab, (6,), "node-1", "node-2", through_proxy=True)
+        demo = lab.cli("demo", "--no-color", timeout=600)
+        assert demo.returncode == 0, demo.stdout[-6000:] + demo.stderr[-2000:]
+        assert "(nftables mode, IPv6, lab " in demo.stdout
+        assert "lab demo: all 10 steps behaved as expected." in demo.stdout
+        assert "announces fd00:192:168:50::2" in demo.stdout  # the pool: ::200-::250
         records = records_of(lab)
         supervisor = records[0]
         os.kill(supervisor.pid, signal.SIGSTOP)  # alive, but will never act on SIGTERM
