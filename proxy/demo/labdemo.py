@@ -294,6 +294,20 @@ class LabDemo:
     def node_ns(self, node: str) -> str:
         return f"{self.state.lab_id}-{node}"
 
+    def affinity_programmed(self, node: str, service: str) -> bool:
+        """Whether ``node``'s rules hold a session affinity lookup for ``service`` (an
+        nftables affinity set, an iptables ``recent --rcheck`` match)."""
+        in_node = ["ip", "netns", "exec", self.node_ns(node)]
+        if self.state.mode == "iptables":
+            argv = ["iptables-save" if self.family == 4 else "ip6tables-save", "-t", "nat"]
+            want = ("--rcheck", f"{NS}/{service}")
+        else:
+            argv = ["nft", "list", "table", self.nft_family, "kube-proxy"]
+            want = ("set affinity-", f"{NS}/{service}/")
+        out = subprocess.run([*in_node, *argv], capture_output=True, text=True,
+                             check=False).stdout  # fmt: skip
+        return any(all(w in ln for w in want) for ln in out.splitlines())
+
     def rules(self, node: str, patterns: Sequence[str]) -> str:
         """Rules on ``node`` mentioning any of ``patterns``; in nftables mode also the
         service chains those lines jump to (their DNAT rules name no service)."""
@@ -621,9 +635,13 @@ class LabDemo:
         self.show("patch", "service", "my-nginx", "-n", NS, "-p",
                   '{"spec":{"sessionAffinity":"ClientIP"}}')  # fmt: skip
         ns = self.node_ns(self.client_node)
+        # the rules first: eight connections that happen to land on one pod before the
+        # agent has synced would pass the check below by chance (1 in 128 per try)
+        wait_for(lambda: self.affinity_programmed(self.client_node, "my-nginx"), 30,
+                 what="affinity in the rules")  # fmt: skip
         wait_for(lambda: len({(a or ("", ""))[0] for a in
                               (self.peek(ns, cip, 80) for _ in range(8))} - {""}) == 1,
-                 30, what="affinity in the rules")  # fmt: skip
+                 30, what="affinity in effect")  # fmt: skip
         ran = self.in_client("sh", "-c", curl_loop("http://my-nginx/", 10))
         counts = ran.counts()
         p.explain(
