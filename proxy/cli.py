@@ -41,7 +41,9 @@ def _err(msg: str) -> None:
     print(f"kube-proxy-py: {msg}", file=sys.stderr)
 
 
-def _add_state_flags(p: argparse.ArgumentParser) -> None:
+def _add_state_flags(p: argparse.ArgumentParser, *, explain: bool = False) -> None:
+    """The flags that turn a state file into plans (``explain``: the mode defaults to
+    nftables, and the family is the packet's)."""
     p.add_argument(
         "--state",
         required=True,
@@ -53,9 +55,10 @@ def _add_state_flags(p: argparse.ArgumentParser) -> None:
         "--mode",
         "--proxy-mode",
         dest="mode",
-        required=True,
+        required=not explain,
+        default=ProxyMode.NFTABLES.value,
         choices=[m.value for m in ProxyMode],
-        help="which backend to render for",
+        help="which backend to render for" + (" (default nftables)" if explain else ""),
     )
     p.add_argument(
         "--hostname-override",
@@ -87,6 +90,8 @@ def _add_state_flags(p: argparse.ArgumentParser) -> None:
         "is reported and its Service skipped, as the API server refuses it (default "
         "30000-32767, kube-apiserver's)",
     )
+    if explain:
+        return
     p.add_argument(
         "--ip-family",
         default="auto",
@@ -255,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="program the current network namespace from a state file (one transaction)"
     )
     _add_state_flags(apply)
+    from proxy.explain.command import add_explain_parser
+
+    add_explain_parser(sub, _add_state_flags)
     cleanup = sub.add_parser("cleanup", help="remove every rule kube-proxy-py created")
     cleanup.add_argument(
         "--mode",
@@ -501,6 +509,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )  # fmt: skip
     return EXIT_INVALID if args.strict and state.problems else EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from proxy.explain import command
+    from proxy.explain.packet import PacketError
+
+    state = _load(args)
+    try:
+        return command.run(args, state, _config(args, from_kernel=False))
+    except PacketError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -824,6 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"{option}: no value given ('--' is not one); e.g. {option}=VALUE")
         return EXIT_USAGE
     handlers = {
+        "explain": cmd_explain,
         "render": cmd_render,
         "apply": cmd_apply,
         "cleanup": cmd_cleanup,

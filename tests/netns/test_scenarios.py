@@ -9,6 +9,11 @@ Services, EndpointSlices and addresses are the IPv4 ones or their IPv6 twins
 (:func:`proxy.host.spec.v6_twin`: ClusterIP 10.96.0.10 is fd00:10:96::10), and each node
 is programmed with that family's plan only. Each test runs in both modes; conntrack is
 flushed after every re-programming.
+
+Every probe is also explained (``kube-proxy-py explain``, from the plan of the node the
+packet enters) and traced in that node's kernel (nftrace / xtables TRACE): a test fails
+when the kernel did something else than the explanation says (``explain --verify`` over
+every scenario). A burst of connections is checked through one more traced connection.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +32,19 @@ import pytest
 
 from proxy import manifests as m
 from proxy.config import ProxyConfig, ProxyMode
+from proxy.explain import kernelcheck, report
+from proxy.explain.engine import NodeView, explain
+from proxy.explain.packet import Entry, Packet
 from proxy.harness import Outcome, ProbeResult, Topology
 from proxy.host.spec import default_spec, pick, v6_twin
 from proxy.iptables import render as ipt_render
 from proxy.iptables.kernel import IptablesKernel
 from proxy.kernel.addresses import local_addresses
 from proxy.kernel.executor import Executor
-from proxy.model import IPFamily
+from proxy.model import IPFamily, Protocol
 from proxy.nftables import render as nft_render
 from proxy.nftables.kernel import NftKernel
-from proxy.plan import plan
+from proxy.plan import Plan, plan
 from proxy.source.file import build_state
 
 pytestmark = pytest.mark.netns
@@ -66,6 +74,8 @@ NODE_OBJS = [
 
 # outcomes observed per mode, for the closing report (KPP_SCENARIO_LOG=path)
 _REPORT: list[dict[str, str]] = []
+# every probe explained and checked against the kernel
+_CHECKS: list[dict[str, Any]] = []
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,10 @@ class Lab:
         self.family = family
         self.a = addresses(family)
         self._kernels: dict[str, IptablesKernel | NftKernel] = {}
+        self.plans: dict[str, Plan] | None = None
+        """Each node's plan, while it is what the kernel holds (None: not programmed)."""
+        self.services: tuple[Any, ...] = ()
+        self.local: dict[str, NodeView] = {}
 
     # -- the family's objects ------------------------------------------------------------
     @property
@@ -193,6 +207,7 @@ class Lab:
 
     def program(self, *groups: list[dict[str, Any]], **cfg: Any) -> None:
         objs = [o for g in groups for o in g]
+        self.plans = {}
         for node in NODES:
             state = build_state([*NODE_OBJS, *objs], node)
             assert state.problems == (), state.problems
@@ -205,6 +220,9 @@ class Lab:
                 **cfg,
             )
             p = plan(state.snapshot, config, self.family)
+            self.plans[node] = p
+            self.services = state.snapshot.services
+            self.local[node] = NodeView(frozenset(config.host_addresses))
             k = self.kernel(node)
             if isinstance(k, IptablesKernel):
                 k.full_sync(ipt_render.render(p))
@@ -215,6 +233,7 @@ class Lab:
 
     def cleanup(self) -> None:
         """Remove every mode's rules of both families."""
+        self.plans = None
         for node in NODES:
             executor = Executor(self.topo.ns(node))
             for family in FAMILIES:
@@ -224,12 +243,83 @@ class Lab:
     # -- probes ------------------------------------------------------------------------
     def tcp(self, src: str, dst: str, port: int = 80, **kw: Any) -> ProbeResult:
         kw.setdefault("timeout", ANSWER)
-        return self._log(src, f"tcp {dst}:{port}", self.topo.prober(src).tcp(dst, port, **kw))
+        r = self.traced(
+            src, dst, port, Protocol.TCP, lambda: self.topo.prober(src).tcp(dst, port, **kw)
+        )
+        return self._log(src, f"tcp {dst}:{port}", r)
 
     def udp(self, src: str, dst: str, port: int = 80, **kw: Any) -> ProbeResult:
-        return self._log(src, f"udp {dst}:{port}", self.topo.prober(src).udp(dst, port, **kw))
+        r = self.traced(
+            src, dst, port, Protocol.UDP, lambda: self.topo.prober(src).udp(dst, port, **kw)
+        )
+        return self._log(src, f"udp {dst}:{port}", r)
+
+    def syn(self, src: str, dst: str, port: int, timeout: float) -> ProbeResult:
+        """A SYN crafted with scapy."""
+        prober = self.topo.prober(src)
+        r = self.traced(
+            src, dst, port, Protocol.TCP, lambda: prober.tcp_syn(dst, port, timeout=timeout)
+        )
+        return self._log(src, f"tcp-syn {dst}:{port}", r)
+
+    def ping(self, src: str, dst: str, timeout: float) -> ProbeResult:
+        """An ICMP(v6) echo request crafted with scapy."""
+        prober = self.topo.prober(src)
+        r = self.traced(src, dst, None, None, lambda: prober.icmp_echo(dst, timeout=timeout))
+        return self._log(src, f"icmp-echo {dst}", r)
+
+    # -- explain --verify ------------------------------------------------------------
+    def entering(self, src: str, dst: str) -> tuple[str, Entry]:
+        """The node whose rules the packet meets first, and how it enters them."""
+        if src in NODES:
+            return src, Entry.NODE
+        if src in POD_NODE:
+            return POD_NODE[src], Entry.POD
+        # the outside client: to a node's own address, or through node-a (its routes)
+        node = next((n for n, ip in self.node_ip.items() if ip == dst), "node-a")
+        return node, Entry.EXTERNAL
+
+    def source(self, src: str, node: str, entry: Entry, dst: str) -> str:
+        if entry is Entry.POD:
+            return self.ip[src]
+        if entry is Entry.EXTERNAL:
+            return self.outside
+        route = self.topo.run(node, ["ip", "-j", "route", "get", dst]).stdout
+        return str(json.loads(route)[0]["prefsrc"])
+
+    def traced(
+        self,
+        src: str,
+        dst: str,
+        port: int | None,
+        proto: Protocol | None,
+        send: Callable[[], ProbeResult],
+    ) -> ProbeResult:
+        """``send()``, with the packet explained from the plan of the node it enters and
+        traced in that node's kernel: the test fails where the two differ."""
+        if self.plans is None:
+            return send()
+        node, entry = self.entering(src, dst)
+        ip = ipaddress.ip_address
+        packet = Packet(ip(self.source(src, node, entry, dst)), ip(dst), proto, port, entry)
+        why = explain(self.plans[node], packet, node=self.local[node], services=self.services)
+        sent: list[ProbeResult] = []
+        check = kernelcheck.check_in(
+            self.topo.ns(node), self.mode, why, lambda: sent.append(send())
+        )
+        _CHECKS.append({"mode": self.mode.value, "packet": str(packet), "verdict": why.verdict.value,
+                        "agrees": check.agrees})  # fmt: skip
+        assert check.agrees, (
+            f"on {node}: {packet}\n"
+            + report.to_text(why)
+            + kernelcheck.to_text(check)
+            + "monitor:\n"
+            + "\n".join(check.monitor)
+        )
+        return sent[0]
 
     def many(self, src: str, dst: str, port: int = 80, count: int = 60) -> Counter[str]:
+        self.tcp(src, dst, port)  # one traced connection checks the rules the burst meets
         results = self.topo.prober(src).tcp_many(dst, port, count, timeout=ANSWER)
         assert all(r.outcome is Outcome.ANSWERED for r in results), {
             r.detail for r in results if r.outcome is not Outcome.ANSWERED
@@ -239,6 +329,7 @@ class Lab:
         return counts
 
     def sources(self, src: str, dst: str, port: int = 80, count: int = 20) -> set[str | None]:
+        self.tcp(src, dst, port)
         return {
             r.seen_source for r in self.topo.prober(src).tcp_many(dst, port, count, timeout=ANSWER)
         }
@@ -270,6 +361,7 @@ def topo() -> Iterator[Topology]:
     log = os.environ.get("KPP_SCENARIO_LOG")
     if log:
         Path(log).write_text(json.dumps(_REPORT, indent=1))
+        Path(log).with_suffix(".explained.json").write_text(json.dumps(_CHECKS, indent=1))
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=str)
@@ -375,9 +467,8 @@ def test_named_target_port(lab: Lab) -> None:
 def test_unknown_port_and_icmp_to_a_cluster_ip(lab: Lab) -> None:
     lab.program(lab.web(lab.eps("a1", "b1")))
     unknown = lab.tcp("a3", lab.cip, 81, timeout=QUICK)
-    prober = lab.topo.prober("a3")
-    syn = lab._log("a3", f"tcp-syn {lab.cip}:81", prober.tcp_syn(lab.cip, 81, timeout=QUICK))
-    ping = lab._log("a3", f"icmp-echo {lab.cip}", prober.icmp_echo(lab.cip, timeout=QUICK))
+    syn = lab.syn("a3", lab.cip, 81, timeout=QUICK)
+    ping = lab.ping("a3", lab.cip, timeout=QUICK)
     if lab.mode is ProxyMode.IPTABLES:
         # nothing matches: routed to the default gateway and lost
         assert unknown.outcome is syn.outcome is ping.outcome is Outcome.SILENT

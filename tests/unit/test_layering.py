@@ -13,7 +13,15 @@ from typing import Any
 import proxy
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
-TOOLS = {"proxy.cli", "proxy.bench", "proxy.demo", "proxy.lab", "proxy.harness", "proxy.host"}
+TOOLS = {
+    "proxy.cli",
+    "proxy.bench",
+    "proxy.demo",
+    "proxy.explain",
+    "proxy.lab",
+    "proxy.harness",
+    "proxy.host",
+}
 ENTRY = {"proxy.__main__"}
 
 
