@@ -36,7 +36,7 @@ from proxy.explain.trace import (
     chain_rules,
     classify,
     compare,
-    first_packet,
+    packet_rules,
     packet_source_port,
     parse_conntrack,
     parse_nft_trace,
@@ -74,8 +74,14 @@ def _ipx(family: IPFamily) -> str:
     return "ip" if family is IPFamily.V4 else "ip6"
 
 
+TRACE_PRIORITY = -190
+"""After conntrack (-200: the packet's state is known, so only a connection's first
+packets are traced), before any rule of ours (-110) and NAT (-100)."""
+
+
 def trace_ruleset(packet: Packet) -> str:
-    """Our tracing table: ``nftrace`` on for this packet, before conntrack and NAT."""
+    """Our tracing table: ``nftrace`` on for the packet (new connections of its
+    addresses, protocol and port), before our rules and NAT."""
     ipx = _ipx(packet.family)
     match = f"{ipx} saddr {packet.src} {ipx} daddr {packet.dst} "
     if packet.protocol is None:
@@ -83,10 +89,10 @@ def trace_ruleset(packet: Packet) -> str:
         match += f"meta l4proto {proto} "
     else:
         match += f"meta l4proto {packet.protocol.lowercase} th dport {packet.dport} "
+    match += "ct state new "
     chains = "".join(
-        f"  chain {hook} {{ type filter hook {hook} priority -400; {match}meta nftrace set 1; "
-        + (MARKER_RULE if hook == "output" else "")
-        + "}\n"
+        f"  chain {hook} {{ type filter hook {hook} priority {TRACE_PRIORITY}; "
+        f"{match}meta nftrace set 1; " + (MARKER_RULE if hook == "output" else "") + "}\n"
         for hook in ("prerouting", "output")
     )
     return f"table inet {TRACE_TABLE} {{\n{chains}}}\n"
@@ -201,7 +207,7 @@ class Tracer:
         return packet_source_port(self.lines)
 
     def rules(self) -> tuple[TracedRule, ...]:
-        return first_packet(parse_nft_trace(self.lines))
+        return packet_rules(parse_nft_trace(self.lines))
 
 
 NETLINK_NETFILTER = 12

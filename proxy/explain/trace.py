@@ -92,12 +92,12 @@ def parse_nft_trace(lines: Iterable[str]) -> list[tuple[str, TracedRule]]:
     return out
 
 
-def first_packet(events: list[tuple[str, TracedRule]]) -> tuple[TracedRule, ...]:
-    """The rules the first traced packet met (a retransmission is traced again)."""
-    if not events:
-        return ()
-    first = events[0][0]
-    return tuple(rule for tid, rule in events if tid == first)
+def packet_rules(events: list[tuple[str, TracedRule]]) -> tuple[TracedRule, ...]:
+    """The rules the traced packet met, in order. Every trace id counts: the kernel gives
+    a packet a new one when it copies it on the way (a pod's packet crossing a bridge is
+    traced under one id up to routing and another after), and a retransmission meets the
+    same rules again."""
+    return tuple(rule for _, rule in events)
 
 
 _SPORT = re.compile(

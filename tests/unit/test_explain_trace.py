@@ -16,7 +16,7 @@ from proxy.explain.trace import (
     chain_rules,
     classify,
     compare,
-    first_packet,
+    packet_rules,
     packet_source_port,
     parse_conntrack,
     parse_nft_trace,
@@ -27,8 +27,8 @@ from proxy.model import IPFamily
 from proxy.plan import plan
 from proxy.source.file import build_state
 
-# what `nft monitor trace` printed for a pod's SYN to a ClusterIP (nftables mode), and a
-# retransmission
+# what `nft monitor trace` printed for a pod's SYN to a ClusterIP (nftables mode); past
+# routing the kernel traced the same packet under another id
 NFT_LINES = """\
 trace id 1f2e3d4c inet kpp-explain-trace prerouting packet: iif "veth-a3" ip saddr 10.244.1.5 ip daddr 10.96.0.10 ip protocol tcp tcp sport 43928 tcp dport 80 tcp flags == syn
 trace id 1f2e3d4c inet kpp-explain-trace prerouting rule ip saddr 10.244.1.5 ip daddr 10.96.0.10 tcp dport 80 meta nftrace set 1 (verdict continue)
@@ -37,19 +37,20 @@ trace id 1f2e3d4c ip kube-proxy filter-prerouting-pre-dnat policy accept
 trace id 1f2e3d4c ip kube-proxy services rule ip daddr . meta l4proto . th dport vmap @service-ips (verdict goto service-ULMVA6XW-default/web/tcp/http)
 trace id 1f2e3d4c ip kube-proxy service-ULMVA6XW-default/web/tcp/http rule meta l4proto tcp dnat ip to numgen random mod 2 map @endpoints-tcp-a5 (verdict accept)
 trace id 1f2e3d4c ip kube-proxy cluster-ips-check rule ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs" (verdict drop)
-trace id 99999999 ip kube-proxy services rule ip daddr . meta l4proto . th dport vmap @service-ips (verdict goto elsewhere)
+trace id 99999999 ip kube-proxy filter-forward rule ct state new jump service-endpoints-check (verdict jump service-endpoints-check)
 """.splitlines()
 
 
-def test_nft_trace_lines_become_the_first_packets_rules() -> None:
-    rules = first_packet(parse_nft_trace(NFT_LINES))
+def test_nft_trace_lines_become_the_packet_ruless_rules() -> None:
+    rules = packet_rules(parse_nft_trace(NFT_LINES))
     assert [r.chain for r in rules] == [
         "filter-prerouting-pre-dnat",
         "filter-prerouting-pre-dnat",
         "services",
         "service-ULMVA6XW-default/web/tcp/http",
         "cluster-ips-check",
-    ]  # our tracing table left out, the retransmission (another id) too
+        "filter-forward",
+    ]  # our tracing table left out; both trace ids
     assert rules[1].rule == "policy" and rules[1].verdict == "accept"
     assert rules[2].verdict == "goto service-ULMVA6XW-default/web/tcp/http"
     assert rules[4].comment == "Reject traffic to invalid ports of ClusterIPs"
@@ -164,10 +165,13 @@ def test_iptables_rules_get_their_comments_by_place() -> None:
 def test_trace_ruleset_and_listener_and_marker() -> None:
     tcp = make_packet("fd00::5", "fd00:10:96::10", "tcp", 80, Entry.POD)
     text = trace_ruleset(tcp)
-    assert "ip6 saddr fd00::5 ip6 daddr fd00:10:96::10 meta l4proto tcp th dport 80" in text
+    assert (
+        "ip6 saddr fd00::5 ip6 daddr fd00:10:96::10 meta l4proto tcp th dport 80 ct state new"
+        in text
+    )
     assert text.count("meta nftrace set 1") == 3 and MARKER_RULE in text
     ping = make_packet("10.0.0.1", "10.96.0.10", "icmp", None, Entry.NODE)
-    assert "meta l4proto icmp meta nftrace" in trace_ruleset(ping)
+    assert "meta l4proto icmp ct state new meta nftrace" in trace_ruleset(ping)
     header = (
         "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n"
     )
@@ -186,5 +190,5 @@ def test_the_kernel_outcome_of_an_ipv6_reject() -> None:
         'trace id 1 ip6 kube-proxy reject-chain rule reject comment "helper for '
         '@no-endpoint-services / @no-endpoint-nodeports" (verdict drop)'
     ]
-    k = classify(first_packet(parse_nft_trace(lines)), None, ("kube-proxy",))
+    k = classify(packet_rules(parse_nft_trace(lines)), None, ("kube-proxy",))
     assert k.verdict is Verdict.REJECT and "reject-chain" in k.detail
