@@ -83,6 +83,11 @@ def _add_state_flags(p: argparse.ArgumentParser, *, explain: bool = False) -> No
         "--masquerade-all", action="store_true", help="masquerade all traffic sent to cluster IPs"
     )
     p.add_argument(
+        "--metrics-service-counters",
+        action="store_true",
+        help="also count packets and bytes per Service port and verdict in the rules",
+    )
+    p.add_argument(
         "--service-node-port-range",
         default="30000-32767",
         metavar="LOW-HIGH",
@@ -339,6 +344,7 @@ def _config(args: argparse.Namespace, from_kernel: bool) -> ProxyConfig:
         nodeport_addresses=npa,
         masquerade_all=args.masquerade_all,
         host_addresses=host_addrs,
+        service_counters=args.metrics_service_counters,
     )
 
 
@@ -639,6 +645,24 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         help="the IP families of the lab it starts when none runs (as `lab up --ip-family`; "
         "a running lab of other families is refused); the tour uses the primary family",
     )
+    explain = lab_sub.add_parser(
+        "explain",
+        help="what a packet from FROM to TO meets in the lab: the rules' verdict and why (root)",
+        description="Explain what the rules of the node a packet meets first do with it: "
+        "FROM and TO are pods (ns/pod), Services (ns/svc or a DNS name, TO only), nodes, "
+        "`client` or addresses; TO may carry :PORT (default: the Service's first port).",
+    )
+    explain.add_argument("source", metavar="FROM", help="ns/pod, node-1, client or an address")
+    explain.add_argument("target", metavar="TO[:PORT]", help="ns/svc, a DNS name, ns/pod, "
+                         "node-1, client or an address, with an optional :PORT")  # fmt: skip
+    explain.add_argument("--proto", default=None, choices=["tcp", "udp", "sctp", "icmp"],
+                         help="default: the Service port's protocol, else tcp")  # fmt: skip
+    explain.add_argument("--via", default=None, metavar="NODE",
+                         help="the node the packet enters (default: from FROM and TO)")  # fmt: skip
+    explain.add_argument("--verify", action="store_true",
+                         help="send the packet from FROM with tracing on in that node and "
+                         "compare what the kernel did (exit 4 when it differs)")  # fmt: skip
+    explain.add_argument("--output", "-o", default="text", choices=["text", "json"])
     seeds = lab_sub.add_parser(
         "seeds",
         help="replay the learners' notes (seeds/) on the lab, command by command, checking "
@@ -661,7 +685,7 @@ def _add_lab_lifecycle_parsers(lab_sub: argparse._SubParsersAction[Any]) -> None
         default=None,
         help="only write the notes' manifests into DIR/seed-N/ (to follow a note by hand)",
     )
-    for p in (up, down, status, kubectl, shell, load, demo, seeds):
+    for p in (up, down, status, kubectl, shell, load, demo, seeds, explain):
         p.add_argument("--state-dir", default=None, metavar="DIR", help=state_help)
 
 
@@ -711,13 +735,26 @@ def cmd_lab(args: argparse.Namespace) -> int:
         except (SeedsError, LabError) as exc:
             _err(f"lab seeds: {exc}")
             return EXIT_INVALID
-    if args.lab_command in ("up", "down", "status", "kubectl", "shell", "load-image", "demo"):
+    lifecycle = ("up", "down", "status", "kubectl", "shell", "load-image", "demo", "explain")
+    if args.lab_command in lifecycle:
         from proxy.lab.commands import down, kubectl, loadimage, shell, status, up
         from proxy.lab.errors import LabError
         from proxy.lab.state import resolve_state_dir
 
         state_dir = resolve_state_dir(args.state_dir)
         try:
+            if args.lab_command == "explain":
+                from proxy.demo.labexplain import lab_explain
+
+                return lab_explain(
+                    state_dir,
+                    args.source,
+                    args.target,
+                    proto=args.proto,
+                    via=args.via,
+                    verify=args.verify,
+                    output=args.output,
+                )
             if args.lab_command == "demo":
                 from proxy.demo.labdemo import DemoError
                 from proxy.demo.labdemo import main as demo_main

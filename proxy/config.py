@@ -107,6 +107,9 @@ class ProxyConfig:
     host_addresses: tuple[IPAddress, ...] = ()
     """The node's local addresses, used to resolve CIDR ``--nodeport-addresses``.
     ``apply``/``run`` read them from the kernel; ``render`` uses the Node's addresses."""
+    service_counters: bool = False
+    """``--metrics-service-counters``: count packets and bytes per service port and
+    verdict in the rules."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.masquerade_bit <= 31:

@@ -12,16 +12,21 @@ mode; ``mode`` does the same (None registers both, for tools and tests).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from proxy.config import ProxyMode
 from proxy.model import IPFamily
+from proxy.traffic import TrafficSample
+
+log = logging.getLogger(__name__)
 
 #: The text exposition format render() produces.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -58,6 +63,60 @@ class _WithoutCreated:
             yield out
 
 
+TRAFFIC_LABELS = ("namespace", "service", "port", "verdict")
+TRAFFIC_MIN_INTERVAL = 1.0
+"""Seconds a reading of the traffic counters serves scrapes (each costs ``nft`` or
+``iptables-save`` runs)."""
+
+
+class ServiceTrafficCollector:
+    """``--metrics-service-counters``: packets and bytes per Service port and verdict,
+    read from the rules when scraped (at most once per :data:`TRAFFIC_MIN_INTERVAL`)."""
+
+    def __init__(
+        self, read: Callable[[], list[TrafficSample]], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._read = read
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: tuple[float, list[TrafficSample]] | None = None
+
+    def samples(self) -> list[TrafficSample]:
+        with self._lock:  # one reading at a time, however many scrapes wait
+            now = self._clock()
+            if self._last is None or now - self._last[0] >= TRAFFIC_MIN_INTERVAL:
+                try:
+                    self._last = (now, self._read())
+                except Exception as exc:  # a scrape must still answer
+                    log.warning(
+                        "reading the service traffic counters failed", extra={"error": str(exc)}
+                    )
+                    self._last = (now, self._last[1] if self._last else [])
+            return self._last[1]
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        packets = CounterMetricFamily(
+            "kubeproxy_py_service_packets",
+            "Packets to each Service port by verdict (dnat: of its connections, both "
+            "ways; reject, drop: refused by its rules)",
+            labels=TRAFFIC_LABELS,
+        )
+        octets = CounterMetricFamily(
+            "kubeproxy_py_service_bytes",
+            "Bytes to each Service port by verdict, as the packets",
+            labels=TRAFFIC_LABELS,
+        )
+        for s in self.samples():
+            labels = [s.namespace, s.service, s.port, s.verdict]
+            packets.add_metric(labels, s.packets)
+            octets.add_metric(labels, s.bytes)
+        yield packets
+        yield octets
+
+
 class ProxyMetrics:
     """kube-proxy's metrics for one agent.
 
@@ -76,6 +135,7 @@ class ProxyMetrics:
     ) -> None:
         self.mode = ProxyMode(mode) if mode is not None else None
         self.registry = CollectorRegistry(auto_describe=True)
+        self.traffic: ServiceTrafficCollector | None = None
         self._exposed = _WithoutCreated(self.registry)
         r = self.registry
         iptables = self.mode in (None, ProxyMode.IPTABLES)
@@ -433,6 +493,13 @@ class ProxyMetrics:
 
     def drift_repaired(self) -> None:
         self.drift_repairs_total.inc()
+
+    def count_service_traffic(self, read: Callable[[], list[TrafficSample]]) -> None:
+        """Export the service traffic counters ``read`` returns
+        (``--metrics-service-counters``); once."""
+        if self.traffic is None:
+            self.traffic = ServiceTrafficCollector(read)
+            self.registry.register(self.traffic)
 
     # -- exposition ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from proxy.kernel.executor import Executor
 from proxy.model import IPFamily
 from proxy.nftables.mode import NftablesMode
 from proxy.plan import Plan, UpdatedServicePorts
+from proxy.traffic import TrafficSample
 
 R = TypeVar("R")
 """A mode's ruleset (what it renders a plan into)."""
@@ -57,6 +58,11 @@ class ModeWriter(Protocol[R_in, C_in]):
     def text_fallbacks(self) -> int:
         """Incremental changes written as text (``nft -f``) because the netlink encoding
         did not cover them, since the writer was made."""
+        ...
+
+    def traffic(self, plan: Plan) -> list[TrafficSample]:
+        """The service traffic counters in the rules (``--metrics-service-counters``),
+        per service port of ``plan``, the rules' latest; empty when there are none."""
         ...
 
 

@@ -375,6 +375,8 @@ class Plan:
     service_ports: tuple[ServicePortPlan, ...]
     skipped: tuple[SkippedService, ...] = ()
     problems: tuple[Problem, ...] = ()
+    service_counters: bool = False
+    """Count packets and bytes per service port and verdict (``--metrics-service-counters``)."""
 
     @cached_property
     def cluster_ips(self) -> tuple[IPAddress, ...]:
@@ -717,6 +719,7 @@ def assemble_plan(
         service_ports=tuple(ports),
         skipped=tuple(skipped),
         problems=tuple(problems),
+        service_counters=config.service_counters,
     )
 
 

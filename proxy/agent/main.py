@@ -56,6 +56,7 @@ from proxy.source.reflector import (
     node_spec,
     services_spec,
 )
+from proxy.traffic import TrafficSample
 
 log = logging.getLogger("kube-proxy-py")
 KINDS = ("Service", "EndpointSlice", "Node")
@@ -240,6 +241,8 @@ class Agent:
         for family in families:
             self.metrics.add_family(family)
         self.families = families
+        if self.config.service_counters:
+            self.metrics.count_service_traffic(self._traffic)
         self.proxier = MetaProxier(
             self.state,
             [
@@ -255,6 +258,9 @@ class Agent:
             ],
         )
         return self.proxier
+
+    def _traffic(self) -> list[TrafficSample]:
+        return self.proxier.traffic() if self.proxier is not None else []
 
     def _changed(self) -> None:
         now = time.time()

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from proxy.agent.proxier import Proxier
 from proxy.agent.state import ClusterState
+from proxy.traffic import TrafficSample, merged
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class MetaProxier:
                     other.ours_moved_generation(before, after)
 
         return wrote
+
+    def traffic(self) -> list[TrafficSample]:
+        """The service traffic counters of every family, summed per service port."""
+        return merged(p.traffic() for p in self.proxiers)
 
     def cleanup_other_mode(self) -> None:
         """Switching modes: remove the rules the other modes left, in every family."""

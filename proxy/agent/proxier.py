@@ -31,6 +31,7 @@ from proxy.model import IPFamily, Problem
 from proxy.modes import mode_for, other_modes, remove_rules
 from proxy.plan import Plan, Snapshot
 from proxy.tracker import PlanTracker
+from proxy.traffic import TrafficSample
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,14 @@ class Proxier:
 
     def request_full_sync(self) -> None:
         self._need_full = True
+
+    def traffic(self) -> list[TrafficSample]:
+        """The service traffic counters of this family's rules (none before the first
+        sync, or without ``--metrics-service-counters``)."""
+        plan = self._last_plan
+        if plan is None or not plan.service_counters:
+            return []
+        return self._writer.traffic(plan)
 
     def cleanup_other_mode(self) -> None:
         """Switching modes: remove the rules the other modes left behind."""

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from proxy.iptables.model import ExistingIptables, IptablesRuleset
 from proxy.iptables.names import KUBE_PROXY_CANARY
 from proxy.iptables.restore import PartialRestore, cleanup_text, restore_pieces
-from proxy.iptables.save import parse_save
+from proxy.iptables.save import counted_samples, parse_save
 from proxy.kernel.executor import Executor, KernelError, Started
 from proxy.model import IPFamily
+from proxy.traffic import TrafficSample
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,16 @@ class IptablesKernel:
         return PendingSave(
             [self.executor.start([tool, "-t", table]) for table in ("filter", "nat")]
         )
+
+    def traffic(self) -> list[TrafficSample]:
+        """The service traffic counters (``--metrics-service-counters``): the counters of
+        the rules in our ``KUBE-CNT-`` chains, from one save of the filter table."""
+        tool = _tool(self.family, self.variant, "save")
+        argv = [tool, "-c", "-t", "filter"]
+        if self.variant == "legacy":
+            argv += ["-w", LOCK_WAIT_SECONDS]
+        done = self.executor.run(argv, check=False)
+        return counted_samples(done.stdout) if done.returncode == 0 else []
 
     def _restore_argv(self, test: bool = False, flush: bool = False) -> list[str]:
         cmd = [_tool(self.family, self.variant, "restore")]

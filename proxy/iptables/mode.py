@@ -23,6 +23,7 @@ from proxy.iptables.restore import PartialRestore, partial_restore, restore_text
 from proxy.kernel.executor import Executor
 from proxy.model import IPFamily
 from proxy.plan import Plan, UpdatedServicePorts
+from proxy.traffic import TrafficSample
 
 if TYPE_CHECKING:  # imported when used: `render` needs no netlink
     from proxy.kernel.generation import GenerationReader
@@ -53,6 +54,11 @@ class IptablesWriter:
 
     def apply(self, change: PartialRestore) -> None:
         self.kernel.apply_partial(change)
+
+    def traffic(self, plan: Plan) -> list[TrafficSample]:
+        """The service traffic counters (the comments name the ports: ``plan`` is not
+        needed)."""
+        return self.kernel.traffic()
 
     def generation(self, now: float, period: float) -> int | None:
         """The nf_tables generation, or for legacy iptables whether our canaries all

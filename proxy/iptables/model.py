@@ -13,6 +13,7 @@ from proxy.iptables.names import (
     KUBE_NODEPORTS,
     KUBE_POSTROUTING,
     KUBE_PROXY_FIREWALL,
+    KUBE_SERVICE_TRAFFIC,
     KUBE_SERVICES,
     OUR_GUARD_JUMP,
     is_owned_chain,
@@ -38,9 +39,19 @@ def _jump(table: str, chain: str, target: str, comment: str, match: str = "") ->
 _NEW = "-m conntrack --ctstate NEW"
 
 
-def jump_rules(localhost_guard: bool) -> tuple[JumpRule, ...]:
-    """Upstream's jumps from the built-in chains, in insertion order."""
+TRAFFIC_JUMP = "kubernetes service traffic counters"
+
+
+def jump_rules(localhost_guard: bool, counters: bool = False) -> tuple[JumpRule, ...]:
+    """Upstream's jumps from the built-in chains, in insertion order (``counters``: ours
+    to the traffic counters first, before anything accepts the packet)."""
+    dnat = "-m conntrack --ctstate DNAT"
     rules = [
+        _jump("filter", chain, KUBE_SERVICE_TRAFFIC, TRAFFIC_JUMP, dnat)
+        for chain in ("INPUT", "FORWARD", "OUTPUT")
+        if counters
+    ]
+    rules += [
         _jump("filter", "INPUT", KUBE_PROXY_FIREWALL, "kubernetes load balancer firewall", _NEW),
         _jump("filter", "INPUT", KUBE_NODEPORTS, "kubernetes health check service ports"),
         _jump(

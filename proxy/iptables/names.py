@@ -17,6 +17,10 @@ KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 KUBE_FIREWALL = "KUBE-FIREWALL"
 KUBE_PROXY_CANARY = "KUBE-PROXY-CANARY"
 """Legacy iptables' drift canary (declared by the kernel layer, owned like our chains)."""
+KUBE_SERVICE_TRAFFIC = "KUBE-SERVICE-TRAFFIC"
+KUBE_NODEPORT_TRAFFIC = "KUBE-NODEPORT-TRAFFIC"
+"""With ``--metrics-service-counters``: send every packet of a DNATed connection to the
+counting chain (``KUBE-CNT-``) of the service port it was sent to."""
 OUR_GUARD_JUMP = "kube-proxy localnet guard"
 """The comment on our jumps to KUBE-FIREWALL (the kubelet's own jumps have none)."""
 
@@ -28,8 +32,18 @@ FILTER_FIXED = (
     KUBE_NODEPORTS,
     KUBE_PROXY_FIREWALL,
 )
-PER_SERVICE_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
-OWNED_FIXED = frozenset((*NAT_FIXED, *FILTER_FIXED, KUBE_FIREWALL, KUBE_PROXY_CANARY))
+COUNTER_FIXED = (KUBE_SERVICE_TRAFFIC, KUBE_NODEPORT_TRAFFIC)
+PER_SERVICE_PREFIXES = (
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+    "KUBE-CNT-",
+)
+OWNED_FIXED = frozenset(
+    (*NAT_FIXED, *FILTER_FIXED, *COUNTER_FIXED, KUBE_FIREWALL, KUBE_PROXY_CANARY)
+)
 
 
 def is_owned_chain(name: str) -> bool:
@@ -63,6 +77,12 @@ def ext_chain(sp: PortLike) -> str:
 def fw_chain(sp: PortLike) -> str:
     """loadBalancerSourceRanges firewall."""
     return _ipt("KUBE-FW-", sp)
+
+
+def cnt_chain(sp: PortLike) -> str:
+    """kube-proxy-py's own (``--metrics-service-counters``): the service port's traffic
+    counters, and its reject or drop."""
+    return _ipt("KUBE-CNT-", sp)
 
 
 def sep_chain(sp: PortLike, endpoint: str) -> str:

@@ -20,14 +20,17 @@ from proxy import comments
 from proxy.iptables import names
 from proxy.iptables.model import IptablesRuleset, jump_rules
 from proxy.iptables.names import (
+    COUNTER_FIXED,
     FILTER_FIXED,
     KUBE_EXTERNAL_SERVICES,
     KUBE_FIREWALL,
     KUBE_FORWARD,
     KUBE_MARK_MASQ,
+    KUBE_NODEPORT_TRAFFIC,
     KUBE_NODEPORTS,
     KUBE_POSTROUTING,
     KUBE_PROXY_FIREWALL,
+    KUBE_SERVICE_TRAFFIC,
     KUBE_SERVICES,
     NAT_FIXED,
 )
@@ -159,6 +162,9 @@ def render(
         nat.chain(c)
     for c in FILTER_FIXED:
         flt.chain(c)
+    counted = plan.service_counters
+    for c in COUNTER_FIXED if counted else ():
+        flt.chain(c)
     mark = f"{plan.masquerade_mark:#x}"
 
     nat.add(KUBE_POSTROUTING, f"-m mark ! --mark {mark}/{mark}", "-j RETURN")
@@ -187,13 +193,17 @@ def render(
     local_cidr = str(plan.cluster_cidr) if plan.cluster_cidr is not None else None
     cache = cache if cache is not None else RenderCache()
     large = large_cluster(plan)
-    cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr, large), updated)
+    params = (fam, plan.masquerade_mark, plan.masquerade_all, local_cidr, large, counted)
+    cache.start(params, updated)
     nat_shared = frozenset((*NAT_FIXED, KUBE_FIREWALL))
-    filter_shared = frozenset((*FILTER_FIXED, KUBE_FIREWALL))
+    filter_shared = frozenset((*FILTER_FIXED, *COUNTER_FIXED, KUBE_FIREWALL))
     for sp in plan.service_ports:
         frag = cache.fragment(plan, sp, local_cidr, large)
         nat.merge(frag.nat, nat_shared)
         flt.merge(frag.filter, filter_shared)
+    if counted:
+        # after every service destination: a NodePort's port may be a ClusterIP's too
+        flt.add(KUBE_SERVICE_TRAFFIC, f"-j {KUBE_NODEPORT_TRAFFIC}")
 
     # NodePort dispatch: must be the last rule of KUBE-SERVICES
     np_comment = _q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
@@ -233,7 +243,7 @@ def render(
         family=fam,
         nat=nat.frozen(),
         filter=flt.frozen(),
-        jumps=jump_rules(localhost_guard),
+        jumps=jump_rules(localhost_guard, counted),
         route_localnet=localhost_guard,
     )
 
@@ -257,6 +267,12 @@ def _render_port(
     internal_chain = local_chain if sp.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if sp.external_policy_local else cluster_chain
     lb_target = fw if (sp.uses_firewall and sp.has_endpoints) else ext
+    counted = plan.service_counters
+    cnt = names.cnt_chain(sp)
+
+    def verdict(f: Filter) -> str:
+        """A reject or drop: through the counting chain when traffic is counted."""
+        return f"-j {cnt}" if counted else f"-j {f.upper()}"
 
     # declare per-service chains in a stable order
     if sp.uses_cluster_chain:
@@ -300,14 +316,14 @@ def _render_port(
                 f"-j {KUBE_MARK_MASQ}",
             )
     else:
-        verdict = sp.internal_filter or Filter.REJECT
+        internal = sp.internal_filter or Filter.REJECT
         flt.add(
             KUBE_SERVICES,
             f"-d {cip}",
             proto,
-            _comment(sp.filter_reason(verdict)),
+            _comment(sp.filter_reason(internal)),
             dport,
-            f"-j {verdict.upper()}",
+            verdict(internal),
         )
 
     ext_filter = sp.external_filter
@@ -323,7 +339,7 @@ def _render_port(
                 proto,
                 _comment(sp.filter_reason(ext_filter)),
                 dport,
-                f"-j {ext_filter.upper()}",
+                verdict(ext_filter),
             )
     # -- load balancer IPs
     for ip in sp.load_balancer_ips:
@@ -344,7 +360,7 @@ def _render_port(
                     proto,
                     _comment(f"{spn} traffic not accepted by {fw}"),
                     dport,
-                    "-j DROP",
+                    verdict(Filter.DROP),
                 )
         if ext_filter is not None:
             flt.add(
@@ -353,7 +369,7 @@ def _render_port(
                 proto,
                 _comment(sp.filter_reason(ext_filter)),
                 dport,
-                f"-j {ext_filter.upper()}",
+                verdict(ext_filter),
             )
     # -- node port
     if sp.node_port:
@@ -367,7 +383,7 @@ def _render_port(
                 _comment(sp.filter_reason(ext_filter)),
                 "-m addrtype --dst-type LOCAL",
                 np_dport,
-                f"-j {ext_filter.upper()}",
+                verdict(ext_filter),
             )
     if sp.health_check_node_port:
         flt.add(
@@ -422,6 +438,9 @@ def _render_port(
     if sp.uses_local_chain:
         _balance(nat, sp, local_chain, sp.local_endpoints, large)
 
+    if counted:
+        _count(sp, flt, cnt)
+
     # -- endpoint chains
     ep_comment = "" if large else _comment(spn)
     for ep in sp.reachable_endpoints:
@@ -439,6 +458,40 @@ def _render_port(
             recent,
             f"-m {sp.protocol.lowercase}",
             f"-j DNAT --to-destination {ep.address}",
+        )
+
+
+def counted_label(sp: ServicePortPlan) -> str:
+    """``ns/name:port`` with the port's name, or ``#`` and its number when it has none:
+    what a counting rule's comment names (:func:`proxy.traffic.parse_counted_comment`)."""
+    return f"{sp.namespace}/{sp.name}:{sp.port_name or '#' + str(sp.port)}"
+
+
+def _count(sp: ServicePortPlan, flt: _Writer, cnt: str) -> None:
+    """``--metrics-service-counters``: the service port's counting chain (its rules'
+    counters are the figures: DNATed packets both ways, and those it rejects or drops,
+    which the filter rules send here), and the dispatch to it by conntrack's original
+    destination."""
+    proto = sp.protocol.lowercase
+    label = counted_label(sp)
+    flt.chain(cnt)
+    dnat = "-m conntrack --ctstate DNAT"
+    flt.add(cnt, dnat, _comment(f"{label} dnat"), "-j RETURN")
+    if not sp.has_endpoints:
+        flt.add(cnt, _comment(f"{label} reject"), "-j REJECT")
+    elif sp.internal_filter or sp.external_filter or sp.uses_firewall:
+        flt.add(cnt, _comment(f"{label} drop"), "-j DROP")
+    for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips):
+        flt.add(
+            KUBE_SERVICE_TRAFFIC,
+            f"-p {proto} {dnat} --ctorigdst {ip} --ctorigdstport {sp.port}",
+            f"-g {cnt}",
+        )
+    if sp.node_port:
+        flt.add(
+            KUBE_NODEPORT_TRAFFIC,
+            f"-p {proto} {dnat} --ctorigdstport {sp.node_port}",
+            f"-g {cnt}",
         )
 
 

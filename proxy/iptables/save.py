@@ -1,10 +1,12 @@
-"""Reading ``iptables-save`` output into :class:`~proxy.iptables.model.ExistingIptables`."""
+"""Reading ``iptables-save`` output: into :class:`~proxy.iptables.model.ExistingIptables`,
+and (with ``-c``) the traffic counters."""
 
 from __future__ import annotations
 
 import re
 
 from proxy.iptables.model import ExistingIptables
+from proxy.traffic import TrafficSample, merged, parse_counted_comment
 
 BUILTIN_CHAINS = frozenset(("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"))
 _SYNC_LINES = re.compile(
@@ -57,3 +59,18 @@ def parse_save(text: str | bytes, *, every_rule: bool = True) -> ExistingIptable
         builtin_rules={k: v for k, v in frozen_rules.items() if k[1] in BUILTIN_CHAINS},
         rules=frozen_rules if every_rule else {},
     )
+
+
+_COUNTED = re.compile(r'^\[(\d+):(\d+)\] -A KUBE-CNT-\S+ .*--comment "([^"]*)"')
+
+
+def counted_samples(save: str) -> list[TrafficSample]:
+    """``iptables-save -c -t filter`` → the traffic counters of our ``KUBE-CNT-`` chains
+    (their comments name the service port and the verdict)."""
+    out = []
+    for line in save.splitlines():
+        m = _COUNTED.match(line)
+        parsed = parse_counted_comment(m[3]) if m else None
+        if m is not None and parsed is not None:
+            out.append(TrafficSample(*parsed, int(m[1]), int(m[2])))
+    return merged([out])

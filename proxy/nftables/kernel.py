@@ -6,6 +6,7 @@ namespace), else through ``nft -f`` too. What the table holds is read over netli
 from __future__ import annotations
 
 import errno
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -16,7 +17,10 @@ from proxy.nftables import wire as nftwire
 from proxy.nftables.diff import cleanup_text, full_sync_lines, full_sync_text
 from proxy.nftables.exprs import Unsupported
 from proxy.nftables.model import BaseHook, ExistingNft, NftRuleset, NftTransaction
-from proxy.nftables.names import TABLE
+from proxy.nftables.names import TABLE, TRAFFIC_DNAT, TRAFFIC_DROP, TRAFFIC_REJECT
+from proxy.traffic import Destination, nft_set_counts
+
+TRAFFIC_SETS = {"dnat": TRAFFIC_DNAT, "reject": TRAFFIC_REJECT, "drop": TRAFFIC_DROP}
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +164,21 @@ class NftKernel:
             exc.stdin = full_sync_text(ruleset, have)  # for failing_line()
             _log_refused(exc)
             raise
+
+    def traffic(self) -> dict[str, dict[Destination, tuple[int, int]]]:
+        """The service traffic counters (``--metrics-service-counters``): verdict →
+        service destination → (packets, bytes); empty when there are none."""
+        fam = "ip" if self.family is IPFamily.V4 else "ip6"
+        out: dict[str, dict[Destination, tuple[int, int]]] = {}
+        for verdict, name in TRAFFIC_SETS.items():
+            done = self.executor.run(["nft", "-j", "list", "set", fam, TABLE, name], check=False)
+            if done.returncode != 0:
+                continue  # no such set: counters are off, or the table is not there yet
+            try:
+                out[verdict] = nft_set_counts(json.loads(done.stdout))
+            except ValueError:
+                log.warning("unreadable traffic counters", extra={"set": name})
+        return out
 
     def cleanup(self) -> bool:
         if not self.table_exists():

@@ -15,6 +15,7 @@ from proxy.nftables.diff import full_sync_text, incremental
 from proxy.nftables.model import NftRuleset, NftTransaction
 from proxy.nftables.render import RenderCache, render
 from proxy.plan import Plan, UpdatedServicePorts
+from proxy.traffic import TrafficSample, attribute
 
 if TYPE_CHECKING:  # the kernel side is imported when used: `render` needs none of it
     from proxy.kernel.generation import GenerationReader
@@ -41,6 +42,10 @@ class NftablesWriter:
     @property
     def text_fallbacks(self) -> int:
         return self.kernel.text_fallbacks
+
+    def traffic(self, plan: Plan) -> list[TrafficSample]:
+        """The service traffic counters, per service port of ``plan``."""
+        return attribute(plan, self.kernel.traffic())
 
 
 class NftablesMode:

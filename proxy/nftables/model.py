@@ -112,6 +112,8 @@ class NftSet:
     typeof: EndpointMapTypeof | None = None
     """Declared by expressions (``typeof numgen random mod 1 : ip daddr . tcp dport``)
     when no type name fits; ``type`` still names the key and data types."""
+    size: int | None = None
+    """The most elements a dynamic set holds."""
 
     @property
     def is_map(self) -> bool:
@@ -126,6 +128,8 @@ class NftSet:
         parts = [f"typeof {typeof.text()}" if typeof else f"type {self.type.text()}"]
         if self.flags:
             parts.append("flags " + ",".join(self.flags))
+        if self.size is not None:
+            parts.append(f"size {self.size}")
         if self.timeout is not None:
             parts.append(f"timeout {self.timeout}s")
         if self.comment:
@@ -271,9 +275,7 @@ class TableBuilder:
             n: NftChain(n, tuple(rules), self.hooks.get(n)) for n, rules in self.chains.items()
         }
         sets = {
-            n: NftSet(
-                s.name, s.type, tuple(self.elements[n]), s.flags, s.timeout, s.comment, s.typeof
-            )
+            n: dataclasses.replace(s, elements=tuple(self.elements[n]))
             for n, s in self.sets.items()
         }
         return chains, sets

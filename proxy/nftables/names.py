@@ -31,6 +31,15 @@ NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
 CLUSTER_IPS_CHECK = "cluster-ips-check"
 FIREWALL_CHECK = "firewall-check"
 REJECT_CHAIN = "reject-chain"
+DROP_CHAIN = "drop-chain"
+"""With ``--metrics-service-counters``: drops go through it, to be counted."""
+
+TRAFFIC_DNAT = "traffic-dnat"
+TRAFFIC_REJECT = "traffic-reject"
+TRAFFIC_DROP = "traffic-drop"
+"""With ``--metrics-service-counters``: dynamic sets whose elements (a service
+destination: address . protocol . port) count the packets and bytes DNATed, rejected and
+dropped."""
 
 SERVICE_IPS = "service-ips"
 SERVICE_NODEPORTS = "service-nodeports"

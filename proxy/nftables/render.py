@@ -36,6 +36,7 @@ from proxy.nftables.model import (
 from proxy.nftables.names import (
     CLUSTER_IPS,
     CLUSTER_IPS_CHECK,
+    DROP_CHAIN,
     DSTNAT,
     FILTER_FORWARD,
     FILTER_INPUT,
@@ -59,6 +60,9 @@ from proxy.nftables.names import (
     SERVICE_NODEPORTS,
     SERVICES,
     SRCNAT,
+    TRAFFIC_DNAT,
+    TRAFFIC_DROP,
+    TRAFFIC_REJECT,
 )
 from proxy.nftables.statements import (
     DROP,
@@ -69,12 +73,14 @@ from proxy.nftables.statements import (
     AddressMatch,
     AddressNotInPrefixes,
     ConcatLookup,
+    CountInSet,
     CtMatch,
     DnatMap,
     DnatTo,
     ElementKey,
     EndpointMapTypeof,
     FibLocal,
+    L4ProtoIn,
     MarkTest,
     NumgenMatch,
     SetMark,
@@ -270,6 +276,9 @@ def render(
         )
     )
 
+    if plan.service_counters:
+        _count_traffic(b, fam)
+
     # -- fixed rules
     new = CtMatch("state", "new")
     b.rule(FILTER_PREROUTING_PRE_DNAT, rule(new, jump(FIREWALL_CHECK)))
@@ -361,7 +370,9 @@ def render(
         )
 
     cache = cache if cache is not None else RenderCache()
-    last = cache.start((fam, plan.masquerade_mark, plan.masquerade_all, local_cidr))
+    last = cache.start(
+        (fam, plan.masquerade_mark, plan.masquerade_all, local_cidr, plan.service_counters)
+    )
     if last is not None and updated is not None:
         rendered = _render_delta(plan, updated, last, cache, local_cidr)
     else:
@@ -374,6 +385,44 @@ def render(
         typeof = typeofs.get(proto) or typeofs.setdefault(proto, EndpointMapTypeof(fam, proto))
         b.declare(NftSet(name, emap_type, typeof=typeof))
     return NftRuleset(fam, b.fragment(), rendered.fragments, rendered.shared, rendered.updated)
+
+
+TRAFFIC_SIZE = 65536
+"""The most service destinations a traffic set counts (a bound; a cluster has one per
+ClusterIP, ExternalIP and LoadBalancer IP port, and one per NodePort and node address)."""
+TRAFFIC_TIMEOUT = 3600
+"""Seconds a destination's counter outlives its last packet."""
+
+
+def _count_traffic(b: TableBuilder, fam: IPFamily) -> None:
+    """``--metrics-service-counters``: every packet of a DNATed connection (both ways) is
+    counted under the service destination it was sent to (conntrack's original
+    destination); a rejected or dropped one under its destination, in the chain that
+    rejects or drops it. Elements are made by the packets themselves (dynamic sets): a
+    full sync keeps them, and with them the counts."""
+    ipx = _ipx(fam)
+    key = SetType((_addr_type(fam), "inet_proto", "inet_service"))
+    for name, what in ((TRAFFIC_DNAT, "DNATed"), (TRAFFIC_REJECT, "rejected"),
+                       (TRAFFIC_DROP, "dropped")):  # fmt: skip
+        b.declare(
+            NftSet(
+                name,
+                key,
+                flags=("dynamic", "timeout"),
+                timeout=TRAFFIC_TIMEOUT,
+                size=TRAFFIC_SIZE,
+                comment=f"packets and bytes {what}, per service destination",
+            )
+        )
+    original = (f"ct original {ipx} daddr", "meta l4proto", "ct original proto-dst")
+    dnat = rule(CtMatch("status", "dnat"), L4ProtoIn(), CountInSet(original, TRAFFIC_DNAT))
+    for chain in (FILTER_FORWARD, FILTER_INPUT, FILTER_OUTPUT):
+        b.rule(chain, dnat)
+    here = (f"{ipx} daddr", "meta l4proto", "th dport")
+    b.rule(REJECT_CHAIN, rule(L4ProtoIn(), CountInSet(here, TRAFFIC_REJECT)))
+    b.chain(DROP_CHAIN)
+    b.rule(DROP_CHAIN, rule(L4ProtoIn(), CountInSet(here, TRAFFIC_DROP)))
+    b.rule(DROP_CHAIN, rule(DROP))
 
 
 def _render_all(plan: Plan, cache: RenderCache, local_cidr: str | None) -> _Rendered:
@@ -491,8 +540,10 @@ def _set_mark(mark: int) -> SetMark:
     return SetMark(mark)
 
 
-def _verdict(f: Filter) -> Verdict:
-    return goto(REJECT_CHAIN) if f is Filter.REJECT else DROP
+def _verdict(f: Filter, counted: bool) -> Verdict:
+    if f is Filter.REJECT:
+        return goto(REJECT_CHAIN)
+    return goto(DROP_CHAIN) if counted else DROP
 
 
 def _render_port(
@@ -511,6 +562,7 @@ def _render_port(
     fw = names.firewall_chain(sp)
     internal_chain = local_chain if sp.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if sp.external_policy_local else cluster_chain
+    counted = plan.service_counters
 
     if sp.uses_cluster_chain:
         b.chain(cluster_chain)
@@ -544,7 +596,10 @@ def _render_port(
     else:
         f = sp.internal_filter or Filter.REJECT
         b.element(
-            NO_ENDPOINT_SERVICES, key(sp.cluster_ip, sp.port), _verdict(f), sp.filter_reason(f)
+            NO_ENDPOINT_SERVICES,
+            key(sp.cluster_ip, sp.port),
+            _verdict(f, counted),
+            sp.filter_reason(f),
         )
 
     ext_filter = sp.external_filter
@@ -556,14 +611,16 @@ def _render_port(
             b.element(
                 NO_ENDPOINT_SERVICES,
                 key(ip, sp.port),
-                _verdict(ext_filter),
+                _verdict(ext_filter, counted),
                 sp.filter_reason(ext_filter),
             )
     if sp.uses_firewall:
         for ip in sp.load_balancer_ips:
             b.element(FIREWALL_IPS, key(ip, sp.port), goto(fw), spn)
         sources = tuple(str(s) for s in sp.firewall_allowed_sources)
-        b.rule(fw, rule(AddressNotInPrefixes(fam, "saddr", sources), DROP))
+        b.rule(
+            fw, rule(AddressNotInPrefixes(fam, "saddr", sources), _verdict(Filter.DROP, counted))
+        )
     # -- node port
     if sp.node_port:
         np_key = (proto, sp.node_port)
@@ -571,7 +628,10 @@ def _render_port(
             b.element(SERVICE_NODEPORTS, np_key, to_ext, spn)
         if ext_filter is not None:
             b.element(
-                NO_ENDPOINT_NODEPORTS, np_key, _verdict(ext_filter), sp.filter_reason(ext_filter)
+                NO_ENDPOINT_NODEPORTS,
+                np_key,
+                _verdict(ext_filter, counted),
+                sp.filter_reason(ext_filter),
             )
 
     # -- external chain

@@ -270,6 +270,34 @@ class UpdateSet:
         return [x.payload(offset, size), dynset]
 
 
+@dataclass(frozen=True, slots=True)
+class L4ProtoIn:
+    """``meta l4proto { tcp, udp, sctp }``: one of the protocols Services carry."""
+
+    protocols: tuple[str, ...] = ("tcp", "udp", "sctp")
+
+    def text(self) -> str:
+        return f"meta l4proto {{ {', '.join(self.protocols)} }}"
+
+    def encode(self, family: IPFamily) -> list[bytes]:
+        raise Unsupported(self.text())
+
+
+@dataclass(frozen=True, slots=True)
+class CountInSet:
+    """``update @set { KEY counter }``: add or refresh ``KEY`` in a dynamic set and count
+    the packet and its bytes in that element."""
+
+    fields: tuple[str, ...]
+    set_name: str
+
+    def text(self) -> str:
+        return f"update @{self.set_name} {{ {' . '.join(self.fields)} counter }}"
+
+    def encode(self, family: IPFamily) -> list[bytes]:
+        raise Unsupported(self.text())
+
+
 def _nat(family: IPFamily, port_reg: int) -> bytes:
     # NFTA_NAT_TYPE 1 (dnat 1), FAMILY 2, REG_ADDR_MIN 3, REG_PROTO_MIN 5, FLAGS 7
     # (NF_NAT_RANGE_PROTO_SPECIFIED 2)

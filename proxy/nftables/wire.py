@@ -177,6 +177,7 @@ def _new_set(s: NftSet, set_id: int, family: IPFamily) -> bytes:
         and s.timeout is not None
         and s.timeout >= 0
         and not s.comment
+        and s.size is None
     )
     if not affinity or s.timeout is None:
         raise Unsupported(f"set declaration {s.spec()!r}")

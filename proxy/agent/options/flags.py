@@ -44,6 +44,14 @@ SUPPORTED_FLAGS: tuple[FlagSpec, ...] = (
     ),
     FlagSpec("--cleanup", Kind.BOOL, "remove kube-proxy-py's rules and exit", with_config=True),
     FlagSpec(
+        "--metrics-service-counters",
+        Kind.BOOL,
+        "kube-proxy-py only: count packets and bytes per Service port and verdict (dnat, "
+        "reject, drop) in the rules and export them on /metrics (default false; applies "
+        "with --config too, which has no such field)",
+        with_config=True,
+    ),
+    FlagSpec(
         "--hostname-override",
         Kind.STRING,
         "this node's name (default: $NODE_NAME, else the host name); wins over the file",

@@ -222,6 +222,7 @@ def parse_run_args(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         node_name=node_name(flag_text(given, "--hostname-override"), configured.node_name, environ),
         master=(flag_text(given, "--master") or "").strip() or None,
         cleanup=flag_bool(given, "--cleanup", False),
+        service_counters=flag_bool(given, "--metrics-service-counters", False),
         verbosity=_verbosity(flag_text(given, "--v"), configured.verbosity),
         warnings=tuple(dict.fromkeys(warnings)),
     )

@@ -48,6 +48,8 @@ class AgentOptions:
     verbosity: int
     config_file: str | None
     warnings: tuple[str, ...]
+    service_counters: bool = False
+    """``--metrics-service-counters``: per Service port traffic counters."""
 
     def proxy_config(self, host_addresses: tuple[IPAddress, ...] = ()) -> ProxyConfig:
         """The planner's configuration; ``host_addresses`` are the node's local IPs."""
@@ -60,4 +62,5 @@ class AgentOptions:
             masquerade_bit=self.masquerade_bit,
             localhost_nodeports=self.localhost_nodeports,
             host_addresses=host_addresses,
+            service_counters=self.service_counters,
         )

@@ -1,0 +1,220 @@
+"""``--metrics-service-counters`` without root: what each mode renders, how readings
+become samples per Service port and verdict, and the /metrics collector."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import pytest
+
+from proxy import manifests as m
+from proxy.agent.options.parse import parse_run_args
+from proxy.config import ProxyConfig, ProxyMode
+from proxy.iptables import render as ipt_render
+from proxy.iptables.save import counted_samples
+from proxy.metrics import ProxyMetrics, ServiceTrafficCollector
+from proxy.model import IPFamily
+from proxy.nftables import render as nft_render
+from proxy.nftables.diff import full_sync_text
+from proxy.plan import Plan, plan
+from proxy.source.file import build_state
+from proxy.traffic import TrafficSample, attribute, merged, nft_set_counts, parse_counted_comment
+
+ip = ipaddress.ip_address
+
+
+def make_plan(mode: ProxyMode, counters: bool = True, family: IPFamily = IPFamily.V4) -> Plan:
+    v6 = family is IPFamily.V6
+    objs: list[dict[str, Any]] = [
+        m.node("node-a", "fd00::11" if v6 else "192.168.50.11"),
+        m.service(
+            "web",
+            "fd00::10" if v6 else "10.96.0.10",
+            [m.Port(80, "http", node_port=30080)],
+            type="LoadBalancer",
+            lb_ips=["fd00::99" if v6 else "198.51.100.10"],
+            source_ranges=["fd00::/120" if v6 else "10.0.0.0/8"],
+            ip_families=[family.value],
+        ),
+        m.endpoint_slice(
+            "web",
+            [m.EP("fd00::6" if v6 else "10.244.1.6", node="node-a")],
+            [("http", 80, "TCP")],
+            address_type=family.value,
+        ),
+        m.service(
+            "empty", "fd00::11" if v6 else "10.96.0.11", [m.Port(8080)], ip_families=[family.value]
+        ),
+    ]
+    state = build_state(objs, "node-a")
+    assert state.problems == ()
+    return plan(state.snapshot, ProxyConfig("node-a", mode=mode, service_counters=counters), family)
+
+
+def test_nftables_counts_in_dynamic_sets_and_routes_drops_through_the_drop_chain() -> None:
+    text = full_sync_text(nft_render.render(make_plan(ProxyMode.NFTABLES)))
+    for name in ("traffic-dnat", "traffic-reject", "traffic-drop"):
+        assert (
+            f"add set ip kube-proxy {name} {{ type ipv4_addr . inet_proto . inet_service ; flags dynamic,timeout ; size 65536 ; timeout 3600s"
+            in text
+        )
+    counting = (
+        "ct status dnat meta l4proto { tcp, udp, sctp } update @traffic-dnat "
+        "{ ct original ip daddr . meta l4proto . ct original proto-dst counter }"
+    )
+    for chain in ("filter-forward", "filter-input", "filter-output"):
+        lines = [
+            ln for ln in text.splitlines() if ln.startswith(f"add rule ip kube-proxy {chain} ")
+        ]
+        assert lines[0].endswith(counting)  # first: before anything accepts or rejects
+    assert "update @traffic-reject { ip daddr . meta l4proto . th dport counter }" in text
+    assert "add rule ip kube-proxy drop-chain drop" in text
+    assert "10.96.0.11 . tcp . 8080 comment" in text and "goto reject-chain" in text
+    fw = [ln for ln in text.splitlines() if " firewall-" in ln and "saddr" in ln]
+    assert fw and all(ln.endswith("goto drop-chain") for ln in fw)
+    off = full_sync_text(nft_render.render(make_plan(ProxyMode.NFTABLES, counters=False)))
+    assert "traffic-" not in off and "drop-chain" not in off
+
+
+def test_nftables_ipv6_counts_ip6_destinations() -> None:
+    text = full_sync_text(nft_render.render(make_plan(ProxyMode.NFTABLES, family=IPFamily.V6)))
+    assert "type ipv6_addr . inet_proto . inet_service" in text
+    assert "ct original ip6 daddr . meta l4proto . ct original proto-dst counter" in text
+
+
+def test_iptables_counts_in_a_chain_per_service_port() -> None:
+    p = make_plan(ProxyMode.IPTABLES)
+    rs = ipt_render.render(p)
+    flt = rs.filter
+    web = p.service_port("default", "web", "http")
+    cnt = next(c for c in flt if c.startswith("KUBE-CNT-") and any("web:http" in r for r in flt[c]))
+    assert flt[cnt] == (
+        '-m conntrack --ctstate DNAT -m comment --comment "default/web:http dnat" -j RETURN',
+        '-m comment --comment "default/web:http drop" -j DROP',
+    )
+    empty = next(c for c in flt if c.startswith("KUBE-CNT-") and c != cnt)
+    assert flt[empty] == (
+        '-m conntrack --ctstate DNAT -m comment --comment "default/empty:#8080 dnat" -j RETURN',
+        '-m comment --comment "default/empty:#8080 reject" -j REJECT',
+    )
+    assert flt["KUBE-SERVICE-TRAFFIC"] == (
+        f"-p tcp -m conntrack --ctstate DNAT --ctorigdst 10.96.0.11 --ctorigdstport 8080 -g {empty}",
+        f"-p tcp -m conntrack --ctstate DNAT --ctorigdst {web.cluster_ip} --ctorigdstport 80 -g {cnt}",
+        f"-p tcp -m conntrack --ctstate DNAT --ctorigdst 198.51.100.10 --ctorigdstport 80 -g {cnt}",
+        "-j KUBE-NODEPORT-TRAFFIC",
+    )
+    assert flt["KUBE-NODEPORT-TRAFFIC"] == (
+        f"-p tcp -m conntrack --ctstate DNAT --ctorigdstport 30080 -g {cnt}",
+    )
+    # the reject of the Service without endpoints goes through its counting chain
+    rejects = [r for r in flt["KUBE-SERVICES"] if "10.96.0.11" in r]
+    assert len(rejects) == 1 and rejects[0].endswith(f"-j {empty}")
+    jumps = [j for j in rs.jumps if j.spec.endswith("-j KUBE-SERVICE-TRAFFIC")]
+    assert [j.chain for j in jumps] == ["INPUT", "FORWARD", "OUTPUT"]
+    assert rs.jumps[:3] == tuple(jumps)  # first in each chain
+    off = ipt_render.render(make_plan(ProxyMode.IPTABLES, counters=False))
+    assert not [c for c in off.filter if "TRAFFIC" in c or c.startswith("KUBE-CNT-")]
+
+
+def test_attribute_gives_each_destination_to_its_service_port() -> None:
+    p = make_plan(ProxyMode.NFTABLES)
+    counts = {
+        "dnat": {
+            (ip("10.96.0.10"), "tcp", 80): (10, 1000),
+            (ip("198.51.100.10"), "tcp", 80): (5, 500),
+            (ip("192.168.50.11"), "tcp", 30080): (2, 200),  # the NodePort
+            (ip("10.96.0.99"), "tcp", 80): (7, 700),  # a Service gone: left out
+        },
+        "reject": {(ip("10.96.0.11"), "tcp", 8080): (3, 180)},
+    }
+    assert attribute(p, counts) == [
+        TrafficSample("default", "empty", "8080", "reject", 3, 180),
+        TrafficSample("default", "web", "http", "dnat", 17, 1700),
+    ]
+
+
+def test_merged_sums_families() -> None:
+    a = [TrafficSample("ns", "web", "http", "dnat", 1, 10)]
+    b = [
+        TrafficSample("ns", "web", "http", "dnat", 2, 20),
+        TrafficSample("ns", "x", "1", "drop", 1, 1),
+    ]
+    assert merged([a, b]) == [
+        TrafficSample("ns", "web", "http", "dnat", 3, 30),
+        TrafficSample("ns", "x", "1", "drop", 1, 1),
+    ]
+
+
+def test_nft_json_and_iptables_save_readings() -> None:
+    listing = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"set": {"name": "traffic-dnat", "elem": [
+                {"elem": {"val": {"concat": ["10.96.0.10", "tcp", 80]}, "expires": 3599,
+                          "counter": {"packets": 12, "bytes": 1400}}},
+                {"elem": {"val": {"concat": ["fd00::10", "udp", 53]},
+                          "counter": {"packets": 2, "bytes": 120}}},
+                {"elem": {"val": "garbage"}},
+            ]}},
+        ]
+    }  # fmt: skip
+    assert nft_set_counts(json.loads(json.dumps(listing))) == {
+        (ip("10.96.0.10"), "tcp", 80): (12, 1400),
+        (ip("fd00::10"), "udp", 53): (2, 120),
+    }
+    save = (
+        "*filter\n:KUBE-CNT-ABC - [0:0]\n"
+        '[7:700] -A KUBE-CNT-ABC -m conntrack --ctstate DNAT -m comment --comment "ns/web:http dnat" -j RETURN\n'
+        '[1:60] -A KUBE-CNT-ABC -m comment --comment "ns/web:http drop" -j DROP\n'
+        '[3:180] -A KUBE-CNT-DEF -m comment --comment "ns/db:#5432 reject" -j REJECT\n'
+        '[9:9] -A KUBE-SERVICES -m comment --comment "ns/x:y dnat" -j RETURN\n'
+        "COMMIT\n"
+    )
+    assert counted_samples(save) == [
+        TrafficSample("ns", "db", "5432", "reject", 3, 180),
+        TrafficSample("ns", "web", "http", "dnat", 7, 700),
+        TrafficSample("ns", "web", "http", "drop", 1, 60),
+    ]
+    assert parse_counted_comment("ns/web:http dnat") == ("ns", "web", "http", "dnat")
+    assert parse_counted_comment("ns/web:http accept") is None
+    assert parse_counted_comment("web dnat") is None
+
+
+def test_collector_reads_at_most_once_a_second_and_survives_a_failed_read() -> None:
+    now = [100.0]
+    calls: list[int] = []
+
+    def read() -> list[TrafficSample]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("nft: no such file")
+        return [TrafficSample("ns", "web", "http", "dnat", len(calls), 10)]
+
+    c = ServiceTrafficCollector(read, clock=lambda: now[0])
+    assert c.samples()[0].packets == 1
+    assert c.samples()[0].packets == 1 and len(calls) == 1  # cached
+    now[0] += 1.5
+    assert c.samples()[0].packets == 1 and len(calls) == 2  # failed: the last reading
+    now[0] += 1.5
+    assert c.samples()[0].packets == 3
+    metrics = ProxyMetrics(mode=ProxyMode.NFTABLES, process_metrics=False)
+    metrics.count_service_traffic(lambda: [TrafficSample("ns", "web", "http", "drop", 4, 40)])
+    metrics.count_service_traffic(lambda: [])  # once: a second registration is ignored
+    text = metrics.render().decode()
+    assert (
+        'kubeproxy_py_service_packets_total{namespace="ns",port="http",service="web",verdict="drop"} 4.0'
+        in text
+    )
+    assert (
+        'kubeproxy_py_service_bytes_total{namespace="ns",port="http",service="web",verdict="drop"} 40.0'
+        in text
+    )
+
+
+@pytest.mark.parametrize(("argv", "want"), [([], False), (["--metrics-service-counters"], True),
+                                            (["--metrics-service-counters=false"], False)])  # fmt: skip
+def test_the_flag(argv: list[str], want: bool) -> None:
+    opts = parse_run_args(["--hostname-override", "node-a", *argv], env={})
+    assert opts.service_counters is want and opts.proxy_config().service_counters is want
