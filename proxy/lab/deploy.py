@@ -9,7 +9,9 @@ so ``lab status`` can show it:
   IP family), and in an IPv6-only lab its ``healthzBindAddress`` (``[::]:10256``: the
   kubelet probes the pod at the node's IPv6 address);
 - with ``--compare``, a node affinity keeping kube-proxy-py off ``node-upstream``, where
-  upstream kube-proxy runs as a DaemonSet of its own (:func:`upstream_objects`).
+  upstream kube-proxy runs as a DaemonSet of its own (:func:`upstream_objects`);
+- ``--metrics-service-counters`` on the agent's command line: the lab counts traffic
+  per Service, which its demo shows (the file leaves it off, as an operator would start).
 
 Plain functions over parsed YAML; nothing here talks to the API.
 """
@@ -75,6 +77,7 @@ def lab_objects(
     api_port: int,
     exclude_nodes: Sequence[str] = (),
     healthz_bind_address: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> tuple[list[dict[str, Any]], Changes]:
     """The manifest's objects as the lab applies them, and what was changed.
 
@@ -101,6 +104,11 @@ def lab_objects(
         elif kind == "DaemonSet":
             found["DaemonSet"] = True
             _set_api_env(obj, api_host, api_port, changes)
+            command = _containers(obj)[0].setdefault("command", [])
+            for arg in extra_args:
+                if arg not in command:
+                    command.append(arg)
+                    changes.other.append(f"the agent runs with {arg}")
             if exclude_nodes:
                 _exclude(obj, exclude_nodes)
                 changes.other.append(

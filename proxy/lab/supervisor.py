@@ -111,6 +111,7 @@ from proxy.lab.topology import (
     REGISTRY,
     RESOLVER,
     RESOLVER_IP,
+    SERVICE_COUNTERS_FLAG,
     UPSTREAM_NODE,
     addresses,
     host_port,
@@ -584,6 +585,7 @@ class Supervisor:
             ),
             api_port=API_PORT,
             exclude_nodes=[UPSTREAM_NODE] if self.state.compare else [],
+            extra_args=[SERVICE_COUNTERS_FLAG],
         )
         self.state.env_overrides = {k: list(v) for k, v in changes.env.items()}
         self.state.config_overrides = {k: list(v) for k, v in changes.config.items()}

@@ -122,3 +122,9 @@ def lab_topology(
     )
     spec = TopologySpec(nodes=tuple(nodes), pods=(), clients=clients, lan_cidr=LAN_CIDR)
     return with_versions(spec, versions), zones
+
+
+SERVICE_COUNTERS_FLAG = "--metrics-service-counters"
+"""The lab's agents count traffic per Service (:mod:`proxy.lab.deploy`)."""
+METRICS_PORT = 10249
+"""The agents' /metrics, on each node's loopback (the DaemonSet's default bind address)."""

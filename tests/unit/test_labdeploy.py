@@ -73,6 +73,17 @@ def test_compare_keeps_kube_proxy_py_off_the_upstream_node() -> None:
     assert changes.other and "node-upstream" in changes.other[0]
 
 
+def test_the_lab_turns_the_service_counters_on_and_says_so() -> None:
+    changed, changes = lab(extra_args=["--metrics-service-counters"])
+    container = deploy.find(changed, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][-1] == "--metrics-service-counters"
+    assert container["command"][:2] == ["kube-proxy-py", "run"]
+    assert changes.other == ["the agent runs with --metrics-service-counters"]
+    again, _ = lab(extra_args=["--metrics-service-counters", "--metrics-service-counters"])
+    command = deploy.find(again, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert command["command"].count("--metrics-service-counters") == 1
+
+
 def test_a_manifest_without_the_daemonset_is_refused() -> None:
     only_rbac = [o for o in objects() if o["kind"] != "DaemonSet"]
     with pytest.raises(deploy.DeployError, match="no DaemonSet"):
