@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from proxy.demo.labexplain import LabExplained, explain_argv, explain_shown
 from proxy.demo.present import Presenter
 from proxy.host import netns as hostns
 from proxy.host.sockets import connect_in_netns
@@ -269,6 +270,16 @@ class LabDemo:
             return exc.errno == errno.ECONNREFUSED
         return False
 
+    def dropped_outside(self, ip: str, port: int) -> bool:
+        """Whether a connection from the outside client to ``ip:port`` gets no answer at
+        all (dropped), behind the scenes."""
+        ns = f"{self.state.lab_id}-{labtopology.CLIENT}"
+        try:
+            connect_in_netns(ns, ip, port, timeout=0.5).close()
+        except OSError as exc:  # a timeout, not a refusal or an unreachable network
+            return exc.errno in (None, errno.ETIMEDOUT) and "timed out" in str(exc)
+        return False
+
     def wait_served(self, ip: str, port: int, want: set[str], n: int = 20) -> None:
         """Until ``n`` new connections from the client pod's node reach exactly the pods
         in ``want``: its agent has programmed the change the client pod's traffic meets
@@ -338,6 +349,15 @@ class LabDemo:
     def nft_family(self) -> str:
         """The nftables family of the primary IP family's table (``ip`` or ``ip6``)."""
         return "ip" if self.family == 4 else "ip6"
+
+    def explain(self, source: str, target: str, *flags: str) -> LabExplained:
+        """``kube-proxy-py lab explain SOURCE TARGET FLAGS --verify`` as a step's visible
+        command, with its output (the kernel's trace cut to the rules of ours that
+        decided)."""
+        self.p.command(shlex.join(explain_argv(source, target, *flags)))
+        done = explain_shown(self.state, source, target, *flags)
+        self.p.result(done.short_text())
+        return done
 
     def check(self, what: str, fn: Callable[[], bool]) -> None:
         self.p.run_checked(what, fn)
@@ -490,24 +510,25 @@ class LabDemo:
         ping = self.in_client("ping", "-c", "1", "-W", "1", "my-nginx")
         web = self.in_client("curl", "-s", "http://my-nginx/")
         pods = {pod["metadata"]["name"] for pod in self.pods("run=my-nginx")}
-        reject = ""
-        if self.state.mode == "nftables":
-            reject = self.rules(self.node_names[0], ["invalid ports of ClusterIPs"])
-            p.rules(f"the rule on {self.node_names[0]} that answers the ping", reject)
+        why = self.explain(f"{NS}/client", f"{NS}/my-nginx", "--proto", "icmp")
+        nft = self.state.mode == "nftables"
         p.explain("the name resolves to the ClusterIP, but a ClusterIP is on no interface: it "
                   "exists only as IP:port/protocol matches in DNAT rules, and ICMP has no "
                   "port. "
                   + ("In iptables mode nothing matches, so the ping is routed away and lost."
-                     if self.state.mode == "iptables" else
+                     if not nft else
                      "nftables mode rejects it with 'port unreachable' (busybox's ping "
                      "shows only the loss)."))  # fmt: skip
         self.check(
-            "the name resolves to the ClusterIP; ping fails, HTTP works",
+            "the name resolves to the ClusterIP; ping fails, HTTP works; explain says why, "
+            "and the kernel agrees",
             lambda: (
                 ping.rc != 0
                 and f"PING my-nginx ({cip})" in ping.out
                 and " 0 packets received" in ping.out
-                and (self.state.mode == "iptables" or "@cluster-ips reject" in reject)
+                and why.why is not None
+                and why.why.verdict.value == ("reject" if nft else "not-a-service")
+                and why.agrees
                 and web.rc == 0
                 and len(a := web.answers()) == 1
                 and a[0][0] in pods
@@ -526,17 +547,19 @@ class LabDemo:
             results[node] = self.on_client(
                 "curl", "-s", "--max-time", "2", url(self.node_ips[node], port)
             )
-        p.rules(f"NodePort rules on {self.node_names[0]}",
-                self.rules(self.node_names[0], [str(port)]))  # fmt: skip
+        last = self.node_names[-1]
+        why = self.explain("client", f"{last}:{port}")
         p.explain(
             f"every node ({', '.join(f'{n} {self.node_ips[n]}' for n in self.node_names)}) "
             "accepts the nodePort and forwards to any endpoint; with externalTrafficPolicy "
             "Cluster it masquerades, so pods see an address of the node (its LAN IP, or its "
             "cni0 bridge address when the pod runs on that node), not the client"
         )
-        self.check("each node forwards the NodePort",
+        self.check("each node forwards the NodePort; explain says it is masqueraded, and the "
+                   "kernel agrees",
                    lambda: all(len(a := r.answers()) == 1 and a[0][1] in self.node_addresses[n]
-                               for n, r in results.items()))  # fmt: skip
+                               for n, r in results.items())
+                   and why.why is not None and why.why.masquerade and why.agrees)  # fmt: skip
 
     def step_load_balancer(self) -> None:
         p = self.p
@@ -674,16 +697,26 @@ class LabDemo:
         self.on_client("ip", "neigh", "show", lb)
         self.show("events", "-n", NS, "--for", "service/my-nginx")
         mac = self.neighbour(lb)
+        # the NodePort on a node without the pod: what announcing from it would have done
+        other = next(n for n in self.node_names if n != node)
+        port = int(self.service("my-nginx")["spec"]["ports"][0]["nodePort"])
+        wait_for(lambda: self.dropped_outside(self.node_ips[other], port), 30,
+                 what=f"externalTrafficPolicy Local on {other}")  # fmt: skip
+        why = self.explain("client", f"{other}:{port}")
         p.explain(
             f"with Local, a node sends external traffic only to its own pods, so MetalLB "
             f"announces {lb} only from a node with a ready local endpoint: {node} "
             f"({self.mac(node)}), where {name} runs. No masquerade is needed, and the pod "
-            f"sees the real client {self.client_ip}"
+            f"sees the real client {self.client_ip}. {other} has no local pod: the "
+            "nodePort there drops what comes from outside (pods and the node itself still "
+            "reach every endpoint)"
         )
         self.check(
-            f"{node}, the pod's node, announces {lb}, and the pod saw the client's own IP",
-            lambda: web.answers() == [(name, self.client_ip)] and mac == self.mac(node),
-        )
+            f"{node}, the pod's node, announces {lb}, and the pod saw the client's own IP; "
+            f"on {other} explain says DROP, and the kernel agrees",
+            lambda: web.answers() == [(name, self.client_ip)] and mac == self.mac(node)
+            and why.why is not None and why.why.verdict.value == "drop" and why.agrees,
+        )  # fmt: skip
         self.api_patch(f"/api/v1/namespaces/{NS}/services/my-nginx",
                        {"spec": {"externalTrafficPolicy": "Cluster"}})  # fmt: skip
         self.api_patch(f"/apis/apps/v1/namespaces/{NS}/deployments/my-nginx",

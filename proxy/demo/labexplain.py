@@ -334,26 +334,65 @@ def _kernel_hz() -> int | None:
     return None
 
 
-def lab_explain(
-    state_dir: Path,
+@dataclass(frozen=True)
+class LabExplained:
+    """One ``lab explain``: what was asked, the explanation, and the kernel's check."""
+
+    header: str
+    why: Explanation | None
+    """None: the target has no rules at all (``skipped`` says why)."""
+    check: kernelcheck.Check | None = None
+    skipped: str = ""
+
+    def text(self) -> str:
+        if self.why is None:
+            return self.header + self.skipped + "\n"
+        out = self.header + report.to_text(self.why)
+        return out + (kernelcheck.to_text(self.check) if self.check is not None else "")
+
+    def json(self) -> str:
+        doc: dict[str, Any] = report.as_dict(self.why) if self.why is not None else {
+            "schema": report.SCHEMA, "verdict": "not-a-service", "reason": self.skipped,
+        }  # fmt: skip
+        if self.check is not None:
+            doc["verify"] = kernelcheck.as_dict(self.check)
+        return json.dumps(doc, indent=2) + "\n"
+
+    def short_text(self) -> str:
+        """:meth:`text` without the chains' default policies and the traffic counting
+        rules in the kernel's listing (the rules that decided stay): for walkthroughs."""
+        noise = ("(the chain's policy)", "update @traffic-", "KUBE-SERVICE-TRAFFIC")
+        lines = self.text().splitlines()
+        return "\n".join(ln for ln in lines if not any(n in ln for n in noise)) + "\n"
+
+    @property
+    def agrees(self) -> bool:
+        return self.check is None or self.check.agrees
+
+    @property
+    def verdict(self) -> str:
+        return self.why.verdict.value if self.why is not None else "not-a-service"
+
+
+def explain_in_lab(
+    state: LabState,
     source: str,
     target: str,
     *,
     proto: str | None = None,
     via: str | None = None,
     verify: bool = False,
-    output: str = "text",
-) -> int:
-    require_root("explain")
-    state = running_state(state_dir)
+) -> LabExplained:
+    """Explain (and with ``verify``, check in the kernel) a packet from ``source`` to
+    ``target`` in the running lab ``state``."""
     view = LabView(state)
     src = view.resolve(source, source=True)
     host, port = _split_port(target)
     ns = src.what.split()[1].split("/")[0] if src.what.startswith("pod ") else "default"
     dst = view.resolve(host, source=False, namespace=ns)
     if dst.skip is not None:
-        print(f"{dst.what} is {dst.skip}")
-        return EXIT_OK
+        return LabExplained(f"lab explain: {src.what} -> {dst.what}\n", None, None,
+                            f"{dst.what} is {dst.skip}")  # fmt: skip
     if not dst.addresses:
         raise LabError(f"{dst.what} has no address")
     dst_ip = dst.addresses[0]
@@ -382,40 +421,54 @@ def lab_explain(
     config = _config(state, node, local)
     snapshot = build_state(view.objects(), node).snapshot
     the_plan: Plan = plan(snapshot, config, packet.family)
-    first = explain(the_plan, packet, node=NodeView(frozenset(local)), services=snapshot.services)
-    timeout = first.affinity_seconds or 0
-    affinity = live_affinity(node_ns, state.mode, first, timeout)
-    why = explain(
-        the_plan,
-        packet,
-        node=NodeView(frozenset(local)),
-        services=snapshot.services,
-        affinity=affinity,
-    )
+    here = NodeView(frozenset(local))
+    first = explain(the_plan, packet, node=here, services=snapshot.services)
+    affinity = live_affinity(node_ns, state.mode, first, first.affinity_seconds or 0)
+    why = explain(the_plan, packet, node=here, services=snapshot.services, affinity=affinity)
     note = (
         " (upstream kube-proxy runs there: this is what kube-proxy-py would do)"
-        if (node == labtopology.UPSTREAM_NODE)
+        if node == labtopology.UPSTREAM_NODE
         else ""
     )
     header = (
         f"lab explain: {src.what} -> {dst.what}: the packet meets node {node}'s rules "
-        f"{ENTRY_MEANING[entry].removeprefix('from ')}{note}\n"
+        f"{ENTRY_MEANING[entry]}{note}\n"
     )
-    if output == "json":
-        doc = report.as_dict(why)
-    else:
-        sys.stdout.write(header + report.to_text(why))
-    rc = EXIT_OK
+    check = None
     if verify:
         check = kernelcheck.check_in(node_ns, the_plan.mode, why, _sender(src, packet))
-        rc = EXIT_OK if check.agrees else EXIT_DIFFERS
-        if output == "json":
-            doc["verify"] = kernelcheck.as_dict(check)
-        else:
-            sys.stdout.write(kernelcheck.to_text(check))
-    if output == "json":
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    return rc
+    return LabExplained(header, why, check)
+
+
+def explain_argv(source: str, target: str, *flags: str) -> list[str]:
+    """The ``lab explain --verify`` command line a walkthrough shows, and its options."""
+    return ["kube-proxy-py", "lab", "explain", source, target, *flags, "--verify"]
+
+
+def explain_shown(state: LabState, source: str, target: str, *flags: str) -> LabExplained:
+    """``explain_in_lab`` with the options of ``flags`` (``--proto P``, ``--via NODE``)."""
+    proto = flags[flags.index("--proto") + 1] if "--proto" in flags else None
+    via = flags[flags.index("--via") + 1] if "--via" in flags else None
+    return explain_in_lab(state, source, target, proto=proto, via=via, verify=True)
+
+
+def lab_explain(
+    state_dir: Path,
+    source: str,
+    target: str,
+    *,
+    proto: str | None = None,
+    via: str | None = None,
+    verify: bool = False,
+    output: str = "text",
+) -> int:
+    """``lab explain``: print the explanation; exit 4 when ``verify`` finds the kernel
+    did something else."""
+    require_root("explain")
+    state = running_state(state_dir)
+    done = explain_in_lab(state, source, target, proto=proto, via=via, verify=verify)
+    sys.stdout.write(done.json() if output == "json" else done.text())
+    return EXIT_OK if done.agrees else EXIT_DIFFERS
 
 
 def _sender(src: Place, packet: Packet) -> Any:

@@ -155,6 +155,13 @@ class Tracer:
 
     @contextlib.contextmanager
     def tracing(self) -> Iterator[None]:
+        """Trace what happens while the block runs. One tracer at a time per namespace
+        (a lock): two would share the tracing table and each other's trace lines."""
+        with _netns_lock(self.netns), self._tracing():
+            yield
+
+    @contextlib.contextmanager
+    def _tracing(self) -> Iterator[None]:
         self._nft(REMOVE)
         self._proc = subprocess.Popen(
             self._argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -208,6 +215,25 @@ class Tracer:
 
     def rules(self) -> tuple[TracedRule, ...]:
         return packet_rules(parse_nft_trace(self.lines))
+
+
+LOCK_DIR = Path("/run/kube-proxy-py")
+
+
+@contextlib.contextmanager
+def _netns_lock(netns: str) -> Iterator[None]:
+    """An exclusive lock named after the namespace (``flock``: released if we die)."""
+    import fcntl
+    import hashlib
+
+    LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = hashlib.sha256(netns.encode()).hexdigest()[:16]
+    with open(LOCK_DIR / f"explain-{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 NETLINK_NETFILTER = 12

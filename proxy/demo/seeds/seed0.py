@@ -165,9 +165,18 @@ class Seed0(Walkthrough):
         with Prober(self.netns(f"{self.namespace}/{pod['metadata']['name']}")) as prober:
             echo = prober.icmp_echo(cip, timeout=1.0)
         self.p.result(f"{echo.outcome}: {echo.detail}")
+        why = self.explained(
+            f"{self.namespace}/{pod['metadata']['name']}", f"{self.namespace}/sleep-2",
+            "--proto", "icmp",
+        )  # fmt: skip
         self.p.explain(ping_reason(self.lab.mode))
-        want = Outcome.REFUSED if self.lab.mode == "nftables" else Outcome.SILENT
+        nft = self.lab.mode == "nftables"
+        want = Outcome.REFUSED if nft else Outcome.SILENT
         self.check(f"ping is {want} in {self.lab.mode} mode", echo.outcome is want)
+        self.check(
+            "explain says " + ("REJECT" if nft else "not a Service") + ", and the kernel agrees",
+            why.verdict == ("reject" if nft else "not-a-service") and why.agrees,
+        )
         ran = self.typed("kubectl exec deploy/sleep-1 -- wget -O - http://sleep-2", ours=True)
         self.p.explain(
             "TCP port 80 does match the Service: kube-proxy-py DNATs the connection to the "

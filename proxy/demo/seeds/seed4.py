@@ -94,6 +94,8 @@ class Seed4(Walkthrough):
             url = f"http://{ip}:{manifests.NODE_PORT}/"
             self.serves("client", url)
             seen[node] = {a.pod for a in self.spread(url, pods)}
+        last = sorted(self.lab.nodes)[-1]
+        why = self.explained("client", f"{last}:{manifests.NODE_PORT}")
         self.p.explain(
             "every node accepts the nodePort and spreads new connections over all the "
             "Service's pods, wherever they run (the seed-000 note's `no load balancing` "
@@ -103,6 +105,15 @@ class Seed4(Walkthrough):
         self.check(
             f"from outside, each node's :{manifests.NODE_PORT} reaches both pods",
             len(seen) == len(self.lab.nodes) and all(s == pods for s in seen.values()),
+        )
+        kept = {ep.address for ep in why.why.kept} if why.why is not None else set()
+        self.check(
+            f"explain on {last}: DNAT to either pod, masqueraded; the kernel agrees",
+            why.verdict == "dnat"
+            and why.why is not None
+            and why.why.masquerade
+            and len(kept) == 2
+            and why.agrees,
         )
 
     def load_balancer(self) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import select
+import shlex
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 import yaml
 
 from proxy.demo import seedmanifests as manifests
+from proxy.demo.labexplain import LabExplained, explain_argv, explain_shown
 from proxy.demo.present import Presenter
 from proxy.demo.seeds.notes import OURS, POLL, WAIT, Deviation, SeedNote, SeedsError
 from proxy.demo.seeds.parse import (
@@ -255,6 +257,14 @@ class Walkthrough:
         ran = self.execute(parse_typed(line), stdin=data, timeout=timeout)
         self.show(ran.output, max_lines)
         return ran
+
+    def explained(self, source: str, target: str, *flags: str) -> LabExplained:
+        """``kube-proxy-py lab explain SOURCE TARGET FLAGS --verify`` (ours), shown with
+        its output (the kernel's listing cut to the rules that decided)."""
+        self.p.command(shlex.join(explain_argv(source, target, *flags)) + OURS)
+        done = explain_shown(self.lab.state, source, target, *flags)
+        self.p.result(done.short_text())
+        return done
 
     def show(self, output: str, max_lines: int = 40) -> None:
         lines = output.rstrip("\n").splitlines()
