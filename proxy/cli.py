@@ -182,7 +182,13 @@ def _add_bench_parsers(sub: Any) -> None:
         "--services", default="10,1000,10000", help="comma-separated Service counts (in all)"
     )
     dp.add_argument("--mode", default="both", choices=["iptables", "nftables", "both"])
-    dp.add_argument("--impl", default="both", choices=["ours", "upstream", "both"])
+    dp.add_argument(
+        "--impl",
+        default="both",
+        choices=["ours", "counters", "upstream", "both", "all"],
+        help="kube-proxy-py, kube-proxy-py with --metrics-service-counters (counters), "
+        "upstream kube-proxy; both: ours and upstream; all: the three",
+    )
     _iptables_option(dp)
     dp.add_argument("--connections", type=int, default=3000, help="connections per round")
     dp.add_argument("--rounds", type=int, default=5, help="rounds per target (median reported)")

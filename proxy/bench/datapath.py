@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.bench import iptvariant, labobjects, machine
-from proxy.bench.latency import IMPLS, bench_spec, start_agent, wait_first_sync
+from proxy.bench.latency import bench_spec, start_agent, wait_first_sync
 from proxy.bench.stats import median
 from proxy.harness import Outcome, Topology
 from proxy.host.spec import PodSpec
@@ -47,6 +47,16 @@ NODE = "node-a"
 SERVER = PodSpec("server", NODE, "10.244.1.11", tcp_ports=(8080,), udp_ports=())
 CLIENT = PodSpec("client", NODE, "10.244.1.12", tcp_ports=(), udp_ports=())
 MEASURED_NS, MEASURED = "zz-bench", "measured"
+COUNTED = "ours+counters"
+"""kube-proxy-py with ``--metrics-service-counters``: what counting every packet costs."""
+IMPL_CHOICES = {
+    "ours": ("ours",),
+    "counters": (COUNTED,),
+    "upstream": ("upstream",),
+    "both": ("ours", "upstream"),
+    "all": ("ours", COUNTED, "upstream"),
+}
+"""``--impl``: which agents in turn."""
 ENDPOINTS_PER_FAKE_SERVICE = 10
 
 
@@ -92,8 +102,9 @@ def command_for(
     iptables: str = iptvariant.DEFAULT,
     ip_family: str = "ipv4",
 ) -> str:
+    flag = "counters" if impl == COUNTED else impl
     command = (
-        f"kube-proxy-py bench datapath --services {services} --mode {mode} --impl {impl} "
+        f"kube-proxy-py bench datapath --services {services} --mode {mode} --impl {flag} "
         f"--connections {connections} --rounds {rounds}"
     )
     command += iptvariant.option(mode, iptables)
@@ -239,7 +250,10 @@ class _Bench:
         )  # fmt: skip
         res.machine = self.machine
         start = time.monotonic()
-        agent = start_agent(lab, impl, mode)
+        if impl == COUNTED:
+            agent = start_agent(lab, "ours", mode, "--metrics-service-counters")
+        else:
+            agent = start_agent(lab, impl, mode)
         try:
             wait_first_sync(lab, agent)
             res.startup_to_first_sync_s = round(time.monotonic() - start, 2)
@@ -345,7 +359,7 @@ def main_datapath(args: Any) -> int:
         print("bench datapath: --services: every size must be at least 1", file=sys.stderr)
         return 2
     modes = ["iptables", "nftables"] if args.mode == "both" else [args.mode]
-    impls = list(IMPLS) if args.impl == "both" else [args.impl]
+    impls = list(IMPL_CHOICES[args.impl])
 
     def on_result(r: DatapathResult, results: list[DatapathResult]) -> None:
         print(format_result(r), flush=True)

@@ -448,8 +448,7 @@ class _Walk:
     ) -> Explanation:
         """DNAT to one of ``eps`` (``local``: the traffic policy's Local set)."""
         pkt = self.packet
-        chosen = {c.address for c in eps}
-        pinned = self.pinned(sp, chosen)
+        pinned = self.pinned(sp, {c.address for c in eps})
         verdicts = []
         for v in self.endpoint_verdicts(sp, eps, local=local):
             p = 0.0
@@ -469,10 +468,11 @@ class _Walk:
                 f"; but a connection from {pkt.src} to itself (hairpin) is masqueraded, or "
                 "its reply would never leave the pod"
             )
-        targets = ", ".join(v.target for v in verdicts if v.kept)
+        chosen = [v.target for v in verdicts if v.kept and v.probability > 0]
+        how = " (session affinity)" if pinned else ""
         return self.result(
             Verdict.DNAT,
-            f"DNAT to {'one of ' if len(eps) > 1 else ''}{targets}",
+            f"DNAT to {'one of ' if len(chosen) > 1 else ''}{', '.join(chosen)}{how}",
             endpoints=tuple(verdicts),
             masquerade=masq,
             masquerade_reason=masq_reason,

@@ -339,6 +339,8 @@ def test_recorded_commands_parse_back_to_the_same_run() -> None:
     assert (args.impl, args.min_sync_period, args.churn_minutes) == ("upstream", "default", 10)
     args = parses(datapath.command_for(1000, "nftables", "ours", 3000, 5))
     assert (args.services, args.impl, args.connections) == ("1000", "ours", 3000)
+    args = parses(datapath.command_for(1000, "nftables", datapath.COUNTED, 3000, 5))
+    assert datapath.IMPL_CHOICES[args.impl] == (datapath.COUNTED,)
     for command in (
         bench_sync.command_for(1000, 10, "iptables", 3, "nft"),
         latency.command_for(1000, 10, 100, "both", "default", "both", iptables="nft"),

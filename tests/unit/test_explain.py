@@ -166,6 +166,7 @@ def test_session_affinity_without_and_with_a_live_entry() -> None:
     assert kept(pinned) == {"10.244.1.6": 0.0, "10.244.2.4": 1.0}
     assert pinned.affinity is not None and pinned.affinity.seconds_left == 321
     assert "321 s left" in pinned.selection
+    assert pinned.reason == "DNAT to 10.244.2.4:80 (session affinity)"
 
 
 def test_skipped_service_and_a_pod_ip_are_not_services() -> None:

@@ -321,6 +321,69 @@ def test_healthz_livez_and_metrics(lab: NodeLab, mode: str) -> None:
     assert lab.node_http("node-1", "http://127.0.0.1:10249/proxyMode")[1] == mode
 
 
+def lab_explain(lab: NodeLab, *args: str) -> tuple[int, dict[str, Any]]:
+    """``kube-proxy-py lab explain ARGS --verify -o json`` as a user runs it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "lab", "explain", "--state-dir", str(lab.state_dir),
+         *args, "--verify", "-o", "json"],
+        capture_output=True, text=True, env=lab.env, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_lab_explain_agrees_with_the_kernel(lab: NodeLab, mode: str) -> None:
+    """``lab explain --verify`` on the lab's nodes: a pod to a ClusterIP, the ping to it,
+    and the outside client to a NodePort with externalTrafficPolicy Local; each packet
+    is sent from where it comes from and traced in the node it enters."""
+    lab.apply(service("explained", udp=False))
+    lab.apply(service("explained-local", udp=False, type="NodePort",
+                      externalTrafficPolicy="Local"))  # fmt: skip
+    cip = lab.service_ip("explained")
+    until_reached(lab, CLIENT, cip, set(PODS))
+    rc, doc = lab_explain(lab, f"default/{CLIENT}", "default/explained")
+    assert rc == 0 and doc["verify"]["agrees"], doc
+    assert doc["verdict"] == "dnat" and doc["service"] == "default/explained:http"
+    assert {e["address"] for e in doc["endpoints"] if e["kept"]} == {lab.pod_ip(p) for p in PODS}
+    assert doc["verify"]["kernel"]["endpoint"].rsplit(":", 1)[0] in {lab.pod_ip(p) for p in PODS}
+    rc, ping = lab_explain(lab, f"default/{CLIENT}", "explained", "--proto", "icmp")
+    assert rc == 0 and ping["verify"]["agrees"], ping
+    assert ping["verdict"] == ("reject" if mode == "nftables" else "not-a-service")
+    port = lab.node_port("explained-local")
+    wait_for(lambda: reached(lab, "client", NODE_IP["node-2"], port, 10) == {"b1", "b2"}, 60,
+             what="the Local NodePort on node-2")  # fmt: skip
+    rc, local = lab_explain(lab, "client", f"node-2:{port}")
+    assert rc == 0 and local["verify"]["agrees"], local
+    assert local["verdict"] == "dnat" and local["masquerade"] is False
+    assert {e["node"] for e in local["endpoints"] if e["kept"]} == {"node-2"}
+    lab.kubectl("delete", "svc", "explained", "explained-local")
+
+
+def test_service_traffic_counters_on_metrics(lab: NodeLab, mode: str) -> None:
+    """The lab runs the agents with --metrics-service-counters: a Service's connections
+    appear on /metrics, by verdict, in both modes."""
+    lab.apply(service("counted", udp=False))
+    cip = lab.service_ip("counted")
+    until_reached(lab, CLIENT, cip, set(PODS))
+    labels = '{namespace="default",port="http",service="counted",verdict="dnat"}'
+
+    def counted() -> float:
+        for line in lab.metrics("node-1").splitlines():
+            if line.startswith(f"kubeproxy_py_service_packets_total{labels} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = counted()
+    assert before > 0  # the connections above went through node-1 (a3 runs there)
+    reached(lab, CLIENT, cip, count=10)
+    wait_for(lambda: counted() >= before + 10 * 6, 10, what="ten more connections counted")
+    assert f"kubeproxy_py_service_bytes_total{labels}" in lab.metrics("node-1")
+    lab.kubectl("delete", "svc", "counted")
+
+
 def container_status(lab: NodeLab, node: str) -> dict[str, Any]:
     status: dict[str, Any] = lab.agent_pod(node)["status"]["containerStatuses"][0]
     return status
