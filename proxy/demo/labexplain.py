@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxy import apivalidation as av
 from proxy.explain import kernelcheck, report
 from proxy.explain.engine import Explanation, NodeView, explain
 from proxy.explain.packet import ENTRY_MEANING, Entry, Packet, PacketError, make_packet
@@ -179,6 +180,8 @@ class LabView:
             if len(parts) > 2:
                 return None
             name, ns = parts[0], (parts[1] if len(parts) == 2 else namespace)
+        if av.dns1123_label(ns) is not None or av.dns1123_label(name) is not None:
+            return None  # not a Service's name: never part of an API path
         try:
             svc = api_get(self.state, f"/api/v1/namespaces/{ns}/services/{name}")
         except LabError:
