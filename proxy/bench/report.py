@@ -300,7 +300,10 @@ def section_datapath(records: Sequence[Record]) -> list[str]:
         "Python client and server). Medians over rounds; `direct` = the same loop to the "
         "pod IP in the same run (no Service DNAT, but through the same hooks). Host load: "
         "the 1-minute load average before the loop — µs figures are only comparable when "
-        "it stayed well below the number of cores.",
+        "it stayed well below the number of cores. `ours+counters`: kube-proxy-py with "
+        "`--metrics-service-counters`, which counts every packet of the Service's "
+        "connections (both ways) in the rules; its cost is its ClusterIP row against "
+        "`ours` at the same size.",
         "",
     ]
     for family in ("ipv4", "ipv6"):

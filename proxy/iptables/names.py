@@ -40,6 +40,7 @@ PER_SERVICE_PREFIXES = (
     "KUBE-FW-",
     "KUBE-SEP-",
     "KUBE-CNT-",
+    "KUBE-TRF-",
 )
 OWNED_FIXED = frozenset(
     (*NAT_FIXED, *FILTER_FIXED, *COUNTER_FIXED, KUBE_FIREWALL, KUBE_PROXY_CANARY)
@@ -83,6 +84,12 @@ def cnt_chain(sp: PortLike) -> str:
     """kube-proxy-py's own (``--metrics-service-counters``): the service port's traffic
     counters, and its reject or drop."""
     return _ipt("KUBE-CNT-", sp)
+
+
+def traffic_chain(network: str) -> str:
+    """kube-proxy-py's own (``--metrics-service-counters``): one node of the traffic
+    dispatch tree, the service destinations within ``network``."""
+    return "KUBE-TRF-" + b32(network)[:16]
 
 
 def sep_chain(sp: PortLike, endpoint: str) -> str:

@@ -13,6 +13,7 @@ can be compared rule by rule with what we rendered.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ from proxy.iptables.names import (
     KUBE_SERVICES,
     NAT_FIXED,
 )
-from proxy.model import IPFamily
+from proxy.model import IPAddress, IPFamily, IPNetwork
 from proxy.plan import EndpointCandidate, Filter, Plan, ServicePortKey, ServicePortPlan
 
 IPT_COMMENT_MAX = 255
@@ -202,8 +203,7 @@ def render(
         nat.merge(frag.nat, nat_shared)
         flt.merge(frag.filter, filter_shared)
     if counted:
-        # after every service destination: a NodePort's port may be a ClusterIP's too
-        flt.add(KUBE_SERVICE_TRAFFIC, f"-j {KUBE_NODEPORT_TRAFFIC}")
+        _traffic_tree(plan, flt)
 
     # NodePort dispatch: must be the last rule of KUBE-SERVICES
     np_comment = _q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
@@ -481,18 +481,59 @@ def _count(sp: ServicePortPlan, flt: _Writer, cnt: str) -> None:
         flt.add(cnt, _comment(f"{label} reject"), "-j REJECT")
     elif sp.internal_filter or sp.external_filter or sp.uses_firewall:
         flt.add(cnt, _comment(f"{label} drop"), "-j DROP")
-    for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips):
-        flt.add(
-            KUBE_SERVICE_TRAFFIC,
-            f"-p {proto} {dnat} --ctorigdst {ip} --ctorigdstport {sp.port}",
-            f"-g {cnt}",
-        )
     if sp.node_port:
         flt.add(
             KUBE_NODEPORT_TRAFFIC,
             f"-p {proto} {dnat} --ctorigdstport {sp.node_port}",
             f"-g {cnt}",
         )
+
+
+TRAFFIC_LEAF = 16
+"""At most this many service destinations are compared in one chain of the traffic
+dispatch tree (:func:`_traffic_tree`)."""
+
+
+def _traffic_tree(plan: Plan, flt: _Writer) -> None:
+    """Every packet of a DNATed connection goes to its service port's counting chain, by
+    conntrack's original destination. A flat list would compare each packet with every
+    service destination (iptables has no maps): the destinations are split by address
+    prefix into a binary tree of chains instead, ``KUBE-SERVICE-TRAFFIC`` its root, with
+    at most :data:`TRAFFIC_LEAF` destinations compared in a leaf: about 2·log2(N/16) + 16
+    rules per packet. Every chain is entered by goto and ends in the NodePort dispatch,
+    so a connection is counted once (a NodePort's port may be a ClusterIP's too)."""
+    fam = plan.family
+    bits = 32 if fam is IPFamily.V4 else 128
+    rules: list[tuple[IPAddress, str]] = []
+    for sp in plan.service_ports:
+        proto, cnt = sp.protocol.lowercase, names.cnt_chain(sp)
+        for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips):
+            rules.append((ip, f"-p {proto} -m conntrack --ctorigdst {ip} "
+                              f"--ctorigdstport {sp.port} -g {cnt}"))  # fmt: skip
+    rules.sort(key=lambda r: (int(r[0]), r[1]))
+    nodeports = f"-j {KUBE_NODEPORT_TRAFFIC}"
+
+    def build(chain: str, net: IPNetwork, group: list[tuple[IPAddress, str]]) -> None:
+        flt.chain(chain)
+        if len(group) <= TRAFFIC_LEAF or net.prefixlen == bits:
+            for _, rule in group:
+                flt.add(chain, rule)
+        else:
+            for half in net.subnets(prefixlen_diff=1):
+                inside = [r for r in group if r[0] in half]
+                if inside:
+                    child = names.traffic_chain(str(half))
+                    flt.add(chain, f"-m conntrack --ctorigdst {half}", f"-g {child}")
+                    build(child, half, inside)
+        flt.add(chain, nodeports)
+
+    if not rules:
+        flt.add(KUBE_SERVICE_TRAFFIC, nodeports)
+        return
+    first, last = int(rules[0][0]), int(rules[-1][0])
+    common = bits - (first ^ last).bit_length()
+    root = ipaddress.ip_network(f"{rules[0][0]}/{common}", strict=False)
+    build(KUBE_SERVICE_TRAFFIC, root, rules)
 
 
 def _full_mask(fam: IPFamily) -> str:
