@@ -64,35 +64,55 @@ class _WithoutCreated:
 
 
 TRAFFIC_LABELS = ("namespace", "service", "port", "verdict")
-TRAFFIC_MIN_INTERVAL = 1.0
-"""Seconds a reading of the traffic counters serves scrapes (each costs ``nft`` or
-``iptables-save`` runs)."""
+TRAFFIC_INTERVAL = 2.0
+"""Seconds between readings of the traffic counters (each costs ``nft`` or
+``iptables-save`` runs); a scrape gets the latest."""
 
 
 class ServiceTrafficCollector:
-    """``--metrics-service-counters``: packets and bytes per Service port and verdict,
-    read from the rules when scraped (at most once per :data:`TRAFFIC_MIN_INTERVAL`)."""
+    """``--metrics-service-counters``: packets and bytes per Service port and verdict.
+
+    A thread of its own reads them from the rules every :data:`TRAFFIC_INTERVAL`
+    seconds; a scrape (on the servers' event loop, which must not block) takes the
+    latest reading."""
 
     def __init__(
-        self, read: Callable[[], list[TrafficSample]], clock: Callable[[], float] = time.monotonic
+        self, read: Callable[[], list[TrafficSample]], interval: float = TRAFFIC_INTERVAL
     ) -> None:
         self._read = read
-        self._clock = clock
+        self._interval = interval
         self._lock = threading.Lock()
-        self._last: tuple[float, list[TrafficSample]] | None = None
+        self._samples: list[TrafficSample] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        """Read the counters now (a failed reading keeps the last one)."""
+        try:
+            got = self._read()
+        except Exception as exc:  # the next reading may work; scrapes keep answering
+            log.warning("reading the service traffic counters failed", extra={"error": str(exc)})
+            return
+        with self._lock:
+            self._samples = got
+
+    def start(self) -> None:
+        """A first reading, then one every interval in a daemon thread."""
+        self.refresh()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="traffic-counters", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.refresh()
 
     def samples(self) -> list[TrafficSample]:
-        with self._lock:  # one reading at a time, however many scrapes wait
-            now = self._clock()
-            if self._last is None or now - self._last[0] >= TRAFFIC_MIN_INTERVAL:
-                try:
-                    self._last = (now, self._read())
-                except Exception as exc:  # a scrape must still answer
-                    log.warning(
-                        "reading the service traffic counters failed", extra={"error": str(exc)}
-                    )
-                    self._last = (now, self._last[1] if self._last else [])
-            return self._last[1]
+        with self._lock:
+            return list(self._samples)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -500,6 +520,7 @@ class ProxyMetrics:
         if self.traffic is None:
             self.traffic = ServiceTrafficCollector(read)
             self.registry.register(self.traffic)
+            self.traffic.start()
 
     # -- exposition ----------------------------------------------------------------------
 

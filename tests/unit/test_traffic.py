@@ -182,8 +182,7 @@ def test_nft_json_and_iptables_save_readings() -> None:
     assert parse_counted_comment("web dnat") is None
 
 
-def test_collector_reads_at_most_once_a_second_and_survives_a_failed_read() -> None:
-    now = [100.0]
+def test_collector_serves_the_latest_reading_and_survives_a_failed_one() -> None:
     calls: list[int] = []
 
     def read() -> list[TrafficSample]:
@@ -192,25 +191,30 @@ def test_collector_reads_at_most_once_a_second_and_survives_a_failed_read() -> N
             raise OSError("nft: no such file")
         return [TrafficSample("ns", "web", "http", "dnat", len(calls), 10)]
 
-    c = ServiceTrafficCollector(read, clock=lambda: now[0])
+    c = ServiceTrafficCollector(read, interval=3600)
+    assert c.samples() == []
+    c.start()  # a first reading at once; the thread waits an hour for the next
     assert c.samples()[0].packets == 1
-    assert c.samples()[0].packets == 1 and len(calls) == 1  # cached
-    now[0] += 1.5
+    assert c.samples()[0].packets == 1 and len(calls) == 1  # a scrape reads nothing
+    c.refresh()
     assert c.samples()[0].packets == 1 and len(calls) == 2  # failed: the last reading
-    now[0] += 1.5
+    c.refresh()
     assert c.samples()[0].packets == 3
+    c.stop()
     metrics = ProxyMetrics(mode=ProxyMode.NFTABLES, process_metrics=False)
     metrics.count_service_traffic(lambda: [TrafficSample("ns", "web", "http", "drop", 4, 40)])
     metrics.count_service_traffic(lambda: [])  # once: a second registration is ignored
     text = metrics.render().decode()
     assert (
-        'kubeproxy_py_service_packets_total{namespace="ns",port="http",service="web",verdict="drop"} 4.0'
-        in text
-    )
+        'kubeproxy_py_service_packets_total{namespace="ns",port="http",service="web",'
+        'verdict="drop"} 4.0'
+    ) in text
     assert (
-        'kubeproxy_py_service_bytes_total{namespace="ns",port="http",service="web",verdict="drop"} 40.0'
-        in text
-    )
+        'kubeproxy_py_service_bytes_total{namespace="ns",port="http",service="web",'
+        'verdict="drop"} 40.0'
+    ) in text
+    assert metrics.traffic is not None
+    metrics.traffic.stop()
 
 
 @pytest.mark.parametrize(("argv", "want"), [([], False), (["--metrics-service-counters"], True),
@@ -253,7 +257,9 @@ def test_iptables_dispatches_by_address_prefix_in_a_tree() -> None:
     worst = 0
     for sp in p.service_ports:
         target, compared = follow(str(sp.cluster_ip))
-        assert flt[target][0].startswith('-m conntrack --ctstate DNAT -m comment --comment "default/s')
+        assert flt[target][0].startswith(
+            '-m conntrack --ctstate DNAT -m comment --comment "default/s'
+        )
         worst = max(worst, compared)
     assert worst <= 2 * 7 + 16 + 1, worst
     trees = [c for c in flt if c.startswith("KUBE-TRF-")]
