@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from proxy.explain.packet import Entry, Packet, PacketError, make_packet, parse_address
+from proxy.explain.packet import Entry, PacketError, make_packet, parse_address
 from proxy.model import IPAddress, IPFamily
 
 EXIT_DIFFERS = 4
@@ -66,7 +67,6 @@ def _entry(args: argparse.Namespace, src: IPAddress, local: frozenset[IPAddress]
 
 def run(args: argparse.Namespace, state: Any, config: Any) -> int:
     """``explain`` on a loaded state file (:class:`PacketError`: a bad packet flag)."""
-    from proxy.explain import report
     from proxy.explain.engine import NodeView, explain
     from proxy.plan import plan
 
@@ -88,17 +88,22 @@ def run(args: argparse.Namespace, state: Any, config: Any) -> int:
     packet = make_packet(src_text, args.dst, args.proto, args.dport, entry)
     the_plan = plan(state.snapshot, config, family, state.problems)
     why = explain(the_plan, packet, node=NodeView(local), services=state.snapshot.services)
-    out = report.to_json(why) if args.output == "json" else report.to_text(why)
-    sys.stdout.write(out)
-    if not args.verify:
-        return 0
-    return _verify(the_plan, packet, why, args.output)
+    check = None
+    if args.verify:
+        from proxy.explain import kernelcheck
+
+        check = kernelcheck.verify_offline(the_plan, packet, why)
+    sys.stdout.write(_output(why, check, args.output))
+    return EXIT_DIFFERS if check is not None and not check.agrees else 0
 
 
-def _verify(the_plan: Any, packet: Packet, why: Any, output: str) -> int:
-    from proxy.explain import kernelcheck
+def _output(why: Any, check: Any, output: str) -> str:
+    """The explanation (and the kernel's check), as text or as one JSON document."""
+    from proxy.explain import kernelcheck, report
 
-    check = kernelcheck.verify_offline(the_plan, packet, why)
-    text = kernelcheck.to_json(check) if output == "json" else kernelcheck.to_text(check)
-    sys.stdout.write(text)
-    return 0 if check.agrees else EXIT_DIFFERS
+    if output != "json":
+        return report.to_text(why) + (kernelcheck.to_text(check) if check is not None else "")
+    doc = report.as_dict(why)
+    if check is not None:
+        doc["verify"] = kernelcheck.as_dict(check)
+    return json.dumps(doc, indent=2) + "\n"

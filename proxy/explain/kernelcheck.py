@@ -13,7 +13,6 @@ namespace around the rendered rules for ``explain --verify`` from a state file.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import subprocess
@@ -508,7 +507,3 @@ def _rule_dict(r: TracedRule) -> dict[str, Any]:
         "comment": r.comment,
         "verdict": r.verdict,
     }
-
-
-def to_json(c: Check) -> str:
-    return json.dumps({"verify": as_dict(c)}, indent=2) + "\n"
