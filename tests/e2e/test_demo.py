@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
-CHECKS = {0: 9, 1: 11, 2: 9, 3: 15, 4: 5}
+CHECKS = {0: 10, 1: 11, 2: 9, 3: 15, 4: 6}
 """How many checks each walkthrough makes."""
 PING = {
     "nftables": "[ok] ping is refused in nftables mode",
@@ -123,6 +123,9 @@ def test_demo_runs_end_to_end(lab: Lab) -> None:
     # externalTrafficPolicy Local: the pod saw the outside client's own address.
     assert re.search(r"^ +my-nginx-\S+ 192\.168\.50\.100:\d+$", out, re.M), out[-4000:]
     assert "curl: (7) Failed to connect to nothing-here port 80" in out
+    # The ping, NodePort and Local steps explain with lab explain --verify.
+    assert out.count("$ kube-proxy-py lab explain ") == 3
+    assert out.count("verified    the kernel agrees with the explanation") == 3
     # DNS for real: the ExternalName's CNAME and the outside resolver's address.
     assert "db.demo.svc.cluster.local\tcanonical name = db.example.com" in out
     assert "Name:\tdb.example.com\n    Address: 192.168.50.4" in out
@@ -249,6 +252,9 @@ def test_every_walkthrough_passes(lab: Lab) -> None:
         )
     assert f"lab seeds: all {sum(CHECKS.values())} checks passed in 5 walkthrough(s)" in out
     assert PING[mode] in out
+    # seed 0's ping and seed 4's NodePort are explained, and the kernel agrees
+    assert out.count("$ kube-proxy-py lab explain ") == 2
+    assert "[ok] explain says" in out and "masqueraded; the kernel agrees" in out
     differences = out.split("Where the notes and the lab differ", 1)[1]
     missing = [d for d in DIFFERENCES if d not in differences]
     assert missing == [], differences
