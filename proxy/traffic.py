@@ -10,8 +10,9 @@ per service port rules whose comment names the port (:func:`parse_counted_commen
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from proxy.model import IPAddress
 from proxy.plan import Plan, ServicePortPlan
@@ -39,12 +40,10 @@ def port_label(sp: ServicePortPlan) -> str:
     return sp.port_name or str(sp.port)
 
 
-def attribute(plan: Plan, counts: Counts) -> list[TrafficSample]:
-    """``counts`` (one mode's reading of one family) as samples per service port: a
-    destination of a service port's ClusterIP, ExternalIPs or LoadBalancer IPs is that
-    port's; any other with a NodePort's protocol and port is the NodePort's. Destinations
-    no service port owns any more (a deleted Service, counted until the element expires)
-    are left out."""
+def owners(plan: Plan) -> Callable[[Destination], ServicePortPlan | None]:
+    """Which service port a counted destination belongs to: a destination of a service
+    port's ClusterIP, ExternalIPs or LoadBalancer IPs is that port's; any other with a
+    NodePort's protocol and port is the NodePort's."""
     vips: dict[Destination, ServicePortPlan] = {}
     node_ports: dict[tuple[str, int], ServicePortPlan] = {}
     for sp in plan.service_ports:
@@ -53,10 +52,18 @@ def attribute(plan: Plan, counts: Counts) -> list[TrafficSample]:
             vips[(ip, proto, sp.port)] = sp
         if sp.node_port:
             node_ports[(proto, sp.node_port)] = sp
+    return lambda d: vips.get(d) or node_ports.get((d[1], d[2]))
+
+
+def attribute(plan: Plan, counts: Counts) -> list[TrafficSample]:
+    """``counts`` (one mode's reading of one family) as samples per service port
+    (:func:`owners`). Destinations no service port owns any more (a deleted Service,
+    counted until the element expires) are left out."""
+    owner_of = owners(plan)
     sums: dict[tuple[str, str, str, str], list[int]] = {}
     for verdict, per_destination in counts.items():
-        for (ip, proto, port), (packets, size) in per_destination.items():
-            owner = vips.get((ip, proto, port)) or node_ports.get((proto, port))
+        for destination, (packets, size) in per_destination.items():
+            owner = owner_of(destination)
             if owner is None:
                 continue
             key = (owner.namespace, owner.name, port_label(owner), verdict)
@@ -122,3 +129,44 @@ def parse_counted_comment(comment: str) -> tuple[str, str, str, str] | None:
     if not namespace or not name or not port:
         return None
     return namespace, name, port.removeprefix("#"), verdict
+
+
+K = TypeVar("K", bound=Hashable)
+Pair = tuple[int, int]
+
+
+def _plus(a: Pair, b: Pair) -> Pair:
+    return a[0] + b[0], a[1] + b[1]
+
+
+class Monotonic(Generic[K]):
+    """Counters that only grow, over readings of kernel counters that restart: an
+    nftables element that expires and comes back at 0, an iptables rule rewritten by a
+    sync. A counter read lower than before has restarted: what it had counted is kept
+    aside and added; one no longer read keeps its total. Summed per service port, the
+    exported figures then never go down while the agent runs (Prometheus would take any
+    dip for a reset and count the whole sum again)."""
+
+    def __init__(self) -> None:
+        self._last: dict[K, Pair] = {}
+        self._base: dict[K, Pair] = {}
+
+    def update(self, readings: Mapping[K, Pair], keep: Callable[[K], bool]) -> dict[K, Pair]:
+        """The totals after ``readings``; counters ``keep`` says no to (their Service is
+        gone) are forgotten, which bounds what is held."""
+        for key in [k for k in (*self._last, *self._base) if not keep(k)]:
+            self._last.pop(key, None)
+            self._base.pop(key, None)
+        out: dict[K, Pair] = {}
+        for key in {*self._last, *self._base, *(k for k in readings if keep(k))}:
+            base, last, now = self._base.get(key, (0, 0)), self._last.get(key), readings.get(key)
+            if last is not None and (now is None or now[0] < last[0] or now[1] < last[1]):
+                base = _plus(base, last)  # gone or restarted: keep what it had counted
+            self._base[key] = base
+            if now is None:
+                self._last.pop(key, None)
+                out[key] = base
+            else:
+                self._last[key] = now
+                out[key] = _plus(base, now)
+        return out

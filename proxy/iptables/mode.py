@@ -23,7 +23,7 @@ from proxy.iptables.restore import PartialRestore, partial_restore, restore_text
 from proxy.kernel.executor import Executor
 from proxy.model import IPFamily
 from proxy.plan import Plan, UpdatedServicePorts
-from proxy.traffic import TrafficSample
+from proxy.traffic import Monotonic, TrafficSample, port_label
 
 if TYPE_CHECKING:  # imported when used: `render` needs no netlink
     from proxy.kernel.generation import GenerationReader
@@ -43,6 +43,7 @@ class IptablesWriter:
     _canary: dict[str, bool] = field(default_factory=dict)
     text_fallbacks: int = 0
     """Always 0: iptables-restore input is the only way in."""
+    counted: Monotonic[tuple[str, str, str, str]] = field(default_factory=Monotonic)
 
     @property
     def description(self) -> str:
@@ -56,9 +57,16 @@ class IptablesWriter:
         self.kernel.apply_partial(change)
 
     def traffic(self, plan: Plan) -> list[TrafficSample]:
-        """The service traffic counters (the comments name the ports: ``plan`` is not
-        needed)."""
-        return self.kernel.traffic()
+        """The service traffic counters of ``plan``'s service ports (the rules' comments
+        name them), kept growing when a sync rewrites a counting chain
+        (:class:`proxy.traffic.Monotonic`)."""
+        ports = {(sp.namespace, sp.name, port_label(sp)) for sp in plan.service_ports}
+        readings = {
+            (s.namespace, s.service, s.port, s.verdict): (s.packets, s.bytes)
+            for s in self.kernel.traffic()
+        }
+        totals = self.counted.update(readings, lambda key: key[:3] in ports)
+        return sorted(TrafficSample(*key, p, b) for key, (p, b) in totals.items())
 
     def generation(self, now: float, period: float) -> int | None:
         """The nf_tables generation, or for legacy iptables whether our canaries all

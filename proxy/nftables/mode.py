@@ -5,7 +5,7 @@ generation."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from proxy.config import ProxyMode
@@ -15,7 +15,7 @@ from proxy.nftables.diff import full_sync_text, incremental
 from proxy.nftables.model import NftRuleset, NftTransaction
 from proxy.nftables.render import RenderCache, render
 from proxy.plan import Plan, UpdatedServicePorts
-from proxy.traffic import TrafficSample, attribute
+from proxy.traffic import Destination, Monotonic, TrafficSample, attribute, owners
 
 if TYPE_CHECKING:  # the kernel side is imported when used: `render` needs none of it
     from proxy.kernel.generation import GenerationReader
@@ -29,6 +29,7 @@ class NftablesWriter:
     kernel: NftKernel
     generations: GenerationReader
     description: str = "nftables"
+    counted: Monotonic[tuple[str, Destination]] = field(default_factory=Monotonic)
 
     def full_sync(self, ruleset: NftRuleset) -> None:
         self.kernel.full_sync(ruleset)
@@ -44,8 +45,15 @@ class NftablesWriter:
         return self.kernel.text_fallbacks
 
     def traffic(self, plan: Plan) -> list[TrafficSample]:
-        """The service traffic counters, per service port of ``plan``."""
-        return attribute(plan, self.kernel.traffic())
+        """The service traffic counters, per service port of ``plan`` (kept growing when
+        an element expires and comes back: :class:`proxy.traffic.Monotonic`)."""
+        flat = {(v, d): c for v, per in self.kernel.traffic().items() for d, c in per.items()}
+        owner = owners(plan)
+        totals = self.counted.update(flat, lambda key: owner(key[1]) is not None)
+        counts: dict[str, dict[Destination, tuple[int, int]]] = {}
+        for (verdict, destination), pair in totals.items():
+            counts.setdefault(verdict, {})[destination] = pair
+        return attribute(plan, counts)
 
 
 class NftablesMode:

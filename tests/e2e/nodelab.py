@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,11 +286,15 @@ class NodeLab:
         self.run(node, ["conntrack", "-F"])
 
     def rules(self, node: str) -> str:
-        """Both backends' rules on a node, without counters or comments of the dump."""
+        """Both backends' rules on a node, without counters or comments of the dump, nor
+        the elements of the traffic counting sets (a deleted Service's destination stays
+        counted there until it expires: a counter, not a rule)."""
         ipt = self.run(node, ["iptables-save"]).stdout
         nft = self.run(node, ["nft", "-s", "list", "ruleset"]).stdout
         lines = [line.split(" [")[0] if line.startswith(":") else line for line in ipt.splitlines()]
-        return "\n".join(line for line in lines if not line.startswith("#")) + "\n" + nft
+        return "\n".join(line for line in lines if not line.startswith("#")) + "\n" + (
+            re.sub(r"(?ms)^\tset traffic-\S+ \{.*?^\t\}\n", "", nft)
+        )
 
     def add_client(self, name: str, *lan_ips: str) -> str:
         """Another outside client on the lab LAN (its own namespace, a veth into the LAN

@@ -20,7 +20,14 @@ from proxy.nftables import render as nft_render
 from proxy.nftables.diff import full_sync_text
 from proxy.plan import Plan, plan
 from proxy.source.file import build_state
-from proxy.traffic import TrafficSample, attribute, merged, nft_set_counts, parse_counted_comment
+from proxy.traffic import (
+    Monotonic,
+    TrafficSample,
+    attribute,
+    merged,
+    nft_set_counts,
+    parse_counted_comment,
+)
 
 ip = ipaddress.ip_address
 
@@ -264,3 +271,17 @@ def test_iptables_dispatches_by_address_prefix_in_a_tree() -> None:
     assert worst <= 2 * 7 + 16 + 1, worst
     trees = [c for c in flt if c.startswith("KUBE-TRF-")]
     assert trees and all(flt[c][-1] == "-j KUBE-NODEPORT-TRAFFIC" for c in trees)
+
+
+def test_monotonic_totals_survive_restarts_and_expiry_and_forget_what_is_gone() -> None:
+    m: Monotonic[str] = Monotonic()
+    keep_all = lambda key: True  # noqa: E731
+    assert m.update({"a": (10, 100), "b": (1, 10)}, keep_all) == {"a": (10, 100), "b": (1, 10)}
+    # a restarted (its rule rewritten): what it had counted is kept
+    assert m.update({"a": (2, 20), "b": (3, 30)}, keep_all) == {"a": (12, 120), "b": (3, 30)}
+    # b expired: its total stays; it comes back from 0
+    assert m.update({"a": (2, 20)}, keep_all) == {"a": (12, 120), "b": (3, 30)}
+    assert m.update({"a": (5, 50), "b": (1, 5)}, keep_all) == {"a": (15, 150), "b": (4, 35)}
+    # b's Service is gone: forgotten (and so is anything read for it)
+    assert m.update({"a": (5, 50), "b": (9, 9)}, lambda key: key == "a") == {"a": (15, 150)}
+    assert m.update({"b": (1, 1)}, keep_all) == {"a": (15, 150), "b": (1, 1)}

@@ -376,8 +376,8 @@ def test_service_traffic_counters_on_metrics(lab: NodeLab, mode: str) -> None:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    before = counted()
-    assert before > 0  # the connections above went through node-1 (a3 runs there)
+    # the connections above went through node-1 (a3 runs there); read every 2 s
+    before = wait_for(lambda: counted() or None, 10, what="the Service's connections counted")
     reached(lab, CLIENT, cip, count=10)
     wait_for(lambda: counted() >= before + 10 * 6, 10, what="ten more connections counted")
     assert f"kubeproxy_py_service_bytes_total{labels}" in lab.metrics("node-1")
