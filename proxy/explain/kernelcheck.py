@@ -288,12 +288,20 @@ def ours(mode: ProxyMode) -> tuple[str, ...]:
     return ("kube-proxy",) if mode is ProxyMode.NFTABLES else ("KUBE-",)
 
 
+ATTEMPTS = 3
+"""Sends of the packet before concluding the kernel saw none of it (a packet can be
+lost before it reaches the node: a neighbour not resolved yet under load)."""
+
+
 def check_in(netns: str, mode: ProxyMode, why: Explanation, send: Callable[[], object]) -> Check:
     """Trace the explained packet in ``netns`` while ``send()`` sends it, and compare."""
-    tracer = Tracer(netns, mode, why.packet)
-    with tracer.tracing():
-        send()
-    rules = tracer.rules()
+    for _ in range(ATTEMPTS):
+        tracer = Tracer(netns, mode, why.packet)
+        with tracer.tracing():
+            send()
+        rules = tracer.rules()
+        if rules:
+            break
     if mode is ProxyMode.IPTABLES:
         rules = iptables_comments(netns, why.packet.family, rules)
     sport = tracer.source_port()

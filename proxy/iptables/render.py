@@ -491,7 +491,12 @@ def _count(sp: ServicePortPlan, flt: _Writer, cnt: str) -> None:
 
 TRAFFIC_LEAF = 16
 """At most this many service destinations are compared in one chain of the traffic
-dispatch tree (:func:`_traffic_tree`)."""
+dispatch tree (:func:`_traffic_tree`), unless the tree is as deep as it may be."""
+TRAFFIC_DEPTH = 8
+"""Levels of the traffic dispatch tree below its root. nf_tables refuses a rule that
+makes a chain reachable more than 16 jumps or gotos deep (EMLINK, "Too many links"):
+built-in chain, root, 8 levels, the NodePort dispatch and a counting chain stay well
+below. A prefix with one used half costs no level (the tree skips it)."""
 
 
 def _traffic_tree(plan: Plan, flt: _Writer) -> None:
@@ -500,8 +505,9 @@ def _traffic_tree(plan: Plan, flt: _Writer) -> None:
     service destination (iptables has no maps): the destinations are split by address
     prefix into a binary tree of chains instead, ``KUBE-SERVICE-TRAFFIC`` its root, with
     at most :data:`TRAFFIC_LEAF` destinations compared in a leaf: about 2·log2(N/16) + 16
-    rules per packet. Every chain is entered by goto and ends in the NodePort dispatch,
-    so a connection is counted once (a NodePort's port may be a ClusterIP's too)."""
+    rules per packet, at most :data:`TRAFFIC_DEPTH` levels deep. Every chain is entered
+    by goto and ends in the NodePort dispatch, so a connection is counted once (a
+    NodePort's port may be a ClusterIP's too)."""
     fam = plan.family
     bits = 32 if fam is IPFamily.V4 else 128
     rules: list[tuple[IPAddress, str]] = []
@@ -513,18 +519,23 @@ def _traffic_tree(plan: Plan, flt: _Writer) -> None:
     rules.sort(key=lambda r: (int(r[0]), r[1]))
     nodeports = f"-j {KUBE_NODEPORT_TRAFFIC}"
 
-    def build(chain: str, net: IPNetwork, group: list[tuple[IPAddress, str]]) -> None:
-        flt.chain(chain)
-        if len(group) <= TRAFFIC_LEAF or net.prefixlen == bits:
+    def build(chain: str, net: IPNetwork, group: list[tuple[IPAddress, str]], depth: int) -> None:
+        """``chain`` for the destinations of ``group`` (all within ``net``)."""
+        while len(group) > TRAFFIC_LEAF and net.prefixlen < bits and depth < TRAFFIC_DEPTH:
+            halves = [(h, [r for r in group if r[0] in h]) for h in net.subnets(prefixlen_diff=1)]
+            used = [(h, inside) for h, inside in halves if inside]
+            if len(used) == 2:
+                break
+            net = used[0][0]  # one half holds them all: no chain for it (no level)
+        if len(group) <= TRAFFIC_LEAF or net.prefixlen == bits or depth >= TRAFFIC_DEPTH:
             for _, rule in group:
                 flt.add(chain, rule)
         else:
-            for half in net.subnets(prefixlen_diff=1):
-                inside = [r for r in group if r[0] in half]
-                if inside:
-                    child = names.traffic_chain(str(half))
-                    flt.add(chain, f"-m conntrack --ctorigdst {half}", f"-g {child}")
-                    build(child, half, inside)
+            for half, inside in used:
+                child = names.traffic_chain(str(half))
+                flt.chain(child)
+                flt.add(chain, f"-m conntrack --ctorigdst {half}", f"-g {child}")
+                build(child, half, inside, depth + 1)
         flt.add(chain, nodeports)
 
     if not rules:
@@ -533,7 +544,7 @@ def _traffic_tree(plan: Plan, flt: _Writer) -> None:
     first, last = int(rules[0][0]), int(rules[-1][0])
     common = bits - (first ^ last).bit_length()
     root = ipaddress.ip_network(f"{rules[0][0]}/{common}", strict=False)
-    build(KUBE_SERVICE_TRAFFIC, root, rules)
+    build(KUBE_SERVICE_TRAFFIC, root, rules, 0)
 
 
 def _full_mask(fam: IPFamily) -> str:

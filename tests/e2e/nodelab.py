@@ -292,8 +292,10 @@ class NodeLab:
         ipt = self.run(node, ["iptables-save"]).stdout
         nft = self.run(node, ["nft", "-s", "list", "ruleset"]).stdout
         lines = [line.split(" [")[0] if line.startswith(":") else line for line in ipt.splitlines()]
-        return "\n".join(line for line in lines if not line.startswith("#")) + "\n" + (
-            re.sub(r"(?ms)^\tset traffic-\S+ \{.*?^\t\}\n", "", nft)
+        return (
+            "\n".join(line for line in lines if not line.startswith("#"))
+            + "\n"
+            + (re.sub(r"(?ms)^\tset traffic-\S+ \{.*?^\t\}\n", "", nft))
         )
 
     def add_client(self, name: str, *lan_ips: str) -> str:

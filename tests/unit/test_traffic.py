@@ -285,3 +285,33 @@ def test_monotonic_totals_survive_restarts_and_expiry_and_forget_what_is_gone() 
     # b's Service is gone: forgotten (and so is anything read for it)
     assert m.update({"a": (5, 50), "b": (9, 9)}, lambda key: key == "a") == {"a": (15, 150)}
     assert m.update({"b": (1, 1)}, keep_all) == {"a": (15, 150), "b": (1, 1)}
+
+
+def chain_depth(flt: Any, chain: str = "KUBE-SERVICE-TRAFFIC") -> int:
+    """How many KUBE-TRF- levels lie below ``chain``."""
+    children = [r.split()[-1] for r in flt[chain] if r.split()[-1].startswith("KUBE-TRF-")]
+    return max((1 + chain_depth(flt, c) for c in children), default=0)
+
+
+def counted_plan(*cips: str) -> Plan:
+    objs: list[dict[str, Any]] = [m.node("node-a", "192.168.50.11")]
+    objs += [m.service(f"s{i}", cip, [m.Port(80)]) for i, cip in enumerate(cips)]
+    state = build_state(objs, "node-a")
+    assert state.problems == ()
+    return plan(
+        state.snapshot, ProxyConfig("node-a", mode=ProxyMode.IPTABLES, service_counters=True)
+    )
+
+
+def test_the_traffic_tree_stays_shallow() -> None:
+    """nf_tables refuses chains reachable more than 16 jumps deep ("Too many links"): a
+    prefix whose addresses all lie in one half costs no level, and the depth is capped
+    whatever the addresses (here, addresses one bit apart at every level)."""
+    near = [f"10.96.15.{i}" for i in range(1, 40)] + ["203.0.113.60"]
+    assert chain_depth(ipt_render.render(counted_plan(*near)).filter) <= 3  # real splits only
+    apart = [str(ipaddress.ip_address(int(ipaddress.ip_address("10.96.0.0")) + (1 << b)))
+             for b in range(16)] + [f"10.96.0.{i}" for i in range(1, 17)]  # fmt: skip
+    flt = ipt_render.render(counted_plan(*apart)).filter
+    assert chain_depth(flt) <= ipt_render.TRAFFIC_DEPTH
+    reached = {r.split()[-1] for c in flt for r in flt[c] if "--ctorigdstport" in r}
+    assert len(reached) == len(set(apart))  # every destination still has its rule

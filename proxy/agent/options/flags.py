@@ -34,6 +34,9 @@ class FlagSpec:
         return (self.short, self.name) if self.short else (self.name,)
 
 
+OWN_FLAGS = frozenset({"--metrics-service-counters"})
+"""Flags of kube-proxy-py's own, which upstream kube-proxy does not have."""
+
 SUPPORTED_FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec(
         "--config",
