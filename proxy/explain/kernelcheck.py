@@ -216,18 +216,14 @@ class Tracer:
         return packet_rules(parse_nft_trace(self.lines))
 
 
-LOCK_DIR = Path("/run/kube-proxy-py")
-
-
 @contextlib.contextmanager
 def _netns_lock(netns: str) -> Iterator[None]:
-    """An exclusive lock named after the namespace (``flock``: released if we die)."""
+    """An exclusive lock on the namespace itself (``flock`` on its ``/run/netns`` file:
+    nothing is left behind, and it is released if we die)."""
     import fcntl
-    import hashlib
 
-    LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    name = hashlib.sha256(netns.encode()).hexdigest()[:16]
-    with open(LOCK_DIR / f"explain-{name}.lock", "w") as f:
+    path = netns if netns.startswith("/") else hostns.netns_path(netns)
+    with open(path, "rb") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
