@@ -479,7 +479,12 @@ def _rule_line(r: TracedRule) -> str:
 def to_text(c: Check) -> str:
     k = c.outcome
     lines = ["kernel      the packet was sent with tracing on; the rules it met:"]
-    lines += [_rule_line(r) for r in k.rules] or ["  (no rule of any table traced)"]
+    lines += [_rule_line(r) for r in k.rules] or [
+        "  (no rule of any table traced: the packet did not reach the node's hooks; the "
+        f"monitor printed {len(c.monitor)} line(s)"
+        + (f", the first: {c.monitor[0][:200]}" if c.monitor else "")
+        + ")"
+    ]
     lines.append(f"kernel did  {k.verdict.value}: {k.detail}")
     if c.agrees:
         lines.append("verified    the kernel agrees with the explanation")

@@ -43,10 +43,15 @@ def _pod_namespace(state: LabState, target: str) -> str:
             f"pod {namespace}/{name} is not running yet "
             f"(phase {(pod.get('status') or {}).get('phase')})"
         )
+    # not ours, nor the node's: a process kubectl exec is starting in the pod's cgroup
+    # may not have joined the pod's namespace yet (runc, still in the node's)
+    others = {os.stat(f"/proc/{os.getpid()}/ns/net").st_ino}
+    with contextlib.suppress(OSError):
+        others.add(os.stat(hostns.netns_path(f"{state.lab_id}-{node}")).st_ino)
     for pid in sorted(cgroups.pods_pids(cgroups.node_path(state.lab_id, node), uid)):
         path = f"/proc/{pid}/ns/net"
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino != os.stat(f"/proc/{os.getpid()}/ns/net").st_ino:
+            if os.stat(path).st_ino not in others:
                 return path
     raise LabError(f"pod {namespace}/{name} has no running process on {node}")
 
