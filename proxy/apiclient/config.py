@@ -104,6 +104,35 @@ def _b64(value: Any, where: str) -> bytes:
         raise ConfigError(f"{where}: not valid base64 ({e})") from e
 
 
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be sent as ``Authorization: Bearer <token>``, or None.
+
+    A bearer token is printable ASCII without spaces (RFC 6750's ``b64token`` and every
+    token Kubernetes issues); anything else would make an invalid or different header.
+    The message shows the first offending character by code point, never the token.
+    """
+    for i, c in enumerate(token):
+        if not "!" <= c <= "~":
+            name = "a byte order mark" if c == "\ufeff" else f"U+{ord(c):04X}"
+            return (
+                f"character {i + 1} is {name}; a bearer token is printable ASCII "
+                "without spaces (was the file saved with an editor's BOM or line breaks?)"
+            )
+    return None
+
+
+def _checked_token(token: str | None, where: str) -> str | None:
+    if token is not None and (problem := token_problem(token)) is not None:
+        raise ConfigError(f"{where}: not a usable bearer token: {problem}")
+    return token
+
+
+def _decoded_token(raw: bytes) -> str:
+    """A token file's text, trimmed as client-go trims it; bytes that are not UTF-8 become
+    U+FFFD, which :func:`token_problem` then names."""
+    return raw.decode("utf-8", "replace").strip()
+
+
 def _read_file(path: Path, where: str) -> bytes:
     try:
         return path.read_bytes()
@@ -271,11 +300,14 @@ def load_kubeconfig(path: str | os.PathLike[str], master: str | None = None) -> 
             else ("client-key", "client-certificate")
         )
         raise ConfigError(f"{uwhere}: {have} given without {missing}(-data)")
-    token = _str_field(user, "token", uwhere)
+    token = _checked_token(_str_field(user, "token", uwhere), f"{uwhere}.token")
     token_file: str | None = None
     if (tf := _str_field(user, "tokenFile", uwhere)) is not None:
         token_file = str(resolve(tf))
-        _read_file(Path(token_file), f"{uwhere}.tokenFile")
+        _checked_token(
+            _decoded_token(_read_file(Path(token_file), f"{uwhere}.tokenFile")),
+            f"{uwhere}.tokenFile ({token_file})",
+        )
 
     exec_plugin: ExecPlugin | None = None
     if user.get("exec"):
@@ -388,9 +420,10 @@ def load_in_cluster(
         pass
     sa = Path(serviceaccount_dir)
     token_file = sa / "token"
-    token = _read_file(token_file, "in-cluster config: service account token").decode().strip()
+    token = _decoded_token(_read_file(token_file, "in-cluster config: service account token"))
     if not token:
         raise ConfigError(f"in-cluster config: service account token: {token_file} is empty")
+    _checked_token(token, f"in-cluster config: service account token ({token_file})")
     ca_pem = _read_file(sa / "ca.crt", "in-cluster config: service account CA")
     server = _check_server(
         f"https://{host}:{port}", "in-cluster config: KUBERNETES_SERVICE_HOST/PORT"
@@ -463,7 +496,7 @@ class TokenSource:
     def _reload(self, now: float) -> None:
         assert self._file is not None
         try:
-            text = Path(self._file).read_text().strip()
+            text = _decoded_token(Path(self._file).read_bytes())
         except OSError as e:
             log.warning(
                 "cannot re-read the bearer token file; keeping the last token",
@@ -474,6 +507,11 @@ class TokenSource:
         if not text:
             log.warning(
                 "bearer token file is empty; keeping the last token", extra={"file": self._file}
+            )
+        elif (problem := token_problem(text)) is not None:
+            log.warning(
+                "bearer token file holds no usable token; keeping the last token",
+                extra={"file": self._file, "error": problem},
             )
         elif text != self._token:
             if self._token is not None:
@@ -598,8 +636,8 @@ def _exec_credential(out: Any, what: str, api_version: str) -> ExecCredential:
         )
     if token is None and cert is None:
         raise CredentialError(f"{what}: status has neither token nor clientCertificateData")
-    if token is not None and any(c in token for c in "\r\n\0"):
-        raise CredentialError(f"{what}: status.token: contains a line break")
+    if token is not None and (problem := token_problem(token)) is not None:
+        raise CredentialError(f"{what}: status.token: not a usable bearer token: {problem}")
     expiry: float | None = None
     stamp = status.get("expirationTimestamp")
     if stamp is not None:

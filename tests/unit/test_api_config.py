@@ -213,6 +213,10 @@ def test_in_cluster_errors_name_what_is_missing(tmp_path: Path, ca: CertificateA
     with pytest.raises(ConfigError, match="KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT"):
         load_config(env={}, serviceaccount_dir=d)
     env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    (d / "token").write_bytes(b"tok\xff")  # not UTF-8: named, not a UnicodeDecodeError
+    with pytest.raises(ConfigError, match=r"service account token .*character 4 is U\+FFFD"):
+        load_config(env=env, serviceaccount_dir=d)
+    (d / "token").write_text("tok-1")
     (d / "ca.crt").unlink()
     with pytest.raises(ConfigError, match=rf"cannot read {d / 'ca.crt'}"):
         load_config(env=env, serviceaccount_dir=d)
@@ -242,6 +246,28 @@ def test_token_file_is_reread_periodically_and_after_401(tmp_path: Path) -> None
     now[0] += 120
     assert source.get() == "third"
     assert TokenSource(token="fixed").get() == "fixed"
+
+
+def test_a_token_file_that_cannot_make_a_header_is_refused_or_skipped(tmp_path: Path) -> None:
+    """A token is printable ASCII: one that is not is refused at load, and a later
+    re-read that is not keeps the last good token (never a header http.client refuses)."""
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xef\xbb\xbfsecret\n")  # saved with a BOM
+    doc = kubeconfig({"server": "https://127.0.0.1:6443"}, {"tokenFile": str(token_file)})
+    with pytest.raises(ConfigError, match=r"tokenFile .*character 1 is a byte order mark"):
+        load_config(write(tmp_path / "kc", doc))
+    token_file.write_bytes(b"good\n")
+    assert load_config(write(tmp_path / "kc", doc)).token_file == str(token_file)
+    now = [0.0]
+    source = TokenSource(token_file=str(token_file), refresh_seconds=60, clock=lambda: now[0])
+    assert source.get() == "good"
+    for bad in (b"\xff\xfe", b"two words", b"caf\xc3\xa9"):
+        token_file.write_bytes(bad)
+        now[0] += 61
+        assert source.get() == "good", bad
+    token_file.write_bytes(b"  rotated \n")
+    now[0] += 61
+    assert source.get() == "rotated"
 
 
 # --------------------------------------------------------------------------- errors
@@ -284,6 +310,12 @@ def test_token_file_is_reread_periodically_and_after_401(tmp_path: Path) -> None
          "users[me].user.exec.env[0].value", "expected a string"),
         (lambda d: d["users"][0]["user"].update({"token": 5}), "users[me].user.token",
          "expected a string"),
+        (lambda d: d["users"][0]["user"].update({"token": "Bearer \ufeffabc"}),
+         "users[me].user.token", "character 7 is U+0020"),
+        (lambda d: d["users"][0]["user"].update({"token": "\ufeffabc"}),
+         "users[me].user.token", "character 1 is a byte order mark"),
+        (lambda d: d["users"][0]["user"].update({"token": "ab\r\nX-Evil: 1"}),
+         "users[me].user.token", "character 3 is U+000D"),
     ],
 )  # fmt: skip
 def test_kubeconfig_errors_name_the_file_and_field(
@@ -404,6 +436,8 @@ def test_exec_credential_is_cached_until_it_expires_or_a_401(tmp_path: Path) -> 
          "apiVersion 'client.authentication.k8s.io/v1beta1', expected"),
         (credential_json({}), "neither token nor clientCertificateData"),
         (credential_json({"clientCertificateData": "PEM"}), "go together"),
+        (credential_json({"token": "two words"}),
+         "status.token: not a usable bearer token: character 4 is U+0020"),
         (credential_json({"token": "t", "expirationTimestamp": "soon"}),
          "status.expirationTimestamp: 'soon' is not RFC 3339"),
     ],
