@@ -451,7 +451,20 @@ def cli_seeds() -> dict[str, bytes]:
             "node-b",
             "--nodeport-addresses=192.168.0.0/16,10.0.0.0/8",
         ],
-    }
+        "seed-explain-clusterip.txt": [
+            "explain", "--state", "{state}", "--hostname-override", "node-a",
+            "--src", "10.244.1.5", "--dst", "10.96.0.80", "--dport", "80", "--proto", "tcp",
+        ],
+        "seed-explain-nodeport-json.txt": [
+            "explain", "--state", "{state}", "--hostname-override", "node-a",
+            "--mode", "iptables", "--cluster-cidr", "10.244.0.0/16", "--src", "203.0.113.9",
+            "--dst", "192.168.50.11", "--dport", "30080", "--entry", "external", "-o", "json",
+        ],
+        "seed-explain-ping-node.txt": [
+            "explain", "--state", "{state}", "--hostname-override", "node-a",
+            "--entry", "node", "--dst", "10.96.0.81", "--proto", "icmp",
+        ],
+    }  # fmt: skip
     return {name: b"#argv " + json.dumps(argv).encode() + b"\n" for name, argv in lines.items()}
 
 

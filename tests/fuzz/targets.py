@@ -62,6 +62,9 @@ from proxy.apiclient.client import ApiClient, ApiError, ApiSession
 from proxy.apiclient.config import ClientConfig, ExecPlugin, load_kubeconfig
 from proxy.apiclient.transport import build_ssl_context
 from proxy.config import ConfigError, ProxyConfig, ProxyMode
+from proxy.explain import report as explain_report
+from proxy.explain.engine import NodeView, explain
+from proxy.explain.packet import Entry, make_packet
 from proxy.iptables import model as ipt_model
 from proxy.iptables import render as ipt_render
 from proxy.iptables import restore as ipt_restore
@@ -369,6 +372,59 @@ def _state_functions(c: Checks, data: bytes) -> None:
             p = plan(loaded.snapshot, _config(mode), fam, loaded.problems)
             _grammar(c, render_text(p, mode), mode, f"render-{fam}")
             check_sentinel(c, p, loaded.problems, ns, f"build_state-{mode}")
+            with c.stage(f"explain-{mode}-{fam}"):
+                _explain_checks(c, p, loaded.snapshot.services, f"explain-{mode}")
+
+
+EXPLAINED_PORTS = 4
+"""Service ports of a plan whose ClusterIP, NodePort and a missing port are explained."""
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _explain_checks(c: Checks, p: Plan, services: Any, where: str) -> None:
+    """``explain`` over a plan made from hostile objects: a packet to the first service
+    ports' ClusterIPs (from a pod, from outside), their NodePorts (from outside, to the
+    node's IP) and a port nobody serves. The explanation must name the Service port the
+    packet was sent to, keep only endpoints the plan may DNAT to with probabilities
+    summing to 1, and print names as data (no control characters; JSON that parses)."""
+    node = NodeView(frozenset({p.node_ip} if p.node_ip is not None else ()))
+    src = "10.244.9.9" if p.family is IPFamily.V4 else "fd00:10:244:9::9"
+    for sp in p.service_ports[:EXPLAINED_PORTS]:
+        proto = sp.protocol.lowercase
+        probes = [
+            (make_packet(src, str(sp.cluster_ip), proto, sp.port, Entry.POD), sp),
+            (make_packet(src, str(sp.cluster_ip), proto, sp.port, Entry.EXTERNAL), sp),
+            (make_packet(src, str(sp.cluster_ip), "icmp", None, Entry.POD), None),
+        ]
+        if sp.node_port is not None and p.node_ip is not None:
+            dst = str(p.node_ip)
+            probes.append((make_packet(src, dst, proto, sp.node_port, Entry.EXTERNAL), sp))
+        for packet, expected in probes:
+            why = explain(p, packet, node=node, services=services)
+            _check_explanation(c, why, expected, where)
+
+
+def _check_explanation(c: Checks, why: Any, sp: Any, where: str) -> None:
+    text = explain_report.to_text(why)
+    if _CONTROL.search(text):
+        c.add("explain-text", where, f"control character in: {text[:300]!r}")
+    doc = json.loads(explain_report.to_json(why))
+    if doc["verdict"] not in ("dnat", "reject", "drop", "not-a-service"):
+        c.add("explain-verdict", where, f"verdict {doc['verdict']!r}")
+    if sp is None:
+        return
+    if doc["verdict"] == "not-a-service" or doc["service"] is None:
+        c.add("explain-service", where, f"{why.packet}: no Service port, {doc['reason']!r}")
+        return
+    kept = [e for e in why.endpoints if e.kept]
+    allowed = {(str(e.ip), e.port) for e in sp.reachable_endpoints}
+    if doc["verdict"] == "dnat":
+        if doc["service"] != why.service or not kept:
+            c.add("explain-dnat", where, f"{why.packet}: dnat without a kept endpoint")
+        elif any((e.address, e.port) not in allowed for e in kept):
+            c.add("explain-endpoint", where, f"{why.packet}: kept {kept} not in the plan")
+        elif why.affinity is None and abs(sum(e.probability for e in kept) - 1) > 1e-6:
+            c.add("explain-probability", where, f"{why.packet}: probabilities {kept}")
 
 
 # --------------------------------------------------------------------------- agent
@@ -771,6 +827,11 @@ def target_cli(data: bytes) -> None:
         return  # no command line can hold these
     if any(_UNSAFE_PATHS.search(a.encode("utf-8", "surrogateescape")) for a in args):
         return
+    if args[:1] == ["explain"]:
+        with c.stage("explain"):
+            _explain_cli(c, args[1:])
+        c.done()
+        return
     with c.stage("render"):
         r = run_cli(c.target, ["render", *args], stdin=(sandbox() / "state.yaml").read_bytes())
         if r.exited:
@@ -783,6 +844,30 @@ def target_cli(data: bytes) -> None:
                 _grammar(c, r.out, _mode_of(r.out), "cli.render")
             _check_stderr_lines(c, r.err, "cli.render")
     c.done()
+
+
+def _explain_cli(c: Checks, args: list[str]) -> None:
+    """``explain`` with fuzzed flags (``--verify`` needs root and namespaces: left out):
+    exit 0 with an explanation, or 2 with a message; the text prints names as data and
+    ``-o json`` is one JSON document with a verdict."""
+    if any(a.startswith("--ve") for a in args):
+        return
+    r = run_cli(c.target, ["explain", *args], stdin=(sandbox() / "state.yaml").read_bytes())
+    if r.exited:
+        asked = any(a in ("-h", "--help") or a.startswith("--he") for a in args)
+        if not ((r.code == 2 and "error:" in r.err) or (r.code == 0 and asked)):
+            c.add("exit-status", f"SystemExit-{r.code}", f"explain: SystemExit({r.code!r})")
+        return
+    _check_exit(c, r, {0, 2}, "cli.explain")
+    _check_stderr_lines(c, r.err, "cli.explain")
+    if r.code != 0:
+        return
+    if r.out.lstrip().startswith("{"):
+        doc = json.loads(r.out)
+        if doc.get("verdict") not in ("dnat", "reject", "drop", "not-a-service"):
+            c.add("explain-verdict", "cli.explain", f"verdict {doc.get('verdict')!r}")
+    elif _CONTROL.search(r.out):
+        c.add("explain-text", "cli.explain", f"control character in: {r.out[:300]!r}")
 
 
 TARGETS: dict[str, Target] = {
