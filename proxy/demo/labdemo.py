@@ -35,6 +35,7 @@ import yaml
 
 from proxy.demo.labexplain import LabExplained, explain_argv, explain_shown
 from proxy.demo.present import Presenter
+from proxy.host import neighbours
 from proxy.host import netns as hostns
 from proxy.host.sockets import connect_in_netns
 from proxy.lab import clients as labclients
@@ -230,18 +231,15 @@ class LabDemo:
     def mac(self, node: str) -> str:
         """The MAC address of a node's LAN interface."""
         if node not in self._macs:
-            out = subprocess.run(
-                ["ip", "-n", f"{self.state.lab_id}-{node}", "-j", "link", "show", "dev", "eth0"],
-                capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
-            self._macs[node] = str(json.loads(out)[0]["address"])
+            found = neighbours.link_mac(f"{self.state.lab_id}-{node}", "eth0")
+            if found is None:
+                raise DemoError(f"node {node} has no eth0 (is the lab up?)")
+            self._macs[node] = found
         return self._macs[node]
 
     def neighbour(self, ip: str) -> str | None:
         """The MAC the outside client's ARP table has for ``ip``."""
-        out = self._run(self.client_argv(["ip", "neigh", "show", ip])).out
-        found = re.search(r"lladdr (\S+)", out)
-        return found[1] if found else None
+        return neighbours.neighbour_mac(f"{self.state.lab_id}-{labtopology.CLIENT}", ip)
 
     @property
     def client_node(self) -> str:

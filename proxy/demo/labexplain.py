@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -27,7 +26,9 @@ from proxy import apivalidation as av
 from proxy.explain import kernelcheck, report
 from proxy.explain.engine import Explanation, NodeView, explain
 from proxy.explain.packet import ENTRY_MEANING, Entry, Packet, PacketError, make_packet
+from proxy.host import neighbours
 from proxy.host import netns as hostns
+from proxy.host.process import run_command
 from proxy.lab import topology as labtopology
 from proxy.lab.clients import api_get
 from proxy.lab.commands.preconditions import require_root, running_state
@@ -249,15 +250,13 @@ def entering_node(view: LabView, src: Place, dst: IPAddress, via: str | None) ->
         if dst in ips:
             return str(node)
     ns = src.netns or f"{view.state.lab_id}-{labtopology.CLIENT}"
-    route = _run(ns, ["ip", "-j", "route", "get", str(dst)])
-    gateway = (json.loads(route or "[{}]") or [{}])[0].get("gateway")
+    gateway = neighbours.route_gateway(ns, str(dst))
     for node, ips in view.node_ips.items():
         if gateway and ipaddress.ip_address(gateway) in ips:
             return str(node)
-    neigh = _run(ns, ["ip", "-j", "neigh", "show", str(dst)])
-    mac = next((n.get("lladdr") for n in json.loads(neigh or "[]") if n.get("lladdr")), None)
+    mac = neighbours.neighbour_mac(ns, str(dst))
     for node in view.nodes:
-        if mac and mac in _run(f"{view.state.lab_id}-{node}", ["ip", "link"]):
+        if mac and mac in neighbours.link_macs(f"{view.state.lab_id}-{node}").values():
             return str(node)
     raise LabError(
         f"cannot tell which node {src.what} reaches {dst} through (no route via a node, no "
@@ -265,11 +264,9 @@ def entering_node(view: LabView, src: Place, dst: IPAddress, via: str | None) ->
     )
 
 
-def _run(ns: str, argv: list[str]) -> str:
-    done = subprocess.run(
-        hostns.exec_argv(ns, argv), capture_output=True, text=True, check=False, timeout=10
-    )
-    return done.stdout
+def _output(ns: str, argv: list[str]) -> str:
+    """What a command in ``ns`` printed (nothing when it failed: no entry)."""
+    return run_command(hostns.exec_argv(ns, argv), check=False, timeout=10).stdout
 
 
 def live_affinity(ns: str, mode: str, why: Explanation, timeout: int) -> dict[str, int]:
@@ -284,7 +281,7 @@ def live_affinity(ns: str, mode: str, why: Explanation, timeout: int) -> dict[st
             from proxy.nftables import names
 
             fam = "ip" if sp.family is IPFamily.V4 else "ip6"
-            listing = _run(
+            listing = _output(
                 ns,
                 ["nft", "-j", "list", "set", fam, "kube-proxy", names.affinity_set(sp, ep.address)],
             )
@@ -292,7 +289,8 @@ def live_affinity(ns: str, mode: str, why: Explanation, timeout: int) -> dict[st
         else:
             from proxy.iptables import names as ipt_names
 
-            table = _run(ns, ["cat", f"/proc/net/xt_recent/{ipt_names.sep_chain(sp, ep.address)}"])
+            recent = f"/proc/net/xt_recent/{ipt_names.sep_chain(sp, ep.address)}"
+            table = _output(ns, ["cat", recent])
             left = _recent_entry(table, src, ns, timeout)
         if left is not None and left > 0:
             out[ep.address] = left
@@ -425,6 +423,9 @@ def explain_in_lab(
     snapshot = build_state(view.objects(), node).snapshot
     the_plan: Plan = plan(snapshot, config, packet.family)
     here = NodeView(frozenset(local))
+    # The engine is pure and fast: a first walk finds the service port the packet matches
+    # (ClusterIP, NodePort, external IP…, as the kernel would), whose live affinity
+    # entries the second walk takes in. Matching by hand here would repeat the engine.
     first = explain(the_plan, packet, node=here, services=snapshot.services)
     affinity = live_affinity(node_ns, state.mode, first, first.affinity_seconds or 0)
     why = explain(the_plan, packet, node=here, services=snapshot.services, affinity=affinity)

@@ -42,7 +42,9 @@ from proxy.explain.trace import (
     saved_comments,
     with_comments,
 )
+from proxy.host import neighbours
 from proxy.host import netns as hostns
+from proxy.host.errors import HostError
 from proxy.host.links import addr_add, ip_batch
 from proxy.host.process import run_command
 from proxy.model import IPFamily, Protocol
@@ -400,8 +402,10 @@ def plan_addresses(plan: Plan) -> list[Any]:
 
 
 def _mac(netns: str, dev: str) -> str:
-    out = run_command(hostns.exec_argv(netns, ["cat", f"/sys/class/net/{dev}/address"])).stdout
-    return out.strip()
+    found = neighbours.link_mac(netns, dev)
+    if found is None:
+        raise HostError(f"{netns}: no interface {dev} (the throwaway namespace went away?)")
+    return found
 
 
 SEND_SCRIPT = """
