@@ -835,8 +835,7 @@ def target_cli(data: bytes) -> None:
     with c.stage("render"):
         r = run_cli(c.target, ["render", *args], stdin=(sandbox() / "state.yaml").read_bytes())
         if r.exited:
-            asked = any(a in ("-h", "--help", "--version") or a.startswith("--he") for a in args)
-            if not ((r.code == 2 and "error:" in r.err) or (r.code == 0 and asked)):
+            if not ((r.code == 2 and "error:" in r.err) or (r.code == 0 and _asks_for_help(args))):
                 c.add("exit-status", f"SystemExit-{r.code}", f"SystemExit({r.code!r})")
         else:
             _check_exit(c, r, {0, 1, 2}, "cli.render")
@@ -844,6 +843,13 @@ def target_cli(data: bytes) -> None:
                 _grammar(c, r.out, _mode_of(r.out), "cli.render")
             _check_stderr_lines(c, r.err, "cli.render")
     c.done()
+
+
+def _asks_for_help(args: list[str]) -> bool:
+    """Whether argparse may print help or the version and exit 0: ``--help`` or a prefix
+    of it, ``--version``, or ``-h`` alone or leading a cluster of short flags
+    (``-hostname-override=x`` is ``-h`` followed by more)."""
+    return any(a == "--version" or a.startswith(("--he", "-h")) for a in args)
 
 
 def _explain_cli(c: Checks, args: list[str]) -> None:
@@ -854,8 +860,7 @@ def _explain_cli(c: Checks, args: list[str]) -> None:
         return
     r = run_cli(c.target, ["explain", *args], stdin=(sandbox() / "state.yaml").read_bytes())
     if r.exited:
-        asked = any(a in ("-h", "--help") or a.startswith("--he") for a in args)
-        if not ((r.code == 2 and "error:" in r.err) or (r.code == 0 and asked)):
+        if not ((r.code == 2 and "error:" in r.err) or (r.code == 0 and _asks_for_help(args))):
             c.add("exit-status", f"SystemExit-{r.code}", f"explain: SystemExit({r.code!r})")
         return
     _check_exit(c, r, {0, 2}, "cli.explain")
