@@ -2,8 +2,9 @@
 and NDP) entries, the gateway of a route. Read only, through ``ip -j`` run inside the
 namespace (a name under ``/run/netns`` or a path such as a pod's ``/proc/PID/ns/net``).
 
-A failed or empty answer is "nothing known" (None or empty), never an exception: these
-are lookups, and a namespace that went away in the meantime knows nothing.
+A failed or empty answer is "nothing known" (None or empty): these are lookups, and a
+namespace that went away in the meantime knows nothing. A missing ``ip`` command, or one
+that hangs for 10 s, is :class:`~proxy.host.errors.HostError`.
 """
 
 from __future__ import annotations
