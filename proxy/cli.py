@@ -13,7 +13,7 @@ from typing import Any
 from proxy import __version__
 from proxy import apivalidation as av
 from proxy.config import ConfigError, NodePortAddresses, ProxyConfig, ProxyMode, parse_cidrs
-from proxy.kernel.executor import KernelError
+from proxy.kernel.executor import Executor, KernelError
 from proxy.model import IPAddress, IPFamily
 from proxy.plan import Plan, plan, unserved_family_notes
 from proxy.source.file import LoadedState, StateFileError, load_state
@@ -468,7 +468,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_INVALID if args.strict and state.problems else EXIT_OK
 
 
-def _apply_families(args: argparse.Namespace, executor: Any, state: LoadedState) -> Any:
+def _apply_families(
+    args: argparse.Namespace, executor: Executor, state: LoadedState
+) -> tuple[tuple[IPFamily, ...], str]:
     """The families ``apply`` programs, and why the others are not: as the agent, every
     family the node can program (primary first), unless ``--ip-family`` says."""
     from proxy.agent.families import FamilyError, choose_families, primary_family
@@ -492,7 +494,6 @@ def _apply_families(args: argparse.Namespace, executor: Any, state: LoadedState)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from proxy.kernel.executor import Executor
     from proxy.modes import mode_for, other_modes, remove_rules
 
     state = _load(args)
