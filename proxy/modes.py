@@ -65,6 +65,12 @@ class ModeWriter(Protocol[R_in, C_in]):
         per service port of ``plan``, the rules' latest; empty when there are none."""
         ...
 
+    def take_own_writes(self) -> list[tuple[int | None, int | None]]:
+        """Transactions :meth:`traffic` committed since last asked (nftables deletes the
+        counters of deleted Services), as (generation before, generation after): the
+        proxier's drift check must not take them for someone else's."""
+        ...
+
 
 class Mode(Protocol[R, C]):
     """A proxy mode: how a plan becomes rules, and how rules reach the kernel."""

@@ -129,7 +129,14 @@ class Proxier:
         plan = self._last_plan
         if plan is None or not plan.service_counters:
             return []
-        return self._writer.traffic(plan)
+        samples = self._writer.traffic(plan)
+        for before, after in self._writer.take_own_writes():
+            # Called from the counters' thread: a sync committing in between leaves the
+            # generation unexplained, and the next sync is a full one (harmless, rare).
+            self.ours_moved_generation(before, after)
+            if self.on_wrote is not None:
+                self.on_wrote(before, after)
+        return samples
 
     def cleanup_other_mode(self) -> None:
         """Switching modes: remove the rules the other modes left behind."""

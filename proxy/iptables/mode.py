@@ -68,6 +68,9 @@ class IptablesWriter:
         totals = self.counted.update(readings, lambda key: key[:3] in ports)
         return sorted(TrafficSample(*key, p, b) for key, (p, b) in totals.items())
 
+    def take_own_writes(self) -> list[tuple[int | None, int | None]]:
+        return []  # reading rule counters writes nothing
+
     def generation(self, now: float, period: float) -> int | None:
         """The nf_tables generation, or for legacy iptables whether our canaries all
         stand (1 or 0), each table's listed at most once a sync period, like upstream's

@@ -10,6 +10,7 @@ cheaper than listing the ruleset.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,22 @@ def _query(sock: Any) -> int:
 
 class GenerationReader:
     """Reads the generation of the current namespace, or of ``netns`` (tests); one open
-    netlink socket for the current namespace (opening one costs far more than a query)."""
+    netlink socket for the current namespace (opening one costs far more than a query),
+    used by one thread at a time (the sync loop, and the counters' thread when it
+    deletes stale counters)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._sock: Any = None
+        self._lock = threading.Lock()
 
     def read(self) -> int | None:
         """The current generation, or None when it cannot be read (callers then fall back
         to periodic full syncs)."""
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> int | None:
         try:
             if self.netns is not None:
                 from proxy.host.netns import run_in_netns

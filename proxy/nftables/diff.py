@@ -4,7 +4,7 @@ table exactly a ruleset, the incremental change between two rulesets, and the cl
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from proxy.model import IPFamily
 from proxy.nftables import endpointmaps
@@ -19,8 +19,17 @@ from proxy.nftables.model import (
     set_kind,
     shared_keys,
 )
-from proxy.nftables.names import TABLE, TABLE_COMMENT
+from proxy.nftables.names import (
+    TABLE,
+    TABLE_COMMENT,
+    TRAFFIC_DNAT,
+    TRAFFIC_DROP,
+    TRAFFIC_REJECT,
+)
 from proxy.nftables.statements import ElementKey
+from proxy.traffic import Destination
+
+TRAFFIC_SET_NAMES = frozenset({TRAFFIC_DNAT, TRAFFIC_REJECT, TRAFFIC_DROP})
 
 
 def full_sync_text(ruleset: NftRuleset, existing: ExistingNft | None = None) -> str:
@@ -91,6 +100,31 @@ def full_sync_lines(ruleset: NftRuleset, existing: ExistingNft | None = None) ->
 def cleanup_text(family: IPFamily) -> str:
     """Delete our whole table (and nothing else)."""
     return f"delete table {'ip' if family is IPFamily.V4 else 'ip6'} {TABLE}\n"
+
+
+def forget_traffic_text(family: IPFamily, stale: Mapping[str, Iterable[Destination]]) -> str:
+    """One transaction deleting the elements ``stale`` names (set name → destinations)
+    from our traffic counting sets: counters of service ports no rule has any more.
+    Each is added first, so the transaction holds when one expired since it was read
+    (nft 1.0.6 has no ``destroy``; adding an element that exists changes nothing). The
+    destinations were read from the kernel; only well-formed ones of ``family`` are
+    written back (address, ``tcp``/``udp``/``sctp``, a port), anything else is left."""
+    t = f"{'ip' if family is IPFamily.V4 else 'ip6'} {TABLE}"
+    lines = []
+    for name, destinations in sorted(stale.items()):
+        keys = sorted(
+            f"{ip} . {proto} . {port}"
+            for ip, proto, port in destinations
+            if IPFamily.of(ip) is family and proto in _PROTOCOLS and 0 < port < 65536
+        )
+        if keys and name in TRAFFIC_SET_NAMES:
+            body = ", ".join(keys)
+            lines.append(f"add element {t} {name} {{ {body} }}\n")
+            lines.append(f"delete element {t} {name} {{ {body} }}\n")
+    return "".join(lines)
+
+
+_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
 
 
 def incremental_text(old: NftRuleset, new: NftRuleset) -> str:

@@ -8,13 +8,19 @@ from __future__ import annotations
 import errno
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from proxy.kernel import nfnetlink as nl
 from proxy.kernel.executor import Executor, KernelError
 from proxy.model import IPFamily
 from proxy.nftables import wire as nftwire
-from proxy.nftables.diff import cleanup_text, full_sync_lines, full_sync_text
+from proxy.nftables.diff import (
+    cleanup_text,
+    forget_traffic_text,
+    full_sync_lines,
+    full_sync_text,
+)
 from proxy.nftables.exprs import Unsupported
 from proxy.nftables.model import BaseHook, ExistingNft, NftRuleset, NftTransaction
 from proxy.nftables.names import TABLE, TRAFFIC_DNAT, TRAFFIC_DROP, TRAFFIC_REJECT
@@ -179,6 +185,22 @@ class NftKernel:
             except ValueError:
                 log.warning("unreadable traffic counters", extra={"set": name})
         return out
+
+    def forget_traffic(self, stale: Mapping[str, Iterable[Destination]]) -> bool:
+        """Delete stale traffic counting elements (verdict → destinations) in one
+        transaction; False when nothing was written (none well-formed, or refused)."""
+        text = forget_traffic_text(
+            self.family, {TRAFFIC_SETS[v]: d for v, d in stale.items() if v in TRAFFIC_SETS}
+        )
+        if not text:
+            return False
+        done = self.executor.run(["nft", "-f", "-"], stdin=text, check=False)
+        if done.returncode != 0:
+            log.warning(
+                "cannot delete the counters of deleted Services",
+                extra={"error": done.stderr.strip()[:300]},
+            )
+        return done.returncode == 0
 
     def cleanup(self) -> bool:
         if not self.table_exists():

@@ -30,6 +30,9 @@ class NftablesWriter:
     generations: GenerationReader
     description: str = "nftables"
     counted: Monotonic[tuple[str, Destination]] = field(default_factory=Monotonic)
+    stale: frozenset[tuple[str, Destination]] = frozenset()
+    """Counting elements the last reading found without a service port."""
+    own_writes: list[tuple[int | None, int | None]] = field(default_factory=list)
 
     def full_sync(self, ruleset: NftRuleset) -> None:
         self.kernel.full_sync(ruleset)
@@ -50,10 +53,33 @@ class NftablesWriter:
         flat = {(v, d): c for v, per in self.kernel.traffic().items() for d, c in per.items()}
         owner = owners(plan)
         totals = self.counted.update(flat, lambda key: owner(key[1]) is not None)
+        self._forget_stale({key for key in flat if owner(key[1]) is None})
         counts: dict[str, dict[Destination, tuple[int, int]]] = {}
         for (verdict, destination), pair in totals.items():
             counts.setdefault(verdict, {})[destination] = pair
         return attribute(plan, counts)
+
+    def _forget_stale(self, unowned: set[tuple[str, Destination]]) -> None:
+        """Delete the counting elements of service ports that are gone, once two readings
+        in a row found them without one: a Service deleted now leaves neither a counter
+        nor its old ClusterIP in the ruleset (the element would otherwise stay until its
+        hour-long timeout), and a new Service reusing the address starts from zero. Two
+        readings, because a Service created between the kernel's change and the agent's
+        plan update is unowned for that instant only."""
+        gone = unowned & self.stale
+        self.stale = frozenset(unowned - gone)
+        by_verdict: dict[str, list[Destination]] = {}
+        for verdict, destination in sorted(gone, key=str):
+            by_verdict.setdefault(verdict, []).append(destination)
+        if not by_verdict:
+            return
+        before = self.generations.read()
+        if self.kernel.forget_traffic(by_verdict):
+            self.own_writes.append((before, self.generations.read()))
+
+    def take_own_writes(self) -> list[tuple[int | None, int | None]]:
+        taken, self.own_writes = self.own_writes, []
+        return taken
 
 
 class NftablesMode:

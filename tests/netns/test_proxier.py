@@ -133,6 +133,35 @@ def test_full_and_incremental_syncs(netns: str, mode: ProxyMode) -> None:
     assert rec.failures == []
 
 
+def test_deleting_stale_counters_is_not_taken_for_drift(netns: str) -> None:
+    """nftables with --metrics-service-counters: the counters' thread deletes an element
+    no service port owns (a deleted Service's) in a transaction of its own, which moves
+    the nf_tables generation; the proxier knows it as its own, so the next sync stays
+    incremental (someone else's commit would make it full)."""
+    clock = Clock()
+    state = ClusterState("node-a")
+    rec = Recorder()
+    cfg = ProxyConfig("node-a", mode=ProxyMode.NFTABLES, service_counters=True)
+    proxier = Proxier(
+        cfg, state, sync_period=30, observer=rec, executor=Executor(netns), clock=clock
+    )
+    state.handle("Node", "ADDED", m.node("node-a", "192.168.50.11"))
+    state.handle("Service", "ADDED", m.service("web", "10.96.0.10", [m.Port(80)]))
+    assert proxier.sync_proxy_rules() and rec.last().full
+    left = "10.96.0.99 . tcp . 81"  # what a deleted Service's packets left behind
+    nft = ["ip", "netns", "exec", netns, "nft"]
+    element = f"{{ {left} counter packets 1 bytes 60 }}"  # as a packet's `update` makes it
+    subprocess.run([*nft, "add", "element", "ip", "kube-proxy", "traffic-reject", element],
+                   check=True)  # fmt: skip
+    clock.now += 1
+    assert proxier.sync_proxy_rules() and rec.last().full  # someone else's commit
+    assert proxier.traffic() == [] and left in listing(netns, ProxyMode.NFTABLES)
+    assert proxier.traffic() == [] and left not in listing(netns, ProxyMode.NFTABLES)
+    clock.now += 1
+    assert proxier.sync_proxy_rules() and not rec.last().full  # ours: not drift
+    assert rec.failures == []
+
+
 def test_legacy_iptables_canary_brings_a_full_sync(
     netns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -157,6 +157,40 @@ def test_exported_as_prometheus_counters(node: Node, topo: Topology) -> None:
     assert float(values[f"kubeproxy_py_service_bytes_total{labels}"]) > 5 * 40
 
 
+def test_a_deleted_services_counters_leave_the_ruleset(topo: Topology) -> None:
+    """nftables: the element a deleted Service's packets made is deleted at the second
+    reading that finds it without a service port (not an hour later), in a transaction
+    the writer reports as its own; a new Service on the same address starts from zero."""
+    node = Node(topo, ProxyMode.NFTABLES)
+
+    def counted() -> str:
+        listing = node.executor.run(["nft", "list", "set", "ip", "kube-proxy", "traffic-reject"])
+        return listing.stdout
+
+    try:
+        node.program(objects(other=True), full=True)
+        a3 = topo.prober("a3")
+        assert a3.tcp("10.96.0.13", 81, timeout=3.0).outcome is Outcome.REFUSED
+        assert a3.tcp("10.96.0.11", 8080, timeout=3.0).outcome is Outcome.REFUSED
+        assert node.traffic()[("other", "81", "reject")].packets == 1
+        assert "10.96.0.13 . tcp . 81" in counted()
+        node.program(objects(), full=False)  # the Service "other" is deleted
+        assert ("other", "81", "reject") not in node.traffic()
+        assert "10.96.0.13 . tcp . 81" in counted()  # one reading: maybe not synced yet
+        assert node.writer.take_own_writes() == []
+        node.traffic()
+        assert "10.96.0.13" not in counted()
+        assert "10.96.0.11 . tcp . 8080" in counted()  # a live Service's count stays
+        writes = node.writer.take_own_writes()
+        assert len(writes) == 1 and writes[0][0] != writes[0][1], writes
+        node.program(objects(other=True), full=False)  # back, same address and port
+        assert a3.tcp("10.96.0.13", 81, timeout=3.0).outcome is Outcome.REFUSED
+        assert node.traffic()[("other", "81", "reject")].packets == 1
+    finally:
+        remove_rules(node.executor, list(ProxyMode))
+        topo.flush_conntrack("node-a")
+
+
 def test_the_kernel_takes_the_traffic_tree_of_spread_addresses(topo: Topology) -> None:
     """nf_tables refuses chains reachable more than 16 jumps deep: the iptables counting
     tree for addresses that split at every bit is taken as it is, by the nft backend."""

@@ -315,3 +315,28 @@ def test_the_traffic_tree_stays_shallow() -> None:
     assert chain_depth(flt) <= ipt_render.TRAFFIC_DEPTH
     reached = {r.split()[-1] for c in flt for r in flt[c] if "--ctorigdstport" in r}
     assert len(reached) == len(set(apart))  # every destination still has its rule
+
+
+def test_stale_counters_are_deleted_as_data_in_one_transaction() -> None:
+    """Destinations read back from the kernel: only well-formed ones of the table's family
+    are written, each added before it is deleted (an element that expired meanwhile must
+    not fail the transaction)."""
+    from proxy.nftables.diff import forget_traffic_text
+
+    v4, v6 = ipaddress.ip_address("10.96.0.13"), ipaddress.ip_address("fd00::13")
+    stale = {
+        "traffic-reject": [(v4, "tcp", 81), (v6, "tcp", 81), (v4, "tcp; flush ruleset", 1)],
+        "traffic-dnat": [(v4, "udp", 53), (v4, "icmp", 0), (v4, "sctp", 70000)],
+        "not-ours": [(v4, "tcp", 80)],
+    }
+    text = forget_traffic_text(IPFamily.V4, stale)
+    assert text.splitlines() == [
+        "add element ip kube-proxy traffic-dnat { 10.96.0.13 . udp . 53 }",
+        "delete element ip kube-proxy traffic-dnat { 10.96.0.13 . udp . 53 }",
+        "add element ip kube-proxy traffic-reject { 10.96.0.13 . tcp . 81 }",
+        "delete element ip kube-proxy traffic-reject { 10.96.0.13 . tcp . 81 }",
+    ]
+    six = forget_traffic_text(IPFamily.V6, stale).splitlines()
+    assert six[1] == "delete element ip6 kube-proxy traffic-reject { fd00::13 . tcp . 81 }"
+    assert len(six) == 2
+    assert forget_traffic_text(IPFamily.V4, {"traffic-drop": []}) == ""
