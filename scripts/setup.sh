@@ -15,9 +15,10 @@ fi
 # gcc, libc6-dev, pkg-config and libseccomp-dev: cgo builds of kubelet and of runc (with
 # seccomp) by `kube-proxy-py lab build`; buildah (our image from the Dockerfile),
 # mmdebstrap (the python:3.11-slim-bookworm stand-in) and curl (the curl stand-ins) for
-# its images; util-linux's nsenter and unshare for the lab's nodes.
+# its images; util-linux's nsenter and unshare for the lab's nodes; nfacct for the
+# accounting objects upstream's iptables rules name (the migration test loads them).
 pkgs=(iptables nftables conntrack iproute2 tcpdump procps kmod gcc libc6-dev pkg-config
-      libseccomp-dev buildah mmdebstrap curl util-linux)
+      libseccomp-dev buildah mmdebstrap curl util-linux nfacct)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -61,10 +61,13 @@ import pytest
 
 from proxy import manifests as m
 from proxy.harness import Outcome, Prober, ProbeResult
+from proxy.host.process import python_argv, run_command
 from proxy.host.spec import v6_twin
+from proxy.iptables.kernel import VARIANT_ENV
 from proxy.lab.cluster import wait_for
 from proxy.lab.metallb import STATIC_CLASS
 from proxy.lab.topology import host_port, versions_of
+from tests.conftest import throwaway_netns
 from tests.e2e.nodelab import PROXY, UPSTREAM, NodeLab, ip_family, workload_pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -1398,6 +1401,125 @@ def test_same_outcomes_as_upstream(diff: Differential, scen: Scenario) -> None:
     print(report)  # shown with -s or -rP: every probe and what both implementations did
     problems = check(diff.mode, scen.id, comparisons) + unheard(comparisons)
     assert not problems, "\n".join(problems) + "\n\n" + report
+
+
+def test_upstreams_rules_become_ours_in_one_sync(diff: Differential, tmp_path: Path) -> None:
+    """Migration (docs/deploy.md): upstream's rules as they stand on node-upstream, after
+    the scenarios, are loaded into a throwaway namespace; one ``kube-proxy-py apply`` of
+    the lab's objects there (what the agent's first full sync does) leaves exactly the
+    rules it writes into an empty namespace: every upstream chain, set and map it does
+    not use gone, none of its own missing or different (the jumps from the built-in
+    chains included). Left behind, as the doc says: nftables chain comments, upstream's
+    empty KUBE-PROXY-CANARY chains, and what is kubelet's."""
+    lab = diff.cluster
+    items = [
+        {"apiVersion": version, "kind": kind, **item}
+        for path, version, kind in (
+            ("/api/v1/nodes", "v1", "Node"),
+            ("/api/v1/services", "v1", "Service"),
+            ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
+        )
+        for item in lab.api("GET", path)["items"]
+    ]
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    loads: list[tuple[list[str], str]] = []
+
+    def upstream_wrote() -> bool:
+        loads[:] = upstream_rules(lab, diff.mode)
+        return any("KUBE-SVC-" in t or "service-" in t for _, t in loads)
+
+    wait_for(upstream_wrote, 60, what=f"upstream's {diff.mode} rules on {B.node}")
+    for i, (_, text) in enumerate(loads):
+        (tmp_path / f"upstream-{i}.txt").write_text(text)  # kept by pytest for a failure
+    with throwaway_netns("take") as take, throwaway_netns("fresh") as fresh:
+        # upstream counts invalid and localhost-NodePort packets in nfacct objects its
+        # rules name: they must exist for the rules to load
+        for name in sorted({n for _, t in loads for n in re.findall(r"--nfacct-name\s+(\S+)", t)}):
+            run_command(["ip", "netns", "exec", take, "nfacct", "add", name])
+        for argv, text in loads:
+            done = run_command(["ip", "netns", "exec", take, *argv], input=text, check=False)
+            assert done.returncode == 0, f"{done.stderr} (the input is in {tmp_path})"
+        for ns in (take, fresh):
+            run_command(
+                ["ip", "netns", "exec", ns, "env", f"{VARIANT_ENV}=nft",
+                 *python_argv("proxy", "apply", "--mode", diff.mode, "--state", str(state),
+                              "--hostname-override", B.node)],
+                timeout=120,
+            )  # fmt: skip
+        took, wrote = (our_rules(ns, diff.mode) for ns in (take, fresh))
+    assert took.keys() >= wrote.keys(), sorted(wrote.keys() - took.keys())
+    different = [k for k in wrote if took[k] != wrote[k]]
+    assert not different, "\n".join(f"{k}:\n  took {took[k]}\n  wrote {wrote[k]}"
+                                     for k in different[:5])  # fmt: skip
+    left = sorted(k for k in took.keys() - wrote.keys() if not _not_upstreams(k))
+    assert not left, left
+
+
+def upstream_rules(lab: NodeLab, mode: str) -> list[tuple[list[str], str]]:
+    """What node-upstream's kube-proxy wrote, as (restore command, its input) pairs."""
+    if mode == "nftables":
+        listings = [
+            lab.run(B.node, ["nft", "list", "table", fam, "kube-proxy"], check=False).stdout
+            for fam in ("ip", "ip6")
+        ]
+        return [(["nft", "-f", "-"], text) for text in listings if text]
+    return [
+        ([f"{tool}-nft-restore"], lab.run(B.node, [f"{tool}-nft-save"]).stdout)
+        for tool in ("iptables", "ip6tables")
+    ]
+
+
+def our_rules(ns: str, mode: str) -> dict[str, str]:
+    """kube-proxy's rules in ``ns``, comparable: nftables chains, sets and maps of both
+    ``kube-proxy`` tables by name (without handles and comments; elements sorted);
+    iptables chains of both families by table and name, each with its rules in order."""
+    out: dict[str, str] = {}
+    if mode == "nftables":
+        for fam in ("ip", "ip6"):
+            listing = run_command(["ip", "netns", "exec", ns, "nft", "-j", "list", "table", fam,
+                                   "kube-proxy"], check=False).stdout  # fmt: skip
+            for item in json.loads(listing or '{"nftables": []}')["nftables"]:
+                for kind, body in item.items():
+                    if kind not in ("chain", "set", "map", "rule"):
+                        continue
+                    body = {k: v for k, v in body.items() if k not in ("handle", "comment")}
+                    if kind == "rule":
+                        key = f"{fam} rules {body['chain']}"
+                        out[key] = out.get(key, "") + json.dumps(body["expr"], sort_keys=True)
+                    else:
+                        body["elem"] = sorted(json.dumps(e, sort_keys=True)
+                                              for e in body.get("elem", []))  # fmt: skip
+                        out[f"{fam} {kind} {body['name']}"] = json.dumps(body, sort_keys=True)
+        return out
+    for tool in ("iptables", "ip6tables"):
+        table = ""
+        dump = run_command(["ip", "netns", "exec", ns, f"{tool}-nft-save"]).stdout
+        for line in dump.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":"):
+                out.setdefault(f"{tool} {table} {line[1:].split()[0]}", "")
+            elif line.startswith("-A ") and not _not_upstreams(line.split()[-1]):
+                chain = line.split()[1]
+                key = f"{tool} {table} {chain}"
+                out[key] = out.get(key, "") + line + "\n"
+    return out
+
+
+KUBELETS_OR_CANARY = frozenset(
+    {"KUBE-PROXY-CANARY", "KUBE-KUBELET-CANARY", "KUBE-FIREWALL", "KUBE-IPTABLES-HINT"}
+)
+"""Upstream's empty canary chain; kubelet's canary, its localnet firewall and its hint of
+which iptables backend the node uses."""
+
+
+def _not_upstreams(key: str) -> bool:
+    """A chain (or a rule's jump target) the comparison leaves alone: a built-in chain
+    holding only others' rules (a fresh namespace has none), kubelet's, or upstream's
+    empty canary."""
+    name = key.split()[-1]
+    return name in KUBELETS_OR_CANARY or (name.isupper() and not name.startswith("KUBE-"))
 
 
 def unheard(comparisons: Sequence[Comparison]) -> list[str]:
