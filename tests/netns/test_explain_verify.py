@@ -97,6 +97,7 @@ def test_verify_agrees_with_the_kernel(
         assert explained["verdict"] == want, (what, out)
         assert verified["agrees"] and verified["kernel"]["verdict"] == want, (what, out)
         assert verified["kernel"]["rules"], (what, out)  # the trace named the rules it met
+        assert 1 <= verified["attempts"] <= 3, (what, out)
     assert not [n for n in _names() if n.startswith("kpp-explain-")]
 
 
@@ -121,3 +122,4 @@ def test_verify_exits_4_when_the_explanation_is_wrong(
     out = capsys.readouterr().out
     assert rc == 4, out
     assert "DIFFERS     the explanation says drop, the kernel did dnat" in out
+    assert "sent        3 times" in out  # a lasting difference: every send disagreed

@@ -18,6 +18,16 @@ from proxy.lab.state import LabState
 from proxy.lab.topology import CLIENT
 
 
+def _started(pid: int) -> int:
+    """When a process started (clock ticks after boot; a process gone sorts last)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 1 << 62
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return int(fields[19])  # field 22, starttime
+
+
 def _pod_namespace(state: LabState, target: str) -> str:
     """The network namespace of a Pod (``name`` or ``namespace/name``) as a path,
     ``/proc/<pid>/ns/net`` of one of its processes (found in the pod's cgroup, which the
@@ -48,7 +58,11 @@ def _pod_namespace(state: LabState, target: str) -> str:
     others = {os.stat(f"/proc/{os.getpid()}/ns/net").st_ino}
     with contextlib.suppress(OSError):
         others.add(os.stat(hostns.netns_path(f"{state.lab_id}-{node}")).st_ino)
-    for pid in sorted(cgroups.pods_pids(cgroups.node_path(state.lab_id, node), uid)):
+    # the oldest process first: the pod's sandbox (pause) lives as long as the pod, while
+    # an exec'd one may exit before the path is used (and pids wrap: pid_max is often
+    # 32768, so the lowest pid is not the oldest process)
+    pids = cgroups.pods_pids(cgroups.node_path(state.lab_id, node), uid)
+    for pid in sorted(pids, key=_started):
         path = f"/proc/{pid}/ns/net"
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino not in others:
