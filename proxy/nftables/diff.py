@@ -19,17 +19,9 @@ from proxy.nftables.model import (
     set_kind,
     shared_keys,
 )
-from proxy.nftables.names import (
-    TABLE,
-    TABLE_COMMENT,
-    TRAFFIC_DNAT,
-    TRAFFIC_DROP,
-    TRAFFIC_REJECT,
-)
+from proxy.nftables.names import TABLE, TABLE_COMMENT, TRAFFIC_SETS
 from proxy.nftables.statements import ElementKey
 from proxy.traffic import Destination
-
-TRAFFIC_SET_NAMES = frozenset({TRAFFIC_DNAT, TRAFFIC_REJECT, TRAFFIC_DROP})
 
 
 def full_sync_text(ruleset: NftRuleset, existing: ExistingNft | None = None) -> str:
@@ -117,7 +109,7 @@ def forget_traffic_text(family: IPFamily, stale: Mapping[str, Iterable[Destinati
             for ip, proto, port in destinations
             if IPFamily.of(ip) is family and proto in _PROTOCOLS and 0 < port < 65536
         )
-        if keys and name in TRAFFIC_SET_NAMES:
+        if keys and name in TRAFFIC_SETS.values():
             body = ", ".join(keys)
             lines.append(f"add element {t} {name} {{ {body} }}\n")
             lines.append(f"delete element {t} {name} {{ {body} }}\n")

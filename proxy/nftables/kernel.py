@@ -23,10 +23,8 @@ from proxy.nftables.diff import (
 )
 from proxy.nftables.exprs import Unsupported
 from proxy.nftables.model import BaseHook, ExistingNft, NftRuleset, NftTransaction
-from proxy.nftables.names import TABLE, TRAFFIC_DNAT, TRAFFIC_DROP, TRAFFIC_REJECT
+from proxy.nftables.names import TABLE, TRAFFIC_SETS
 from proxy.traffic import Destination, nft_set_counts
-
-TRAFFIC_SETS = {"dnat": TRAFFIC_DNAT, "reject": TRAFFIC_REJECT, "drop": TRAFFIC_DROP}
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,8 @@ TRAFFIC_DROP = "traffic-drop"
 """With ``--metrics-service-counters``: dynamic sets whose elements (a service
 destination: address . protocol . port) count the packets and bytes DNATed, rejected and
 dropped."""
+TRAFFIC_SETS = {"dnat": TRAFFIC_DNAT, "reject": TRAFFIC_REJECT, "drop": TRAFFIC_DROP}
+"""The traffic counting set of each verdict."""
 
 SERVICE_IPS = "service-ips"
 SERVICE_NODEPORTS = "service-nodeports"
