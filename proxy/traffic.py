@@ -55,22 +55,20 @@ def owners(plan: Plan) -> Callable[[Destination], ServicePortPlan | None]:
     return lambda d: vips.get(d) or node_ports.get((d[1], d[2]))
 
 
-def attribute(plan: Plan, counts: Counts) -> list[TrafficSample]:
-    """``counts`` (one mode's reading of one family) as samples per service port
-    (:func:`owners`). Destinations no service port owns any more (a deleted Service,
-    counted until the element expires) are left out."""
-    owner_of = owners(plan)
-    sums: dict[tuple[str, str, str, str], list[int]] = {}
-    for verdict, per_destination in counts.items():
-        for destination, (packets, size) in per_destination.items():
-            owner = owner_of(destination)
-            if owner is None:
-                continue
-            key = (owner.namespace, owner.name, port_label(owner), verdict)
-            total = sums.setdefault(key, [0, 0])
-            total[0] += packets
-            total[1] += size
-    return sorted(TrafficSample(*key, p, b) for key, (p, b) in sums.items())
+def attribute(
+    owner_of: Callable[[Destination], ServicePortPlan | None], counts: Counts
+) -> list[TrafficSample]:
+    """``counts`` (one mode's reading of one family) as samples per service port, each
+    destination given to its owner (:func:`owners` of the plan). Destinations no service
+    port owns any more (a deleted Service, until the agent deletes its element) are left
+    out."""
+    samples = [
+        TrafficSample(owner.namespace, owner.name, port_label(owner), verdict, *pair)
+        for verdict, per_destination in counts.items()
+        for destination, pair in per_destination.items()
+        if (owner := owner_of(destination)) is not None
+    ]
+    return merged([samples])
 
 
 def merged(groups: Iterable[Iterable[TrafficSample]]) -> list[TrafficSample]:

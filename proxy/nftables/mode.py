@@ -57,7 +57,7 @@ class NftablesWriter:
         counts: dict[str, dict[Destination, tuple[int, int]]] = {}
         for (verdict, destination), pair in totals.items():
             counts.setdefault(verdict, {})[destination] = pair
-        return attribute(plan, counts)
+        return attribute(owner, counts)
 
     def _forget_stale(self, unowned: set[tuple[str, Destination]]) -> None:
         """Delete the counting elements of service ports that are gone, once two readings

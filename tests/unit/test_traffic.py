@@ -26,6 +26,7 @@ from proxy.traffic import (
     attribute,
     merged,
     nft_set_counts,
+    owners,
     parse_counted_comment,
 )
 
@@ -136,7 +137,7 @@ def test_attribute_gives_each_destination_to_its_service_port() -> None:
         },
         "reject": {(ip("10.96.0.11"), "tcp", 8080): (3, 180)},
     }
-    assert attribute(p, counts) == [
+    assert attribute(owners(p), counts) == [
         TrafficSample("default", "empty", "8080", "reject", 3, 180),
         TrafficSample("default", "web", "http", "dnat", 17, 1700),
     ]
