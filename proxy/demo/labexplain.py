@@ -77,13 +77,14 @@ class LabView:
     def __init__(self, state: LabState) -> None:
         self.state = state
         self.nodes = {n.name for n in state.nodes}
+        self.node_objects = self.items("/api/v1/nodes")
         self.node_ips = {
             n["metadata"]["name"]: _ips(
                 a["address"]
                 for a in (n.get("status") or {}).get("addresses", [])
                 if a.get("type") == "InternalIP"
             )
-            for n in self.items("/api/v1/nodes")
+            for n in self.node_objects
         }
         versions = labtopology.versions_of(state.ip_family)
         self.client_ips = _ips(labtopology.addresses(labtopology.CLIENT_IP, versions))
@@ -216,10 +217,9 @@ class LabView:
         for path, kind, api in (
             ("/api/v1/services", "Service", "v1"),
             ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
-            ("/api/v1/nodes", "Node", "v1"),
         ):
             out += [{**item, "kind": kind, "apiVersion": api} for item in self.items(path)]
-        return out
+        return out + [{**n, "kind": "Node", "apiVersion": "v1"} for n in self.node_objects]
 
 
 def _config(state: LabState, node: str, host_addresses: tuple[IPAddress, ...]) -> Any:

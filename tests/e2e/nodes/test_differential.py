@@ -60,6 +60,7 @@ from typing import Any
 import pytest
 
 from proxy import manifests as m
+from proxy.demo.labexplain import LabView
 from proxy.harness import Outcome, Prober, ProbeResult
 from proxy.host.process import python_argv, run_command
 from proxy.host.spec import v6_twin
@@ -1412,15 +1413,7 @@ def test_upstreams_rules_become_ours_in_one_sync(diff: Differential, tmp_path: P
     chains included). Left behind, as the doc says: nftables chain comments, upstream's
     empty KUBE-PROXY-CANARY chains, and what is kubelet's."""
     lab = diff.cluster
-    items = [
-        {"apiVersion": version, "kind": kind, **item}
-        for path, version, kind in (
-            ("/api/v1/nodes", "v1", "Node"),
-            ("/api/v1/services", "v1", "Service"),
-            ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
-        )
-        for item in lab.api("GET", path)["items"]
-    ]
+    items = LabView(lab.state).objects()  # Services, EndpointSlices, Nodes, as lab explain
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     loads: list[tuple[list[str], str]] = []
